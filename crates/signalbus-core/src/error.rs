@@ -1,0 +1,202 @@
+//! The one error type of signalbus, and the error a publisher returns.
+
+use std::fmt;
+
+/// Everything that can go wrong in signalbus.
+///
+/// Database errors keep sqlx's error, so the database's own error code stays available
+/// through [`Error::database_code`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database returned an error, or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// The message bus did not take the messages; their rows stay pending.
+    #[error("{0}")]
+    Publish(#[from] PublishError),
+
+    /// A signal of a type that was never registered with the bus.
+    #[error(
+        "signal type `{0}` is not registered with this bus: add it with \
+         `SignalBus::builder(..).register::<YourSignal>()`"
+    )]
+    NotRegistered(String),
+
+    /// A signal name that no registered signal type has.
+    #[error("unknown signal name `{name}`; known signals: {known}")]
+    UnknownSignal {
+        /// The name that was asked for.
+        name: String,
+        /// The registered names, comma separated.
+        known: String,
+    },
+
+    /// A table or column name that is not a plain SQL identifier.
+    #[error("invalid SQL identifier {ident:?}: {reason}")]
+    InvalidIdentifier {
+        /// The rejected identifier.
+        ident: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A configuration value that cannot work (bad URL, bad signal type, bad option).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A signal could not be turned into a message body.
+    #[error("could not encode signal `{signal}`: {source}")]
+    Encode {
+        /// Name of the signal type.
+        signal: String,
+        /// What the encoder said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A pending row that cannot be turned into a message (e.g. headers that are not a JSON
+    /// object of strings). The row is left untouched.
+    #[error(
+        "row id={id} of signal table `{table}` is not a valid signal ({reason}); fix or delete \
+         that row, other rows are not affected"
+    )]
+    InvalidRow {
+        /// Table of the row.
+        table: String,
+        /// Primary key of the row.
+        id: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A wait (broker or database) that took longer than its limit.
+    #[error("timed out after {after:?} while {during}")]
+    Timeout {
+        /// How long we waited.
+        after: std::time::Duration,
+        /// What we were waiting for.
+        during: &'static str,
+    },
+
+    /// An atomic block gave up after retrying.
+    #[error("transaction still failing after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The error of the last attempt.
+        #[source]
+        last: Box<Error>,
+    },
+
+    /// The bus' background auto-flush task is gone (the runtime is shutting down).
+    #[error("the auto-flush task of the signal bus has stopped")]
+    Stopped,
+}
+
+impl Error {
+    /// The database's own error code (SQLSTATE on PostgreSQL, the error number on
+    /// MySQL/MariaDB, the extended result code on SQLite), when the database reported one.
+    pub fn database_code(&self) -> Option<String> {
+        match self {
+            Error::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            Error::RetriesExhausted { last, .. } => last.database_code(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn encode(
+        signal: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Encode {
+            signal: signal.to_owned(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// What kind of failure a [`PublishError`] is; decides whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishErrorKind {
+    /// The broker cannot be reached or dropped the connection. Retrying later can help.
+    Unavailable,
+    /// The broker refused the messages (unroutable, negative acknowledgement, no such
+    /// stream). Retrying the same messages will not help until the broker is reconfigured.
+    Rejected,
+    /// The broker did not confirm in time; some messages may have been stored.
+    Timeout,
+    /// The messages could not be written (e.g. an I/O error of a file publisher).
+    Io,
+    /// Anything else.
+    Other,
+}
+
+/// A publisher's failure to deliver a batch. The whole batch counts as not sent, so its rows
+/// stay pending; messages the broker did store before the failure may be sent again later
+/// (at-least-once delivery).
+#[derive(Debug)]
+pub struct PublishError {
+    kind: PublishErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl PublishError {
+    /// A new error of `kind`, with a message that says what to do about it.
+    pub fn new(kind: PublishErrorKind, message: impl Into<String>) -> Self {
+        PublishError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attach the underlying error.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The broker could not be reached.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(PublishErrorKind::Unavailable, message)
+    }
+
+    /// The broker refused the messages.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::new(PublishErrorKind::Rejected, message)
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> PublishErrorKind {
+        self.kind
+    }
+
+    /// Whether sending the same batch again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            PublishErrorKind::Unavailable | PublishErrorKind::Timeout | PublishErrorKind::Io
+        )
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "publishing failed ({:?}): {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for PublishError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Result type of signalbus.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,147 @@
+//! The auto-flush task: sends committed signals right after their transaction, coalescing
+//! many transactions into one lock, one publish and one delete.
+//!
+//! Committing transactions hand their row ids over a channel. A round takes everything queued
+//! (up to `max_batch` ids), locks those rows (`SKIP LOCKED`, so a concurrent explicit flush
+//! never sends them too), publishes them as one batch, deletes them and commits. Up to
+//! `flush_workers` rounds run at once; while they run, the next round's ids pile up, so the
+//! batches grow with the load.
+
+use super::publish_and_delete;
+use crate::bus::Shared;
+use crate::error::{Error, Result};
+use crate::registry::TypeIdx;
+use crate::storage::Backend;
+use crate::transaction::DeliveryReport;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// The committed signals of one transaction, and where to report what became of them.
+pub(crate) struct FlushRequest {
+    pub items: Vec<(TypeIdx, i64)>,
+    pub reply: oneshot::Sender<DeliveryReport>,
+}
+
+/// Runs until every handle of the bus is dropped, then finishes the rounds in flight.
+pub(crate) async fn run<DB: Backend>(
+    shared: Arc<Shared<DB>>,
+    mut rx: mpsc::UnboundedReceiver<FlushRequest>,
+) {
+    let workers = Arc::new(Semaphore::new(shared.config.flush_workers));
+    let mut carry: Option<FlushRequest> = None;
+    loop {
+        // Wait for a free worker first: meanwhile requests queue up and the round gets bigger.
+        let Ok(permit) = workers.clone().acquire_owned().await else {
+            break;
+        };
+        let first = match carry.take() {
+            Some(request) => request,
+            None => match rx.recv().await {
+                Some(request) => request,
+                None => break,
+            },
+        };
+        let mut size = first.items.len();
+        let mut round = vec![first];
+        while size < shared.config.max_batch {
+            match rx.try_recv() {
+                Ok(request) if size + request.items.len() > shared.config.max_batch => {
+                    carry = Some(request);
+                    break;
+                }
+                Ok(request) => {
+                    size += request.items.len();
+                    round.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            flush_round(&shared, round).await;
+            drop(permit);
+        });
+    }
+    // Let the rounds in flight finish before the task ends.
+    let _ = workers
+        .acquire_many(shared.config.flush_workers as u32)
+        .await;
+}
+
+async fn flush_round<DB: Backend>(shared: &Shared<DB>, round: Vec<FlushRequest>) {
+    let mut by_type: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
+    for request in &round {
+        for &(idx, id) in &request.items {
+            by_type.entry(idx).or_default().push(id);
+        }
+    }
+    for ids in by_type.values_mut() {
+        ids.sort_unstable();
+    }
+    match send_round(shared, by_type).await {
+        Ok(sent) => {
+            for request in round {
+                let total = request.items.len();
+                let done = request
+                    .items
+                    .iter()
+                    .filter(|item| sent.contains(item))
+                    .count();
+                let _ = request.reply.send(DeliveryReport {
+                    sent: done,
+                    elsewhere: total - done,
+                    ..DeliveryReport::default()
+                });
+            }
+        }
+        Err(error) => {
+            let count: usize = round.iter().map(|r| r.items.len()).sum();
+            tracing::warn!(signals = count, %error, "auto-flush failed; the signals stay pending until the next flush");
+            let error = Arc::new(error);
+            for request in round {
+                let _ = request.reply.send(DeliveryReport {
+                    pending: request.items.len(),
+                    error: Some(error.clone()),
+                    ..DeliveryReport::default()
+                });
+            }
+        }
+    }
+}
+
+/// One round in one database transaction; returns the (type, id) pairs sent.
+async fn send_round<DB: Backend>(
+    shared: &Shared<DB>,
+    by_type: BTreeMap<TypeIdx, Vec<i64>>,
+) -> Result<HashSet<(TypeIdx, i64)>> {
+    let mut tx = DB::begin_flush(&shared.pool).await?;
+    let mut locked = Vec::with_capacity(by_type.len());
+    for (idx, ids) in by_type {
+        let rows = DB::lock_ids(&mut tx, &shared.registry.get(idx).table, &ids).await?;
+        if !rows.is_empty() {
+            locked.push((idx, rows));
+        }
+    }
+    if locked.is_empty() {
+        tx.commit().await?;
+        return Ok(HashSet::new());
+    }
+    let sent = publish_and_delete(shared, &mut tx, locked).await?;
+    tx.commit().await?;
+    if let Some(e) = sent.invalid {
+        // Our own rows are always valid; a foreign writer must have changed them.
+        tracing::error!(error = %e, "auto-flush left an invalid row pending");
+    }
+    Ok(sent
+        .ids
+        .into_iter()
+        .flat_map(|(idx, ids)| ids.into_iter().map(move |id| (idx, id)))
+        .collect())
+}
+
+impl From<tokio::sync::AcquireError> for Error {
+    fn from(_: tokio::sync::AcquireError) -> Self {
+        Error::Stopped
+    }
+}

@@ -1,0 +1,28 @@
+//! The core of [signalbus](https://docs.rs/signalbus): signal types, the publisher trait,
+//! storage per database and the flushing engine. Applications depend on the `signalbus`
+//! facade crate, which re-exports this one.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod bus;
+mod error;
+mod flush;
+mod ident;
+mod message;
+pub mod publisher;
+pub mod redact;
+mod registry;
+mod signal;
+pub mod storage;
+mod transaction;
+
+pub use bus::{SignalBus, SignalBusBuilder};
+pub use error::{Error, PublishError, PublishErrorKind, Result};
+pub use flush::explicit::DEFAULT_FLUSH_WAIT;
+pub use ident::Ident;
+pub use message::{Headers, Message};
+pub use publisher::{BoxPublisher, Publisher, PublisherExt};
+pub use registry::Selection;
+pub use signal::{DEFAULT_BURST, OrderColumn, Signal, SignalType, json_body};
+pub use storage::{Backend, PendingStats};
+pub use transaction::{Delivery, DeliveryReport, Recorder, SignalId, Transaction};

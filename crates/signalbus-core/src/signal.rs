@@ -1,0 +1,283 @@
+//! Signal types: what a kind of message is called, where its rows live and how it is flushed.
+
+use crate::error::{Error, Result};
+use crate::ident::Ident;
+use crate::message::Headers;
+use std::borrow::Cow;
+
+/// Default number of signals sent and deleted in one database transaction.
+pub const DEFAULT_BURST: usize = 1000;
+
+/// The policy of one signal type: its name, table and flushing options.
+///
+/// Built by `#[derive(Signal)]` for typed signals, or by hand (the command line builds them
+/// from its configuration file). Validated when it is registered with a bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalType {
+    name: Cow<'static, str>,
+    table: Cow<'static, str>,
+    destination: Option<Cow<'static, str>>,
+    routing_key: Option<Cow<'static, str>>,
+    autoflush: bool,
+    burst: usize,
+    batch: bool,
+    order_by: Vec<OrderColumn>,
+}
+
+/// One column of a signal type's `order_by`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderColumn {
+    /// The column.
+    pub column: String,
+    /// Descending instead of ascending.
+    pub descending: bool,
+}
+
+impl SignalType {
+    /// A signal type called `name`, stored in a table of the same name, auto-flushed, sent in
+    /// batched bursts of [`DEFAULT_BURST`], in insertion order.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        let name = name.into();
+        SignalType {
+            table: name.clone(),
+            name,
+            destination: None,
+            routing_key: None,
+            autoflush: true,
+            burst: DEFAULT_BURST,
+            batch: true,
+            order_by: Vec::new(),
+        }
+    }
+
+    /// Store the signals in `table` (may be `schema.table`).
+    pub fn table(mut self, table: impl Into<Cow<'static, str>>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// The default destination (exchange, subject or topic) of messages of this type. Without
+    /// it, the signal's name is the destination.
+    pub fn destination(mut self, destination: impl Into<Cow<'static, str>>) -> Self {
+        self.destination = Some(destination.into());
+        self
+    }
+
+    /// The default routing key of messages of this type.
+    pub fn routing_key(mut self, key: impl Into<Cow<'static, str>>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+
+    /// `false` leaves signals of this type pending after commit, for explicit flushing.
+    pub fn autoflush(mut self, on: bool) -> Self {
+        self.autoflush = on;
+        self
+    }
+
+    /// How many signals are sent and deleted in one database transaction.
+    pub fn burst(mut self, burst: usize) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// `false` sends messages of this type one publish call at a time instead of in batches.
+    pub fn batch(mut self, on: bool) -> Self {
+        self.batch = on;
+        self
+    }
+
+    /// Columns that define the order of `flushordered`, e.g. `["id"]` or `["created_at DESC",
+    /// "id"]`. Without it, signals are ordered by insertion.
+    pub fn order_by<I, S>(mut self, columns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.order_by = columns
+            .into_iter()
+            .map(|c| {
+                let c = c.as_ref().trim();
+                let (column, descending) = match c.rsplit_once(char::is_whitespace) {
+                    Some((col, dir)) if dir.eq_ignore_ascii_case("desc") => (col.trim(), true),
+                    Some((col, dir)) if dir.eq_ignore_ascii_case("asc") => (col.trim(), false),
+                    _ => (c, false),
+                };
+                OrderColumn {
+                    column: column.to_owned(),
+                    descending,
+                }
+            })
+            .collect();
+        self
+    }
+
+    /// The name of the signal type.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The table name as given (validated by [`SignalType::validate`]).
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    /// The default destination: the configured one, or the signal's name.
+    pub fn default_destination(&self) -> &str {
+        self.destination.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The default routing key.
+    pub fn default_routing_key(&self) -> Option<&str> {
+        self.routing_key.as_deref()
+    }
+
+    /// Whether signals of this type are sent right after commit.
+    pub fn is_autoflush(&self) -> bool {
+        self.autoflush
+    }
+
+    /// Signals per database transaction when flushing.
+    pub fn burst_size(&self) -> usize {
+        self.burst
+    }
+
+    /// Whether messages are published in batches.
+    pub fn is_batched(&self) -> bool {
+        self.batch
+    }
+
+    /// The `order_by` columns (empty: insertion order).
+    pub fn order_columns(&self) -> &[OrderColumn] {
+        &self.order_by
+    }
+
+    /// Check the name, table and options; returns the validated table identifier.
+    pub fn validate(&self) -> Result<Ident> {
+        if self.name.trim().is_empty() || self.name.chars().any(char::is_control) {
+            return Err(Error::Config(format!(
+                "signal name {:?} must be non-empty printable text",
+                self.name
+            )));
+        }
+        if self.burst == 0 {
+            return Err(Error::Config(format!(
+                "signal `{}`: burst must be at least 1",
+                self.name
+            )));
+        }
+        for col in &self.order_by {
+            Ident::new(&col.column)?;
+            if !crate::storage::ORDERABLE_COLUMNS.contains(&col.column.as_str()) {
+                return Err(Error::Config(format!(
+                    "signal `{}`: order_by column `{}` is not a column of a signal table (one of {})",
+                    self.name,
+                    col.column,
+                    crate::storage::ORDERABLE_COLUMNS.join(", ")
+                )));
+            }
+        }
+        Ident::new(&self.table)
+    }
+}
+
+/// A Rust type whose values are signals: one row in the type's table, one message on the bus.
+///
+/// Usually derived: `#[derive(Serialize, Signal)]` with `#[signal(...)]` attributes gives the
+/// policy and a JSON body built with serde. Implement it by hand to compute the destination,
+/// routing key or headers from the value, or to use another body encoding.
+///
+/// ```
+/// use signalbus_core::{Signal, SignalType, Headers, Result};
+/// use std::borrow::Cow;
+/// use std::sync::OnceLock;
+///
+/// #[derive(serde::Serialize)]
+/// struct PaymentMade { account: String, cents: i64 }
+///
+/// impl Signal for PaymentMade {
+///     fn signal_type() -> &'static SignalType {
+///         static TYPE: OnceLock<SignalType> = OnceLock::new();
+///         TYPE.get_or_init(|| SignalType::new("payment_made").destination("payments"))
+///     }
+///     fn routing_key(&self) -> Option<Cow<'_, str>> {
+///         Some(Cow::Owned(format!("account.{}", self.account)))
+///     }
+///     fn body(&self) -> Result<Vec<u8>> {
+///         signalbus_core::json_body(self)
+///     }
+/// }
+/// ```
+pub trait Signal: Send + Sync {
+    /// The policy of this signal type.
+    fn signal_type() -> &'static SignalType
+    where
+        Self: Sized;
+
+    /// The destination of this message (exchange, subject or topic).
+    fn destination(&self) -> Cow<'_, str>
+    where
+        Self: Sized,
+    {
+        Cow::Borrowed(Self::signal_type().default_destination())
+    }
+
+    /// The routing key (AMQP) or key (Kafka) of this message.
+    fn routing_key(&self) -> Option<Cow<'_, str>>
+    where
+        Self: Sized,
+    {
+        Self::signal_type().default_routing_key().map(Cow::Borrowed)
+    }
+
+    /// The headers of this message.
+    fn headers(&self) -> Headers {
+        Headers::new()
+    }
+
+    /// The MIME type of [`Signal::body`].
+    fn content_type(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed("application/json"))
+    }
+
+    /// The message body.
+    fn body(&self) -> Result<Vec<u8>>;
+}
+
+/// The default body of a signal: its fields as JSON, via serde.
+pub fn json_body<S: serde::Serialize + Signal>(signal: &S) -> Result<Vec<u8>> {
+    serde_json::to_vec(signal).map_err(|e| Error::encode(S::signal_type().name(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_by_parses_directions_and_checks_columns() {
+        let t = SignalType::new("x").order_by(["created_at DESC", "id asc", "id"]);
+        let cols: Vec<_> = t
+            .order_columns()
+            .iter()
+            .map(|c| (c.column.as_str(), c.descending))
+            .collect();
+        assert_eq!(cols, [("created_at", true), ("id", false), ("id", false)]);
+        assert!(t.validate().is_ok());
+        assert!(
+            SignalType::new("x")
+                .order_by(["body; drop"])
+                .validate()
+                .is_err()
+        );
+        assert!(SignalType::new("x").order_by(["nope"]).validate().is_err());
+    }
+
+    #[test]
+    fn validation_rejects_bad_tables_and_bursts() {
+        assert!(SignalType::new("x").table("bad table").validate().is_err());
+        assert!(SignalType::new("x").burst(0).validate().is_err());
+        assert!(SignalType::new("").validate().is_err());
+        assert_eq!(SignalType::new("x").validate().unwrap().name(), "x");
+        assert_eq!(SignalType::new("x").default_destination(), "x");
+    }
+}

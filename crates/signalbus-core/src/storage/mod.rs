@@ -1,0 +1,180 @@
+//! Signal tables, one backend per database.
+//!
+//! Every signal type has its own table with the same columns, the *table contract*, so that
+//! the flushing code never needs the Rust type, and services in other languages can write
+//! signals that the `signalbus` command line sends:
+//!
+//! | column         | type                          | meaning                                      |
+//! |----------------|-------------------------------|----------------------------------------------|
+//! | `id`           | auto-increment integer, PK    | insertion order                              |
+//! | `message_id`   | text, default: a random UUID  | stable message id, the same on every re-send |
+//! | `topic`        | text, not null                | destination: exchange / subject / topic      |
+//! | `routing_key`  | text, nullable                | routing key (AMQP) or key (Kafka)            |
+//! | `headers`      | text, nullable                | a JSON object of string values               |
+//! | `body`         | bytes, not null               | the payload                                  |
+//! | `content_type` | text, nullable                | MIME type of the payload                     |
+//! | `created_at`   | timestamp, default: now       | for the age of the oldest pending signal     |
+//!
+//! PostgreSQL tables also have `txid xid8 DEFAULT pg_current_xact_id()`, the writing
+//! transaction, used for gap-safe ordered flushing.
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use crate::error::Result;
+use crate::ident::Ident;
+use sqlx::{Database, Pool};
+use std::future::Future;
+use std::time::Duration;
+
+/// Columns of the table contract that `order_by` may name.
+pub const ORDERABLE_COLUMNS: &[&str] = &["id", "created_at", "topic", "routing_key", "message_id"];
+
+/// A signal row about to be inserted.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRow<'a> {
+    /// Stable message id.
+    pub message_id: &'a str,
+    /// Destination.
+    pub topic: &'a str,
+    /// Routing key.
+    pub routing_key: Option<&'a str>,
+    /// Headers as a JSON object, `None` when there are none.
+    pub headers: Option<&'a str>,
+    /// Payload.
+    pub body: &'a [u8],
+    /// MIME type.
+    pub content_type: Option<&'a str>,
+}
+
+/// A pending signal row as read back for sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRow {
+    /// Primary key.
+    pub id: i64,
+    /// Stable message id.
+    pub message_id: String,
+    /// Destination.
+    pub topic: String,
+    /// Routing key.
+    pub routing_key: Option<String>,
+    /// Headers as JSON text.
+    pub headers: Option<String>,
+    /// Payload.
+    pub body: Vec<u8>,
+    /// MIME type.
+    pub content_type: Option<String>,
+}
+
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for StoredRow
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(StoredRow {
+            id: row.try_get(0)?,
+            message_id: row.try_get(1)?,
+            topic: row.try_get(2)?,
+            routing_key: row.try_get(3)?,
+            headers: row.try_get(4)?,
+            body: row.try_get(5)?,
+            content_type: row.try_get(6)?,
+        })
+    }
+}
+
+/// The columns read for sending, in [`StoredRow`] order.
+pub(crate) const SELECT_COLUMNS: &str =
+    "id, message_id, topic, routing_key, headers, body, content_type";
+
+/// How many signals a table holds, and how old the oldest is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct PendingStats {
+    /// Pending signals.
+    pub count: u64,
+    /// Age of the oldest pending signal, by the database's clock.
+    pub oldest_age: Option<Duration>,
+}
+
+/// A database signalbus can keep signals in: PostgreSQL, MySQL/MariaDB or SQLite.
+///
+/// Implemented for [`sqlx::Postgres`], [`sqlx::MySql`] and [`sqlx::Sqlite`] behind the
+/// features of the same names. Table names reach these methods already validated
+/// ([`Ident`]) and are quoted here.
+pub trait Backend: Database {
+    /// Create the signal table of the contract, if it does not exist.
+    fn create_table(
+        conn: &mut Self::Connection,
+        table: &Ident,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Insert one signal; returns its `id`.
+    fn insert(
+        conn: &mut Self::Connection,
+        table: &Ident,
+        row: NewRow<'_>,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Begin the transaction that sends and deletes rows: one in which row locks taken by
+    /// [`Backend::lock_ids`] and [`Backend::lock_burst`] keep other flushers away.
+    fn begin_flush(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self>>> + Send;
+
+    /// Lock and read the rows among `ids` that still exist and no other flusher holds,
+    /// ordered by id.
+    fn lock_ids(
+        conn: &mut Self::Connection,
+        table: &Ident,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<Vec<StoredRow>>> + Send;
+
+    /// Lock and read up to `limit` rows that no other flusher holds, lowest ids first.
+    fn lock_burst(
+        conn: &mut Self::Connection,
+        table: &Ident,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredRow>>> + Send;
+
+    /// Delete the rows with these ids.
+    fn delete_ids(
+        conn: &mut Self::Connection,
+        table: &Ident,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// The ids of all rows in the table, ascending.
+    fn pending_ids(
+        conn: &mut Self::Connection,
+        table: &Ident,
+    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
+
+    /// Count of rows and age of the oldest.
+    fn pending_stats(
+        conn: &mut Self::Connection,
+        table: &Ident,
+    ) -> impl Future<Output = Result<PendingStats>> + Send;
+}
+
+/// Ids as a JSON array, bound as one parameter (`JSON_TABLE` on MySQL, `json_each` on
+/// SQLite): one statement text whatever the number of ids.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) fn json_ids(ids: &[i64]) -> String {
+    let mut out = String::with_capacity(ids.len() * 8 + 2);
+    out.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push(']');
+    out
+}

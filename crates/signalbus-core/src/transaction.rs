@@ -1,0 +1,272 @@
+//! Writing signals inside a database transaction, and what happens after its commit.
+
+use crate::bus::SignalBus;
+use crate::error::{Error, Result};
+use crate::flush::auto::FlushRequest;
+use crate::registry::TypeIdx;
+use crate::signal::Signal;
+use crate::storage::{Backend, NewRow};
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::oneshot;
+
+/// The identity of a recorded signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalId {
+    /// Name of the signal type.
+    pub signal: Arc<str>,
+    /// Primary key of its row.
+    pub row_id: i64,
+    /// The stable message id it will carry on every send.
+    pub message_id: String,
+}
+
+/// Records signals written through any connection or transaction of the caller, so that they
+/// can be auto-flushed once that transaction has committed.
+///
+/// ```no_run
+/// # async fn demo(bus: signalbus_core::SignalBus<sqlx::Sqlite>, s: impl signalbus_core::Signal) -> signalbus_core::Result<()> {
+/// let mut tx = bus.pool().begin().await?;             // the caller's own sqlx transaction
+/// let mut signals = bus.recorder();
+/// signals.send(&mut *tx, &s).await?;
+/// tx.commit().await?;
+/// let report = signals.after_commit().await;            // sent and deleted
+/// # Ok(()) }
+/// ```
+///
+/// Dropping a recorder without [`Recorder::after_commit`] sends nothing now; the signals stay
+/// pending for an explicit flush. Calling it after a rollback sends nothing either: only rows
+/// that exist are ever sent.
+pub struct Recorder<DB: Backend> {
+    bus: SignalBus<DB>,
+    autoflush: Vec<(TypeIdx, i64)>,
+    held_back: usize,
+}
+
+impl<DB: Backend> Recorder<DB> {
+    pub(crate) fn new(bus: SignalBus<DB>) -> Self {
+        Recorder {
+            bus,
+            autoflush: Vec::new(),
+            held_back: 0,
+        }
+    }
+
+    /// Write `signal` as a row of its table through `conn` (usually `&mut *tx`).
+    pub async fn send<S: Signal>(
+        &mut self,
+        conn: &mut DB::Connection,
+        signal: &S,
+    ) -> Result<SignalId> {
+        let ty = S::signal_type();
+        let registry = &self.bus.shared.registry;
+        let idx = registry
+            .index_of(ty.name())
+            .filter(|&i| registry.get(i).ty == *ty)
+            .ok_or_else(|| Error::NotRegistered(ty.name().to_owned()))?;
+        let reg = registry.get(idx);
+        let headers = signal.headers();
+        let headers = if headers.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&headers).map_err(|e| Error::encode(ty.name(), e))?)
+        };
+        let body = signal.body()?;
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let (topic, routing_key, content_type) = (
+            signal.destination(),
+            signal.routing_key(),
+            signal.content_type(),
+        );
+        let row = NewRow {
+            message_id: &message_id,
+            topic: &topic,
+            routing_key: routing_key.as_deref(),
+            headers: headers.as_deref(),
+            body: &body,
+            content_type: content_type.as_deref(),
+        };
+        let row_id = DB::insert(conn, &reg.table, row).await?;
+        if ty.is_autoflush() {
+            self.autoflush.push((idx, row_id));
+        } else {
+            self.held_back += 1;
+        }
+        Ok(SignalId {
+            signal: reg.name.clone(),
+            row_id,
+            message_id,
+        })
+    }
+
+    /// Number of signals recorded so far.
+    pub fn len(&self) -> usize {
+        self.autoflush.len() + self.held_back
+    }
+
+    /// Whether no signal was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hand the recorded signals to the auto-flush task. Call it after the transaction that
+    /// wrote them has committed. Returns a [`Delivery`] to await if you want to know when (and
+    /// whether) they were sent; dropping it changes nothing.
+    pub fn after_commit(self) -> Delivery {
+        let mut report = DeliveryReport {
+            pending: self.held_back,
+            ..DeliveryReport::default()
+        };
+        if self.autoflush.is_empty() {
+            return Delivery::ready(report);
+        }
+        if !self.bus.autoflush_enabled() {
+            report.pending += self.autoflush.len();
+            return Delivery::ready(report);
+        }
+        let (reply, rx) = oneshot::channel();
+        let count = self.autoflush.len();
+        match self.bus.autoflush_tx.send(FlushRequest {
+            items: self.autoflush,
+            reply,
+        }) {
+            Ok(()) => Delivery {
+                state: State::Waiting {
+                    rx,
+                    extra: report,
+                    count,
+                },
+            },
+            Err(_) => {
+                report.pending += count;
+                report.error = Some(Arc::new(Error::Stopped));
+                Delivery::ready(report)
+            }
+        }
+    }
+}
+
+/// A database transaction of the signal bus. Business queries run in it through `&mut *tx`;
+/// signals are added with [`Transaction::send`]. After [`Transaction::commit`], the signals
+/// added here, and only those, are sent and deleted. A rollback or a drop sends nothing.
+pub struct Transaction<'c, DB: Backend> {
+    tx: sqlx::Transaction<'c, DB>,
+    recorder: Recorder<DB>,
+}
+
+impl<'c, DB: Backend> Transaction<'c, DB> {
+    pub(crate) fn new(tx: sqlx::Transaction<'c, DB>, recorder: Recorder<DB>) -> Self {
+        Transaction { tx, recorder }
+    }
+
+    /// Record `signal` in this transaction.
+    pub async fn send<S: Signal>(&mut self, signal: &S) -> Result<SignalId> {
+        self.recorder.send(&mut self.tx, signal).await
+    }
+
+    /// Commit. Returns once the commit is durable, with a [`Delivery`] that resolves when the
+    /// auto-flush has sent the signals (or failed to; they then stay pending). A bus that is
+    /// down never makes the commit fail.
+    pub async fn commit(self) -> Result<Delivery> {
+        self.tx.commit().await?;
+        Ok(self.recorder.after_commit())
+    }
+
+    /// Commit, then wait until the signals are sent or known to stay pending, as the original
+    /// Flask-SignalBus does. Fails only when the commit fails.
+    pub async fn commit_and_wait(self) -> Result<DeliveryReport> {
+        Ok(self.commit().await?.await)
+    }
+
+    /// Roll back; nothing is sent.
+    pub async fn rollback(self) -> Result<()> {
+        Ok(self.tx.rollback().await?)
+    }
+
+    /// Signals recorded so far.
+    pub fn signals(&self) -> usize {
+        self.recorder.len()
+    }
+}
+
+impl<DB: Backend> Deref for Transaction<'_, DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl<DB: Backend> DerefMut for Transaction<'_, DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+/// What became of a transaction's signals after commit.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryReport {
+    /// Sent and deleted by this auto-flush.
+    pub sent: usize,
+    /// Taken by a concurrent flush (already sent, or being sent, by someone else).
+    pub elsewhere: usize,
+    /// Left pending: auto-flush off, or the bus failed. An explicit flush will send them.
+    pub pending: usize,
+    /// Why signals were left pending, if the bus failed.
+    pub error: Option<Arc<Error>>,
+}
+
+impl DeliveryReport {
+    /// Whether no signal of the transaction is left pending.
+    pub fn is_complete(&self) -> bool {
+        self.pending == 0 && self.error.is_none()
+    }
+}
+
+/// Resolves to the [`DeliveryReport`] of a committed transaction's signals.
+#[must_use = "a Delivery does nothing unless awaited; dropping it is fine, the signals are sent anyway"]
+pub struct Delivery {
+    state: State,
+}
+
+enum State {
+    Ready(Option<DeliveryReport>),
+    Waiting {
+        rx: oneshot::Receiver<DeliveryReport>,
+        extra: DeliveryReport,
+        count: usize,
+    },
+}
+
+impl Delivery {
+    fn ready(report: DeliveryReport) -> Self {
+        Delivery {
+            state: State::Ready(Some(report)),
+        }
+    }
+}
+
+impl Future for Delivery {
+    type Output = DeliveryReport;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DeliveryReport> {
+        match &mut self.state {
+            State::Ready(report) => Poll::Ready(report.take().unwrap_or_default()),
+            State::Waiting { rx, extra, count } => {
+                let mut report = match Pin::new(rx).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(report)) => report,
+                    Poll::Ready(Err(_)) => DeliveryReport {
+                        pending: *count,
+                        error: Some(Arc::new(Error::Stopped)),
+                        ..DeliveryReport::default()
+                    },
+                };
+                report.pending += extra.pending;
+                Poll::Ready(report)
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Parsing of `#[signal(...)]` attributes.
+
+use proc_macro2::Span;
+use syn::{DeriveInput, Field, LitBool, LitInt, LitStr, Type};
+
+/// Columns of the table contract that `order_by` may name (kept in step with
+/// `signalbus_core::storage::ORDERABLE_COLUMNS`).
+const ORDERABLE: &[&str] = &["id", "created_at", "topic", "routing_key", "message_id"];
+
+#[derive(Default)]
+pub struct Container {
+    pub name: Option<String>,
+    pub table: Option<String>,
+    pub table_span: Option<Span>,
+    pub destination: Option<String>,
+    pub routing_key: Option<String>,
+    pub autoflush: Option<bool>,
+    pub burst: Option<usize>,
+    pub batch: Option<bool>,
+    pub order_by: Vec<String>,
+}
+
+impl Container {
+    pub fn parse(input: &DeriveInput) -> syn::Result<Self> {
+        let mut out = Container::default();
+        for attr in input.attrs.iter().filter(|a| a.path().is_ident("signal")) {
+            attr.parse_nested_meta(|meta| {
+                let key = meta.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
+                match key.as_str() {
+                    "name" => out.name = Some(meta.value()?.parse::<LitStr>()?.value()),
+                    "table" => {
+                        let lit = meta.value()?.parse::<LitStr>()?;
+                        out.table_span = Some(lit.span());
+                        out.table = Some(lit.value());
+                    }
+                    "destination" => out.destination = Some(meta.value()?.parse::<LitStr>()?.value()),
+                    "routing_key" => out.routing_key = Some(meta.value()?.parse::<LitStr>()?.value()),
+                    "autoflush" => out.autoflush = Some(meta.value()?.parse::<LitBool>()?.value),
+                    "batch" => out.batch = Some(meta.value()?.parse::<LitBool>()?.value),
+                    "burst" => {
+                        let lit = meta.value()?.parse::<LitInt>()?;
+                        let burst: usize = lit.base10_parse()?;
+                        if burst == 0 {
+                            return Err(syn::Error::new(lit.span(), "burst must be at least 1"));
+                        }
+                        out.burst = Some(burst);
+                    }
+                    "order_by" => {
+                        let lit = meta.value()?.parse::<LitStr>()?;
+                        for part in lit.value().split(',') {
+                            let part = part.trim();
+                            let column = part.split_whitespace().next().unwrap_or_default();
+                            if !ORDERABLE.contains(&column) {
+                                return Err(syn::Error::new(
+                                    lit.span(),
+                                    format!("order_by: `{column}` is not a signal table column (one of {})", ORDERABLE.join(", ")),
+                                ));
+                            }
+                            out.order_by.push(part.to_owned());
+                        }
+                    }
+                    _ => return Err(meta.error(
+                        "unknown signal attribute; expected name, table, destination, routing_key, autoflush, burst, batch or order_by",
+                    )),
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Default)]
+pub struct FieldAttrs {
+    pub routing_key: bool,
+    pub destination: bool,
+    /// `Some(None)`: header named after the field.
+    pub header: Option<Option<String>>,
+}
+
+impl FieldAttrs {
+    pub fn parse(field: &Field) -> syn::Result<Self> {
+        let mut out = FieldAttrs::default();
+        for attr in field.attrs.iter().filter(|a| a.path().is_ident("signal")) {
+            attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("routing_key") {
+                    out.routing_key = true;
+                } else if meta.path.is_ident("destination") {
+                    out.destination = true;
+                } else if meta.path.is_ident("header") {
+                    out.header = Some(if meta.input.peek(syn::Token![=]) {
+                        Some(meta.value()?.parse::<LitStr>()?.value())
+                    } else {
+                        None
+                    });
+                } else {
+                    return Err(meta.error(
+                        "unknown field attribute; expected routing_key, destination or header",
+                    ));
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+}
+
+/// `OrderPlaced` → `order_placed`.
+pub fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The same rule as `signalbus_core::Ident`, checked at compile time.
+pub fn check_identifier(table: &str, span: Span) -> syn::Result<()> {
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let parts: Vec<&str> = table.split('.').collect();
+    if parts.len() <= 2 && parts.iter().all(|p| ok_part(p)) {
+        Ok(())
+    } else {
+        Err(syn::Error::new(
+            span,
+            format!(
+                "`{table}` is not a valid table name: use ASCII letters, digits and `_` (optionally `schema.table`)"
+            ),
+        ))
+    }
+}
+
+pub fn is_option(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Option"))
+}

@@ -1,0 +1,63 @@
+//! # signalbus — the transactional outbox for Rust services
+//!
+//! A service records *signals* (messages) as rows in its own SQL database, inside the same
+//! transaction as its business writes. Right after the commit, signalbus sends them over a
+//! message bus and deletes the rows. What cannot be sent at once stays *pending* and is sent by
+//! a later flush, so no signal is ever lost, even when the process dies between commit and
+//! send.
+//!
+//! ```
+//! use serde::Serialize;
+//! use signalbus::{Signal, SignalBus, publisher::MemoryPublisher};
+//!
+//! #[derive(Serialize, Signal)]
+//! #[signal(destination = "orders", routing_key = "order.placed")]
+//! struct OrderPlaced {
+//!     order_id: i64,
+//!     #[signal(header)]
+//!     customer: String,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> signalbus::Result<()> {
+//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+//! sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT)").execute(&pool).await?;
+//!
+//! let outbox = MemoryPublisher::new();
+//! let bus = SignalBus::builder(pool)
+//!     .publisher(outbox.clone())
+//!     .register::<OrderPlaced>()
+//!     .build()?;
+//! bus.migrate().await?; // creates the `order_placed` table
+//!
+//! let mut tx = bus.begin().await?;
+//! sqlx::query("INSERT INTO orders (id, customer) VALUES (1, 'ada')").execute(&mut *tx).await?;
+//! tx.send(&OrderPlaced { order_id: 1, customer: "ada".into() }).await?;
+//! let report = tx.commit_and_wait().await?; // committed, sent, row deleted
+//!
+//! assert_eq!(report.sent, 1);
+//! assert_eq!(outbox.messages()[0].headers["customer"], "ada");
+//! # Ok(()) }
+//! ```
+//!
+//! ## Guarantees
+//! * **At-least-once.** A signal is deleted only after the bus confirmed it. A crash or a lost
+//!   database connection after the bus took a message and before the delete committed makes
+//!   it go out again: duplicates are possible. Every message carries a stable id
+//!   ([`Message::id`]) that is the same on every re-send, so brokers and consumers can drop
+//!   duplicates.
+//! * **Nothing lost.** A commit never fails because the bus is down; its signals stay pending
+//!   until [`SignalBus::flush`] or [`SignalBus::flushmany`] (or the `signalbus` command line)
+//!   sends them.
+//! * **No order** across auto-flushes, except where a flush mode promises one.
+//!
+//! ## Features
+//! `sqlite` (default), `postgres`, `mysql` choose the databases; `derive` (default) gives
+//! `#[derive(Signal)]`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub use signalbus_core::*;
+
+#[cfg(feature = "derive")]
+pub use signalbus_macros::Signal;

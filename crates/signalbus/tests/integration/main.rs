@@ -1,0 +1,6 @@
+//! Integration tests against real PostgreSQL, MariaDB and SQLite.
+
+mod autoflush;
+mod common;
+mod crash;
+mod signals;
