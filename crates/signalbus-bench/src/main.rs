@@ -1,1 +1,35 @@
-fn main() {}
+//! signalbus benchmarks. Each prints JSON lines: one per measured configuration.
+//!
+//! `signalbus-bench autoflush --database-url URL --bus memory --concurrency 32`
+
+mod autoflush;
+mod setup;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of signalbus; results are JSON lines on standard output")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Transactions per second and commit latency: business row alone vs business row + signal
+    /// with auto-flush.
+    Autoflush(autoflush::Args),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Autoflush(args) => autoflush::run(args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("signalbus-bench: {e}");
+        std::process::exit(1);
+    }
+}

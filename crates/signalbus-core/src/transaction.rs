@@ -226,7 +226,6 @@ impl DeliveryReport {
 }
 
 /// Resolves to the [`DeliveryReport`] of a committed transaction's signals.
-#[must_use = "a Delivery does nothing unless awaited; dropping it is fine, the signals are sent anyway"]
 pub struct Delivery {
     state: State,
 }

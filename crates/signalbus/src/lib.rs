@@ -57,6 +57,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bus_url;
+
+pub use bus_url::connect_bus;
 pub use signalbus_core::*;
 
 #[cfg(feature = "derive")]

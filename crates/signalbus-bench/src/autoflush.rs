@@ -1,0 +1,221 @@
+//! `autoflush`: transactions per second and commit latency, business row alone vs business
+//! row + one signal with auto-flush (commit waits for delivery, as the original does).
+
+use crate::setup::{self, Kind};
+use crate::stats::{Latencies, emit, round2};
+use serde::Serialize;
+use signalbus::{Backend, Signal, SignalBus};
+use sqlx::{MySql, Pool, Postgres, Sqlite};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// postgres://..., mysql://... or sqlite:PATH. The tables `bench_orders` and
+    /// `bench_signal` there are dropped and created again.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// `memory`, or a bus URL.
+    #[arg(long, default_value = "memory")]
+    bus: String,
+    /// Concurrent tasks, each running one transaction after the other.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds each configuration runs.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+}
+
+#[derive(Serialize, Signal)]
+#[signal(
+    name = "bench_signal",
+    table = "bench_signal",
+    destination = "bench",
+    routing_key = "order.placed"
+)]
+struct BenchSignal {
+    order_id: i64,
+    amount: i64,
+}
+
+pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let pool_size = (args.concurrency as u32 + 4).min(90);
+    match setup::kind(&args.database_url)? {
+        Kind::Postgres => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(pool_size)
+                .connect(&args.database_url)
+                .await?;
+            bench::<Postgres>(pool, &args).await
+        }
+        Kind::MySql => {
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(pool_size)
+                .connect(&args.database_url)
+                .await?;
+            bench::<MySql>(pool, &args).await
+        }
+        Kind::Sqlite => {
+            let options: sqlx::sqlite::SqliteConnectOptions = args.database_url.parse()?;
+            let options = options
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(60));
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(pool_size)
+                .connect_with(options)
+                .await?;
+            bench::<Sqlite>(pool, &args).await
+        }
+    }
+}
+
+async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    DB::reset(&pool).await?;
+    let (publisher, memory) = setup::publisher(&args.bus).await?;
+    let bus = SignalBus::builder(pool.clone())
+        .publisher(publisher)
+        .register::<BenchSignal>()
+        .build()?;
+    bus.migrate().await?;
+    let next_id = Arc::new(AtomicI64::new(1));
+    let duration = Duration::from_secs_f64(args.seconds);
+
+    let mut results = Vec::new();
+    for with_signal in [false, true] {
+        let started = Instant::now();
+        let deadline = started + duration;
+        let mut tasks = Vec::with_capacity(args.concurrency);
+        for _ in 0..args.concurrency {
+            let (bus, next_id) = (bus.clone(), next_id.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Latencies::default();
+                let mut undelivered = 0usize;
+                while Instant::now() < deadline {
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let t0 = Instant::now();
+                    let mut tx = bus.begin().await?;
+                    DB::insert_business(&mut tx, id).await?;
+                    if with_signal {
+                        tx.send(&BenchSignal {
+                            order_id: id,
+                            amount: id % 1000,
+                        })
+                        .await?;
+                        let report = tx.commit_and_wait().await?;
+                        undelivered += report.pending;
+                    } else {
+                        tx.commit().await?;
+                    }
+                    latencies.push(t0.elapsed());
+                }
+                Ok::<_, signalbus::Error>((latencies, undelivered))
+            }));
+        }
+        let mut latencies = Latencies::default();
+        let mut undelivered = 0;
+        for task in tasks {
+            let (l, u) = task.await??;
+            latencies.extend(l);
+            undelivered += u;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let tx_per_s = latencies.len() as f64 / secs;
+        results.push(tx_per_s);
+        emit(serde_json::json!({
+            "bench": "autoflush",
+            "database": DB::NAME,
+            "bus": signalbus::redact::redact_url(&args.bus),
+            "concurrency": args.concurrency,
+            "mode": if with_signal { "business+signal (commit waits for delivery)" } else { "business only" },
+            "transactions": latencies.len(),
+            "seconds": round2(secs),
+            "tx_per_s": round2(tx_per_s),
+            "commit_p50_ms": round2(latencies.percentile_ms(50.0)),
+            "commit_p99_ms": round2(latencies.percentile_ms(99.0)),
+            "left_pending": undelivered,
+        }));
+    }
+    if let Some(memory) = memory {
+        emit(serde_json::json!({
+            "bench": "autoflush",
+            "database": DB::NAME,
+            "concurrency": args.concurrency,
+            "ratio_signal_vs_business": round2(results[1] / results[0]),
+            "messages_delivered": memory.len(),
+            "publish_calls": memory.batches(),
+        }));
+    }
+    Ok(())
+}
+
+/// The business table of the benchmark, per database.
+trait BenchDb: Backend {
+    fn reset(pool: &Pool<Self>) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    fn insert_business(
+        conn: &mut Self::Connection,
+        id: i64,
+    ) -> impl Future<Output = Result<(), signalbus::Error>> + Send;
+}
+
+const DROP: &str = "DROP TABLE IF EXISTS bench_orders, bench_signal";
+
+impl BenchDb for Postgres {
+    async fn reset(pool: &Pool<Self>) -> Result<(), sqlx::Error> {
+        sqlx::query(DROP).execute(pool).await?;
+        sqlx::query("CREATE TABLE bench_orders (id BIGINT PRIMARY KEY, amount BIGINT NOT NULL)")
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+    async fn insert_business(conn: &mut Self::Connection, id: i64) -> Result<(), signalbus::Error> {
+        sqlx::query("INSERT INTO bench_orders (id, amount) VALUES ($1, $2)")
+            .bind(id)
+            .bind(id % 1000)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl BenchDb for MySql {
+    async fn reset(pool: &Pool<Self>) -> Result<(), sqlx::Error> {
+        sqlx::query(DROP).execute(pool).await?;
+        sqlx::query("CREATE TABLE bench_orders (id BIGINT PRIMARY KEY, amount BIGINT NOT NULL) ENGINE=InnoDB").execute(pool).await?;
+        Ok(())
+    }
+    async fn insert_business(conn: &mut Self::Connection, id: i64) -> Result<(), signalbus::Error> {
+        sqlx::query("INSERT INTO bench_orders (id, amount) VALUES (?, ?)")
+            .bind(id)
+            .bind(id % 1000)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl BenchDb for Sqlite {
+    async fn reset(pool: &Pool<Self>) -> Result<(), sqlx::Error> {
+        sqlx::query("DROP TABLE IF EXISTS bench_orders")
+            .execute(pool)
+            .await?;
+        sqlx::query("DROP TABLE IF EXISTS bench_signal")
+            .execute(pool)
+            .await?;
+        sqlx::query("CREATE TABLE bench_orders (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL)")
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+    async fn insert_business(conn: &mut Self::Connection, id: i64) -> Result<(), signalbus::Error> {
+        sqlx::query("INSERT INTO bench_orders (id, amount) VALUES (?, ?)")
+            .bind(id)
+            .bind(id % 1000)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}

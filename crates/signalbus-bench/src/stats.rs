@@ -1,0 +1,42 @@
+//! Latency samples and the JSON lines the benchmarks print.
+
+use std::time::Duration;
+
+/// Latencies of one run, merged from every task.
+#[derive(Debug, Default)]
+pub struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    pub fn push(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+
+    pub fn extend(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The `p`-th percentile in milliseconds (nearest rank).
+    pub fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.sort_unstable();
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        let idx = rank.clamp(1, self.0.len()) - 1;
+        self.0[idx].as_secs_f64() * 1000.0
+    }
+}
+
+/// Round to 2 decimals for readable JSON.
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Print one result as a JSON line.
+pub fn emit(value: serde_json::Value) {
+    println!("{value}");
+}
