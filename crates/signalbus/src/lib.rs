@@ -64,3 +64,8 @@ pub use signalbus_core::*;
 
 #[cfg(feature = "derive")]
 pub use signalbus_macros::Signal;
+
+/// The README's examples, compiled and run as doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
