@@ -7,7 +7,7 @@
 //! `flush_workers` rounds run at once; while they run, the next round's ids pile up, so the
 //! batches grow with the load.
 
-use super::publish_and_delete;
+use super::publish_rows;
 use crate::bus::Shared;
 use crate::error::{Error, Result};
 use crate::registry::TypeIdx;
@@ -111,28 +111,32 @@ async fn flush_round<DB: Backend>(shared: &Shared<DB>, round: Vec<FlushRequest>)
 }
 
 /// One round in one database transaction; returns the (type, id) pairs sent.
+///
+/// The rows are taken (locked and deleted in one statement where the backend can), then
+/// published; a publish failure rolls the deletion back.
 async fn send_round<DB: Backend>(
     shared: &Shared<DB>,
     by_type: BTreeMap<TypeIdx, Vec<i64>>,
 ) -> Result<HashSet<(TypeIdx, i64)>> {
     let mut tx = DB::begin_flush(&shared.pool).await?;
-    let mut locked = Vec::with_capacity(by_type.len());
+    let mut taken = Vec::with_capacity(by_type.len());
     for (idx, ids) in by_type {
-        let rows = DB::lock_ids(&mut tx, &shared.registry.get(idx).table, &ids).await?;
+        let rows = DB::take_ids(&mut tx, &shared.registry.get(idx).table, &ids).await?;
         if !rows.is_empty() {
-            locked.push((idx, rows));
+            taken.push((idx, rows));
         }
     }
-    if locked.is_empty() {
+    if taken.is_empty() {
         tx.commit().await?;
         return Ok(HashSet::new());
     }
-    let sent = publish_and_delete(shared, &mut tx, locked).await?;
-    tx.commit().await?;
+    let sent = publish_rows(shared, taken).await?;
     if let Some(e) = sent.invalid {
-        // Our own rows are always valid; a foreign writer must have changed them.
-        tracing::error!(error = %e, "auto-flush left an invalid row pending");
+        // Our own rows are always valid; a foreign writer changed them. Keep every row (the
+        // rollback) and let an explicit flush, which skips invalid rows, deal with it.
+        return Err(e);
     }
+    tx.commit().await?;
     Ok(sent
         .ids
         .into_iter()

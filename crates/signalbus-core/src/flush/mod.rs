@@ -41,10 +41,23 @@ pub(crate) async fn publish_and_delete<DB: Backend>(
     conn: &mut DB::Connection,
     locked: Vec<LockedRows>,
 ) -> Result<Sent> {
+    let sent = publish_rows(shared, locked).await?;
+    for (idx, ids) in &sent.ids {
+        DB::delete_ids(conn, &shared.registry.get(*idx).table, ids).await?;
+    }
+    Ok(sent)
+}
+
+/// Publish rows: batched types in one call, the others one message per call. Rows that are
+/// not valid signals are left out (see [`Sent::invalid`]).
+pub(crate) async fn publish_rows<DB: Backend>(
+    shared: &Shared<DB>,
+    rows: Vec<LockedRows>,
+) -> Result<Sent> {
     let mut sent = Sent::default();
     let mut batched = Vec::new();
     let mut single = Vec::new();
-    for (idx, rows) in locked {
+    for (idx, rows) in rows {
         let reg = shared.registry.get(idx);
         let mut ids = Vec::with_capacity(rows.len());
         for row in rows {
@@ -72,9 +85,6 @@ pub(crate) async fn publish_and_delete<DB: Backend>(
             .publisher
             .publish(std::slice::from_ref(message))
             .await?;
-    }
-    for (idx, ids) in &sent.ids {
-        DB::delete_ids(conn, &shared.registry.get(*idx).table, ids).await?;
     }
     Ok(sent)
 }

@@ -143,6 +143,24 @@ pub trait Backend: Database {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<StoredRow>>> + Send;
 
+    /// Lock and delete, in one go where the database can, the rows among `ids` that still
+    /// exist and no other flusher holds; returns them ordered by id. The caller publishes
+    /// them and commits, or rolls back to keep them.
+    fn take_ids(
+        conn: &mut Self::Connection,
+        table: &Ident,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<Vec<StoredRow>>> + Send {
+        async move {
+            let rows = Self::lock_ids(conn, table, ids).await?;
+            let locked: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            if !locked.is_empty() {
+                Self::delete_ids(conn, table, &locked).await?;
+            }
+            Ok(rows)
+        }
+    }
+
     /// Delete the rows with these ids.
     fn delete_ids(
         conn: &mut Self::Connection,
