@@ -1,5 +1,9 @@
 //! Sending pending rows: the step shared by auto-flush and every explicit flush mode.
 //!
+//! Metrics (through the `metrics` facade; install any recorder to export them):
+//! `signalbus_signals_sent_total{signal}`, `signalbus_publish_failures_total`,
+//! `signalbus_publish_seconds` (histogram of publish calls per flush step).
+//!
 //! Every mode follows the same pattern inside one database transaction: lock rows (so no
 //! other flusher takes them), publish them as a batch, delete them, commit. A publish failure
 //! rolls back, leaving the rows pending. A crash after publishing and before the commit leaves
