@@ -5,6 +5,7 @@
 use super::{AtomicOptions, Isolation, RowLock, SqliteBegin};
 use crate::error::Result;
 use crate::storage::Backend;
+use sqlx::error::DatabaseError;
 use sqlx::{FromRow, Pool};
 use std::future::Future;
 
@@ -20,9 +21,9 @@ pub trait AtomicBackend: Backend {
     /// The clause that locks the rows a `SELECT` returns (empty where rows cannot be locked).
     fn lock_clause(lock: RowLock) -> &'static str;
 
-    /// Whether the database error `code` (as [`crate::Error::database_code`] gives it) is a
-    /// conflict that running the transaction again can resolve.
-    fn is_conflict_code(code: &str) -> bool;
+    /// Whether the database error is a conflict that running the transaction again can
+    /// resolve (see [`super::is_conflict`]).
+    fn is_conflict_error(error: &dyn DatabaseError) -> bool;
 
     /// Begin the transaction of one attempt of an atomic block.
     fn begin_atomic(
@@ -76,8 +77,10 @@ mod postgres {
 
         /// 40001 serialization failure, 40P01 deadlock, and 55P03 lock not available (raised by
         /// `lock_timeout` and `NOWAIT`: the counterpart of MySQL's 1205).
-        fn is_conflict_code(code: &str) -> bool {
-            matches!(code, "40001" | "40P01" | "55P03")
+        fn is_conflict_error(error: &dyn DatabaseError) -> bool {
+            error
+                .code()
+                .is_some_and(|code| matches!(&*code, "40001" | "40P01" | "55P03"))
         }
 
         async fn begin_atomic(
@@ -142,10 +145,13 @@ mod mysql {
             }
         }
 
-        /// 1213 deadlock, 1205 lock wait timeout (also MariaDB's NOWAIT), 3572 MySQL's NOWAIT,
-        /// 1020 MariaDB's snapshot-isolation conflict (`innodb_snapshot_isolation=ON`).
-        fn is_conflict_code(code: &str) -> bool {
-            matches!(code, "1213" | "1205" | "3572" | "1020")
+        /// By error number (the SQLSTATE of 1205 is the generic HY000): 1213 deadlock, 1205
+        /// lock wait timeout (also MariaDB's NOWAIT), 3572 MySQL's NOWAIT, 1020 MariaDB's
+        /// snapshot-isolation conflict (`innodb_snapshot_isolation=ON`).
+        fn is_conflict_error(error: &dyn DatabaseError) -> bool {
+            error
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|e| matches!(e.number(), 1213 | 1205 | 3572 | 1020))
         }
 
         async fn begin_atomic(
@@ -195,8 +201,11 @@ mod sqlite {
 
         /// SQLITE_BUSY and SQLITE_LOCKED with all their extended codes (e.g. 517,
         /// BUSY_SNAPSHOT: a read transaction that cannot become a writer).
-        fn is_conflict_code(code: &str) -> bool {
-            code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+        fn is_conflict_error(error: &dyn DatabaseError) -> bool {
+            error
+                .code()
+                .and_then(|code| code.parse::<i32>().ok())
+                .is_some_and(|code| matches!(code & 0xff, 5 | 6))
         }
 
         async fn begin_atomic(

@@ -24,8 +24,7 @@ pub fn is_conflict<DB: AtomicBackend>(error: &Error) -> bool {
 pub(crate) fn classify<DB: AtomicBackend>(error: &Error, unique_races: bool) -> bool {
     match error {
         Error::Database(sqlx::Error::Database(e)) => {
-            (unique_races && e.is_unique_violation())
-                || e.code().is_some_and(|code| DB::is_conflict_code(&code))
+            (unique_races && e.is_unique_violation()) || DB::is_conflict_error(&**e)
         }
         _ => false,
     }

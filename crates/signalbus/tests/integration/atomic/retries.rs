@@ -47,7 +47,8 @@ where
 }
 
 /// Each transfer locks its source, waits for the other, then locks its destination: a
-/// deadlock on every database. The loser is rolled back and runs again; both succeed.
+/// deadlock on every database. The loser is rolled back and runs again once the winner has
+/// committed (so that PostgreSQL's snapshot does not make it conflict once more); both succeed.
 async fn two_conflicting_transfers_both_succeed<DB: AtomicDb>()
 where
     Account: for<'r> sqlx::FromRow<'r, DB::Row>,
@@ -57,25 +58,34 @@ where
     DB::add_accounts(&db.pool, 2, 100).await;
     let barrier = Barrier::new(2);
     let attempts = AtomicU32::new(0);
+    let (committed, committed_rx) = tokio::sync::watch::channel(0u32);
     let transfer = |from: i64, to: i64, amount: i64| {
-        let (bus, barrier, attempts) = (&bus, &barrier, &attempts);
+        let (bus, barrier, attempts, committed) = (&bus, &barrier, &attempts, &committed);
+        let committed_rx = &committed_rx;
         async move {
             let mut first_attempt = true;
-            bus.atomic_with(&fast(10), |tx| {
-                let wait = std::mem::replace(&mut first_attempt, false);
-                Box::pin(async move {
-                    attempts.fetch_add(1, SeqCst);
-                    tx.lock_row::<Account>(from, RowLock::UPDATE).await?;
-                    if wait {
-                        barrier.wait().await;
-                    }
-                    tx.lock_row::<Account>(to, RowLock::UPDATE).await?;
-                    DB::add_balance(tx, from, -amount).await?;
-                    DB::add_balance(tx, to, amount).await?;
-                    Ok(from)
+            let result = bus
+                .atomic_with(&fast(10), |tx| {
+                    let first = std::mem::replace(&mut first_attempt, false);
+                    let mut committed_rx = committed_rx.clone();
+                    Box::pin(async move {
+                        attempts.fetch_add(1, SeqCst);
+                        if !first {
+                            committed_rx.wait_for(|n| *n >= 1).await.unwrap();
+                        }
+                        tx.lock_row::<Account>(from, RowLock::UPDATE).await?;
+                        if first {
+                            barrier.wait().await;
+                        }
+                        tx.lock_row::<Account>(to, RowLock::UPDATE).await?;
+                        DB::add_balance(tx, from, -amount).await?;
+                        DB::add_balance(tx, to, amount).await?;
+                        Ok(from)
+                    })
                 })
-            })
-            .await
+                .await;
+            committed.send_modify(|n| *n += 1);
+            result
         }
     };
     let (a, b) = tokio::join!(transfer(1, 2, 10), transfer(2, 1, 25));
