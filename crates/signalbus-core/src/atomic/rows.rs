@@ -11,8 +11,15 @@ use sqlx::{Arguments, Database, Encode, FromRow, Type};
 /// A row type with a primary key: the table it lives in and the key's columns.
 ///
 /// ```
-/// #[derive(sqlx::FromRow)]
+/// // Usually `#[derive(sqlx::FromRow)]` (sqlx's `derive` feature); any `FromRow` will do.
 /// struct Account { id: i64, balance: i64 }
+/// # impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for Account
+/// # where &'static str: sqlx::ColumnIndex<R>, i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>
+/// # {
+/// #     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+/// #         Ok(Account { id: row.try_get("id")?, balance: row.try_get("balance")? })
+/// #     }
+/// # }
 ///
 /// impl signalbus_core::atomic::Record for Account {
 ///     const TABLE: &'static str = "accounts";
@@ -23,6 +30,10 @@ use sqlx::{Arguments, Database, Encode, FromRow, Type};
 /// ```
 ///
 /// A composite key is a tuple: `PRIMARY_KEY = &["tenant", "id"]`, `type Key = (String, i64)`.
+///
+/// Code generic over the database needs the bounds the helpers need:
+/// `R: for<'r> sqlx::FromRow<'r, DB::Row>, R::Key: PrimaryKey<DB>`; code for one database
+/// needs none.
 pub trait Record: Send + Unpin + Sized {
     /// The table, optionally `schema.table`.
     const TABLE: &'static str;
