@@ -34,7 +34,7 @@
 //! * **Retries**: a conflict ([`is_conflict`]) rolls the attempt back and runs the closure
 //!   again after a [`Backoff`] wait (full jitter, no wait before the first retry, as the
 //!   original), at most [`Backoff::max_attempts`] attempts in all; then
-//!   [`Error::RetriesExhausted`](crate::Error::RetriesExhausted) says how many were made. Any other error is returned at once.
+//!   [`Error::RetriesExhausted`] says how many were made. Any other error is returned at once.
 //!   A commit that fails with a conflict is retried too.
 //! * **Signals** sent in an attempt are rows of that attempt's transaction: a rolled-back
 //!   attempt leaves none, and only the committed attempt hands its signals to the auto-flush.
@@ -43,7 +43,13 @@
 //!   the whole transaction: even if the outer closure swallows the error and returns `Ok`, the
 //!   transaction is rolled back (and retried, if the inner failure was a conflict) rather than
 //!   committed with part of its work missing; the caller then gets
-//!   [`Error::InnerBlockFailed`](crate::Error::InnerBlockFailed).
+//!   [`Error::InnerBlockFailed`].
+//! * **Procedures** that must work alone and inside a larger block take
+//!   `tx: &mut Transaction<'_, DB>`: the entry point runs
+//!   `bus.atomic(|tx| Box::pin(transfer(tx, a, b, 10)))`, an enclosing block
+//!   `tx.atomic(|tx| Box::pin(transfer(tx, a, b, 10)))`.
+//! * **Tracing**: every retry is a `debug` event with the attempt number, the wait and the
+//!   error; a block that commits after retries reports its attempts; giving up is a `warn`.
 //! * **Isolation**: REPEATABLE READ by default on PostgreSQL and MySQL/MariaDB, as the
 //!   original. SQLite has no isolation levels; blocks start with `BEGIN IMMEDIATE` by default,
 //!   so that a block that reads and then writes waits for the write lock up front (honouring
