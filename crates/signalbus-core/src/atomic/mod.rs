@@ -48,6 +48,8 @@
 //!   `tx: &mut Transaction<'_, DB>`: the entry point runs
 //!   `bus.atomic(|tx| Box::pin(transfer(tx, a, b, 10)))`, an enclosing block
 //!   `tx.atomic(|tx| Box::pin(transfer(tx, a, b, 10)))`.
+//!   Inside a block, use `tx.atomic`, not `bus.atomic`: the latter starts an independent
+//!   transaction on another connection, which may wait for locks this one holds.
 //! * **Tracing**: every retry is a `debug` event with the attempt number, the wait and the
 //!   error; a block that commits after retries reports its attempts; giving up is a `warn`.
 //! * **Isolation**: REPEATABLE READ by default on PostgreSQL and MySQL/MariaDB, as the

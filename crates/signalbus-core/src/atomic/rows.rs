@@ -279,3 +279,39 @@ impl<DB: AtomicBackend> Transaction<'_, DB> {
         get_row::<DB, R>(self, record.primary_key()).await
     }
 }
+
+#[cfg(all(test, feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    struct Member;
+    impl Record for Member {
+        const TABLE: &'static str = "app.members";
+        const PRIMARY_KEY: &'static [&'static str] = &["tenant", "id"];
+        type Key = (String, i64);
+        fn primary_key(&self) -> (String, i64) {
+            (String::new(), 0)
+        }
+    }
+
+    #[test]
+    fn select_sql_per_database() {
+        assert_eq!(
+            select_sql::<sqlx::Postgres, Member>(2, Some(RowLock::UPDATE.nowait())).unwrap(),
+            r#"SELECT * FROM "app"."members" WHERE "tenant" = $1 AND "id" = $2 FOR UPDATE NOWAIT"#
+        );
+        assert_eq!(
+            select_sql::<sqlx::MySql, Member>(2, Some(RowLock::SHARE.skip_locked())).unwrap(),
+            "SELECT * FROM `app`.`members` WHERE `tenant` = ? AND `id` = ? \
+             LOCK IN SHARE MODE SKIP LOCKED"
+        );
+        assert_eq!(
+            select_sql::<sqlx::Sqlite, Member>(2, Some(RowLock::UPDATE)).unwrap(),
+            r#"SELECT * FROM "app"."members" WHERE "tenant" = ? AND "id" = ?"#
+        );
+        assert!(matches!(
+            select_sql::<sqlx::Postgres, Member>(1, None),
+            Err(Error::Config(_))
+        ));
+    }
+}
