@@ -5,20 +5,25 @@
 //!
 //! ```no_run
 //! use signalbus_core::{Result, SignalBus};
+//! use sqlx::Postgres;
 //!
-//! async fn transfer(bus: &SignalBus<sqlx::Postgres>, from: i64, to: i64, amount: i64) -> Result<i64> {
-//!     bus.atomic(|tx| Box::pin(async move {
-//!         let balance: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1 FOR UPDATE")
-//!             .bind(from)
-//!             .fetch_one(&mut **tx)
-//!             .await?;
-//!         sqlx::query("UPDATE accounts SET balance = balance - $2 WHERE id = $1")
-//!             .bind(from).bind(amount).execute(&mut **tx).await?;
-//!         sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE id = $1")
-//!             .bind(to).bind(amount).execute(&mut **tx).await?;
-//!         // tx.send(&TransferDone { .. }).await?;  — sent after the final commit only
-//!         Ok(balance - amount)
-//!     }))
+//! async fn withdraw(bus: &SignalBus<Postgres>, account: i64, amount: i64) -> Result<i64> {
+//!     bus.atomic(|tx| {
+//!         Box::pin(async move {
+//!             let balance: i64 =
+//!                 sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1 FOR UPDATE")
+//!                     .bind(account)
+//!                     .fetch_one(&mut **tx)
+//!                     .await?;
+//!             sqlx::query("UPDATE accounts SET balance = $2 WHERE id = $1")
+//!                 .bind(account)
+//!                 .bind(balance - amount)
+//!                 .execute(&mut **tx)
+//!                 .await?;
+//!             // tx.send(&Withdrawn { .. }).await?;  — sent after the final commit only
+//!             Ok(balance - amount)
+//!         })
+//!     })
 //!     .await
 //! }
 //! ```
@@ -29,7 +34,7 @@
 //!   `|tx| Box::pin(my_procedure(tx, args))`. It is `FnMut` because it may run several times,
 //!   so values it moves into its future must be `Copy` or cloned per attempt; it may borrow
 //!   from the caller's scope (`'a`). Async closures (`AsyncFnMut`) would read better, but with
-//!   Rust 1.95 their futures cannot be proven `Send` inside a generic function, which
+//!   Rust 1.95 their futures cannot be proven `Send` (not even for one concrete database), which
 //!   `tokio::spawn` needs ("implementation of `AsyncFnMut` is not general enough").
 //! * **Retries**: a conflict ([`is_conflict`]) rolls the attempt back and runs the closure
 //!   again after a [`Backoff`] wait (full jitter, no wait before the first retry, as the

@@ -14,7 +14,9 @@ use sqlx::{Arguments, Database, Encode, FromRow, Type};
 /// // Usually `#[derive(sqlx::FromRow)]` (sqlx's `derive` feature); any `FromRow` will do.
 /// struct Account { id: i64, balance: i64 }
 /// # impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for Account
-/// # where &'static str: sqlx::ColumnIndex<R>, i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>
+/// # where
+/// #     &'static str: sqlx::ColumnIndex<R>,
+/// #     i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 /// # {
 /// #     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
 /// #         Ok(Account { id: row.try_get("id")?, balance: row.try_get("balance")? })
