@@ -3,7 +3,7 @@
 use super::{Account, AtomicDb, fast, setup};
 use crate::{on_every_database, on_server_databases};
 use rand::Rng;
-use signalbus::atomic::{PrimaryKey, RowLock, is_conflict};
+use signalbus::atomic::{PrimaryKey, RowLock, SqliteBegin, is_conflict};
 use signalbus::{Error, Transaction};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -123,13 +123,14 @@ where
     let attempts = Arc::new(AtomicU32::new(0));
     let tasks: Vec<_> = transfers
         .iter()
-        .map(|&(from, to, amount)| {
+        .enumerate()
+        .map(|(i, &(from, to, amount))| {
             let (bus, attempts) = (bus.clone(), attempts.clone());
             tokio::spawn(async move {
                 let attempts = &attempts;
                 // Locks in id order: conflicts, but no deadlocks.
                 let (first, second) = (from.min(to), from.max(to));
-                bus.atomic_with(&fast(100), |tx| {
+                bus.atomic_with(&fast(100).sqlite_begin(sqlite_begin(i)), |tx| {
                     Box::pin(async move {
                         attempts.fetch_add(1, SeqCst);
                         move_money(tx, first, second, from, amount).await
@@ -153,6 +154,16 @@ where
     db.cleanup().await;
 }
 
+/// Half of the SQLite blocks begin IMMEDIATE (the default: no upgrade conflicts), half
+/// DEFERRED (SQLITE_BUSY_SNAPSHOT conflicts, retried).
+fn sqlite_begin(i: usize) -> SqliteBegin {
+    if i % 2 == 0 {
+        SqliteBegin::Immediate
+    } else {
+        SqliteBegin::Deferred
+    }
+}
+
 /// 50 callers insert the same key if it is absent: half with the block option, half with a
 /// scoped `retry_on_unique_violation`. Every caller gets the one row's value.
 async fn concurrent_insert_if_absent<DB: AtomicDb>() {
@@ -161,7 +172,9 @@ async fn concurrent_insert_if_absent<DB: AtomicDb>() {
         .map(|i| {
             let bus = bus.clone();
             tokio::spawn(async move {
-                let options = fast(100).retry_on_unique_violation(i % 2 == 0);
+                let options = fast(100)
+                    .retry_on_unique_violation(i % 2 == 0)
+                    .sqlite_begin(sqlite_begin(i as usize / 2));
                 bus.atomic_with(&options, |tx| {
                     Box::pin(async move {
                         if let Some(v) = DB::kv_get(tx, "the-key").await? {
