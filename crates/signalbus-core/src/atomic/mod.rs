@@ -55,8 +55,10 @@
 //!   `tx.atomic(|tx| Box::pin(transfer(tx, a, b, 10)))`.
 //!   Inside a block, use `tx.atomic`, not `bus.atomic`: the latter starts an independent
 //!   transaction on another connection, which may wait for locks this one holds.
-//! * **Tracing**: every retry is a `debug` event with the attempt number, the wait and the
-//!   error; a block that commits after retries reports its attempts; giving up is a `warn`.
+//! * **Tracing**: each attempt runs in a `debug` span `atomic{attempt=n}` (so the block's own
+//!   events show it); every retry is a `debug` event with the attempt number, the wait and
+//!   the error; a block that commits after retries reports its attempts; giving up is a
+//!   `warn`.
 //! * **Isolation**: REPEATABLE READ by default on PostgreSQL and MySQL/MariaDB, as the
 //!   original. SQLite has no isolation levels; blocks start with `BEGIN IMMEDIATE` by default,
 //!   so that a block that reads and then writes waits for the write lock up front (honouring
@@ -83,6 +85,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// The future an atomic block's closure returns: `Box::pin(async move { .. })`.
 pub type AtomicFuture<'t, T> = BoxFuture<'t, Result<T>>;
@@ -243,7 +246,12 @@ impl<DB: AtomicBackend> SignalBus<DB> {
         let max_attempts = options.backoff.max_attempts.max(1);
         let mut attempt = 1;
         loop {
-            let error = match self.atomic_attempt(options, &mut block).await {
+            let span = tracing::debug_span!("atomic", attempt);
+            let error = match self
+                .atomic_attempt(options, &mut block)
+                .instrument(span)
+                .await
+            {
                 Ok(done) => {
                     if attempt > 1 {
                         tracing::debug!(attempts = attempt, "atomic block committed");

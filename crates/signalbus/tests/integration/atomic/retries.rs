@@ -157,7 +157,7 @@ where
 /// Half of the SQLite blocks begin IMMEDIATE (the default: no upgrade conflicts), half
 /// DEFERRED (SQLITE_BUSY_SNAPSHOT conflicts, retried).
 fn sqlite_begin(i: usize) -> SqliteBegin {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         SqliteBegin::Immediate
     } else {
         SqliteBegin::Deferred
