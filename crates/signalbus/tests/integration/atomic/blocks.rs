@@ -13,7 +13,7 @@ on_every_database!(
     signals_of_retried_attempts_are_sent_once,
     panic_rolls_back_and_resumes,
 );
-on_server_databases!(repeatable_read_by_default);
+on_server_databases!(repeatable_read_by_default, write_skew_needs_serializable);
 
 async fn nested_blocks_join_the_outer_one<DB: AtomicDb>() {
     let (db, bus, _) = setup::<DB>(4).await;
@@ -205,5 +205,54 @@ async fn repeatable_read_by_default<DB: AtomicDb>() {
         seen.push(after - before);
     }
     assert_eq!(seen, vec![0, 1]);
+    db.cleanup().await;
+}
+
+/// Two "on call" accounts; each block takes itself off call if the other is still on. Under
+/// REPEATABLE READ both see two on call and both leave (write skew); under SERIALIZABLE one
+/// of them conflicts, runs again, sees the other gone and stays.
+async fn write_skew_needs_serializable<DB: AtomicDb>() {
+    let (db, bus, _) = setup::<DB>(4).await;
+    DB::add_accounts(&db.pool, 2, 1).await;
+    let mut results = Vec::new();
+    for isolation in [Isolation::RepeatableRead, Isolation::Serializable] {
+        // Both on call again (RR leaves both off).
+        let mut conn = db.pool.acquire().await.unwrap();
+        for (id, balance) in DB::balances(&db.pool).await {
+            DB::add_balance(&mut conn, id, 1 - balance).await.unwrap();
+        }
+        drop(conn);
+        let barrier = tokio::sync::Barrier::new(2);
+        let attempts = AtomicU32::new(0);
+        let options = fast(10).isolation(isolation);
+        let leave = |me: i64| {
+            let (bus, barrier, attempts, options) = (&bus, &barrier, &attempts, &options);
+            async move {
+                bus.atomic_with(options, |tx| {
+                    let first = attempts.fetch_add(1, SeqCst) < 2;
+                    Box::pin(async move {
+                        let on_call = DB::count_positive(tx).await?;
+                        if first {
+                            barrier.wait().await;
+                        }
+                        if on_call >= 2 {
+                            DB::add_balance(tx, me, -1).await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        };
+        let (a, b) = tokio::join!(leave(1), leave(2));
+        a.unwrap();
+        b.unwrap();
+        let mut conn = db.pool.acquire().await.unwrap();
+        results.push((
+            DB::count_positive(&mut conn).await.unwrap(),
+            attempts.load(SeqCst) > 2,
+        ));
+    }
+    assert_eq!(results, vec![(0, false), (1, true)]);
     db.cleanup().await;
 }

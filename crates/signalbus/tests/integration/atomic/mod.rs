@@ -23,6 +23,10 @@ pub trait AtomicDb: TestBackend + AtomicBackend {
         delta: i64,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
     fn balances(pool: &Pool<Self>) -> impl Future<Output = Vec<(i64, i64)>> + Send;
+    /// Accounts with a positive balance.
+    fn count_positive(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = sqlx::Result<i64>> + Send;
     fn kv_get(
         conn: &mut Self::Connection,
         k: &str,
@@ -108,6 +112,11 @@ macro_rules! atomic_db {
                     .fetch_all(pool)
                     .await
                     .unwrap()
+            }
+            async fn count_positive(conn: &mut Self::Connection) -> sqlx::Result<i64> {
+                sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE balance > 0")
+                    .fetch_one(conn)
+                    .await
             }
             async fn kv_get(conn: &mut Self::Connection, k: &str) -> sqlx::Result<Option<i64>> {
                 sqlx::query_scalar(sql::<Self>("SELECT v FROM kv WHERE k = ?"))
