@@ -90,6 +90,17 @@ pub enum Error {
         last: Box<Error>,
     },
 
+    /// A nested atomic block failed, and the outer block went on and returned `Ok`: the
+    /// transaction was rolled back rather than committed with part of its work missing.
+    #[error(
+        "a nested atomic block failed ({reason}) but the outer block went on; the whole \
+         transaction was rolled back"
+    )]
+    InnerBlockFailed {
+        /// The error of the nested block.
+        reason: String,
+    },
+
     /// The bus' background auto-flush task is gone (the runtime is shutting down).
     #[error("the auto-flush task of the signal bus has stopped")]
     Stopped,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod atomic;
 mod bus;
 mod error;
 mod flush;
@@ -16,6 +17,7 @@ mod signal;
 pub mod storage;
 mod transaction;
 
+pub use atomic::{AtomicBackend, AtomicOptions, Isolation, Record, RowLock};
 pub use bus::{SignalBus, SignalBusBuilder};
 pub use error::{Error, PublishError, PublishErrorKind, Result};
 pub use flush::explicit::DEFAULT_FLUSH_WAIT;

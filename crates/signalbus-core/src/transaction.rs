@@ -155,11 +155,17 @@ impl<DB: Backend> Recorder<DB> {
 pub struct Transaction<'c, DB: Backend> {
     tx: sqlx::Transaction<'c, DB>,
     recorder: Recorder<DB>,
+    /// Failure of a nested atomic block, kept for the outermost one (see `atomic`).
+    pub(crate) atomic: crate::atomic::BlockState,
 }
 
 impl<'c, DB: Backend> Transaction<'c, DB> {
     pub(crate) fn new(tx: sqlx::Transaction<'c, DB>, recorder: Recorder<DB>) -> Self {
-        Transaction { tx, recorder }
+        Transaction {
+            tx,
+            recorder,
+            atomic: Default::default(),
+        }
     }
 
     /// Record `signal` in this transaction.

@@ -1,5 +1,6 @@
 //! Integration tests against real PostgreSQL, MariaDB and SQLite.
 
+mod atomic;
 mod autoflush;
 mod common;
 mod crash;
