@@ -107,8 +107,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// The database's own error code (SQLSTATE on PostgreSQL, the error number on
-    /// MySQL/MariaDB, the extended result code on SQLite), when the database reported one.
+    /// The database's error code as sqlx reports it: the SQLSTATE on PostgreSQL and
+    /// MySQL/MariaDB (e.g. `40001`), the extended result code on SQLite (e.g. `2067`). The
+    /// MySQL error number (e.g. 1213) is on the sqlx error itself:
+    /// `MySqlDatabaseError::number()`; [`crate::atomic::is_conflict`] looks at it.
     pub fn database_code(&self) -> Option<String> {
         match self {
             Error::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
