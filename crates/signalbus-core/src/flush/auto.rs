@@ -7,14 +7,15 @@
 //! `flush_workers` rounds run at once; while they run, the next round's ids pile up, so the
 //! batches grow with the load.
 
-use super::publish_rows;
+use super::{prepare, publish};
 use crate::bus::Shared;
 use crate::error::{Error, Result};
 use crate::registry::TypeIdx;
 use crate::storage::Backend;
 use crate::transaction::DeliveryReport;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// The committed signals of one transaction, and where to report what became of them.
@@ -23,12 +24,42 @@ pub(crate) struct FlushRequest {
     pub reply: oneshot::Sender<DeliveryReport>,
 }
 
+/// How long auto-flush stops trying after the bus failed: requests arriving meanwhile are
+/// answered at once as pending (their rows stay for the next flush) instead of queueing up
+/// behind publish timeouts. The first round after the pause probes the bus again.
+const BREAKER_PAUSE: Duration = Duration::from_secs(1);
+
+/// Open after a publish failure, until the pause is over.
+#[derive(Default)]
+struct Breaker(Mutex<Option<(Instant, Arc<Error>)>>);
+
+impl Breaker {
+    fn open(&self, error: Arc<Error>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now() + BREAKER_PAUSE, error));
+    }
+
+    fn close(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The failure that opened it, while it is open.
+    fn is_open(&self) -> Option<Arc<Error>> {
+        let state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .as_ref()
+            .filter(|(until, _)| Instant::now() < *until)
+            .map(|(_, e)| e.clone())
+    }
+}
+
 /// Runs until every handle of the bus is dropped, then finishes the rounds in flight.
 pub(crate) async fn run<DB: Backend>(
     shared: Arc<Shared<DB>>,
     mut rx: mpsc::UnboundedReceiver<FlushRequest>,
 ) {
     let workers = Arc::new(Semaphore::new(shared.config.flush_workers));
+    let breaker = Arc::new(Breaker::default());
     let mut carry: Option<FlushRequest> = None;
     loop {
         // Wait for a free worker first: meanwhile requests queue up and the round gets bigger.
@@ -57,9 +88,13 @@ pub(crate) async fn run<DB: Backend>(
                 Err(_) => break,
             }
         }
-        let shared = shared.clone();
+        if let Some(error) = breaker.is_open() {
+            reply_pending(round, error);
+            continue;
+        }
+        let (shared, breaker) = (shared.clone(), breaker.clone());
         tokio::spawn(async move {
-            flush_round(&shared, round).await;
+            flush_round(&shared, &breaker, round).await;
             drop(permit);
         });
     }
@@ -69,7 +104,11 @@ pub(crate) async fn run<DB: Backend>(
         .await;
 }
 
-async fn flush_round<DB: Backend>(shared: &Shared<DB>, round: Vec<FlushRequest>) {
+async fn flush_round<DB: Backend>(
+    shared: &Shared<DB>,
+    breaker: &Breaker,
+    round: Vec<FlushRequest>,
+) {
     let mut by_type: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
     for request in &round {
         for &(idx, id) in &request.items {
@@ -81,6 +120,7 @@ async fn flush_round<DB: Backend>(shared: &Shared<DB>, round: Vec<FlushRequest>)
     }
     match send_round(shared, by_type).await {
         Ok(sent) => {
+            breaker.close();
             for request in round {
                 let total = request.items.len();
                 let done = request
@@ -99,14 +139,22 @@ async fn flush_round<DB: Backend>(shared: &Shared<DB>, round: Vec<FlushRequest>)
             let count: usize = round.iter().map(|r| r.items.len()).sum();
             tracing::warn!(signals = count, %error, "auto-flush failed; the signals stay pending until the next flush");
             let error = Arc::new(error);
-            for request in round {
-                let _ = request.reply.send(DeliveryReport {
-                    pending: request.items.len(),
-                    error: Some(error.clone()),
-                    ..DeliveryReport::default()
-                });
+            if matches!(*error, Error::Publish(_)) {
+                breaker.open(error.clone());
             }
+            reply_pending(round, error);
         }
+    }
+}
+
+/// Report every request of a round as left pending because of `error`.
+fn reply_pending(round: Vec<FlushRequest>, error: Arc<Error>) {
+    for request in round {
+        let _ = request.reply.send(DeliveryReport {
+            pending: request.items.len(),
+            error: Some(error.clone()),
+            ..DeliveryReport::default()
+        });
     }
 }
 
@@ -130,12 +178,14 @@ async fn send_round<DB: Backend>(
         tx.commit().await?;
         return Ok(HashSet::new());
     }
-    let sent = publish_rows(shared, taken).await?;
-    if let Some(e) = sent.invalid {
-        // Our own rows are always valid; a foreign writer changed them. Keep every row (the
-        // rollback) and let an explicit flush, which skips invalid rows, deal with it.
+    let mut prepared = prepare(shared, taken);
+    if let Some(e) = prepared.sent.invalid.take() {
+        // Our own rows are always valid; a foreign writer changed them. Publish nothing, keep
+        // every row (the rollback) and let an explicit flush, which skips invalid rows, deal
+        // with it.
         return Err(e);
     }
+    let sent = publish(shared, prepared).await?;
     tx.commit().await?;
     Ok(sent
         .ids

@@ -45,19 +45,24 @@ pub(crate) async fn publish_and_delete<DB: Backend>(
     conn: &mut DB::Connection,
     locked: Vec<LockedRows>,
 ) -> Result<Sent> {
-    let sent = publish_rows(shared, locked).await?;
+    let sent = publish(shared, prepare(shared, locked)).await?;
     for (idx, ids) in &sent.ids {
         DB::delete_ids(conn, &shared.registry.get(*idx).table, ids).await?;
     }
     Ok(sent)
 }
 
-/// Publish rows: batched types in one call, the others one message per call. Rows that are
-/// not valid signals are left out (see [`Sent::invalid`]).
-pub(crate) async fn publish_rows<DB: Backend>(
-    shared: &Shared<DB>,
-    rows: Vec<LockedRows>,
-) -> Result<Sent> {
+/// Rows turned into messages, ready to publish.
+pub(crate) struct Prepared {
+    /// What publishing them sends (and which rows were invalid).
+    pub sent: Sent,
+    batched: Vec<Message>,
+    single: Vec<Message>,
+}
+
+/// Turn rows into messages: batched types go in one publish call, the others one message per
+/// call. Rows that are not valid signals are left out (see [`Sent::invalid`]).
+pub(crate) fn prepare<DB: Backend>(shared: &Shared<DB>, rows: Vec<LockedRows>) -> Prepared {
     let mut sent = Sent::default();
     let mut batched = Vec::new();
     let mut single = Vec::new();
@@ -81,14 +86,43 @@ pub(crate) async fn publish_rows<DB: Backend>(
             sent.ids.push((idx, ids));
         }
     }
-    if !batched.is_empty() {
-        shared.publisher.publish(&batched).await?;
+    Prepared {
+        sent,
+        batched,
+        single,
     }
-    for message in &single {
-        shared
-            .publisher
-            .publish(std::slice::from_ref(message))
-            .await?;
+}
+
+/// Publish prepared messages; returns what was sent.
+pub(crate) async fn publish<DB: Backend>(shared: &Shared<DB>, prepared: Prepared) -> Result<Sent> {
+    let Prepared {
+        sent,
+        batched,
+        single,
+    } = prepared;
+    let started = std::time::Instant::now();
+    let published = async {
+        if !batched.is_empty() {
+            shared.publisher.publish(&batched).await?;
+        }
+        for message in &single {
+            shared
+                .publisher
+                .publish(std::slice::from_ref(message))
+                .await?;
+        }
+        Ok::<_, crate::error::PublishError>(())
+    }
+    .await;
+    metrics::histogram!("signalbus_publish_seconds").record(started.elapsed().as_secs_f64());
+    if let Err(e) = published {
+        metrics::counter!("signalbus_publish_failures_total").increment(1);
+        return Err(e.into());
+    }
+    for (idx, ids) in &sent.ids {
+        let name = shared.registry.get(*idx).name.to_string();
+        metrics::counter!("signalbus_signals_sent_total", "signal" => name)
+            .increment(ids.len() as u64);
     }
     Ok(sent)
 }

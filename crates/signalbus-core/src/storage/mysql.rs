@@ -13,10 +13,10 @@
 //! may be run as a scan that locks rows it does not return).
 
 use super::{Backend, NewRow, PendingStats, SELECT_COLUMNS, StoredRow, json_ids};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ident::Ident;
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, Executor, MySql, MySqlConnection, Pool};
+use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Pool, SqlSafeStr};
 use std::time::Duration;
 
 /// The bound JSON array of ids as a table `x(id)`.
@@ -26,25 +26,45 @@ fn q(table: &Ident) -> String {
     table.quoted('`')
 }
 
-/// Serializes the flush transactions of one table (see the module docs).
+/// Serializes the flush transactions of one table (see the module docs). Runs inside the
+/// flush transaction, so it must not run DDL: on MySQL any `CREATE TABLE` commits the open
+/// transaction. The lock table itself is created by `create_table` (`SignalBus::migrate`).
 async fn lock_table(conn: &mut MySqlConnection, table: &Ident) -> Result<()> {
-    let found: Option<String> = sqlx::query_scalar(
-        "SELECT table_name FROM signalbus_flush_lock WHERE table_name = ? FOR UPDATE",
-    )
-    .bind(table.to_string())
-    .fetch_optional(&mut *conn)
-    .await?;
+    const LOCK: &str =
+        "SELECT table_name FROM signalbus_flush_lock WHERE table_name = ? FOR UPDATE";
+    let name = table.to_string();
+    let found: Option<String> = sqlx::query_scalar(LOCK)
+        .bind(&name)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(missing_lock_table)?;
     if found.is_none() {
-        // A table created by other means: add its lock row, then take it.
-        ensure_lock_row(conn, table).await?;
-        sqlx::query("SELECT table_name FROM signalbus_flush_lock WHERE table_name = ? FOR UPDATE")
-            .bind(table.to_string())
+        // A signal table created by other means: add its lock row, then take it.
+        sqlx::query("INSERT IGNORE INTO signalbus_flush_lock (table_name) VALUES (?)")
+            .bind(&name)
             .execute(&mut *conn)
             .await?;
+        sqlx::query(LOCK).bind(&name).execute(&mut *conn).await?;
     }
     Ok(())
 }
 
+/// MySQL's "table doesn't exist" (1146) on the lock table, as an error that says what to do.
+fn missing_lock_table(e: sqlx::Error) -> Error {
+    let missing = matches!(&e, sqlx::Error::Database(db)
+        if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| m.number() == 1146));
+    if missing {
+        Error::Config(
+            "table `signalbus_flush_lock` is missing: run `SignalBus::migrate` (or `signalbus migrate`) \
+             once on this database"
+                .into(),
+        )
+    } else {
+        e.into()
+    }
+}
+
+/// Creates the lock table and the table's lock row; outside any transaction (DDL commits).
 async fn ensure_lock_row(conn: &mut MySqlConnection, table: &Ident) -> Result<()> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS signalbus_flush_lock (table_name VARCHAR(255) NOT NULL PRIMARY KEY) ENGINE=InnoDB",
@@ -98,11 +118,11 @@ impl Backend for MySql {
     }
 
     async fn begin_flush(pool: &Pool<MySql>) -> Result<sqlx::Transaction<'static, MySql>> {
-        let mut conn: PoolConnection<MySql> = pool.acquire().await?;
-        // Applies to the next transaction only; READ COMMITTED takes no gap locks.
-        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .await?;
-        Ok(sqlx::Transaction::begin(conn, None).await?)
+        let conn: PoolConnection<MySql> = pool.acquire().await?;
+        // One statement, so that a cancelled begin cannot leave READ COMMITTED pending for the
+        // connection's next (business) transaction. READ COMMITTED takes no gap locks.
+        let begin = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
+        Ok(sqlx::Transaction::begin(conn, Some(begin.into_sql_str())).await?)
     }
 
     async fn lock_ids(

@@ -8,6 +8,9 @@ use signalbus::{Error, Selection, Signal, SignalBus};
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// A little more than the auto-flush's pause after a bus failure.
+const BREAKER_PAUSE: Duration = Duration::from_millis(1200);
+
 async fn setup<DB: TestBackend>(
     pool_size: u32,
 ) -> (crate::common::TestDb<DB>, SignalBus<DB>, MemoryPublisher) {
@@ -33,6 +36,7 @@ on_every_database!(
     failing_publisher_keeps_signals_pending,
     autoflush_switches,
     concurrent_transactions_with_concurrent_flushmany,
+    tables_created_elsewhere,
 );
 
 async fn commit_sends_exactly_its_signals<DB: TestBackend>() {
@@ -208,21 +212,31 @@ async fn failing_publisher_keeps_signals_pending<DB: TestBackend>() {
     assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 1);
     assert_eq!(DB::count_rows(&db.pool, "invoice_sent").await, 1);
 
+    // Right after a failure auto-flush pauses: the next commit is answered at once as
+    // pending, without another publish attempt.
+    let calls_before = outbox.batches();
+    let mut tx = bus.begin().await.unwrap();
+    tx.send(&order(2)).await.unwrap();
+    let report = tx.commit_and_wait().await.unwrap();
+    assert_eq!((report.sent, report.pending), (0, 1), "{report:?}");
+    assert_eq!(outbox.batches(), calls_before);
+    assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 2);
+
     // An explicit flush while still down fails loudly and keeps the rows.
     let err = bus.flushmany(&Selection::all()).await.unwrap_err();
     assert!(matches!(err, Error::Publish(_)), "{err}");
-    assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 1);
+    assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 2);
 
     outbox.set_down(false);
     let pending = bus.pending(&Selection::all()).await.unwrap();
-    assert_eq!(pending.iter().map(|(_, s)| s.count).sum::<u64>(), 2);
+    assert_eq!(pending.iter().map(|(_, s)| s.count).sum::<u64>(), 3);
     assert!(pending[0].1.oldest_age.is_some());
     assert_eq!(
         bus.flush(&Selection::all(), Duration::ZERO).await.unwrap(),
-        2
+        3
     );
     let messages = outbox.messages();
-    assert_eq!(messages.len(), 2);
+    assert_eq!(messages.len(), 3);
     assert!(
         messages.iter().any(|m| m.id == id.message_id),
         "the stable id survives the retry"
@@ -354,5 +368,30 @@ async fn concurrent_transactions_with_concurrent_flushmany<DB: TestBackend>() {
     );
     assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 0);
     assert_eq!(DB::count_business(&db.pool).await, total as i64);
+    db.cleanup().await;
+}
+
+/// Signal tables made by the service's own migrations (no `migrate` bookkeeping): flushing
+/// works, and a failed publish still rolls back (MySQL: no DDL inside flush transactions).
+async fn tables_created_elsewhere<DB: TestBackend>() {
+    let (db, bus, outbox) = setup::<DB>(5).await;
+    DB::forget_flush_locks(&db.pool).await;
+    outbox.set_down(true);
+    let mut tx = bus.begin().await.unwrap();
+    tx.send(&order(1)).await.unwrap();
+    let report = tx.commit_and_wait().await.unwrap();
+    assert_eq!(report.pending, 1, "{report:?}");
+    assert_eq!(
+        DB::count_rows(&db.pool, "order_placed_signal").await,
+        1,
+        "rolled back, kept"
+    );
+    outbox.set_down(false);
+    tokio::time::sleep(BREAKER_PAUSE).await; // auto-flush pauses after a bus failure
+    let mut tx = bus.begin().await.unwrap();
+    tx.send(&order(2)).await.unwrap();
+    assert_eq!(tx.commit_and_wait().await.unwrap().sent, 1);
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 1);
+    assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 0);
     db.cleanup().await;
 }
