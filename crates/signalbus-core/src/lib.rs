@@ -18,7 +18,8 @@ mod transaction;
 
 pub use bus::{SignalBus, SignalBusBuilder};
 pub use error::{Error, PublishError, PublishErrorKind, Result};
-pub use flush::explicit::DEFAULT_FLUSH_WAIT;
+pub use flush::Progress;
+pub use flush::explicit::{DEFAULT_FLUSH_WAIT, FlushProgress};
 pub use ident::Ident;
 pub use message::{Headers, Message};
 pub use publisher::{BoxPublisher, Publisher, PublisherExt};

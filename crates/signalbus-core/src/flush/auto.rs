@@ -127,7 +127,7 @@ async fn send_round<DB: Backend>(
         tx.commit().await?;
         return Ok(HashSet::new());
     }
-    let sent = publish_and_delete(shared, &mut tx, locked).await?;
+    let sent = publish_and_delete(shared, &mut tx, locked, false).await?;
     tx.commit().await?;
     if let Some(e) = sent.invalid {
         // Our own rows are always valid; a foreign writer must have changed them.

@@ -9,6 +9,11 @@
 pub(crate) mod auto;
 pub(crate) mod explicit;
 
+/// A progress callback of an explicit flush: called after every committed burst; returning
+/// `ControlFlow::Break(())` stops the flush after that burst.
+pub type Progress<'a> =
+    &'a mut (dyn FnMut(&explicit::FlushProgress<'_>) -> std::ops::ControlFlow<()> + Send);
+
 use crate::bus::Shared;
 use crate::error::{Error, Result};
 use crate::message::{Headers, Message};
@@ -35,11 +40,14 @@ impl Sent {
 }
 
 /// Publish the locked rows, then delete them in the same transaction (`conn`). On a publish
-/// error nothing is deleted and the error is returned; the caller rolls back.
+/// error nothing is deleted and the error is returned; the caller rolls back. An invalid row
+/// is left in its table; when `ordered`, the rows after it are left too, so that nothing
+/// overtakes it.
 pub(crate) async fn publish_and_delete<DB: Backend>(
     shared: &Shared<DB>,
     conn: &mut DB::Connection,
     locked: Vec<LockedRows>,
+    ordered: bool,
 ) -> Result<Sent> {
     let mut sent = Sent::default();
     let mut batched = Vec::new();
@@ -55,6 +63,9 @@ pub(crate) async fn publish_and_delete<DB: Backend>(
                 Err(e) => {
                     tracing::error!(signal = %reg.name, id, error = %e, "pending row is not a valid signal");
                     sent.invalid.get_or_insert(e);
+                    if ordered {
+                        break;
+                    }
                     continue;
                 }
             }

@@ -1,9 +1,10 @@
 //! PostgreSQL: `= ANY($1)` array binds, `FOR UPDATE SKIP LOCKED`, and the writing
 //! transaction's id in `txid` for gap-safe ordering.
 
-use super::{Backend, NewRow, PendingStats, SELECT_COLUMNS, StoredRow};
+use super::{Backend, NewRow, PendingStats, SELECT_COLUMNS, StoredRow, order_clause};
 use crate::error::Result;
 use crate::ident::Ident;
+use crate::signal::OrderColumn;
 use sqlx::{AssertSqlSafe, PgConnection, Pool, Postgres};
 use std::time::Duration;
 
@@ -78,6 +79,48 @@ impl Backend for Postgres {
         let sql = format!(
             "SELECT {SELECT_COLUMNS} FROM {} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
             q(table)
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(sqlx::query_as(AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?)
+    }
+
+    async fn lock_ordered(
+        conn: &mut PgConnection,
+        table: &Ident,
+        order: &[OrderColumn],
+        limit: usize,
+        lock_wait: Duration,
+    ) -> Result<Vec<StoredRow>> {
+        // Bounds both waits below: the turn of another ordered flusher and rows that an
+        // auto-flush or flushmany holds.
+        let ms = lock_wait.as_millis().clamp(1, i32::MAX as u128);
+        sqlx::raw_sql(AssertSqlSafe(format!("SET LOCAL lock_timeout = {ms}")))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('signalbus.ordered.' || $1, 0))",
+        )
+        .bind(table.to_string())
+        .execute(&mut *conn)
+        .await?;
+        let columns = SELECT_COLUMNS
+            .split(", ")
+            .map(|c| format!("t.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Settled rows only: written by transactions older than every running one, or (after
+        // a restore from a dump) by a transaction "from the future" of this cluster, which
+        // cannot be running; those go first. See the storage module docs.
+        let sql = format!(
+            "SELECT {columns} FROM {} AS t, (SELECT pg_current_snapshot() AS snap) AS s \
+             WHERE t.txid < pg_snapshot_xmin(s.snap) OR t.txid >= pg_snapshot_xmax(s.snap) \
+             ORDER BY (t.txid >= pg_snapshot_xmax(s.snap)) DESC, t.txid, {} \
+             LIMIT $1 FOR UPDATE OF t",
+            q(table),
+            order_clause(order, "t.", '"')
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Ok(sqlx::query_as(AssertSqlSafe(sql))
