@@ -30,6 +30,9 @@ pub trait TestBackend: Backend {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     fn count_business(pool: &Pool<Self>) -> impl Future<Output = i64> + Send;
     fn count_rows(pool: &Pool<Self>, table: &str) -> impl Future<Output = i64> + Send;
+    /// The first part of the `flushordered` order of rows written in the current transaction
+    /// of `conn`: the transaction id on PostgreSQL, 0 elsewhere (order is by id alone).
+    fn order_key(conn: &mut Self::Connection) -> impl Future<Output = i64> + Send;
 }
 
 fn server_url(var: &str, default: &str) -> String {
@@ -139,6 +142,12 @@ impl TestBackend for Postgres {
             .await
             .unwrap()
     }
+    async fn order_key(conn: &mut Self::Connection) -> i64 {
+        sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
 }
 
 impl TestBackend for MySql {
@@ -193,6 +202,9 @@ impl TestBackend for MySql {
             .await
             .unwrap()
     }
+    async fn order_key(_conn: &mut Self::Connection) -> i64 {
+        0
+    }
 }
 
 impl TestBackend for Sqlite {
@@ -245,6 +257,9 @@ impl TestBackend for Sqlite {
             .fetch_one(pool)
             .await
             .unwrap()
+    }
+    async fn order_key(_conn: &mut Self::Connection) -> i64 {
+        0
     }
 }
 

@@ -3,4 +3,5 @@
 mod autoflush;
 mod common;
 mod crash;
+mod explicit;
 mod signals;
