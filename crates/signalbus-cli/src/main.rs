@@ -160,13 +160,21 @@ async fn with_bus<DB: Backend>(
         cli.signalbus.command,
         Command::Flush(_) | Command::Flushmany(_) | Command::Flushordered(_)
     );
+    let timeout = Duration::try_from_secs_f64(cli.publish_timeout)
+        .map_err(|_| CliError::msg("--publish-timeout must be a positive number of seconds"))?;
     let publisher = match (&cli.bus_url, flushing) {
-        (Some(url), true) => signalbus::connect_bus(url).await.map_err(|e| {
-            CliError::caused(
-                format!("cannot connect to the bus at `{}`", redact_url(url)),
-                &e,
-            )
-        })?,
+        (Some(url), true) => {
+            let cannot = |cause: &dyn std::error::Error| {
+                let at = format!("cannot connect to the bus at `{}`", redact_url(url));
+                CliError::caused(at, cause)
+            };
+            // A broker that accepts the connection and then says nothing must not hang us.
+            match tokio::time::timeout(timeout, signalbus::connect_bus(url)).await {
+                Ok(Ok(publisher)) => publisher,
+                Ok(Err(e)) => return Err(cannot(&e)),
+                Err(e) => return Err(cannot(&e)),
+            }
+        }
         (None, true) => {
             return Err(CliError::msg(
                 "no bus: pass --bus-url URL or set SIGNALBUS_BUS_URL \
@@ -176,8 +184,6 @@ async fn with_bus<DB: Backend>(
         // Counting and listing send nothing.
         (_, false) => signalbus::PublisherExt::boxed(MemoryPublisher::new()),
     };
-    let timeout = Duration::try_from_secs_f64(cli.publish_timeout)
-        .map_err(|_| CliError::msg("--publish-timeout must be a positive number of seconds"))?;
     let mut builder = SignalBus::builder(pool)
         .publisher(publisher)
         .publish_timeout(timeout)
