@@ -16,7 +16,7 @@
 //! | `created_at`   | timestamp, default: now       | for the age of the oldest pending signal     |
 //!
 //! PostgreSQL tables also have `txid xid8 DEFAULT pg_current_xact_id()`, the writing
-//! transaction, used for gap-safe ordered flushing.
+//! transaction, used for gap-safe ordered flushing, and an index on `(txid, id)`.
 //!
 //! # What `flushordered` guarantees, per database
 //!
@@ -28,8 +28,11 @@
 //!   add a row before them has ended. They go out ordered by `(txid, order_by…, id)`, so the
 //!   order is the order in which the writing transactions *started writing*, and within one
 //!   transaction the type's `order_by` (default: `id`). A row written by a transaction still
-//!   open waits for the next round. Ordered flushers of one table take turns
-//!   (`pg_advisory_xact_lock`), and lock waits are bounded (`SET LOCAL lock_timeout`).
+//!   open waits for the next round. xmin is cluster-wide: *any* transaction still open on
+//!   the server (any database, also one idle in transaction) holds back the rows written
+//!   after it began, until it ends; watch for long transactions. Ordered flushers of one table take turns
+//!   (`pg_advisory_xact_lock`), and lock waits are bounded (`SET LOCAL lock_timeout`). An
+//!   index on `(txid, id)`, created with the table, keeps each burst an index scan.
 //!   *Restored dumps:* `txid` values copied from another cluster may be ahead of this
 //!   cluster's counter. A visible row with `txid ≥ pg_snapshot_xmax(...)` cannot belong to a
 //!   transaction of this cluster that is running or yet to run, so it is treated as settled
