@@ -37,6 +37,9 @@ pub struct Args {
     /// Signals per burst (per database transaction and publish call).
     #[arg(long, default_value_t = signalbus::DEFAULT_BURST)]
     burst: usize,
+    /// Runs of each configuration; the fastest is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Internal: run as one flushmany worker process.
     #[arg(long, hide = true)]
     worker: bool,
@@ -109,6 +112,7 @@ async fn bench<DB: FillDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn st
             "processes": processes,
             "signals": args.signals,
             "burst": args.burst,
+            "rounds": args.rounds.max(1),
             "seconds": round2(secs),
             "msgs_per_s": round2(rate),
         });
@@ -119,41 +123,49 @@ async fn bench<DB: FillDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn st
         rate
     };
 
+    // Each configuration runs `rounds` times on a fresh backlog; the fastest round counts
+    // (the machine is shared: the slower rounds measure the neighbours).
+    let rounds = args.rounds.max(1);
+    let mut best = f64::INFINITY;
+    for _ in 0..rounds {
+        DB::reset(&pool, &raw).await?;
+        DB::fill(&pool, &raw, args.signals).await?;
+        let started = Instant::now();
+        let drained = DB::raw_drain(&pool, &raw, args.burst).await?;
+        check(drained, args.signals, "raw")?;
+        best = best.min(started.elapsed().as_secs_f64());
+    }
     DB::reset(&pool, &raw).await?;
-    DB::fill(&pool, &raw, args.signals).await?;
-    let started = Instant::now();
-    let drained = DB::raw_drain(&pool, &raw, args.burst).await?;
-    check(drained, args.signals, "raw")?;
-    let ceiling = line(
-        "raw_delete_returning",
-        1,
-        started.elapsed().as_secs_f64(),
-        None,
-    );
+    let ceiling = line("raw_delete_returning", 1, best, None);
 
     let mut processes = 1;
     while processes <= args.processes.max(1) {
-        DB::reset(&pool, &table).await?;
-        DB::fill(&pool, &table, args.signals).await?;
-        let secs = run_workers(args, processes).await?;
-        line("flushmany", processes, secs, Some(ceiling));
+        let mut best = f64::INFINITY;
+        for _ in 0..rounds {
+            DB::reset(&pool, &table).await?;
+            DB::fill(&pool, &table, args.signals).await?;
+            best = best.min(run_workers(args, processes).await?);
+        }
+        line("flushmany", processes, best, Some(ceiling));
         processes *= 2;
     }
 
-    DB::reset(&pool, &table).await?;
-    DB::fill(&pool, &table, args.signals).await?;
-    let started = Instant::now();
-    let sent = bus.flushordered(&Selection::all()).await?;
-    check(sent, args.signals, "flushordered")?;
-    line(
-        "flushordered",
-        1,
-        started.elapsed().as_secs_f64(),
-        Some(ceiling),
-    );
+    let mut best = f64::INFINITY;
+    for _ in 0..rounds {
+        DB::reset(&pool, &table).await?;
+        DB::fill(&pool, &table, args.signals).await?;
+        let started = Instant::now();
+        let sent = bus.flushordered(&Selection::all()).await?;
+        check(sent, args.signals, "flushordered")?;
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    line("flushordered", 1, best, Some(ceiling));
 
-    let secs = bus_ceiling(args).await?;
-    line("bus_ceiling", 1, secs, Some(ceiling));
+    let mut best = f64::INFINITY;
+    for _ in 0..rounds {
+        best = best.min(bus_ceiling(args).await?);
+    }
+    line("bus_ceiling", 1, best, Some(ceiling));
     Ok(())
 }
 
