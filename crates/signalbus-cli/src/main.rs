@@ -85,13 +85,18 @@ async fn main_async(cli: Cli) -> Result<(), CliError> {
         )
     })?;
     let config = Config::load(&path).map_err(CliError::msg)?;
-    let url = cli
-        .database_url
-        .clone()
-        .ok_or_else(|| CliError::msg("no database: pass --database-url URL or set DATABASE_URL"))?;
-    let stop = StopSignal::on_terminate();
-    // `signals` only lists the configuration: it needs no reachable database.
+    // `signals` only lists the configuration: it needs no database, reachable or named.
     let lazy = matches!(cli.signalbus.command, Command::Signals);
+    let url = match (cli.database_url.clone(), lazy) {
+        (Some(url), _) => url,
+        (None, true) => "sqlite::memory:".to_owned(),
+        (None, false) => {
+            return Err(CliError::msg(
+                "no database: pass --database-url URL or set DATABASE_URL",
+            ));
+        }
+    };
+    let stop = StopSignal::on_terminate();
     match url.split(':').next().unwrap_or_default() {
         "postgres" | "postgresql" => {
             let pool = connect::<Postgres>(&url, lazy).await?;

@@ -103,8 +103,14 @@ async fn signals_pending_and_migrate_output() {
     let pool = sqlite_pool(&url).await;
     insert_sqlite(&pool, "alpha_signal", &["1", "2", "3"]).await;
 
-    let out = s.run(&url, &["signals"]);
-    assert!(out.status.success());
+    // Listing needs no database at all.
+    let out = s
+        .cmd(&url)
+        .env_remove("DATABASE_URL")
+        .arg("signals")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
@@ -292,6 +298,13 @@ async fn failures_are_one_clear_line_without_credentials() {
 
     assert!(s.run(&url, &["migrate"]).status.success());
     fail(s.run(&url, &["flushmany"]), "no bus");
+    let out = s
+        .cmd(&url)
+        .env_remove("DATABASE_URL")
+        .arg("pending")
+        .output()
+        .unwrap();
+    fail(out, "no database");
     let err = fail(
         s.run(
             &url,
