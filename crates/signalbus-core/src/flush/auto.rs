@@ -178,7 +178,7 @@ async fn send_round<DB: Backend>(
         tx.commit().await?;
         return Ok(HashSet::new());
     }
-    let mut prepared = prepare(shared, taken);
+    let mut prepared = prepare(shared, taken, false);
     if let Some(e) = prepared.sent.invalid.take() {
         // Our own rows are always valid; a foreign writer changed them. Publish nothing, keep
         // every row (the rollback) and let an explicit flush, which skips invalid rows, deal

@@ -13,6 +13,11 @@
 pub(crate) mod auto;
 pub(crate) mod explicit;
 
+/// A progress callback of an explicit flush: called after every committed burst; returning
+/// `ControlFlow::Break(())` stops the flush after that burst.
+pub type Progress<'a> =
+    &'a mut (dyn FnMut(&explicit::FlushProgress<'_>) -> std::ops::ControlFlow<()> + Send);
+
 use crate::bus::Shared;
 use crate::error::{Error, Result};
 use crate::message::{Headers, Message};
@@ -39,13 +44,16 @@ impl Sent {
 }
 
 /// Publish the locked rows, then delete them in the same transaction (`conn`). On a publish
-/// error nothing is deleted and the error is returned; the caller rolls back.
+/// error nothing is deleted and the error is returned; the caller rolls back. An invalid row
+/// is left in its table; when `ordered`, the rows after it are left too, so that nothing
+/// overtakes it.
 pub(crate) async fn publish_and_delete<DB: Backend>(
     shared: &Shared<DB>,
     conn: &mut DB::Connection,
     locked: Vec<LockedRows>,
+    ordered: bool,
 ) -> Result<Sent> {
-    let sent = publish(shared, prepare(shared, locked)).await?;
+    let sent = publish(shared, prepare(shared, locked, ordered)).await?;
     for (idx, ids) in &sent.ids {
         DB::delete_ids(conn, &shared.registry.get(*idx).table, ids).await?;
     }
@@ -61,8 +69,13 @@ pub(crate) struct Prepared {
 }
 
 /// Turn rows into messages: batched types go in one publish call, the others one message per
-/// call. Rows that are not valid signals are left out (see [`Sent::invalid`]).
-pub(crate) fn prepare<DB: Backend>(shared: &Shared<DB>, rows: Vec<LockedRows>) -> Prepared {
+/// call. Rows that are not valid signals are left out (see [`Sent::invalid`]); when
+/// `ordered`, so are the rows after one.
+pub(crate) fn prepare<DB: Backend>(
+    shared: &Shared<DB>,
+    rows: Vec<LockedRows>,
+    ordered: bool,
+) -> Prepared {
     let mut sent = Sent::default();
     let mut batched = Vec::new();
     let mut single = Vec::new();
@@ -77,6 +90,9 @@ pub(crate) fn prepare<DB: Backend>(shared: &Shared<DB>, rows: Vec<LockedRows>) -
                 Err(e) => {
                     tracing::error!(signal = %reg.name, id, error = %e, "pending row is not a valid signal");
                     sent.invalid.get_or_insert(e);
+                    if ordered {
+                        break;
+                    }
                     continue;
                 }
             }

@@ -16,7 +16,42 @@
 //! | `created_at`   | timestamp, default: now       | for the age of the oldest pending signal     |
 //!
 //! PostgreSQL tables also have `txid xid8 DEFAULT pg_current_xact_id()`, the writing
-//! transaction, used for gap-safe ordered flushing.
+//! transaction, used for gap-safe ordered flushing, and an index on `(txid, id)`.
+//!
+//! # What `flushordered` guarantees, per database
+//!
+//! *Gap-safe* means: a signal whose transaction commits late is never overtaken by one that
+//! comes after it in the order.
+//!
+//! * **PostgreSQL** — gap-safe. Only rows whose `txid` is older than the snapshot's xmin
+//!   (`pg_snapshot_xmin(pg_current_snapshot())`) are sent: every transaction that could still
+//!   add a row before them has ended. They go out ordered by `(txid, order_by…, id)`, so the
+//!   order is the order in which the writing transactions *started writing*, and within one
+//!   transaction the type's `order_by` (default: `id`). A row written by a transaction still
+//!   open waits for the next round. xmin is cluster-wide: *any* transaction still open on
+//!   the server (any database, also one idle in transaction) holds back the rows written
+//!   after it began, until it ends; watch for long transactions. Ordered flushers of one table take turns
+//!   (`pg_advisory_xact_lock`), and lock waits are bounded (`SET LOCAL lock_timeout`). An
+//!   index on `(txid, id)`, created with the table, keeps each burst an index scan.
+//!   *Restored dumps:* `txid` values copied from another cluster may be ahead of this
+//!   cluster's counter. A visible row with `txid ≥ pg_snapshot_xmax(...)` cannot belong to a
+//!   transaction of this cluster that is running or yet to run, so it is treated as settled
+//!   and sent *first* (it was written before the dump, hence before anything written since).
+//!   Such rows never stall the flush. Once the counter passes them they sort by `txid` like
+//!   any settled row. To drop the question entirely, run `UPDATE <table> SET txid = '0'`
+//!   right after restoring (it marks the restored rows as the oldest).
+//! * **SQLite** — gap-safe. SQLite has one writer: a transaction holds the write lock from
+//!   its first write to its commit, so ids (`AUTOINCREMENT`, assigned at insert) are in
+//!   commit order, and a flush (`BEGIN IMMEDIATE`) never sees a half-written set.
+//! * **MySQL / MariaDB** — ordered by `order_by` (default `id`), *almost* gap-safe.
+//!   `AUTO_INCREMENT` ids are assigned at insert, not at commit. The ordered read is a locking
+//!   read in primary-key order (`ORDER BY id LIMIT n FOR UPDATE`), and InnoDB makes a locking
+//!   read *wait* for a row whose inserting transaction is still open; so a late committer
+//!   whose row is already inserted is not overtaken (the flush waits for it, bounded by
+//!   `innodb_lock_wait_timeout`, default 50 s). What remains: an id that is allocated but not
+//!   yet in the index while the flush reads (a window of microseconds inside one INSERT) can
+//!   be overtaken. Services that need strict order on MySQL should write signals of one
+//!   ordered type from one transaction at a time.
 
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -27,12 +62,29 @@ mod sqlite;
 
 use crate::error::Result;
 use crate::ident::Ident;
+use crate::signal::OrderColumn;
 use sqlx::{Database, Pool};
 use std::future::Future;
 use std::time::Duration;
 
 /// Columns of the table contract that `order_by` may name.
 pub const ORDERABLE_COLUMNS: &[&str] = &["id", "created_at", "topic", "routing_key", "message_id"];
+
+/// `ORDER BY` text for `order`, always ending with `id` as the tie-breaker; `prefix` is put
+/// before each column (e.g. `t.`). Columns were validated against [`ORDERABLE_COLUMNS`].
+pub(crate) fn order_clause(order: &[OrderColumn], prefix: &str, quote: char) -> String {
+    let mut parts: Vec<String> = order
+        .iter()
+        .map(|c| {
+            let dir = if c.descending { " DESC" } else { "" };
+            format!("{prefix}{quote}{}{quote}{dir}", c.column)
+        })
+        .collect();
+    if !order.iter().any(|c| c.column == "id") {
+        parts.push(format!("{prefix}{quote}id{quote}"));
+    }
+    parts.join(", ")
+}
 
 /// A signal row about to be inserted.
 #[derive(Debug, Clone, Copy)]
@@ -160,6 +212,18 @@ pub trait Backend: Database {
             Ok(rows)
         }
     }
+    /// Lock and read the next up to `limit` rows in `flushordered` order (`order`, then `id`),
+    /// gap-safe as far as the database allows (see the module docs). Unlike
+    /// [`Backend::lock_burst`] it does not skip locked rows: it waits for them, at most
+    /// `lock_wait` where the database lets us bound the wait, because skipping would break
+    /// the order. Ordered flushers of one table run one after the other.
+    fn lock_ordered(
+        conn: &mut Self::Connection,
+        table: &Ident,
+        order: &[OrderColumn],
+        limit: usize,
+        lock_wait: Duration,
+    ) -> impl Future<Output = Result<Vec<StoredRow>>> + Send;
 
     /// Delete the rows with these ids.
     fn delete_ids(

@@ -12,9 +12,10 @@
 //! lookup per id, whatever the optimizer thinks of the table's size (a plain `id IN (...)`
 //! may be run as a scan that locks rows it does not return).
 
-use super::{Backend, NewRow, PendingStats, SELECT_COLUMNS, StoredRow, json_ids};
+use super::{Backend, NewRow, PendingStats, SELECT_COLUMNS, StoredRow, json_ids, order_clause};
 use crate::error::{Error, Result};
 use crate::ident::Ident;
+use crate::signal::OrderColumn;
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Pool, SqlSafeStr};
 use std::time::Duration;
@@ -173,6 +174,31 @@ impl Backend for MySql {
         );
         Ok(sqlx::query_as(AssertSqlSafe(sql))
             .bind(json_ids(&ids))
+            .fetch_all(&mut *conn)
+            .await?)
+    }
+
+    async fn lock_ordered(
+        conn: &mut MySqlConnection,
+        table: &Ident,
+        order: &[OrderColumn],
+        limit: usize,
+        _lock_wait: Duration,
+    ) -> Result<Vec<StoredRow>> {
+        // The per-table lock row keeps every other flusher out; the locking read in order
+        // then waits for rows whose inserting transaction is still open instead of passing
+        // them (see the storage module docs), bounded by innodb_lock_wait_timeout. A session
+        // setting would outlive this transaction on a pooled connection, so we keep the
+        // server's limit.
+        lock_table(conn, table).await?;
+        let sql = format!(
+            "SELECT {SELECT_COLUMNS} FROM {} ORDER BY {} LIMIT ? FOR UPDATE",
+            q(table),
+            order_clause(order, "", '`')
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(sqlx::query_as(AssertSqlSafe(sql))
+            .bind(limit)
             .fetch_all(&mut *conn)
             .await?)
     }

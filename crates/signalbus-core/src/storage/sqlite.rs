@@ -1,9 +1,10 @@
 //! SQLite: one writer at a time. A flush takes the write lock up front (`BEGIN IMMEDIATE`),
 //! so two flushers never read the same rows; there is no `SKIP LOCKED` and none is needed.
 
-use super::{Backend, NewRow, PendingStats, StoredRow, json_ids};
+use super::{Backend, NewRow, PendingStats, StoredRow, json_ids, order_clause};
 use crate::error::Result;
 use crate::ident::Ident;
+use crate::signal::OrderColumn;
 use sqlx::{AssertSqlSafe, Pool, Sqlite, SqliteConnection};
 use std::time::Duration;
 
@@ -82,6 +83,27 @@ impl Backend for Sqlite {
         let sql = format!(
             "SELECT {SELECT_SQLITE} FROM {} ORDER BY id LIMIT ?",
             q(table)
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(sqlx::query_as(AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?)
+    }
+
+    async fn lock_ordered(
+        conn: &mut SqliteConnection,
+        table: &Ident,
+        order: &[OrderColumn],
+        limit: usize,
+        _lock_wait: Duration,
+    ) -> Result<Vec<StoredRow>> {
+        // The flush transaction already holds the write lock (BEGIN IMMEDIATE), and no writer
+        // is half-way: every row here is committed, in commit order by id.
+        let sql = format!(
+            "SELECT {SELECT_SQLITE} FROM {} ORDER BY {} LIMIT ?",
+            q(table),
+            order_clause(order, "", '"')
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Ok(sqlx::query_as(AssertSqlSafe(sql))

@@ -35,6 +35,9 @@ pub trait TestBackend: Backend {
     fn forget_flush_locks(_pool: &Pool<Self>) -> impl Future<Output = ()> + Send {
         async {}
     }
+    /// The first part of the `flushordered` order of rows written in the current transaction
+    /// of `conn`: the transaction id on PostgreSQL, 0 elsewhere (order is by id alone).
+    fn order_key(conn: &mut Self::Connection) -> impl Future<Output = i64> + Send;
 }
 
 fn server_url(var: &str, default: &str) -> String {
@@ -144,6 +147,12 @@ impl TestBackend for Postgres {
             .await
             .unwrap()
     }
+    async fn order_key(conn: &mut Self::Connection) -> i64 {
+        sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
 }
 
 impl TestBackend for MySql {
@@ -204,6 +213,9 @@ impl TestBackend for MySql {
             .await
             .unwrap();
     }
+    async fn order_key(_conn: &mut Self::Connection) -> i64 {
+        0
+    }
 }
 
 impl TestBackend for Sqlite {
@@ -256,6 +268,9 @@ impl TestBackend for Sqlite {
             .fetch_one(pool)
             .await
             .unwrap()
+    }
+    async fn order_key(_conn: &mut Self::Connection) -> i64 {
+        0
     }
 }
 

@@ -4,4 +4,5 @@ mod atomic;
 mod autoflush;
 mod common;
 mod crash;
+mod explicit;
 mod signals;

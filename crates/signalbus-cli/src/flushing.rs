@@ -1,0 +1,173 @@
+//! The three flush commands: counting what is pending, flushing with progress lines, and
+//! repeating until SIGTERM/SIGINT.
+
+use crate::{CliError, DrainArgs, report, select};
+use signalbus::{Backend, FlushProgress, Selection, SignalBus};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Asks running flushes to stop after their current burst.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<(AtomicBool, Notify)>);
+
+impl StopSignal {
+    /// A signal that only [`StopSignal::stop`] fires.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A signal fired by SIGTERM or SIGINT. A second one exits at once (status 130), for a
+    /// flush stuck waiting on the database. Must be called inside a tokio runtime.
+    pub fn on_terminate() -> Self {
+        let stop = StopSignal::new();
+        let fire = stop.clone();
+        tokio::spawn(async move {
+            let mut fired = false;
+            loop {
+                terminated().await;
+                if fired {
+                    eprintln!("signalbus: stopped at once");
+                    std::process::exit(130);
+                }
+                eprintln!("signalbus: stopping after the current burst");
+                fire.stop();
+                fired = true;
+            }
+        });
+        stop
+    }
+
+    /// Fire: flushes stop after their current burst, `--repeat` loops end.
+    pub fn stop(&self) {
+        self.0.0.store(true, Ordering::SeqCst);
+        self.0.1.notify_waiters();
+    }
+
+    /// Whether it fired.
+    pub fn is_stopped(&self) -> bool {
+        self.0.0.load(Ordering::SeqCst)
+    }
+
+    async fn wait(&self) {
+        let notified = self.0.1.notified();
+        if !self.is_stopped() {
+            notified.await;
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminated() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Which flush.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mode {
+    Flush(Duration),
+    Many,
+    Ordered,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Flush(_) => "flush",
+            Mode::Many => "flushmany",
+            Mode::Ordered => "flushordered",
+        }
+    }
+}
+
+/// Flush once, or every `--repeat` seconds until stopped.
+pub(crate) async fn repeat<DB: Backend>(
+    bus: &SignalBus<DB>,
+    mode: Mode,
+    args: &DrainArgs,
+    stop: &StopSignal,
+) -> Result<(), CliError> {
+    let types = select(bus, &args.names, &args.exclude)?;
+    let selection = Selection::only(types.iter().cloned());
+    loop {
+        let sent = once(bus, mode, &selection, &types, stop).await?;
+        eprintln!("signalbus {}: sent {sent} signal(s)", mode.name());
+        let Some(every) = args.repeat else {
+            return Ok(());
+        };
+        if stop.is_stopped() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait() => return Ok(()),
+        }
+    }
+}
+
+/// At most one progress line per this interval.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+async fn once<DB: Backend>(
+    bus: &SignalBus<DB>,
+    mode: Mode,
+    selection: &Selection,
+    types: &[String],
+    stop: &StopSignal,
+) -> Result<usize, CliError> {
+    // Counting first checks that every table is there (with an error naming it) and gives
+    // the "remaining" of the progress lines.
+    let pending: u64 = report::pending_stats(bus, types)
+        .await?
+        .iter()
+        .map(|(_, _, s)| s.count)
+        .sum();
+    if pending == 0 {
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let mut last = started;
+    let mut progress = |p: &FlushProgress<'_>| {
+        let now = Instant::now();
+        if now.duration_since(last) >= PROGRESS_EVERY {
+            last = now;
+            let rate = p.sent as f64 / now.duration_since(started).as_secs_f64();
+            // Other flushers may be draining the same tables: "remaining" is an estimate.
+            let remaining = pending.saturating_sub(p.sent as u64);
+            eprintln!(
+                "signalbus {}: {} sent, {rate:.0} msgs/s, ~{remaining} remaining",
+                mode.name(),
+                p.sent
+            );
+        }
+        if stop.is_stopped() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let result = match mode {
+        Mode::Flush(wait) => bus.flush_with(selection, wait, &mut progress).await,
+        Mode::Many => bus.flushmany_with(selection, &mut progress).await,
+        Mode::Ordered => bus.flushordered_with(selection, &mut progress).await,
+    };
+    result.map_err(|e| CliError::caused(format!("{} failed", mode.name()), &e))
+}

@@ -1,0 +1,286 @@
+//! Output, names, exit codes, errors and `--repeat` of the binary.
+
+use crate::{BIN, Scratch, TWO_TYPES, insert_sqlite, received, sqlite_pool, text};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn signals_pending_and_migrate_output() {
+    let s = Scratch::new(TWO_TYPES);
+    let url = s.sqlite_url();
+    let out = s.run(&url, &["migrate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pool = sqlite_pool(&url).await;
+    insert_sqlite(&pool, "alpha_signal", &["1", "2", "3"]).await;
+
+    // Listing needs no database at all.
+    let out = s
+        .cmd(&url)
+        .env_remove("DATABASE_URL")
+        .arg("signals")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("alpha\ttable=alpha_signal burst=2"),
+        "{lines:?}"
+    );
+    assert!(lines[1].starts_with("beta\ttable=beta "), "{lines:?}");
+
+    let out = s.run(&url, &["pending"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][..2], ["alpha", "3"], "{stdout}");
+    assert_eq!(rows[1], ["beta", "0"], "{stdout}");
+    assert_eq!(rows[2][..2], ["total", "3"], "{stdout}");
+    assert_eq!(rows[2][2], "oldest", "{stdout}");
+
+    let out = s.run(&url, &["pending", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["total"], 3);
+    assert_eq!(json["signals"][0]["name"], "alpha");
+    assert_eq!(json["signals"][0]["pending"], 3);
+    assert!(json["oldest_age_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(json["signals"][1]["oldest_age_seconds"].is_null());
+
+    let out = s.run(&url, &["pending", "beta", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["total"], 0);
+    assert_eq!(json["signals"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn names_exclude_unknown_and_exit_codes() {
+    let s = Scratch::new(TWO_TYPES);
+    let url = s.sqlite_url();
+    assert!(s.run(&url, &["migrate"]).status.success());
+    let pool = sqlite_pool(&url).await;
+    insert_sqlite(&pool, "alpha_signal", &["a1", "a2", "a3"]).await;
+    insert_sqlite(&pool, "beta", &["b1"]).await;
+    let bus = s.bus("out.jsonl");
+
+    // Only the named type.
+    let out = s.run(&url, &["flushmany", "alpha", "--bus-url", &bus]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("flushmany: sent 3 signal(s)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let got = received(&s.path("out.jsonl"));
+    assert_eq!(
+        got.iter().map(|(_, b)| b.as_str()).collect::<Vec<_>>(),
+        ["a1", "a2", "a3"]
+    );
+    assert!(got.iter().all(|(sig, _)| sig == "alpha"));
+
+    // An unknown name next to a known one: a warning naming it, the known one is flushed.
+    insert_sqlite(&pool, "alpha_signal", &["a4"]).await;
+    let out = s.run(
+        &url,
+        &[
+            "flush",
+            "-w",
+            "0",
+            "alpha",
+            "nope",
+            "-e",
+            "beta",
+            "--bus-url",
+            &bus,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unknown signal name `nope`"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(received(&s.path("out.jsonl")).len(), 4, "beta excluded");
+
+    // Only unknown names, or everything excluded: nothing to do, non-zero.
+    let out = s.run(&url, &["flushordered", "nope", "--bus-url", &bus]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown signal name `nope`"));
+    assert!(text(&out.stderr).contains("none of the given signal names is known"));
+    let out = s.run(
+        &url,
+        &[
+            "flushmany",
+            "-e",
+            "alpha",
+            "--exclude",
+            "beta",
+            "--bus-url",
+            &bus,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("every signal type is excluded"));
+
+    // All types, excluding one; then the rest.
+    let out = s.run(&url, &["flushordered", "--bus-url", &bus]);
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains("sent 1 signal(s)"));
+    let got = received(&s.path("out.jsonl"));
+    assert_eq!(got.last().unwrap(), &("beta".to_owned(), "b1".to_owned()));
+    let out = s.run(&url, &["pending", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["total"], 0);
+
+    // A usage error is exit status 2 (clap).
+    assert_eq!(
+        s.run(&url, &["flush", "--wait", "soon"]).status.code(),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn failures_are_one_clear_line_without_credentials() {
+    let s = Scratch::new(TWO_TYPES);
+    let url = s.sqlite_url();
+    let fail = |out: Output, expect: &str| {
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains(expect), "expected `{expect}` in: {err}");
+        err
+    };
+
+    let out = Command::new(BIN)
+        .env_remove("SIGNALBUS_CONFIG")
+        .env("DATABASE_URL", &url)
+        .arg("pending")
+        .output()
+        .unwrap();
+    fail(out, "no configuration file");
+    let out = s
+        .cmd(&url)
+        .args(["--config", "/nonexistent/x.toml", "pending"])
+        .output()
+        .unwrap();
+    fail(
+        out,
+        "cannot read the configuration file `/nonexistent/x.toml`",
+    );
+    std::fs::write(s.path("bad.toml"), "[[signal]]\nnmae = \"x\"\n").unwrap();
+    let bad = s.path("bad.toml");
+    let out = s
+        .cmd(&url)
+        .args(["--config", bad.to_str().unwrap(), "pending"])
+        .output()
+        .unwrap();
+    fail(out, "not a valid signalbus configuration");
+
+    let err = fail(
+        s.run("redis://bob:s3cret@h/0", &["pending"]),
+        "unsupported database URL",
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    let err = fail(
+        s.run("postgres://bob:s3cret@127.0.0.1:1/db", &["pending"]),
+        "cannot connect to the database at `postgres://bob:***@127.0.0.1:1/db`",
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    // A declared table that does not exist (not migrated): named, with the fix. (An empty
+    // file is an empty SQLite database.)
+    std::fs::File::create(s.path("db.sqlite")).unwrap();
+    let out = s.run(
+        &format!("{url}?mode=rwc"),
+        &["flushmany", "--bus-url", "stdout:"],
+    );
+    let err = fail(out, "signal `alpha`: cannot read its table `alpha_signal`");
+    assert!(err.contains("signalbus migrate"), "{err}");
+    assert!(!err.contains("caused by"), "{err}");
+    let out = s.run(&url, &["-v", "pending"]);
+    let err = fail(out, "cannot read its table");
+    assert!(
+        err.contains("caused by") && err.contains("no such table"),
+        "{err}"
+    );
+
+    assert!(s.run(&url, &["migrate"]).status.success());
+    fail(s.run(&url, &["flushmany"]), "no bus");
+    let out = s
+        .cmd(&url)
+        .env_remove("DATABASE_URL")
+        .arg("pending")
+        .output()
+        .unwrap();
+    fail(out, "no database");
+    let err = fail(
+        s.run(
+            &url,
+            &["flushmany", "--bus-url", "carrier-pigeon://u:hunter2@coop"],
+        ),
+        "cannot connect to the bus",
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn repeat_keeps_flushing_and_stops_cleanly_on_sigterm() {
+    let s = Scratch::new(TWO_TYPES);
+    let url = s.sqlite_url();
+    assert!(s.run(&url, &["migrate"]).status.success());
+    let pool = sqlite_pool(&url).await;
+    let mut child = s
+        .cmd(&url)
+        .args([
+            "flushmany",
+            "--repeat",
+            "0.1",
+            "--bus-url",
+            &s.bus("out.jsonl"),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = s.path("out.jsonl");
+    // Rows written while it runs are picked up by later rounds.
+    for round in 0..3 {
+        let body = format!("r{round}");
+        insert_sqlite(&pool, "beta", &[&body]).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !received(&out).iter().any(|(_, b)| *b == body) {
+            assert!(Instant::now() < deadline, "round {round} not flushed");
+            assert!(child.try_wait().unwrap().is_none(), "exited early");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM ends --repeat with status 0"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("stopping after the current burst"),
+        "{stderr}"
+    );
+    assert_eq!(received(&out).len(), 3);
+}

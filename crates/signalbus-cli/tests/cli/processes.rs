@@ -1,0 +1,161 @@
+//! Several `signalbus flushmany` processes on one backlog: every row sent exactly once.
+
+use crate::{Scratch, received, sqlite_pool, text};
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Instant;
+
+const BULK: &str = "[[signal]]\nname = \"bulk\"\n";
+
+/// Runs `processes` flushmany processes at once; checks that bodies 1..=rows arrived exactly
+/// once in total.
+fn drain_with_processes(s: &Scratch, db_url: &str, rows: usize, processes: usize) {
+    let started = Instant::now();
+    let children: Vec<_> = (0..processes)
+        .map(|p| {
+            s.cmd(db_url)
+                .args(["flushmany", "--bus-url", &s.bus(&format!("out{p}.jsonl"))])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut per_process = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        per_process.push(
+            text(&out.stderr)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for p in 0..processes {
+        for (_, body) in received(&s.path(&format!("out{p}.jsonl"))) {
+            *counts.entry(body).or_default() += 1;
+        }
+    }
+    let duplicates = counts.values().filter(|&&n| n > 1).count();
+    println!(
+        "{processes} processes drained {rows} rows in {:.1?}: {per_process:?}",
+        started.elapsed()
+    );
+    assert_eq!(duplicates, 0, "no row sent twice");
+    assert_eq!(counts.len(), rows, "every row sent");
+    assert!((1..=rows).all(|n| counts.contains_key(&n.to_string())));
+}
+
+fn server(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+fn with_database(server: &str, db: &str) -> String {
+    let mut url = url::Url::parse(server).unwrap();
+    url.set_path(db);
+    url.to_string()
+}
+
+#[tokio::test]
+async fn four_flushmany_processes_drain_100k_postgres() {
+    let server = server(
+        "SIGNALBUS_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
+    let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&server)
+        .await
+        .expect("PostgreSQL is up");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = with_database(&server, &name);
+    let s = Scratch::new(BULK);
+    assert!(s.run(&url, &["migrate"]).status.success());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO bulk (topic, body) SELECT 'bulk', convert_to(g::text, 'UTF8') \
+         FROM generate_series(1, 100000) AS g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    drain_with_processes(&s, &url, 100_000, 4);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM bulk")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "table empty");
+    pool.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn four_flushmany_processes_drain_100k_mariadb() {
+    let server = server(
+        "SIGNALBUS_TEST_MYSQL_URL",
+        "mysql://root@127.0.0.1:3306/test",
+    );
+    let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::MySqlPool::connect(&server)
+        .await
+        .expect("MariaDB is up");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = with_database(&server, &name);
+    let s = Scratch::new(BULK);
+    assert!(s.run(&url, &["migrate"]).status.success());
+    let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO bulk (topic, body) SELECT 'bulk', CAST(seq AS CHAR) FROM seq_1_to_100000",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    drain_with_processes(&s, &url, 100_000, 4);
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bulk")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "table empty");
+    pool.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+/// SQLite has no SKIP LOCKED: flushers take the single write lock in turn (BEGIN IMMEDIATE),
+/// which is just as exact.
+#[tokio::test]
+async fn four_flushmany_processes_drain_20k_sqlite() {
+    let s = Scratch::new(BULK);
+    let url = s.sqlite_url();
+    assert!(s.run(&url, &["migrate"]).status.success());
+    let pool = sqlite_pool(&url).await;
+    sqlx::query(
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 20000) \
+         INSERT INTO bulk (topic, body) SELECT 'bulk', CAST(CAST(n AS TEXT) AS BLOB) FROM g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    drain_with_processes(&s, &url, 20_000, 4);
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bulk")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
