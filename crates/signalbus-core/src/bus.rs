@@ -25,15 +25,18 @@ pub(crate) struct Config {
     pub flush_workers: usize,
 }
 
-impl Default for Config {
-    fn default() -> Self {
+impl Config {
+    fn new<DB: Backend>() -> Self {
         Config {
-            publish_timeout: Duration::from_secs(30),
+            publish_timeout: DB::DEFAULT_PUBLISH_TIMEOUT,
             max_batch: 1000,
             flush_workers: 2,
         }
     }
 }
+
+/// Most auto-flush rounds at once (each holds a pooled connection).
+const MAX_FLUSH_WORKERS: usize = 64;
 
 /// What the bus and its auto-flush task share.
 pub(crate) struct Shared<DB: Backend> {
@@ -81,7 +84,7 @@ impl<DB: Backend> SignalBus<DB> {
             publisher: None,
             types: Vec::new(),
             autoflush: true,
-            config: Config::default(),
+            config: Config::new::<DB>(),
         }
     }
 
@@ -93,7 +96,7 @@ impl<DB: Backend> SignalBus<DB> {
     /// Begin a database transaction in which signals can be sent; business queries run in it
     /// too (it derefs to the connection).
     pub async fn begin(&self) -> Result<Transaction<'static, DB>> {
-        Ok(self.wrap(self.shared.pool.begin().await?))
+        Ok(self.wrap(DB::begin_write(&self.shared.pool).await?))
     }
 
     /// Use a transaction the caller began (e.g. with a chosen isolation level).
@@ -189,7 +192,9 @@ impl<DB: Backend> SignalBusBuilder<DB> {
         self
     }
 
-    /// Limit of one publish call (default 30 s). A batch not confirmed in time stays pending.
+    /// Limit of one publish call (default 30 s; 3 s on SQLite, where a flush holds the write
+    /// lock while it publishes: keep it below the pool's `busy_timeout`). A batch not
+    /// confirmed in time stays pending.
     pub fn publish_timeout(mut self, limit: Duration) -> Self {
         self.config.publish_timeout = limit;
         self
@@ -201,9 +206,9 @@ impl<DB: Backend> SignalBusBuilder<DB> {
         self
     }
 
-    /// Auto-flush rounds that may run at the same time (default 2).
+    /// Auto-flush rounds that may run at the same time (default 2, at most 64).
     pub fn flush_workers(mut self, n: usize) -> Self {
-        self.config.flush_workers = n.max(1);
+        self.config.flush_workers = n.clamp(1, MAX_FLUSH_WORKERS);
         self
     }
 
@@ -212,6 +217,11 @@ impl<DB: Backend> SignalBusBuilder<DB> {
         let publisher = self.publisher.ok_or_else(|| {
             Error::Config("no publisher: call `.publisher(..)` on the SignalBus builder".into())
         })?;
+        if self.config.publish_timeout.is_zero() {
+            return Err(Error::Config(
+                "publish_timeout must be longer than zero".into(),
+            ));
+        }
         let mut registry = Registry::default();
         for ty in self.types {
             registry.add(ty)?;

@@ -105,18 +105,22 @@ impl FieldAttrs {
     }
 }
 
-/// `OrderPlaced` → `order_placed`.
+/// `OrderPlaced` → `order_placed`, `HTTPRequest` → `http_request`, `V2Event` → `v2_event`.
 pub fn snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
     let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_uppercase() {
-            if i > 0 {
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            let prev = chars[i - 1];
+            let next_is_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            if prev.is_lowercase()
+                || prev.is_ascii_digit()
+                || (prev.is_uppercase() && next_is_lower)
+            {
                 out.push('_');
             }
-            out.extend(c.to_lowercase());
-        } else {
-            out.push(c);
         }
+        out.extend(c.to_lowercase());
     }
     out
 }
@@ -145,5 +149,31 @@ pub fn check_identifier(table: &str, span: Span) -> syn::Result<()> {
 }
 
 pub fn is_option(ty: &Type) -> bool {
-    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Option"))
+    match ty {
+        // Types that come out of `macro_rules!` are wrapped in invisible groups.
+        Type::Group(group) => is_option(&group.elem),
+        Type::Paren(paren) => is_option(&paren.elem),
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Option"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snake_case_handles_acronyms_and_digits() {
+        assert_eq!(snake_case("OrderPlaced"), "order_placed");
+        assert_eq!(snake_case("HTTPRequest"), "http_request");
+        assert_eq!(snake_case("V2Event"), "v2_event");
+        assert_eq!(snake_case("already_snake"), "already_snake");
+    }
+
+    #[test]
+    fn option_detection_sees_through_groups() {
+        assert!(is_option(&syn::parse_quote!(Option<String>)));
+        assert!(is_option(&syn::parse_quote!(std::option::Option<i64>)));
+        assert!(!is_option(&syn::parse_quote!(Vec<u8>)));
+    }
 }

@@ -8,6 +8,7 @@ mod attrs;
 
 use proc_macro::TokenStream;
 use quote::quote;
+use syn::ext::IdentExt;
 use syn::{Data, DeriveInput, Fields, parse_macro_input};
 
 /// Derives `signalbus::Signal` for a struct that also implements `serde::Serialize`.
@@ -88,7 +89,13 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     let mut headers = Vec::new();
     for (field, attrs) in fields.iter().zip(&field_attrs) {
         let member = field.ident.as_ref().expect("named field");
-        if attrs.routing_key {
+        if attrs.routing_key && attrs::is_option(&field.ty) {
+            methods.extend(quote! {
+                fn routing_key(&self) -> ::std::option::Option<::std::borrow::Cow<'_, str>> {
+                    self.#member.as_ref().map(|value| ::std::borrow::Cow::Owned(::std::string::ToString::to_string(value)))
+                }
+            });
+        } else if attrs.routing_key {
             methods.extend(quote! {
                 fn routing_key(&self) -> ::std::option::Option<::std::borrow::Cow<'_, str>> {
                     ::std::option::Option::Some(::std::borrow::Cow::Owned(::std::string::ToString::to_string(&self.#member)))
@@ -103,7 +110,7 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             });
         }
         if let Some(header) = &attrs.header {
-            let header = header.clone().unwrap_or_else(|| member.to_string());
+            let header = header.clone().unwrap_or_else(|| member.unraw().to_string());
             headers.push(if attrs::is_option(&field.ty) {
                 quote! {
                     if let ::std::option::Option::Some(value) = &self.#member {

@@ -161,6 +161,18 @@ pub struct PendingStats {
 /// features of the same names. Table names reach these methods already validated
 /// ([`Ident`]) and are quoted here.
 pub trait Backend: Database {
+    /// The publish timeout a bus uses unless told otherwise. On SQLite a flush holds the
+    /// database's one write lock while it publishes, so a hung broker must give up well before
+    /// writers waiting on that lock do (sqlx's default `busy_timeout` is 5 s).
+    const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Begin a transaction that will write (a signalbus [`crate::Transaction`]).
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self>>> + Send {
+        async move { Ok(pool.begin().await?) }
+    }
+
     /// Create the signal table of the contract, if it does not exist.
     fn create_table(
         conn: &mut Self::Connection,

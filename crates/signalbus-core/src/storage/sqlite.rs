@@ -17,6 +17,15 @@ const SELECT_SQLITE: &str =
     "id, message_id, topic, routing_key, headers, CAST(body AS BLOB), content_type";
 
 impl Backend for Sqlite {
+    const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+
+    /// `BEGIN IMMEDIATE`: a signalbus transaction writes anyway, and taking the write lock up
+    /// front waits (busy_timeout) instead of failing with SQLITE_BUSY_SNAPSHOT when a flush
+    /// committed between this transaction's first read and its first write.
+    async fn begin_write(pool: &Pool<Sqlite>) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     async fn create_table(conn: &mut SqliteConnection, table: &Ident) -> Result<()> {
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {} (

@@ -39,3 +39,34 @@ pub fn order(id: i64) -> OrderPlaced {
         note: None,
     }
 }
+
+/// Derive edge cases: raw identifiers, an acronym in the type name, an optional routing key.
+#[derive(Debug, Clone, Serialize, Signal)]
+pub struct HTTPHookFired {
+    #[signal(header)]
+    pub r#type: String,
+    #[signal(routing_key)]
+    pub tenant: Option<String>,
+}
+
+#[test]
+fn derive_edge_cases() {
+    let ty = HTTPHookFired::signal_type();
+    assert_eq!(
+        (ty.name(), ty.table_name()),
+        ("HTTPHookFired", "http_hook_fired")
+    );
+    let with = HTTPHookFired {
+        r#type: "push".into(),
+        tenant: Some("acme".into()),
+    };
+    assert_eq!(with.headers()["type"], "push");
+    assert_eq!(with.routing_key().as_deref(), Some("acme"));
+    let without = HTTPHookFired {
+        tenant: None,
+        ..with
+    };
+    assert_eq!(without.routing_key(), None);
+    let body: serde_json::Value = serde_json::from_slice(&without.body().unwrap()).unwrap();
+    assert_eq!(body, serde_json::json!({"type": "push", "tenant": null}));
+}
