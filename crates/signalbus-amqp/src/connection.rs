@@ -40,7 +40,10 @@ pub(crate) async fn bounded<T>(
 }
 
 /// Open a connection and a confirm channel.
-pub(crate) async fn open(options: &AmqpOptions, generation: u64) -> Result<Arc<Live>, PublishError> {
+pub(crate) async fn open(
+    options: &AmqpOptions,
+    generation: u64,
+) -> Result<Arc<Live>, PublishError> {
     let url = url::Url::parse(&options.uri).expect("validated by AmqpOptions::from_url");
     let shown = &options.display;
     let name = options.app_id.clone().unwrap_or_else(|| "signalbus".into());
@@ -74,7 +77,8 @@ pub(crate) async fn open(options: &AmqpOptions, generation: u64) -> Result<Arc<L
         Err(e) => {
             let limit = options.timeout;
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(limit, connection.close(200, "setup failed".into())).await;
+                let _ =
+                    tokio::time::timeout(limit, connection.close(200, "setup failed".into())).await;
             });
             Err(e)
         }
@@ -84,6 +88,10 @@ pub(crate) async fn open(options: &AmqpOptions, generation: u64) -> Result<Arc<L
 /// Close a connection we gave up on without waiting for it (it may hang).
 pub(crate) fn close_later(live: Arc<Live>, limit: Duration) {
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(limit, live.connection.close(200, "signalbus reconnects".into())).await;
+        let _ = tokio::time::timeout(
+            limit,
+            live.connection.close(200, "signalbus reconnects".into()),
+        )
+        .await;
     });
 }

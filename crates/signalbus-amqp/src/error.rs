@@ -9,9 +9,14 @@ pub(crate) fn connect_error(e: lapin::Error, display: &str, url: &url::Url) -> P
     let host = format!(
         "{}:{}",
         url.host_str().unwrap_or_default(),
-        url.port().unwrap_or(if url.scheme() == "amqps" { 5671 } else { 5672 })
+        url.port()
+            .unwrap_or(if url.scheme() == "amqps" { 5671 } else { 5672 })
     );
-    let user = if url.username().is_empty() { "guest" } else { url.username() };
+    let user = if url.username().is_empty() {
+        "guest"
+    } else {
+        url.username()
+    };
     let message = match e.kind() {
         ErrorKind::IOError(io) => format!(
             "cannot reach RabbitMQ at {host} ({io}); check the host and port of `{display}` and \
@@ -35,7 +40,10 @@ pub(crate) fn connect_error(e: lapin::Error, display: &str, url: &url::Url) -> P
         ),
         _ => format!("cannot connect to RabbitMQ at {host}: {e}"),
     };
-    let credentials = matches!(e.kind(), ErrorKind::ProtocolError(_) | ErrorKind::InvalidConnectionState(_));
+    let credentials = matches!(
+        e.kind(),
+        ErrorKind::ProtocolError(_) | ErrorKind::InvalidConnectionState(_)
+    );
     let error = if credentials {
         PublishError::rejected(message)
     } else {
@@ -53,9 +61,9 @@ pub(crate) fn publish_error(e: lapin::Error, exchange: &str, routing_key: &str) 
             AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => PublishError::rejected(format!(
                 "RabbitMQ has no {target}: {amqp}; declare the exchange first"
             )),
-            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => PublishError::rejected(format!(
-                "RabbitMQ refused publishing to {target}: {amqp}"
-            )),
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
+                PublishError::rejected(format!("RabbitMQ refused publishing to {target}: {amqp}"))
+            }
             _ => PublishError::unavailable(format!(
                 "RabbitMQ failed while publishing to {target}: {amqp}; the batch stays pending"
             )),

@@ -81,17 +81,31 @@ impl AmqpOptions {
                 ))
             };
             match key.as_ref() {
-                "mandatory" => options.mandatory = parse_bool(&value).ok_or_else(|| bad("true or false"))?,
-                "persistent" => options.persistent = parse_bool(&value).ok_or_else(|| bad("true or false"))?,
+                "mandatory" => {
+                    options.mandatory = parse_bool(&value).ok_or_else(|| bad("true or false"))?
+                }
+                "persistent" => {
+                    options.persistent = parse_bool(&value).ok_or_else(|| bad("true or false"))?
+                }
                 "mandatory_signals" => options.mandatory_signals.extend(
-                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned),
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned),
                 ),
                 "app_id" => options.app_id = Some(value.into_owned()),
                 "timeout_ms" => {
-                    let ms: u64 = value.parse().ok().filter(|ms| *ms > 0).ok_or_else(|| bad("a positive number of milliseconds"))?;
+                    let ms: u64 = value
+                        .parse()
+                        .ok()
+                        .filter(|ms| *ms > 0)
+                        .ok_or_else(|| bad("a positive number of milliseconds"))?;
                     options.timeout = Duration::from_millis(ms);
                 }
-                k if LAPIN_PARAMS.contains(&k) => passed.push((key.into_owned(), value.into_owned())),
+                k if LAPIN_PARAMS.contains(&k) => {
+                    passed.push((key.into_owned(), value.into_owned()))
+                }
                 other => {
                     return Err(Error::Config(format!(
                         "bus URL `{display}`: unknown query parameter `{other}`; known: mandatory, \

@@ -2,9 +2,9 @@
 
 use crate::headers;
 use crate::options::{AmqpOptions, parse_bool};
+use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::BasicProperties;
 use signalbus_core::{Message, PublishError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -66,13 +66,17 @@ pub(crate) fn outgoing(message: &Message, config: &AmqpOptions) -> Result<Outgoi
     for (name, value) in &message.headers {
         match name.as_str() {
             headers::MANDATORY => {
-                mandatory = parse_bool(value).ok_or_else(|| invalid(name, value, "true or false"))?
+                mandatory =
+                    parse_bool(value).ok_or_else(|| invalid(name, value, "true or false"))?
             }
             headers::PERSISTENT => {
-                persistent = parse_bool(value).ok_or_else(|| invalid(name, value, "true or false"))?
+                persistent =
+                    parse_bool(value).ok_or_else(|| invalid(name, value, "true or false"))?
             }
             headers::TYPE => props = props.with_type(short(name, value, message)?),
-            headers::CORRELATION_ID => props = props.with_correlation_id(short(name, value, message)?),
+            headers::CORRELATION_ID => {
+                props = props.with_correlation_id(short(name, value, message)?)
+            }
             headers::REPLY_TO => props = props.with_reply_to(short(name, value, message)?),
             headers::EXPIRATION => {
                 if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
@@ -166,8 +170,15 @@ mod tests {
         let out = outgoing(&message(&[]), &config).unwrap();
         assert!(!out.options.mandatory);
         assert_eq!(*out.properties.delivery_mode(), Some(2));
-        assert_eq!(out.properties.kind().as_ref().unwrap().as_str(), "order_placed");
-        for bad in [("amqp-priority", "high"), ("amqp-expiration", "1m"), ("amqp-mandatory", "?")] {
+        assert_eq!(
+            out.properties.kind().as_ref().unwrap().as_str(),
+            "order_placed"
+        );
+        for bad in [
+            ("amqp-priority", "high"),
+            ("amqp-expiration", "1m"),
+            ("amqp-mandatory", "?"),
+        ] {
             let e = outgoing(&message(&[bad]), &config).err().unwrap();
             assert!(e.to_string().contains(bad.0), "{e}");
         }

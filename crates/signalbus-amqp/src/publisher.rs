@@ -109,7 +109,13 @@ impl AmqpPublisher {
                     out.properties,
                 )
                 .await
-                .map_err(|e| Failure::Broken(publish_error(e, out.exchange.as_str(), out.routing_key.as_str())))?;
+                .map_err(|e| {
+                    Failure::Broken(publish_error(
+                        e,
+                        out.exchange.as_str(),
+                        out.routing_key.as_str(),
+                    ))
+                })?;
             confirms.push(confirm);
         }
         let mut refused = Vec::new();
@@ -151,10 +157,7 @@ impl Publisher for AmqpPublisher {
         let live = self.live().await?;
         let limit = self.inner.options.timeout;
         let during = format!("confirming {} message(s)", batch.len());
-        let result = bounded(limit, &during, async {
-            Ok(self.send(&live, batch).await)
-        })
-        .await;
+        let result = bounded(limit, &during, async { Ok(self.send(&live, batch).await) }).await;
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(Failure::Refused(e))) => Err(e),

@@ -125,7 +125,11 @@ mod tests {
         assert_eq!(o.subject("orders", Some("placed")), "orders.placed");
         let o = NatsOptions::from_url("nats://h?subject=destination").unwrap();
         assert_eq!(o.subject("orders", Some("placed")), "orders");
-        for bad in ["amqp://u:secret@h", "nats://u:secret@h?x=1", "nats://u:secret@h?timeout_ms=-1"] {
+        for bad in [
+            "amqp://u:secret@h",
+            "nats://u:secret@h?x=1",
+            "nats://u:secret@h?timeout_ms=-1",
+        ] {
             let e = NatsOptions::from_url(bad).unwrap_err().to_string();
             assert!(!e.contains("secret") && e.contains("bus URL"), "{e}");
         }

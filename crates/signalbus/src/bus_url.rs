@@ -1,9 +1,9 @@
 //! Choosing a publisher by URL, including the brokers compiled in by feature.
 
-use signalbus_core::redact::redact_url;
-use signalbus_core::{BoxPublisher, Error, Result};
 #[allow(unused_imports)] // used by whichever broker features are on
 use signalbus_core::PublisherExt;
+use signalbus_core::redact::redact_url;
+use signalbus_core::{BoxPublisher, Error, Result};
 
 /// Connect to the bus named by `url`.
 ///
