@@ -3,6 +3,7 @@
 //! `signalbus-bench autoflush --database-url URL --bus memory --concurrency 32`
 
 mod autoflush;
+mod raw;
 mod setup;
 mod stats;
 
@@ -20,6 +21,8 @@ enum Command {
     /// Transactions per second and commit latency: business row alone vs business row + signal
     /// with auto-flush.
     Autoflush(autoflush::Args),
+    /// The broker's raw ceiling: the same client, batch size and durability, no signalbus.
+    Raw(raw::Args),
 }
 
 #[tokio::main]
@@ -27,6 +30,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Autoflush(args) => autoflush::run(args).await,
+        Command::Raw(args) => raw::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("signalbus-bench: {e}");
