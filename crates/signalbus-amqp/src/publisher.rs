@@ -88,10 +88,10 @@ impl AmqpPublisher {
     /// Forget connection `generation` after a failure on it, so the next batch reconnects.
     async fn discard(&self, generation: u64) {
         let mut guard = self.inner.live.lock().await;
-        if guard.as_ref().is_some_and(|l| l.generation == generation) {
-            if let Some(old) = guard.take() {
-                close_later(old, self.inner.options.timeout);
-            }
+        if guard.as_ref().is_some_and(|l| l.generation == generation)
+            && let Some(old) = guard.take()
+        {
+            close_later(old, self.inner.options.timeout);
         }
     }
 
