@@ -76,7 +76,18 @@ impl Amqp {
 
 impl BusFixture for Amqp {
     fn url(&self) -> String {
-        format!("{URL}?mandatory=true&timeout_ms=5000")
+        // The app_id names the connection, so the test can close exactly this one.
+        format!(
+            "{URL}?mandatory=true&timeout_ms=5000&app_id=sbtest-{}",
+            self.suffix
+        )
+    }
+    async fn interrupt(&self) -> bool {
+        let name = format!("sbtest-{}", self.suffix);
+        tokio::task::spawn_blocking(move || close_connection_named(&name))
+            .await
+            .unwrap();
+        true
     }
     fn ready(&self) -> Route {
         (self.exchange.clone(), "ready".into())
@@ -137,6 +148,27 @@ impl BusFixture for Amqp {
             .await
             .unwrap();
     }
+}
+
+/// Close our own connection from the server side (never the other tests' ones).
+fn close_connection_named(name: &str) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+        .expect("rabbitmqctl is needed to close a connection from the server side");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let pid = listing
+        .lines()
+        .find(|l| l.contains(name))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection named {name} in:\n{listing}"))
+        .to_owned();
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "signalbus test closes it"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 on_every_database!(amqp_end_to_end);

@@ -43,6 +43,11 @@ pub trait BusFixture {
     /// Everything that arrived on `route`, in order; waits until `n` arrived (or fails).
     fn received(&self, route: &Route, n: usize) -> impl Future<Output = Vec<Received>>;
     fn cleanup(self) -> impl Future<Output = ()>;
+    /// Make the broker drop the publisher's connection, if this fixture can do that without
+    /// stopping the shared server; returns whether it did.
+    fn interrupt(&self) -> impl Future<Output = bool> {
+        async { false }
+    }
 }
 
 fn event(route: &Route, n: i64) -> BusEvent {
@@ -140,6 +145,24 @@ pub async fn end_to_end<DB: TestBackend, F: BusFixture>(fx: F) {
     flushmany_sends(&bus, 2).await;
     assert_eq!(DB::count_rows(&db.pool, "bus_event").await, 0);
     assert_eq!(fx.received(&later, 2).await.len(), 2);
+
+    // The broker drops the connection: nothing is lost, the publisher reconnects by itself
+    // and a later flush sends whatever the commit could not.
+    if fx.interrupt().await {
+        let mut tx = bus.begin().await.unwrap();
+        let mut ids = Vec::new();
+        for n in 10..13 {
+            ids.push(tx.send(&event(&ready, n)).await.unwrap().message_id);
+        }
+        let report = tx.commit_and_wait().await.unwrap();
+        eprintln!("commit after the broker closed the connection: {report:?}");
+        flushmany_sends(&bus, report.pending).await;
+        assert_eq!(DB::count_rows(&db.pool, "bus_event").await, 0);
+        let got = fx.received(&ready, 3).await;
+        for id in &ids {
+            assert!(got.iter().any(|r| &r.id == id), "{id} lost: {got:?}");
+        }
+    }
 
     fx.cleanup().await;
     db.cleanup().await;
