@@ -96,9 +96,14 @@ impl AmqpPublisher {
     }
 
     async fn send(&self, live: &Live, batch: &[Message]) -> Result<(), Failure> {
+        // Check every message before publishing any, so a bad one sends nothing.
+        let outs = batch
+            .iter()
+            .map(|m| outgoing(m, &self.inner.options))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Failure::Refused)?;
         let mut confirms = Vec::with_capacity(batch.len());
-        for message in batch {
-            let out = outgoing(message, &self.inner.options).map_err(Failure::Refused)?;
+        for (message, out) in batch.iter().zip(outs) {
             let confirm = live
                 .channel
                 .basic_publish(

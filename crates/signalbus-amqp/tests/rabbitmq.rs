@@ -327,3 +327,18 @@ async fn bad_urls_say_which_part_is_wrong_without_the_password() {
         assert!(!e.contains("hunter2"), "{e}");
     }
 }
+
+#[tokio::test]
+async fn a_bad_reserved_header_fails_the_batch_before_anything_is_sent() {
+    let fx = Fixture::new("k", FieldTable::default()).await;
+    let publisher = AmqpPublisher::connect(URL).await.unwrap();
+    let batch = [
+        message(&fx.exchange, "k", 1, &[]),
+        message(&fx.exchange, "k", 2, &[("amqp-priority", "high")]),
+    ];
+    let e = publisher.publish(&batch).await.unwrap_err();
+    assert_eq!(e.kind(), PublishErrorKind::Rejected);
+    assert!(e.to_string().contains("amqp-priority"), "{e}");
+    assert!(fx.drain().await.is_empty());
+    fx.cleanup().await;
+}

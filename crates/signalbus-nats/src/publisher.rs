@@ -94,8 +94,8 @@ impl NatsPublisher {
     }
 
     async fn send(&self, batch: &[Message]) -> Result<(), PublishError> {
-        let mut acks = Vec::with_capacity(batch.len());
-        let mut subjects = Vec::with_capacity(batch.len());
+        // Check every message before publishing any, so a bad one sends nothing.
+        let mut prepared = Vec::with_capacity(batch.len());
         for message in batch {
             let subject = self
                 .options
@@ -104,6 +104,11 @@ impl NatsPublisher {
                 .payload(bytes::Bytes::copy_from_slice(&message.body))
                 .headers(Self::headers(message)?)
                 .message_id(&message.id);
+            prepared.push((subject, publish));
+        }
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut subjects = Vec::with_capacity(batch.len());
+        for (message, (subject, publish)) in batch.iter().zip(prepared) {
             let ack = self
                 .jetstream
                 .send_publish(subject.clone(), publish)

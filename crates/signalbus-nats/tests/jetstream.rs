@@ -190,3 +190,20 @@ async fn bad_urls_say_why_without_the_password() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_header_nats_cannot_carry_fails_the_batch_before_anything_is_sent() {
+    let (publisher, js) = shared().await;
+    let (name, root) = (unique("SBTEST"), unique("sbtest"));
+    let mut stream = create_stream(&js, &name, &root).await;
+    let mut bad = message(&root, 2);
+    bad.headers.insert("bad:name".into(), "x".into());
+    let e = publisher
+        .publish(&[message(&root, 1), bad])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), PublishErrorKind::Rejected);
+    assert!(e.to_string().contains("bad:name"), "{e}");
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    js.delete_stream(&name).await.unwrap();
+}
