@@ -7,13 +7,16 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use signalbus_core::{Error, Message, PublishError, PublishErrorKind, Publisher};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Publishes to Kafka with an idempotent producer and `acks=all`. Cheap to clone; clones
-/// share the producer, which reconnects to the brokers by itself.
+/// share the producer. After a batch failed for any reason but a refusal, the producer is
+/// replaced by a new one: an idempotent producer can stay stuck after the broker restarted
+/// and lost its state (new producer id, sequences from 0 again).
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: Arc<RwLock<FutureProducer>>,
     options: KafkaOptions,
 }
 
@@ -56,15 +59,40 @@ impl KafkaPublisher {
                 .with_source(e),
             )
         })?;
-        Ok(KafkaPublisher { producer, options })
+        Ok(KafkaPublisher {
+            producer: Arc::new(RwLock::new(producer)),
+            options,
+        })
     }
 
-    /// The underlying producer.
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    /// The producer in use now.
+    pub fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Swap in a fresh producer; the old one is dropped off the runtime (dropping flushes).
+    fn renew(&self) {
+        match self.options.config().create::<FutureProducer>() {
+            Ok(fresh) => {
+                let old = std::mem::replace(
+                    &mut *self
+                        .producer
+                        .write()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    fresh,
+                );
+                tokio::task::spawn_blocking(move || drop(old));
+                tracing::info!(servers = %self.options.bootstrap_servers, "Kafka producer renewed after a failed batch");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew the Kafka producer"),
+        }
     }
 
     async fn send(&self, batch: &[Message]) -> Result<(), PublishError> {
+        let producer = self.producer();
         let mut reports = Vec::with_capacity(batch.len());
         for message in batch {
             let mut headers =
@@ -93,7 +121,7 @@ impl KafkaPublisher {
             let mut record = Some(record);
             // A full local queue empties as reports come in: wait a little and try again.
             let report = loop {
-                match self.producer.send_result(record.take().expect("set")) {
+                match producer.send_result(record.take().expect("set")) {
                     Ok(report) => break report,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = Some(back);
@@ -150,7 +178,7 @@ impl Publisher for KafkaPublisher {
         }
         // message.timeout.ms bounds every report; this is a guard above it.
         let limit = self.options.timeout + Duration::from_secs(1);
-        match tokio::time::timeout(limit, self.send(batch)).await {
+        let result = match tokio::time::timeout(limit, self.send(batch)).await {
             Ok(result) => result,
             Err(_) => Err(PublishError::new(
                 PublishErrorKind::Timeout,
@@ -160,6 +188,13 @@ impl Publisher for KafkaPublisher {
                     batch.len()
                 ),
             )),
+        };
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() != PublishErrorKind::Rejected)
+        {
+            self.renew();
         }
+        result
     }
 }

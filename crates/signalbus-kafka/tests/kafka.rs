@@ -160,3 +160,95 @@ async fn an_unreachable_broker_is_named() {
         .to_string();
     assert!(!e.contains("hunter2") && e.contains("credentials"), "{e}");
 }
+
+/// A private tansu broker (the shared one is never stopped), in memory.
+fn start_tansu(port: u16) -> std::process::Child {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let listener = format!("tcp://127.0.0.1:{port}");
+    std::process::Command::new(format!("{home}/.cargo/bin/tansu"))
+        .args([
+            "broker",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tansu must be installed (.ci/kafka.sh install)")
+}
+
+async fn wait_listening(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("private tansu did not start on port {port}");
+}
+
+async fn create_topic_at(servers: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_broker_gets_the_pending_batch_and_the_producer_reconnects() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let servers = format!("127.0.0.1:{port}");
+    let mut broker = start_tansu(port);
+    wait_listening(port).await;
+    let topic = unique();
+    create_topic_at(&servers, &topic).await;
+    let publisher = KafkaPublisher::connect(&format!("kafka://{servers}?timeout_ms=2000"))
+        .await
+        .unwrap();
+    publisher.publish(&[message(&topic, 0)]).await.unwrap();
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    let pending = [message(&topic, 1), message(&topic, 2)];
+    let e = publisher.publish(&pending).await.unwrap_err();
+    assert!(e.is_retryable(), "a down broker is worth retrying: {e}");
+
+    // In-memory storage: the restarted broker has lost the topic; create it again.
+    let mut broker = start_tansu(port);
+    wait_listening(port).await;
+    create_topic_at(&servers, &topic).await;
+    let mut last = None;
+    for _ in 0..30 {
+        match publisher.publish(&pending).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    assert_eq!(last, None, "the producer did not recover");
+}
