@@ -43,3 +43,45 @@ pub async fn connect_bus(url: &str) -> Result<BoxPublisher> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::connect_bus;
+
+    #[tokio::test]
+    async fn unknown_schemes_and_bad_hosts_say_why_without_the_password() {
+        let e = connect_bus("ftp://u:hunter2@host/x")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`ftp:`") && !e.contains("hunter2"), "{e}");
+        assert!(connect_bus("memory:").await.is_ok());
+        #[cfg(feature = "amqp")]
+        {
+            let e = connect_bus("amqp://guest:hunter2@127.0.0.1:1/%2f")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("cannot reach RabbitMQ at 127.0.0.1:1") && !e.contains("hunter2"),
+                "{e}"
+            );
+        }
+        #[cfg(feature = "nats")]
+        {
+            let e = connect_bus("nats://u:hunter2@127.0.0.1:1?timeout_ms=1000")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("NATS") && !e.contains("hunter2"), "{e}");
+        }
+        #[cfg(feature = "kafka")]
+        {
+            let e = connect_bus("kafka://127.0.0.1:1?timeout_ms=1000")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cannot reach Kafka at 127.0.0.1:1"), "{e}");
+        }
+    }
+}
