@@ -5,6 +5,7 @@
 
 mod autoflush;
 mod flushmany;
+mod raw;
 mod setup;
 mod stats;
 
@@ -25,6 +26,8 @@ enum Command {
     /// Draining a backlog: flushmany with 1, 2, 4 processes and flushordered against the raw
     /// `DELETE … RETURNING` ceiling, plus the bus alone.
     Flushmany(flushmany::Args),
+    /// The broker's raw ceiling: the same client, batch size and durability, no signalbus.
+    Raw(raw::Args),
 }
 
 #[tokio::main]
@@ -33,6 +36,7 @@ async fn main() {
     let result = match cli.command {
         Command::Autoflush(args) => autoflush::run(args).await,
         Command::Flushmany(args) => flushmany::run(args).await,
+        Command::Raw(args) => raw::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("signalbus-bench: {e}");

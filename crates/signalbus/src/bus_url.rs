@@ -1,12 +1,87 @@
 //! Choosing a publisher by URL, including the brokers compiled in by feature.
 
-use signalbus_core::{BoxPublisher, Result};
+#[allow(unused_imports)] // used by whichever broker features are on
+use signalbus_core::PublisherExt;
+use signalbus_core::redact::redact_url;
+use signalbus_core::{BoxPublisher, Error, Result};
 
 /// Connect to the bus named by `url`.
 ///
-/// `stdout:`, `file:PATH` and `memory:` always work; broker URLs (`amqp://`, `nats://`,
-/// `kafka://`) need the feature of the same name. Passwords in `url` never appear in errors or
-/// logs.
+/// | URL | feature | publisher |
+/// |---|---|---|
+/// | `amqp://user:password@host:5672/vhost`, `amqps://…` | `amqp` | RabbitMQ with publisher confirms |
+/// | `nats://user:password@host:4222` | `nats` | NATS JetStream, acks awaited |
+/// | `kafka://host:9092[,host:port…]` | `kafka` | Kafka, idempotent producer, `acks=all` |
+/// | `stdout:`, `file:PATH`, `memory:` | always | see [`crate::publisher::from_url`] |
+///
+/// Broker publishers connect at once, so a wrong host, user, password or vhost fails here
+/// with an error that names it. Passwords in `url` never appear in errors or logs.
 pub async fn connect_bus(url: &str) -> Result<BoxPublisher> {
-    signalbus_core::publisher::from_url(url).await
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        #[cfg(feature = "amqp")]
+        Some("amqp" | "amqps") => Ok(signalbus_amqp::AmqpPublisher::connect(url).await?.boxed()),
+        #[cfg(feature = "nats")]
+        Some("nats") => Ok(signalbus_nats::NatsPublisher::connect(url).await?.boxed()),
+        #[cfg(feature = "kafka")]
+        Some("kafka") => Ok(signalbus_kafka::KafkaPublisher::connect(url).await?.boxed()),
+        Some(bus) if ["amqp", "amqps", "nats", "kafka"].contains(&bus) => {
+            let feature = bus.trim_end_matches("s");
+            Err(Error::Config(format!(
+                "bus URL `{}` needs the `{feature}` feature of the signalbus crate, which this \
+                 build does not have",
+                redact_url(url)
+            )))
+        }
+        _ => signalbus_core::publisher::from_url(url).await.map_err(|e| match e {
+            Error::Config(message) if message.starts_with("unsupported bus URL scheme") => {
+                Error::Config(format!(
+                    "{message}; with their features: `amqp://`, `amqps://`, `nats://`, `kafka://`"
+                ))
+            }
+            other => other,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect_bus;
+
+    #[tokio::test]
+    async fn unknown_schemes_and_bad_hosts_say_why_without_the_password() {
+        let e = connect_bus("ftp://u:hunter2@host/x")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`ftp:`") && !e.contains("hunter2"), "{e}");
+        assert!(connect_bus("memory:").await.is_ok());
+        #[cfg(feature = "amqp")]
+        {
+            let e = connect_bus("amqp://guest:hunter2@127.0.0.1:1/%2f")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("cannot reach RabbitMQ at 127.0.0.1:1") && !e.contains("hunter2"),
+                "{e}"
+            );
+        }
+        #[cfg(feature = "nats")]
+        {
+            let e = connect_bus("nats://u:hunter2@127.0.0.1:1?timeout_ms=1000")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("NATS") && !e.contains("hunter2"), "{e}");
+        }
+        #[cfg(feature = "kafka")]
+        {
+            let e = connect_bus("kafka://127.0.0.1:1?timeout_ms=1000")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cannot reach Kafka at 127.0.0.1:1"), "{e}");
+        }
+    }
 }

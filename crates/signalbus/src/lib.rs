@@ -53,7 +53,10 @@
 //!
 //! ## Features
 //! `sqlite` (default), `postgres`, `mysql` choose the databases; `derive` (default) gives
-//! `#[derive(Signal)]`.
+//! `#[derive(Signal)]`. `amqp` (RabbitMQ), `nats` (NATS JetStream) and `kafka` add the
+//! publishers of those buses, chosen by URL with [`connect_bus`]; each confirms delivery
+//! before a row is deleted. Any other bus is a [`Publisher`] of your own: see the
+//! `webhook` example.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

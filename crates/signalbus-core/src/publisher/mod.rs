@@ -5,7 +5,8 @@
 //! again later. Timeouts and retries are separate, composable layers ([`PublisherExt`]), as in
 //! tower.
 //!
-//! A custom publisher is a few lines:
+//! A custom publisher is a few lines (a complete one that POSTs to an HTTP webhook is the
+//! `webhook` example of the `signalbus` crate):
 //!
 //! ```
 //! use signalbus_core::{Message, PublishError, Publisher};

@@ -1,0 +1,67 @@
+//! RabbitMQ publisher for [signalbus](https://docs.rs/signalbus), on lapin.
+//!
+//! `amqp://user:password@host:5672/vhost` (or `amqps://` for TLS). Every batch is published
+//! on one dedicated channel in confirm mode: all messages go out back to back, then one wait
+//! collects every confirm. The batch counts as sent only when RabbitMQ acknowledged every
+//! message; a message that is returned (unroutable while `mandatory`) or nacked fails the
+//! whole batch, whose rows then stay pending.
+//!
+//! Each message is published to the exchange named by its destination (`""` or
+//! `amq.default` mean the default exchange) with its routing key, and these properties:
+//! `message_id` = the stable signal id, `content_type`, `headers`, `type` = the signal name,
+//! `timestamp` = the publish time, `app_id` (from the URL), `delivery_mode` = persistent.
+//!
+//! # URL query parameters
+//! | parameter | default | meaning |
+//! |---|---|---|
+//! | `mandatory` | `false` | publish every message as mandatory |
+//! | `mandatory_signals` | none | comma-separated signal names published as mandatory |
+//! | `persistent` | `true` | delivery mode 2 (stored on disk by durable queues) |
+//! | `app_id` | none | the `app_id` property |
+//! | `timeout_ms` | `10000` | limit of every wait on the broker (publish, confirms, connect) |
+//! | `heartbeat`, `channel_max`, `frame_max`, `connection_timeout`, `auth_mechanism` | lapin's | passed to lapin |
+//!
+//! # Reserved headers
+//! Headers named in [`headers`] are not sent as headers: they set the AMQP property of the
+//! same name for that one message, so a signal type (or a single message) chooses them by
+//! returning them from `Signal::headers` (or with `#[signal(header = "amqp-priority")]`).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod connection;
+mod error;
+mod options;
+mod properties;
+mod publisher;
+
+pub use options::AmqpOptions;
+pub use publisher::AmqpPublisher;
+
+/// Reserved message header names that the AMQP publisher turns into properties or publish
+/// options and does not send as headers. Other buses send them as ordinary headers.
+pub mod headers {
+    /// `true` or `false`: publish this message as mandatory (overrides the URL and type).
+    pub const MANDATORY: &str = "amqp-mandatory";
+    /// `true` or `false`: delivery mode 2 (persistent) or 1 for this message.
+    pub const PERSISTENT: &str = "amqp-persistent";
+    /// The `type` property (default: the signal name).
+    pub const TYPE: &str = "amqp-type";
+    /// The `correlation_id` property.
+    pub const CORRELATION_ID: &str = "amqp-correlation-id";
+    /// The `reply_to` property.
+    pub const REPLY_TO: &str = "amqp-reply-to";
+    /// The `expiration` property: a per-message TTL in milliseconds, e.g. `"60000"`.
+    pub const EXPIRATION: &str = "amqp-expiration";
+    /// The `priority` property, `0` to `255`.
+    pub const PRIORITY: &str = "amqp-priority";
+    /// Every reserved name.
+    pub const ALL: [&str; 7] = [
+        MANDATORY,
+        PERSISTENT,
+        TYPE,
+        CORRELATION_ID,
+        REPLY_TO,
+        EXPIRATION,
+        PRIORITY,
+    ];
+}

@@ -1,0 +1,179 @@
+//! The bus URL: lapin's AMQP URI plus signalbus' own query parameters.
+
+use signalbus_core::redact::redact_url;
+use signalbus_core::{Error, Result};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Query parameters that lapin itself understands; passed through untouched.
+const LAPIN_PARAMS: [&str; 5] = [
+    "heartbeat",
+    "channel_max",
+    "frame_max",
+    "connection_timeout",
+    "auth_mechanism",
+];
+
+/// How the AMQP publisher connects and publishes; usually parsed from the bus URL.
+#[derive(Clone)]
+pub struct AmqpOptions {
+    /// The URI handed to lapin (the bus URL without signalbus' parameters).
+    pub(crate) uri: String,
+    /// The URL with the password masked, for messages.
+    pub(crate) display: String,
+    /// Publish every message as mandatory.
+    pub mandatory: bool,
+    /// Signal names whose messages are published as mandatory.
+    pub mandatory_signals: BTreeSet<String>,
+    /// Delivery mode 2 (persistent) unless a message says otherwise.
+    pub persistent: bool,
+    /// The `app_id` property of every message.
+    pub app_id: Option<String>,
+    /// Limit of every wait on the broker.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for AmqpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpOptions")
+            .field("url", &self.display)
+            .field("mandatory", &self.mandatory)
+            .field("mandatory_signals", &self.mandatory_signals)
+            .field("persistent", &self.persistent)
+            .field("app_id", &self.app_id)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl AmqpOptions {
+    /// Parse `amqp://user:password@host:port/vhost?params` (or `amqps://`). The vhost is
+    /// percent-encoded: `/` is `%2f`, and an empty path means `/`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let display = redact_url(url);
+        let mut parsed = url::Url::parse(url)
+            .map_err(|e| Error::Config(format!("bus URL `{display}` is not a valid URL: {e}")))?;
+        if !matches!(parsed.scheme(), "amqp" | "amqps") {
+            return Err(Error::Config(format!(
+                "bus URL `{display}`: scheme `{}:` is not AMQP; use `amqp://` or `amqps://`",
+                parsed.scheme()
+            )));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(Error::Config(format!(
+                "bus URL `{display}` names no host; use e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`"
+            )));
+        }
+        let mut options = AmqpOptions {
+            uri: String::new(),
+            display: display.clone(),
+            mandatory: false,
+            mandatory_signals: BTreeSet::new(),
+            persistent: true,
+            app_id: None,
+            timeout: Duration::from_secs(10),
+        };
+        let mut passed = Vec::new();
+        for (key, value) in parsed.query_pairs() {
+            let bad = |what: &str| {
+                Error::Config(format!(
+                    "bus URL `{display}`: query parameter `{key}={value}` must be {what}"
+                ))
+            };
+            match key.as_ref() {
+                "mandatory" => {
+                    options.mandatory = parse_bool(&value).ok_or_else(|| bad("true or false"))?
+                }
+                "persistent" => {
+                    options.persistent = parse_bool(&value).ok_or_else(|| bad("true or false"))?
+                }
+                "mandatory_signals" => options.mandatory_signals.extend(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned),
+                ),
+                "app_id" => options.app_id = Some(value.into_owned()),
+                "timeout_ms" => {
+                    let ms: u64 = value
+                        .parse()
+                        .ok()
+                        .filter(|ms| *ms > 0)
+                        .ok_or_else(|| bad("a positive number of milliseconds"))?;
+                    options.timeout = Duration::from_millis(ms);
+                }
+                k if LAPIN_PARAMS.contains(&k) => {
+                    passed.push((key.into_owned(), value.into_owned()))
+                }
+                other => {
+                    return Err(Error::Config(format!(
+                        "bus URL `{display}`: unknown query parameter `{other}`; known: mandatory, \
+                         mandatory_signals, persistent, app_id, timeout_ms, {}",
+                        LAPIN_PARAMS.join(", ")
+                    )));
+                }
+            }
+        }
+        parsed.set_query(None);
+        if !passed.is_empty() {
+            parsed.query_pairs_mut().extend_pairs(passed);
+        }
+        // lapin reads an empty path as the vhost "" (not "/"); an empty path means "/" here.
+        if parsed.path().is_empty() || parsed.path() == "/" {
+            parsed.set_path("/%2f");
+        }
+        options.uri = parsed.to_string();
+        Ok(options)
+    }
+
+    /// Whether a message of `signal` is mandatory unless its headers say otherwise.
+    pub(crate) fn is_mandatory(&self, signal: &str) -> bool {
+        self.mandatory || self.mandatory_signals.contains(signal)
+    }
+}
+
+pub(crate) fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AmqpOptions;
+
+    #[test]
+    fn parses_our_parameters_and_passes_lapins() {
+        let o = AmqpOptions::from_url(
+            "amqp://u:secret@h:5672/%2f?mandatory=true&persistent=false&app_id=svc&timeout_ms=250&heartbeat=10&mandatory_signals=a,b",
+        )
+        .unwrap();
+        assert!(o.mandatory && !o.persistent);
+        assert_eq!(o.app_id.as_deref(), Some("svc"));
+        assert_eq!(o.timeout.as_millis(), 250);
+        assert!(o.is_mandatory("a") && o.mandatory_signals.contains("b"));
+        assert_eq!(o.uri, "amqp://u:secret@h:5672/%2f?heartbeat=10");
+        assert!(!format!("{o:?}").contains("secret"));
+        let o = AmqpOptions::from_url("amqp://h").unwrap();
+        assert_eq!(o.uri, "amqp://h/%2f");
+        assert!(o.persistent && !o.is_mandatory("a"));
+    }
+
+    #[test]
+    fn rejects_bad_urls_without_printing_the_password() {
+        for url in [
+            "nats://u:secret@h",
+            "amqp://u:secret@h/?mandatory=maybe",
+            "amqp://u:secret@h/?bogus=1",
+            "amqp://u:secret@h/?timeout_ms=0",
+            "amqp:///vhost",
+        ] {
+            let e = AmqpOptions::from_url(url).unwrap_err().to_string();
+            assert!(!e.contains("secret"), "{e}");
+            assert!(e.contains("bus URL"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The publisher: a batch is enqueued at once, then every delivery report is awaited.
+
+use crate::options::KafkaOptions;
+use crate::{CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
+use futures_util::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use signalbus_core::{Error, Message, PublishError, PublishErrorKind, Publisher};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Publishes to Kafka with an idempotent producer and `acks=all`. Cheap to clone; clones
+/// share the producer. After a batch failed for any reason but a refusal, the producer is
+/// replaced by a new one: an idempotent producer can stay stuck after the broker restarted
+/// and lost its state (new producer id, sequences from 0 again).
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: Arc<RwLock<FutureProducer>>,
+    options: KafkaOptions,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// Create the producer for `url` and check that a broker answers. Fails at once, naming
+    /// the brokers, when none can be reached.
+    pub async fn connect(url: &str) -> signalbus_core::Result<Self> {
+        Self::with_options(KafkaOptions::from_url(url)?).await
+    }
+
+    /// Create the producer with `options`.
+    pub async fn with_options(options: KafkaOptions) -> signalbus_core::Result<Self> {
+        let producer: FutureProducer = options
+            .config()
+            .create()
+            .map_err(|e| Error::Config(format!("invalid Kafka producer configuration: {e}")))?;
+        let check = producer.clone();
+        let limit = options.timeout;
+        // librdkafka's metadata call blocks a thread.
+        let answer = tokio::task::spawn_blocking(move || {
+            check.client().fetch_metadata(None, limit).map(drop)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("Kafka metadata check panicked: {e}")))?;
+        answer.map_err(|e| {
+            Error::Publish(
+                PublishError::unavailable(format!(
+                    "cannot reach Kafka at {} within {limit:?} ({e}); check the hosts and ports \
+                     and that the brokers run",
+                    options.bootstrap_servers
+                ))
+                .with_source(e),
+            )
+        })?;
+        Ok(KafkaPublisher {
+            producer: Arc::new(RwLock::new(producer)),
+            options,
+        })
+    }
+
+    /// The producer in use now.
+    pub fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Swap in a fresh producer; the old one is dropped off the runtime (dropping flushes).
+    fn renew(&self) {
+        match self.options.config().create::<FutureProducer>() {
+            Ok(fresh) => {
+                let old = std::mem::replace(
+                    &mut *self
+                        .producer
+                        .write()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    fresh,
+                );
+                tokio::task::spawn_blocking(move || drop(old));
+                tracing::info!(servers = %self.options.bootstrap_servers, "Kafka producer renewed after a failed batch");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew the Kafka producer"),
+        }
+    }
+
+    async fn send(&self, batch: &[Message]) -> Result<(), PublishError> {
+        let producer = self.producer();
+        let mut reports = Vec::with_capacity(batch.len());
+        for message in batch {
+            let mut headers =
+                OwnedHeaders::new_with_capacity(message.headers.len() + 2).insert(Header {
+                    key: MESSAGE_ID_HEADER,
+                    value: Some(message.id.as_str()),
+                });
+            if let Some(ct) = &message.content_type {
+                headers = headers.insert(Header {
+                    key: CONTENT_TYPE_HEADER,
+                    value: Some(ct.as_str()),
+                });
+            }
+            for (key, value) in &message.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_str()),
+                });
+            }
+            let mut record = FutureRecord::to(&message.destination)
+                .payload(&message.body)
+                .headers(headers);
+            if let Some(key) = &message.routing_key {
+                record = record.key(key.as_str());
+            }
+            let mut record = Some(record);
+            // A full local queue empties as reports come in: wait a little and try again.
+            let report = loop {
+                match producer.send_result(record.take().expect("set")) {
+                    Ok(report) => break report,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = Some(back);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(error(e, message)),
+                }
+            };
+            reports.push(report);
+        }
+        for (message, report) in batch.iter().zip(join_all(reports).await) {
+            match report {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(error(e, message)),
+                Err(_) => {
+                    return Err(PublishError::unavailable(
+                        "the Kafka producer went away before reporting delivery",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A delivery failure that names the topic and says whether retrying helps.
+fn error(e: KafkaError, message: &Message) -> PublishError {
+    let what = format!("message {} to topic `{}`", message.id, message.destination);
+    let code = e.rdkafka_error_code();
+    let error = match code {
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            PublishError::rejected(format!(
+                "Kafka has no topic for {what}: create the topic first; the batch stays pending"
+            ))
+        }
+        Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::new(
+            PublishErrorKind::Timeout,
+            format!("Kafka did not acknowledge {what} in time ({e}); the batch stays pending"),
+        ),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+            PublishError::rejected(format!("{what} is too large for Kafka: {e}"))
+        }
+        _ => PublishError::unavailable(format!(
+            "Kafka did not store {what} ({e}); the batch stays pending"
+        )),
+    };
+    error.with_source(e)
+}
+
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // message.timeout.ms bounds every report; this is a guard above it.
+        let limit = self.options.timeout + Duration::from_secs(1);
+        let result = match tokio::time::timeout(limit, self.send(batch)).await {
+            Ok(result) => result,
+            Err(_) => Err(PublishError::new(
+                PublishErrorKind::Timeout,
+                format!(
+                    "Kafka did not report delivery of {} message(s) within {limit:?}; the \
+                     batch stays pending",
+                    batch.len()
+                ),
+            )),
+        };
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() != PublishErrorKind::Rejected)
+        {
+            self.renew();
+        }
+        result
+    }
+}

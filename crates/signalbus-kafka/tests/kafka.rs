@@ -1,0 +1,254 @@
+//! Against a real Kafka-protocol broker on 127.0.0.1:9092 (tansu, started by
+//! `.ci/kafka.sh start`). Every test uses its own topics and deletes them.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message as _, OwnedMessage};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use signalbus_core::{Message, PublishErrorKind, Publisher};
+use signalbus_kafka::KafkaPublisher;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SERVERS: &str = "127.0.0.1:9092";
+
+fn admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", SERVERS)
+        .create()
+        .unwrap()
+}
+
+async fn create_topic(name: &str) {
+    for r in admin()
+        .create_topics(
+            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("a Kafka broker must run on 127.0.0.1:9092 (.ci/kafka.sh start)")
+    {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+async fn delete_topic(name: &str) {
+    let _ = admin().delete_topics(&[name], &AdminOptions::new()).await;
+}
+
+fn read(topic: &str, n: usize) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", SERVERS)
+        .set(
+            "group.id",
+            format!("sbtest-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn message(topic: &str, n: usize) -> Message {
+    Message {
+        id: format!("id-{n}-{}", uuid::Uuid::new_v4().simple()),
+        signal: Arc::from("order_placed"),
+        destination: topic.to_owned(),
+        routing_key: Some("customer-7".into()),
+        headers: [("customer".to_owned(), format!("c{n}"))].into(),
+        body: format!("{{\"n\":{n}}}").into_bytes(),
+        content_type: Some("application/json".into()),
+    }
+}
+
+fn unique() -> String {
+    format!("sbtest-{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn batch_reads_back_in_order_with_key_id_and_headers() {
+    let topic = unique();
+    create_topic(&topic).await;
+    let publisher = KafkaPublisher::connect(&format!("kafka://{SERVERS}?timeout_ms=5000"))
+        .await
+        .unwrap();
+    let batch: Vec<_> = (0..40).map(|n| message(&topic, n)).collect();
+    publisher.publish(&batch).await.unwrap();
+    let t = topic.clone();
+    let got = tokio::task::spawn_blocking(move || read(&t, 40))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 40);
+    for (sent, got) in batch.iter().zip(&got) {
+        assert_eq!(got.payload().unwrap(), sent.body.as_slice(), "order kept");
+        assert_eq!(got.key().unwrap(), b"customer-7");
+        assert_eq!(header(got, "message-id").as_deref(), Some(sent.id.as_str()));
+        assert_eq!(
+            header(got, "content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(
+            header(got, "customer"),
+            Some(sent.headers["customer"].clone())
+        );
+    }
+    delete_topic(&topic).await;
+}
+
+#[tokio::test]
+async fn a_missing_topic_is_an_error_until_it_is_created() {
+    let topic = unique();
+    let publisher = KafkaPublisher::connect(&format!("kafka://{SERVERS}?timeout_ms=3000"))
+        .await
+        .unwrap();
+    let batch = [message(&topic, 1), message(&topic, 2)];
+    let e = publisher.publish(&batch).await.unwrap_err();
+    assert!(e.to_string().contains(&topic), "{e}");
+    assert_ne!(e.kind(), PublishErrorKind::Other, "{e}");
+    create_topic(&topic).await;
+    let mut sent = false;
+    // The producer learns about the new topic from its next metadata refresh.
+    for _ in 0..20 {
+        if publisher.publish(&batch).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(sent, "publishing still fails after the topic was created");
+    let t = topic.clone();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || read(&t, 2))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    delete_topic(&topic).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_named() {
+    let e = KafkaPublisher::connect("kafka://127.0.0.1:1?timeout_ms=1500")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot reach Kafka at 127.0.0.1:1"), "{e}");
+    let e = KafkaPublisher::connect("kafka://user:hunter2@127.0.0.1:9092")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("hunter2") && e.contains("credentials"), "{e}");
+}
+
+/// A private tansu broker (the shared one is never stopped), in memory.
+fn start_tansu(port: u16) -> std::process::Child {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let listener = format!("tcp://127.0.0.1:{port}");
+    std::process::Command::new(format!("{home}/.cargo/bin/tansu"))
+        .args([
+            "broker",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tansu must be installed (.ci/kafka.sh install)")
+}
+
+async fn wait_listening(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("private tansu did not start on port {port}");
+}
+
+async fn create_topic_at(servers: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_broker_gets_the_pending_batch_and_the_producer_reconnects() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let servers = format!("127.0.0.1:{port}");
+    let mut broker = start_tansu(port);
+    wait_listening(port).await;
+    let topic = unique();
+    create_topic_at(&servers, &topic).await;
+    let publisher = KafkaPublisher::connect(&format!("kafka://{servers}?timeout_ms=2000"))
+        .await
+        .unwrap();
+    publisher.publish(&[message(&topic, 0)]).await.unwrap();
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    let pending = [message(&topic, 1), message(&topic, 2)];
+    let e = publisher.publish(&pending).await.unwrap_err();
+    assert!(e.is_retryable(), "a down broker is worth retrying: {e}");
+
+    // In-memory storage: the restarted broker has lost the topic; create it again.
+    let mut broker = start_tansu(port);
+    wait_listening(port).await;
+    create_topic_at(&servers, &topic).await;
+    let mut last = None;
+    for _ in 0..30 {
+        match publisher.publish(&pending).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    assert_eq!(last, None, "the producer did not recover");
+}

@@ -1,0 +1,137 @@
+//! The bus URL of the NATS publisher.
+
+use signalbus_core::redact::redact_url;
+use signalbus_core::{Error, Result};
+use std::time::Duration;
+
+/// How the subject of a message is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectFrom {
+    /// The destination alone (the routing key is ignored).
+    Destination,
+    /// `destination.routing_key` when there is a routing key, else the destination.
+    DestinationKey,
+}
+
+/// How the NATS publisher connects; usually parsed from the bus URL.
+#[derive(Clone)]
+pub struct NatsOptions {
+    /// `nats://[user:password@]host:port` without the query.
+    pub(crate) server: String,
+    pub(crate) display: String,
+    pub(crate) token: Option<String>,
+    /// The client name.
+    pub name: String,
+    /// Limit of the connect and of each batch's acks.
+    pub timeout: Duration,
+    /// How subjects are made.
+    pub subject: SubjectFrom,
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("url", &self.display)
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsOptions {
+    /// Parse `nats://[user:password@]host[:port][?params]`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let display = redact_url(url);
+        let mut parsed = url::Url::parse(url)
+            .map_err(|e| Error::Config(format!("bus URL `{display}` is not a valid URL: {e}")))?;
+        if parsed.scheme() != "nats" {
+            return Err(Error::Config(format!(
+                "bus URL `{display}`: scheme `{}:` is not NATS; use `nats://host:4222`",
+                parsed.scheme()
+            )));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(Error::Config(format!(
+                "bus URL `{display}` names no host; use e.g. `nats://127.0.0.1:4222`"
+            )));
+        }
+        let mut options = NatsOptions {
+            server: String::new(),
+            display: display.clone(),
+            token: None,
+            name: "signalbus".into(),
+            timeout: Duration::from_secs(10),
+            subject: SubjectFrom::DestinationKey,
+        };
+        for (key, value) in parsed.query_pairs() {
+            match key.as_ref() {
+                "timeout_ms" => {
+                    let ms: u64 = value.parse().ok().filter(|ms| *ms > 0).ok_or_else(|| {
+                        Error::Config(format!(
+                            "bus URL `{display}`: `timeout_ms` must be a positive number of milliseconds"
+                        ))
+                    })?;
+                    options.timeout = Duration::from_millis(ms);
+                }
+                "token" => options.token = Some(value.into_owned()),
+                "name" => options.name = value.into_owned(),
+                "subject" => {
+                    options.subject = match value.as_ref() {
+                        "destination" => SubjectFrom::Destination,
+                        "destination_key" => SubjectFrom::DestinationKey,
+                        _ => {
+                            return Err(Error::Config(format!(
+                                "bus URL `{display}`: `subject` must be `destination` or `destination_key`"
+                            )));
+                        }
+                    }
+                }
+                other => {
+                    return Err(Error::Config(format!(
+                        "bus URL `{display}`: unknown query parameter `{other}`; known: \
+                         timeout_ms, token, name, subject"
+                    )));
+                }
+            }
+        }
+        parsed.set_query(None);
+        options.server = parsed.to_string();
+        Ok(options)
+    }
+
+    /// The subject of a message.
+    pub(crate) fn subject(&self, destination: &str, routing_key: Option<&str>) -> String {
+        match (self.subject, routing_key) {
+            (SubjectFrom::DestinationKey, Some(key)) if !key.is_empty() => {
+                format!("{destination}.{key}")
+            }
+            _ => destination.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_redacts() {
+        let o = NatsOptions::from_url("nats://u:secret@h:4222?timeout_ms=50&name=svc").unwrap();
+        assert_eq!(o.timeout, Duration::from_millis(50));
+        assert_eq!(o.name, "svc");
+        assert_eq!(o.server, "nats://u:secret@h:4222");
+        assert!(!format!("{o:?}").contains("secret"));
+        assert_eq!(o.subject("orders", Some("placed")), "orders.placed");
+        let o = NatsOptions::from_url("nats://h?subject=destination").unwrap();
+        assert_eq!(o.subject("orders", Some("placed")), "orders");
+        for bad in [
+            "amqp://u:secret@h",
+            "nats://u:secret@h?x=1",
+            "nats://u:secret@h?timeout_ms=-1",
+        ] {
+            let e = NatsOptions::from_url(bad).unwrap_err().to_string();
+            assert!(!e.contains("secret") && e.contains("bus URL"), "{e}");
+        }
+    }
+}

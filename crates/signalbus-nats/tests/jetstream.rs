@@ -1,0 +1,209 @@
+//! Against real NATS + JetStream: the shared server on 127.0.0.1:4222, and for the restart
+//! test a private `nats-server` on a free port (the shared one is never stopped). Every test
+//! uses its own stream and subjects, and deletes the stream.
+
+use async_nats::jetstream::{self, stream};
+use signalbus_core::{Message, PublishErrorKind, Publisher};
+use signalbus_nats::NatsPublisher;
+use std::sync::Arc;
+use std::time::Duration;
+
+const URL: &str = "nats://127.0.0.1:4222";
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+fn message(subject_root: &str, n: usize) -> Message {
+    Message {
+        id: format!("id-{n}-{}", uuid::Uuid::new_v4().simple()),
+        signal: Arc::from("order_placed"),
+        destination: subject_root.to_owned(),
+        routing_key: Some("placed".into()),
+        headers: [("customer".to_owned(), format!("c{n}"))].into(),
+        body: format!("{{\"n\":{n}}}").into_bytes(),
+        content_type: Some("application/json".into()),
+    }
+}
+
+async fn create_stream(js: &jetstream::Context, name: &str, root: &str) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{root}.>")],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("JetStream must be enabled (nats-server -js)")
+}
+
+async fn shared() -> (NatsPublisher, jetstream::Context) {
+    let publisher = NatsPublisher::connect(URL)
+        .await
+        .expect("NATS must run on 127.0.0.1:4222 with -js");
+    let js = jetstream::new(publisher.client().clone());
+    (publisher, js)
+}
+
+#[tokio::test]
+async fn batch_is_acked_and_reads_back_in_order_with_ids_and_headers() {
+    let (publisher, js) = shared().await;
+    let (name, root) = (unique("SBTEST"), unique("sbtest"));
+    let mut stream = create_stream(&js, &name, &root).await;
+    let batch: Vec<_> = (0..30).map(|n| message(&root, n)).collect();
+    publisher.publish(&batch).await.unwrap();
+    for (seq, sent) in (1..).zip(&batch) {
+        let got = stream.get_raw_message(seq).await.unwrap();
+        assert_eq!(got.subject.as_str(), format!("{root}.placed"));
+        assert_eq!(got.payload.as_ref(), sent.body.as_slice(), "order kept");
+        assert_eq!(got.headers.get("Nats-Msg-Id").unwrap().as_str(), sent.id);
+        assert_eq!(
+            got.headers.get("customer").unwrap().as_str(),
+            sent.headers["customer"]
+        );
+        assert_eq!(
+            got.headers.get("Content-Type").unwrap().as_str(),
+            "application/json"
+        );
+    }
+    // A re-send of the same messages (a crash before the rows were deleted) is dropped.
+    publisher.publish(&batch).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 30);
+    js.delete_stream(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_subject_without_stream_is_an_error_until_a_stream_exists() {
+    let (publisher, js) = shared().await;
+    let (name, root) = (unique("SBTEST"), unique("sbtest"));
+    let batch = [message(&root, 1), message(&root, 2)];
+    let e = publisher.publish(&batch).await.unwrap_err();
+    assert_eq!(e.kind(), PublishErrorKind::Rejected);
+    assert!(e.to_string().contains(&format!("`{root}.placed`")), "{e}");
+    let mut stream = create_stream(&js, &name, &root).await;
+    publisher.publish(&batch).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 2);
+    js.delete_stream(&name).await.unwrap();
+}
+
+/// A private nats-server (the shared one is never stopped).
+struct Server {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Server {
+    fn start(port: u16, dir: &std::path::Path) -> Server {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (/usr/sbin/nats-server)");
+        Server {
+            child,
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("private nats-server did not start on port {}", self.port);
+    }
+
+    fn stop(mut self) -> (u16, std::path::PathBuf) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.port, self.dir.clone())
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_server_loses_nothing_and_the_client_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start(port, dir.path());
+    server.wait_ready().await;
+    let publisher = NatsPublisher::connect(&format!("nats://127.0.0.1:{port}?timeout_ms=1000"))
+        .await
+        .unwrap();
+    let js = jetstream::new(publisher.client().clone());
+    let root = unique("sbtest");
+    let mut stream = create_stream(&js, "RESTART", &root).await;
+    publisher.publish(&[message(&root, 0)]).await.unwrap();
+
+    let (port, path) = server.stop();
+    let pending = [message(&root, 1), message(&root, 2)];
+    let e = publisher.publish(&pending).await.unwrap_err();
+    assert!(e.is_retryable(), "a down server is worth retrying: {e}");
+
+    let server = Server::start(port, &path);
+    server.wait_ready().await;
+    let mut sent = false;
+    for _ in 0..40 {
+        if publisher.publish(&pending).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(sent, "the client did not reconnect");
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        3,
+        "stored once each"
+    );
+    server.stop();
+}
+
+#[tokio::test]
+async fn bad_urls_say_why_without_the_password() {
+    let e = NatsPublisher::connect("nats://u:hunter2@127.0.0.1:1?timeout_ms=2000")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("NATS") && e.contains("127.0.0.1:1") && !e.contains("hunter2"),
+        "{e}"
+    );
+    let e = NatsPublisher::connect("nats://u:hunter2@127.0.0.1:4222?nope=1")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown query parameter `nope`") && !e.contains("hunter2"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_header_nats_cannot_carry_fails_the_batch_before_anything_is_sent() {
+    let (publisher, js) = shared().await;
+    let (name, root) = (unique("SBTEST"), unique("sbtest"));
+    let mut stream = create_stream(&js, &name, &root).await;
+    let mut bad = message(&root, 2);
+    bad.headers.insert("bad:name".into(), "x".into());
+    let e = publisher
+        .publish(&[message(&root, 1), bad])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), PublishErrorKind::Rejected);
+    assert!(e.to_string().contains("bad:name"), "{e}");
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    js.delete_stream(&name).await.unwrap();
+}
