@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The test command: starts any local service the tests need that is down (PostgreSQL, MariaDB,
-# RabbitMQ, NATS), then runs the whole test suite. Fails loudly when a service cannot be
-# reached: no test is ever skipped for a missing server.
+# RabbitMQ, NATS, and a Kafka-protocol broker, tansu, installed on first use), then runs the
+# whole test suite. Fails loudly when a service cannot be reached: no test is ever skipped for
+# a missing server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
+command -v kill >/dev/null || { echo "ERROR: the tests need the kill command (Debian package procps)" >&2; exit 1; }
 ensure_core_services
+bash scripts/kafka.sh start
+trap 'bash scripts/kafka.sh stop' EXIT
+wait_for Kafka 127.0.0.1 9092
 cargo test --workspace --all-features "$@"

@@ -1,5 +1,5 @@
 //! Against a real Kafka-protocol broker on 127.0.0.1:9092 (tansu, started by
-//! `.ci/kafka.sh start`). Every test uses its own topics and deletes them.
+//! `scripts/kafka.sh start`). Every test uses its own topics and deletes them.
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -27,7 +27,7 @@ async fn create_topic(name: &str) {
             &AdminOptions::new(),
         )
         .await
-        .expect("a Kafka broker must run on 127.0.0.1:9092 (.ci/kafka.sh start)")
+        .expect("a Kafka broker must run on 127.0.0.1:9092 (scripts/kafka.sh start)")
     {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
     }
@@ -177,7 +177,7 @@ fn start_tansu(port: u16) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("tansu must be installed (.ci/kafka.sh install)")
+        .expect("tansu must be installed (scripts/kafka.sh install)")
 }
 
 async fn wait_listening(port: u16) {

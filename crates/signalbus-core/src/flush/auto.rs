@@ -7,7 +7,7 @@
 //! `flush_workers` rounds run at once; while they run, the next round's ids pile up, so the
 //! batches grow with the load.
 
-use super::{prepare, publish};
+use super::{Sent, prepare, publish, settle};
 use crate::bus::Shared;
 use crate::error::{Error, Result};
 use crate::registry::TypeIdx;
@@ -167,16 +167,29 @@ async fn send_round<DB: Backend>(
     by_type: BTreeMap<TypeIdx, Vec<i64>>,
 ) -> Result<HashSet<(TypeIdx, i64)>> {
     let mut tx = DB::begin_flush(&shared.pool).await?;
+    let result = take_and_publish(shared, &mut tx, by_type).await;
+    let sent = settle(tx, result).await?;
+    Ok(sent
+        .ids
+        .into_iter()
+        .flat_map(|(idx, ids)| ids.into_iter().map(move |id| (idx, id)))
+        .collect())
+}
+
+async fn take_and_publish<DB: Backend>(
+    shared: &Shared<DB>,
+    conn: &mut DB::Connection,
+    by_type: BTreeMap<TypeIdx, Vec<i64>>,
+) -> Result<Sent> {
     let mut taken = Vec::with_capacity(by_type.len());
     for (idx, ids) in by_type {
-        let rows = DB::take_ids(&mut tx, &shared.registry.get(idx).table, &ids).await?;
+        let rows = DB::take_ids(conn, &shared.registry.get(idx).table, &ids).await?;
         if !rows.is_empty() {
             taken.push((idx, rows));
         }
     }
     if taken.is_empty() {
-        tx.commit().await?;
-        return Ok(HashSet::new());
+        return Ok(Sent::default());
     }
     let mut prepared = prepare(shared, taken, false);
     if let Some(e) = prepared.sent.invalid.take() {
@@ -185,13 +198,7 @@ async fn send_round<DB: Backend>(
         // with it.
         return Err(e);
     }
-    let sent = publish(shared, prepared).await?;
-    tx.commit().await?;
-    Ok(sent
-        .ids
-        .into_iter()
-        .flat_map(|(idx, ids)| ids.into_iter().map(move |id| (idx, id)))
-        .collect())
+    publish(shared, prepared).await
 }
 
 impl From<tokio::sync::AcquireError> for Error {

@@ -1,6 +1,6 @@
 //! Explicit flushing: `flush`, `flushmany` and `flushordered`.
 
-use super::{LockedRows, Progress, publish_and_delete};
+use super::{LockedRows, Progress, publish_and_delete, settle};
 use crate::bus::{Shared, SignalBus};
 use crate::error::{Error, Result};
 use crate::registry::Selection;
@@ -81,8 +81,8 @@ impl<DB: Backend> SignalBus<DB> {
                     tx.commit().await?;
                     continue;
                 }
-                let sent = publish_and_delete(shared, &mut tx, vec![(idx, rows)], false).await?;
-                tx.commit().await?;
+                let result = publish_and_delete(shared, &mut tx, vec![(idx, rows)], false).await;
+                let sent = settle(tx, result).await?;
                 let burst = sent.count();
                 total += burst;
                 invalid = invalid.or(sent.invalid);
@@ -165,8 +165,8 @@ async fn drain<DB: Backend>(
             }
             let locked: Vec<LockedRows> = vec![(idx, rows)];
             let ordered = matches!(mode, Drain::Ordered);
-            let sent = publish_and_delete(shared, &mut tx, locked, ordered).await?;
-            tx.commit().await?;
+            let result = publish_and_delete(shared, &mut tx, locked, ordered).await;
+            let sent = settle(tx, result).await?;
             total += sent.count();
             tracing::debug!(signal = %reg.name, burst = sent.count(), total, ?mode, "flushed a burst");
             let stop = report(progress, &reg.name, sent.count(), total).is_break();

@@ -60,6 +60,28 @@ pub(crate) async fn publish_and_delete<DB: Backend>(
     Ok(sent)
 }
 
+/// Commit `tx` when `result` is Ok, roll it back at once otherwise. A dropped sqlx
+/// transaction is rolled back only when its connection is next used, keeping its row locks
+/// (SQLite: the write lock) until then, so that a retry or a concurrent flush would skip or
+/// wait for rows that are in fact free.
+pub(crate) async fn settle<DB: Backend, T>(
+    tx: sqlx::Transaction<'static, DB>,
+    result: Result<T>,
+) -> Result<T> {
+    match result {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rollback after a failed flush failed");
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Rows turned into messages, ready to publish.
 pub(crate) struct Prepared {
     /// What publishing them sends (and which rows were invalid).

@@ -1,5 +1,5 @@
 //! Kafka end to end (a Kafka-protocol broker on 127.0.0.1:9092, e.g. tansu started by
-//! `.ci/kafka.sh start`): a topic that does not exist is refused until it is created.
+//! `scripts/kafka.sh start`): a topic that does not exist is refused until it is created.
 
 use crate::buses::{BusFixture, Received, Route, end_to_end};
 use crate::common::TestBackend;
@@ -24,7 +24,7 @@ pub async fn create_topic(name: &str) {
             &AdminOptions::new(),
         )
         .await
-        .expect("a Kafka broker must run on 127.0.0.1:9092 (.ci/kafka.sh start)");
+        .expect("a Kafka broker must run on 127.0.0.1:9092 (scripts/kafka.sh start)");
     for r in results {
         r.unwrap_or_else(|(topic, e)| panic!("create topic {topic}: {e}"));
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kafka-protocol broker for the tests: tansu (Debian has no Kafka) on 127.0.0.1:9092,
-# in memory. `.ci/kafka.sh start` installs tansu when absent (cached in ~/.cargo/bin,
-# about 7 minutes on 2 cores), starts it and waits until it listens; `.ci/kafka.sh stop`
+# in memory. `scripts/kafka.sh start` installs tansu when absent (cached in ~/.cargo/bin,
+# about 7 minutes on 2 cores), starts it and waits until it listens; `scripts/kafka.sh stop`
 # stops the one it started. Tests create their own topics (tansu does not auto-create).
 set -euo pipefail
 
@@ -9,7 +9,7 @@ HOST=127.0.0.1
 PORT=${SIGNALBUS_KAFKA_PORT:-9092}
 PIDFILE=${TMPDIR:-/tmp}/signalbus-tansu.pid
 LOG=${TMPDIR:-/tmp}/signalbus-tansu.log
-TANSU_VERSION=${TANSU_VERSION:-}
+TANSU_VERSION=${TANSU_VERSION:-0.6.0}   # the version the tests were written against
 
 listening() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
 
