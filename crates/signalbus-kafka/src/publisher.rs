@@ -171,8 +171,39 @@ fn error(e: KafkaError, message: &Message) -> PublishError {
     error.with_source(e)
 }
 
+/// Whether the failure is about the producer's own state (its id or epoch, e.g. fenced after
+/// a broker restart): a fresh producer can send the same batch at once.
+fn producer_state_error(e: &PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<KafkaError>())
+        .and_then(KafkaError::rdkafka_error_code)
+        .is_some_and(|code| {
+            matches!(
+                code,
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::InvalidProducerIdMapping
+            )
+        })
+}
+
 impl Publisher for KafkaPublisher {
     async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+        let result = self.publish_once(batch).await;
+        match result {
+            Err(e) if producer_state_error(&e) => {
+                tracing::info!(error = %e, "Kafka producer state lost; retrying the batch with a fresh producer");
+                self.publish_once(batch).await
+            }
+            other => other,
+        }
+    }
+}
+
+impl KafkaPublisher {
+    async fn publish_once(&self, batch: &[Message]) -> Result<(), PublishError> {
         if batch.is_empty() {
             return Ok(());
         }
