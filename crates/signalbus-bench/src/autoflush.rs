@@ -88,7 +88,13 @@ async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn s
     let duration = Duration::from_secs_f64(args.seconds);
 
     let mut results = Vec::new();
-    for mode in [Mode::BusinessOnly, Mode::SignalWait, Mode::SignalAsync] {
+    for mode in [
+        Mode::BusinessOnly,
+        Mode::SignalWait,
+        Mode::SignalAsync,
+        Mode::SignalInsertOnly,
+    ] {
+        bus.set_autoflush(mode != Mode::SignalInsertOnly);
         let started = Instant::now();
         let deadline = started + duration;
         let mut tasks = Vec::with_capacity(args.concurrency);
@@ -113,7 +119,7 @@ async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn s
                             tx.send(&signal).await?;
                             undelivered += tx.commit_and_wait().await?.pending;
                         }
-                        Mode::SignalAsync => {
+                        Mode::SignalAsync | Mode::SignalInsertOnly => {
                             tx.send(&signal).await?;
                             let delivery = tx.commit().await?;
                             let committed = Instant::now();
@@ -156,7 +162,12 @@ async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn s
                 Some(delivery.percentile_ms(50.0)),
                 Some(delivery.percentile_ms(99.0)),
             ),
+            Mode::SignalInsertOnly => (None, None),
         };
+        if mode == Mode::SignalInsertOnly {
+            bus.set_autoflush(true);
+            bus.flushmany(&signalbus::Selection::all()).await?; // the backlog, untimed
+        }
         emit(serde_json::json!({
             "bench": "autoflush",
             "database": DB::NAME,
@@ -171,7 +182,7 @@ async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn s
             "commit_p99_ms": round2(latencies.percentile_ms(99.0)),
             "commit_to_delivered_p50_ms": delivered_p50.map(round2),
             "commit_to_delivered_p99_ms": delivered_p99.map(round2),
-            "left_pending": undelivered,
+            "left_pending": if mode == Mode::SignalInsertOnly { 0 } else { undelivered },
         }));
     }
     if let Some(memory) = memory {
@@ -181,6 +192,7 @@ async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn s
             "concurrency": args.concurrency,
             "ratio_commit_and_wait_vs_business": round2(results[1] / results[0]),
             "ratio_commit_then_deliver_vs_business": round2(results[2] / results[0]),
+            "ratio_write_alone_vs_business": round2(results[3] / results[0]),
             "messages_delivered": memory.len(),
             "publish_calls": memory.batches(),
         }));
@@ -197,6 +209,9 @@ enum Mode {
     /// Business row + signal; `commit` returns when durable, delivery awaited aside. The run
     /// lasts until the last signal is delivered.
     SignalAsync,
+    /// Business row + signal with auto-flush off: the cost of writing the signal alone (the
+    /// backlog is flushed afterwards, untimed).
+    SignalInsertOnly,
 }
 
 impl Mode {
@@ -205,6 +220,7 @@ impl Mode {
             Mode::BusinessOnly => "business only",
             Mode::SignalWait => "business+signal, commit_and_wait",
             Mode::SignalAsync => "business+signal, commit then delivery",
+            Mode::SignalInsertOnly => "business+signal, auto-flush off (write cost alone)",
         }
     }
 }
