@@ -45,34 +45,11 @@ struct BenchSignal {
 
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let pool_size = (args.concurrency as u32 + 4).min(90);
-    match setup::kind(&args.database_url)? {
-        Kind::Postgres => {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(pool_size)
-                .connect(&args.database_url)
-                .await?;
-            bench::<Postgres>(pool, &args).await
-        }
-        Kind::MySql => {
-            let pool = sqlx::mysql::MySqlPoolOptions::new()
-                .max_connections(pool_size)
-                .connect(&args.database_url)
-                .await?;
-            bench::<MySql>(pool, &args).await
-        }
-        Kind::Sqlite => {
-            let options: sqlx::sqlite::SqliteConnectOptions = args.database_url.parse()?;
-            let options = options
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(60));
-            let pool = sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(pool_size)
-                .connect_with(options)
-                .await?;
-            bench::<Sqlite>(pool, &args).await
-        }
+    let url = &args.database_url;
+    match setup::kind(url)? {
+        Kind::Postgres => bench::<Postgres>(setup::pool(url, pool_size).await?, &args).await,
+        Kind::MySql => bench::<MySql>(setup::pool(url, pool_size).await?, &args).await,
+        Kind::Sqlite => bench::<Sqlite>(setup::sqlite_pool(url, pool_size).await?, &args).await,
     }
 }
 

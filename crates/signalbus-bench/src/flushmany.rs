@@ -16,7 +16,7 @@ use sqlx::{MySql, Pool, Postgres, Sqlite};
 use std::future::Future;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[derive(clap::Args)]
@@ -49,34 +49,11 @@ const TABLE: &str = "bench_flush";
 const RAW: &str = "bench_raw";
 
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    match setup::kind(&args.database_url)? {
-        Kind::Postgres => {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(4)
-                .connect(&args.database_url)
-                .await?;
-            bench::<Postgres>(pool, &args).await
-        }
-        Kind::MySql => {
-            let pool = sqlx::mysql::MySqlPoolOptions::new()
-                .max_connections(4)
-                .connect(&args.database_url)
-                .await?;
-            bench::<MySql>(pool, &args).await
-        }
-        Kind::Sqlite => {
-            let options: sqlx::sqlite::SqliteConnectOptions = args.database_url.parse()?;
-            let options = options
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(60));
-            let pool = sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(options)
-                .await?;
-            bench::<Sqlite>(pool, &args).await
-        }
+    let url = &args.database_url;
+    match setup::kind(url)? {
+        Kind::Postgres => bench::<Postgres>(setup::pool(url, 4).await?, &args).await,
+        Kind::MySql => bench::<MySql>(setup::pool(url, 4).await?, &args).await,
+        Kind::Sqlite => bench::<Sqlite>(setup::sqlite_pool(url, 4).await?, &args).await,
     }
 }
 

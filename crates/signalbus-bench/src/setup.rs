@@ -30,3 +30,25 @@ pub fn kind(url: &str) -> Result<Kind, String> {
         )),
     }
 }
+
+/// A pool of `size` connections to a PostgreSQL or MySQL URL.
+pub async fn pool<DB: sqlx::Database>(url: &str, size: u32) -> Result<sqlx::Pool<DB>, sqlx::Error> {
+    sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(size)
+        .connect(url)
+        .await
+}
+
+/// A pool on a SQLite file: WAL, normal sync, a long busy timeout for many writers.
+pub async fn sqlite_pool(url: &str, size: u32) -> Result<sqlx::SqlitePool, sqlx::Error> {
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+        .busy_timeout(std::time::Duration::from_secs(60));
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(size)
+        .connect_with(options)
+        .await
+}
