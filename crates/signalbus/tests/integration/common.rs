@@ -85,6 +85,38 @@ impl<DB: sqlx::Database> TestDb<DB> {
     }
 }
 
+/// A fresh database on a server: created through `admin_pool`, dropped (with `drop_suffix`)
+/// by [`TestDb::cleanup`].
+async fn server_db<DB: sqlx::Database>(
+    admin_pool: Pool<DB>,
+    server: String,
+    max_connections: u32,
+    drop_suffix: &str,
+) -> TestDb<DB>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let name = unique_name("sbtest");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin_pool)
+        .await
+        .unwrap();
+    admin_pool.close().await;
+    let url = with_database(&server, &name);
+    let pool = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(max_connections)
+        .connect(&url)
+        .await
+        .unwrap();
+    let drop = format!("DROP DATABASE IF EXISTS {name} {drop_suffix}");
+    TestDb {
+        pool,
+        url,
+        admin: Some((server, drop)),
+        _dir: None,
+    }
+}
+
 const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const PG_START: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
 const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
@@ -94,29 +126,8 @@ const MYSQL_START: &str =
 impl TestBackend for Postgres {
     async fn create(max_connections: u32) -> TestDb<Self> {
         let server = server_url("SIGNALBUS_TEST_POSTGRES_URL", PG_DEFAULT);
-        let name = unique_name("sbtest");
-        let admin_pool: Pool<Postgres> =
-            admin(&server, "SIGNALBUS_TEST_POSTGRES_URL", PG_START).await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin_pool)
-            .await
-            .unwrap();
-        admin_pool.close().await;
-        let url = with_database(&server, &name);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(max_connections)
-            .connect(&url)
-            .await
-            .unwrap();
-        TestDb {
-            pool,
-            url,
-            admin: Some((
-                server,
-                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            )),
-            _dir: None,
-        }
+        let admin_pool = admin(&server, "SIGNALBUS_TEST_POSTGRES_URL", PG_START).await;
+        server_db(admin_pool, server, max_connections, "WITH (FORCE)").await
     }
     async fn create_business_table(pool: &Pool<Self>) {
         sqlx::query("CREATE TABLE orders (id BIGINT PRIMARY KEY, note TEXT)")
@@ -158,25 +169,8 @@ impl TestBackend for Postgres {
 impl TestBackend for MySql {
     async fn create(max_connections: u32) -> TestDb<Self> {
         let server = server_url("SIGNALBUS_TEST_MYSQL_URL", MYSQL_DEFAULT);
-        let name = unique_name("sbtest");
-        let admin_pool: Pool<MySql> = admin(&server, "SIGNALBUS_TEST_MYSQL_URL", MYSQL_START).await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin_pool)
-            .await
-            .unwrap();
-        admin_pool.close().await;
-        let url = with_database(&server, &name);
-        let pool = sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(max_connections)
-            .connect(&url)
-            .await
-            .unwrap();
-        TestDb {
-            pool,
-            url,
-            admin: Some((server, format!("DROP DATABASE IF EXISTS {name}"))),
-            _dir: None,
-        }
+        let admin_pool = admin(&server, "SIGNALBUS_TEST_MYSQL_URL", MYSQL_START).await;
+        server_db(admin_pool, server, max_connections, "").await
     }
     async fn create_business_table(pool: &Pool<Self>) {
         sqlx::query("CREATE TABLE orders (id BIGINT PRIMARY KEY, note TEXT)")
