@@ -99,7 +99,9 @@ impl<DB: Backend> SignalBus<DB> {
         Ok(self.wrap(DB::begin_write(&self.shared.pool).await?))
     }
 
-    /// Use a transaction the caller began (e.g. with a chosen isolation level).
+    /// Use a transaction the caller began (e.g. with a chosen isolation level). Wrap an
+    /// outermost transaction: committing a nested one (a savepoint) is not a database commit,
+    /// so its signals would be handed to the auto-flush too early and left pending.
     pub fn wrap<'c>(&self, tx: sqlx::Transaction<'c, DB>) -> Transaction<'c, DB> {
         Transaction::new(tx, self.recorder())
     }

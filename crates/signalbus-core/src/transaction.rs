@@ -216,7 +216,10 @@ impl<DB: Backend> DerefMut for Transaction<'_, DB> {
 pub struct DeliveryReport {
     /// Sent and deleted by this auto-flush.
     pub sent: usize,
-    /// Taken by a concurrent flush (already sent, or being sent, by someone else).
+    /// Not found, or held, when the auto-flush came: normally taken by a concurrent flush
+    /// (sent, or being sent, by someone else). It also counts rows that never committed, e.g.
+    /// from a [`Recorder`] handed over after a rollback, or from a wrapped savepoint whose
+    /// outer transaction has not committed yet: the report cannot tell these apart.
     pub elsewhere: usize,
     /// Left pending: auto-flush off, or the bus failed. An explicit flush will send them.
     pub pending: usize,
@@ -225,7 +228,8 @@ pub struct DeliveryReport {
 }
 
 impl DeliveryReport {
-    /// Whether no signal of the transaction is left pending.
+    /// Whether no signal of the transaction is left pending by this auto-flush (see
+    /// [`DeliveryReport::elsewhere`] for what it cannot know).
     pub fn is_complete(&self) -> bool {
         self.pending == 0 && self.error.is_none()
     }
