@@ -22,6 +22,10 @@ struct Inner {
     options: AmqpOptions,
     live: Mutex<Option<Arc<Live>>>,
     generations: AtomicU64,
+    /// One batch at a time on the shared channel: lapin hands a `basic.return` to whichever
+    /// confirm it completes next (not to the returned message's own), so with two batches in
+    /// flight a return could fail the wrong batch while its own batch counted as stored.
+    one_batch: Mutex<()>,
 }
 
 impl std::fmt::Debug for AmqpPublisher {
@@ -54,6 +58,7 @@ impl AmqpPublisher {
                 options,
                 live: Mutex::new(None),
                 generations: AtomicU64::new(0),
+                one_batch: Mutex::new(()),
             }),
         };
         publisher.live().await.map_err(Error::Publish)?;
@@ -159,8 +164,12 @@ impl Publisher for AmqpPublisher {
         if batch.is_empty() {
             return Ok(());
         }
-        let live = self.live().await?;
         let limit = self.inner.options.timeout;
+        let _turn = bounded(limit, "waiting for the batch before this one", async {
+            Ok(self.inner.one_batch.lock().await)
+        })
+        .await?;
+        let live = self.live().await?;
         let during = format!("confirming {} message(s)", batch.len());
         let result = bounded(limit, &during, async { Ok(self.send(&live, batch).await) }).await;
         match result {

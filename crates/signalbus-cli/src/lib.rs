@@ -105,7 +105,7 @@ pub struct DrainArgs {
     #[arg(short, long, value_name = "NAME")]
     pub exclude: Vec<String>,
     /// Flush again every SECONDS until SIGTERM or SIGINT (which finish the current burst).
-    #[arg(short, long, value_name = "SECONDS", value_parser = seconds)]
+    #[arg(short, long, value_name = "SECONDS", value_parser = positive_seconds)]
     pub repeat: Option<std::time::Duration>,
 }
 
@@ -118,6 +118,15 @@ pub struct FlushArgs {
     /// Seconds to wait for auto-flushes in flight before sending.
     #[arg(short, long, value_name = "SECONDS", value_parser = seconds, default_value = "3")]
     pub wait: std::time::Duration,
+}
+
+/// A pause between `--repeat` rounds: more than zero, so a loop never hammers the database.
+fn positive_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let d = seconds(text)?;
+    if d.is_zero() {
+        return Err("must be more than 0 seconds".into());
+    }
+    Ok(d)
 }
 
 fn seconds(text: &str) -> Result<std::time::Duration, String> {

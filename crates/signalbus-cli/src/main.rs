@@ -166,7 +166,9 @@ async fn with_bus<DB: Backend>(
         Command::Flush(_) | Command::Flushmany(_) | Command::Flushordered(_)
     );
     let timeout = Duration::try_from_secs_f64(cli.publish_timeout)
-        .map_err(|_| CliError::msg("--publish-timeout must be a positive number of seconds"))?;
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| CliError::msg("--publish-timeout must be a positive number of seconds"))?;
     let publisher = match (&cli.bus_url, flushing) {
         (Some(url), true) => {
             let cannot = |cause: &dyn std::error::Error| {
