@@ -1,4 +1,4 @@
-//! The one connection and confirm channel a publisher reuses, and their replacement after
+//! The one connection a publisher reuses, its confirm channels, and their replacement after
 //! the broker closed them.
 
 use crate::error::connect_error;
@@ -10,17 +10,39 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A connected connection with its confirm-mode channel.
+/// Confirm channels per connection: batches in flight at once (auto-flush rounds, explicit
+/// flushes). Each batch has a channel to itself, because lapin hands a `basic.return` to
+/// whichever confirm of the channel it completes next, not to the returned message's own.
+pub(crate) const CHANNELS: usize = 4;
+
+/// A connected connection with its confirm-mode channels.
 pub(crate) struct Live {
     /// Which connection this is, so that a failure discards only the one it happened on.
     pub generation: u64,
     pub connection: Connection,
-    pub channel: Channel,
+    /// Each channel with the lock a batch holds while it uses it.
+    pub channels: Vec<(tokio::sync::Mutex<()>, Channel)>,
 }
 
 impl Live {
     pub fn is_usable(&self) -> bool {
-        self.connection.status().connected() && self.channel.status().connected()
+        self.connection.status().connected()
+            && self.channels.iter().all(|(_, c)| c.status().connected())
+    }
+
+    /// A channel no other batch uses, waiting for one when all are busy.
+    pub async fn take_channel(&self) -> (tokio::sync::MutexGuard<'_, ()>, &Channel) {
+        for (lock, channel) in &self.channels {
+            if let Ok(guard) = lock.try_lock() {
+                return (guard, channel);
+            }
+        }
+        // All busy: wait for any of them.
+        let waits = self
+            .channels
+            .iter()
+            .map(|(lock, channel)| Box::pin(async move { (lock.lock().await, channel) }));
+        futures_util::future::select_all(waits).await.0
     }
 }
 
@@ -55,23 +77,27 @@ pub(crate) async fn open(
     })
     .await?;
     let setup = async {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| connect_error(e, shown, &url))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| connect_error(e, shown, &url))?;
-        Ok(channel)
+        let mut channels = Vec::with_capacity(CHANNELS);
+        for _ in 0..CHANNELS {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| connect_error(e, shown, &url))?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| connect_error(e, shown, &url))?;
+            channels.push((tokio::sync::Mutex::new(()), channel));
+        }
+        Ok(channels)
     };
-    match bounded(options.timeout, "opening the confirm channel", setup).await {
-        Ok(channel) => {
+    match bounded(options.timeout, "opening the confirm channels", setup).await {
+        Ok(channels) => {
             tracing::debug!(url = %shown, generation, "connected to RabbitMQ");
             Ok(Arc::new(Live {
                 generation,
                 connection,
-                channel,
+                channels,
             }))
         }
         Err(e) => {

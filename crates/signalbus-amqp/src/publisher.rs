@@ -22,10 +22,6 @@ struct Inner {
     options: AmqpOptions,
     live: Mutex<Option<Arc<Live>>>,
     generations: AtomicU64,
-    /// One batch at a time on the shared channel: lapin hands a `basic.return` to whichever
-    /// confirm it completes next (not to the returned message's own), so with two batches in
-    /// flight a return could fail the wrong batch while its own batch counted as stored.
-    one_batch: Mutex<()>,
 }
 
 impl std::fmt::Debug for AmqpPublisher {
@@ -58,7 +54,6 @@ impl AmqpPublisher {
                 options,
                 live: Mutex::new(None),
                 generations: AtomicU64::new(0),
-                one_batch: Mutex::new(()),
             }),
         };
         publisher.live().await.map_err(Error::Publish)?;
@@ -100,6 +95,8 @@ impl AmqpPublisher {
         }
     }
 
+    /// Publish on a channel of `live` that no other batch uses (see
+    /// [`crate::connection::CHANNELS`]), then await every confirm.
     async fn send(&self, live: &Live, batch: &[Message]) -> Result<(), Failure> {
         // Check every message before publishing any, so a bad one sends nothing.
         let outs = batch
@@ -107,10 +104,10 @@ impl AmqpPublisher {
             .map(|m| outgoing(m, &self.inner.options))
             .collect::<Result<Vec<_>, _>>()
             .map_err(Failure::Refused)?;
+        let (_own, channel) = live.take_channel().await;
         let mut confirms = Vec::with_capacity(batch.len());
         for (message, out) in batch.iter().zip(outs) {
-            let confirm = live
-                .channel
+            let confirm = channel
                 .basic_publish(
                     out.exchange.clone(),
                     out.routing_key.clone(),
@@ -165,10 +162,6 @@ impl Publisher for AmqpPublisher {
             return Ok(());
         }
         let limit = self.inner.options.timeout;
-        let _turn = bounded(limit, "waiting for the batch before this one", async {
-            Ok(self.inner.one_batch.lock().await)
-        })
-        .await?;
         let live = self.live().await?;
         let during = format!("confirming {} message(s)", batch.len());
         let result = bounded(limit, &during, async { Ok(self.send(&live, batch).await) }).await;

@@ -206,6 +206,36 @@ async fn unroutable_mandatory_messages_are_not_sent() {
     fx.cleanup().await;
 }
 
+/// Concurrent batches on clones of one publisher: a returned message fails its own batch, never
+/// another one, so a batch with an unroutable message is never counted as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_each_see_only_their_own_returns() {
+    let fx = Fixture::new("order.placed", FieldTable::default()).await;
+    let publisher = AmqpPublisher::connect(&format!("{URL}?mandatory=true"))
+        .await
+        .unwrap();
+    for round in 0..100 {
+        let good: Vec<Message> = (0..20)
+            .map(|n| message(&fx.exchange, "order.placed", n, &[]))
+            .collect();
+        let bad = vec![message(&fx.exchange, "nowhere", round, &[])];
+        let (a, b) = (publisher.clone(), publisher.clone());
+        let (good_result, bad_result) = tokio::join!(
+            tokio::spawn(async move { a.publish(&good).await }),
+            tokio::spawn(async move { b.publish(&bad).await }),
+        );
+        assert!(
+            bad_result.unwrap().is_err(),
+            "round {round}: the unroutable batch counted as stored"
+        );
+        good_result
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: a routable batch failed: {e}"));
+    }
+    assert_eq!(fx.drain().await.len(), 100 * 20);
+    fx.cleanup().await;
+}
+
 #[tokio::test]
 async fn nacked_messages_are_not_sent() {
     let mut args = FieldTable::default();
