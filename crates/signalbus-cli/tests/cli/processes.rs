@@ -60,16 +60,24 @@ fn with_database(server: &str, db: &str) -> String {
     url.to_string()
 }
 
-#[tokio::test]
-async fn four_flushmany_processes_drain_100k_postgres() {
-    let server = server(
-        "SIGNALBUS_TEST_POSTGRES_URL",
-        "postgres://postgres@127.0.0.1:5432/postgres",
-    );
+/// A fresh database on a server, `migrate`d, filled with 100,000 rows by `fill`, drained by
+/// four processes, then dropped (`DROP DATABASE … drop_suffix`).
+async fn drain_100k_on_server<DB: sqlx::Database>(
+    var: &str,
+    default: &str,
+    fill: &'static str,
+    drop_suffix: &str,
+) where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let server = server(var, default);
     let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&server)
+    let admin = sqlx::Pool::<DB>::connect(&server)
         .await
-        .expect("PostgreSQL is up");
+        .unwrap_or_else(|e| panic!("the database server of {var} must run: {e}"));
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&admin)
         .await
@@ -77,53 +85,8 @@ async fn four_flushmany_processes_drain_100k_postgres() {
     let url = with_database(&server, &name);
     let s = Scratch::new(BULK);
     assert!(s.run(&url, &["migrate"]).status.success());
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(
-        "INSERT INTO bulk (topic, body) SELECT 'bulk', convert_to(g::text, 'UTF8') \
-         FROM generate_series(1, 100000) AS g",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    drain_with_processes(&s, &url, 100_000, 4);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM bulk")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(left, 0, "table empty");
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-}
-
-#[tokio::test]
-async fn four_flushmany_processes_drain_100k_mariadb() {
-    let server = server(
-        "SIGNALBUS_TEST_MYSQL_URL",
-        "mysql://root@127.0.0.1:3306/test",
-    );
-    let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::MySqlPool::connect(&server)
-        .await
-        .expect("MariaDB is up");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let url = with_database(&server, &name);
-    let s = Scratch::new(BULK);
-    assert!(s.run(&url, &["migrate"]).status.success());
-    let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
-    sqlx::query(
-        "INSERT INTO bulk (topic, body) SELECT 'bulk', CAST(seq AS CHAR) FROM seq_1_to_100000",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = sqlx::Pool::<DB>::connect(&url).await.unwrap();
+    sqlx::query(fill).execute(&pool).await.unwrap();
     drain_with_processes(&s, &url, 100_000, 4);
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bulk")
         .fetch_one(&pool)
@@ -131,10 +94,35 @@ async fn four_flushmany_processes_drain_100k_mariadb() {
         .unwrap();
     assert_eq!(left, 0, "table empty");
     pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} {drop_suffix}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn four_flushmany_processes_drain_100k_postgres() {
+    drain_100k_on_server::<sqlx::Postgres>(
+        "SIGNALBUS_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+        "INSERT INTO bulk (topic, body) SELECT 'bulk', convert_to(g::text, 'UTF8') \
+         FROM generate_series(1, 100000) AS g",
+        "WITH (FORCE)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn four_flushmany_processes_drain_100k_mariadb() {
+    drain_100k_on_server::<sqlx::MySql>(
+        "SIGNALBUS_TEST_MYSQL_URL",
+        "mysql://root@127.0.0.1:3306/test",
+        "INSERT INTO bulk (topic, body) SELECT 'bulk', CAST(seq AS CHAR) FROM seq_1_to_100000",
+        "",
+    )
+    .await;
 }
 
 /// SQLite has no SKIP LOCKED: flushers take the single write lock in turn (BEGIN IMMEDIATE),
