@@ -7,6 +7,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use signalbus_core::{Error, Message, PublishError, PublishErrorKind, Publisher};
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -207,25 +208,83 @@ impl KafkaPublisher {
         if batch.is_empty() {
             return Ok(());
         }
-        // message.timeout.ms bounds every report; this is a guard above it.
-        let limit = self.options.timeout + Duration::from_secs(1);
+        // message.timeout.ms bounds every report, but librdkafka looks for expired messages
+        // only about once a second, later still on a busy machine: this guard only catches a
+        // producer that hangs.
+        let limit = self.options.timeout + GUARD_MARGIN;
         let result = match tokio::time::timeout(limit, self.send(batch)).await {
             Ok(result) => result,
             Err(_) => Err(PublishError::new(
                 PublishErrorKind::Timeout,
                 format!(
-                    "Kafka did not report delivery of {} message(s) within {limit:?}; the \
-                     batch stays pending",
-                    batch.len()
+                    "Kafka did not report delivery of {} message(s) to {} within {limit:?}; \
+                     the batch stays pending",
+                    batch.len(),
+                    topic_list(batch)
                 ),
             )),
         };
-        if result
-            .as_ref()
-            .is_err_and(|e| e.kind() != PublishErrorKind::Rejected)
-        {
-            self.renew();
+        let Err(e) = result else { return Ok(()) };
+        if e.kind() == PublishErrorKind::Rejected {
+            return Err(e);
         }
-        result
+        self.renew();
+        if e.kind() == PublishErrorKind::Timeout {
+            // librdkafka waits for a missing topic until the message times out: say so.
+            return Err(self.missing_topic(batch).await.unwrap_or(e));
+        }
+        Err(e)
+    }
+
+    /// After a timeout: the batch's topics that the broker does not have, as a refusal that
+    /// names them; `None` when they all exist or the broker cannot be asked.
+    async fn missing_topic(&self, batch: &[Message]) -> Option<PublishError> {
+        let client = self.producer();
+        let limit = self.options.timeout.min(Duration::from_secs(2));
+        // All topics: asking for one by name could create it on a broker that auto-creates.
+        let metadata =
+            tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, limit))
+                .await
+                .ok()?
+                .ok()?;
+        let known: HashSet<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        let missing: Vec<&str> = topics(batch)
+            .into_iter()
+            .filter(|t| !known.contains(t))
+            .collect();
+        if missing.is_empty() {
+            return None;
+        }
+        Some(PublishError::rejected(format!(
+            "Kafka has no topic {}: create it first; the batch stays pending",
+            missing
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+/// How long after `message.timeout.ms` a batch is given up without delivery reports.
+const GUARD_MARGIN: Duration = Duration::from_secs(5);
+
+/// The distinct destinations of a batch, in order of first use.
+fn topics(batch: &[Message]) -> Vec<&str> {
+    let mut seen = HashSet::new();
+    batch
+        .iter()
+        .map(|m| m.destination.as_str())
+        .filter(|t| seen.insert(*t))
+        .collect()
+}
+
+/// `topic `a`` or `topics `a`, `b``, for error messages.
+fn topic_list(batch: &[Message]) -> String {
+    let names = topics(batch);
+    let quoted: Vec<String> = names.iter().map(|t| format!("`{t}`")).collect();
+    match names.len() {
+        1 => format!("topic {}", quoted[0]),
+        _ => format!("topics {}", quoted.join(", ")),
     }
 }
