@@ -37,6 +37,7 @@ on_every_database!(
     autoflush_switches,
     concurrent_transactions_with_concurrent_flushmany,
     tables_created_elsewhere,
+    a_panicking_publisher_loses_nothing,
 );
 
 async fn commit_sends_exactly_its_signals<DB: TestBackend>() {
@@ -393,5 +394,63 @@ async fn tables_created_elsewhere<DB: TestBackend>() {
     assert_eq!(tx.commit_and_wait().await.unwrap().sent, 1);
     assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 1);
     assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 0);
+    db.cleanup().await;
+}
+
+/// Panics on its first batch, then delivers to the memory publisher.
+struct PanicsOnce {
+    outbox: MemoryPublisher,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl signalbus::Publisher for PanicsOnce {
+    async fn publish(&self, batch: &[signalbus::Message]) -> Result<(), signalbus::PublishError> {
+        if !self
+            .panicked
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("test publisher panics on purpose");
+        }
+        self.outbox.publish(batch).await
+    }
+}
+
+/// A round that dies half-way (here a panic; a cancelled task is the same) must neither
+/// lose its rows nor hand its still-open transaction, rows deleted but not committed, to the
+/// next user of the connection. One connection in the pool makes that reuse certain.
+async fn a_panicking_publisher_loses_nothing<DB: TestBackend>() {
+    let db = DB::create(1).await;
+    let outbox = MemoryPublisher::new();
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(PanicsOnce {
+            outbox: outbox.clone(),
+            panicked: Default::default(),
+        })
+        .register::<OrderPlaced>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    let mut tx = bus.begin().await.unwrap();
+    let first = tx.send(&order(1)).await.unwrap();
+    let report = tx.commit_and_wait().await.unwrap();
+    assert_eq!((report.sent, report.pending), (0, 1), "{report:?}");
+    assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 1);
+
+    let mut tx = bus.begin().await.unwrap();
+    tx.send(&order(2)).await.unwrap();
+    let report = tx.commit_and_wait().await.unwrap();
+    assert_eq!((report.sent, report.pending), (1, 0), "{report:?}");
+    assert_eq!(
+        DB::count_rows(&db.pool, "order_placed_signal").await,
+        1,
+        "the first signal is still pending"
+    );
+    assert_eq!(
+        bus.flush(&Selection::all(), Duration::ZERO).await.unwrap(),
+        1
+    );
+    let ids: Vec<_> = outbox.messages().into_iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&first.message_id));
     db.cleanup().await;
 }
