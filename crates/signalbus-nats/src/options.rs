@@ -20,6 +20,8 @@ pub struct NatsOptions {
     pub(crate) server: String,
     pub(crate) display: String,
     pub(crate) token: Option<String>,
+    /// User and password from the URL, percent-decoded.
+    pub(crate) user_password: Option<(String, String)>,
     /// The client name.
     pub name: String,
     /// Limit of the connect and of each batch's acks.
@@ -60,6 +62,7 @@ impl NatsOptions {
             server: String::new(),
             display: display.clone(),
             token: None,
+            user_password: None,
             name: "signalbus".into(),
             timeout: Duration::from_secs(10),
             subject: SubjectFrom::DestinationKey,
@@ -95,6 +98,28 @@ impl NatsOptions {
                 }
             }
         }
+        // async-nats does not take credentials from the server address: pass them explicitly
+        // and keep them out of the address it may log.
+        if !parsed.username().is_empty() {
+            let decode = |part: &str| {
+                percent_decode(part).ok_or_else(|| {
+                    Error::Config(format!(
+                        "bus URL `{display}`: the user or password is not valid percent-encoded UTF-8"
+                    ))
+                })
+            };
+            options.user_password = Some((
+                decode(parsed.username())?,
+                decode(parsed.password().unwrap_or_default())?,
+            ));
+        }
+        if options.user_password.is_some() && options.token.is_some() {
+            return Err(Error::Config(format!(
+                "bus URL `{display}`: give a user and password or a token, not both"
+            )));
+        }
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
         parsed.set_query(None);
         options.server = parsed.to_string();
         Ok(options)
@@ -111,6 +136,12 @@ impl NatsOptions {
     }
 }
 
+fn percent_decode(part: &str) -> Option<String> {
+    url::form_urlencoded::parse(format!("x={}", part.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,7 +151,13 @@ mod tests {
         let o = NatsOptions::from_url("nats://u:secret@h:4222?timeout_ms=50&name=svc").unwrap();
         assert_eq!(o.timeout, Duration::from_millis(50));
         assert_eq!(o.name, "svc");
-        assert_eq!(o.server, "nats://u:secret@h:4222");
+        assert_eq!(o.server, "nats://h:4222");
+        assert_eq!(o.user_password, Some(("u".to_owned(), "secret".to_owned())));
+        let o = NatsOptions::from_url("nats://u%40x:p%2Fw+1@h").unwrap();
+        assert_eq!(
+            o.user_password,
+            Some(("u@x".to_owned(), "p/w+1".to_owned()))
+        );
         assert!(!format!("{o:?}").contains("secret"));
         assert_eq!(o.subject("orders", Some("placed")), "orders.placed");
         let o = NatsOptions::from_url("nats://h?subject=destination").unwrap();
@@ -129,6 +166,7 @@ mod tests {
             "amqp://u:secret@h",
             "nats://u:secret@h?x=1",
             "nats://u:secret@h?timeout_ms=-1",
+            "nats://u:secret@h?token=t",
         ] {
             let e = NatsOptions::from_url(bad).unwrap_err().to_string();
             assert!(!e.contains("secret") && e.contains("bus URL"), "{e}");

@@ -41,6 +41,9 @@ impl NatsPublisher {
         if let Some(token) = &options.token {
             connect = connect.token(token.clone());
         }
+        if let Some((user, password)) = &options.user_password {
+            connect = connect.user_and_password(user.clone(), password.clone());
+        }
         let client = connect.connect(options.server.as_str()).await.map_err(|e| {
             use async_nats::ConnectErrorKind as K;
             let shown = &options.display;

@@ -95,9 +95,15 @@ struct Server {
 
 impl Server {
     fn start(port: u16, dir: &std::path::Path) -> Server {
+        Self::start_with(port, dir, &[])
+    }
+
+    /// With extra `nats-server` arguments, e.g. `--user`/`--pass`.
+    fn start_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Server {
         let child = std::process::Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir)
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -129,14 +135,18 @@ impl Server {
     }
 }
 
-#[tokio::test]
-async fn a_restarted_server_loses_nothing_and_the_client_reconnects() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+#[tokio::test]
+async fn a_restarted_server_loses_nothing_and_the_client_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
     let server = Server::start(port, dir.path());
     server.wait_ready().await;
     let publisher = NatsPublisher::connect(&format!("nats://127.0.0.1:{port}?timeout_ms=1000"))
@@ -167,6 +177,70 @@ async fn a_restarted_server_loses_nothing_and_the_client_reconnects() {
         stream.info().await.unwrap().state.messages,
         3,
         "stored once each"
+    );
+    server.stop();
+}
+
+/// Publish one message through `url` to a fresh stream; Ok when JetStream stored it.
+async fn publish_one(url: &str) -> Result<(), String> {
+    let publisher = NatsPublisher::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::new(publisher.client().clone());
+    let (name, root) = (unique("SBTEST"), unique("sbtest"));
+    let mut stream = create_stream(&js, &name, &root).await;
+    publisher
+        .publish(&[message(&root, 1)])
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn user_password_and_token_credentials_are_used_and_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start_with(
+        port,
+        dir.path(),
+        &["--user", "sbuser", "--pass", "s3cret-pw"],
+    );
+    server.wait_ready().await;
+    publish_one(&format!(
+        "nats://sbuser:s3cret-pw@127.0.0.1:{port}?timeout_ms=3000"
+    ))
+    .await
+    .expect("the right user and password are accepted");
+    for url in [
+        format!("nats://sbuser:wrong-pw@127.0.0.1:{port}?timeout_ms=3000"),
+        format!("nats://127.0.0.1:{port}?timeout_ms=3000"),
+    ] {
+        let e = publish_one(&url).await.unwrap_err();
+        assert!(
+            e.contains("refused the credentials") && !e.contains("wrong-pw"),
+            "{url}: {e}"
+        );
+    }
+    server.stop();
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start_with(port, dir.path(), &["--auth", "t0ken-abc"]);
+    server.wait_ready().await;
+    publish_one(&format!(
+        "nats://127.0.0.1:{port}?token=t0ken-abc&timeout_ms=3000"
+    ))
+    .await
+    .expect("the right token is accepted");
+    let e = publish_one(&format!(
+        "nats://127.0.0.1:{port}?token=t0ken-bad&timeout_ms=3000"
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("refused the credentials") && !e.contains("t0ken-bad"),
+        "{e}"
     );
     server.stop();
 }
