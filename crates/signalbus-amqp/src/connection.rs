@@ -4,7 +4,7 @@
 use crate::error::connect_error;
 use crate::options::AmqpOptions;
 use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
 use signalbus_core::{PublishError, PublishErrorKind};
 use std::future::Future;
 use std::sync::Arc;
@@ -71,7 +71,12 @@ pub(crate) async fn open(
     let name = options.app_id.clone().unwrap_or_else(|| "signalbus".into());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let connection = bounded(options.timeout, "connecting", async {
-        Connection::connect(&options.uri, properties)
+        DefaultConnectionBuilder::new()
+            .map_err(|e| connect_error(e, shown, &url))?
+            .with_uri_str(options.uri.clone())
+            .with_properties(properties)
+            .with_tls_config(options.tls.clone())
+            .connect()
             .await
             .map_err(|e| connect_error(e, shown, &url))
     })

@@ -18,6 +18,11 @@ pub(crate) fn connect_error(e: lapin::Error, display: &str, url: &url::Url) -> P
         url.username()
     };
     let message = match e.kind() {
+        ErrorKind::IOError(io) if url.scheme() == "amqps" && is_tls_failure(io) => format!(
+            "the TLS handshake with RabbitMQ at {host} failed ({io}); if its certificate comes \
+             from a private CA, name the CA's PEM file with `?cacertfile=`; check that the host \
+             name matches the certificate"
+        ),
         ErrorKind::IOError(io) => format!(
             "cannot reach RabbitMQ at {host} ({io}); check the host and port of `{display}` and \
              that the broker is running"
@@ -74,4 +79,12 @@ pub(crate) fn publish_error(e: lapin::Error, exchange: &str, routing_key: &str) 
         )),
     };
     error.with_source(e)
+}
+
+/// Whether an I/O error is rustls refusing the handshake (it reports through `io::Error`).
+fn is_tls_failure(io: &std::io::Error) -> bool {
+    let text = io.to_string().to_ascii_lowercase();
+    ["certificate", "tls", "handshake", "alert"]
+        .iter()
+        .any(|word| text.contains(word))
 }

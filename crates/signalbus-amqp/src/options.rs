@@ -1,5 +1,6 @@
 //! The bus URL: lapin's AMQP URI plus signalbus' own query parameters.
 
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use signalbus_core::redact::redact_url;
 use signalbus_core::{Error, Result};
 use std::collections::BTreeSet;
@@ -31,6 +32,9 @@ pub struct AmqpOptions {
     pub app_id: Option<String>,
     /// Limit of every wait on the broker.
     pub timeout: Duration,
+    /// TLS settings of an `amqps://` URL: extra trusted CA certificates and a client
+    /// certificate, read from the files the URL names.
+    pub(crate) tls: OwnedTLSConfig,
 }
 
 impl std::fmt::Debug for AmqpOptions {
@@ -42,6 +46,8 @@ impl std::fmt::Debug for AmqpOptions {
             .field("persistent", &self.persistent)
             .field("app_id", &self.app_id)
             .field("timeout", &self.timeout)
+            .field("custom_ca", &self.tls.cert_chain.is_some())
+            .field("client_certificate", &self.tls.identity.is_some())
             .finish()
     }
 }
@@ -72,8 +78,10 @@ impl AmqpOptions {
             persistent: true,
             app_id: None,
             timeout: Duration::from_secs(10),
+            tls: OwnedTLSConfig::default(),
         };
         let mut passed = Vec::new();
+        let (mut certfile, mut keyfile) = (None, None);
         for (key, value) in parsed.query_pairs() {
             let bad = |what: &str| {
                 Error::Config(format!(
@@ -103,17 +111,43 @@ impl AmqpOptions {
                         .ok_or_else(|| bad("a positive number of milliseconds"))?;
                     options.timeout = Duration::from_millis(ms);
                 }
+                "cacertfile" => options.tls.cert_chain = Some(read_pem(&display, &key, &value)?),
+                "certfile" => certfile = Some(read_pem(&display, &key, &value)?),
+                "keyfile" => keyfile = Some(read_pem(&display, &key, &value)?),
                 k if LAPIN_PARAMS.contains(&k) => {
                     passed.push((key.into_owned(), value.into_owned()))
                 }
                 other => {
                     return Err(Error::Config(format!(
                         "bus URL `{display}`: unknown query parameter `{other}`; known: mandatory, \
-                         mandatory_signals, persistent, app_id, timeout_ms, {}",
+                         mandatory_signals, persistent, app_id, timeout_ms, cacertfile, certfile, \
+                         keyfile, {}",
                         LAPIN_PARAMS.join(", ")
                     )));
                 }
             }
+        }
+        match (certfile, keyfile) {
+            (Some(pem), Some(key)) => {
+                options.tls.identity = Some(OwnedIdentity::PKCS8 {
+                    pem: pem.into_bytes(),
+                    key: key.into_bytes(),
+                })
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Config(format!(
+                    "bus URL `{display}`: a client certificate needs both `certfile` and `keyfile` \
+                     (PEM; the key unencrypted PKCS#8)"
+                )));
+            }
+        }
+        let tls_asked = options.tls.cert_chain.is_some() || options.tls.identity.is_some();
+        if tls_asked && parsed.scheme() != "amqps" {
+            return Err(Error::Config(format!(
+                "bus URL `{display}`: `cacertfile`, `certfile` and `keyfile` are TLS settings; \
+                 use `amqps://` (port 5671 by default)"
+            )));
         }
         parsed.set_query(None);
         if !passed.is_empty() {
@@ -131,6 +165,21 @@ impl AmqpOptions {
     pub(crate) fn is_mandatory(&self, signal: &str) -> bool {
         self.mandatory || self.mandatory_signals.contains(signal)
     }
+}
+
+/// The PEM text of the file a TLS parameter names, or a configuration error saying which.
+fn read_pem(display: &str, key: &str, path: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "bus URL `{display}`: cannot read `{key}` file `{path}`: {e}"
+        ))
+    })?;
+    if !text.contains("-----BEGIN ") {
+        return Err(Error::Config(format!(
+            "bus URL `{display}`: `{key}` file `{path}` is not PEM (no `-----BEGIN` line)"
+        )));
+    }
+    Ok(text)
 }
 
 pub(crate) fn parse_bool(value: &str) -> Option<bool> {
