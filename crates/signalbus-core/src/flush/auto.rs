@@ -7,7 +7,7 @@
 //! `flush_workers` rounds run at once; while they run, the next round's ids pile up, so the
 //! batches grow with the load.
 
-use super::{LockedRows, Sent, prepare, publish};
+use super::{Sent, prepare, publish, settle};
 use crate::bus::Shared;
 use crate::error::{Error, Result};
 use crate::registry::TypeIdx;
@@ -166,35 +166,39 @@ async fn send_round<DB: Backend>(
     shared: &Shared<DB>,
     by_type: BTreeMap<TypeIdx, Vec<i64>>,
 ) -> Result<HashSet<(TypeIdx, i64)>> {
-    let types: Vec<TypeIdx> = by_type.keys().copied().collect();
-    let tables = by_type
-        .into_iter()
-        .map(|(idx, ids)| (&shared.registry.get(idx).table, ids))
-        .collect();
-    let sent = DB::take_and_publish(&shared.pool, tables, |taken| async move {
-        let taken: Vec<LockedRows> = types
-            .into_iter()
-            .zip(taken)
-            .filter(|(_, rows)| !rows.is_empty())
-            .collect();
-        if taken.is_empty() {
-            return Ok(Sent::default());
-        }
-        let mut prepared = prepare(shared, taken, false);
-        if let Some(e) = prepared.sent.invalid.take() {
-            // Our own rows are always valid; a foreign writer changed them. Publish nothing,
-            // keep every row (the rollback) and let an explicit flush, which skips invalid
-            // rows, deal with it.
-            return Err(e);
-        }
-        publish(shared, prepared).await
-    })
-    .await?;
+    let mut tx = DB::begin_flush(&shared.pool).await?;
+    let result = take_and_publish(shared, &mut tx, by_type).await;
+    let sent = settle(tx, result).await?;
     Ok(sent
         .ids
         .into_iter()
         .flat_map(|(idx, ids)| ids.into_iter().map(move |id| (idx, id)))
         .collect())
+}
+
+async fn take_and_publish<DB: Backend>(
+    shared: &Shared<DB>,
+    conn: &mut DB::Connection,
+    by_type: BTreeMap<TypeIdx, Vec<i64>>,
+) -> Result<Sent> {
+    let mut taken = Vec::with_capacity(by_type.len());
+    for (idx, ids) in by_type {
+        let rows = DB::take_ids(conn, &shared.registry.get(idx).table, &ids).await?;
+        if !rows.is_empty() {
+            taken.push((idx, rows));
+        }
+    }
+    if taken.is_empty() {
+        return Ok(Sent::default());
+    }
+    let mut prepared = prepare(shared, taken, false);
+    if let Some(e) = prepared.sent.invalid.take() {
+        // Our own rows are always valid; a foreign writer changed them. Publish nothing, keep
+        // every row (the rollback) and let an explicit flush, which skips invalid rows, deal
+        // with it.
+        return Err(e);
+    }
+    publish(shared, prepared).await
 }
 
 impl From<tokio::sync::AcquireError> for Error {

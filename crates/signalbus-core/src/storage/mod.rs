@@ -224,34 +224,6 @@ pub trait Backend: Database {
             Ok(rows)
         }
     }
-    /// One auto-flush round in one transaction: take (lock and delete, see
-    /// [`Backend::take_ids`]) the rows among each table's ids, hand them to `publish` (one
-    /// `Vec` per table, in the order of `tables`), commit when it returns Ok and roll back
-    /// otherwise, so that the rows stay pending. Returns what `publish` returned.
-    fn take_and_publish<T, F, Fut>(
-        pool: &Pool<Self>,
-        tables: Vec<(&Ident, Vec<i64>)>,
-        publish: F,
-    ) -> impl Future<Output = Result<T>> + Send
-    where
-        T: Send,
-        F: FnOnce(Vec<Vec<StoredRow>>) -> Fut + Send,
-        Fut: Future<Output = Result<T>> + Send,
-    {
-        async move {
-            let mut tx = Self::begin_flush(pool).await?;
-            let mut taken = Vec::with_capacity(tables.len());
-            for (table, ids) in &tables {
-                match Self::take_ids(&mut tx, table, ids).await {
-                    Ok(rows) => taken.push(rows),
-                    Err(e) => return crate::flush::settle(tx, Err(e)).await,
-                }
-            }
-            let result = publish(taken).await;
-            crate::flush::settle(tx, result).await
-        }
-    }
-
     /// Lock and read the next up to `limit` rows in `flushordered` order (`order`, then `id`),
     /// gap-safe as far as the database allows (see the module docs). Unlike
     /// [`Backend::lock_burst`] it does not skip locked rows: it waits for them, at most

@@ -5,10 +5,7 @@ use super::{Backend, NewRow, PendingStats, SELECT_COLUMNS, StoredRow, order_clau
 use crate::error::Result;
 use crate::ident::Ident;
 use crate::signal::OrderColumn;
-use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, FromRow, PgConnection, Pool, Postgres, Row};
-use std::fmt::Write as _;
-use std::future::Future;
+use sqlx::{AssertSqlSafe, PgConnection, Pool, Postgres};
 use std::time::Duration;
 
 fn q(table: &Ident) -> String {
@@ -101,70 +98,6 @@ impl Backend for Postgres {
             .await?;
         rows.sort_unstable_by_key(|r| r.id);
         Ok(rows)
-    }
-
-    async fn take_and_publish<T, F, Fut>(
-        pool: &Pool<Postgres>,
-        tables: Vec<(&Ident, Vec<i64>)>,
-        publish: F,
-    ) -> Result<T>
-    where
-        T: Send,
-        F: FnOnce(Vec<Vec<StoredRow>>) -> Fut + Send,
-        Fut: Future<Output = Result<T>> + Send,
-    {
-        // BEGIN and every DELETE go in one simple-query round trip instead of three: the
-        // round's cost is mostly round trips, paid once per round even when it carries a
-        // single signal. Safe to inline: ids are our integers, tables validated identifiers.
-        let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit TO OFF");
-        for (n, (table, ids)) in tables.iter().enumerate() {
-            let t = q(table);
-            let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-            let _ = write!(
-                sql,
-                "; DELETE FROM {t} WHERE id IN \
-                 (SELECT id FROM {t} WHERE id = ANY('{{{list}}}'::bigint[]) FOR UPDATE SKIP LOCKED) \
-                 RETURNING {SELECT_COLUMNS}, {n}"
-            );
-        }
-        let mut tx = OpenTransaction(Some(pool.acquire().await?));
-        let rows = match sqlx::raw_sql(AssertSqlSafe(sql))
-            .fetch_all(tx.connection())
-            .await
-        {
-            Ok(rows) => rows,
-            Err(e) => {
-                tx.rollback().await;
-                return Err(e.into());
-            }
-        };
-        let mut taken: Vec<Vec<StoredRow>> = (0..tables.len()).map(|_| Vec::new()).collect();
-        for row in &rows {
-            let decoded = StoredRow::from_row(row).and_then(|stored| {
-                let n: i32 = row.try_get(7)?;
-                Ok((n, stored))
-            });
-            match decoded {
-                Ok((n, stored)) => taken[n as usize].push(stored),
-                Err(e) => {
-                    tx.rollback().await;
-                    return Err(e.into());
-                }
-            }
-        }
-        for rows in &mut taken {
-            rows.sort_unstable_by_key(|r| r.id);
-        }
-        match publish(taken).await {
-            Ok(value) => {
-                tx.commit().await?;
-                Ok(value)
-            }
-            Err(e) => {
-                tx.rollback().await;
-                Err(e)
-            }
-        }
     }
 
     async fn lock_burst(
@@ -266,46 +199,5 @@ impl Backend for Postgres {
             count: count.max(0) as u64,
             oldest_age: age_us.map(|us| Duration::from_micros(us.max(0) as u64)),
         })
-    }
-}
-
-/// A pooled connection with a transaction begun by hand (in the same round trip as its first
-/// statements), which sqlx does not track. It must never go back to the pool still open: the
-/// next user's `BEGIN` would join it. So unless it was ended, dropping it (a cancelled or
-/// panicking round) closes the connection, and the server rolls back.
-struct OpenTransaction(Option<PoolConnection<Postgres>>);
-
-impl OpenTransaction {
-    fn connection(&mut self) -> &mut PgConnection {
-        self.0.as_mut().expect("the transaction is open")
-    }
-
-    /// COMMIT; on failure the connection is closed and the error returned.
-    async fn commit(mut self) -> Result<()> {
-        let mut conn = self.0.take().expect("the transaction is open");
-        match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                conn.close_on_drop();
-                Err(e.into())
-            }
-        }
-    }
-
-    /// ROLLBACK at once (the rows' locks go with it); a connection that cannot is closed.
-    async fn rollback(mut self) {
-        let mut conn = self.0.take().expect("the transaction is open");
-        if let Err(e) = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await {
-            tracing::warn!(error = %e, "rollback after a failed flush failed; closing the connection");
-            conn.close_on_drop();
-        }
-    }
-}
-
-impl Drop for OpenTransaction {
-    fn drop(&mut self) {
-        if let Some(conn) = self.0.as_mut() {
-            conn.close_on_drop();
-        }
     }
 }

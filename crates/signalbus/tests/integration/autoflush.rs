@@ -416,8 +416,8 @@ impl signalbus::Publisher for PanicsOnce {
 }
 
 /// A round that dies half-way (here a panic; a cancelled task is the same) must neither
-/// lose its rows nor hand its still-open transaction, rows deleted but not committed, to the
-/// next user of the connection. One connection in the pool makes that reuse certain.
+/// lose its rows nor leave its transaction, rows deleted but not committed, to the next user
+/// of the connection. One connection in the pool makes that reuse certain.
 async fn a_panicking_publisher_loses_nothing<DB: TestBackend>() {
     let db = DB::create(1).await;
     let outbox = MemoryPublisher::new();
