@@ -145,7 +145,9 @@ async fn once<DB: Backend>(
     }
     let started = Instant::now();
     let mut last = started;
+    let mut sent_so_far = 0;
     let mut progress = |p: &FlushProgress<'_>| {
+        sent_so_far = p.sent;
         let now = Instant::now();
         if now.duration_since(last) >= PROGRESS_EVERY {
             last = now;
@@ -169,5 +171,16 @@ async fn once<DB: Backend>(
         Mode::Many => bus.flushmany_with(selection, &mut progress).await,
         Mode::Ordered => bus.flushordered_with(selection, &mut progress).await,
     };
-    result.map_err(|e| CliError::caused(format!("{} failed", mode.name()), &e))
+    result.map_err(|e| {
+        // The bursts before the failure were sent and deleted: say so, since a retry will not
+        // send them again.
+        let what = match sent_so_far {
+            0 => format!("{} failed", mode.name()),
+            n => format!(
+                "{} failed after sending {n} signal(s) (deleted; the rest stay pending)",
+                mode.name()
+            ),
+        };
+        CliError::caused(what, &e)
+    })
 }

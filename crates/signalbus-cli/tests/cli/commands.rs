@@ -284,3 +284,43 @@ async fn repeat_keeps_flushing_and_stops_cleanly_on_sigterm() {
     );
     assert_eq!(received(&out).len(), 3);
 }
+
+/// Against the real RabbitMQ: a flush that fails half-way says how many signals it had sent
+/// (and deleted) before the failure, and leaves the rest pending.
+#[tokio::test]
+async fn a_failure_half_way_reports_what_was_already_sent() {
+    let s = Scratch::new(TWO_TYPES);
+    let url = s.sqlite_url();
+    assert!(s.run(&url, &["migrate"]).status.success());
+    let pool = sqlite_pool(&url).await;
+    let missing = format!("sbtest-missing-{}", uuid::Uuid::new_v4().simple());
+    // `alpha` flushes in bursts of 2: the first burst goes to an exchange that exists, the
+    // second to one that does not.
+    for topic in ["amq.direct", "amq.direct", missing.as_str()] {
+        sqlx::query("INSERT INTO alpha_signal (topic, routing_key, body) VALUES (?, 'k', 'x')")
+            .bind(topic)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let out = s.run(
+        &url,
+        &[
+            "flushmany",
+            "alpha",
+            "--bus-url",
+            "amqp://guest:guest@127.0.0.1:5672/%2f?timeout_ms=5000",
+        ],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("flushmany failed after sending 2 signal(s)") && err.contains(&missing),
+        "{err}"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM alpha_signal")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "only the unsendable signal stays pending");
+}
