@@ -19,9 +19,10 @@ pub(crate) fn connect_error(e: lapin::Error, display: &str, url: &url::Url) -> P
     };
     let message = match e.kind() {
         ErrorKind::IOError(io) if url.scheme() == "amqps" && is_tls_failure(io) => format!(
-            "the TLS handshake with RabbitMQ at {host} failed ({io}); if its certificate comes \
-             from a private CA, name the CA's PEM file with `?cacertfile=`; check that the host \
-             name matches the certificate"
+            "the TLS handshake with RabbitMQ at {host} failed ({io}); check that the broker's \
+             certificate is signed by a CA this machine trusts (for a private CA, name its PEM \
+             file with `?cacertfile=`) and names the host of the URL, and, if the broker \
+             verifies clients, give `certfile` and `keyfile`"
         ),
         ErrorKind::IOError(io) => format!(
             "cannot reach RabbitMQ at {host} ({io}); check the host and port of `{display}` and \
@@ -81,10 +82,17 @@ pub(crate) fn publish_error(e: lapin::Error, exchange: &str, routing_key: &str) 
     error.with_source(e)
 }
 
-/// Whether an I/O error is rustls refusing the handshake (it reports through `io::Error`).
+/// Whether an I/O error is a refused TLS handshake: rustls reports it through `io::Error`
+/// as a certificate error or a fatal alert (an ordinary disconnect, "peer closed connection
+/// without sending TLS close_notify", is not one).
 fn is_tls_failure(io: &std::io::Error) -> bool {
     let text = io.to_string().to_ascii_lowercase();
-    ["certificate", "tls", "handshake", "alert"]
-        .iter()
-        .any(|word| text.contains(word))
+    [
+        "certificate",
+        "handshake",
+        "fatal alert",
+        "no native root ca",
+    ]
+    .iter()
+    .any(|word| text.contains(word))
 }

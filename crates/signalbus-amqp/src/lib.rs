@@ -19,7 +19,7 @@
 //! | `persistent` | `true` | delivery mode 2 (stored on disk by durable queues) |
 //! | `app_id` | none | the `app_id` property |
 //! | `timeout_ms` | `10000` | limit of every wait on the broker (publish, confirms, connect) |
-//! | `cacertfile` | none | `amqps://`: a PEM file of CA certificates to trust besides the system's (e.g. a private CA) |
+//! | `cacertfile` | none | `amqps://`: a PEM file of CA certificates to trust besides the system's (e.g. a private CA); the system's CA store (Debian: `ca-certificates`) must exist either way |
 //! | `certfile`, `keyfile` | none | `amqps://`: a client certificate (PEM) and its unencrypted PKCS#8 key (PEM), for brokers that verify clients |
 //! | `heartbeat`, `channel_max`, `frame_max`, `connection_timeout`, `auth_mechanism` | lapin's | passed to lapin |
 //!

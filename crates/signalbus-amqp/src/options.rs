@@ -111,9 +111,12 @@ impl AmqpOptions {
                         .ok_or_else(|| bad("a positive number of milliseconds"))?;
                     options.timeout = Duration::from_millis(ms);
                 }
-                "cacertfile" => options.tls.cert_chain = Some(read_pem(&display, &key, &value)?),
-                "certfile" => certfile = Some(read_pem(&display, &key, &value)?),
-                "keyfile" => keyfile = Some(read_pem(&display, &key, &value)?),
+                "cacertfile" => {
+                    options.tls.cert_chain =
+                        Some(read_pem(&display, &key, &value, Pem::Certificates)?)
+                }
+                "certfile" => certfile = Some(read_pem(&display, &key, &value, Pem::Certificates)?),
+                "keyfile" => keyfile = Some(read_pem(&display, &key, &value, Pem::PrivateKey)?),
                 k if LAPIN_PARAMS.contains(&k) => {
                     passed.push((key.into_owned(), value.into_owned()))
                 }
@@ -167,19 +170,39 @@ impl AmqpOptions {
     }
 }
 
-/// The PEM text of the file a TLS parameter names, or a configuration error saying which.
-fn read_pem(display: &str, key: &str, path: &str) -> Result<String> {
+/// What a TLS file parameter must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificates,
+    PrivateKey,
+}
+
+/// The PEM text of the file a TLS parameter names, or a configuration error saying what is
+/// wrong with it: read now, so that a bad file fails at start-up, not at the first connect.
+fn read_pem(display: &str, key: &str, path: &str, want: Pem) -> Result<String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::Config(format!(
             "bus URL `{display}`: cannot read `{key}` file `{path}`: {e}"
         ))
     })?;
-    if !text.contains("-----BEGIN ") {
-        return Err(Error::Config(format!(
-            "bus URL `{display}`: `{key}` file `{path}` is not PEM (no `-----BEGIN` line)"
-        )));
+    let problem = match want {
+        Pem::Certificates if !text.contains("-----BEGIN CERTIFICATE-----") => {
+            Some("holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)")
+        }
+        Pem::PrivateKey if text.contains("ENCRYPTED") => {
+            Some("holds an encrypted key; give the key unencrypted (PEM)")
+        }
+        Pem::PrivateKey if !text.contains("PRIVATE KEY-----") => {
+            Some("holds no PEM private key (`-----BEGIN PRIVATE KEY-----`)")
+        }
+        _ => None,
+    };
+    match problem {
+        Some(problem) => Err(Error::Config(format!(
+            "bus URL `{display}`: `{key}` file `{path}` {problem}"
+        ))),
+        None => Ok(text),
     }
-    Ok(text)
 }
 
 pub(crate) fn parse_bool(value: &str) -> Option<bool> {

@@ -135,7 +135,10 @@ async fn amqps_verifies_the_broker_and_presents_a_client_certificate() {
     .await
     .unwrap_err()
     .to_string();
-    assert!(!e.contains("guest:guest"), "{e}");
+    assert!(
+        e.contains("TLS handshake") && e.contains("certfile") && !e.contains("guest:guest"),
+        "{e}"
+    );
 
     let queue = format!("sbtest-tls-{}", uuid::Uuid::new_v4().simple());
     let plain = Connection::connect(PLAIN, ConnectionProperties::default())
@@ -185,32 +188,39 @@ async fn amqps_verifies_the_broker_and_presents_a_client_certificate() {
 #[test]
 fn tls_files_are_checked_when_the_url_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("nope.pem");
-    let e = signalbus_amqp::AmqpOptions::from_url(&format!(
-        "amqps://u:secret@h/%2f?cacertfile={}",
-        missing.display()
-    ))
-    .unwrap_err()
-    .to_string();
+    let from_url = |url: String| {
+        signalbus_amqp::AmqpOptions::from_url(&url)
+            .unwrap_err()
+            .to_string()
+    };
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let missing = dir.path().join("nope.pem").display().to_string();
+    let e = from_url(format!("amqps://u:secret@h/%2f?cacertfile={missing}"));
     assert!(
         e.contains("cannot read `cacertfile`") && !e.contains("secret"),
         "{e}"
     );
-    let text = dir.path().join("ca.txt");
-    std::fs::write(&text, "not a certificate").unwrap();
-    let e = signalbus_amqp::AmqpOptions::from_url(&format!(
-        "amqps://h/%2f?cacertfile={}",
-        text.display()
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("is not PEM"), "{e}");
-    let e =
-        signalbus_amqp::AmqpOptions::from_url(&format!("amqp://h/%2f?certfile={}", text.display()))
-            .unwrap_err()
-            .to_string();
-    assert!(
-        e.contains("use `amqps://`") || e.contains("is not PEM"),
-        "{e}"
+    let text = file("ca.txt", "not a certificate");
+    let e = from_url(format!("amqps://h/%2f?cacertfile={text}"));
+    assert!(e.contains("holds no PEM certificate"), "{e}");
+    let cert = file(
+        "cert.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     );
+    let e = from_url(format!("amqp://h/%2f?cacertfile={cert}"));
+    assert!(e.contains("use `amqps://`"), "{e}");
+    let e = from_url(format!("amqps://h/%2f?certfile={cert}"));
+    assert!(e.contains("needs both `certfile` and `keyfile`"), "{e}");
+    let encrypted = file(
+        "enc.key",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    let e = from_url(format!("amqps://h/%2f?certfile={cert}&keyfile={encrypted}"));
+    assert!(e.contains("encrypted key"), "{e}");
+    let e = from_url(format!("amqps://h/%2f?certfile={cert}&keyfile={cert}"));
+    assert!(e.contains("holds no PEM private key"), "{e}");
 }

@@ -12,6 +12,10 @@
 //! `timeout_ms` (default `10000`) bounds the connect check and each batch (librdkafka's
 //! `message.timeout.ms`). Every other parameter is a librdkafka producer property, e.g.
 //! `?compression.type=lz4&linger.ms=5&client.id=orders` (this build has no TLS or SASL).
+//!
+//! The bus applies its own publish timeout around every batch (30 s by default, 3 s on
+//! SQLite). Keep `timeout_ms` below it (or raise the bus' with `publish_timeout`) so that
+//! Kafka's own timeout reports first, with the reason (e.g. a missing topic is named).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

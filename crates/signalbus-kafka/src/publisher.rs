@@ -85,7 +85,11 @@ impl KafkaPublisher {
                         .unwrap_or_else(|poisoned| poisoned.into_inner()),
                     fresh,
                 );
-                tokio::task::spawn_blocking(move || drop(old));
+                // Off the runtime when there is one (dropping flushes, which blocks).
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn_blocking(move || drop(old))),
+                    Err(_) => drop(old),
+                }
                 tracing::info!(servers = %self.options.bootstrap_servers, "Kafka producer renewed after a failed batch");
             }
             Err(e) => tracing::warn!(error = %e, "could not renew the Kafka producer"),
@@ -212,6 +216,8 @@ impl KafkaPublisher {
         // only about once a second, later still on a busy machine: this guard only catches a
         // producer that hangs.
         let limit = self.options.timeout + GUARD_MARGIN;
+        // The bus' own publish timeout may cancel this call first: renew then too.
+        let mut unfinished = RenewIfAbandoned(Some(self));
         let result = match tokio::time::timeout(limit, self.send(batch)).await {
             Ok(result) => result,
             Err(_) => Err(PublishError::new(
@@ -224,6 +230,7 @@ impl KafkaPublisher {
                 ),
             )),
         };
+        unfinished.0 = None;
         let Err(e) = result else { return Ok(()) };
         if e.kind() == PublishErrorKind::Rejected {
             return Err(e);
@@ -263,6 +270,18 @@ impl KafkaPublisher {
                 .collect::<Vec<_>>()
                 .join(", ")
         )))
+    }
+}
+
+/// Renews the producer when a batch is abandoned half-way (its future dropped): the producer
+/// may be what got stuck.
+struct RenewIfAbandoned<'a>(Option<&'a KafkaPublisher>);
+
+impl Drop for RenewIfAbandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(publisher) = self.0 {
+            publisher.renew();
+        }
     }
 }
 

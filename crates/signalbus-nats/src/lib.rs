@@ -14,7 +14,7 @@
 //! | parameter | default | meaning |
 //! |---|---|---|
 //! | `timeout_ms` | `10000` | limit of the connect and of waiting for the acks of a batch |
-//! | `token` | none | authenticate with a token instead of user and password |
+//! | `token` | none | authenticate with a token instead of user and password (`nats://TOKEN@host` works too) |
 //! | `name` | `signalbus` | the client name the server shows |
 //! | `subject` | `destination` | `destination_key`: subject = destination + `.` + routing key; `destination`: the destination alone |
 #![forbid(unsafe_code)]

@@ -44,9 +44,21 @@ impl std::fmt::Debug for NatsOptions {
 impl NatsOptions {
     /// Parse `nats://[user:password@]host[:port][?params]`.
     pub fn from_url(url: &str) -> Result<Self> {
-        let display = redact_url(url);
-        let mut parsed = url::Url::parse(url)
-            .map_err(|e| Error::Config(format!("bus URL `{display}` is not a valid URL: {e}")))?;
+        let mut parsed = url::Url::parse(url).map_err(|e| {
+            Error::Config(format!(
+                "bus URL `{}` is not a valid URL: {e}",
+                redact_url(url)
+            ))
+        })?;
+        // `nats://TOKEN@host` (a user without a password) is the NATS way of writing a token:
+        // mask it like a password.
+        let display = if !parsed.username().is_empty() && parsed.password().is_none() {
+            let mut shown = parsed.clone();
+            let _ = shown.set_username("***");
+            redact_url(shown.as_str())
+        } else {
+            redact_url(url)
+        };
         if parsed.scheme() != "nats" {
             return Err(Error::Config(format!(
                 "bus URL `{display}`: scheme `{}:` is not NATS; use `nats://host:4222`",
@@ -100,18 +112,37 @@ impl NatsOptions {
         }
         // async-nats does not take credentials from the server address: pass them explicitly
         // and keep them out of the address it may log.
-        if !parsed.username().is_empty() {
-            let decode = |part: &str| {
-                percent_decode(part).ok_or_else(|| {
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|text| text.into_owned())
+                .map_err(|_| {
                     Error::Config(format!(
-                        "bus URL `{display}`: the user or password is not valid percent-encoded UTF-8"
+                        "bus URL `{display}`: the user, password or token is not valid \
+                         percent-encoded UTF-8"
                     ))
                 })
-            };
-            options.user_password = Some((
-                decode(parsed.username())?,
-                decode(parsed.password().unwrap_or_default())?,
-            ));
+        };
+        let from_url_token = match (parsed.username(), parsed.password()) {
+            ("", None) => None,
+            ("", Some(_)) => {
+                return Err(Error::Config(format!(
+                    "bus URL `{display}` has a password but no user; write `nats://user:password@host`"
+                )));
+            }
+            (token, None) => Some(decode(token)?),
+            (user, Some(password)) => {
+                options.user_password = Some((decode(user)?, decode(password)?));
+                None
+            }
+        };
+        if let Some(token) = from_url_token {
+            if options.token.is_some() {
+                return Err(Error::Config(format!(
+                    "bus URL `{display}` gives a token twice (before `@` and as `token=`)"
+                )));
+            }
+            options.token = Some(token);
         }
         if options.user_password.is_some() && options.token.is_some() {
             return Err(Error::Config(format!(
@@ -136,12 +167,6 @@ impl NatsOptions {
     }
 }
 
-fn percent_decode(part: &str) -> Option<String> {
-    url::form_urlencoded::parse(format!("x={}", part.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, value)| value.into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,11 +178,15 @@ mod tests {
         assert_eq!(o.name, "svc");
         assert_eq!(o.server, "nats://h:4222");
         assert_eq!(o.user_password, Some(("u".to_owned(), "secret".to_owned())));
-        let o = NatsOptions::from_url("nats://u%40x:p%2Fw+1@h").unwrap();
+        let o = NatsOptions::from_url("nats://u%40x:p%2Fw+1&a=b%25@h").unwrap();
         assert_eq!(
             o.user_password,
-            Some(("u@x".to_owned(), "p/w+1".to_owned()))
+            Some(("u@x".to_owned(), "p/w+1&a=b%".to_owned()))
         );
+        let o = NatsOptions::from_url("nats://s3cr3t-tok@h:4222").unwrap();
+        assert_eq!(o.token.as_deref(), Some("s3cr3t-tok"));
+        assert_eq!(o.server, "nats://h:4222");
+        assert!(!format!("{o:?}").contains("s3cr3t"));
         assert!(!format!("{o:?}").contains("secret"));
         assert_eq!(o.subject("orders", Some("placed")), "orders.placed");
         let o = NatsOptions::from_url("nats://h?subject=destination").unwrap();
@@ -167,6 +196,9 @@ mod tests {
             "nats://u:secret@h?x=1",
             "nats://u:secret@h?timeout_ms=-1",
             "nats://u:secret@h?token=t",
+            "nats://:secret@h",
+            "nats://secret@h?token=t",
+            "nats://u:%FFsecret@h",
         ] {
             let e = NatsOptions::from_url(bad).unwrap_err().to_string();
             assert!(!e.contains("secret") && e.contains("bus URL"), "{e}");

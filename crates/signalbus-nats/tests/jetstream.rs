@@ -233,6 +233,11 @@ async fn user_password_and_token_credentials_are_used_and_never_shown() {
     ))
     .await
     .expect("the right token is accepted");
+    publish_one(&format!(
+        "nats://t0ken-abc@127.0.0.1:{port}?timeout_ms=3000"
+    ))
+    .await
+    .expect("a token before `@` is a token");
     let e = publish_one(&format!(
         "nats://127.0.0.1:{port}?token=t0ken-bad&timeout_ms=3000"
     ))
