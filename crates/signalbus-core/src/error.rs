@@ -104,6 +104,10 @@ pub enum Error {
     /// The bus' background auto-flush task is gone (the runtime is shutting down).
     #[error("the auto-flush task of the signal bus has stopped")]
     Stopped,
+
+    /// The auto-flush round panicked (usually in the publisher); its signals stay pending.
+    #[error("the auto-flush round panicked: {0}; the signals stay pending")]
+    Panicked(String),
 }
 
 impl Error {

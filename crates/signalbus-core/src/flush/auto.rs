@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 use crate::registry::TypeIdx;
 use crate::storage::Backend;
 use crate::transaction::DeliveryReport;
+use futures_util::FutureExt;
 use std::collections::{BTreeMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -94,7 +96,17 @@ pub(crate) async fn run<DB: Backend>(
         }
         let (shared, breaker) = (shared.clone(), breaker.clone());
         tokio::spawn(async move {
-            flush_round(&shared, &breaker, round).await;
+            let mut round = round;
+            // A panicking publisher must not leave the waiting transactions with a vague
+            // "stopped": they get the panic as the reason their signals stay pending.
+            let outcome = AssertUnwindSafe(flush_round(&shared, &breaker, &mut round))
+                .catch_unwind()
+                .await;
+            if let Err(panic) = outcome {
+                let message = panic_message(&*panic);
+                tracing::error!(%message, "an auto-flush round panicked; its signals stay pending");
+                reply_pending(round, Arc::new(Error::Panicked(message)));
+            }
             drop(permit);
         });
     }
@@ -104,13 +116,15 @@ pub(crate) async fn run<DB: Backend>(
         .await;
 }
 
+/// Send one round and answer its requests (taken out of `round` only then, so that a panic
+/// leaves them to the caller).
 async fn flush_round<DB: Backend>(
     shared: &Shared<DB>,
     breaker: &Breaker,
-    round: Vec<FlushRequest>,
+    round: &mut Vec<FlushRequest>,
 ) {
     let mut by_type: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
-    for request in &round {
+    for request in round.iter() {
         for &(idx, id) in &request.items {
             by_type.entry(idx).or_default().push(id);
         }
@@ -118,7 +132,9 @@ async fn flush_round<DB: Backend>(
     for ids in by_type.values_mut() {
         ids.sort_unstable();
     }
-    match send_round(shared, by_type).await {
+    let result = send_round(shared, by_type).await;
+    let round = std::mem::take(round);
+    match result {
         Ok(sent) => {
             breaker.close();
             for request in round {
@@ -145,6 +161,15 @@ async fn flush_round<DB: Backend>(
             reply_pending(round, error);
         }
     }
+}
+
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Report every request of a round as left pending because of `error`.

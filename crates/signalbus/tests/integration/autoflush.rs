@@ -434,6 +434,10 @@ async fn a_panicking_publisher_loses_nothing<DB: TestBackend>() {
     let first = tx.send(&order(1)).await.unwrap();
     let report = tx.commit_and_wait().await.unwrap();
     assert_eq!((report.sent, report.pending), (0, 1), "{report:?}");
+    assert!(
+        matches!(report.error.as_deref(), Some(Error::Panicked(m)) if m.contains("on purpose")),
+        "{report:?}"
+    );
     assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 1);
 
     let mut tx = bus.begin().await.unwrap();
