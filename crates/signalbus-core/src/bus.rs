@@ -23,6 +23,8 @@ pub(crate) struct Config {
     pub max_batch: usize,
     /// Auto-flush rounds that may run at the same time.
     pub flush_workers: usize,
+    /// How long auto-flush stops trying after the bus failed.
+    pub failure_pause: Duration,
 }
 
 impl Config {
@@ -31,6 +33,7 @@ impl Config {
             publish_timeout: DB::DEFAULT_PUBLISH_TIMEOUT,
             max_batch: 1000,
             flush_workers: 2,
+            failure_pause: Duration::from_secs(1),
         }
     }
 }
@@ -211,6 +214,15 @@ impl<DB: Backend> SignalBusBuilder<DB> {
     /// Auto-flush rounds that may run at the same time (default 2, at most 64).
     pub fn flush_workers(mut self, n: usize) -> Self {
         self.config.flush_workers = n.clamp(1, MAX_FLUSH_WORKERS);
+        self
+    }
+
+    /// How long auto-flush stops trying after a publish failed (default 1 s): transactions
+    /// committed meanwhile are answered at once as pending, instead of each waiting for a
+    /// publish timeout; the first round after the pause tries the bus again. Zero turns the
+    /// pause off.
+    pub fn failure_pause(mut self, pause: Duration) -> Self {
+        self.config.failure_pause = pause;
         self
     }
 

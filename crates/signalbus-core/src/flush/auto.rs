@@ -26,28 +26,35 @@ pub(crate) struct FlushRequest {
     pub reply: oneshot::Sender<DeliveryReport>,
 }
 
-/// How long auto-flush stops trying after the bus failed: requests arriving meanwhile are
-/// answered at once as pending (their rows stay for the next flush) instead of queueing up
-/// behind publish timeouts. The first round after the pause probes the bus again.
-const BREAKER_PAUSE: Duration = Duration::from_secs(1);
-
-/// Open after a publish failure, until the pause is over.
-#[derive(Default)]
-struct Breaker(Mutex<Option<(Instant, Arc<Error>)>>);
+/// Open after a publish failure, until the pause (`failure_pause`) is over: requests
+/// arriving meanwhile are answered at once as pending (their rows stay for the next flush)
+/// instead of queueing up behind publish timeouts. The first round after the pause probes
+/// the bus again.
+struct Breaker {
+    pause: Duration,
+    state: Mutex<Option<(Instant, Arc<Error>)>>,
+}
 
 impl Breaker {
+    fn new(pause: Duration) -> Self {
+        Breaker {
+            pause,
+            state: Mutex::new(None),
+        }
+    }
+
     fn open(&self, error: Arc<Error>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((Instant::now() + BREAKER_PAUSE, error));
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now() + self.pause, error));
     }
 
     fn close(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The failure that opened it, while it is open.
     fn is_open(&self) -> Option<Arc<Error>> {
-        let state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state
             .as_ref()
             .filter(|(until, _)| Instant::now() < *until)
@@ -61,7 +68,7 @@ pub(crate) async fn run<DB: Backend>(
     mut rx: mpsc::UnboundedReceiver<FlushRequest>,
 ) {
     let workers = Arc::new(Semaphore::new(shared.config.flush_workers));
-    let breaker = Arc::new(Breaker::default());
+    let breaker = Arc::new(Breaker::new(shared.config.failure_pause));
     let mut carry: Option<FlushRequest> = None;
     loop {
         // Wait for a free worker first: meanwhile requests queue up and the round gets bigger.

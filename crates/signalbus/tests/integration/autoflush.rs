@@ -8,11 +8,19 @@ use signalbus::{Error, Selection, Signal, SignalBus};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// A little more than the auto-flush's pause after a bus failure.
-const BREAKER_PAUSE: Duration = Duration::from_millis(1200);
+/// The auto-flush's pause after a bus failure in these tests: long, so that a slow machine
+/// cannot end it between a failure and the commit that checks it.
+const FAILURE_PAUSE: Duration = Duration::from_secs(30);
 
 async fn setup<DB: TestBackend>(
     pool_size: u32,
+) -> (crate::common::TestDb<DB>, SignalBus<DB>, MemoryPublisher) {
+    setup_with_pause(pool_size, FAILURE_PAUSE).await
+}
+
+async fn setup_with_pause<DB: TestBackend>(
+    pool_size: u32,
+    pause: Duration,
 ) -> (crate::common::TestDb<DB>, SignalBus<DB>, MemoryPublisher) {
     let db = DB::create(pool_size).await;
     DB::create_business_table(&db.pool).await;
@@ -22,6 +30,7 @@ async fn setup<DB: TestBackend>(
         .register::<OrderPlaced>()
         .register::<InvoiceSent>()
         .register::<AuditTrail>()
+        .failure_pause(pause)
         .build()
         .unwrap();
     bus.migrate().await.unwrap();
@@ -375,7 +384,8 @@ async fn concurrent_transactions_with_concurrent_flushmany<DB: TestBackend>() {
 /// Signal tables made by the service's own migrations (no `migrate` bookkeeping): flushing
 /// works, and a failed publish still rolls back (MySQL: no DDL inside flush transactions).
 async fn tables_created_elsewhere<DB: TestBackend>() {
-    let (db, bus, outbox) = setup::<DB>(5).await;
+    let pause = Duration::from_millis(200);
+    let (db, bus, outbox) = setup_with_pause::<DB>(5, pause).await;
     DB::forget_flush_locks(&db.pool).await;
     outbox.set_down(true);
     let mut tx = bus.begin().await.unwrap();
@@ -388,7 +398,7 @@ async fn tables_created_elsewhere<DB: TestBackend>() {
         "rolled back, kept"
     );
     outbox.set_down(false);
-    tokio::time::sleep(BREAKER_PAUSE).await; // auto-flush pauses after a bus failure
+    tokio::time::sleep(pause * 2).await; // auto-flush pauses after a bus failure
     let mut tx = bus.begin().await.unwrap();
     tx.send(&order(2)).await.unwrap();
     assert_eq!(tx.commit_and_wait().await.unwrap().sent, 1);
