@@ -328,7 +328,10 @@ async fn reconnects_after_the_server_closed_the_connection() {
         }
     }
     assert!(ok, "the publisher did not reconnect");
-    assert_eq!(fx.drain().await.len(), sent);
+    // A batch that failed while the connection went away may have reached the queue anyway
+    // (at-least-once): every confirmed one must be there, extras are allowed.
+    let drained = fx.drain().await.len();
+    assert!(drained >= sent, "{drained} drained, {sent} confirmed");
     fx.cleanup().await;
 }
 

@@ -216,8 +216,9 @@ impl KafkaPublisher {
         // only about once a second, later still on a busy machine: this guard only catches a
         // producer that hangs.
         let limit = self.options.timeout + GUARD_MARGIN;
-        // The bus' own publish timeout may cancel this call first: renew then too.
-        let mut unfinished = RenewIfAbandoned(Some(self));
+        // A fresh producer after any failure but a refusal, also when the bus' own publish
+        // timeout cancels this call first: the guard renews when dropped armed.
+        let mut renew = RenewIfAbandoned(Some(self));
         let result = match tokio::time::timeout(limit, self.send(batch)).await {
             Ok(result) => result,
             Err(_) => Err(PublishError::new(
@@ -230,14 +231,16 @@ impl KafkaPublisher {
                 ),
             )),
         };
-        unfinished.0 = None;
-        let Err(e) = result else { return Ok(()) };
-        if e.kind() == PublishErrorKind::Rejected {
-            return Err(e);
-        }
-        self.renew();
+        let e = match result {
+            Err(e) if e.kind() != PublishErrorKind::Rejected => e,
+            done => {
+                renew.0 = None;
+                return done;
+            }
+        };
+        // librdkafka waits for a missing topic until the message times out: say so. Asked
+        // through the producer in use, which is connected, before it is replaced.
         if e.kind() == PublishErrorKind::Timeout {
-            // librdkafka waits for a missing topic until the message times out: say so.
             return Err(self.missing_topic(batch).await.unwrap_or(e));
         }
         Err(e)
@@ -247,7 +250,7 @@ impl KafkaPublisher {
     /// names them; `None` when they all exist or the broker cannot be asked.
     async fn missing_topic(&self, batch: &[Message]) -> Option<PublishError> {
         let client = self.producer();
-        let limit = self.options.timeout.min(Duration::from_secs(2));
+        let limit = self.options.timeout.min(Duration::from_secs(5));
         // All topics: asking for one by name could create it on a broker that auto-creates.
         let metadata =
             tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, limit))
@@ -273,8 +276,8 @@ impl KafkaPublisher {
     }
 }
 
-/// Renews the producer when a batch is abandoned half-way (its future dropped): the producer
-/// may be what got stuck.
+/// Renews the producer when dropped while still holding it: after a failed batch, and when
+/// the batch is abandoned half-way (its future dropped). The producer may be what got stuck.
 struct RenewIfAbandoned<'a>(Option<&'a KafkaPublisher>);
 
 impl Drop for RenewIfAbandoned<'_> {

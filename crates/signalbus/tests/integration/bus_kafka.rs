@@ -91,7 +91,7 @@ impl Kafka {
 
 impl BusFixture for Kafka {
     fn url(&self) -> String {
-        format!("kafka://{SERVERS}?timeout_ms=3000")
+        format!("kafka://{SERVERS}?timeout_ms=10000")
     }
     fn ready(&self) -> Route {
         (self.topic("ready"), "key-1".into())

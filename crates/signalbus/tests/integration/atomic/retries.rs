@@ -130,7 +130,7 @@ where
                 let attempts = &attempts;
                 // Locks in id order: conflicts, but no deadlocks.
                 let (first, second) = (from.min(to), from.max(to));
-                bus.atomic_with(&fast(100).sqlite_begin(sqlite_begin(i)), |tx| {
+                bus.atomic_with(&fast(1000).sqlite_begin(sqlite_begin(i)), |tx| {
                     Box::pin(async move {
                         attempts.fetch_add(1, SeqCst);
                         move_money(tx, first, second, from, amount).await
