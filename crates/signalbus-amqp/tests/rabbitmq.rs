@@ -6,6 +6,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use signalbus_amqp::AmqpPublisher;
 use signalbus_core::{Message, PublishErrorKind, Publisher};
+use signalbus_testkit::rabbitmq::close_connection_named;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -276,26 +277,6 @@ async fn a_missing_exchange_is_named_and_the_publisher_recovers() {
         .unwrap();
     assert_eq!(fx.drain().await.len(), 1);
     fx.cleanup().await;
-}
-
-/// Close our own connection from the server side (never the other tests' ones).
-fn close_connection_named(name: &str) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "-q"])
-        .output()
-        .expect("rabbitmqctl is needed to close a connection from the server side");
-    let listing = String::from_utf8_lossy(&out.stdout);
-    let pid = listing
-        .lines()
-        .find(|l| l.contains(name))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no connection named {name} in:\n{listing}"))
-        .to_owned();
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", &pid, "signalbus test closes it"])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[tokio::test]

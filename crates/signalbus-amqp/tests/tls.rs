@@ -24,12 +24,10 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto::ring};
 const PLAIN: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const BROKER: &str = "127.0.0.1:5672";
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as files in `dir`.
-struct Pki {
-    server: ServerConfig,
-}
-
-fn make_pki(dir: &Path) -> Pki {
+/// A CA, a server certificate for 127.0.0.1 and a client certificate: the CA and the client's
+/// files are written to `dir`; returns the proxy's TLS configuration, which requires a client
+/// certificate from that CA.
+fn make_pki(dir: &Path) -> ServerConfig {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -62,7 +60,7 @@ fn make_pki(dir: &Path) -> Pki {
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .unwrap();
-    let server = ServerConfig::builder_with_provider(provider)
+    ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_client_cert_verifier(verifier)
@@ -70,8 +68,7 @@ fn make_pki(dir: &Path) -> Pki {
             vec![CertificateDer::from(server_cert.der().to_vec())],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
         )
-        .unwrap();
-    Pki { server }
+        .unwrap()
 }
 
 /// Accept TLS on a free port of 127.0.0.1 and forward the plain stream to RabbitMQ.
@@ -112,8 +109,7 @@ fn message(queue: &str, n: usize) -> Message {
 #[tokio::test]
 async fn amqps_verifies_the_broker_and_presents_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
-    let port = start_proxy(pki.server).await;
+    let port = start_proxy(make_pki(dir.path())).await;
     let d = dir.path().display();
 
     // The broker's certificate comes from a CA the system does not trust.

@@ -227,7 +227,7 @@ impl KafkaPublisher {
                     "Kafka did not report delivery of {} message(s) to {} within {limit:?}; \
                      the batch stays pending",
                     batch.len(),
-                    topic_list(batch)
+                    named_topics(&topics(batch))
                 ),
             )),
         };
@@ -266,12 +266,8 @@ impl KafkaPublisher {
             return None;
         }
         Some(PublishError::rejected(format!(
-            "Kafka has no topic {}: create it first; the batch stays pending",
-            missing
-                .iter()
-                .map(|t| format!("`{t}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "Kafka has no {}: create it first; the batch stays pending",
+            named_topics(&missing)
         )))
     }
 }
@@ -302,8 +298,7 @@ fn topics(batch: &[Message]) -> Vec<&str> {
 }
 
 /// `topic `a`` or `topics `a`, `b``, for error messages.
-fn topic_list(batch: &[Message]) -> String {
-    let names = topics(batch);
+fn named_topics(names: &[&str]) -> String {
     let quoted: Vec<String> = names.iter().map(|t| format!("`{t}`")).collect();
     match names.len() {
         1 => format!("topic {}", quoted[0]),

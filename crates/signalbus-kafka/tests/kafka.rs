@@ -1,73 +1,14 @@
 //! Against a real Kafka-protocol broker on 127.0.0.1:9092 (tansu, started by
 //! `scripts/kafka.sh start`). Every test uses its own topics and deletes them.
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message as _, OwnedMessage};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::message::Message as _;
 use signalbus_core::{Message, PublishErrorKind, Publisher};
 use signalbus_kafka::KafkaPublisher;
+use signalbus_testkit::kafka::{
+    SERVERS, create_topic, create_topic_at, delete_topic, header, read_topic,
+};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-const SERVERS: &str = "127.0.0.1:9092";
-
-fn admin() -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", SERVERS)
-        .create()
-        .unwrap()
-}
-
-async fn create_topic(name: &str) {
-    for r in admin()
-        .create_topics(
-            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("a Kafka broker must run on 127.0.0.1:9092 (scripts/kafka.sh start)")
-    {
-        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-    }
-}
-
-async fn delete_topic(name: &str) {
-    let _ = admin().delete_topics(&[name], &AdminOptions::new()).await;
-}
-
-fn read(topic: &str, n: usize) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", SERVERS)
-        .set(
-            "group.id",
-            format!("sbtest-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut out = Vec::new();
-    while out.len() < n && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push(m.detach());
-        }
-    }
-    out
-}
-
-fn header(m: &OwnedMessage, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
+use std::time::Duration;
 
 fn message(topic: &str, n: usize) -> Message {
     Message {
@@ -95,7 +36,7 @@ async fn batch_reads_back_in_order_with_key_id_and_headers() {
     let batch: Vec<_> = (0..40).map(|n| message(&topic, n)).collect();
     publisher.publish(&batch).await.unwrap();
     let t = topic.clone();
-    let got = tokio::task::spawn_blocking(move || read(&t, 40))
+    let got = tokio::task::spawn_blocking(move || read_topic(&t, 40))
         .await
         .unwrap();
     assert_eq!(got.len(), 40);
@@ -143,7 +84,7 @@ async fn a_missing_topic_is_an_error_until_it_is_created() {
     assert!(sent, "publishing still fails after the topic was created");
     let t = topic.clone();
     assert_eq!(
-        tokio::task::spawn_blocking(move || read(&t, 2))
+        tokio::task::spawn_blocking(move || read_topic(&t, 2))
             .await
             .unwrap()
             .len(),
@@ -196,23 +137,6 @@ async fn wait_listening(port: u16) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("private tansu did not start on port {port}");
-}
-
-async fn create_topic_at(servers: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .create()
-        .unwrap();
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-    }
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use crate::on_every_database;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use signalbus_testkit::rabbitmq::close_connection_named;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -148,27 +149,6 @@ impl BusFixture for Amqp {
             .await
             .unwrap();
     }
-}
-
-/// Close our own connection from the server side (never the other tests' ones).
-fn close_connection_named(name: &str) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "-q"])
-        .output()
-        .expect("rabbitmqctl is needed to close a connection from the server side");
-    let listing = String::from_utf8_lossy(&out.stdout);
-    let pid = listing
-        .lines()
-        .find(|l| l.contains(name))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no connection named {name} in:\n{listing}"))
-        .to_owned();
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", &pid, "signalbus test closes it"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 on_every_database!(amqp_end_to_end);

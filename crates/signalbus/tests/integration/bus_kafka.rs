@@ -4,72 +4,8 @@
 use crate::buses::{BusFixture, Received, Route, end_to_end};
 use crate::common::TestBackend;
 use crate::on_every_database;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::time::{Duration, Instant};
-
-const SERVERS: &str = "127.0.0.1:9092";
-
-pub async fn create_topic(name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", SERVERS)
-        .create()
-        .unwrap();
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("a Kafka broker must run on 127.0.0.1:9092 (scripts/kafka.sh start)");
-    for r in results {
-        r.unwrap_or_else(|(topic, e)| panic!("create topic {topic}: {e}"));
-    }
-}
-
-pub async fn delete_topic(name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", SERVERS)
-        .create()
-        .unwrap();
-    let _ = admin.delete_topics(&[name], &AdminOptions::new()).await;
-}
-
-/// The first `n` messages of partition 0 of `topic`, read from the beginning.
-pub fn read_topic(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", SERVERS)
-        .set(
-            "group.id",
-            format!("sbtest-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut out = Vec::new();
-    while out.len() < n && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push(m.detach());
-        }
-    }
-    out
-}
-
-pub fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
+use rdkafka::message::Message as _;
+use signalbus_testkit::kafka::{SERVERS, create_topic, delete_topic, header, read_topic};
 
 struct Kafka {
     suffix: String,

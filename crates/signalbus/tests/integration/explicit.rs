@@ -37,11 +37,8 @@ on_every_database!(
     progress_reports_and_stops_after_a_burst,
 );
 
-const WRITERS: i64 = 8;
-const TX_PER_WRITER: i64 = 25;
-
-async fn flushordered_never_goes_backwards<DB: TestBackend>() {
-    let db: TestDb<DB> = DB::create(WRITERS as u32 + 4).await;
+/// A bus with `LedgerEntry` registered and migrated, delivering to memory.
+async fn ledger_bus<DB: TestBackend>(db: &TestDb<DB>) -> (SignalBus<DB>, MemoryPublisher) {
     let outbox = MemoryPublisher::new();
     let bus = SignalBus::builder(db.pool.clone())
         .publisher(outbox.clone())
@@ -49,6 +46,15 @@ async fn flushordered_never_goes_backwards<DB: TestBackend>() {
         .build()
         .unwrap();
     bus.migrate().await.unwrap();
+    (bus, outbox)
+}
+
+const WRITERS: i64 = 8;
+const TX_PER_WRITER: i64 = 25;
+
+async fn flushordered_never_goes_backwards<DB: TestBackend>() {
+    let db: TestDb<DB> = DB::create(WRITERS as u32 + 4).await;
+    let (bus, outbox) = ledger_bus(&db).await;
     // message id -> (order key, row id) of every committed signal.
     let committed = Arc::new(Mutex::new(HashMap::new()));
     let mut writers = Vec::new();
@@ -161,13 +167,7 @@ async fn flush_wait_does_not_resend_inflight_autoflushes<DB: TestBackend>() {
 
 async fn progress_reports_and_stops_after_a_burst<DB: TestBackend>() {
     let db: TestDb<DB> = DB::create(4).await;
-    let outbox = MemoryPublisher::new();
-    let bus = SignalBus::builder(db.pool.clone())
-        .publisher(outbox.clone())
-        .register::<LedgerEntry>()
-        .build()
-        .unwrap();
-    bus.migrate().await.unwrap();
+    let (bus, outbox) = ledger_bus(&db).await;
     let mut tx = bus.begin().await.unwrap();
     for seq in 0..30 {
         tx.send(&LedgerEntry { writer: 0, seq }).await.unwrap();
@@ -239,13 +239,7 @@ async fn flushordered_until<DB: TestBackend>(bus: &SignalBus<DB>, want: usize) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushordered_after_restore_from_dump_postgres() {
     let db: TestDb<sqlx::Postgres> = <sqlx::Postgres as TestBackend>::create(4).await;
-    let outbox = MemoryPublisher::new();
-    let bus = SignalBus::builder(db.pool.clone())
-        .publisher(outbox.clone())
-        .register::<LedgerEntry>()
-        .build()
-        .unwrap();
-    bus.migrate().await.unwrap();
+    let (bus, outbox) = ledger_bus(&db).await;
     let mut tx = bus.begin().await.unwrap();
     tx.send(&LedgerEntry { writer: 1, seq: 0 }).await.unwrap();
     tx.commit().await.unwrap();
@@ -283,13 +277,7 @@ async fn flushordered_after_restore_from_dump_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushordered_waits_for_open_transactions_postgres() {
     let db: TestDb<sqlx::Postgres> = <sqlx::Postgres as TestBackend>::create(4).await;
-    let outbox = MemoryPublisher::new();
-    let bus = SignalBus::builder(db.pool.clone())
-        .publisher(outbox.clone())
-        .register::<LedgerEntry>()
-        .build()
-        .unwrap();
-    bus.migrate().await.unwrap();
+    let (bus, outbox) = ledger_bus(&db).await;
     let mut early = bus.begin().await.unwrap();
     early
         .send(&LedgerEntry { writer: 1, seq: 0 })
