@@ -160,6 +160,7 @@ async fn run_workers(args: &Args, n: usize) -> Result<f64, Box<dyn std::error::E
     let mut children = Vec::with_capacity(n);
     for _ in 0..n {
         let mut child = tokio::process::Command::new(&exe)
+            .args(["--runtime", crate::stats::runtime()])
             .args(["flushmany", "--worker", "--bus", &args.bus])
             .args(["--burst", &args.burst.to_string()])
             .env("DATABASE_URL", &args.database_url)

@@ -9,13 +9,24 @@ mod raw;
 mod setup;
 mod stats;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks of signalbus; results are JSON lines on standard output")]
 struct Cli {
+    /// The tokio runtime to run on. On a small machine that the database and the broker
+    /// share, `current-thread` saves the cross-thread wake-ups of `multi-thread` (tokio's
+    /// default); compare both at concurrency 1.
+    #[arg(long, value_enum, default_value_t = Runtime::MultiThread, global = true)]
+    runtime: Runtime,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Runtime {
+    MultiThread,
+    CurrentThread,
 }
 
 #[derive(Subcommand)]
@@ -30,10 +41,28 @@ enum Command {
     Raw(raw::Args),
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let (mut builder, label) = match cli.runtime {
+        Runtime::MultiThread => (tokio::runtime::Builder::new_multi_thread(), "multi-thread"),
+        Runtime::CurrentThread => (
+            tokio::runtime::Builder::new_current_thread(),
+            "current-thread",
+        ),
+    };
+    stats::set_runtime(label);
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("signalbus-bench: cannot start the tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(run(cli.command));
+}
+
+async fn run(command: Command) {
+    let result = match command {
         Command::Autoflush(args) => autoflush::run(args).await,
         Command::Flushmany(args) => flushmany::run(args).await,
         Command::Raw(args) => raw::run(args).await,

@@ -36,7 +36,23 @@ pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// The tokio runtime's name, added to every result line.
+static RUNTIME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Name the tokio runtime in every line emitted from now on.
+pub fn set_runtime(label: &'static str) {
+    let _ = RUNTIME.set(label);
+}
+
+/// The tokio runtime's name, as `--runtime` takes it.
+pub fn runtime() -> &'static str {
+    RUNTIME.get().copied().unwrap_or("multi-thread")
+}
+
 /// Print one result as a JSON line.
-pub fn emit(value: serde_json::Value) {
+pub fn emit(mut value: serde_json::Value) {
+    if let (Some(object), Some(runtime)) = (value.as_object_mut(), RUNTIME.get()) {
+        object.insert("runtime".into(), (*runtime).into());
+    }
     println!("{value}");
 }
