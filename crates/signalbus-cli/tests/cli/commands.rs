@@ -1,16 +1,13 @@
 //! Output, names, exit codes, errors and `--repeat` of the binary.
 
-use crate::{BIN, Scratch, TWO_TYPES, insert_sqlite, received, sqlite_pool, text};
+use crate::{BIN, Scratch, TWO_TYPES, insert_sqlite, received, text};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn signals_pending_and_migrate_output() {
     let s = Scratch::new(TWO_TYPES);
-    let url = s.sqlite_url();
-    let out = s.run(&url, &["migrate"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let pool = sqlite_pool(&url).await;
+    let (url, pool) = s.migrated_sqlite().await;
     insert_sqlite(&pool, "alpha_signal", &["1", "2", "3"]).await;
 
     // Listing needs no database at all.
@@ -58,9 +55,7 @@ async fn signals_pending_and_migrate_output() {
 #[tokio::test]
 async fn names_exclude_unknown_and_exit_codes() {
     let s = Scratch::new(TWO_TYPES);
-    let url = s.sqlite_url();
-    assert!(s.run(&url, &["migrate"]).status.success());
-    let pool = sqlite_pool(&url).await;
+    let (url, pool) = s.migrated_sqlite().await;
     insert_sqlite(&pool, "alpha_signal", &["a1", "a2", "a3"]).await;
     insert_sqlite(&pool, "beta", &["b1"]).await;
     let bus = s.bus("out.jsonl");
@@ -228,9 +223,7 @@ async fn failures_are_one_clear_line_without_credentials() {
 #[tokio::test]
 async fn repeat_keeps_flushing_and_stops_cleanly_on_sigterm() {
     let s = Scratch::new(TWO_TYPES);
-    let url = s.sqlite_url();
-    assert!(s.run(&url, &["migrate"]).status.success());
-    let pool = sqlite_pool(&url).await;
+    let (url, pool) = s.migrated_sqlite().await;
     let mut child = s
         .cmd(&url)
         .args([
@@ -290,9 +283,7 @@ async fn repeat_keeps_flushing_and_stops_cleanly_on_sigterm() {
 #[tokio::test]
 async fn a_failure_half_way_reports_what_was_already_sent() {
     let s = Scratch::new(TWO_TYPES);
-    let url = s.sqlite_url();
-    assert!(s.run(&url, &["migrate"]).status.success());
-    let pool = sqlite_pool(&url).await;
+    let (url, pool) = s.migrated_sqlite().await;
     let missing = format!("sbtest-missing-{}", uuid::Uuid::new_v4().simple());
     // `alpha` flushes in bursts of 2: the first burst goes to an exchange that exists, the
     // second to one that does not.

@@ -28,6 +28,15 @@ impl Scratch {
     pub fn sqlite_url(&self) -> String {
         format!("sqlite:{}", self.path("db.sqlite").display())
     }
+    /// The SQLite database after `signalbus migrate` (asserted to succeed): its URL, and a
+    /// pool on it for setting up and checking rows.
+    pub async fn migrated_sqlite(&self) -> (String, sqlx::SqlitePool) {
+        let url = self.sqlite_url();
+        let out = self.run(&url, &["migrate"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let pool = sqlite_pool(&url).await;
+        (url, pool)
+    }
     pub fn bus(&self, name: &str) -> String {
         format!("file:{}", self.path(name).display())
     }

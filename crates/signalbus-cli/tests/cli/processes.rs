@@ -1,6 +1,6 @@
 //! Several `signalbus flushmany` processes on one backlog: every row sent exactly once.
 
-use crate::{Scratch, received, sqlite_pool, text};
+use crate::{Scratch, received, text};
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Instant;
@@ -130,9 +130,7 @@ async fn four_flushmany_processes_drain_100k_mariadb() {
 #[tokio::test]
 async fn four_flushmany_processes_drain_20k_sqlite() {
     let s = Scratch::new(BULK);
-    let url = s.sqlite_url();
-    assert!(s.run(&url, &["migrate"]).status.success());
-    let pool = sqlite_pool(&url).await;
+    let (url, pool) = s.migrated_sqlite().await;
     sqlx::query(
         "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 20000) \
          INSERT INTO bulk (topic, body) SELECT 'bulk', CAST(CAST(n AS TEXT) AS BLOB) FROM g",
