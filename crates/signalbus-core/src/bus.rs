@@ -2,17 +2,17 @@
 //! auto-flush task, behind one cheaply cloned handle.
 
 use crate::error::{Error, Result};
-use crate::flush::auto::{self, FlushRequest};
+use crate::flush::auto::{self, CloseRequest, FlushRequest};
 use crate::publisher::{BoxPublisher, Publisher, PublisherExt};
 use crate::registry::{Registry, Selection};
 use crate::signal::{Signal, SignalType};
-use crate::storage::{Backend, PendingStats};
+use crate::storage::{Backend, PendingStats, begin_write};
 use crate::transaction::{Recorder, Transaction};
 use sqlx::Pool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Tuning of a bus; every field has a sensible default.
 #[derive(Debug, Clone)]
@@ -25,15 +25,40 @@ pub(crate) struct Config {
     pub flush_workers: usize,
     /// How long auto-flush stops trying after the bus failed.
     pub failure_pause: Duration,
+    /// Transactions that may wait for auto-flush before commits are answered "pending".
+    pub queue_capacity: usize,
 }
 
 impl Config {
+    /// Every setting is checked the same way: a value that cannot work is an error at
+    /// `build()`, never silently changed.
+    fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Config(format!("SignalBus builder: {what}")));
+        if self.publish_timeout.is_zero() {
+            return bad("publish_timeout must be longer than zero");
+        }
+        if self.max_batch == 0 {
+            return bad("max_batch must be at least 1");
+        }
+        if !(1..=MAX_FLUSH_WORKERS).contains(&self.flush_workers) {
+            return bad(&format!(
+                "flush_workers must be from 1 to {MAX_FLUSH_WORKERS} (each holds a pooled connection), not {}",
+                self.flush_workers
+            ));
+        }
+        if self.queue_capacity == 0 {
+            return bad("queue_capacity must be at least 1");
+        }
+        Ok(())
+    }
+
     fn new<DB: Backend>() -> Self {
         Config {
-            publish_timeout: DB::DEFAULT_PUBLISH_TIMEOUT,
+            publish_timeout: DB::DIALECT.default_publish_timeout,
             max_batch: 1000,
             flush_workers: 2,
             failure_pause: Duration::from_secs(1),
+            queue_capacity: 4096,
         }
     }
 }
@@ -47,6 +72,8 @@ pub(crate) struct Shared<DB: Backend> {
     pub publisher: BoxPublisher,
     pub registry: Registry,
     pub autoflush: AtomicBool,
+    /// Set by [`SignalBus::close`]: commits no longer hand signals to the auto-flush.
+    pub closed: AtomicBool,
     pub config: Config,
 }
 
@@ -57,7 +84,8 @@ pub(crate) struct Shared<DB: Backend> {
 /// tokio runtime (it starts the auto-flush task).
 pub struct SignalBus<DB: Backend> {
     pub(crate) shared: Arc<Shared<DB>>,
-    pub(crate) autoflush_tx: mpsc::UnboundedSender<FlushRequest>,
+    pub(crate) autoflush_tx: mpsc::Sender<FlushRequest>,
+    close_tx: mpsc::UnboundedSender<CloseRequest>,
 }
 
 impl<DB: Backend> Clone for SignalBus<DB> {
@@ -65,6 +93,7 @@ impl<DB: Backend> Clone for SignalBus<DB> {
         SignalBus {
             shared: self.shared.clone(),
             autoflush_tx: self.autoflush_tx.clone(),
+            close_tx: self.close_tx.clone(),
         }
     }
 }
@@ -99,7 +128,7 @@ impl<DB: Backend> SignalBus<DB> {
     /// Begin a database transaction in which signals can be sent; business queries run in it
     /// too (it derefs to the connection).
     pub async fn begin(&self) -> Result<Transaction<'static, DB>> {
-        Ok(self.wrap(DB::begin_write(&self.shared.pool).await?))
+        Ok(self.wrap(begin_write(&self.shared.pool).await?))
     }
 
     /// Use a transaction the caller began (e.g. with a chosen isolation level). Wrap an
@@ -119,7 +148,7 @@ impl<DB: Backend> SignalBus<DB> {
     pub async fn migrate(&self) -> Result<()> {
         let mut conn = self.shared.pool.acquire().await?;
         for (_, reg) in self.shared.registry.iter() {
-            DB::create_table(&mut conn, &reg.table).await?;
+            reg.sql.create_table::<DB>(&mut conn).await?;
         }
         Ok(())
     }
@@ -147,6 +176,32 @@ impl<DB: Backend> SignalBus<DB> {
         self.shared.autoflush.load(Ordering::Relaxed)
     }
 
+    /// Stop taking auto-flush work, then finish it within `deadline`: commits from now on
+    /// leave their signals pending ([`Error::Closed`] in their report), transactions already
+    /// handed to the auto-flush are still sent, and rounds still running when the deadline
+    /// passes are given up (their transactions roll back, their rows stay pending). Returns
+    /// how many signals the auto-flush left pending; an explicit flush or the relay sends
+    /// them. Explicit flushes keep working after a close. Closing again returns 0.
+    pub async fn close(&self, deadline: Duration) -> usize {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return 0;
+        }
+        let (reply, left) = oneshot::channel();
+        let request = CloseRequest {
+            deadline: tokio::time::Instant::now() + deadline,
+            reply,
+        };
+        if self.close_tx.send(request).is_err() {
+            return 0; // the auto-flush task is already gone (its runtime shut down)
+        }
+        left.await.unwrap_or(0)
+    }
+
+    /// Whether [`SignalBus::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
     /// Pending signals per selected type: how many, and how old the oldest is.
     pub async fn pending(&self, selection: &Selection) -> Result<Vec<(String, PendingStats)>> {
         let types = self.shared.registry.select(selection)?;
@@ -156,7 +211,7 @@ impl<DB: Backend> SignalBus<DB> {
             let reg = self.shared.registry.get(idx);
             out.push((
                 reg.name.to_string(),
-                DB::pending_stats(&mut conn, &reg.table).await?,
+                reg.sql.pending_stats::<DB>(&mut conn).await?,
             ));
         }
         Ok(out)
@@ -205,15 +260,25 @@ impl<DB: Backend> SignalBusBuilder<DB> {
         self
     }
 
-    /// Most signals one auto-flush round sends in one batch (default 1000).
+    /// Most signals one auto-flush round sends in one batch (default 1000, at least 1).
     pub fn max_batch(mut self, n: usize) -> Self {
-        self.config.max_batch = n.max(1);
+        self.config.max_batch = n;
         self
     }
 
-    /// Auto-flush rounds that may run at the same time (default 2, at most 64).
+    /// Auto-flush rounds that may run at the same time (default 2, from 1 to 64).
     pub fn flush_workers(mut self, n: usize) -> Self {
-        self.config.flush_workers = n.clamp(1, MAX_FLUSH_WORKERS);
+        self.config.flush_workers = n;
+        self
+    }
+
+    /// How many committed transactions may wait for the auto-flush (default 4096, at least
+    /// 1). When that many wait (a slow bus), a commit is answered at once with its signals
+    /// pending ([`Error::QueueFull`] in its report) rather than waiting for room: the rows
+    /// stay in the table for the next explicit flush or the relay, so a slow broker never
+    /// slows the commits down and nothing piles up in memory.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.config.queue_capacity = n;
         self
     }
 
@@ -231,14 +296,12 @@ impl<DB: Backend> SignalBusBuilder<DB> {
         let publisher = self.publisher.ok_or_else(|| {
             Error::Config("no publisher: call `.publisher(..)` on the SignalBus builder".into())
         })?;
-        if self.config.publish_timeout.is_zero() {
-            return Err(Error::Config(
-                "publish_timeout must be longer than zero".into(),
-            ));
-        }
+        self.config.validate()?;
         let mut registry = Registry::default();
         for ty in self.types {
-            registry.add(ty)?;
+            // A wait for another flusher's rows lasts at most one of its publish calls, plus
+            // slack.
+            registry.add::<DB>(ty, self.config.publish_timeout * 2)?;
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Config("SignalBus::build must be called inside a tokio runtime".into())
@@ -248,13 +311,16 @@ impl<DB: Backend> SignalBusBuilder<DB> {
             publisher: publisher.timeout(self.config.publish_timeout).boxed(),
             registry,
             autoflush: AtomicBool::new(self.autoflush),
+            closed: AtomicBool::new(false),
             config: self.config,
         });
-        let (autoflush_tx, autoflush_rx) = mpsc::unbounded_channel();
-        runtime.spawn(auto::run(shared.clone(), autoflush_rx));
+        let (autoflush_tx, autoflush_rx) = mpsc::channel(shared.config.queue_capacity);
+        let (close_tx, close_rx) = mpsc::unbounded_channel();
+        runtime.spawn(auto::run(shared.clone(), autoflush_rx, close_rx));
         Ok(SignalBus {
             shared,
             autoflush_tx,
+            close_tx,
         })
     }
 }

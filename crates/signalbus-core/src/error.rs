@@ -71,35 +71,52 @@ pub enum Error {
         reason: String,
     },
 
-    /// A wait (broker or database) that took longer than its limit.
-    #[error("timed out after {after:?} while {during}")]
-    Timeout {
-        /// How long we waited.
-        after: std::time::Duration,
-        /// What we were waiting for.
-        during: &'static str,
-    },
-
     /// An atomic block gave up after retrying.
     #[error("transaction still failing after {attempts} attempts: {last}")]
     RetriesExhausted {
         /// How many attempts were made.
         attempts: u32,
-        /// The error of the last attempt.
+        /// The error of the last attempt (the block's own error type).
         #[source]
-        last: Box<Error>,
+        last: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// A nested atomic block failed, and the outer block went on and returned `Ok`: the
     /// transaction was rolled back rather than committed with part of its work missing.
     #[error(
-        "a nested atomic block failed ({reason}) but the outer block went on; the whole \
+        "a nested atomic block failed ({source}) but the outer block went on; the whole \
          transaction was rolled back"
     )]
     InnerBlockFailed {
-        /// The error of the nested block.
-        reason: String,
+        /// What the nested block failed with (its message and database code: the error
+        /// itself went back to the outer block's code).
+        #[source]
+        source: InnerError,
     },
+
+    /// `Transaction::retry_on_integrity_error` outside an atomic block: nothing would run the
+    /// transaction again.
+    #[error(
+        "retry_on_integrity_error must run inside an atomic block (`bus.atomic(|tx| ..)`): \
+         only the block can run the transaction again"
+    )]
+    NotInAtomicBlock,
+
+    /// The auto-flush queue is full (the bus is slower than the commits): the transaction's
+    /// signals stay pending for the next flush or the relay. See
+    /// `SignalBusBuilder::queue_capacity`.
+    #[error(
+        "the auto-flush queue is full ({capacity} transactions waiting); the signals stay \
+         pending until the next flush"
+    )]
+    QueueFull {
+        /// The queue's capacity, in transactions.
+        capacity: usize,
+    },
+
+    /// The bus was closed (`SignalBus::close`): the signals stay pending for the next flush.
+    #[error("the signal bus is closed; the signals stay pending until the next flush")]
+    Closed,
 
     /// The bus' background auto-flush task is gone (the runtime is shutting down).
     #[error("the auto-flush task of the signal bus has stopped")]
@@ -115,12 +132,24 @@ impl Error {
     /// MySQL/MariaDB (e.g. `40001`), the extended result code on SQLite (e.g. `2067`). The
     /// MySQL error number (e.g. 1213) is on the sqlx error itself:
     /// `MySqlDatabaseError::number()`; [`crate::atomic::is_conflict`] looks at it.
+    ///
+    /// Found through the error's sources too, so the code of the last attempt of an atomic
+    /// block that gave up, or of a nested block that failed, is seen here.
     pub fn database_code(&self) -> Option<String> {
-        match self {
-            Error::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
-            Error::RetriesExhausted { last, .. } => last.database_code(),
-            _ => None,
+        if let Error::InnerBlockFailed { source } = self {
+            return source.database_code().map(str::to_owned);
         }
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = current {
+            if let Some(inner) = e.downcast_ref::<InnerError>() {
+                return inner.database_code().map(str::to_owned);
+            }
+            if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+                return db.code().map(|c| c.into_owned());
+            }
+            current = e.source();
+        }
+        None
     }
 
     pub(crate) fn encode(
@@ -133,6 +162,40 @@ impl Error {
         }
     }
 }
+
+/// What a nested atomic block failed with, kept when its error itself went back to the outer
+/// block: its message and database code, so that [`Error::database_code`] still sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InnerError {
+    message: String,
+    code: Option<String>,
+}
+
+impl InnerError {
+    pub(crate) fn of(error: &(dyn std::error::Error + 'static)) -> Self {
+        let code = crate::atomic::database_error(error).and_then(|e| match e {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        });
+        InnerError {
+            message: error.to_string(),
+            code,
+        }
+    }
+
+    /// The database's error code of the nested block's failure, if it was a database error.
+    pub fn database_code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+}
+
+impl fmt::Display for InnerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for InnerError {}
 
 /// What kind of failure a [`PublishError`] is; decides whether retrying can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

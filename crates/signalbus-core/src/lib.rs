@@ -17,9 +17,9 @@ mod signal;
 pub mod storage;
 mod transaction;
 
-pub use atomic::{AtomicBackend, AtomicOptions, Isolation, Record, RowLock};
+pub use atomic::{Atomic, AtomicOptions, BlockError, Isolation, Record, RowLock};
 pub use bus::{SignalBus, SignalBusBuilder};
-pub use error::{Error, PublishError, PublishErrorKind, Result};
+pub use error::{Error, InnerError, PublishError, PublishErrorKind, Result};
 pub use flush::Progress;
 pub use flush::explicit::{DEFAULT_FLUSH_WAIT, FlushProgress};
 pub use ident::Ident;

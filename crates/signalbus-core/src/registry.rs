@@ -2,16 +2,20 @@
 
 use crate::error::{Error, Result};
 use crate::ident::Ident;
-use crate::signal::SignalType;
+use crate::signal::{Signal, SignalType};
+use crate::storage::Backend;
+use crate::storage::statements::Statements;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// A registered signal type with its validated table.
+/// A registered signal type with its validated table and the statements built for it.
 #[derive(Debug)]
 pub(crate) struct Registered {
     pub ty: SignalType,
     pub table: Ident,
     pub name: Arc<str>,
+    pub sql: Statements,
 }
 
 /// Index of a registered type in the registry.
@@ -24,7 +28,9 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub fn add(&mut self, ty: SignalType) -> Result<()> {
+    /// Register `ty` on database `DB`; `lock_wait` bounds an ordered flush's waits for rows
+    /// other flushers hold.
+    pub fn add<DB: Backend>(&mut self, ty: SignalType, lock_wait: Duration) -> Result<()> {
         let table = ty.validate()?;
         if let Some(&i) = self.by_name.get(ty.name()) {
             if self.types[i].ty == ty {
@@ -43,10 +49,12 @@ impl Registry {
             )));
         }
         self.by_name.insert(ty.name().to_owned(), self.types.len());
+        let sql = Statements::new(DB::DIALECT, &table, ty.order_columns(), lock_wait);
         self.types.push(Registered {
             name: Arc::from(ty.name()),
             table,
             ty,
+            sql,
         });
         Ok(())
     }
@@ -124,6 +132,26 @@ impl Selection {
             only: Some(names.into_iter().map(Into::into).collect()),
             exclude: Vec::new(),
         }
+    }
+
+    /// Only the signal type `S`: `Selection::of::<OrderPlaced>()`. Add more with
+    /// [`Selection::and`].
+    pub fn of<S: Signal>() -> Self {
+        Selection::only([S::signal_type().name()])
+    }
+
+    /// Also the signal type `S` (after [`Selection::of`] or [`Selection::only`]; on
+    /// [`Selection::all`] it changes nothing).
+    pub fn and<S: Signal>(mut self) -> Self {
+        if let Some(names) = &mut self.only {
+            names.push(S::signal_type().name().to_owned());
+        }
+        self
+    }
+
+    /// Leave out the signal type `S`.
+    pub fn without<S: Signal>(self) -> Self {
+        self.exclude([S::signal_type().name()])
     }
 
     /// Leave out these signal types.

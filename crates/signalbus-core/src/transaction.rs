@@ -11,6 +11,7 @@ use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
 /// The identity of a recorded signal.
@@ -89,7 +90,7 @@ impl<DB: Backend> Recorder<DB> {
             body: &body,
             content_type: content_type.as_deref(),
         };
-        let row_id = DB::insert(conn, &reg.table, row).await?;
+        let row_id = reg.sql.insert::<DB>(conn, row).await?;
         if ty.is_autoflush() {
             self.autoflush.push((idx, row_id));
         } else {
@@ -127,12 +128,21 @@ impl<DB: Backend> Recorder<DB> {
             report.pending += self.autoflush.len();
             return Delivery::ready(report);
         }
-        let (reply, rx) = oneshot::channel();
         let count = self.autoflush.len();
-        match self.bus.autoflush_tx.send(FlushRequest {
+        let refused = |report: &mut DeliveryReport, error: Error| {
+            report.pending += count;
+            report.error = Some(Arc::new(error));
+        };
+        if self.bus.is_closed() {
+            refused(&mut report, Error::Closed);
+            return Delivery::ready(report);
+        }
+        let (reply, rx) = oneshot::channel();
+        let request = FlushRequest {
             items: self.autoflush,
             reply,
-        }) {
+        };
+        match self.bus.autoflush_tx.try_send(request) {
             Ok(()) => Delivery {
                 state: State::Waiting {
                     rx,
@@ -140,9 +150,23 @@ impl<DB: Backend> Recorder<DB> {
                     count,
                 },
             },
-            Err(_) => {
-                report.pending += count;
-                report.error = Some(Arc::new(Error::Stopped));
+            Err(TrySendError::Full(_)) => {
+                let capacity = self.bus.shared.config.queue_capacity;
+                tracing::debug!(
+                    signals = count,
+                    capacity,
+                    "auto-flush queue full; signals left pending"
+                );
+                refused(&mut report, Error::QueueFull { capacity });
+                Delivery::ready(report)
+            }
+            Err(TrySendError::Closed(_)) => {
+                let error = if self.bus.is_closed() {
+                    Error::Closed
+                } else {
+                    Error::Stopped
+                };
+                refused(&mut report, error);
                 Delivery::ready(report)
             }
         }

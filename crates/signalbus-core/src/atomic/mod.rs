@@ -3,11 +3,33 @@
 //! concurrent transaction. Plus row helpers ([`Record`], [`Transaction::get_row`],
 //! [`Transaction::lock_row`]) for the usual "read the row, decide, write" procedures.
 //!
+//! The block returns the caller's own error type (any `E: std::error::Error +
+//! From<signalbus::Error>`, see [`BlockError`]), so a domain error rolls the block back
+//! without being dressed up as a signalbus error:
+//!
 //! ```no_run
-//! use signalbus_core::{Result, SignalBus};
+//! use signalbus_core::{Isolation, SignalBus};
 //! use sqlx::Postgres;
 //!
-//! async fn withdraw(bus: &SignalBus<Postgres>, account: i64, amount: i64) -> Result<i64> {
+//! #[derive(Debug, thiserror::Error)]
+//! enum WithdrawError {
+//!     #[error("insufficient funds: balance {0}")]
+//!     InsufficientFunds(i64),
+//!     #[error(transparent)]
+//!     Db(#[from] signalbus_core::Error),
+//! }
+//!
+//! impl From<sqlx::Error> for WithdrawError {
+//!     fn from(e: sqlx::Error) -> Self {
+//!         WithdrawError::Db(e.into())
+//!     }
+//! }
+//!
+//! async fn withdraw(
+//!     bus: &SignalBus<Postgres>,
+//!     account: i64,
+//!     amount: i64,
+//! ) -> Result<i64, WithdrawError> {
 //!     bus.atomic(|tx| {
 //!         Box::pin(async move {
 //!             let balance: i64 =
@@ -15,6 +37,9 @@
 //!                     .bind(account)
 //!                     .fetch_one(&mut **tx)
 //!                     .await?;
+//!             if balance < amount {
+//!                 return Err(WithdrawError::InsufficientFunds(balance)); // rolled back
+//!             }
 //!             sqlx::query("UPDATE accounts SET balance = $2 WHERE id = $1")
 //!                 .bind(account)
 //!                 .bind(balance - amount)
@@ -24,23 +49,44 @@
 //!             Ok(balance - amount)
 //!         })
 //!     })
+//!     .isolation(Isolation::Serializable)
+//!     .max_attempts(5)
 //!     .await
 //! }
 //! ```
 //!
 //! # Design
+//! * **One entry point**, [`SignalBus::atomic`], returns an [`Atomic`] builder: options
+//!   (isolation, attempts and backoff, integrity-error retries) are methods on it, and
+//!   awaiting it runs the block. [`Atomic::wait_for_delivery`] also waits until the
+//!   committed signals are sent and returns their [`DeliveryReport`]; [`Atomic::delivery`]
+//!   returns the [`Delivery`] to await later.
 //! * **The closure** has the type `for<'t> FnMut(&'t mut Transaction<'a, DB>) ->
-//!   BoxFuture<'t, Result<T>>`: callers write `|tx| Box::pin(async move { .. })`, or
+//!   BoxFuture<'t, Result<T, E>>`: callers write `|tx| Box::pin(async move { .. })`, or
 //!   `|tx| Box::pin(my_procedure(tx, args))`. It is `FnMut` because it may run several times,
 //!   so values it moves into its future must be `Copy` or cloned per attempt; it may borrow
-//!   from the caller's scope (`'a`). Async closures (`AsyncFnMut`) would read better, but with
-//!   Rust 1.95 their futures cannot be proven `Send` (not even for one concrete database), which
-//!   `tokio::spawn` needs ("implementation of `AsyncFnMut` is not general enough").
+//!   from the caller's scope (`'a`). Async closures (`async |tx| ..`, `AsyncFnMut`) would read
+//!   better, but with Rust 1.95 the future of an async closure that borrows its argument
+//!   cannot be proven `Send` (not even for one concrete database): the compiler reports
+//!   "implementation of `AsyncFnMut` is not general enough" as soon as the block is awaited
+//!   inside `tokio::spawn`, which every server does. `Box::pin` names the future's type and
+//!   its `Send` bound, so it stays until the compiler can express that bound
+//!   (return-type notation).
+//! * **Errors**: the block's error type `E` is the caller's; signalbus and sqlx errors reach it
+//!   through `From`. Conflicts are found inside `E` by walking its error sources down to the
+//!   database error ([`BlockError`]).
 //! * **Retries**: a conflict ([`is_conflict`]) rolls the attempt back and runs the closure
 //!   again after a [`Backoff`] wait (full jitter, no wait before the first retry, as the
-//!   original), at most [`Backoff::max_attempts`] attempts in all; then
-//!   [`Error::RetriesExhausted`] says how many were made. Any other error is returned at once.
-//!   A commit that fails with a conflict is retried too.
+//!   original), at most [`Backoff::max_attempts`] attempts in all; then the caller gets
+//!   [`Error::RetriesExhausted`] (converted into `E`), which says how many were made and
+//!   keeps the last attempt's error as its source. Any other error is returned at once, as
+//!   it is. A commit that fails with a conflict is retried too.
+//! * **Integrity races**: [`Atomic::retry_on_integrity_error`] (the whole block) and
+//!   [`Transaction::retry_on_integrity_error`] (a part of it) also retry unique and
+//!   foreign-key violations: an "insert if absent" that lost the race, or a child inserted
+//!   against a parent that another transaction is inserting. Like the original, the scoped
+//!   form refuses to run outside an atomic block ([`Error::NotInAtomicBlock`]): without a
+//!   block around it, nothing would run the transaction again.
 //! * **Signals** sent in an attempt are rows of that attempt's transaction: a rolled-back
 //!   attempt leaves none, and only the committed attempt hands its signals to the auto-flush.
 //! * **Nesting**: [`Transaction::atomic`] runs a block inside the caller's transaction; the
@@ -48,7 +94,8 @@
 //!   the whole transaction: even if the outer closure swallows the error and returns `Ok`, the
 //!   transaction is rolled back (and retried, if the inner failure was a conflict) rather than
 //!   committed with part of its work missing; the caller then gets
-//!   [`Error::InnerBlockFailed`].
+//!   [`Error::InnerBlockFailed`], whose source keeps the inner error's message and database
+//!   code.
 //! * **Procedures** that must work alone and inside a larger block take
 //!   `tx: &mut Transaction<'_, DB>`: the entry point runs
 //!   `bus.atomic(|tx| Box::pin(transfer(tx, a, b, 10)))`, an enclosing block
@@ -69,26 +116,28 @@
 //!   database anyway.
 //! * **Panics** roll the transaction back, then the panic continues.
 
-mod dialect;
 mod retryable;
 mod rows;
 
-pub use dialect::AtomicBackend;
-pub use retryable::is_conflict;
+pub(crate) use retryable::database_error;
+pub use retryable::{BlockError, is_conflict};
 pub use rows::{LockWait, PrimaryKey, Record, RowLock, get_row, lock_row};
 
 use crate::bus::SignalBus;
-use crate::error::{Error, Result};
+use crate::error::{Error, InnerError};
 use crate::publisher::Backoff;
-use crate::transaction::{Delivery, Transaction};
+use crate::storage::{Backend, begin};
+use crate::transaction::{Delivery, DeliveryReport, Transaction};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use std::future::IntoFuture;
+use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 use tracing::Instrument;
 
 /// The future an atomic block's closure returns: `Box::pin(async move { .. })`.
-pub type AtomicFuture<'t, T> = BoxFuture<'t, Result<T>>;
+pub type AtomicFuture<'t, T, E = Error> = BoxFuture<'t, Result<T, E>>;
 
 /// Transaction isolation level of an atomic block (PostgreSQL and MySQL/MariaDB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,13 +168,14 @@ pub enum SqliteBegin {
     Exclusive,
 }
 
-/// How an atomic block runs: isolation, retries, which errors are retried.
+/// How an atomic block runs: isolation, retries, which errors are retried. The methods of
+/// [`Atomic`] set the same; pass a prepared value with [`Atomic::options`].
 #[derive(Debug, Clone)]
 pub struct AtomicOptions {
     pub(crate) isolation: Isolation,
     pub(crate) sqlite_begin: SqliteBegin,
     pub(crate) backoff: Backoff,
-    pub(crate) unique_races: bool,
+    pub(crate) integrity_races: bool,
 }
 
 impl Default for AtomicOptions {
@@ -139,7 +189,7 @@ impl Default for AtomicOptions {
                 max: Duration::from_secs(2),
                 wait_before_first_retry: false,
             },
-            unique_races: false,
+            integrity_races: false,
         }
     }
 }
@@ -175,12 +225,12 @@ impl AtomicOptions {
         self
     }
 
-    /// Also retry when a unique or primary-key constraint is violated anywhere in the block:
-    /// the "insert if absent" race, where the next attempt sees the row the other transaction
-    /// inserted. [`Transaction::retry_on_unique_violation`] does the same for a part of a
-    /// block only.
-    pub fn retry_on_unique_violation(mut self, on: bool) -> Self {
-        self.unique_races = on;
+    /// Also retry when a unique or foreign-key constraint is violated anywhere in the block:
+    /// the races of concurrent inserts, where the next attempt sees what the other
+    /// transaction committed. [`Transaction::retry_on_integrity_error`] does the same for a
+    /// part of a block only.
+    pub fn retry_on_integrity_error(mut self, on: bool) -> Self {
+        self.integrity_races = on;
         self
     }
 }
@@ -188,22 +238,24 @@ impl AtomicOptions {
 /// Failure of a nested block, recorded in the transaction for the outermost block.
 #[derive(Debug, Default)]
 pub(crate) struct BlockState {
+    /// Whether the transaction belongs to an atomic block (scoped integrity retries need one).
+    pub(crate) in_block: bool,
     failure: Option<InnerFailure>,
 }
 
 #[derive(Debug)]
 struct InnerFailure {
-    reason: String,
+    error: InnerError,
     conflict: bool,
 }
 
 impl BlockState {
-    fn record(&mut self, error: &Error, conflict: bool) {
+    fn record<E: BlockError>(&mut self, error: &E, conflict: bool) {
         match &mut self.failure {
             Some(first) => first.conflict |= conflict,
             None => {
                 self.failure = Some(InnerFailure {
-                    reason: error.to_string(),
+                    error: InnerError::of(error),
                     conflict,
                 })
             }
@@ -211,131 +263,214 @@ impl BlockState {
     }
 }
 
-impl<DB: AtomicBackend> SignalBus<DB> {
-    /// Run `block` in a transaction with the default [`AtomicOptions`]; see the
-    /// [module docs](crate::atomic). Returns the block's value once the transaction has
-    /// committed; its signals are then handed to the auto-flush.
-    pub async fn atomic<'a, T, F>(&self, block: F) -> Result<T>
-    where
-        F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T>,
-    {
-        Ok(self
-            .atomic_with_delivery(&AtomicOptions::default(), block)
-            .await?
-            .0)
+/// An atomic block to run, with its options; created by [`SignalBus::atomic`], run by
+/// awaiting it. Its output is the block's value once the transaction has committed (the
+/// signals are then handed to the auto-flush).
+#[must_use = "an atomic block does nothing until it is awaited"]
+pub struct Atomic<'b, 'a, DB: Backend, T, E, F> {
+    bus: &'b SignalBus<DB>,
+    block: F,
+    options: AtomicOptions,
+    _types: PhantomData<fn(&'a ()) -> (T, E)>,
+}
+
+impl<'b, 'a, DB, T, E, F> Atomic<'b, 'a, DB, T, E, F>
+where
+    DB: Backend,
+    T: Send + 'b,
+    E: BlockError,
+    F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E> + Send + 'b,
+    'a: 'b,
+{
+    /// Isolation level on PostgreSQL and MySQL/MariaDB (default REPEATABLE READ).
+    pub fn isolation(mut self, level: Isolation) -> Self {
+        self.options.isolation = level;
+        self
     }
 
-    /// Run `block` in a transaction with `options`.
-    pub async fn atomic_with<'a, T, F>(&self, options: &AtomicOptions, block: F) -> Result<T>
-    where
-        F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T>,
-    {
-        Ok(self.atomic_with_delivery(options, block).await?.0)
+    /// How the transaction begins on SQLite (default `BEGIN IMMEDIATE`).
+    pub fn sqlite_begin(mut self, begin: SqliteBegin) -> Self {
+        self.options.sqlite_begin = begin;
+        self
     }
 
-    /// Run `block` in a transaction with `options`; also returns the [`Delivery`] of the
-    /// committed attempt's signals, to await when the caller must know they were sent.
-    pub async fn atomic_with_delivery<'a, T, F>(
-        &self,
-        options: &AtomicOptions,
-        mut block: F,
-    ) -> Result<(T, Delivery)>
-    where
-        F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T>,
-    {
-        let max_attempts = options.backoff.max_attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            let span = tracing::debug_span!("atomic", attempt);
-            let error = match self
-                .atomic_attempt(options, &mut block)
-                .instrument(span)
-                .await
-            {
-                Ok(done) => {
-                    if attempt > 1 {
-                        tracing::debug!(attempts = attempt, "atomic block committed");
-                    }
-                    return Ok(done);
-                }
-                Err((error, false)) => return Err(error),
-                Err((error, true)) => error,
-            };
-            if attempt >= max_attempts {
-                tracing::warn!(attempts = attempt, %error, "atomic block gave up");
-                return Err(Error::RetriesExhausted {
-                    attempts: attempt,
-                    last: Box::new(error),
-                });
-            }
-            let wait = options.backoff.delay(attempt);
-            tracing::debug!(attempt, ?wait, %error, "atomic block conflicted, retrying");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-        }
+    /// Attempts in all, the first included (default 8, at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.options = self.options.max_attempts(attempts);
+        self
     }
 
-    /// One attempt; the error comes with whether it is a conflict worth another attempt.
-    async fn atomic_attempt<'a, T, F>(
-        &self,
-        options: &AtomicOptions,
-        block: &mut F,
-    ) -> Result<(T, Delivery), (Error, bool)>
+    /// Number of attempts and waits between them.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.options.backoff = backoff;
+        self
+    }
+
+    /// Also retry unique and foreign-key violations (see
+    /// [`AtomicOptions::retry_on_integrity_error`]).
+    pub fn retry_on_integrity_error(mut self, on: bool) -> Self {
+        self.options.integrity_races = on;
+        self
+    }
+
+    /// Run with these options instead of the ones set so far.
+    pub fn options(mut self, options: AtomicOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Also return the [`Delivery`] of the committed attempt's signals, to await when the
+    /// caller must know they were sent.
+    pub async fn delivery(self) -> Result<(T, Delivery), E> {
+        let Atomic {
+            bus,
+            mut block,
+            options,
+            ..
+        } = self;
+        run(bus, &options, &mut block).await
+    }
+
+    /// Commit, then wait until the signals are sent or known to stay pending (as
+    /// [`Transaction::commit_and_wait`]); returns the block's value and what became of its
+    /// signals.
+    pub async fn wait_for_delivery(self) -> Result<(T, DeliveryReport), E> {
+        let (value, delivery) = self.delivery().await?;
+        Ok((value, delivery.await))
+    }
+}
+
+impl<'b, 'a, DB, T, E, F> IntoFuture for Atomic<'b, 'a, DB, T, E, F>
+where
+    DB: Backend,
+    T: Send + 'b,
+    E: BlockError,
+    F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E> + Send + 'b,
+    'a: 'b,
+{
+    type Output = Result<T, E>;
+    type IntoFuture = BoxFuture<'b, Result<T, E>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { Ok(self.delivery().await?.0) })
+    }
+}
+
+impl<DB: Backend> SignalBus<DB> {
+    /// An atomic block: `block` runs in a transaction, which commits when it returns `Ok`, and
+    /// runs again on a conflict; see the [module docs](crate::atomic). Set options on the
+    /// returned [`Atomic`], then await it.
+    pub fn atomic<'b, 'a, T, E, F>(&'b self, block: F) -> Atomic<'b, 'a, DB, T, E, F>
     where
-        F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T>,
+        T: Send + 'b,
+        E: BlockError,
+        F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E> + Send + 'b,
+        'a: 'b,
     {
-        let conflict = |e: &Error| retryable::classify::<DB>(e, options.unique_races);
-        let tx = match DB::begin_atomic(self.pool(), options).await {
-            Ok(tx) => tx,
-            Err(e) => {
-                let c = conflict(&e);
-                return Err((e, c));
-            }
-        };
-        let mut tx: Transaction<'a, DB> = self.wrap(tx);
-        let outcome = AssertUnwindSafe(block(&mut tx)).catch_unwind().await;
-        let inner = tx.atomic.failure.take();
-        match outcome {
-            Err(panic) => {
-                let _ = tx.rollback().await;
-                std::panic::resume_unwind(panic)
-            }
-            Ok(Ok(value)) => match inner {
-                None => match tx.commit().await {
-                    Ok(delivery) => Ok((value, delivery)),
-                    Err(e) => {
-                        let c = conflict(&e);
-                        Err((e, c))
-                    }
-                },
-                Some(inner) => {
-                    let _ = tx.rollback().await;
-                    Err((
-                        Error::InnerBlockFailed {
-                            reason: inner.reason,
-                        },
-                        inner.conflict,
-                    ))
-                }
-            },
-            Ok(Err(e)) => {
-                // Rolling back is best effort: the connection may be gone, and dropping an
-                // open sqlx transaction rolls it back anyway.
-                let _ = tx.rollback().await;
-                let c = conflict(&e) || inner.is_some_and(|i| i.conflict);
-                Err((e, c))
-            }
+        Atomic {
+            bus: self,
+            block,
+            options: AtomicOptions::default(),
+            _types: PhantomData,
         }
     }
 }
 
-impl<'c, DB: AtomicBackend> Transaction<'c, DB> {
+/// Run the attempts of a block until one commits, fails for good or the attempts run out.
+async fn run<'a, DB, T, E, F>(
+    bus: &SignalBus<DB>,
+    options: &AtomicOptions,
+    block: &mut F,
+) -> Result<(T, Delivery), E>
+where
+    DB: Backend,
+    E: BlockError,
+    F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E>,
+{
+    let max_attempts = options.backoff.max_attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        let span = tracing::debug_span!("atomic", attempt);
+        let error = match attempt_once(bus, options, block).instrument(span).await {
+            Ok(done) => {
+                if attempt > 1 {
+                    tracing::debug!(attempts = attempt, "atomic block committed");
+                }
+                return Ok(done);
+            }
+            Err((error, false)) => return Err(error),
+            Err((error, true)) => error,
+        };
+        if attempt >= max_attempts {
+            tracing::warn!(attempts = attempt, %error, "atomic block gave up");
+            return Err(E::from(Error::RetriesExhausted {
+                attempts: attempt,
+                last: Box::new(error),
+            }));
+        }
+        let wait = options.backoff.delay(attempt);
+        tracing::debug!(attempt, ?wait, %error, "atomic block conflicted, retrying");
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
+/// One attempt; the error comes with whether it is a conflict worth another attempt.
+async fn attempt_once<'a, DB, T, E, F>(
+    bus: &SignalBus<DB>,
+    options: &AtomicOptions,
+    block: &mut F,
+) -> Result<(T, Delivery), (E, bool)>
+where
+    DB: Backend,
+    E: BlockError,
+    F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E>,
+{
+    let classify = |e: &E| retryable::classify::<DB>(e, options.integrity_races);
+    let fail = |e: Error| {
+        let e = E::from(e);
+        let conflict = classify(&e);
+        (e, conflict)
+    };
+    let begin_sql = (DB::DIALECT.begin_atomic)(options.isolation, options.sqlite_begin);
+    let tx = begin(bus.pool(), begin_sql).await.map_err(fail)?;
+    let mut tx: Transaction<'a, DB> = bus.wrap(tx);
+    tx.atomic.in_block = true;
+    let outcome = AssertUnwindSafe(block(&mut tx)).catch_unwind().await;
+    let inner = tx.atomic.failure.take();
+    match outcome {
+        Err(panic) => {
+            let _ = tx.rollback().await;
+            std::panic::resume_unwind(panic)
+        }
+        Ok(Ok(value)) => match inner {
+            None => tx.commit().await.map(|d| (value, d)).map_err(fail),
+            Some(inner) => {
+                let _ = tx.rollback().await;
+                let error = E::from(Error::InnerBlockFailed {
+                    source: inner.error,
+                });
+                Err((error, inner.conflict))
+            }
+        },
+        Ok(Err(e)) => {
+            // Rolling back is best effort: the connection may be gone, and dropping an
+            // open sqlx transaction rolls it back anyway.
+            let _ = tx.rollback().await;
+            let conflict = classify(&e) || inner.is_some_and(|i| i.conflict);
+            Err((e, conflict))
+        }
+    }
+}
+
+impl<'c, DB: Backend> Transaction<'c, DB> {
     /// Run a nested atomic block in this transaction: the outermost block commits, rolls back
     /// and retries. When `block` fails, the whole transaction will be rolled back, even if the
     /// caller goes on after the error.
-    pub async fn atomic<T, F>(&mut self, block: F) -> Result<T>
+    pub async fn atomic<T, E, F>(&mut self, block: F) -> Result<T, E>
     where
-        F: for<'t> FnOnce(&'t mut Transaction<'c, DB>) -> AtomicFuture<'t, T>,
+        E: BlockError,
+        F: for<'t> FnOnce(&'t mut Transaction<'c, DB>) -> AtomicFuture<'t, T, E>,
     {
         let result = block(self).await;
         if let Err(e) = &result {
@@ -345,13 +480,21 @@ impl<'c, DB: AtomicBackend> Transaction<'c, DB> {
         result
     }
 
-    /// Like [`Transaction::atomic`], and a unique or primary-key violation in `block` makes
-    /// the outermost block run again: the "insert if absent" race. Put the insert that may
-    /// race in here; the next attempt sees the row the other transaction inserted.
-    pub async fn retry_on_unique_violation<T, F>(&mut self, block: F) -> Result<T>
+    /// Like [`Transaction::atomic`], and a unique or foreign-key violation in `block` makes
+    /// the outermost block run again: the races of concurrent inserts. Put the insert that
+    /// may race in here; the next attempt sees what the other transaction committed.
+    ///
+    /// Must run inside an atomic block ([`SignalBus::atomic`]): otherwise nothing would run
+    /// the transaction again, and it fails at once with [`Error::NotInAtomicBlock`] without
+    /// running `block`.
+    pub async fn retry_on_integrity_error<T, E, F>(&mut self, block: F) -> Result<T, E>
     where
-        F: for<'t> FnOnce(&'t mut Transaction<'c, DB>) -> AtomicFuture<'t, T>,
+        E: BlockError,
+        F: for<'t> FnOnce(&'t mut Transaction<'c, DB>) -> AtomicFuture<'t, T, E>,
     {
+        if !self.atomic.in_block {
+            return Err(E::from(Error::NotInAtomicBlock));
+        }
         let result = block(self).await;
         if let Err(e) = &result {
             let conflict = retryable::classify::<DB>(e, true);

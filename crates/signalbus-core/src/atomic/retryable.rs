@@ -1,11 +1,53 @@
-//! Which errors make an atomic block run again.
+//! Which errors make an atomic block run again, found inside the caller's own error type.
 
-use super::AtomicBackend;
 use crate::error::Error;
+use crate::storage::Backend;
 
-/// Whether `error` is a conflict with a concurrent transaction that running the whole
-/// transaction again can resolve: a serialization failure, a deadlock, a lock that could not
-/// be had in time, a busy SQLite database.
+/// An error an atomic block may end with: the caller's own error type, as long as a
+/// signalbus [`Error`] converts into it (so that `?` works on signalbus and sqlx calls inside
+/// the block).
+///
+/// Implemented for every `E: std::error::Error + From<signalbus::Error>`, [`Error`] itself
+/// included, so a domain error enum made with `thiserror` works as it is:
+///
+/// ```
+/// #[derive(Debug, thiserror::Error)]
+/// enum TransferError {
+///     #[error("insufficient funds: {balance} < {amount}")]
+///     InsufficientFunds { balance: i64, amount: i64 },
+///     #[error(transparent)]
+///     Db(#[from] signalbus_core::Error),
+/// }
+/// ```
+///
+/// A block is retried only when the error carries a database conflict
+/// ([`is_conflict`]); it is found by walking the error's [sources](std::error::Error::source)
+/// down to the [`sqlx::Error`], so a domain error (no database error inside) rolls the block
+/// back and is returned as it is, at once.
+pub trait BlockError: std::error::Error + From<Error> + Send + Sync + 'static {}
+
+impl<E> BlockError for E where E: std::error::Error + From<Error> + Send + Sync + 'static {}
+
+/// The database error `error` carries: itself or one of its sources.
+pub(crate) fn database_error<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e sqlx::Error> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(Error::Database(db)) = e.downcast_ref::<Error>() {
+            return Some(db);
+        }
+        if let Some(db) = e.downcast_ref::<sqlx::Error>() {
+            return Some(db);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Whether `error` (or one of its sources) is a conflict with a concurrent transaction that
+/// running the whole transaction again can resolve: a serialization failure, a deadlock, a
+/// lock that could not be had in time, a busy SQLite database.
 ///
 /// | database       | codes                                                              |
 /// |----------------|--------------------------------------------------------------------|
@@ -13,18 +55,24 @@ use crate::error::Error;
 /// | MySQL/MariaDB  | 1213 deadlock, 1205 lock wait timeout, 3572 NOWAIT, 1020 record changed |
 /// | SQLite         | SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes    |
 ///
-/// Unique-constraint violations are not conflicts unless a block asks for it
-/// ([`super::AtomicOptions::retry_on_unique_violation`],
-/// [`crate::Transaction::retry_on_unique_violation`]).
-pub fn is_conflict<DB: AtomicBackend>(error: &Error) -> bool {
+/// Integrity errors (unique and foreign-key violations) are not conflicts unless a block asks
+/// for it ([`super::Atomic::retry_on_integrity_error`],
+/// [`crate::Transaction::retry_on_integrity_error`]).
+pub fn is_conflict<DB: Backend>(error: &(dyn std::error::Error + 'static)) -> bool {
     classify::<DB>(error, false)
 }
 
-/// Whether `error` is a conflict; with `unique_races`, a unique violation counts as one.
-pub(crate) fn classify<DB: AtomicBackend>(error: &Error, unique_races: bool) -> bool {
-    match error {
-        Error::Database(sqlx::Error::Database(e)) => {
-            (unique_races && e.is_unique_violation()) || DB::is_conflict_error(&**e)
+/// Whether `error` is a conflict; with `integrity_races`, a unique or foreign-key violation
+/// counts as one (the "insert if absent" race, and a child inserted against a parent that
+/// another transaction is inserting or deleting).
+pub(crate) fn classify<DB: Backend>(
+    error: &(dyn std::error::Error + 'static),
+    integrity_races: bool,
+) -> bool {
+    match database_error(error) {
+        Some(sqlx::Error::Database(e)) => {
+            (integrity_races && (e.is_unique_violation() || e.is_foreign_key_violation()))
+                || (DB::DIALECT.is_conflict)(&**e)
         }
         _ => false,
     }

@@ -1,9 +1,9 @@
 //! Row helpers: get or lock a row by its primary key, for any sqlx `FromRow` type that says
 //! where it lives ([`Record`]). Table and column names go through [`Ident`].
 
-use super::AtomicBackend;
 use crate::error::{Error, Result};
 use crate::ident::Ident;
+use crate::storage::Backend;
 use crate::transaction::Transaction;
 use sqlx::error::BoxDynError;
 use sqlx::{Arguments, Database, Encode, FromRow, Type};
@@ -168,11 +168,8 @@ fn column(name: &str) -> Result<Ident> {
 }
 
 /// `SELECT .. FROM table WHERE pk1 = ? AND ..`, plus the lock clause.
-fn select_sql<DB: AtomicBackend, R: Record>(
-    key_len: usize,
-    lock: Option<RowLock>,
-) -> Result<String> {
-    let q = DB::QUOTE;
+fn select_sql<DB: Backend, R: Record>(key_len: usize, lock: Option<RowLock>) -> Result<String> {
+    let q = DB::DIALECT.quote;
     if R::PRIMARY_KEY.is_empty() || R::PRIMARY_KEY.len() != key_len {
         return Err(Error::Config(format!(
             "Record for table `{}`: PRIMARY_KEY names {} column(s) but Key has {} value(s)",
@@ -200,10 +197,10 @@ fn select_sql<DB: AtomicBackend, R: Record>(
         }
         sql.push_str(&column(name)?.quoted(q));
         sql.push_str(" = ");
-        sql.push_str(&DB::placeholder(i + 1));
+        sql.push_str(&DB::DIALECT.placeholder(i + 1));
     }
     if let Some(lock) = lock {
-        sql.push_str(DB::lock_clause(lock));
+        sql.push_str((DB::DIALECT.row_lock)(lock));
     }
     Ok(sql)
 }
@@ -214,7 +211,7 @@ async fn fetch<DB, R>(
     lock: Option<RowLock>,
 ) -> Result<Option<R>>
 where
-    DB: AtomicBackend,
+    DB: Backend,
     R: Record + for<'r> FromRow<'r, DB::Row>,
     R::Key: PrimaryKey<DB>,
 {
@@ -222,13 +219,13 @@ where
     let mut args = DB::Arguments::default();
     key.add_to(&mut args)
         .map_err(|e| Error::Database(sqlx::Error::Encode(e)))?;
-    DB::fetch_optional_as(conn, sql, args).await
+    DB::fetch_optional_with(conn, sql, args).await
 }
 
 /// The row of `R` whose primary key is `key`, if there is one.
 pub async fn get_row<DB, R>(conn: &mut DB::Connection, key: R::Key) -> Result<Option<R>>
 where
-    DB: AtomicBackend,
+    DB: Backend,
     R: Record + for<'r> FromRow<'r, DB::Row>,
     R::Key: PrimaryKey<DB>,
 {
@@ -244,14 +241,14 @@ pub async fn lock_row<DB, R>(
     lock: RowLock,
 ) -> Result<Option<R>>
 where
-    DB: AtomicBackend,
+    DB: Backend,
     R: Record + for<'r> FromRow<'r, DB::Row>,
     R::Key: PrimaryKey<DB>,
 {
     fetch::<DB, R>(conn, key, Some(lock)).await
 }
 
-impl<DB: AtomicBackend> Transaction<'_, DB> {
+impl<DB: Backend> Transaction<'_, DB> {
     /// The row of `R` with primary key `key`, read in this transaction ([`get_row`]).
     pub async fn get_row<R>(&mut self, key: R::Key) -> Result<Option<R>>
     where

@@ -1,24 +1,33 @@
 //! The auto-flush task: sends committed signals right after their transaction, coalescing
 //! many transactions into one lock, one publish and one delete.
 //!
-//! Committing transactions hand their row ids over a channel. A round takes everything queued
-//! (up to `max_batch` ids), locks those rows (`SKIP LOCKED`, so a concurrent explicit flush
-//! never sends them too), publishes them as one batch, deletes them and commits. Up to
-//! `flush_workers` rounds run at once; while they run, the next round's ids pile up, so the
-//! batches grow with the load.
+//! Committing transactions hand their row ids over a bounded channel. A round takes
+//! everything queued (up to `max_batch` ids), locks those rows (`SKIP LOCKED`, so a concurrent
+//! explicit flush never sends them too), publishes them as one batch, deletes them and
+//! commits. Up to `flush_workers` rounds run at once; while they run, the next round's ids
+//! pile up, so the batches grow with the load.
+//!
+//! Backpressure: when the channel is full (the bus is slower than the commits), a committing
+//! transaction is answered *pending* at once ([`Error::QueueFull`]) instead of waiting: its
+//! rows stay in the table for the next explicit flush or the relay, and the commit's latency
+//! stays bounded.
 
 use super::{Sent, prepare, publish, settle};
 use crate::bus::Shared;
 use crate::error::{Error, Result};
 use crate::registry::TypeIdx;
-use crate::storage::Backend;
+use crate::storage::{Backend, begin_flush};
 use crate::transaction::DeliveryReport;
 use futures_util::FutureExt;
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// The committed signals of one transaction, and where to report what became of them.
 pub(crate) struct FlushRequest {
@@ -30,25 +39,25 @@ pub(crate) struct FlushRequest {
 /// arriving meanwhile are answered at once as pending (their rows stay for the next flush)
 /// instead of queueing up behind publish timeouts. The first round after the pause probes
 /// the bus again.
-struct Breaker {
+pub(crate) struct Breaker {
     pause: Duration,
     state: Mutex<Option<(Instant, Arc<Error>)>>,
 }
 
 impl Breaker {
-    fn new(pause: Duration) -> Self {
+    pub fn new(pause: Duration) -> Self {
         Breaker {
             pause,
             state: Mutex::new(None),
         }
     }
 
-    fn open(&self, error: Arc<Error>) {
+    pub fn open(&self, error: Arc<Error>) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now() + self.pause, error));
     }
 
-    fn close(&self) {
+    pub fn close(&self) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
@@ -62,48 +71,37 @@ impl Breaker {
     }
 }
 
-/// Runs until every handle of the bus is dropped, then finishes the rounds in flight.
+/// A request to stop taking auto-flush work ([`crate::SignalBus::close`]).
+pub(crate) struct CloseRequest {
+    /// When the rounds still running are given up.
+    pub deadline: Instant,
+    /// How many signals were left pending.
+    pub reply: oneshot::Sender<usize>,
+}
+
+/// The sizes the auto-flush loop works with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoopConfig {
+    pub max_batch: usize,
+    pub flush_workers: usize,
+}
+
+/// Runs until every handle of the bus is dropped (then finishes the rounds in flight) or the
+/// bus is closed.
 pub(crate) async fn run<DB: Backend>(
     shared: Arc<Shared<DB>>,
-    mut rx: mpsc::UnboundedReceiver<FlushRequest>,
+    rx: mpsc::Receiver<FlushRequest>,
+    close_rx: mpsc::UnboundedReceiver<CloseRequest>,
 ) {
-    let workers = Arc::new(Semaphore::new(shared.config.flush_workers));
     let breaker = Arc::new(Breaker::new(shared.config.failure_pause));
-    let mut carry: Option<FlushRequest> = None;
-    loop {
-        // Wait for a free worker first: meanwhile requests queue up and the round gets bigger.
-        let Ok(permit) = workers.clone().acquire_owned().await else {
-            break;
-        };
-        let first = match carry.take() {
-            Some(request) => request,
-            None => match rx.recv().await {
-                Some(request) => request,
-                None => break,
-            },
-        };
-        let mut size = first.items.len();
-        let mut round = vec![first];
-        while size < shared.config.max_batch {
-            match rx.try_recv() {
-                Ok(request) if size + request.items.len() > shared.config.max_batch => {
-                    carry = Some(request);
-                    break;
-                }
-                Ok(request) => {
-                    size += request.items.len();
-                    round.push(request);
-                }
-                Err(_) => break,
-            }
-        }
-        if let Some(error) = breaker.is_open() {
-            reply_pending(round, error);
-            continue;
-        }
-        let (shared, breaker) = (shared.clone(), breaker.clone());
-        tokio::spawn(async move {
-            let mut round = round;
+    let config = LoopConfig {
+        max_batch: shared.config.max_batch,
+        flush_workers: shared.config.flush_workers,
+    };
+    let round_breaker = breaker.clone();
+    let send = move |mut round: Vec<FlushRequest>| {
+        let (shared, breaker) = (shared.clone(), round_breaker.clone());
+        async move {
             // A panicking publisher must not leave the waiting transactions with a vague
             // "stopped": they get the panic as the reason their signals stay pending.
             let outcome = AssertUnwindSafe(flush_round(&shared, &breaker, &mut round))
@@ -114,13 +112,131 @@ pub(crate) async fn run<DB: Backend>(
                 tracing::error!(%message, "an auto-flush round panicked; its signals stay pending");
                 reply_pending(round, Arc::new(Error::Panicked(message)));
             }
+        }
+    };
+    run_loop(config, &breaker, rx, close_rx, send).await;
+}
+
+/// The coalescing loop, apart from what a round does (`send`), so that it can be tested
+/// without a database.
+pub(crate) async fn run_loop<S, Fut>(
+    config: LoopConfig,
+    breaker: &Breaker,
+    mut rx: mpsc::Receiver<FlushRequest>,
+    mut close_rx: mpsc::UnboundedReceiver<CloseRequest>,
+    send: S,
+) where
+    S: Fn(Vec<FlushRequest>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let workers = Arc::new(Semaphore::new(config.flush_workers));
+    // Signals of the rounds running now: what a close that runs out of time leaves pending.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut rounds = JoinSet::new();
+    let mut carry: Option<FlushRequest> = None;
+    let spawn = |rounds: &mut JoinSet<()>, round: Vec<FlushRequest>, permit| {
+        let count: usize = round.iter().map(|r| r.items.len()).sum();
+        in_flight.fetch_add(count, Ordering::Relaxed);
+        let (in_flight, work) = (in_flight.clone(), send(round));
+        rounds.spawn(async move {
+            work.await;
+            in_flight.fetch_sub(count, Ordering::Relaxed);
             drop(permit);
         });
+    };
+    let close = loop {
+        // Wait for a free worker first: meanwhile requests queue up and the round gets bigger.
+        let permit = tokio::select! {
+            biased;
+            close = close_rx.recv() => break close,
+            permit = workers.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break None,
+            },
+        };
+        while rounds.try_join_next().is_some() {}
+        let first = match carry.take() {
+            Some(request) => request,
+            None => tokio::select! {
+                biased;
+                close = close_rx.recv() => break close,
+                request = rx.recv() => match request {
+                    Some(request) => request,
+                    None => break None,
+                },
+            },
+        };
+        let round = gather(first, &mut rx, &mut carry, config.max_batch);
+        if let Some(error) = breaker.is_open() {
+            reply_pending(round, error);
+            continue;
+        }
+        spawn(&mut rounds, round, permit);
+    };
+    let Some(close) = close else {
+        // Every handle is gone: let the rounds in flight finish before the task ends.
+        while rounds.join_next().await.is_some() {}
+        return;
+    };
+    // Closing: no new requests; the ones queued already are still sent, until the deadline.
+    rx.close();
+    let mut left = 0;
+    let drained = tokio::time::timeout_at(close.deadline, async {
+        loop {
+            let Some(first) = carry.take().or_else(|| rx.try_recv().ok()) else {
+                break;
+            };
+            let round = gather(first, &mut rx, &mut carry, config.max_batch);
+            let Ok(permit) = workers.clone().acquire_owned().await else {
+                break;
+            };
+            spawn(&mut rounds, round, permit);
+        }
+        while rounds.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        // Out of time: the rounds still running are dropped, their transactions rolled back,
+        // their rows left pending.
+        left += in_flight.load(Ordering::Relaxed);
+        rounds.abort_all();
+        while rounds.join_next().await.is_some() {}
+        let closed = Arc::new(Error::Closed);
+        let queued: Vec<FlushRequest> = carry
+            .take()
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            .collect();
+        left += queued.iter().map(|r| r.items.len()).sum::<usize>();
+        reply_pending(queued, closed);
     }
-    // Let the rounds in flight finish before the task ends.
-    let _ = workers
-        .acquire_many(shared.config.flush_workers as u32)
-        .await;
+    let _ = close.reply.send(left);
+}
+
+/// `first` and whatever else is queued, up to `max_batch` ids; a request that would go past
+/// it is carried over to the next round.
+fn gather(
+    first: FlushRequest,
+    rx: &mut mpsc::Receiver<FlushRequest>,
+    carry: &mut Option<FlushRequest>,
+    max_batch: usize,
+) -> Vec<FlushRequest> {
+    let mut size = first.items.len();
+    let mut round = vec![first];
+    while size < max_batch {
+        match rx.try_recv() {
+            Ok(request) if size + request.items.len() > max_batch => {
+                *carry = Some(request);
+                break;
+            }
+            Ok(request) => {
+                size += request.items.len();
+                round.push(request);
+            }
+            Err(_) => break,
+        }
+    }
+    round
 }
 
 /// Send one round and answer its requests (taken out of `round` only then, so that a panic
@@ -198,7 +314,7 @@ async fn send_round<DB: Backend>(
     shared: &Shared<DB>,
     by_type: BTreeMap<TypeIdx, Vec<i64>>,
 ) -> Result<HashSet<(TypeIdx, i64)>> {
-    let mut tx = DB::begin_flush(&shared.pool).await?;
+    let mut tx = begin_flush(&shared.pool).await?;
     let result = take_and_publish(shared, &mut tx, by_type).await;
     let sent = settle(tx, result).await?;
     Ok(sent
@@ -215,7 +331,12 @@ async fn take_and_publish<DB: Backend>(
 ) -> Result<Sent> {
     let mut taken = Vec::with_capacity(by_type.len());
     for (idx, ids) in by_type {
-        let rows = DB::take_ids(conn, &shared.registry.get(idx).table, &ids).await?;
+        let rows = shared
+            .registry
+            .get(idx)
+            .sql
+            .take_ids::<DB>(conn, &ids)
+            .await?;
         if !rows.is_empty() {
             taken.push((idx, rows));
         }
@@ -231,10 +352,4 @@ async fn take_and_publish<DB: Backend>(
         return Err(e);
     }
     publish(shared, prepared).await
-}
-
-impl From<tokio::sync::AcquireError> for Error {
-    fn from(_: tokio::sync::AcquireError) -> Self {
-        Error::Stopped
-    }
 }

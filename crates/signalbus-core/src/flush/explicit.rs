@@ -4,7 +4,7 @@ use super::{LockedRows, Progress, publish_and_delete, settle};
 use crate::bus::{Shared, SignalBus};
 use crate::error::{Error, Result};
 use crate::registry::Selection;
-use crate::storage::Backend;
+use crate::storage::{Backend, begin_flush};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -58,7 +58,12 @@ impl<DB: Backend> SignalBus<DB> {
         {
             let mut conn = shared.pool.acquire().await?;
             for idx in types {
-                let ids = DB::pending_ids(&mut conn, &shared.registry.get(idx).table).await?;
+                let ids = shared
+                    .registry
+                    .get(idx)
+                    .sql
+                    .pending_ids::<DB>(&mut conn)
+                    .await?;
                 if !ids.is_empty() {
                     listed.push((idx, ids));
                 }
@@ -75,8 +80,8 @@ impl<DB: Backend> SignalBus<DB> {
         'types: for (idx, ids) in listed {
             let reg = shared.registry.get(idx);
             for chunk in ids.chunks(reg.ty.burst_size()) {
-                let mut tx = DB::begin_flush(&shared.pool).await?;
-                let rows = DB::lock_ids(&mut tx, &reg.table, chunk).await?;
+                let mut tx = begin_flush(&shared.pool).await?;
+                let rows = reg.sql.lock_ids::<DB>(&mut tx, chunk).await?;
                 if rows.is_empty() {
                     tx.commit().await?;
                     continue;
@@ -145,19 +150,14 @@ async fn drain<DB: Backend>(
 ) -> Result<usize> {
     let mut total = 0;
     let mut invalid = None;
-    // A wait for another flusher's rows lasts at most one of its publish calls, plus slack.
-    let lock_wait = shared.config.publish_timeout * 2;
     for idx in shared.registry.select(selection)? {
         let reg = shared.registry.get(idx);
         loop {
-            let mut tx = DB::begin_flush(&shared.pool).await?;
-            let (table, burst) = (&reg.table, reg.ty.burst_size());
+            let mut tx = begin_flush(&shared.pool).await?;
+            let burst = reg.ty.burst_size();
             let rows = match mode {
-                Drain::Many => DB::lock_burst(&mut tx, table, burst).await?,
-                Drain::Ordered => {
-                    let order = reg.ty.order_columns();
-                    DB::lock_ordered(&mut tx, table, order, burst, lock_wait).await?
-                }
+                Drain::Many => reg.sql.lock_burst::<DB>(&mut tx, burst).await?,
+                Drain::Ordered => reg.sql.lock_ordered::<DB>(&mut tx, burst).await?,
             };
             if rows.is_empty() {
                 tx.commit().await?;

@@ -55,7 +55,12 @@ pub(crate) async fn publish_and_delete<DB: Backend>(
 ) -> Result<Sent> {
     let sent = publish(shared, prepare(shared, locked, ordered)).await?;
     for (idx, ids) in &sent.ids {
-        DB::delete_ids(conn, &shared.registry.get(*idx).table, ids).await?;
+        shared
+            .registry
+            .get(*idx)
+            .sql
+            .delete_ids::<DB>(conn, ids)
+            .await?;
     }
     Ok(sent)
 }

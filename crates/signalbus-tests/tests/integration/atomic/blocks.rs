@@ -23,15 +23,17 @@ async fn nested_blocks_join_the_outer_one<DB: AtomicDb>() {
     bus.atomic(|tx| {
         Box::pin(async move {
             DB::insert_business(tx, 1).await?;
-            tx.atomic(|tx| Box::pin(async move { Ok(DB::insert_business(tx, 2).await?) }))
-                .await?;
+            tx.atomic(|tx| {
+                Box::pin(async move { Ok::<_, Error>(DB::insert_business(tx, 2).await?) })
+            })
+            .await?;
             assert_eq!(DB::count_orders(tx).await?, 2);
             assert_eq!(
                 DB::count_business(pool).await,
                 0,
                 "not committed by the inner block"
             );
-            Ok(())
+            Ok::<_, Error>(())
         })
     })
     .await
@@ -80,19 +82,22 @@ async fn nested_blocks_join_the_outer_one<DB: AtomicDb>() {
     assert_eq!(DB::count_business(pool).await, 2);
 
     // A swallowed inner conflict makes the outermost block run again.
-    bus.atomic_with(&fast(5), |tx| {
+    bus.atomic(|tx| {
         Box::pin(async move {
             if attempts.fetch_add(1, SeqCst) == 0 {
                 let inner = tx
-                    .atomic(|tx| Box::pin(async move { Ok(DB::raise_conflict(tx, pool).await?) }))
+                    .atomic(|tx| {
+                        Box::pin(async move { Ok::<_, Error>(DB::raise_conflict(tx, pool).await?) })
+                    })
                     .await;
                 assert!(inner.is_err());
             } else {
                 DB::insert_business(tx, 6).await?;
             }
-            Ok(())
+            Ok::<_, Error>(())
         })
     })
+    .options(fast(5))
     .await
     .unwrap();
     assert_eq!(attempts.load(SeqCst), 2);
@@ -110,10 +115,10 @@ async fn signals_of_retried_attempts_are_sent_once<DB: AtomicDb>() {
     let attempts = AtomicU32::new(0);
     let (attempts, pool) = (&attempts, &db.pool);
     let options = fast(5)
-        .retry_on_unique_violation(true)
+        .retry_on_integrity_error(true)
         .sqlite_begin(SqliteBegin::Immediate);
     let (n, delivery) = bus
-        .atomic_with_delivery(&options, |tx| {
+        .atomic(|tx| {
             Box::pin(async move {
                 let n = i64::from(attempts.fetch_add(1, SeqCst) + 1);
                 DB::insert_business(tx, n).await?;
@@ -125,9 +130,11 @@ async fn signals_of_retried_attempts_are_sent_once<DB: AtomicDb>() {
                         DB::raise_conflict(tx, pool).await?;
                     }
                 }
-                Ok(n)
+                Ok::<_, Error>(n)
             })
         })
+        .options(options.clone())
+        .delivery()
         .await
         .unwrap();
     assert_eq!(n, 3);
@@ -160,7 +167,7 @@ async fn panic_rolls_back_and_resumes<DB: AtomicDb>() {
                     if DB::count_orders(tx).await? == 1 {
                         panic!("boom in an atomic block");
                     }
-                    Ok(())
+                    Ok::<_, Error>(())
                 })
             })
             .await
@@ -169,7 +176,7 @@ async fn panic_rolls_back_and_resumes<DB: AtomicDb>() {
     let joined = task.await.unwrap_err();
     assert!(joined.is_panic());
     assert_eq!(DB::count_business(&db.pool).await, 0);
-    bus.atomic(|tx| Box::pin(async move { Ok(DB::insert_business(tx, 2).await?) }))
+    bus.atomic(|tx| Box::pin(async move { Ok::<_, Error>(DB::insert_business(tx, 2).await?) }))
         .await
         .unwrap();
     assert_eq!(DB::count_business(&db.pool).await, 1);
@@ -191,15 +198,16 @@ async fn repeatable_read_by_default<DB: AtomicDb>() {
         AtomicOptions::new().isolation(Isolation::ReadCommitted),
     ] {
         let (before, after) = bus
-            .atomic_with(&options, |tx| {
+            .atomic(|tx| {
                 Box::pin(async move {
                     let before = DB::count_orders(tx).await?;
                     let mut other = pool.acquire().await?;
                     DB::insert_business(&mut other, i64::from(id.fetch_add(1, SeqCst))).await?;
                     drop(other);
-                    Ok((before, DB::count_orders(tx).await?))
+                    Ok::<_, Error>((before, DB::count_orders(tx).await?))
                 })
             })
+            .options(options.clone())
             .await
             .unwrap();
         seen.push(after - before);
@@ -228,7 +236,7 @@ async fn write_skew_needs_serializable<DB: AtomicDb>() {
         let leave = |me: i64| {
             let (bus, barrier, attempts, options) = (&bus, &barrier, &attempts, &options);
             async move {
-                bus.atomic_with(options, |tx| {
+                bus.atomic(|tx| {
                     let first = attempts.fetch_add(1, SeqCst) < 2;
                     Box::pin(async move {
                         let on_call = DB::count_positive(tx).await?;
@@ -238,9 +246,10 @@ async fn write_skew_needs_serializable<DB: AtomicDb>() {
                         if on_call >= 2 {
                             DB::add_balance(tx, me, -1).await?;
                         }
-                        Ok(())
+                        Ok::<_, Error>(())
                     })
                 })
+                .options(options.clone())
                 .await
             }
         };

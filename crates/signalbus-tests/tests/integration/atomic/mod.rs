@@ -1,20 +1,21 @@
 //! Atomic blocks (issue 5): retries, nesting, isolation, signals, row helpers.
 
 mod blocks;
+mod errors;
 mod retries;
 mod rows;
 
 use crate::common::{TestBackend, TestDb};
 use crate::signals::OrderPlaced;
 use signalbus::SignalBus;
-use signalbus::atomic::{AtomicBackend, AtomicOptions, Record, SqliteBegin};
+use signalbus::atomic::{AtomicOptions, Record, SqliteBegin};
 use signalbus::publisher::{Backoff, MemoryPublisher};
 use sqlx::{AssertSqlSafe, MySql, Pool, Postgres, Sqlite};
 use std::future::Future;
 use std::time::Duration;
 
 /// Tables and statements of the atomic tests, per database.
-pub trait AtomicDb: TestBackend + AtomicBackend {
+pub trait AtomicDb: TestBackend {
     fn setup_tables(pool: &Pool<Self>) -> impl Future<Output = ()> + Send;
     fn add_accounts(pool: &Pool<Self>, n: i64, balance: i64) -> impl Future<Output = ()> + Send;
     fn add_balance(
@@ -23,6 +24,17 @@ pub trait AtomicDb: TestBackend + AtomicBackend {
         delta: i64,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
     fn balances(pool: &Pool<Self>) -> impl Future<Output = Vec<(i64, i64)>> + Send;
+    fn insert_parent(pool: &Pool<Self>, id: i64) -> impl Future<Output = ()> + Send;
+    /// A row of `children` (foreign key to `parents`).
+    fn insert_child(
+        conn: &mut Self::Connection,
+        id: i64,
+        parent: i64,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// The balances as the transaction of `conn` sees them.
+    fn balances_in(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = sqlx::Result<Vec<(i64, i64)>>> + Send;
     /// Accounts with a positive balance.
     fn count_positive(
         conn: &mut Self::Connection,
@@ -52,14 +64,17 @@ pub trait AtomicDb: TestBackend + AtomicBackend {
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
 }
 
-/// `?` placeholders as the database wants them.
-fn sql<DB: AtomicBackend>(text: &str) -> AssertSqlSafe<String> {
+/// `?` placeholders as the database wants them (`$n` on PostgreSQL).
+fn sql<DB: sqlx::Database>(text: &str) -> AssertSqlSafe<String> {
+    if DB::NAME != "PostgreSQL" {
+        return AssertSqlSafe(text.to_owned());
+    }
     let mut out = String::new();
     let mut n = 0;
     for c in text.chars() {
         if c == '?' {
             n += 1;
-            out.push_str(&DB::placeholder(n));
+            out.push_str(&format!("${n}"));
         } else {
             out.push(c);
         }
@@ -77,6 +92,9 @@ macro_rules! atomic_db {
                     "CREATE TABLE conflicts (n BIGINT)",
                     "CREATE TABLE members (tenant VARCHAR(32) NOT NULL, id BIGINT NOT NULL, \
                      role VARCHAR(32) NOT NULL, PRIMARY KEY (tenant, id))",
+                    "CREATE TABLE parents (id BIGINT PRIMARY KEY)",
+                    "CREATE TABLE children (id BIGINT PRIMARY KEY, parent BIGINT NOT NULL \
+                     REFERENCES parents (id))",
                 ] {
                     sqlx::raw_sql(stmt).execute(pool).await.unwrap();
                 }
@@ -106,6 +124,32 @@ macro_rules! atomic_db {
                 .execute(conn)
                 .await
                 .map(drop)
+            }
+            async fn insert_parent(pool: &Pool<Self>, id: i64) {
+                sqlx::query(sql::<Self>("INSERT INTO parents (id) VALUES (?)"))
+                    .bind(id)
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            async fn insert_child(
+                conn: &mut Self::Connection,
+                id: i64,
+                parent: i64,
+            ) -> sqlx::Result<()> {
+                sqlx::query(sql::<Self>(
+                    "INSERT INTO children (id, parent) VALUES (?, ?)",
+                ))
+                .bind(id)
+                .bind(parent)
+                .execute(conn)
+                .await
+                .map(drop)
+            }
+            async fn balances_in(conn: &mut Self::Connection) -> sqlx::Result<Vec<(i64, i64)>> {
+                sqlx::query_as("SELECT id, balance FROM accounts ORDER BY id")
+                    .fetch_all(conn)
+                    .await
             }
             async fn balances(pool: &Pool<Self>) -> Vec<(i64, i64)> {
                 sqlx::query_as("SELECT id, balance FROM accounts ORDER BY id")

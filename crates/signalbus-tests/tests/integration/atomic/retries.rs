@@ -65,7 +65,7 @@ where
         async move {
             let mut first_attempt = true;
             let result = bus
-                .atomic_with(&fast(10), |tx| {
+                .atomic(|tx| {
                     let first = std::mem::replace(&mut first_attempt, false);
                     let mut committed_rx = committed_rx.clone();
                     Box::pin(async move {
@@ -80,9 +80,10 @@ where
                         tx.lock_row::<Account>(to, RowLock::UPDATE).await?;
                         DB::add_balance(tx, from, -amount).await?;
                         DB::add_balance(tx, to, amount).await?;
-                        Ok(from)
+                        Ok::<_, Error>(from)
                     })
                 })
+                .options(fast(10))
                 .await;
             committed.send_modify(|n| *n += 1);
             result
@@ -130,12 +131,13 @@ where
                 let attempts = &attempts;
                 // Locks in id order: conflicts, but no deadlocks.
                 let (first, second) = (from.min(to), from.max(to));
-                bus.atomic_with(&fast(1000).sqlite_begin(sqlite_begin(i)), |tx| {
+                bus.atomic(|tx| {
                     Box::pin(async move {
                         attempts.fetch_add(1, SeqCst);
                         move_money(tx, first, second, from, amount).await
                     })
                 })
+                .options(fast(1000).sqlite_begin(sqlite_begin(i)))
                 .await
             })
         })
@@ -165,7 +167,7 @@ fn sqlite_begin(i: usize) -> SqliteBegin {
 }
 
 /// 50 callers insert the same key if it is absent: half with the block option, half with a
-/// scoped `retry_on_unique_violation`. Every caller gets the one row's value.
+/// scoped `retry_on_integrity_error`. Every caller gets the one row's value.
 async fn concurrent_insert_if_absent<DB: AtomicDb>() {
     let (db, bus, _) = setup::<DB>(10).await;
     let tasks: Vec<_> = (0..50i64)
@@ -173,24 +175,27 @@ async fn concurrent_insert_if_absent<DB: AtomicDb>() {
             let bus = bus.clone();
             tokio::spawn(async move {
                 let options = fast(100)
-                    .retry_on_unique_violation(i % 2 == 0)
+                    .retry_on_integrity_error(i % 2 == 0)
                     .sqlite_begin(sqlite_begin(i as usize / 2));
-                bus.atomic_with(&options, |tx| {
+                bus.atomic(|tx| {
                     Box::pin(async move {
                         if let Some(v) = DB::kv_get(tx, "the-key").await? {
-                            return Ok(v);
+                            return Ok::<_, Error>(v);
                         }
                         if i % 2 == 0 {
                             DB::kv_insert(tx, "the-key", i).await?;
                         } else {
-                            tx.retry_on_unique_violation(|tx| {
-                                Box::pin(async move { Ok(DB::kv_insert(tx, "the-key", i).await?) })
+                            tx.retry_on_integrity_error(|tx| {
+                                Box::pin(async move {
+                                    Ok::<_, Error>(DB::kv_insert(tx, "the-key", i).await?)
+                                })
                             })
                             .await?;
                         }
                         Ok(i)
                     })
                 })
+                .options(options.clone())
                 .await
             })
         })
@@ -218,8 +223,8 @@ async fn insert_race_of_two_is_retried<DB: AtomicDb>() {
     let caller = |v: i64| {
         let (bus, barrier, attempts) = (&bus, &barrier, &attempts);
         async move {
-            let options = fast(10).retry_on_unique_violation(true);
-            bus.atomic_with(&options, |tx| {
+            let options = fast(10).retry_on_integrity_error(true);
+            bus.atomic(|tx| {
                 let first = attempts.fetch_add(1, SeqCst) < 2;
                 Box::pin(async move {
                     let found = DB::kv_get(tx, "k").await?;
@@ -227,7 +232,7 @@ async fn insert_race_of_two_is_retried<DB: AtomicDb>() {
                         barrier.wait().await;
                     }
                     match found {
-                        Some(v) => Ok(v),
+                        Some(v) => Ok::<_, Error>(v),
                         None => {
                             DB::kv_insert(tx, "k", v).await?;
                             Ok(v)
@@ -235,6 +240,7 @@ async fn insert_race_of_two_is_retried<DB: AtomicDb>() {
                     }
                 })
             })
+            .options(options.clone())
             .await
         }
     };
@@ -253,7 +259,7 @@ async fn insert_race_without_the_option_fails<DB: AtomicDb>() {
     let caller = |v: i64| {
         let (bus, barrier, attempts) = (&bus, &barrier, &attempts);
         async move {
-            bus.atomic_with(&fast(10), |tx| {
+            bus.atomic(|tx| {
                 Box::pin(async move {
                     attempts.fetch_add(1, SeqCst);
                     let found = DB::kv_get(tx, "k").await?;
@@ -264,6 +270,7 @@ async fn insert_race_without_the_option_fails<DB: AtomicDb>() {
                     Ok(v)
                 })
             })
+            .options(fast(10))
             .await
         }
     };
@@ -291,13 +298,14 @@ async fn non_retryable_errors_surface_at_once<DB: AtomicDb>() {
     let attempts = AtomicU32::new(0);
     let attempts = &attempts;
     let error = bus
-        .atomic_with(&fast(10), |tx| {
+        .atomic(|tx| {
             Box::pin(async move {
                 attempts.fetch_add(1, SeqCst);
                 DB::kv_insert(tx, "taken", 2).await?;
                 Ok(())
             })
         })
+        .options(fast(10))
         .await
         .unwrap_err();
     assert_eq!(attempts.swap(0, SeqCst), 1, "{error}");
@@ -305,12 +313,13 @@ async fn non_retryable_errors_surface_at_once<DB: AtomicDb>() {
     assert!(matches!(&error, Error::Database(sqlx::Error::Database(e)) if e.is_unique_violation()));
 
     let error = bus
-        .atomic_with(&fast(10), |_tx| {
+        .atomic(|_tx| {
             Box::pin(async move {
                 attempts.fetch_add(1, SeqCst);
                 Err::<(), _>(Error::Config("not a conflict".into()))
             })
         })
+        .options(fast(10))
         .await
         .unwrap_err();
     assert_eq!(attempts.load(SeqCst), 1);
@@ -323,13 +332,14 @@ async fn endless_conflict_stops_at_the_cap<DB: AtomicDb>() {
     let attempts = AtomicU32::new(0);
     let (attempts, pool) = (&attempts, &db.pool);
     let error = bus
-        .atomic_with(&fast(4), |tx| {
+        .atomic(|tx| {
             Box::pin(async move {
                 attempts.fetch_add(1, SeqCst);
                 DB::raise_conflict(tx, pool).await?;
-                Ok(())
+                Ok::<_, Error>(())
             })
         })
+        .options(fast(4))
         .await
         .unwrap_err();
     assert_eq!(attempts.load(SeqCst), 4);
@@ -340,7 +350,7 @@ async fn endless_conflict_stops_at_the_cap<DB: AtomicDb>() {
     match &error {
         Error::RetriesExhausted { attempts, last } => {
             assert_eq!(*attempts, 4);
-            assert!(is_conflict::<DB>(last), "{last}");
+            assert!(is_conflict::<DB>(&**last), "{last}");
         }
         other => panic!("expected RetriesExhausted, got {other:?}"),
     }

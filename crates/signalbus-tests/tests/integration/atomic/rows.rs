@@ -72,7 +72,7 @@ where
                 let reloaded = tx.reload(&one).await?.unwrap();
                 let shared = tx.lock_row::<Account>(2, RowLock::SHARE).await?;
                 assert_eq!(shared.map(|a| a.balance), Some(100));
-                Ok((one, reloaded))
+                Ok::<_, Error>((one, reloaded))
             })
         })
         .await
@@ -105,7 +105,7 @@ where
                     .await?
                     .unwrap();
                 assert_eq!(tx.reload(&dev).await?.as_ref(), Some(&dev));
-                Ok((ops.role, dev.role))
+                Ok::<_, Error>((ops.role, dev.role))
             })
         })
         .await
@@ -190,13 +190,14 @@ where
         .unwrap();
 
     let error = bus
-        .atomic_with(&fast(3), |tx| {
+        .atomic(|tx| {
             Box::pin(async move { tx.lock_row::<Account>(1, RowLock::UPDATE.nowait()).await })
         })
+        .options(fast(3))
         .await
         .unwrap_err();
     match &error {
-        Error::RetriesExhausted { attempts: 3, last } => assert!(is_conflict::<DB>(last)),
+        Error::RetriesExhausted { attempts: 3, last } => assert!(is_conflict::<DB>(&**last)),
         other => panic!("expected 3 attempts: {other:?}"),
     }
     let skipped = bus
@@ -208,7 +209,7 @@ where
                 let two = tx
                     .lock_row::<Account>(2, RowLock::UPDATE.skip_locked())
                     .await?;
-                Ok((one, two.map(|a| a.id)))
+                Ok::<_, Error>((one, two.map(|a| a.id)))
             })
         })
         .await
@@ -231,9 +232,10 @@ where
         .unwrap();
     assert_eq!(shared.map(|a| a.id), Some(2));
     let error = bus
-        .atomic_with(&fast(1), |tx| {
+        .atomic(|tx| {
             Box::pin(async move { tx.lock_row::<Account>(2, RowLock::UPDATE.nowait()).await })
         })
+        .options(fast(1))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("after 1 attempts"), "{error}");

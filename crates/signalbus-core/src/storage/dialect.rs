@@ -1,0 +1,140 @@
+//! What differs between the databases, described once per database: quoting, placeholders,
+//! column types, locking clauses, how transactions begin and which errors are conflicts.
+//! [`super::statements`] builds every statement of a signal table from one of these, so the
+//! SQL of the table contract is written once, not once per database.
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use crate::atomic::LockWait;
+use crate::atomic::{Isolation, RowLock, SqliteBegin};
+use sqlx::error::DatabaseError;
+use std::time::Duration;
+
+/// How bound parameters are written.
+// Which variants a build uses depends on its database features.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placeholders {
+    /// `$1`, `$2`, … (PostgreSQL).
+    Numbered,
+    /// `?` (MySQL, SQLite).
+    Question,
+}
+
+/// How a flush reads the next burst of unordered rows.
+// Which variants a build uses depends on its database features.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BurstRead {
+    /// One locking `SELECT … ORDER BY id LIMIT n` (with the claim lock clause).
+    Select,
+    /// The ids first, then the rows by id: one primary-key lookup per id, so that the locking
+    /// read locks exactly the rows it returns (MySQL's optimizer may otherwise scan).
+    IdsThenRows,
+}
+
+/// How `flushordered` finds the rows it may send.
+// Which variants a build uses depends on its database features.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OrderedRead {
+    /// Rows of transactions older than the snapshot's xmin, by `txid` first (PostgreSQL),
+    /// one ordered flusher per table at a time (an advisory lock).
+    TxidWatermark,
+    /// A locking read in the declared order; the flush lock keeps other flushers out.
+    Locking,
+}
+
+/// The SQL types of the table contract's columns, and what a new table gets besides.
+#[derive(Debug)]
+pub(crate) struct ColumnTypes {
+    /// `id`: an auto-increment 64-bit primary key.
+    pub id: &'static str,
+    /// `message_id` with its default: a random UUID (v4) in canonical text form, so that rows
+    /// written by other languages without an id get the same format on every database.
+    pub message_id: &'static str,
+    /// Short text columns (`topic`, `routing_key`, `content_type`).
+    pub short_text: &'static str,
+    /// `headers`.
+    pub long_text: &'static str,
+    /// `body`.
+    pub bytes: &'static str,
+    /// `created_at` with its default: now.
+    pub created_at: &'static str,
+    /// Columns only this database has (PostgreSQL's `txid`), each starting with `,`.
+    pub extra_columns: &'static str,
+    /// After the closing parenthesis (MySQL's `ENGINE=InnoDB`).
+    pub table_options: &'static str,
+}
+
+/// One database's SQL, as signalbus needs it.
+#[derive(Debug)]
+pub(crate) struct Dialect {
+    /// The character that quotes identifiers.
+    pub quote: char,
+    pub placeholders: Placeholders,
+    pub columns: ColumnTypes,
+    /// How `body` is read (`{p}`: the table alias and dot, or nothing): always as bytes,
+    /// also where a foreign writer stored text.
+    pub read_body: &'static str,
+    /// `FROM …` of the rows whose ids are in the bound id list (`{t}`: the table, `{p}`: the
+    /// placeholder), aliasing the table `t`.
+    pub rows_by_ids: &'static str,
+    /// `DELETE` of the rows whose ids are in the bound id list.
+    pub delete_by_ids: &'static str,
+    /// Appended to the reads that claim rows for sending, so that two flushers never take the
+    /// same row (empty where the whole database is locked instead).
+    pub claim_lock: &'static str,
+    /// Appended to the ordered read: locks the rows, waiting for held ones (never skipping:
+    /// that would break the order).
+    pub ordered_lock: &'static str,
+    pub burst_read: BurstRead,
+    pub ordered_read: OrderedRead,
+    /// Whether the rows of an auto-flush round are claimed, deleted and returned by one
+    /// statement.
+    pub delete_returning: bool,
+    /// Whether an insert returns the new id (`RETURNING id`) rather than through the
+    /// driver's last insert id.
+    pub insert_returning: bool,
+    /// Whether flushers of one table take turns through a lock row in `signalbus_flush_lock`.
+    pub flush_lock_table: bool,
+    /// The age of the oldest row in microseconds, over a table aliased `t`.
+    pub oldest_age_micros: &'static str,
+    /// How a flush transaction begins.
+    pub begin_flush: &'static str,
+    /// How a signalbus write transaction ([`crate::SignalBus::begin`]) begins; `None`: the
+    /// driver's default `BEGIN`.
+    pub begin_write: Option<&'static str>,
+    /// The publish timeout a bus uses unless told otherwise.
+    pub default_publish_timeout: Duration,
+    /// Whether a database error is a conflict that running the transaction again resolves.
+    pub is_conflict: fn(&dyn DatabaseError) -> bool,
+    /// How one attempt of an atomic block begins; `None`: the driver's default `BEGIN`.
+    pub begin_atomic: fn(Isolation, SqliteBegin) -> Option<&'static str>,
+    /// The clause that locks the rows a `SELECT` returns.
+    pub row_lock: fn(RowLock) -> &'static str,
+}
+
+impl Dialect {
+    /// The placeholder of the `n`-th bound parameter (counting from 1).
+    pub fn placeholder(&self, n: usize) -> String {
+        match self.placeholders {
+            Placeholders::Numbered => format!("${n}"),
+            Placeholders::Question => "?".to_owned(),
+        }
+    }
+}
+
+/// `FOR UPDATE` and friends, as PostgreSQL and MySQL 8 write them; `share` is the shared
+/// form (`FOR SHARE` on PostgreSQL, `LOCK IN SHARE MODE` on MySQL/MariaDB, which MariaDB
+/// needs; MySQL 8 accepts NOWAIT / SKIP LOCKED after it too).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn lock_clause(lock: RowLock, share: [&'static str; 3]) -> &'static str {
+    match (lock.shared, lock.wait) {
+        (false, LockWait::Wait) => " FOR UPDATE",
+        (false, LockWait::NoWait) => " FOR UPDATE NOWAIT",
+        (false, LockWait::SkipLocked) => " FOR UPDATE SKIP LOCKED",
+        (true, LockWait::Wait) => share[0],
+        (true, LockWait::NoWait) => share[1],
+        (true, LockWait::SkipLocked) => share[2],
+    }
+}
