@@ -1,7 +1,7 @@
 //! The three flush commands: counting what is pending, flushing with progress lines, and
-//! repeating until SIGTERM/SIGINT.
+//! repeating until the caller's [`StopSignal`] fires.
 
-use crate::{CliError, DrainArgs, report, select};
+use crate::{CliError, DrainArgs, Outcome, report, select};
 use signalbus::{Backend, FlushProgress, Selection, SignalBus};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -9,38 +9,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// Asks running flushes to stop after their current burst.
+/// Asks running flushes to stop after their current burst, and `--repeat` loops to end.
+///
+/// The caller creates it and decides what fires it: the `signalbus` binary fires it on
+/// SIGTERM/SIGINT, an application may use its own shutdown. Clones share one signal.
 #[derive(Debug, Clone, Default)]
 pub struct StopSignal(Arc<(AtomicBool, Notify)>);
 
 impl StopSignal {
-    /// A signal that only [`StopSignal::stop`] fires.
+    /// A signal that has not fired.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A signal fired by SIGTERM or SIGINT. A second one exits at once (status 130), for a
-    /// flush stuck waiting on the database. Must be called inside a tokio runtime.
-    pub fn on_terminate() -> Self {
-        let stop = StopSignal::new();
-        let fire = stop.clone();
-        tokio::spawn(async move {
-            let mut fired = false;
-            loop {
-                terminated().await;
-                if fired {
-                    eprintln!("signalbus: stopped at once");
-                    std::process::exit(130);
-                }
-                eprintln!("signalbus: stopping after the current burst");
-                fire.stop();
-                fired = true;
-            }
-        });
-        stop
-    }
-
-    /// Fire: flushes stop after their current burst, `--repeat` loops end.
+    /// Fire: flushes stop after their current burst, `--repeat` loops end. Firing again does
+    /// nothing more.
     pub fn stop(&self) {
         self.0.0.store(true, Ordering::SeqCst);
         self.0.1.notify_waiters();
@@ -51,33 +34,14 @@ impl StopSignal {
         self.0.0.load(Ordering::SeqCst)
     }
 
-    async fn wait(&self) {
+    /// Completes once it fired (at once if it already had).
+    pub async fn stopped(&self) {
+        // Created before the check, so a `stop` in between still wakes it.
         let notified = self.0.1.notified();
         if !self.is_stopped() {
             notified.await;
         }
     }
-}
-
-#[cfg(unix)]
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn terminated() {
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Which flush.
@@ -104,21 +68,21 @@ pub(crate) async fn repeat<DB: Backend>(
     mode: Mode,
     args: &DrainArgs,
     stop: &StopSignal,
-) -> Result<(), CliError> {
+) -> Result<Outcome, CliError> {
     let types = select(bus, &args.names, &args.exclude)?;
     let selection = Selection::only(types.iter().cloned());
     loop {
         let sent = once(bus, mode, &selection, &types, stop).await?;
         eprintln!("signalbus {}: sent {sent} signal(s)", mode.name());
-        let Some(every) = args.repeat else {
-            return Ok(());
-        };
         if stop.is_stopped() {
-            return Ok(());
+            return Ok(Outcome::Stopped);
         }
+        let Some(every) = args.repeat else {
+            return Ok(Outcome::Completed);
+        };
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.wait() => return Ok(()),
+            _ = stop.stopped() => return Ok(Outcome::Stopped),
         }
     }
 }
@@ -181,6 +145,6 @@ async fn once<DB: Backend>(
                 mode.name()
             ),
         };
-        CliError::caused(what, &e)
+        CliError::caused(what, e)
     })
 }

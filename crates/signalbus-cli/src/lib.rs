@@ -5,11 +5,16 @@
 //! It works two ways:
 //!
 //! * **Embedded** in your own binary, with your typed signals (the original's
-//!   `flask signalbus ...`): mount [`SignalbusArgs`] as a clap subcommand and hand it to
-//!   [`run`] with your [`SignalBus`]:
+//!   `flask signalbus ...`): mount [`SignalbusArgs`] as a clap subcommand and hand its
+//!   command to [`run`] with your [`SignalBus`] and a [`StopSignal`]. The library never
+//!   exits the process nor installs signal handlers: your binary decides what stops a
+//!   `--repeat` loop, and prints the error and picks the exit status from what [`run`]
+//!   returns:
 //!
 //! ```no_run
 //! use clap::{Parser, Subcommand};
+//! use signalbus_cli::{SignalbusArgs, StopSignal};
+//! use std::process::ExitCode;
 //!
 //! #[derive(Parser)]
 //! struct App {
@@ -20,13 +25,29 @@
 //! #[derive(Subcommand)]
 //! enum AppCommand {
 //!     /// Send, count and list pending signals.
-//!     Signalbus(signalbus_cli::SignalbusArgs),
+//!     Signalbus(SignalbusArgs),
 //!     // ... the application's own commands
 //! }
 //!
-//! # async fn demo(bus: signalbus::SignalBus<sqlx::Postgres>) {
+//! # async fn demo(bus: signalbus::SignalBus<sqlx::Postgres>) -> ExitCode {
 //! match App::parse().command {
-//!     AppCommand::Signalbus(args) => std::process::exit(signalbus_cli::run(&bus, &args).await),
+//!     AppCommand::Signalbus(args) => {
+//!         // Ctrl-C ends a `--repeat` loop (or a long flush) after the current burst.
+//!         let stop = StopSignal::new();
+//!         let on_ctrl_c = stop.clone();
+//!         tokio::spawn(async move {
+//!             if tokio::signal::ctrl_c().await.is_ok() {
+//!                 on_ctrl_c.stop();
+//!             }
+//!         });
+//!         match signalbus_cli::run(&bus, &args.command, &stop).await {
+//!             Ok(outcome) => outcome.exit_code(),
+//!             Err(e) => {
+//!                 eprintln!("{}", e.render(args.verbose));
+//!                 e.exit_code()
+//!             }
+//!         }
+//!     }
 //! }
 //! # }
 //! ```
@@ -34,23 +55,28 @@
 //! * **Standalone**, the `signalbus` binary of this crate, for services in any language:
 //!   signal types are declared in a TOML file ([`config`]) and their tables follow the table
 //!   contract (`docs/table-contract.md`), so a Python or Go service writes plain rows and
-//!   `signalbus flushmany` sends them.
+//!   `signalbus flushmany` sends them. It stops on SIGTERM/SIGINT (a second one exits at
+//!   once, status 130).
 //!
-//! Exit status: 0 on success (also when SIGTERM/SIGINT ended a `--repeat` loop), 1 on any
-//! failure (a one-line cause on standard error, the whole chain of causes with `-v`), 2 on a
-//! usage error. Summaries and progress go to standard error, so that the `stdout:` bus and
-//! the output of `pending`/`signals` stay clean on standard output.
+//! Exit status ([`Outcome::exit_code`], [`CliError::exit_code`]): 0 on success (also when
+//! the [`StopSignal`], SIGTERM/SIGINT in the binary, ended a `--repeat` loop), 1 on any
+//! failure (a one-line cause on standard error, the whole chain of causes with `-v`:
+//! [`CliError::render`]), 2 on a usage error (clap's). The commands print their output
+//! (`pending`, `signals`) on standard output, summaries, progress and warnings on standard
+//! error, so that the `stdout:` bus and the output of `pending`/`signals` stay clean.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
+mod error;
 mod flushing;
 mod report;
 
 use clap::{Args, Subcommand};
 use signalbus::{Backend, SignalBus};
-use std::fmt::Write as _;
+use std::process::ExitCode;
 
+pub use error::CliError;
 pub use flushing::StopSignal;
 
 /// The `signalbus` subcommands with their common options; mount it in your clap parser.
@@ -137,91 +163,39 @@ fn seconds(text: &str) -> Result<std::time::Duration, String> {
         .map_err(|_| format!("`{text}` is not a valid number of seconds"))
 }
 
-/// A failure of a command: what to print, and that the exit status is non-zero.
-#[derive(Debug)]
-pub struct CliError {
-    message: String,
-    chain: Vec<String>,
+/// How a command that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// It ran to its end.
+    Completed,
+    /// The [`StopSignal`] fired before it ended: a `--repeat` loop stopped between rounds,
+    /// or a flush after its current burst (what it sent is deleted, the rest stays pending).
+    Stopped,
 }
 
-impl CliError {
-    /// A failure described by `message` alone.
-    pub fn msg(message: impl Into<String>) -> Self {
-        CliError {
-            message: message.into(),
-            chain: Vec::new(),
-        }
-    }
-
-    /// A failure caused by `error`, described as `context: error`.
-    pub fn caused(context: impl std::fmt::Display, error: &dyn std::error::Error) -> Self {
-        let mut chain = Vec::new();
-        let mut source = error.source();
-        while let Some(e) = source {
-            chain.push(one_line(&e.to_string()));
-            source = e.source();
-        }
-        CliError {
-            message: one_line(&format!("{context}: {error}")),
-            chain,
-        }
-    }
-
-    /// The text to print: one line, or with `verbose` one more line per cause.
-    pub fn render(&self, verbose: bool) -> String {
-        let mut out = format!("error: {}", self.message);
-        if verbose {
-            for cause in &self.chain {
-                let _ = write!(out, "\n  caused by: {cause}");
-            }
-        } else if !self.chain.is_empty() {
-            out.push_str(" (-v shows the causes)");
-        }
-        out
+impl Outcome {
+    /// The exit status of the `signalbus` binary: success either way, since stopping is how
+    /// a supervisor ends a `--repeat` loop.
+    pub fn exit_code(self) -> ExitCode {
+        ExitCode::SUCCESS
     }
 }
 
-impl std::fmt::Display for CliError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<signalbus::Error> for CliError {
-    fn from(e: signalbus::Error) -> Self {
-        let mut err = CliError::caused("", &e);
-        err.message = one_line(&e.to_string());
-        err
-    }
-}
-
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Run `args` against `bus`; returns the process exit status (errors are printed on
-/// standard error). SIGTERM and SIGINT stop a flush after its current burst.
-pub async fn run<DB: Backend>(bus: &SignalBus<DB>, args: &SignalbusArgs) -> i32 {
-    let stop = StopSignal::on_terminate();
-    match execute(bus, &args.command, &stop).await {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("{}", e.render(args.verbose));
-            1
-        }
-    }
-}
-
-/// Run `command` against `bus`, stopping flushes when `stop` fires.
-pub async fn execute<DB: Backend>(
+/// Run `command` against `bus`. Flushes stop after their current burst, and `--repeat` loops
+/// end, when `stop` fires.
+///
+/// Prints what the command shows (standard output) and its summaries, progress and warnings
+/// (standard error), but not the error it returns: print that with [`CliError::render`].
+pub async fn run<DB: Backend>(
     bus: &SignalBus<DB>,
     command: &Command,
     stop: &StopSignal,
-) -> Result<(), CliError> {
+) -> Result<Outcome, CliError> {
     match command {
         Command::Signals => {
             print!("{}", report::signals(bus.signal_types()));
-            Ok(())
+            Ok(Outcome::Completed)
         }
         Command::Pending(args) => {
             let types = select(bus, &args.names, &args.exclude)?;
@@ -231,15 +205,15 @@ pub async fn execute<DB: Backend>(
             } else {
                 print!("{}", report::pending_text(&stats));
             }
-            Ok(())
+            Ok(Outcome::Completed)
         }
         Command::Migrate => {
             bus.migrate()
                 .await
-                .map_err(|e| CliError::caused("cannot create the signal tables", &e))?;
+                .map_err(|e| CliError::caused("cannot create the signal tables", e))?;
             let n = bus.signal_types().count();
             eprintln!("signalbus: {n} signal table(s) ready");
-            Ok(())
+            Ok(Outcome::Completed)
         }
         Command::Flush(args) => {
             let mode = flushing::Mode::Flush(args.wait);
@@ -249,6 +223,17 @@ pub async fn execute<DB: Backend>(
         Command::Flushordered(args) => {
             flushing::repeat(bus, flushing::Mode::Ordered, args, stop).await
         }
+    }
+}
+
+impl Command {
+    /// Whether it sends signals (`flush`, `flushmany`, `flushordered`): the commands that
+    /// need a bus, and that a [`StopSignal`] stops.
+    pub fn is_flush(&self) -> bool {
+        matches!(
+            self,
+            Command::Flush(_) | Command::Flushmany(_) | Command::Flushordered(_)
+        )
     }
 }
 
@@ -288,4 +273,104 @@ fn select<DB: Backend>(
         }));
     }
     Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signalbus::SignalType;
+    use signalbus::publisher::MemoryPublisher;
+    use std::time::Duration;
+
+    /// A bus on a fresh SQLite file with `rows` pending `a` signals (bursts of one).
+    async fn bus_with_pending(
+        dir: &tempfile::TempDir,
+        rows: usize,
+    ) -> (SignalBus<sqlx::Sqlite>, MemoryPublisher) {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("db.sqlite"))
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let outbox = MemoryPublisher::new();
+        let bus = SignalBus::builder(pool.clone())
+            .publisher(outbox.clone())
+            .register_type(SignalType::new("a").burst(1))
+            .autoflush(false)
+            .build()
+            .unwrap();
+        bus.migrate().await.unwrap();
+        for _ in 0..rows {
+            sqlx::query("INSERT INTO a (topic, body) VALUES ('t', x'00')")
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        (bus, outbox)
+    }
+
+    fn flushmany(repeat: Option<Duration>) -> Command {
+        Command::Flushmany(DrainArgs {
+            names: Vec::new(),
+            exclude: Vec::new(),
+            repeat,
+        })
+    }
+
+    #[tokio::test]
+    async fn without_a_stop_a_flush_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, outbox) = bus_with_pending(&dir, 3).await;
+        let outcome = run(&bus, &flushmany(None), &StopSignal::new()).await;
+        assert_eq!(outcome.unwrap(), Outcome::Completed);
+        assert_eq!(outbox.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_callers_stop_signal_ends_a_repeat_loop_while_it_sleeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, outbox) = bus_with_pending(&dir, 2).await;
+        let stop = StopSignal::new();
+        let fire = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            fire.stop();
+        });
+        // An hour between rounds: only the stop signal can end it in time.
+        let command = flushmany(Some(Duration::from_secs(3600)));
+        let outcome = tokio::time::timeout(Duration::from_secs(20), run(&bus, &command, &stop))
+            .await
+            .expect("the stop signal ends the loop");
+        assert_eq!(outcome.unwrap(), Outcome::Stopped);
+        assert_eq!(outbox.len(), 2, "the first round ran");
+    }
+
+    #[tokio::test]
+    async fn a_fired_stop_signal_ends_a_flush_after_its_first_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, outbox) = bus_with_pending(&dir, 3).await;
+        let stop = StopSignal::new();
+        stop.stop();
+        stop.stopped().await; // completes at once once fired
+        let outcome = run(&bus, &flushmany(None), &stop).await;
+        assert_eq!(outcome.unwrap(), Outcome::Stopped);
+        assert_eq!(outbox.len(), 1, "one burst of one");
+        let left = bus.pending(&signalbus::Selection::all()).await.unwrap();
+        assert_eq!(left[0].1.count, 2);
+    }
+
+    #[tokio::test]
+    async fn failures_are_returned_not_printed_or_exited() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, _) = bus_with_pending(&dir, 0).await;
+        let command = Command::Pending(PendingArgs {
+            names: vec!["nope".into()],
+            exclude: Vec::new(),
+            json: false,
+        });
+        let e = run(&bus, &command, &StopSignal::new()).await.unwrap_err();
+        assert_eq!(
+            e.render(false),
+            "error: none of the given signal names is known; nothing to do"
+        );
+    }
 }

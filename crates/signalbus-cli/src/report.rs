@@ -50,7 +50,7 @@ pub(crate) async fn pending_stats<DB: Backend>(
                         "signal `{name}`: cannot read its table `{table}` (does it exist? \
                          `signalbus migrate` creates it)"
                     ),
-                    &e,
+                    e,
                 )
             })?;
         let stats = stats.into_iter().next().map(|(_, s)| s).unwrap_or_default();

@@ -25,14 +25,7 @@ pub async fn connect_bus(url: &str) -> Result<BoxPublisher> {
         Some("nats") => Ok(signalbus_nats::NatsPublisher::connect(url).await?.boxed()),
         #[cfg(feature = "kafka")]
         Some("kafka") => Ok(signalbus_kafka::KafkaPublisher::connect(url).await?.boxed()),
-        Some(bus) if ["amqp", "amqps", "nats", "kafka"].contains(&bus) => {
-            let feature = bus.trim_end_matches("s");
-            Err(Error::Config(format!(
-                "bus URL `{}` needs the `{feature}` feature of the signalbus crate, which this \
-                 build does not have",
-                redact_url(url)
-            )))
-        }
+        Some(scheme) if broker_feature(scheme).is_some() => Err(missing_feature(url, scheme)),
         _ => signalbus_core::publisher::from_url(url).await.map_err(|e| match e {
             Error::Config(message) if message.starts_with("unsupported bus URL scheme") => {
                 Error::Config(format!(
@@ -44,9 +37,50 @@ pub async fn connect_bus(url: &str) -> Result<BoxPublisher> {
     }
 }
 
+/// The feature of this crate that compiles in the publisher of a broker URL scheme.
+fn broker_feature(scheme: &str) -> Option<&'static str> {
+    match scheme {
+        "amqp" | "amqps" => Some("amqp"),
+        "nats" => Some("nats"),
+        "kafka" => Some("kafka"),
+        _ => None,
+    }
+}
+
+/// The error for a broker URL whose feature this build lacks: it names the feature to enable.
+fn missing_feature(url: &str, scheme: &str) -> Error {
+    let feature = broker_feature(scheme).unwrap_or(scheme);
+    Error::Config(format!(
+        "bus URL `{}` needs the `{feature}` feature of the signalbus crate, which this build \
+         does not have",
+        redact_url(url)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::connect_bus;
+    use super::{connect_bus, missing_feature};
+
+    /// Every broker scheme names a feature that exists in Cargo.toml (`nats` once came out
+    /// as `nat`), and the hint keeps the password out.
+    #[test]
+    fn missing_feature_hints_name_the_real_feature() {
+        let manifest = include_str!("../Cargo.toml");
+        for (url, scheme, feature) in [
+            ("amqp://u:hunter2@h/%2f", "amqp", "amqp"),
+            ("amqps://u:hunter2@h/%2f", "amqps", "amqp"),
+            ("nats://u:hunter2@h:4222", "nats", "nats"),
+            ("kafka://h:9092", "kafka", "kafka"),
+        ] {
+            let e = missing_feature(url, scheme).to_string();
+            assert!(e.contains(&format!("the `{feature}` feature")), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(
+                manifest.contains(&format!("\n{feature} = [")),
+                "`{feature}` is not a feature of signalbus"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn unknown_schemes_and_bad_hosts_say_why_without_the_password() {
@@ -56,6 +90,22 @@ mod tests {
             .to_string();
         assert!(e.contains("`ftp:`") && !e.contains("hunter2"), "{e}");
         assert!(connect_bus("memory:").await.is_ok());
+        // Without a broker's feature, its URL says which feature to enable.
+        #[cfg(not(feature = "amqp"))]
+        {
+            let e = connect_bus("amqps://h").await.unwrap_err().to_string();
+            assert!(e.contains("the `amqp` feature"), "{e}");
+        }
+        #[cfg(not(feature = "nats"))]
+        {
+            let e = connect_bus("nats://h").await.unwrap_err().to_string();
+            assert!(e.contains("the `nats` feature"), "{e}");
+        }
+        #[cfg(not(feature = "kafka"))]
+        {
+            let e = connect_bus("kafka://h").await.unwrap_err().to_string();
+            assert!(e.contains("the `kafka` feature"), "{e}");
+        }
         #[cfg(feature = "amqp")]
         {
             let e = connect_bus("amqp://guest:hunter2@127.0.0.1:1/%2f")

@@ -315,3 +315,103 @@ async fn a_failure_half_way_reports_what_was_already_sent() {
         .unwrap();
     assert_eq!(left, 1, "only the unsendable signal stays pending");
 }
+
+/// A configuration that is valid TOML but not a valid signalbus configuration, or not TOML at
+/// all: one `error:` line naming the file, the line and the column.
+#[test]
+fn a_malformed_config_names_the_file_line_and_column() {
+    let s = Scratch::new(TWO_TYPES);
+    for (toml, place, what) in [
+        (
+            "signal = 5\n",
+            "line 1, column 10",
+            "invalid type: integer `5`, expected a sequence",
+        ),
+        (
+            "[[signal]]\nname = \"a\"\n\n[[signal]]\nname = \"b\"\nburst = \"many\"\n",
+            "line 6, column 9",
+            "invalid type: string \"many\"",
+        ),
+        ("[[signal]\nname = \"a\"\n", "line 1, column", ""),
+    ] {
+        std::fs::write(s.path("broken.toml"), toml).unwrap();
+        let path = s.path("broken.toml");
+        let out = s
+            .cmd(&s.sqlite_url())
+            .args(["--config", path.to_str().unwrap(), "pending"])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let expected = format!("error: `{}`, {place}", path.display());
+        assert!(
+            err.starts_with(&expected),
+            "expected `{expected}…` in: {err}"
+        );
+        assert!(err.contains("not a valid signalbus configuration"), "{err}");
+        assert!(err.contains(what), "expected `{what}` in: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+}
+
+/// The pool size and the runtime's threads: flags or environment, at least 1, in `--help`.
+#[tokio::test]
+async fn pool_size_and_worker_threads_are_settings() {
+    let s = Scratch::new(TWO_TYPES);
+    let (url, pool) = s.migrated_sqlite().await;
+    insert_sqlite(&pool, "alpha_signal", &["1", "2", "3"]).await;
+
+    // The smallest settings still flush (one connection is enough, in bursts).
+    let out = s.run(
+        &url,
+        &[
+            "flushmany",
+            "--max-connections",
+            "1",
+            "--worker-threads",
+            "1",
+            "--bus-url",
+            &s.bus("out.jsonl"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(received(&s.path("out.jsonl")).len(), 3);
+    let out = s
+        .cmd(&url)
+        .env("SIGNALBUS_MAX_CONNECTIONS", "3")
+        .env("SIGNALBUS_WORKER_THREADS", "4")
+        .arg("pending")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Zero is a usage error, from the flag or from the environment.
+    for (flag, var) in [
+        ("--max-connections", "SIGNALBUS_MAX_CONNECTIONS"),
+        ("--worker-threads", "SIGNALBUS_WORKER_THREADS"),
+    ] {
+        let out = s.run(&url, &[flag, "0", "pending"]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{flag} 0: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains(flag), "{}", text(&out.stderr));
+        let out = s.cmd(&url).env(var, "0").arg("pending").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}=0: {}", text(&out.stderr));
+    }
+
+    let help = text(&s.run(&url, &["--help"]).stdout);
+    for expected in [
+        "--max-connections <N>",
+        "SIGNALBUS_MAX_CONNECTIONS",
+        "--worker-threads <N>",
+        "SIGNALBUS_WORKER_THREADS",
+    ] {
+        assert!(
+            help.contains(expected),
+            "`{expected}` not in --help:\n{help}"
+        );
+    }
+}
