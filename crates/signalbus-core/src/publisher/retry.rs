@@ -81,22 +81,79 @@ impl<P: Publisher> Publisher for Retry<P> {
 mod tests {
     use super::*;
 
+    const SAMPLES: u32 = 2_000;
+    const MS: Duration = Duration::from_millis(1);
+
+    /// The largest and the mean of `SAMPLES` delays before retry `retry`, asserting each one
+    /// stays within `[0, ceiling]`.
+    fn sample(b: &Backoff, retry: u32, ceiling: Duration) -> (Duration, Duration) {
+        let mut max = Duration::ZERO;
+        let mut sum = Duration::ZERO;
+        for _ in 0..SAMPLES {
+            let d = b.delay(retry);
+            assert!(
+                d <= ceiling,
+                "retry {retry}: {d:?} above its ceiling {ceiling:?}"
+            );
+            max = max.max(d);
+            sum += d;
+        }
+        (max, sum / SAMPLES)
+    }
+
+    /// Full jitter: uniform in `[0, ceiling]`, so over `SAMPLES` draws the largest is close to
+    /// the ceiling and the mean close to half of it (its standard deviation is
+    /// `ceiling / sqrt(12 * SAMPLES)`, ~0.65% of the ceiling: the bounds below are ~15 of them).
+    fn assert_full_jitter(b: &Backoff, retry: u32, ceiling: Duration) -> Duration {
+        let (max, mean) = sample(b, retry, ceiling);
+        assert!(
+            max >= ceiling.mul_f64(0.9),
+            "retry {retry}: largest of {SAMPLES} delays {max:?}, ceiling {ceiling:?}"
+        );
+        assert!(
+            mean >= ceiling.mul_f64(0.4) && mean <= ceiling.mul_f64(0.6),
+            "retry {retry}: mean delay {mean:?}, ceiling {ceiling:?}"
+        );
+        mean
+    }
+
     #[test]
     fn delays_grow_and_stay_capped() {
         let b = Backoff {
             max_attempts: 10,
-            base: Duration::from_millis(10),
-            max: Duration::from_millis(40),
+            base: 10 * MS,
+            max: 40 * MS,
             wait_before_first_retry: false,
         };
-        assert_eq!(b.delay(1), Duration::ZERO);
-        for retry in 2..10 {
-            assert!(b.delay(retry) <= Duration::from_millis(40));
+        // Without a wait before the first retry it is immediate, every time.
+        assert_eq!(
+            sample(&b, 1, Duration::ZERO),
+            (Duration::ZERO, Duration::ZERO)
+        );
+        assert_eq!(b.delay(0), Duration::ZERO);
+        // Then the ceiling doubles from `base` per retry (10, 20, 40 ms) up to `max`, and the
+        // waits grow with it.
+        let means: Vec<Duration> = [(2, 10 * MS), (3, 20 * MS), (4, 40 * MS)]
+            .into_iter()
+            .map(|(retry, ceiling)| assert_full_jitter(&b, retry, ceiling))
+            .collect();
+        assert!(
+            means.windows(2).all(|w| w[1] > w[0].mul_f64(1.5)),
+            "mean delays per retry do not grow: {means:?}"
+        );
+        // Capped at `max` from there on, also far past the point where 2^n would overflow.
+        for retry in [5, 9, 40, u32::MAX] {
+            assert_full_jitter(&b, retry, 40 * MS);
         }
+
+        // With a wait before the first retry, the ceilings start at `base` on retry 1.
         let b = Backoff {
             wait_before_first_retry: true,
             ..b
         };
-        assert!(b.delay(1) <= Duration::from_millis(10));
+        assert_eq!(b.delay(0), Duration::ZERO);
+        for (retry, ceiling) in [(1, 10 * MS), (2, 20 * MS), (3, 40 * MS), (4, 40 * MS)] {
+            assert_full_jitter(&b, retry, ceiling);
+        }
     }
 }

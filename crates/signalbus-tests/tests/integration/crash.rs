@@ -2,25 +2,41 @@
 //! the signal must stay pending and a later flush must deliver it.
 //!
 //! The test re-runs this test binary as a child that commits a signal with a publisher that
-//! never confirms, prints the committed message id, and waits; the parent kills it there.
+//! never confirms. That publisher prints a marker with the ids it was handed from inside its
+//! `publish` call, then blocks: the parent kills the child as soon as it reads the marker, so
+//! the kill provably lands while the auto-flush's publish is in flight, after the commit and
+//! before the auto-flush's delete could commit.
 
 use crate::common::TestBackend;
 use crate::signals::{OrderPlaced, order};
 use signalbus::publisher::MemoryPublisher;
 use signalbus::{Message, PublishError, Publisher, Selection, SignalBus};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const CHILD_URL: &str = "SIGNALBUS_CRASH_CHILD_URL";
 
-/// A broker that takes messages and never confirms them.
+/// The marker [`NeverConfirms`] prints, followed by the ids it was handed.
+const PUBLISHING: &str = "PUBLISHING ";
+
+/// A broker that takes messages and never confirms them: it tells the parent which ones it
+/// holds (stdout itself, flushed, not libtest's capture), then blocks until it is killed.
 struct NeverConfirms;
 
 impl Publisher for NeverConfirms {
-    async fn publish(&self, _batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+        let ids: Vec<&str> = batch.iter().map(|m| m.id.as_str()).collect();
+        print_flushed(&format!("{PUBLISHING}{}", ids.join(",")));
         std::future::pending().await
     }
+}
+
+/// One line on the process' stdout itself (not libtest's capture), flushed at once.
+fn print_flushed(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").unwrap();
+    stdout.flush().unwrap();
 }
 
 async fn child<DB: TestBackend>(url: &str) {
@@ -37,13 +53,13 @@ async fn child<DB: TestBackend>(url: &str) {
     let mut tx = bus.begin().await.unwrap();
     DB::insert_business(&mut tx, 1).await.unwrap();
     let id = tx.send(&order(1)).await.unwrap();
+    // Printed before the commit, so before the auto-flush can print its marker.
+    print_flushed(&format!("SENT {}", id.message_id));
     let delivery = tx.commit().await.unwrap();
-    println!("COMMITTED {}", id.message_id);
-    // Give the auto-flush time to lock the row and start publishing, then report it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    println!("PUBLISHING");
-    delivery.await;
-    unreachable!("the publisher never confirms");
+    // Bounded, so that a child whose auto-flush never reaches the publisher ends (and the
+    // parent fails on the missing marker) instead of hanging the test.
+    let report = tokio::time::timeout(Duration::from_secs(30), delivery).await;
+    panic!("the parent did not kill this process during its publish: {report:?}");
 }
 
 /// Entry point of the child process; does nothing in a normal run.
@@ -85,22 +101,31 @@ async fn killed_after_commit_loses_nothing<DB: TestBackend>() {
             .spawn()
             .unwrap(),
     );
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let mut message_id = None;
-    for line in lines.by_ref() {
+    let lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let (mut message_id, mut publishing) = (None, None);
+    for line in lines {
         let line = line.unwrap();
         // libtest may print its own text before ours on the same line.
-        if let Some((_, id)) = line.split_once("COMMITTED ") {
+        if let Some((_, id)) = line.split_once("SENT ") {
             message_id = Some(id.trim().to_owned());
         }
-        if line.contains("PUBLISHING") {
+        if let Some((_, ids)) = line.split_once(PUBLISHING) {
+            publishing = Some(ids.trim().to_owned());
             break;
         }
     }
-    let message_id = message_id.expect("child committed a signal");
-    child.0.kill().unwrap(); // SIGKILL: no destructor, no rollback hook, nothing runs
+    // The child's publisher is blocked inside `publish` now: kill it right there. SIGKILL:
+    // no destructor, no rollback hook, nothing runs.
+    child.0.kill().unwrap();
     let status = child.0.wait().unwrap();
     assert!(!status.success());
+    let message_id = message_id.expect("the child recorded a signal");
+    let publishing =
+        publishing.expect("the child's auto-flush reached its publisher before it exited");
+    assert_eq!(
+        publishing, message_id,
+        "the publish in flight at the kill is that of the committed signal"
+    );
 
     assert_eq!(
         DB::count_business(&db.pool).await,

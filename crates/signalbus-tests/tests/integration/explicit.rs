@@ -20,14 +20,42 @@ struct LedgerEntry {
     seq: i64,
 }
 
-/// A broker that takes a while to confirm.
+/// A broker whose publish calls wait at a gate until the test opens it, recording the ids it
+/// was handed while the gate was closed: those messages are in flight (taken by an auto-flush
+/// round whose transaction is still open) for as long as the test wants.
 #[derive(Clone)]
-struct Slow(MemoryPublisher, Duration);
+struct Gated {
+    outbox: MemoryPublisher,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    held: Arc<Mutex<Vec<String>>>,
+}
 
-impl Publisher for Slow {
+impl Gated {
+    fn new(outbox: MemoryPublisher) -> Self {
+        Gated {
+            outbox,
+            open: Arc::new(tokio::sync::watch::Sender::new(false)),
+            held: Arc::default(),
+        }
+    }
+
+    fn held(&self) -> Vec<String> {
+        self.held.lock().unwrap().clone()
+    }
+
+    fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Publisher for Gated {
     async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
-        tokio::time::sleep(self.1).await;
-        self.0.publish(batch).await
+        let mut open = self.open.subscribe();
+        if !*open.borrow_and_update() {
+            (self.held.lock().unwrap()).extend(batch.iter().map(|m| m.id.clone()));
+            open.wait_for(|open| *open).await.unwrap();
+        }
+        self.outbox.publish(batch).await
     }
 }
 
@@ -126,41 +154,74 @@ async fn flushordered_never_goes_backwards<DB: TestBackend>() {
 }
 
 async fn flush_wait_does_not_resend_inflight_autoflushes<DB: TestBackend>() {
+    const WAIT: Duration = Duration::from_millis(1000);
     let db: TestDb<DB> = DB::create(12).await;
     let outbox = MemoryPublisher::new();
+    let gated = Gated::new(outbox.clone());
     let bus = SignalBus::builder(db.pool.clone())
-        .publisher(Slow(outbox.clone(), Duration::from_millis(400)))
+        .publisher(gated.clone())
         .register::<OrderPlaced>()
-        .max_batch(5)
         .build()
         .unwrap();
     bus.migrate().await.unwrap();
-    let mut deliveries = Vec::new();
+    // One transaction, so that one auto-flush round takes all 20 rows (on SQLite too, whose
+    // single writer would keep later transactions from committing behind a held round).
+    let mut tx = bus.begin().await.unwrap();
+    let mut ids = HashSet::new();
     for id in 0..20 {
-        let mut tx = bus.begin().await.unwrap();
-        tx.send(&order(id)).await.unwrap();
-        deliveries.push(tx.commit().await.unwrap());
+        ids.insert(tx.send(&order(id)).await.unwrap().message_id.to_string());
     }
-    // The auto-flush rounds are publishing (slowly) while flush lists the same rows.
-    let flushed = bus
-        .flush(&Selection::all(), Duration::from_millis(300))
-        .await
-        .unwrap();
-    let mut autoflushed = 0;
-    for d in deliveries {
-        let report = d.await;
-        assert!(report.error.is_none(), "{report:?}");
-        autoflushed += report.sent;
+    let delivery = tx.commit().await.unwrap();
+    // The round has taken the rows (deleted them in its open transaction) and is publishing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gated.held().len() < ids.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the auto-flush did not reach the publisher with every signal: {:?}",
+            gated.held()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let messages = outbox.messages();
-    let unique: HashSet<_> = messages.iter().map(|m| &m.id).collect();
-    assert_eq!(unique.len(), messages.len(), "no signal sent twice");
-    assert_eq!(messages.len(), 20);
-    assert_eq!(
-        flushed + autoflushed,
-        20,
-        "flush={flushed} auto={autoflushed}"
+    let held: HashSet<String> = gated.held().into_iter().collect();
+    assert_eq!(held, ids, "the auto-flush round holds every signal");
+
+    // The explicit flush lists the rows while that round is in flight; the gate opens during
+    // the flush's wait, the round commits, and the flush must then not send them again.
+    let flush = tokio::spawn({
+        let bus = bus.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let sent = bus.flush(&Selection::all(), WAIT).await.unwrap();
+            (sent, started.elapsed())
+        }
+    });
+    tokio::time::sleep(WAIT / 3).await;
+    assert!(
+        !flush.is_finished(),
+        "the flush is still waiting, so it listed pending rows"
     );
+    assert!(outbox.messages().is_empty(), "nothing confirmed yet");
+    gated.open();
+    let (flushed, took) = flush.await.unwrap();
+    // An empty listing returns at once: a flush that took its whole wait listed rows, and the
+    // only rows were the 20 the round held in flight until the gate opened.
+    assert!(
+        took >= WAIT,
+        "the flush returned after {took:?}, so it listed nothing: the race did not happen"
+    );
+
+    let report = delivery.await;
+    assert!(report.error.is_none(), "{report:?}");
+    assert_eq!(
+        (report.sent, report.elsewhere, report.pending),
+        (20, 0, 0),
+        "the round in flight sent every signal: {report:?}"
+    );
+    assert_eq!(flushed, 0, "the flush sent none of the rows the round held");
+    let messages = outbox.messages();
+    let sent: HashSet<String> = messages.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(messages.len(), 20, "every signal sent exactly once");
+    assert_eq!(sent, ids);
     assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 0);
     db.cleanup().await;
 }
