@@ -263,6 +263,9 @@ impl BlockState {
     }
 }
 
+/// The types an [`Atomic`] carries without holding values of them.
+type Types<'a, T, E> = fn(&'a ()) -> (T, E);
+
 /// An atomic block to run, with its options; created by [`SignalBus::atomic`], run by
 /// awaiting it. Its output is the block's value once the transaction has committed (the
 /// signals are then handed to the auto-flush).
@@ -271,7 +274,7 @@ pub struct Atomic<'b, 'a, DB: Backend, T, E, F> {
     bus: &'b SignalBus<DB>,
     block: F,
     options: AtomicOptions,
-    _types: PhantomData<fn(&'a ()) -> (T, E)>,
+    _types: PhantomData<Types<'a, T, E>>,
 }
 
 impl<'b, 'a, DB, T, E, F> Atomic<'b, 'a, DB, T, E, F>

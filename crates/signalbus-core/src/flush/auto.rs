@@ -25,7 +25,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -99,12 +99,12 @@ pub(crate) async fn run<DB: Backend>(
         flush_workers: shared.config.flush_workers,
     };
     let round_breaker = breaker.clone();
-    let send = move |mut round: Vec<FlushRequest>| {
+    let send = move |mut round: Vec<FlushRequest>, cancel: watch::Receiver<bool>| {
         let (shared, breaker) = (shared.clone(), round_breaker.clone());
         async move {
             // A panicking publisher must not leave the waiting transactions with a vague
             // "stopped": they get the panic as the reason their signals stay pending.
-            let outcome = AssertUnwindSafe(flush_round(&shared, &breaker, &mut round))
+            let outcome = AssertUnwindSafe(flush_round(&shared, &breaker, &mut round, cancel))
                 .catch_unwind()
                 .await;
             if let Err(panic) = outcome {
@@ -118,7 +118,8 @@ pub(crate) async fn run<DB: Backend>(
 }
 
 /// The coalescing loop, apart from what a round does (`send`), so that it can be tested
-/// without a database.
+/// without a database. A round is told to give up (and roll back) through its `watch`
+/// receiver turning `true`: a close whose deadline passed.
 pub(crate) async fn run_loop<S, Fut>(
     config: LoopConfig,
     breaker: &Breaker,
@@ -126,7 +127,7 @@ pub(crate) async fn run_loop<S, Fut>(
     mut close_rx: mpsc::UnboundedReceiver<CloseRequest>,
     send: S,
 ) where
-    S: Fn(Vec<FlushRequest>) -> Fut,
+    S: Fn(Vec<FlushRequest>, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let workers = Arc::new(Semaphore::new(config.flush_workers));
@@ -134,10 +135,11 @@ pub(crate) async fn run_loop<S, Fut>(
     let in_flight = Arc::new(AtomicUsize::new(0));
     let mut rounds = JoinSet::new();
     let mut carry: Option<FlushRequest> = None;
+    let (give_up, give_up_rx) = watch::channel(false);
     let spawn = |rounds: &mut JoinSet<()>, round: Vec<FlushRequest>, permit| {
         let count: usize = round.iter().map(|r| r.items.len()).sum();
         in_flight.fetch_add(count, Ordering::Relaxed);
-        let (in_flight, work) = (in_flight.clone(), send(round));
+        let (in_flight, work) = (in_flight.clone(), send(round, give_up_rx.clone()));
         rounds.spawn(async move {
             work.await;
             in_flight.fetch_sub(count, Ordering::Relaxed);
@@ -183,24 +185,35 @@ pub(crate) async fn run_loop<S, Fut>(
     let mut left = 0;
     let drained = tokio::time::timeout_at(close.deadline, async {
         loop {
+            // The worker first: a request taken off the queue is always in a round, so a
+            // deadline that passes while waiting for a worker finds it still queued.
+            let Ok(permit) = workers.clone().acquire_owned().await else {
+                break;
+            };
             let Some(first) = carry.take().or_else(|| rx.try_recv().ok()) else {
                 break;
             };
             let round = gather(first, &mut rx, &mut carry, config.max_batch);
-            let Ok(permit) = workers.clone().acquire_owned().await else {
-                break;
-            };
             spawn(&mut rounds, round, permit);
         }
         while rounds.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
-        // Out of time: the rounds still running are dropped, their transactions rolled back,
-        // their rows left pending.
+        // Out of time: the rounds still running give up, roll back and answer their
+        // transactions pending; their rows stay for the next flush. One that does not manage
+        // even that within a second is dropped (its transaction rolls back when its
+        // connection is next used).
         left += in_flight.load(Ordering::Relaxed);
-        rounds.abort_all();
-        while rounds.join_next().await.is_some() {}
+        let _ = give_up.send(true);
+        let rolled_back = tokio::time::timeout(GIVE_UP_GRACE, async {
+            while rounds.join_next().await.is_some() {}
+        })
+        .await;
+        if rolled_back.is_err() {
+            rounds.abort_all();
+            while rounds.join_next().await.is_some() {}
+        }
         let closed = Arc::new(Error::Closed);
         let queued: Vec<FlushRequest> = carry
             .take()
@@ -212,6 +225,9 @@ pub(crate) async fn run_loop<S, Fut>(
     }
     let _ = close.reply.send(left);
 }
+
+/// How long rounds told to give up at a close's deadline have for their rollback.
+const GIVE_UP_GRACE: Duration = Duration::from_secs(1);
 
 /// `first` and whatever else is queued, up to `max_batch` ids; a request that would go past
 /// it is carried over to the next round.
@@ -245,6 +261,7 @@ async fn flush_round<DB: Backend>(
     shared: &Shared<DB>,
     breaker: &Breaker,
     round: &mut Vec<FlushRequest>,
+    give_up: watch::Receiver<bool>,
 ) {
     let mut by_type: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
     for request in round.iter() {
@@ -255,7 +272,7 @@ async fn flush_round<DB: Backend>(
     for ids in by_type.values_mut() {
         ids.sort_unstable();
     }
-    let result = send_round(shared, by_type).await;
+    let result = send_round(shared, by_type, give_up).await;
     let round = std::mem::take(round);
     match result {
         Ok(sent) => {
@@ -313,9 +330,13 @@ fn reply_pending(round: Vec<FlushRequest>, error: Arc<Error>) {
 async fn send_round<DB: Backend>(
     shared: &Shared<DB>,
     by_type: BTreeMap<TypeIdx, Vec<i64>>,
+    mut give_up: watch::Receiver<bool>,
 ) -> Result<HashSet<(TypeIdx, i64)>> {
     let mut tx = begin_flush(&shared.pool).await?;
-    let result = take_and_publish(shared, &mut tx, by_type).await;
+    let result = tokio::select! {
+        result = take_and_publish(shared, &mut tx, by_type) => result,
+        _ = give_up.wait_for(|give_up| *give_up) => Err(Error::Closed),
+    };
     let sent = settle(tx, result).await?;
     Ok(sent
         .ids
@@ -352,4 +373,266 @@ async fn take_and_publish<DB: Backend>(
         return Err(e);
     }
     publish(shared, prepared).await
+}
+
+/// The coalescing loop, the failure pause and closing, on tokio's paused clock: no database,
+/// a fake round that records what it was given.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Notify;
+
+    /// A round that records its requests' sizes, waits for `gate` when asked, and answers.
+    #[derive(Clone, Default)]
+    struct Rounds {
+        sizes: Arc<Mutex<Vec<Vec<usize>>>>,
+        gate: Arc<Notify>,
+        hold: bool,
+    }
+
+    impl Rounds {
+        #[allow(clippy::type_complexity)]
+        fn send(
+            &self,
+        ) -> impl Fn(
+            Vec<FlushRequest>,
+            watch::Receiver<bool>,
+        ) -> futures_util::future::BoxFuture<'static, ()>
+        + use<> {
+            let this = self.clone();
+            move |round: Vec<FlushRequest>, mut give_up: watch::Receiver<bool>| {
+                let this = this.clone();
+                Box::pin(async move {
+                    this.sizes
+                        .lock()
+                        .unwrap()
+                        .push(round.iter().map(|r| r.items.len()).collect());
+                    if this.hold {
+                        tokio::select! {
+                            _ = this.gate.notified() => {}
+                            _ = give_up.wait_for(|g| *g) => {
+                                return reply_pending(round, Arc::new(Error::Closed));
+                            }
+                        }
+                    }
+                    for request in round {
+                        let sent = request.items.len();
+                        let _ = request.reply.send(DeliveryReport {
+                            sent,
+                            ..DeliveryReport::default()
+                        });
+                    }
+                })
+            }
+        }
+
+        fn sizes(&self) -> Vec<Vec<usize>> {
+            self.sizes.lock().unwrap().clone()
+        }
+    }
+
+    fn request(n: usize) -> (FlushRequest, oneshot::Receiver<DeliveryReport>) {
+        let (reply, rx) = oneshot::channel();
+        let items = (0..n).map(|i| (0, i64::try_from(i).unwrap())).collect();
+        (FlushRequest { items, reply }, rx)
+    }
+
+    struct Harness {
+        tx: mpsc::Sender<FlushRequest>,
+        close: mpsc::UnboundedSender<CloseRequest>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(config: LoopConfig, breaker: Arc<Breaker>, rounds: &Rounds) -> Harness {
+        let (tx, rx) = mpsc::channel(64);
+        let (close, close_rx) = mpsc::unbounded_channel();
+        let send = rounds.send();
+        let task =
+            tokio::spawn(async move { run_loop(config, &breaker, rx, close_rx, send).await });
+        Harness { tx, close, task }
+    }
+
+    const ONE_WORKER: LoopConfig = LoopConfig {
+        max_batch: 100,
+        flush_workers: 1,
+    };
+
+    /// Let every ready task run (the clock is paused, so nothing else moves).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_queued_behind_a_busy_worker_go_out_as_one_round() {
+        let rounds = Rounds {
+            hold: true,
+            ..Rounds::default()
+        };
+        let h = start(
+            ONE_WORKER,
+            Arc::new(Breaker::new(Duration::from_secs(1))),
+            &rounds,
+        );
+        let (a, a_rx) = request(1);
+        h.tx.send(a).await.unwrap();
+        settle().await;
+        assert_eq!(
+            rounds.sizes(),
+            vec![vec![1]],
+            "the first round starts alone"
+        );
+        let mut replies = Vec::new();
+        for n in [2, 3, 4] {
+            let (r, rx) = request(n);
+            h.tx.send(r).await.unwrap();
+            replies.push(rx);
+        }
+        settle().await;
+        assert_eq!(rounds.sizes().len(), 1, "the one worker is still busy");
+        rounds.gate.notify_one();
+        settle().await;
+        assert_eq!(
+            rounds.sizes(),
+            vec![vec![1], vec![2, 3, 4]],
+            "coalesced into one round"
+        );
+        rounds.gate.notify_one();
+        assert_eq!(a_rx.await.unwrap().sent, 1);
+        for (rx, n) in replies.into_iter().zip([2, 3, 4]) {
+            assert_eq!(rx.await.unwrap().sent, n);
+        }
+        drop(h.tx);
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_stops_at_max_batch_and_carries_the_rest() {
+        let rounds = Rounds {
+            hold: true,
+            ..Rounds::default()
+        };
+        let config = LoopConfig {
+            max_batch: 100,
+            flush_workers: 1,
+        };
+        let h = start(
+            config,
+            Arc::new(Breaker::new(Duration::from_secs(1))),
+            &rounds,
+        );
+        let (first, _first_rx) = request(1);
+        h.tx.send(first).await.unwrap();
+        settle().await;
+        let mut keep = Vec::new();
+        for _ in 0..5 {
+            let (r, rx) = request(40);
+            h.tx.send(r).await.unwrap();
+            keep.push(rx);
+        }
+        for _ in 0..3 {
+            rounds.gate.notify_one();
+            settle().await;
+        }
+        assert_eq!(
+            rounds.sizes(),
+            vec![vec![1], vec![40, 40], vec![40, 40], vec![40]],
+            "no round over 100 ids; the request that would pass it waits for the next"
+        );
+        drop(h.tx);
+        rounds.gate.notify_one();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failure_requests_are_answered_pending_until_the_pause_ends() {
+        let rounds = Rounds::default();
+        let pause = Duration::from_secs(1);
+        let breaker = Arc::new(Breaker::new(pause));
+        let h = start(ONE_WORKER, breaker.clone(), &rounds);
+        breaker.open(Arc::new(Error::Config("the bus failed".into())));
+
+        let (r, rx) = request(3);
+        h.tx.send(r).await.unwrap();
+        let report = rx.await.unwrap();
+        assert_eq!(
+            (report.sent, report.pending),
+            (0, 3),
+            "answered pending at once"
+        );
+        assert!(report.error.unwrap().to_string().contains("the bus failed"));
+        assert!(
+            rounds.sizes().is_empty(),
+            "no round ran while the breaker was open"
+        );
+
+        tokio::time::advance(pause - Duration::from_millis(1)).await;
+        let (r, rx) = request(1);
+        h.tx.send(r).await.unwrap();
+        assert_eq!(rx.await.unwrap().pending, 1, "still within the pause");
+
+        tokio::time::advance(Duration::from_millis(2)).await;
+        let (r, rx) = request(2);
+        h.tx.send(r).await.unwrap();
+        assert_eq!(
+            rx.await.unwrap().sent,
+            2,
+            "the first request after the pause probes the bus"
+        );
+        assert_eq!(rounds.sizes(), vec![vec![2]]);
+        drop(h.tx);
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_sends_what_was_queued_and_gives_up_at_the_deadline() {
+        // Queued requests are still sent when the rounds finish in time.
+        let rounds = Rounds::default();
+        let h = start(
+            ONE_WORKER,
+            Arc::new(Breaker::new(Duration::from_secs(1))),
+            &rounds,
+        );
+        let (r, rx) = request(2);
+        h.tx.send(r).await.unwrap();
+        let (reply, left) = oneshot::channel();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        h.close.send(CloseRequest { deadline, reply }).unwrap();
+        assert_eq!(left.await.unwrap(), 0);
+        assert_eq!(rx.await.unwrap().sent, 2);
+        h.task.await.unwrap();
+        assert!(
+            h.tx.try_send(request(1).0).is_err(),
+            "closed for new requests"
+        );
+
+        // A round that does not finish by the deadline gives up; it and what waited behind it
+        // are answered pending, and the count says how many signals were left.
+        let rounds = Rounds {
+            hold: true,
+            ..Rounds::default()
+        };
+        let h = start(
+            ONE_WORKER,
+            Arc::new(Breaker::new(Duration::from_secs(1))),
+            &rounds,
+        );
+        let (running, running_rx) = request(3);
+        h.tx.send(running).await.unwrap();
+        settle().await;
+        let (queued, queued_rx) = request(4);
+        h.tx.send(queued).await.unwrap();
+        let (reply, left) = oneshot::channel();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        h.close.send(CloseRequest { deadline, reply }).unwrap();
+        assert_eq!(left.await.unwrap(), 3 + 4);
+        let queued = queued_rx.await.unwrap();
+        assert_eq!(queued.pending, 4);
+        assert!(matches!(queued.error.as_deref(), Some(Error::Closed)));
+        let running = running_rx.await.unwrap();
+        assert_eq!(running.pending, 3, "the given-up round answered pending");
+        assert!(matches!(running.error.as_deref(), Some(Error::Closed)));
+        h.task.await.unwrap();
+    }
 }

@@ -225,6 +225,7 @@ pub(crate) mod sealed {
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 /// Implements [`sealed::Store`] and [`Backend`] for one database; `$ids` turns a `&[i64]` into
 /// the value bound for [`Param::Ids`], `$insert` is `returning` or `last_insert_id`.
 macro_rules! store {
@@ -353,6 +354,7 @@ macro_rules! store {
         })
     }};
 }
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use store;
 
 /// Ids as a JSON array, bound as one parameter (`JSON_TABLE` on MySQL, `json_each` on

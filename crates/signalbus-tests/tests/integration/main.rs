@@ -2,6 +2,7 @@
 
 mod atomic;
 mod autoflush;
+mod backpressure;
 mod bus_amqp;
 mod bus_kafka;
 mod bus_nats;

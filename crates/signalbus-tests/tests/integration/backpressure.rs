@@ -1,0 +1,234 @@
+//! The bounded auto-flush queue, `SignalBus::close`, and the builder's checks, on every
+//! database.
+
+use crate::common::TestBackend;
+use crate::on_every_database;
+use crate::signals::{OrderPlaced, order};
+use signalbus::publisher::MemoryPublisher;
+use signalbus::{Error, Message, PublishError, Publisher, Selection, SignalBus};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+
+/// A publisher that holds every publish call until the test lets it go, and says when a call
+/// has started.
+#[derive(Clone)]
+struct Gated {
+    inner: MemoryPublisher,
+    open: Arc<Semaphore>,
+    entered: Arc<Notify>,
+}
+
+impl Gated {
+    fn new() -> Self {
+        Gated {
+            inner: MemoryPublisher::new(),
+            open: Arc::new(Semaphore::new(0)),
+            entered: Arc::new(Notify::new()),
+        }
+    }
+
+    fn release(&self) {
+        self.open.add_permits(1_000);
+    }
+}
+
+impl Publisher for Gated {
+    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+        self.entered.notify_one();
+        let _ = self.open.acquire().await.expect("open").forget();
+        self.inner.publish(batch).await
+    }
+}
+
+fn counts(outbox: &MemoryPublisher) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for m in outbox.messages() {
+        *seen.entry(m.id).or_default() += 1;
+    }
+    seen
+}
+
+/// A full queue answers a commit "pending" at once (QueueFull), instead of waiting behind a
+/// slow bus; the rows stay and a later flush sends them; nothing is lost or sent twice.
+async fn a_full_queue_answers_pending_at_once<DB: TestBackend>() {
+    let db = DB::create(6).await;
+    let gated = Gated::new();
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(gated.clone())
+        .register::<OrderPlaced>()
+        .flush_workers(1)
+        .queue_capacity(1)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+
+    // Commit every transaction first (on SQLite a round holds the write lock while it
+    // publishes), then hand them all to the auto-flush at once.
+    let mut recorders = Vec::new();
+    for i in 0..4 {
+        let mut tx = db.pool.begin().await.unwrap();
+        let mut signals = bus.recorder();
+        signals.send(&mut *tx, &order(i)).await.unwrap();
+        tx.commit().await.unwrap();
+        recorders.push(signals);
+    }
+    let started = Instant::now();
+    let deliveries: Vec<_> = recorders.into_iter().map(|r| r.after_commit()).collect();
+    // The queue holds one transaction, the worker (held in publish) at most one more.
+    let mut waiting = Vec::new();
+    let mut refused = 0;
+    for mut delivery in deliveries {
+        match tokio::time::timeout(Duration::from_millis(200), &mut delivery).await {
+            Ok(report) => {
+                assert_eq!(report.pending, 1);
+                assert!(
+                    matches!(
+                        report.error.as_deref(),
+                        Some(Error::QueueFull { capacity: 1 })
+                    ),
+                    "{report:?}"
+                );
+                assert!(report.error.unwrap().to_string().contains("queue is full"));
+                refused += 1;
+            }
+            Err(_) => waiting.push(delivery),
+        }
+    }
+    assert!((2..=3).contains(&refused), "{refused} refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "nobody waited behind the bus"
+    );
+    gated.release();
+    let mut sent = 0;
+    for delivery in waiting {
+        sent += delivery.await.sent;
+    }
+    assert_eq!(sent + refused, 4);
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), refused);
+    let seen = counts(&gated.inner);
+    assert_eq!(seen.len(), 4);
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "each exactly once: {seen:?}"
+    );
+    assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 0);
+    db.cleanup().await;
+}
+
+/// `close` sends what was handed over before, gives up at the deadline on a round the bus
+/// does not confirm (rolled back, left pending), and then takes no more auto-flush work; an
+/// explicit flush still sends everything, each once.
+async fn close_finishes_within_its_deadline<DB: TestBackend>() {
+    let db = DB::create(6).await;
+    let gated = Gated::new();
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(gated.clone())
+        .register::<OrderPlaced>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+
+    // A round held in publish when the close comes.
+    let mut tx = bus.begin().await.unwrap();
+    tx.send(&order(1)).await.unwrap();
+    tx.send(&order(2)).await.unwrap();
+    let held = tx.commit().await.unwrap();
+    gated.entered.notified().await;
+    let started = Instant::now();
+    let left = bus.close(Duration::from_millis(300)).await;
+    let took = started.elapsed();
+    assert_eq!(left, 2, "the held round's signals were left pending");
+    assert!(
+        took >= Duration::from_millis(300),
+        "waited for the deadline: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "and not much longer: {took:?}"
+    );
+    let report = held.await;
+    assert_eq!(report.pending, 2);
+    assert!(
+        matches!(report.error.as_deref(), Some(Error::Closed)),
+        "{report:?}"
+    );
+    assert!(bus.is_closed());
+
+    // After the close: commits work, their signals stay pending.
+    let mut tx = bus.begin().await.unwrap();
+    tx.send(&order(3)).await.unwrap();
+    let report = tx.commit_and_wait().await.unwrap();
+    assert_eq!(report.pending, 1);
+    assert!(matches!(report.error.as_deref(), Some(Error::Closed)));
+    assert_eq!(bus.close(Duration::from_secs(1)).await, 0, "closing again");
+
+    gated.release();
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 3);
+    let seen = counts(&gated.inner);
+    assert_eq!(seen.len(), 3);
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    db.cleanup().await;
+}
+
+/// A close with nothing held returns at once, having sent what was queued.
+async fn close_sends_what_was_handed_over<DB: TestBackend>() {
+    let db = DB::create(4).await;
+    let outbox = MemoryPublisher::new();
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(outbox.clone())
+        .register::<OrderPlaced>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..5 {
+        let mut tx = bus.begin().await.unwrap();
+        tx.send(&order(i)).await.unwrap();
+        deliveries.push(tx.commit().await.unwrap());
+    }
+    assert_eq!(bus.close(Duration::from_secs(10)).await, 0);
+    let mut sent = 0;
+    for d in deliveries {
+        sent += d.await.sent;
+    }
+    assert_eq!(sent, 5);
+    assert_eq!(outbox.messages().len(), 5);
+    db.cleanup().await;
+}
+
+/// Every builder setting that cannot work is an error at `build()`, none silently changed.
+async fn builder_settings_are_checked<DB: TestBackend>() {
+    let db = DB::create(2).await;
+    let build = |f: fn(signalbus::SignalBusBuilder<DB>) -> signalbus::SignalBusBuilder<DB>| {
+        f(SignalBus::builder(db.pool.clone()).publisher(MemoryPublisher::new()))
+            .build()
+            .map(drop)
+    };
+    for (what, result) in [
+        ("max_batch", build(|b| b.max_batch(0))),
+        ("flush_workers", build(|b| b.flush_workers(0))),
+        ("flush_workers", build(|b| b.flush_workers(65))),
+        ("queue_capacity", build(|b| b.queue_capacity(0))),
+        (
+            "publish_timeout",
+            build(|b| b.publish_timeout(Duration::ZERO)),
+        ),
+    ] {
+        match result {
+            Err(Error::Config(message)) => assert!(message.contains(what), "{message}"),
+            other => panic!("{what}: expected a configuration error, got {other:?}"),
+        }
+    }
+    assert!(build(|b| b.max_batch(1).flush_workers(64).queue_capacity(1)).is_ok());
+    db.cleanup().await;
+}
+
+on_every_database!(
+    a_full_queue_answers_pending_at_once,
+    close_finishes_within_its_deadline,
+    close_sends_what_was_handed_over,
+    builder_settings_are_checked,
+);
