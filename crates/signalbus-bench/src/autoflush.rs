@@ -44,7 +44,10 @@ struct BenchSignal {
 }
 
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let pool_size = (args.concurrency as u32 + 4).min(90);
+    let pool_size = u32::try_from(args.concurrency)
+        .unwrap_or(u32::MAX)
+        .saturating_add(4)
+        .min(90);
     let url = &args.database_url;
     match setup::kind(url)? {
         Kind::Postgres => bench::<Postgres>(setup::pool(url, pool_size).await?, &args).await,

@@ -333,7 +333,7 @@ macro_rules! fill_db {
                 loop {
                     let mut tx = pool.begin_with($begin).await?;
                     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                        .bind(burst as i64)
+                        .bind(i64::try_from(burst).unwrap_or(i64::MAX))
                         .fetch_all(&mut *tx)
                         .await?;
                     tx.commit().await?;

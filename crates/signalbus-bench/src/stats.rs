@@ -25,8 +25,12 @@ impl Latencies {
             return 0.0;
         }
         self.0.sort_unstable();
-        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
-        let idx = rank.clamp(1, self.0.len()) - 1;
+        // Nearest rank: ceil(p/100 × n), found without a float-to-int cast.
+        let n = self.0.len();
+        let rank = (1..=n)
+            .find(|&r| r as f64 >= (p / 100.0) * n as f64)
+            .unwrap_or(n);
+        let idx = rank.clamp(1, n) - 1;
         self.0[idx].as_secs_f64() * 1000.0
     }
 }

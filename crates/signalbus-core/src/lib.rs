@@ -3,6 +3,7 @@
 //! facade crate, which re-exports this one.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod atomic;
 mod bus;

@@ -59,6 +59,7 @@
 //! `webhook` example.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bus_url;
 
@@ -66,7 +67,24 @@ pub use bus_url::connect_bus;
 pub use signalbus_core::*;
 
 #[cfg(feature = "derive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
 pub use signalbus_macros::Signal;
+
+/// The RabbitMQ publisher (publisher confirms, mandatory routing, reconnects, TLS), for
+/// configuring it beyond a bus URL.
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub use signalbus_amqp as amqp;
+
+/// The NATS JetStream publisher (acknowledged publishes, `Nats-Msg-Id` deduplication).
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use signalbus_nats as nats;
+
+/// The Kafka publisher (idempotent producer, `acks=all`).
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub use signalbus_kafka as kafka;
 
 /// The README's examples, compiled and run as doc tests so that it stays true.
 #[cfg(doctest)]

@@ -229,7 +229,7 @@ pub(crate) mod sealed {
 /// Implements [`sealed::Store`] and [`Backend`] for one database; `$ids` turns a `&[i64]` into
 /// the value bound for [`Param::Ids`], `$insert` is `returning` or `last_insert_id`.
 macro_rules! store {
-    ($db:ty, $dialect:expr, ids: $ids:expr, insert: $insert:ident) => {
+    ($db:ty, $dialect:expr, ids: $ids:expr, insert: $insert:ident, feature: $feature:literal) => {
         #[allow(private_interfaces)]
         impl $crate::storage::sealed::Store for $db {
             const DIALECT: &'static $crate::storage::dialect::Dialect = &$dialect;
@@ -318,6 +318,7 @@ macro_rules! store {
             }
         }
 
+        #[cfg_attr(docsrs, doc(cfg(feature = $feature)))]
         impl $crate::storage::Backend for $db {}
 
         /// Run `sql` with `params` and decode every row as `R`.

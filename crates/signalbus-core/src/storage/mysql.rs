@@ -102,4 +102,4 @@ fn begin_atomic(level: Isolation, _: SqliteBegin) -> Option<&'static str> {
     }
 }
 
-super::store!(MySql, DIALECT, ids: json_ids, insert: last_insert_id);
+super::store!(MySql, DIALECT, ids: json_ids, insert: last_insert_id, feature: "mysql");

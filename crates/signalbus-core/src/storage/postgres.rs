@@ -69,4 +69,4 @@ fn ids(ids: &[i64]) -> &[i64] {
     ids
 }
 
-super::store!(Postgres, DIALECT, ids: ids, insert: returning);
+super::store!(Postgres, DIALECT, ids: ids, insert: returning, feature: "postgres");

@@ -78,4 +78,4 @@ fn begin_atomic(_: Isolation, begin: SqliteBegin) -> Option<&'static str> {
     })
 }
 
-super::store!(Sqlite, DIALECT, ids: json_ids, insert: returning);
+super::store!(Sqlite, DIALECT, ids: json_ids, insert: returning, feature: "sqlite");

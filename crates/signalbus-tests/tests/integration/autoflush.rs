@@ -356,7 +356,7 @@ async fn concurrent_transactions_with_concurrent_flushmany<DB: TestBackend>() {
     let raced = racer.await.unwrap();
     let rest = bus.flushmany(&Selection::all()).await.unwrap();
 
-    let total = (TASKS * TX_PER_TASK) as usize;
+    let total = usize::try_from(TASKS * TX_PER_TASK).unwrap();
     let messages = outbox.messages();
     let mut seen = std::collections::HashSet::new();
     let duplicates = messages
@@ -377,7 +377,7 @@ async fn concurrent_transactions_with_concurrent_flushmany<DB: TestBackend>() {
         "auto-flush coalesced transactions into shared batches"
     );
     assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 0);
-    assert_eq!(DB::count_business(&db.pool).await, total as i64);
+    assert_eq!(DB::count_business(&db.pool).await, TASKS * TX_PER_TASK);
     db.cleanup().await;
 }
 

@@ -37,7 +37,7 @@ impl Gated {
 impl Publisher for Gated {
     async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
         self.entered.notify_one();
-        let _ = self.open.acquire().await.expect("open").forget();
+        self.open.acquire().await.expect("open").forget();
         self.inner.publish(batch).await
     }
 }

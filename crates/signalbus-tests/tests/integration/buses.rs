@@ -134,7 +134,7 @@ pub async fn end_to_end<DB: TestBackend, F: BusFixture>(fx: F) {
     for (n, (got, id)) in got.iter().zip(&ids).enumerate() {
         assert_eq!(&got.id, id, "stable id travels, order kept");
         let body: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
-        assert_eq!(body["n"], n as i64);
+        assert_eq!(body["n"], i64::try_from(n).unwrap());
         assert_eq!(got.customer.as_deref(), Some(format!("c{n}").as_str()));
     }
 

@@ -81,7 +81,7 @@ const WRITERS: i64 = 8;
 const TX_PER_WRITER: i64 = 25;
 
 async fn flushordered_never_goes_backwards<DB: TestBackend>() {
-    let db: TestDb<DB> = DB::create(WRITERS as u32 + 4).await;
+    let db: TestDb<DB> = DB::create(u32::try_from(WRITERS).unwrap() + 4).await;
     let (bus, outbox) = ledger_bus(&db).await;
     // message id -> (order key, row id) of every committed signal.
     let committed = Arc::new(Mutex::new(HashMap::new()));
@@ -100,7 +100,7 @@ async fn flushordered_never_goes_backwards<DB: TestBackend>() {
                 // Hold the transaction open for a while, so that commits interleave and
                 // later writers commit first.
                 let hold = (writer * 7 + n * 13) % 20;
-                tokio::time::sleep(Duration::from_millis(hold as u64)).await;
+                tokio::time::sleep(Duration::from_millis(hold.unsigned_abs())).await;
                 if n % 10 == 9 {
                     tx.rollback().await.unwrap();
                 } else {

@@ -10,4 +10,5 @@ mod buses;
 mod common;
 mod crash;
 mod explicit;
+mod message_ids;
 mod signals;

@@ -176,7 +176,7 @@ async fn concurrent_insert_if_absent<DB: AtomicDb>() {
             tokio::spawn(async move {
                 let options = fast(100)
                     .retry_on_integrity_error(i % 2 == 0)
-                    .sqlite_begin(sqlite_begin(i as usize / 2));
+                    .sqlite_begin(sqlite_begin(usize::try_from(i / 2).unwrap()));
                 bus.atomic(|tx| {
                     Box::pin(async move {
                         if let Some(v) = DB::kv_get(tx, "the-key").await? {
