@@ -6,7 +6,7 @@ use crate::options::AmqpOptions;
 use crate::properties::outgoing;
 use futures_util::future::join_all;
 use lapin::Confirmation;
-use signalbus_core::{Error, Message, PublishError, Publisher};
+use signalbus_core::{BatchOutcome, Error, Message, PublishError, Publisher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Mutex;
@@ -157,7 +157,17 @@ impl AmqpPublisher {
 }
 
 impl Publisher for AmqpPublisher {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    /// All or nothing for now: an error refusing the batch makes the flush engine send its
+    /// messages one by one to find the refused one.
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+        self.publish_all(batch)
+            .await
+            .map(|()| BatchOutcome::all_stored())
+    }
+}
+
+impl AmqpPublisher {
+    async fn publish_all(&self, batch: &[Message]) -> Result<(), PublishError> {
         if batch.is_empty() {
             return Ok(());
         }

@@ -300,7 +300,8 @@ async fn reconnects_after_the_server_closed_the_connection() {
             .publish(&[message(&fx.exchange, "k", n, &[])])
             .await
         {
-            Ok(()) => {
+            Ok(outcome) => {
+                assert!(outcome.is_all_stored(), "{outcome:?}");
                 sent += 1;
                 ok = true;
                 break;

@@ -72,8 +72,19 @@ pub(crate) async fn repeat<DB: Backend>(
     let types = select(bus, &args.names, &args.exclude)?;
     let selection = Selection::only(types.iter().cloned());
     loop {
-        let sent = once(bus, mode, &selection, &types, stop).await?;
-        eprintln!("signalbus {}: sent {sent} signal(s)", mode.name());
+        match once(bus, mode, &selection, &types, stop).await {
+            Ok(done) => eprintln!("signalbus {}: {}", mode.name(), done.summary()),
+            // A relay keeps relaying: the next round tries again (nothing was lost, the rows
+            // stay pending). Without --repeat the failure is the command's result.
+            Err(e) if args.repeat.is_some() => {
+                eprintln!(
+                    "signalbus {}: {} (trying again next round)",
+                    mode.name(),
+                    e.render(false)
+                );
+            }
+            Err(e) => return Err(e),
+        }
         if stop.is_stopped() {
             return Ok(Outcome::Stopped);
         }
@@ -87,6 +98,34 @@ pub(crate) async fn repeat<DB: Backend>(
     }
 }
 
+/// What one flush did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Done {
+    sent: usize,
+    refused: usize,
+    parked: usize,
+}
+
+impl Done {
+    fn summary(&self) -> String {
+        let mut line = format!("sent {} signal(s)", self.sent);
+        if self.refused > 0 {
+            line.push_str(&format!(
+                "; the bus refused {} (kept: retried later with backoff",
+                self.refused
+            ));
+            if self.parked > 0 {
+                line.push_str(&format!(
+                    ", {} parked after too many attempts: see `signalbus parked`",
+                    self.parked
+                ));
+            }
+            line.push(')');
+        }
+        line
+    }
+}
+
 /// At most one progress line per this interval.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -96,7 +135,7 @@ async fn once<DB: Backend>(
     selection: &Selection,
     types: &[String],
     stop: &StopSignal,
-) -> Result<usize, CliError> {
+) -> Result<Done, CliError> {
     // Counting first checks that every table is there (with an error naming it) and gives
     // the "remaining" of the progress lines.
     let pending: u64 = report::pending_stats(bus, types)
@@ -105,13 +144,15 @@ async fn once<DB: Backend>(
         .map(|(_, _, s)| s.count)
         .sum();
     if pending == 0 {
-        return Ok(0);
+        return Ok(Done::default());
     }
     let started = Instant::now();
     let mut last = started;
-    let mut sent_so_far = 0;
+    let mut done = Done::default();
     let mut progress = |p: &FlushProgress<'_>| {
-        sent_so_far = p.sent;
+        done.sent = p.sent;
+        done.refused += p.refused;
+        done.parked += p.parked;
         let now = Instant::now();
         if now.duration_since(last) >= PROGRESS_EVERY {
             last = now;
@@ -135,7 +176,8 @@ async fn once<DB: Backend>(
         Mode::Many => bus.flushmany_with(selection, &mut progress).await,
         Mode::Ordered => bus.flushordered_with(selection, &mut progress).await,
     };
-    result.map_err(|e| {
+    let sent_so_far = done.sent;
+    result.map(|_| done).map_err(|e| {
         // The bursts before the failure were sent and deleted: say so, since a retry will not
         // send them again.
         let what = match sent_so_far {

@@ -6,7 +6,7 @@ use crate::flush::auto::{self, CloseRequest, FlushRequest};
 use crate::publisher::{BoxPublisher, Publisher, PublisherExt};
 use crate::registry::{Registry, Selection};
 use crate::signal::{Signal, SignalType};
-use crate::storage::{Backend, PendingStats, begin_write};
+use crate::storage::{Backend, ParkedRows, ParkedSignal, PendingStats, begin_write};
 use crate::transaction::{Recorder, Transaction};
 use sqlx::Pool;
 use std::sync::Arc;
@@ -27,9 +27,18 @@ pub(crate) struct Config {
     pub failure_pause: Duration,
     /// Transactions that may wait for auto-flush before commits are answered "pending".
     pub queue_capacity: usize,
+    /// How long a claim keeps other flushers away from its rows: past it, a flusher that died
+    /// while holding them no longer does.
+    pub lease: Option<Duration>,
 }
 
 impl Config {
+    /// The claim lease: as set, or twice the publish timeout plus 10 s.
+    pub fn lease(&self) -> Duration {
+        self.lease
+            .unwrap_or(self.publish_timeout * 2 + Duration::from_secs(10))
+    }
+
     /// Every setting is checked the same way: a value that cannot work is an error at
     /// `build()`, never silently changed.
     fn validate(&self) -> Result<()> {
@@ -49,6 +58,14 @@ impl Config {
         if self.queue_capacity == 0 {
             return bad("queue_capacity must be at least 1");
         }
+        if self
+            .lease
+            .is_some_and(|lease| lease <= self.publish_timeout)
+        {
+            return bad(
+                "lease must be longer than publish_timeout (a claim must outlive its publish)",
+            );
+        }
         Ok(())
     }
 
@@ -59,6 +76,7 @@ impl Config {
             flush_workers: 2,
             failure_pause: Duration::from_secs(1),
             queue_capacity: 4096,
+            lease: None,
         }
     }
 }
@@ -202,6 +220,53 @@ impl<DB: Backend> SignalBus<DB> {
         self.shared.closed.load(Ordering::SeqCst)
     }
 
+    /// The parked signals of the selected types (at most `limit` per type), lowest ids first:
+    /// messages the bus refused `max_attempts` times, or rows that are not valid signals.
+    /// They stay in their tables and are never sent again until [`SignalBus::unpark`].
+    pub async fn parked(
+        &self,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<ParkedSignal>)>> {
+        let types = self.shared.registry.select(selection)?;
+        let mut conn = self.shared.pool.acquire().await?;
+        let mut out = Vec::with_capacity(types.len());
+        for idx in types {
+            let reg = self.shared.registry.get(idx);
+            let rows = reg.sql.parked::<DB>(&mut conn, limit).await?;
+            out.push((reg.name.to_string(), rows));
+        }
+        Ok(out)
+    }
+
+    /// Unpark parked signals of the selected types: their attempts start again from zero and
+    /// the next flush sends them. Returns how many were unparked; ids that are not parked
+    /// signals of these types change nothing.
+    pub async fn unpark(&self, selection: &Selection, rows: ParkedRows<'_>) -> Result<u64> {
+        self.settle_parked(selection, rows, false).await
+    }
+
+    /// Delete parked signals of the selected types, for good. Returns how many.
+    pub async fn purge_parked(&self, selection: &Selection, rows: ParkedRows<'_>) -> Result<u64> {
+        self.settle_parked(selection, rows, true).await
+    }
+
+    async fn settle_parked(
+        &self,
+        selection: &Selection,
+        rows: ParkedRows<'_>,
+        delete: bool,
+    ) -> Result<u64> {
+        let types = self.shared.registry.select(selection)?;
+        let mut conn = self.shared.pool.acquire().await?;
+        let mut total = 0;
+        for idx in types {
+            let reg = self.shared.registry.get(idx);
+            total += reg.sql.settle_parked::<DB>(&mut conn, rows, delete).await?;
+        }
+        Ok(total)
+    }
+
     /// Pending signals per selected type: how many, and how old the oldest is.
     pub async fn pending(&self, selection: &Selection) -> Result<Vec<(String, PendingStats)>> {
         let types = self.shared.registry.select(selection)?;
@@ -269,6 +334,14 @@ impl<DB: Backend> SignalBusBuilder<DB> {
     /// Auto-flush rounds that may run at the same time (default 2, from 1 to 64).
     pub fn flush_workers(mut self, n: usize) -> Self {
         self.config.flush_workers = n;
+        self
+    }
+
+    /// How long a flush's claim on its rows keeps other flushers away (default: twice the
+    /// publish timeout plus 10 s; longer than the publish timeout). A flusher that dies
+    /// holding rows delays them by at most this much: then another flush sends them.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = Some(lease);
         self
     }
 

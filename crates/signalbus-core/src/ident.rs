@@ -63,6 +63,11 @@ impl Ident {
         out
     }
 
+    /// The schema, when the name has one (`schema.table`).
+    pub fn schema(&self) -> Option<&str> {
+        (self.parts.len() > 1).then(|| self.parts[0].as_str())
+    }
+
     /// The last part (the table name without its schema).
     pub fn name(&self) -> &str {
         self.parts.last().map(String::as_str).unwrap_or_default()

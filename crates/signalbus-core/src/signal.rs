@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::ident::Ident;
 use crate::message::Headers;
 use std::borrow::Cow;
+use std::time::Duration;
 
 /// Default number of signals sent and deleted in one database transaction.
 pub const DEFAULT_BURST: usize = 1000;
@@ -22,6 +23,43 @@ pub struct SignalType {
     burst: usize,
     batch: bool,
     order_by: Vec<OrderColumn>,
+    retry: RetryPolicy,
+}
+
+/// How a signal type's messages are retried when the bus refuses them: exponential backoff
+/// with jitter, then parking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Refusals after which a message is parked (kept, never sent again until unparked).
+    pub max_attempts: u32,
+    /// The delay after the first refusal (before jitter); it doubles after each one.
+    pub base: Duration,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 10 attempts, 1 s doubling to at most 10 minutes.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before the next attempt of a message refused `refusals` times (from 1): half
+    /// of `min(max, base × 2^(refusals-1))` plus a random part of the other half, so that
+    /// delays grow and refused messages of one burst do not all come back at once.
+    pub fn delay(&self, refusals: u32) -> Duration {
+        let exp = refusals.saturating_sub(1).min(30);
+        let ceiling = self.base.saturating_mul(1 << exp).min(self.max);
+        let half = ceiling / 2;
+        let jitter = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        half + Duration::from_nanos(rand::Rng::random_range(&mut rand::rng(), 0..=jitter))
+    }
 }
 
 /// One column of a signal type's `order_by`.
@@ -47,6 +85,7 @@ impl SignalType {
             burst: DEFAULT_BURST,
             batch: true,
             order_by: Vec::new(),
+            retry: RetryPolicy::default(),
         }
     }
 
@@ -142,6 +181,17 @@ impl SignalType {
         self.burst
     }
 
+    /// How refused messages are retried, then parked (default: [`RetryPolicy::default`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
     /// Whether messages are published in batches.
     pub fn is_batched(&self) -> bool {
         self.batch
@@ -157,6 +207,15 @@ impl SignalType {
         if self.name.trim().is_empty() || self.name.chars().any(char::is_control) {
             return Err(Error::Config(format!(
                 "signal name {:?} must be non-empty printable text",
+                self.name
+            )));
+        }
+        if self.retry.max_attempts == 0
+            || self.retry.base.is_zero()
+            || self.retry.max < self.retry.base
+        {
+            return Err(Error::Config(format!(
+                "signal `{}`: the retry policy needs max_attempts ≥ 1 and 0 < base ≤ max",
                 self.name
             )));
         }

@@ -89,6 +89,7 @@ impl<DB: Backend> Recorder<DB> {
             headers: headers.as_deref(),
             body: &body,
             content_type: content_type.as_deref(),
+            lease_ms: None,
         };
         let row_id = reg.sql.insert::<DB>(conn, row).await?;
         if ty.is_autoflush() {

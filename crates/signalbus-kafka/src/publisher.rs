@@ -6,7 +6,7 @@ use futures_util::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use signalbus_core::{Error, Message, PublishError, PublishErrorKind, Publisher};
+use signalbus_core::{BatchOutcome, Error, Message, PublishError, PublishErrorKind, Publisher};
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -195,7 +195,17 @@ fn producer_state_error(e: &PublishError) -> bool {
 }
 
 impl Publisher for KafkaPublisher {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    /// All or nothing for now: an error refusing the batch makes the flush engine send its
+    /// messages one by one to find the refused one.
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+        self.publish_all(batch)
+            .await
+            .map(|()| BatchOutcome::all_stored())
+    }
+}
+
+impl KafkaPublisher {
+    async fn publish_all(&self, batch: &[Message]) -> Result<(), PublishError> {
         let result = self.publish_once(batch).await;
         match result {
             Err(e) if producer_state_error(&e) => {

@@ -169,7 +169,8 @@ async fn a_restarted_broker_gets_the_pending_batch_and_the_producer_reconnects()
     let mut last = None;
     for _ in 0..30 {
         match publisher.publish(&pending).await {
-            Ok(()) => {
+            Ok(outcome) => {
+                assert!(outcome.is_all_stored(), "{outcome:?}");
                 last = None;
                 break;
             }

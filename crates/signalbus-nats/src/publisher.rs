@@ -5,7 +5,9 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use futures_util::future::join_all;
-use signalbus_core::{Error, Message, PublishError, PublishErrorKind as Kind, Publisher};
+use signalbus_core::{
+    BatchOutcome, Error, Message, PublishError, PublishErrorKind as Kind, Publisher,
+};
 use std::str::FromStr;
 
 /// Publishes to NATS JetStream and waits for the stream's acks. Cheap to clone; clones share
@@ -156,7 +158,17 @@ fn error(
 }
 
 impl Publisher for NatsPublisher {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    /// All or nothing for now: an error refusing the batch makes the flush engine send its
+    /// messages one by one to find the refused one.
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+        self.publish_all(batch)
+            .await
+            .map(|()| BatchOutcome::all_stored())
+    }
+}
+
+impl NatsPublisher {
+    async fn publish_all(&self, batch: &[Message]) -> Result<(), PublishError> {
         if batch.is_empty() {
             return Ok(());
         }

@@ -7,7 +7,7 @@
 //! help, `PublishError::rejected` when it cannot.
 
 use serde::Serialize;
-use signalbus::{Message, PublishError, Publisher, Signal, SignalBus};
+use signalbus::{BatchOutcome, Message, PublishError, Publisher, Signal, SignalBus};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -18,7 +18,7 @@ struct Webhook {
 }
 
 impl Publisher for Webhook {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         let down =
             |e: std::io::Error| PublishError::unavailable(format!("webhook {}: {e}", self.addr));
         let lines: Vec<String> = batch
@@ -38,7 +38,9 @@ impl Publisher for Webhook {
         let mut response = String::new();
         stream.read_to_string(&mut response).await.map_err(down)?;
         match response.split_whitespace().nth(1) {
-            Some(status) if status.starts_with('2') => Ok(()),
+            Some(status) if status.starts_with('2') => Ok(BatchOutcome::all_stored()),
+            // All or nothing: the flush engine then sends the messages one by one to find
+            // the one the webhook refuses, and retries or parks only that one.
             Some(status) if status.starts_with('4') => Err(PublishError::rejected(format!(
                 "webhook refused the batch with HTTP {status}"
             ))),

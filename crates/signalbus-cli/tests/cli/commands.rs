@@ -278,10 +278,11 @@ async fn repeat_keeps_flushing_and_stops_cleanly_on_sigterm() {
     assert_eq!(received(&out).len(), 3);
 }
 
-/// Against the real RabbitMQ: a flush that fails half-way says how many signals it had sent
-/// (and deleted) before the failure, and leaves the rest pending.
+/// Against the real RabbitMQ: a message the broker cannot route (its exchange does not exist)
+/// does not fail the flush nor hold back the others: they are sent and deleted, it stays with
+/// one attempt spent and the broker's reason, and the summary says so.
 #[tokio::test]
-async fn a_failure_half_way_reports_what_was_already_sent() {
+async fn a_refused_message_stays_and_the_others_go_out() {
     let s = Scratch::new(TWO_TYPES);
     let (url, pool) = s.migrated_sqlite().await;
     let missing = format!("sbtest-missing-{}", uuid::Uuid::new_v4().simple());
@@ -294,26 +295,43 @@ async fn a_failure_half_way_reports_what_was_already_sent() {
             .await
             .unwrap();
     }
-    let out = s.run(
-        &url,
-        &[
-            "flushmany",
-            "alpha",
-            "--bus-url",
-            "amqp://guest:guest@127.0.0.1:5672/%2f?timeout_ms=5000",
-        ],
-    );
+    let flush = || {
+        s.run(
+            &url,
+            &[
+                "flushmany",
+                "alpha",
+                "--bus-url",
+                "amqp://guest:guest@127.0.0.1:5672/%2f?timeout_ms=5000",
+            ],
+        )
+    };
+    let out = flush();
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("flushmany failed after sending 2 signal(s)") && err.contains(&missing),
-        "{err}"
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("sent 2 signal(s); the bus refused 1"), "{err}");
+    let (left, attempts, last_error): (i64, i64, Option<String>) =
+        sqlx::query_as("SELECT count(*), max(attempts), max(last_error) FROM alpha_signal")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (left, attempts),
+        (1, 1),
+        "only the unsendable signal stays, one attempt spent"
     );
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM alpha_signal")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(left, 1, "only the unsendable signal stays pending");
+    assert!(
+        last_error.as_deref().unwrap_or_default().contains(&missing),
+        "the broker's reason is kept: {last_error:?}"
+    );
+    // Backing off: the next flush right away does not send it again.
+    let out = flush();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("sent 0 signal(s)"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A configuration that is valid TOML but not a valid signalbus configuration, or not TOML at

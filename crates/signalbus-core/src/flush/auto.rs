@@ -12,7 +12,7 @@
 //! rows stay in the table for the next explicit flush or the relay, and the commit's latency
 //! stays bounded.
 
-use super::{Sent, prepare, publish, settle};
+use super::{publish_and_settle, settle_tx};
 use crate::bus::Shared;
 use crate::error::{Error, Result};
 use crate::registry::TypeIdx;
@@ -275,19 +275,28 @@ async fn flush_round<DB: Backend>(
     let result = send_round(shared, by_type, give_up).await;
     let round = std::mem::take(round);
     match result {
-        Ok(sent) => {
+        Ok(outcome) => {
             breaker.close();
+            let refusal = outcome
+                .refusal
+                .map(|why| Arc::new(Error::Publish(crate::error::PublishError::rejected(why))));
             for request in round {
                 let total = request.items.len();
-                let done = request
+                let sent = request
                     .items
                     .iter()
-                    .filter(|item| sent.contains(item))
+                    .filter(|item| outcome.sent.contains(item))
+                    .count();
+                let pending = request
+                    .items
+                    .iter()
+                    .filter(|item| outcome.refused.contains(item))
                     .count();
                 let _ = request.reply.send(DeliveryReport {
-                    sent: done,
-                    elsewhere: total - done,
-                    ..DeliveryReport::default()
+                    sent,
+                    pending,
+                    elsewhere: total - sent - pending,
+                    error: (pending > 0).then(|| refusal.clone()).flatten(),
                 });
             }
         }
@@ -323,316 +332,66 @@ fn reply_pending(round: Vec<FlushRequest>, error: Arc<Error>) {
     }
 }
 
-/// One round in one database transaction; returns the (type, id) pairs sent.
-///
-/// The rows are taken (locked and deleted in one statement where the backend can), then
-/// published; a publish failure rolls the deletion back.
+/// What a round did with its signals.
+struct RoundOutcome {
+    sent: HashSet<(TypeIdx, i64)>,
+    /// Refused by the bus (kept for a later attempt, or parked).
+    refused: HashSet<(TypeIdx, i64)>,
+    refusal: Option<String>,
+}
+
+/// One round in one database transaction: lock the round's rows (skipping rows another
+/// flusher holds), publish them, settle them (delete the stored, count the refused), commit.
+/// A failure of the bus as a whole rolls back: the rows stay as they were.
 async fn send_round<DB: Backend>(
     shared: &Shared<DB>,
     by_type: BTreeMap<TypeIdx, Vec<i64>>,
     mut give_up: watch::Receiver<bool>,
-) -> Result<HashSet<(TypeIdx, i64)>> {
+) -> Result<RoundOutcome> {
     let mut tx = begin_flush(&shared.pool).await?;
     let result = tokio::select! {
-        result = take_and_publish(shared, &mut tx, by_type) => result,
+        result = lock_and_send(shared, &mut tx, by_type) => result,
         _ = give_up.wait_for(|give_up| *give_up) => Err(Error::Closed),
     };
-    let sent = settle(tx, result).await?;
-    Ok(sent
-        .ids
-        .into_iter()
-        .flat_map(|(idx, ids)| ids.into_iter().map(move |id| (idx, id)))
-        .collect())
+    settle_tx(tx, result).await
 }
 
-async fn take_and_publish<DB: Backend>(
+async fn lock_and_send<DB: Backend>(
     shared: &Shared<DB>,
     conn: &mut DB::Connection,
     by_type: BTreeMap<TypeIdx, Vec<i64>>,
-) -> Result<Sent> {
-    let mut taken = Vec::with_capacity(by_type.len());
+) -> Result<RoundOutcome> {
+    let mut held = Vec::with_capacity(by_type.len());
+    let mut all = HashSet::new();
     for (idx, ids) in by_type {
         let rows = shared
             .registry
             .get(idx)
             .sql
-            .take_ids::<DB>(conn, &ids)
+            .lock_ids::<DB>(conn, &ids)
             .await?;
+        all.extend(rows.iter().map(|r| (idx, r.id)));
         if !rows.is_empty() {
-            taken.push((idx, rows));
+            held.push((idx, rows));
         }
     }
-    if taken.is_empty() {
-        return Ok(Sent::default());
+    if held.is_empty() {
+        return Ok(RoundOutcome {
+            sent: HashSet::new(),
+            refused: HashSet::new(),
+            refusal: None,
+        });
     }
-    let mut prepared = prepare(shared, taken, false);
-    if let Some(e) = prepared.sent.invalid.take() {
-        // Our own rows are always valid; a foreign writer changed them. Publish nothing, keep
-        // every row (the rollback) and let an explicit flush, which skips invalid rows, deal
-        // with it.
-        return Err(e);
-    }
-    publish(shared, prepared).await
-}
-
-/// The coalescing loop, the failure pause and closing, on tokio's paused clock: no database,
-/// a fake round that records what it was given.
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::sync::Notify;
-
-    /// A round that records its requests' sizes, waits for `gate` when asked, and answers.
-    #[derive(Clone, Default)]
-    struct Rounds {
-        sizes: Arc<Mutex<Vec<Vec<usize>>>>,
-        gate: Arc<Notify>,
-        hold: bool,
-    }
-
-    impl Rounds {
-        #[allow(clippy::type_complexity)]
-        fn send(
-            &self,
-        ) -> impl Fn(
-            Vec<FlushRequest>,
-            watch::Receiver<bool>,
-        ) -> futures_util::future::BoxFuture<'static, ()>
-        + use<> {
-            let this = self.clone();
-            move |round: Vec<FlushRequest>, mut give_up: watch::Receiver<bool>| {
-                let this = this.clone();
-                Box::pin(async move {
-                    this.sizes
-                        .lock()
-                        .unwrap()
-                        .push(round.iter().map(|r| r.items.len()).collect());
-                    if this.hold {
-                        tokio::select! {
-                            _ = this.gate.notified() => {}
-                            _ = give_up.wait_for(|g| *g) => {
-                                return reply_pending(round, Arc::new(Error::Closed));
-                            }
-                        }
-                    }
-                    for request in round {
-                        let sent = request.items.len();
-                        let _ = request.reply.send(DeliveryReport {
-                            sent,
-                            ..DeliveryReport::default()
-                        });
-                    }
-                })
-            }
-        }
-
-        fn sizes(&self) -> Vec<Vec<usize>> {
-            self.sizes.lock().unwrap().clone()
-        }
-    }
-
-    fn request(n: usize) -> (FlushRequest, oneshot::Receiver<DeliveryReport>) {
-        let (reply, rx) = oneshot::channel();
-        let items = (0..n).map(|i| (0, i64::try_from(i).unwrap())).collect();
-        (FlushRequest { items, reply }, rx)
-    }
-
-    struct Harness {
-        tx: mpsc::Sender<FlushRequest>,
-        close: mpsc::UnboundedSender<CloseRequest>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    fn start(config: LoopConfig, breaker: Arc<Breaker>, rounds: &Rounds) -> Harness {
-        let (tx, rx) = mpsc::channel(64);
-        let (close, close_rx) = mpsc::unbounded_channel();
-        let send = rounds.send();
-        let task =
-            tokio::spawn(async move { run_loop(config, &breaker, rx, close_rx, send).await });
-        Harness { tx, close, task }
-    }
-
-    const ONE_WORKER: LoopConfig = LoopConfig {
-        max_batch: 100,
-        flush_workers: 1,
-    };
-
-    /// Let every ready task run (the clock is paused, so nothing else moves).
-    async fn settle() {
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn requests_queued_behind_a_busy_worker_go_out_as_one_round() {
-        let rounds = Rounds {
-            hold: true,
-            ..Rounds::default()
-        };
-        let h = start(
-            ONE_WORKER,
-            Arc::new(Breaker::new(Duration::from_secs(1))),
-            &rounds,
-        );
-        let (a, a_rx) = request(1);
-        h.tx.send(a).await.unwrap();
-        settle().await;
-        assert_eq!(
-            rounds.sizes(),
-            vec![vec![1]],
-            "the first round starts alone"
-        );
-        let mut replies = Vec::new();
-        for n in [2, 3, 4] {
-            let (r, rx) = request(n);
-            h.tx.send(r).await.unwrap();
-            replies.push(rx);
-        }
-        settle().await;
-        assert_eq!(rounds.sizes().len(), 1, "the one worker is still busy");
-        rounds.gate.notify_one();
-        settle().await;
-        assert_eq!(
-            rounds.sizes(),
-            vec![vec![1], vec![2, 3, 4]],
-            "coalesced into one round"
-        );
-        rounds.gate.notify_one();
-        assert_eq!(a_rx.await.unwrap().sent, 1);
-        for (rx, n) in replies.into_iter().zip([2, 3, 4]) {
-            assert_eq!(rx.await.unwrap().sent, n);
-        }
-        drop(h.tx);
-        h.task.await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_round_stops_at_max_batch_and_carries_the_rest() {
-        let rounds = Rounds {
-            hold: true,
-            ..Rounds::default()
-        };
-        let config = LoopConfig {
-            max_batch: 100,
-            flush_workers: 1,
-        };
-        let h = start(
-            config,
-            Arc::new(Breaker::new(Duration::from_secs(1))),
-            &rounds,
-        );
-        let (first, _first_rx) = request(1);
-        h.tx.send(first).await.unwrap();
-        settle().await;
-        let mut keep = Vec::new();
-        for _ in 0..5 {
-            let (r, rx) = request(40);
-            h.tx.send(r).await.unwrap();
-            keep.push(rx);
-        }
-        for _ in 0..3 {
-            rounds.gate.notify_one();
-            settle().await;
-        }
-        assert_eq!(
-            rounds.sizes(),
-            vec![vec![1], vec![40, 40], vec![40, 40], vec![40]],
-            "no round over 100 ids; the request that would pass it waits for the next"
-        );
-        drop(h.tx);
-        rounds.gate.notify_one();
-        h.task.await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn after_a_failure_requests_are_answered_pending_until_the_pause_ends() {
-        let rounds = Rounds::default();
-        let pause = Duration::from_secs(1);
-        let breaker = Arc::new(Breaker::new(pause));
-        let h = start(ONE_WORKER, breaker.clone(), &rounds);
-        breaker.open(Arc::new(Error::Config("the bus failed".into())));
-
-        let (r, rx) = request(3);
-        h.tx.send(r).await.unwrap();
-        let report = rx.await.unwrap();
-        assert_eq!(
-            (report.sent, report.pending),
-            (0, 3),
-            "answered pending at once"
-        );
-        assert!(report.error.unwrap().to_string().contains("the bus failed"));
-        assert!(
-            rounds.sizes().is_empty(),
-            "no round ran while the breaker was open"
-        );
-
-        tokio::time::advance(pause - Duration::from_millis(1)).await;
-        let (r, rx) = request(1);
-        h.tx.send(r).await.unwrap();
-        assert_eq!(rx.await.unwrap().pending, 1, "still within the pause");
-
-        tokio::time::advance(Duration::from_millis(2)).await;
-        let (r, rx) = request(2);
-        h.tx.send(r).await.unwrap();
-        assert_eq!(
-            rx.await.unwrap().sent,
-            2,
-            "the first request after the pause probes the bus"
-        );
-        assert_eq!(rounds.sizes(), vec![vec![2]]);
-        drop(h.tx);
-        h.task.await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn close_sends_what_was_queued_and_gives_up_at_the_deadline() {
-        // Queued requests are still sent when the rounds finish in time.
-        let rounds = Rounds::default();
-        let h = start(
-            ONE_WORKER,
-            Arc::new(Breaker::new(Duration::from_secs(1))),
-            &rounds,
-        );
-        let (r, rx) = request(2);
-        h.tx.send(r).await.unwrap();
-        let (reply, left) = oneshot::channel();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        h.close.send(CloseRequest { deadline, reply }).unwrap();
-        assert_eq!(left.await.unwrap(), 0);
-        assert_eq!(rx.await.unwrap().sent, 2);
-        h.task.await.unwrap();
-        assert!(
-            h.tx.try_send(request(1).0).is_err(),
-            "closed for new requests"
-        );
-
-        // A round that does not finish by the deadline gives up; it and what waited behind it
-        // are answered pending, and the count says how many signals were left.
-        let rounds = Rounds {
-            hold: true,
-            ..Rounds::default()
-        };
-        let h = start(
-            ONE_WORKER,
-            Arc::new(Breaker::new(Duration::from_secs(1))),
-            &rounds,
-        );
-        let (running, running_rx) = request(3);
-        h.tx.send(running).await.unwrap();
-        settle().await;
-        let (queued, queued_rx) = request(4);
-        h.tx.send(queued).await.unwrap();
-        let (reply, left) = oneshot::channel();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        h.close.send(CloseRequest { deadline, reply }).unwrap();
-        assert_eq!(left.await.unwrap(), 3 + 4);
-        let queued = queued_rx.await.unwrap();
-        assert_eq!(queued.pending, 4);
-        assert!(matches!(queued.error.as_deref(), Some(Error::Closed)));
-        let running = running_rx.await.unwrap();
-        assert_eq!(running.pending, 3, "the given-up round answered pending");
-        assert!(matches!(running.error.as_deref(), Some(Error::Closed)));
-        h.task.await.unwrap();
-    }
+    let settled = publish_and_settle(shared, conn, held, false).await?;
+    let sent: HashSet<(TypeIdx, i64)> = settled
+        .sent
+        .into_iter()
+        .flat_map(|(idx, ids)| ids.into_iter().map(move |id| (idx, id)))
+        .collect();
+    let refused = all.difference(&sent).copied().collect();
+    Ok(RoundOutcome {
+        sent,
+        refused,
+        refusal: settled.last_refusal,
+    })
 }

@@ -1,9 +1,9 @@
 //! Explicit flushing: `flush`, `flushmany` and `flushordered`.
 
-use super::{LockedRows, Progress, publish_and_delete, settle};
+use super::{HeldRows, Progress, Settled, publish_and_settle, settle_tx};
 use crate::bus::{Shared, SignalBus};
 use crate::error::{Error, Result};
-use crate::registry::Selection;
+use crate::registry::{Registered, Selection, TypeIdx};
 use crate::storage::{Backend, begin_flush};
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -11,8 +11,9 @@ use std::time::Duration;
 /// How long [`SignalBus::flush`] waits by default for in-flight auto-flushes.
 pub const DEFAULT_FLUSH_WAIT: Duration = Duration::from_secs(3);
 
-/// One committed burst of an explicit flush, as handed to a progress callback.
+/// One settled burst of an explicit flush, as handed to a progress callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FlushProgress<'a> {
     /// The signal type of the burst.
     pub signal: &'a str,
@@ -20,31 +21,43 @@ pub struct FlushProgress<'a> {
     pub burst: usize,
     /// Signals sent so far by this flush call, all types together.
     pub sent: usize,
+    /// Signals the bus refused in this burst (kept: retried later, or parked).
+    pub refused: usize,
+    /// Of those, signals parked by this burst.
+    pub parked: usize,
 }
 
-/// Which rows a draining loop locks next.
+/// Which rows a draining loop takes next.
 #[derive(Debug, Clone, Copy)]
 enum Drain {
-    /// Any rows no other flusher holds (`SKIP LOCKED`).
+    /// Any sendable rows no other flusher holds (claimed with a lease).
     Many,
     /// The next rows in gap-safe order, waiting for held ones.
     Ordered,
 }
 
 impl<DB: Backend> SignalBus<DB> {
-    /// Send the signals pending now: list them, wait `wait` (so that auto-flushes already in
-    /// flight can finish; [`DEFAULT_FLUSH_WAIT`] is a good value), then send and delete those
-    /// still present, in bursts of each type's `burst`. Returns how many were sent.
+    /// Send the signals pending now: list the sendable ones, wait `wait` (so that
+    /// auto-flushes already in flight can finish; [`DEFAULT_FLUSH_WAIT`] is a good value),
+    /// then send those still there, in bursts of each type's `burst`. Returns how many were
+    /// sent.
     ///
-    /// Rows an auto-flush still holds after the wait are skipped, never sent twice. Signals
-    /// written after the listing are left for the next flush. For huge backlogs use
-    /// [`SignalBus::flushmany`].
+    /// Each burst is *claimed* first (a lease set by the database's clock, so that no other
+    /// flusher takes it), then published with no transaction open, then settled: stored
+    /// signals are deleted, refused ones are retried later with backoff or parked (see
+    /// [`crate::RetryPolicy`]). Rows an auto-flush still holds after the wait are skipped,
+    /// never sent twice. Signals written after the listing are left for the next flush. For
+    /// huge backlogs use [`SignalBus::flushmany`].
+    ///
+    /// A refused or invalid signal does not fail the flush (the progress callback sees it);
+    /// a failure of the bus as a whole does, and gives the burst back without spending an
+    /// attempt.
     pub async fn flush(&self, selection: &Selection, wait: Duration) -> Result<usize> {
         self.flush_with(selection, wait, &mut |_| ControlFlow::Continue(()))
             .await
     }
 
-    /// [`SignalBus::flush`], calling `progress` after every committed burst; returning
+    /// [`SignalBus::flush`], calling `progress` after every settled burst; returning
     /// `ControlFlow::Break` from it stops the flush there (the count so far is returned).
     pub async fn flush_with(
         &self,
@@ -76,33 +89,27 @@ impl<DB: Backend> SignalBus<DB> {
             tokio::time::sleep(wait).await;
         }
         let mut total = 0;
-        let mut invalid = None;
-        'types: for (idx, ids) in listed {
+        for (idx, ids) in listed {
             let reg = shared.registry.get(idx);
             for chunk in ids.chunks(reg.ty.burst_size()) {
-                let mut tx = begin_flush(&shared.pool).await?;
-                let rows = reg.sql.lock_ids::<DB>(&mut tx, chunk).await?;
-                if rows.is_empty() {
-                    tx.commit().await?;
+                let Some(settled) = claimed_burst(shared, idx, Some(chunk)).await? else {
                     continue;
-                }
-                let result = publish_and_delete(shared, &mut tx, vec![(idx, rows)], false).await;
-                let sent = settle(tx, result).await?;
-                let burst = sent.count();
-                total += burst;
-                invalid = invalid.or(sent.invalid);
-                if report(progress, &reg.name, burst, total).is_break() {
-                    break 'types;
+                };
+                total += settled.count();
+                if report(progress, &reg.name, &settled, total).is_break() {
+                    return Ok(total);
                 }
             }
         }
-        finish(total, invalid)
+        Ok(total)
     }
 
-    /// Send every pending signal, burst after burst, until none is left. Each burst is locked
-    /// so that no other flusher takes it (`FOR UPDATE SKIP LOCKED` on PostgreSQL, a per-table
-    /// lock on MySQL/MariaDB, the single write lock on SQLite), so many processes can drain
-    /// the same backlog at once without sending a row twice. Returns how many this call sent.
+    /// Send every sendable signal, burst after burst, until none is left. Each burst is
+    /// claimed with a lease so that no other flusher takes it, so many processes can drain
+    /// the same backlog at once without sending a row twice; it is published with no
+    /// transaction open, then settled (see [`SignalBus::flush`]). Refused signals come back
+    /// after their backoff delay, to a later flush; parked ones wait for an operator.
+    /// Returns how many this call sent.
     pub async fn flushmany(&self, selection: &Selection) -> Result<usize> {
         self.flushmany_with(selection, &mut |_| ControlFlow::Continue(()))
             .await
@@ -123,9 +130,16 @@ impl<DB: Backend> SignalBus<DB> {
     /// SQLite; see [`crate::storage`] for what MySQL/MariaDB guarantee). On PostgreSQL, rows of
     /// transactions still running are left for the next call.
     ///
+    /// A signal the bus refuses **blocks the ones after it**: the flush of that type stops
+    /// there, and the next one starts with it once its backoff delay has passed; when it is
+    /// parked, the type waits until an operator unparks or purges it (`signalbus parked`
+    /// shows it). Signals published in the same burst before the refusal was known may
+    /// already have gone out behind it.
+    ///
     /// The order holds when auto-flush is off for the type (auto-flush sends as soon as
     /// transactions commit, in no particular order) and only ordered flushes send it.
-    /// Messages can still be sent more than once (at-least-once).
+    /// Messages can still be sent more than once (at-least-once). Ordered bursts are still
+    /// read and settled in one transaction that holds their rows (not yet a lease).
     pub async fn flushordered(&self, selection: &Selection) -> Result<usize> {
         self.flushordered_with(selection, &mut |_| ControlFlow::Continue(()))
             .await
@@ -141,7 +155,93 @@ impl<DB: Backend> SignalBus<DB> {
     }
 }
 
-/// Lock a burst, publish it, delete it, commit; until the selected tables are empty.
+/// Claim rows of type `idx` (those among `ids`, or the next burst), publish and settle them;
+/// `None` when there was nothing to claim. A failure of the bus as a whole gives the claimed
+/// rows back at once, without spending an attempt.
+async fn claimed_burst<DB: Backend>(
+    shared: &Shared<DB>,
+    idx: TypeIdx,
+    ids: Option<&[i64]>,
+) -> Result<Option<Settled>> {
+    let reg = shared.registry.get(idx);
+    let token = uuid::Uuid::new_v4().to_string();
+    let lease = shared.config.lease();
+    let rows = retrying_db(|| async {
+        let mut conn = shared.pool.acquire().await?;
+        reg.sql
+            .claim::<DB>(&mut conn, ids, reg.ty.burst_size(), lease, &token)
+            .await
+    })
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut conn = shared.pool.acquire().await?;
+    match publish_and_settle(shared, &mut conn, vec![(idx, rows)], false).await {
+        Ok(settled) => Ok(Some(settled)),
+        Err(e) => {
+            give_back::<DB>(reg, &mut conn, &claimed).await;
+            Err(e)
+        }
+    }
+}
+
+/// Give claimed rows back after a failure of the bus (best effort: if it fails too, their
+/// lease expires and they come back then).
+async fn give_back<DB: Backend>(reg: &Registered, conn: &mut DB::Connection, ids: &[i64]) {
+    if let Err(e) = reg.sql.release::<DB>(conn, ids).await {
+        tracing::warn!(signal = %reg.name, error = %e, "could not give claimed signals back; they come back when their lease expires");
+    }
+}
+
+/// Run `step` again after a database error that a retry cures (a deadlock, a serialization
+/// failure, a lost connection), with backoff, up to 5 times; it spends no attempt of any
+/// message.
+async fn retrying_db<T, F, Fut>(mut step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    const ATTEMPTS: u32 = 5;
+    let backoff = crate::publisher::Backoff {
+        max_attempts: ATTEMPTS,
+        base: Duration::from_millis(20),
+        max: Duration::from_secs(1),
+        wait_before_first_retry: true,
+    };
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Err(e) if attempt < ATTEMPTS && curable(&e) => {
+                let wait = backoff.delay(attempt);
+                tracing::debug!(attempt, ?wait, error = %e, "database error during a flush; retrying the burst");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether a database error goes away when the step runs again: a lost connection, or a
+/// conflict (deadlock, serialization failure, lock timeout).
+fn curable(error: &Error) -> bool {
+    match error {
+        Error::Database(sqlx::Error::Database(db)) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or_default();
+            matches!(code, "40001" | "40P01" | "55P03")
+                || db.message().to_ascii_lowercase().contains("deadlock")
+        }
+        Error::Database(
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_),
+        ) => true,
+        _ => false,
+    }
+}
+
+/// Take a burst, publish it, settle it; until the selected tables have nothing left to send.
 async fn drain<DB: Backend>(
     shared: &Shared<DB>,
     selection: &Selection,
@@ -149,58 +249,60 @@ async fn drain<DB: Backend>(
     progress: Progress<'_>,
 ) -> Result<usize> {
     let mut total = 0;
-    let mut invalid = None;
     for idx in shared.registry.select(selection)? {
         let reg = shared.registry.get(idx);
         loop {
-            let mut tx = begin_flush(&shared.pool).await?;
-            let burst = reg.ty.burst_size();
-            let rows = match mode {
-                Drain::Many => reg.sql.lock_burst::<DB>(&mut tx, burst).await?,
-                Drain::Ordered => reg.sql.lock_ordered::<DB>(&mut tx, burst).await?,
+            let settled = match mode {
+                Drain::Many => claimed_burst(shared, idx, None).await?,
+                Drain::Ordered => ordered_burst(shared, idx).await?,
             };
-            if rows.is_empty() {
-                tx.commit().await?;
+            let Some(settled) = settled else {
                 break;
-            }
-            let locked: Vec<LockedRows> = vec![(idx, rows)];
-            let ordered = matches!(mode, Drain::Ordered);
-            let result = publish_and_delete(shared, &mut tx, locked, ordered).await;
-            let sent = settle(tx, result).await?;
-            total += sent.count();
-            tracing::debug!(signal = %reg.name, burst = sent.count(), total, ?mode, "flushed a burst");
-            let stop = report(progress, &reg.name, sent.count(), total).is_break();
-            if let Some(e) = sent.invalid {
-                // The invalid row stays first in line; stop rather than spin on it (and, in
-                // order, nothing after it may go out first).
-                invalid = Some(e);
-                break;
-            }
-            if stop {
+            };
+            total += settled.count();
+            tracing::debug!(signal = %reg.name, burst = settled.count(), refused = settled.refused, total, ?mode, "flushed a burst");
+            if report(progress, &reg.name, &settled, total).is_break() {
                 return Ok(total);
             }
-        }
-        if invalid.is_some() && matches!(mode, Drain::Ordered) {
-            break;
+            if matches!(mode, Drain::Ordered) && settled.blocked {
+                // Nothing after a refused row may go out first.
+                break;
+            }
         }
     }
-    finish(total, invalid)
+    Ok(total)
 }
 
-fn report(progress: Progress<'_>, signal: &str, burst: usize, sent: usize) -> ControlFlow<()> {
+/// The next burst in order, in a flush transaction that holds its rows; `None` when nothing
+/// can be sent (none left, or the first in line is backing off or parked).
+async fn ordered_burst<DB: Backend>(shared: &Shared<DB>, idx: TypeIdx) -> Result<Option<Settled>> {
+    let reg = shared.registry.get(idx);
+    let mut tx = begin_flush(&shared.pool).await?;
+    let read = reg
+        .sql
+        .lock_ordered::<DB>(&mut tx, reg.ty.burst_size())
+        .await;
+    let rows = match read {
+        Ok(rows) => rows,
+        Err(e) => return settle_tx(tx, Err(e)).await,
+    };
+    // Up to the first row that cannot be sent now: nothing may overtake it.
+    let ready: Vec<_> = rows.into_iter().take_while(|r| r.ready).collect();
+    if ready.is_empty() {
+        tx.commit().await?;
+        return Ok(None);
+    }
+    let held: Vec<HeldRows> = vec![(idx, ready)];
+    let result = publish_and_settle(shared, &mut tx, held, true).await;
+    settle_tx(tx, result).await.map(Some)
+}
+
+fn report(progress: Progress<'_>, signal: &str, settled: &Settled, sent: usize) -> ControlFlow<()> {
     progress(&FlushProgress {
         signal,
-        burst,
+        burst: settled.count(),
         sent,
+        refused: settled.refused,
+        parked: settled.parked,
     })
-}
-
-fn finish(total: usize, invalid: Option<Error>) -> Result<usize> {
-    match invalid {
-        Some(e) => {
-            tracing::warn!(sent = total, "flush stopped at an invalid row");
-            Err(e)
-        }
-        None => Ok(total),
-    }
 }

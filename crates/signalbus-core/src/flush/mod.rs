@@ -1,75 +1,281 @@
 //! Sending pending rows: the step shared by auto-flush and every explicit flush mode.
 //!
 //! Metrics (through the `metrics` facade; install any recorder to export them):
-//! `signalbus_signals_sent_total{signal}`, `signalbus_publish_failures_total`,
+//! `signalbus_signals_sent_total{signal}`, `signalbus_signals_refused_total{signal}`,
+//! `signalbus_signals_parked_total{signal}`, `signalbus_publish_failures_total`,
 //! `signalbus_publish_seconds` (histogram of publish calls per flush step).
 //!
-//! Every mode follows the same pattern inside one database transaction: lock rows (so no
-//! other flusher takes them), publish them as a batch, delete them, commit. A publish failure
-//! rolls back, leaving the rows pending. A crash after publishing and before the commit leaves
-//! them too: they are sent again later (at-least-once; the stable message id lets consumers
-//! drop the duplicate).
+//! Every mode publishes a set of rows it holds (a lease, or a lock in the flush transaction),
+//! then *settles* each row by what the broker said of its message: stored → deleted; refused
+//! → one more attempt, the next one after a backoff delay, or parked after the type's
+//! `max_attempts` ([`crate::RetryPolicy`]); a row that is not a valid signal → parked at once.
+//! A failure of the publish call as a whole (broker down, connection lost, timeout) settles
+//! nothing and spends no attempt: the rows are given back for the next flush. A crash after
+//! publishing and before settling leaves the rows too: they are sent again later
+//! (at-least-once; the stable message id lets consumers drop the duplicate).
 
 pub(crate) mod auto;
 pub(crate) mod explicit;
 
-/// A progress callback of an explicit flush: called after every committed burst; returning
+/// A progress callback of an explicit flush: called after every settled burst; returning
 /// `ControlFlow::Break(())` stops the flush after that burst.
 pub type Progress<'a> =
     &'a mut (dyn FnMut(&explicit::FlushProgress<'_>) -> std::ops::ControlFlow<()> + Send);
 
 use crate::bus::Shared;
-use crate::error::{Error, Result};
+use crate::error::{Error, PublishErrorKind, Result};
 use crate::message::{Headers, Message};
-use crate::publisher::Publisher;
+use crate::publisher::{BatchOutcome, Publisher};
 use crate::registry::{Registered, TypeIdx};
 use crate::storage::{Backend, StoredRow};
+use std::collections::BTreeMap;
 
-/// Rows of one signal type, locked in the current flush transaction.
-pub(crate) type LockedRows = (TypeIdx, Vec<StoredRow>);
+/// Rows of one signal type, held by the current flush.
+pub(crate) type HeldRows = (TypeIdx, Vec<StoredRow>);
 
-/// What one publish-and-delete step did.
+/// What one publish-and-settle step did.
 #[derive(Debug, Default)]
-pub(crate) struct Sent {
-    /// Rows published and deleted, per type.
-    pub ids: Vec<(TypeIdx, Vec<i64>)>,
-    /// The first row that could not be turned into a message (left in its table).
-    pub invalid: Option<Error>,
+pub(crate) struct Settled {
+    /// Rows the broker stored (and that were deleted), per type.
+    pub sent: Vec<(TypeIdx, Vec<i64>)>,
+    /// Rows refused (kept for a later attempt, or parked).
+    pub refused: usize,
+    /// Of those, rows parked by this step.
+    pub parked: usize,
+    /// The last refusal's reason, for reports.
+    pub last_refusal: Option<String>,
+    /// In ordered mode: a row was refused or invalid, so nothing after it may go first.
+    pub blocked: bool,
 }
 
-impl Sent {
+impl Settled {
     pub fn count(&self) -> usize {
-        self.ids.iter().map(|(_, ids)| ids.len()).sum()
+        self.sent.iter().map(|(_, ids)| ids.len()).sum()
     }
 }
 
-/// Publish the locked rows, then delete them in the same transaction (`conn`). On a publish
-/// error nothing is deleted and the error is returned; the caller rolls back. An invalid row
-/// is left in its table; when `ordered`, the rows after it are left too, so that nothing
-/// overtakes it.
-pub(crate) async fn publish_and_delete<DB: Backend>(
+/// One message on its way, and the row it came from.
+struct Entry {
+    idx: TypeIdx,
+    id: i64,
+    attempts: i64,
+}
+
+/// What became of one entry.
+enum Fate {
+    Stored,
+    Refused(String),
+    /// Not a valid signal: parked at once, it can never be sent.
+    Invalid(String),
+    /// Not published (ordered mode, after a refusal): left as it was.
+    Untouched,
+}
+
+/// Publish `held` and settle every row through `conn` (see the module docs). `Err` means the
+/// bus failed as a whole and nothing was settled: the caller gives the rows back (or rolls
+/// back). When `ordered`, nothing is published after a refused or invalid row.
+pub(crate) async fn publish_and_settle<DB: Backend>(
     shared: &Shared<DB>,
     conn: &mut DB::Connection,
-    locked: Vec<LockedRows>,
+    held: Vec<HeldRows>,
     ordered: bool,
-) -> Result<Sent> {
-    let sent = publish(shared, prepare(shared, locked, ordered)).await?;
-    for (idx, ids) in &sent.ids {
-        shared
-            .registry
-            .get(*idx)
-            .sql
-            .delete_ids::<DB>(conn, ids)
-            .await?;
+) -> Result<Settled> {
+    let (entries, fates) = publish(shared, held, ordered).await?;
+    settle(shared, conn, &entries, &fates).await
+}
+
+/// Turn rows into messages and publish them: batched types in one call, the others one
+/// message per call. Returns what became of each.
+async fn publish<DB: Backend>(
+    shared: &Shared<DB>,
+    held: Vec<HeldRows>,
+    ordered: bool,
+) -> Result<(Vec<Entry>, Vec<Fate>)> {
+    let mut entries = Vec::new();
+    let mut fates = Vec::new();
+    let mut batched: Vec<(usize, Message)> = Vec::new();
+    let mut single: Vec<(usize, Message)> = Vec::new();
+    for (idx, rows) in held {
+        let reg = shared.registry.get(idx);
+        let mut stop = false;
+        for row in rows {
+            let i = entries.len();
+            entries.push(Entry {
+                idx,
+                id: row.id,
+                attempts: row.attempts,
+            });
+            if stop {
+                fates.push(Fate::Untouched);
+                continue;
+            }
+            match to_message(reg, row) {
+                Ok(message) => {
+                    fates.push(Fate::Stored);
+                    if reg.ty.is_batched() {
+                        batched.push((i, message));
+                    } else {
+                        single.push((i, message));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(signal = %reg.name, error = %e, "a pending row is not a valid signal; parking it");
+                    fates.push(Fate::Invalid(e.to_string()));
+                    stop = ordered;
+                }
+            }
+        }
     }
-    Ok(sent)
+    let started = std::time::Instant::now();
+    let result = async {
+        if !batched.is_empty() {
+            call(shared, &batched, &mut fates, ordered).await?;
+        }
+        for (n, one) in single.iter().enumerate() {
+            call(shared, std::slice::from_ref(one), &mut fates, ordered).await?;
+            if ordered && !matches!(fates[one.0], Fate::Stored) {
+                for (i, _) in &single[n + 1..] {
+                    fates[*i] = Fate::Untouched;
+                }
+                break;
+            }
+        }
+        Ok::<_, crate::error::PublishError>(())
+    }
+    .await;
+    metrics::histogram!("signalbus_publish_seconds").record(started.elapsed().as_secs_f64());
+    if let Err(e) = result {
+        metrics::counter!("signalbus_publish_failures_total").increment(1);
+        return Err(e.into());
+    }
+    Ok((entries, fates))
+}
+
+/// One publish call for `messages`, marking the refused ones in `fates`. A publisher that
+/// refuses a batch as a whole (all or nothing) is asked again one message at a time, to find
+/// which one it refuses (the others may go out twice: at-least-once).
+async fn call<DB: Backend>(
+    shared: &Shared<DB>,
+    messages: &[(usize, Message)],
+    fates: &mut [Fate],
+    ordered: bool,
+) -> Result<(), crate::error::PublishError> {
+    let batch: Vec<Message> = messages.iter().map(|(_, m)| m.clone()).collect();
+    let outcome = match shared.publisher.publish(&batch).await {
+        Ok(outcome) => outcome,
+        Err(e) if e.kind() == PublishErrorKind::Rejected && batch.len() > 1 => {
+            tracing::debug!(messages = batch.len(), error = %e, "the bus refused a whole batch; sending its messages one by one");
+            let mut outcome = BatchOutcome::all_stored();
+            for (n, message) in batch.iter().enumerate() {
+                match shared
+                    .publisher
+                    .publish(std::slice::from_ref(message))
+                    .await
+                {
+                    Ok(one) if one.is_all_stored() => {}
+                    Ok(one) => outcome.refuse(n, reason(&one)),
+                    Err(e) if e.kind() == PublishErrorKind::Rejected => {
+                        outcome.refuse(n, e.to_string())
+                    }
+                    Err(e) => return Err(e),
+                }
+                if ordered && outcome.is_refused(n) {
+                    for (i, _) in &messages[n + 1..] {
+                        fates[*i] = Fate::Untouched;
+                    }
+                    break;
+                }
+            }
+            outcome
+        }
+        Err(e) if e.kind() == PublishErrorKind::Rejected => {
+            BatchOutcome::all_stored().with_refused(0, e.to_string())
+        }
+        Err(e) => return Err(e),
+    };
+    for refused in outcome.refused() {
+        if let Some((i, _)) = messages.get(refused.index) {
+            fates[*i] = Fate::Refused(refused.reason.clone());
+        }
+    }
+    Ok(())
+}
+
+fn reason(outcome: &BatchOutcome) -> String {
+    outcome
+        .refused()
+        .first()
+        .map(|r| r.reason.clone())
+        .unwrap_or_default()
+}
+
+/// Delete the stored rows, count the refusals, park the invalid rows.
+async fn settle<DB: Backend>(
+    shared: &Shared<DB>,
+    conn: &mut DB::Connection,
+    entries: &[Entry],
+    fates: &[Fate],
+) -> Result<Settled> {
+    let mut settled = Settled::default();
+    let mut stored: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
+    // Refusals of one type with the same attempts and reason share one UPDATE.
+    let mut refused: BTreeMap<(TypeIdx, i64, &str, bool), Vec<i64>> = BTreeMap::new();
+    for (entry, fate) in entries.iter().zip(fates) {
+        match fate {
+            Fate::Stored => stored.entry(entry.idx).or_default().push(entry.id),
+            Fate::Refused(why) | Fate::Invalid(why) => {
+                let invalid = matches!(fate, Fate::Invalid(_));
+                refused
+                    .entry((entry.idx, entry.attempts, why.as_str(), invalid))
+                    .or_default()
+                    .push(entry.id);
+            }
+            Fate::Untouched => settled.blocked = true,
+        }
+    }
+    for (idx, ids) in stored {
+        let reg = shared.registry.get(idx);
+        reg.sql.delete_ids::<DB>(conn, &ids).await?;
+        metrics::counter!("signalbus_signals_sent_total", "signal" => reg.name.to_string())
+            .increment(ids.len() as u64);
+        settled.sent.push((idx, ids));
+    }
+    for ((idx, attempts, why, invalid), ids) in refused {
+        let reg = shared.registry.get(idx);
+        let policy = reg.ty.retry_policy();
+        let refusals = u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX);
+        // An invalid row can never be sent: its next attempt is its last.
+        let max = if invalid {
+            refusals
+        } else {
+            policy.max_attempts
+        };
+        let delay = policy.delay(refusals);
+        reg.sql.refuse::<DB>(conn, &ids, delay, max, why).await?;
+        let parks = refusals >= max;
+        let name = reg.name.to_string();
+        metrics::counter!("signalbus_signals_refused_total", "signal" => name.clone())
+            .increment(ids.len() as u64);
+        if parks {
+            metrics::counter!("signalbus_signals_parked_total", "signal" => name)
+                .increment(ids.len() as u64);
+            settled.parked += ids.len();
+            tracing::warn!(signal = %reg.name, ids = ?ids, attempts = refusals, reason = why, "parked: the bus refused these signals too often; `signalbus unpark` sends them again");
+        } else {
+            tracing::info!(signal = %reg.name, ids = ?ids, attempts = refusals, retry_in = ?delay, reason = why, "the bus refused signals; retrying later");
+        }
+        settled.refused += ids.len();
+        settled.blocked = true;
+        settled.last_refusal = Some(why.to_owned());
+    }
+    Ok(settled)
 }
 
 /// Commit `tx` when `result` is Ok, roll it back at once otherwise. A dropped sqlx
 /// transaction is rolled back only when its connection is next used, keeping its row locks
 /// (SQLite: the write lock) until then, so that a retry or a concurrent flush would skip or
 /// wait for rows that are in fact free.
-pub(crate) async fn settle<DB: Backend, T>(
+pub(crate) async fn settle_tx<DB: Backend, T>(
     tx: sqlx::Transaction<'static, DB>,
     result: Result<T>,
 ) -> Result<T> {
@@ -85,89 +291,6 @@ pub(crate) async fn settle<DB: Backend, T>(
             Err(e)
         }
     }
-}
-
-/// Rows turned into messages, ready to publish.
-pub(crate) struct Prepared {
-    /// What publishing them sends (and which rows were invalid).
-    pub sent: Sent,
-    batched: Vec<Message>,
-    single: Vec<Message>,
-}
-
-/// Turn rows into messages: batched types go in one publish call, the others one message per
-/// call. Rows that are not valid signals are left out (see [`Sent::invalid`]); when
-/// `ordered`, so are the rows after one.
-pub(crate) fn prepare<DB: Backend>(
-    shared: &Shared<DB>,
-    rows: Vec<LockedRows>,
-    ordered: bool,
-) -> Prepared {
-    let mut sent = Sent::default();
-    let mut batched = Vec::new();
-    let mut single = Vec::new();
-    for (idx, rows) in rows {
-        let reg = shared.registry.get(idx);
-        let mut ids = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id = row.id;
-            match to_message(reg, row) {
-                Ok(message) if reg.ty.is_batched() => batched.push(message),
-                Ok(message) => single.push(message),
-                Err(e) => {
-                    tracing::error!(signal = %reg.name, id, error = %e, "pending row is not a valid signal");
-                    sent.invalid.get_or_insert(e);
-                    if ordered {
-                        break;
-                    }
-                    continue;
-                }
-            }
-            ids.push(id);
-        }
-        if !ids.is_empty() {
-            sent.ids.push((idx, ids));
-        }
-    }
-    Prepared {
-        sent,
-        batched,
-        single,
-    }
-}
-
-/// Publish prepared messages; returns what was sent.
-pub(crate) async fn publish<DB: Backend>(shared: &Shared<DB>, prepared: Prepared) -> Result<Sent> {
-    let Prepared {
-        sent,
-        batched,
-        single,
-    } = prepared;
-    let started = std::time::Instant::now();
-    let published = async {
-        if !batched.is_empty() {
-            shared.publisher.publish(&batched).await?;
-        }
-        for message in &single {
-            shared
-                .publisher
-                .publish(std::slice::from_ref(message))
-                .await?;
-        }
-        Ok::<_, crate::error::PublishError>(())
-    }
-    .await;
-    metrics::histogram!("signalbus_publish_seconds").record(started.elapsed().as_secs_f64());
-    if let Err(e) = published {
-        metrics::counter!("signalbus_publish_failures_total").increment(1);
-        return Err(e.into());
-    }
-    for (idx, ids) in &sent.ids {
-        let name = shared.registry.get(*idx).name.to_string();
-        metrics::counter!("signalbus_signals_sent_total", "signal" => name)
-            .increment(ids.len() as u64);
-    }
-    Ok(sent)
 }
 
 /// Turn a stored row into the message the publisher gets.

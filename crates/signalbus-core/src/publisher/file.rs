@@ -1,4 +1,4 @@
-use super::Publisher;
+use super::{BatchOutcome, Publisher};
 use crate::error::{Error, PublishError, PublishErrorKind, Result};
 use crate::message::Message;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ impl FilePublisher {
 }
 
 impl Publisher for FilePublisher {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         let text = json_lines(batch)?;
         let mut file = self.file.lock().await;
         let io = |e| {
@@ -52,7 +52,8 @@ impl Publisher for FilePublisher {
             .with_source(e)
         };
         file.write_all(&text).await.map_err(io)?;
-        file.sync_data().await.map_err(io)
+        file.sync_data().await.map_err(io)?;
+        Ok(BatchOutcome::all_stored())
     }
 }
 

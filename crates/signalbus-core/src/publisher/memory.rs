@@ -1,6 +1,7 @@
-use super::Publisher;
+use super::{BatchOutcome, Publisher};
 use crate::error::PublishError;
 use crate::message::Message;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 /// Keeps every published message in memory: for tests and benchmarks.
@@ -18,6 +19,8 @@ struct State {
     batches: usize,
     fail_next: usize,
     down: bool,
+    refused_destinations: BTreeSet<String>,
+    calls: usize,
 }
 
 impl MemoryPublisher {
@@ -61,6 +64,22 @@ impl MemoryPublisher {
         self.lock().down = down;
     }
 
+    /// Refuse every message to `destination` (as a broker refuses an unroutable message),
+    /// storing the rest of each batch; until [`MemoryPublisher::accept_destination`].
+    pub fn refuse_destination(&self, destination: impl Into<String>) {
+        self.lock().refused_destinations.insert(destination.into());
+    }
+
+    /// Store messages to `destination` again.
+    pub fn accept_destination(&self, destination: &str) {
+        self.lock().refused_destinations.remove(destination);
+    }
+
+    /// Publish calls made so far, failed and partly refused ones included.
+    pub fn calls(&self) -> usize {
+        self.lock().calls
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave State inconsistent; keep going.
         self.state
@@ -70,8 +89,9 @@ impl MemoryPublisher {
 }
 
 impl Publisher for MemoryPublisher {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         let mut state = self.lock();
+        state.calls += 1;
         if state.down {
             return Err(PublishError::unavailable("memory publisher is set down"));
         }
@@ -79,8 +99,15 @@ impl Publisher for MemoryPublisher {
             state.fail_next -= 1;
             return Err(PublishError::unavailable("memory publisher told to fail"));
         }
-        state.messages.extend_from_slice(batch);
+        let mut outcome = BatchOutcome::all_stored();
+        for (i, message) in batch.iter().enumerate() {
+            if state.refused_destinations.contains(&message.destination) {
+                outcome.refuse(i, format!("no route to `{}`", message.destination));
+            } else {
+                state.messages.push(message.clone());
+            }
+        }
         state.batches += 1;
-        Ok(())
+        Ok(outcome)
     }
 }

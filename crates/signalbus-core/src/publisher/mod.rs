@@ -1,38 +1,50 @@
 //! The publisher: the one small trait that delivers messages to a bus.
 //!
-//! A publisher gets a batch of messages and returns `Ok` only when the broker has stored all
-//! of them. Anything else (an error, a timeout) leaves the batch's rows pending, to be sent
-//! again later. Timeouts and retries are separate, composable layers ([`PublisherExt`]), as in
-//! tower.
+//! A publisher gets a batch of messages and says what the broker did with each: a
+//! [`BatchOutcome`] lists the messages it *refused* (unroutable, too large, no such stream);
+//! every other message was stored, and its row is deleted. A refused message stays and is
+//! retried with backoff, then parked, without holding back the others. A failure of the whole
+//! call (an error, a timeout: the broker is down or the connection broke) leaves the whole
+//! batch pending, to be sent again later, and consumes none of the messages' attempts.
+//! Timeouts and retries are separate, composable layers ([`PublisherExt`]), as in tower.
+//!
+//! A publisher that can only say "all or nothing" still works: it returns
+//! [`BatchOutcome::all_stored`] or an error. When such an error says the broker *refused*
+//! ([`PublishErrorKind::Rejected`](crate::PublishErrorKind::Rejected)) a batch of several
+//! messages, the flush engine sends them again one by one to find the refused one.
 //!
 //! A custom publisher is a few lines (a complete one that POSTs to an HTTP webhook is the
 //! `webhook` example of the `signalbus` crate):
 //!
 //! ```
-//! use signalbus_core::{Message, PublishError, Publisher};
+//! use signalbus_core::{BatchOutcome, Message, PublishError, Publisher};
 //!
 //! struct Webhook { url: String }
 //!
 //! impl Publisher for Webhook {
-//!     async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
-//!         for message in batch {
-//!             // e.g. POST message.body to self.url; map a failure to
-//!             // PublishError::unavailable("webhook down: ...")
-//!             let _ = (&self.url, message);
+//!     async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+//!         let mut outcome = BatchOutcome::all_stored();
+//!         for (i, message) in batch.iter().enumerate() {
+//!             // e.g. POST message.body to self.url: a 4xx refuses this message,
+//!             // `outcome.refuse(i, "HTTP 422: ...")`; a connection failure fails the call,
+//!             // `return Err(PublishError::unavailable("webhook down: ..."))`
+//!             let _ = (&self.url, message, i);
 //!         }
-//!         Ok(())
+//!         Ok(outcome)
 //!     }
 //! }
 //! ```
 
 mod file;
 mod memory;
+mod outcome;
 mod retry;
 mod stdout;
 mod timeout;
 
 pub use file::FilePublisher;
 pub use memory::MemoryPublisher;
+pub use outcome::{BatchOutcome, Refused};
 pub use retry::{Backoff, Retry};
 pub use stdout::StdoutPublisher;
 pub use timeout::Timeout;
@@ -44,10 +56,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Delivers batches of messages to a message bus.
+/// Delivers batches of messages to a message bus and says what the broker stored.
 pub trait Publisher: Send + Sync + 'static {
-    /// Deliver every message of `batch`; return only when the broker has stored all of them.
-    fn publish(&self, batch: &[Message]) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Deliver the messages of `batch`; return once the broker has answered for each of them:
+    /// which ones it refused ([`BatchOutcome`]; the others were stored), or an error when the
+    /// call as a whole failed (then nothing counts as stored).
+    fn publish(
+        &self,
+        batch: &[Message],
+    ) -> impl Future<Output = Result<BatchOutcome, PublishError>> + Send;
 }
 
 /// Composable layers on any publisher.
@@ -74,11 +91,17 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The object-safe twin of [`Publisher`], implemented for every publisher.
 trait DynPublisher: Send + Sync {
-    fn publish_dyn<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Result<(), PublishError>>;
+    fn publish_dyn<'a>(
+        &'a self,
+        batch: &'a [Message],
+    ) -> BoxFuture<'a, Result<BatchOutcome, PublishError>>;
 }
 
 impl<P: Publisher> DynPublisher for P {
-    fn publish_dyn<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn publish_dyn<'a>(
+        &'a self,
+        batch: &'a [Message],
+    ) -> BoxFuture<'a, Result<BatchOutcome, PublishError>> {
         Box::pin(self.publish(batch))
     }
 }
@@ -94,13 +117,13 @@ impl std::fmt::Debug for BoxPublisher {
 }
 
 impl Publisher for BoxPublisher {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         self.0.publish_dyn(batch).await
     }
 }
 
 impl<P: Publisher> Publisher for Arc<P> {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         (**self).publish(batch).await
     }
 }

@@ -1,4 +1,4 @@
-use super::Publisher;
+use super::{BatchOutcome, Publisher};
 use crate::error::PublishError;
 use crate::message::Message;
 use rand::Rng;
@@ -62,7 +62,7 @@ impl<P> Retry<P> {
 }
 
 impl<P: Publisher> Publisher for Retry<P> {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         let mut attempt = 1;
         loop {
             match self.inner.publish(batch).await {

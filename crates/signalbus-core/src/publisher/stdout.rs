@@ -1,4 +1,4 @@
-use super::Publisher;
+use super::{BatchOutcome, Publisher};
 use crate::error::{PublishError, PublishErrorKind};
 use crate::message::Message;
 use tokio::io::AsyncWriteExt;
@@ -18,11 +18,12 @@ impl StdoutPublisher {
 }
 
 impl Publisher for StdoutPublisher {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         let text = super::file::json_lines(batch)?;
         let mut out = tokio::io::stdout();
         out.write_all(&text).await.map_err(io_error)?;
-        out.flush().await.map_err(io_error)
+        out.flush().await.map_err(io_error)?;
+        Ok(BatchOutcome::all_stored())
     }
 }
 

@@ -1,4 +1,4 @@
-use super::Publisher;
+use super::{BatchOutcome, Publisher};
 use crate::error::{PublishError, PublishErrorKind};
 use crate::message::Message;
 use std::time::Duration;
@@ -19,7 +19,7 @@ impl<P> Timeout<P> {
 }
 
 impl<P: Publisher> Publisher for Timeout<P> {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         match tokio::time::timeout(self.limit, self.inner.publish(batch)).await {
             Ok(result) => result,
             Err(_) => Err(PublishError::new(

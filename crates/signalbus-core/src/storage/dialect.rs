@@ -20,18 +20,6 @@ pub(crate) enum Placeholders {
     Question,
 }
 
-/// How a flush reads the next burst of unordered rows.
-// Which variants a build uses depends on its database features.
-#[allow(dead_code)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BurstRead {
-    /// One locking `SELECT … ORDER BY id LIMIT n` (with the claim lock clause).
-    Select,
-    /// The ids first, then the rows by id: one primary-key lookup per id, so that the locking
-    /// read locks exactly the rows it returns (MySQL's optimizer may otherwise scan).
-    IdsThenRows,
-}
-
 /// How `flushordered` finds the rows it may send.
 // Which variants a build uses depends on its database features.
 #[allow(dead_code)]
@@ -60,6 +48,10 @@ pub(crate) struct ColumnTypes {
     pub bytes: &'static str,
     /// `created_at` with its default: now.
     pub created_at: &'static str,
+    /// A nullable point in time (`next_attempt_at`, `parked_at`), in the type `now` has.
+    pub time: &'static str,
+    /// `attempts`: a count, 0 by default.
+    pub counter: &'static str,
     /// Columns only this database has (PostgreSQL's `txid`), each starting with `,`.
     pub extra_columns: &'static str,
     /// After the closing parenthesis (MySQL's `ENGINE=InnoDB`).
@@ -76,29 +68,43 @@ pub(crate) struct Dialect {
     /// How `body` is read (`{p}`: the table alias and dot, or nothing): always as bytes,
     /// also where a foreign writer stored text.
     pub read_body: &'static str,
-    /// `FROM …` of the rows whose ids are in the bound id list (`{t}`: the table, `{p}`: the
-    /// placeholder), aliasing the table `t`.
-    pub rows_by_ids: &'static str,
+    /// The database's clock now, in the type of the time columns.
+    pub now: &'static str,
+    /// Now plus the milliseconds of a bound parameter (`{ms}`: its token).
+    pub now_plus_ms: &'static str,
+    /// A 64-bit integer of a boolean condition (`{c}`).
+    pub flag: &'static str,
+    /// The condition "`t.id` is one of the bound ids" (`{Ids}`: the parameter's token).
+    pub id_in: &'static str,
+    /// Whether `UPDATE … RETURNING` exists; without it a claim is read back by its token.
+    pub update_returning: bool,
+    /// The query of the column names of table `{name}` in schema `{schema}` (a quoted
+    /// literal, or the current schema when the table has none): what `migrate` upgrades.
+    pub columns_of: &'static str,
+    /// The current schema, when a table name has none.
+    pub current_schema: &'static str,
     /// `DELETE` of the rows whose ids are in the bound id list.
     pub delete_by_ids: &'static str,
-    /// Appended to the reads that claim rows for sending, so that two flushers never take the
-    /// same row (empty where the whole database is locked instead).
+    /// Appended to the subquery that picks the rows a claim takes, so that two claims never
+    /// wait for each other (empty where the claim's `UPDATE` itself skips or serializes).
     pub claim_lock: &'static str,
+    /// Appended to a locking read by id inside a flush transaction: never two flushers on one
+    /// row (skipping where the database can, waiting otherwise).
+    pub row_claim_lock: &'static str,
     /// Appended to the ordered read: locks the rows, waiting for held ones (never skipping:
     /// that would break the order).
     pub ordered_lock: &'static str,
-    pub burst_read: BurstRead,
     pub ordered_read: OrderedRead,
-    /// Whether the rows of an auto-flush round are claimed, deleted and returned by one
-    /// statement.
-    pub delete_returning: bool,
     /// Whether an insert returns the new id (`RETURNING id`) rather than through the
     /// driver's last insert id.
     pub insert_returning: bool,
     /// Whether flushers of one table take turns through a lock row in `signalbus_flush_lock`.
     pub flush_lock_table: bool,
-    /// The age of the oldest row in microseconds, over a table aliased `t`.
-    pub oldest_age_micros: &'static str,
+    /// The age in microseconds of the point in time `{min}` (of `created_at`'s type).
+    pub age_micros: &'static str,
+    /// Added to `ALTER TABLE … ADD COLUMN claim …` (MySQL: the index a claim is read back
+    /// by; `{t}` is the table's name).
+    pub claim_index: &'static str,
     /// How a flush transaction begins.
     pub begin_flush: &'static str,
     /// How a signalbus write transaction ([`crate::SignalBus::begin`]) begins; `None`: the

@@ -71,8 +71,7 @@ mod postgres;
 mod sqlite;
 
 use crate::error::{Error, Result};
-use dialect::BurstRead;
-use statements::{Ordered, Statements};
+use statements::{Arg, Ordered, Statements, Stmt};
 use std::time::Duration;
 
 /// Columns of the table contract that `order_by` may name.
@@ -81,10 +80,42 @@ pub const ORDERABLE_COLUMNS: &[&str] = &["id", "created_at", "topic", "routing_k
 /// How many signals a table holds, and how old the oldest is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct PendingStats {
-    /// Pending signals.
+    /// Pending signals: every row of the table, backing-off and parked ones included.
     pub count: u64,
     /// Age of the oldest pending signal, by the database's clock.
     pub oldest_age: Option<Duration>,
+    /// Signals the bus refused at least once, waiting for their next attempt.
+    pub backing_off: u64,
+    /// Age of the oldest backing-off signal.
+    pub oldest_backing_off_age: Option<Duration>,
+    /// Parked signals: refused too often, never sent again until unparked.
+    pub parked: u64,
+    /// Age of the oldest parked signal.
+    pub oldest_parked_age: Option<Duration>,
+}
+
+/// A parked signal, as operators inspect it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParkedSignal {
+    /// The row's id.
+    pub id: i64,
+    /// The message id it is sent with.
+    pub message_id: String,
+    /// Attempts the bus refused.
+    pub attempts: u64,
+    /// The bus' last reason.
+    pub last_error: Option<String>,
+    /// How long it has been parked, by the database's clock.
+    pub parked_for: Option<Duration>,
+}
+
+/// Which parked signals an operator command acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkedRows<'a> {
+    /// Every parked signal of the selected types.
+    All,
+    /// The parked signals with these row ids.
+    Ids(&'a [i64]),
 }
 
 /// A database signalbus keeps signals in: [`sqlx::Postgres`], [`sqlx::MySql`] or
@@ -115,6 +146,8 @@ pub(crate) mod sealed {
         pub headers: Option<&'a str>,
         pub body: &'a [u8],
         pub content_type: Option<&'a str>,
+        /// A lease in milliseconds from now that keeps flushers away (`None`: sendable at once).
+        pub lease_ms: Option<i64>,
     }
 
     /// A pending signal row as read back for sending.
@@ -128,6 +161,10 @@ pub(crate) mod sealed {
         pub headers: Option<String>,
         pub body: Vec<u8>,
         pub content_type: Option<String>,
+        /// Attempts the bus refused so far.
+        pub attempts: i64,
+        /// Whether it can be sent now (not parked, leased or backing off).
+        pub ready: bool,
     }
 
     impl<'r, R: sqlx::Row> FromRow<'r, R> for StoredRow
@@ -146,6 +183,8 @@ pub(crate) mod sealed {
                 headers: row.try_get(4)?,
                 body: row.try_get(5)?,
                 content_type: row.try_get(6)?,
+                attempts: row.try_get(7)?,
+                ready: row.try_get::<i64, _>(8)? != 0,
             })
         }
     }
@@ -187,11 +226,19 @@ pub(crate) mod sealed {
             params: &[Param<'_>],
         ) -> impl Future<Output = Result<Vec<String>>> + Send;
 
-        /// Run `sql`, reading one row of a count and a nullable integer.
-        fn fetch_count(
+        /// Run `sql`, reading one row of nullable integers.
+        fn fetch_numbers(
             conn: &mut Self::Connection,
             sql: &SqlStr,
-        ) -> impl Future<Output = Result<(i64, Option<i64>)>> + Send;
+        ) -> impl Future<Output = Result<Vec<Option<i64>>>> + Send;
+
+        /// Run `sql`, reading parked rows: id, message id, attempts, last error, age.
+        #[allow(clippy::type_complexity)]
+        fn fetch_parked(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<Vec<(i64, String, i64, Option<String>, Option<i64>)>>> + Send;
 
         /// Run `sql`; returns the number of rows affected.
         fn execute(
@@ -260,13 +307,23 @@ macro_rules! store {
                 Ok(rows.into_iter().map(|(text,)| text).collect())
             }
 
-            async fn fetch_count(
+            async fn fetch_numbers(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 sql: &sqlx::SqlStr,
-            ) -> $crate::error::Result<(i64, Option<i64>)> {
-                Ok(sqlx::query_as::<$db, (i64, Option<i64>)>(sql.clone())
-                    .fetch_one(conn)
-                    .await?)
+            ) -> $crate::error::Result<Vec<Option<i64>>> {
+                use sqlx::Row as _;
+                let row = sqlx::query::<$db>(sql.clone()).fetch_one(conn).await?;
+                (0..row.len())
+                    .map(|i| row.try_get::<Option<i64>, _>(i).map_err(Into::into))
+                    .collect()
+            }
+
+            async fn fetch_parked(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<Vec<(i64, String, i64, Option<String>, Option<i64>)>> {
+                fetch_all_as(conn, sql, params).await
             }
 
             async fn execute(
@@ -300,7 +357,8 @@ macro_rules! store {
                     .bind(row.routing_key)
                     .bind(row.headers)
                     .bind(row.body)
-                    .bind(row.content_type);
+                    .bind(row.content_type)
+                    .bind(row.lease_ms);
                 $crate::storage::store!(@insert $insert, query, conn)
             }
 
@@ -374,21 +432,87 @@ pub(crate) fn json_ids(ids: &[i64]) -> String {
     out
 }
 
-/// A limit as a bound integer.
-fn limit(n: usize) -> Param<'static> {
-    Param::Int(i64::try_from(n).unwrap_or(i64::MAX))
+/// The values a statement's parameters ([`Arg`]) are bound from.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Values<'a> {
+    pub ids: &'a [i64],
+    pub lease_ms: i64,
+    pub token: &'a str,
+    pub limit: usize,
+    pub delay_ms: i64,
+    pub max_attempts: u32,
+    pub error: &'a str,
+    pub name: &'a str,
+}
+
+impl<'a> Values<'a> {
+    /// The parameters of `stmt`, in its order.
+    fn bind(&self, stmt: &Stmt) -> Vec<Param<'a>> {
+        stmt.args
+            .iter()
+            .map(|arg| match arg {
+                Arg::Ids => Param::Ids(self.ids),
+                Arg::Lease => Param::Int(self.lease_ms),
+                Arg::Token => Param::Text(self.token),
+                Arg::Limit => Param::Int(i64::try_from(self.limit).unwrap_or(i64::MAX)),
+                Arg::Delay => Param::Int(self.delay_ms),
+                Arg::Max => Param::Int(i64::from(self.max_attempts)),
+                Arg::Error => Param::Text(self.error),
+                Arg::Name => Param::Text(self.name),
+            })
+            .collect()
+    }
+}
+
+/// Milliseconds of a duration, as a bound integer.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn age(micros: Option<i64>) -> Option<Duration> {
+    micros.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0)))
+}
+
+fn count(n: Option<i64>) -> u64 {
+    n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
 }
 
 /// The operations of the flushing engine on one table, generic over the database.
 impl Statements {
-    /// Create the table (and what goes with it), if it does not exist. Outside any
-    /// transaction: on MySQL DDL commits.
+    async fn run_rows<DB: Backend>(
+        conn: &mut DB::Connection,
+        stmt: &Stmt,
+        values: Values<'_>,
+    ) -> Result<Vec<StoredRow>> {
+        DB::fetch_rows(conn, &stmt.sql, &values.bind(stmt)).await
+    }
+
+    async fn run<DB: Backend>(
+        conn: &mut DB::Connection,
+        stmt: &Stmt,
+        values: Values<'_>,
+    ) -> Result<u64> {
+        DB::execute(conn, &stmt.sql, &values.bind(stmt)).await
+    }
+
+    /// Create the table (and what goes with it) if it does not exist, and add the columns of
+    /// the contract an older table lacks. Outside any transaction: on MySQL DDL commits.
     pub async fn create_table<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<()> {
         for statement in &self.create {
             DB::execute_script(conn, statement).await?;
         }
+        let present = DB::fetch_texts(conn, &self.columns, &[]).await?;
+        for (column, add) in &self.add_columns {
+            if !present.iter().any(|c| c.eq_ignore_ascii_case(column)) {
+                DB::execute_script(conn, add).await?;
+            }
+        }
         if let Some(lock) = &self.flush_lock {
-            DB::execute(conn, &lock.add, &[Param::Text(&lock.name)]).await?;
+            let name = Values {
+                name: &lock.name,
+                ..Values::default()
+            };
+            Self::run::<DB>(conn, &lock.add, name).await?;
         }
         Ok(())
     }
@@ -408,82 +532,118 @@ impl Statements {
         let Some(lock) = &self.flush_lock else {
             return Ok(());
         };
-        let name = [Param::Text(&lock.name)];
-        let found = DB::fetch_texts(conn, &lock.take, &name)
+        let name = Values {
+            name: &lock.name,
+            ..Values::default()
+        };
+        let params = name.bind(&lock.take);
+        let found = DB::fetch_texts(conn, &lock.take.sql, &params)
             .await
             .map_err(missing_lock_table)?;
         if found.is_empty() {
             // A signal table created by other means: add its lock row, then take it.
-            DB::execute(conn, &lock.add, &name).await?;
-            DB::fetch_texts(conn, &lock.take, &name).await?;
+            Self::run::<DB>(conn, &lock.add, name).await?;
+            DB::fetch_texts(conn, &lock.take.sql, &params).await?;
         }
         Ok(())
     }
 
-    /// Lock and read the rows among `ids` that still exist and no other flusher holds,
-    /// ordered by id.
+    /// Lock and read the sendable rows among `ids` inside a flush transaction, skipping rows
+    /// another flusher holds where the database can; ordered by id.
     pub async fn lock_ids<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
         ids: &[i64],
     ) -> Result<Vec<StoredRow>> {
         self.take_turn::<DB>(conn).await?;
-        DB::fetch_rows(conn, &self.lock_ids, &[Param::Ids(ids)]).await
+        let values = Values {
+            ids,
+            ..Values::default()
+        };
+        Self::run_rows::<DB>(conn, &self.lock_ids, values).await
     }
 
-    /// Lock and delete, in one statement where the database can, the rows among `ids` that
-    /// still exist and no other flusher holds; returns them ordered by id. The caller
-    /// publishes them and commits, or rolls back to keep them.
-    pub async fn take_ids<DB: Backend>(
+    /// Claim (lease for `lease`, with `token`) the sendable rows among `ids`, or — with
+    /// `ids` empty — up to `limit` sendable rows, lowest ids first. No transaction is left
+    /// open: the lease alone keeps other flushers away until it is settled or expires.
+    pub async fn claim<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        ids: Option<&[i64]>,
+        limit: usize,
+        lease: Duration,
+        token: &str,
+    ) -> Result<Vec<StoredRow>> {
+        let values = Values {
+            ids: ids.unwrap_or_default(),
+            limit,
+            lease_ms: millis(lease),
+            token,
+            ..Values::default()
+        };
+        let stmt = if ids.is_some() {
+            &self.claim_ids
+        } else {
+            &self.claim_burst
+        };
+        let mut rows = match &self.read_claimed {
+            None => Self::run_rows::<DB>(conn, stmt, values).await?,
+            Some(read) => {
+                Self::run::<DB>(conn, stmt, values).await?;
+                Self::run_rows::<DB>(conn, read, values).await?
+            }
+        };
+        rows.sort_unstable_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// Count a refusal of the rows `ids`: one more attempt, the next after `delay`, or
+    /// parked once they reach `max_attempts`.
+    pub async fn refuse<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
         ids: &[i64],
-    ) -> Result<Vec<StoredRow>> {
-        match &self.take_ids {
-            Some(take) => {
-                let mut rows = DB::fetch_rows(conn, take, &[Param::Ids(ids)]).await?;
-                rows.sort_unstable_by_key(|r| r.id);
-                Ok(rows)
-            }
-            None => {
-                let rows = self.lock_ids::<DB>(conn, ids).await?;
-                let locked: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                if !locked.is_empty() {
-                    self.delete_ids::<DB>(conn, &locked).await?;
-                }
-                Ok(rows)
-            }
-        }
+        delay: Duration,
+        max_attempts: u32,
+        error: &str,
+    ) -> Result<u64> {
+        let values = Values {
+            ids,
+            delay_ms: millis(delay),
+            max_attempts,
+            error,
+            ..Values::default()
+        };
+        Self::run::<DB>(conn, &self.refuse, values).await
     }
 
-    /// Lock and read up to `n` rows that no other flusher holds, lowest ids first.
-    pub async fn lock_burst<DB: Backend>(
+    /// Give claimed rows back at once, without spending an attempt.
+    pub async fn release<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
-        n: usize,
-    ) -> Result<Vec<StoredRow>> {
-        self.take_turn::<DB>(conn).await?;
-        match DB::DIALECT.burst_read {
-            BurstRead::Select => DB::fetch_rows(conn, &self.burst, &[limit(n)]).await,
-            BurstRead::IdsThenRows => {
-                let ids = DB::fetch_ids(conn, &self.burst, &[limit(n)]).await?;
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                DB::fetch_rows(conn, &self.lock_ids, &[Param::Ids(&ids)]).await
-            }
-        }
+        ids: &[i64],
+    ) -> Result<u64> {
+        let values = Values {
+            ids,
+            ..Values::default()
+        };
+        Self::run::<DB>(conn, &self.release, values).await
     }
 
     /// Lock and read the next up to `n` rows in `flushordered` order (the type's `order_by`,
-    /// then `id`), gap-safe as far as the database allows (see the module docs). Unlike
-    /// [`Statements::lock_burst`] it waits for held rows instead of skipping them (skipping
-    /// would break the order); ordered flushers of one table take turns.
+    /// then `id`), gap-safe as far as the database allows (see the module docs), whether
+    /// they can be sent now or not (the caller stops at the first that cannot). It waits for
+    /// held rows instead of skipping them (skipping would break the order); ordered flushers
+    /// of one table take turns.
     pub async fn lock_ordered<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
         n: usize,
     ) -> Result<Vec<StoredRow>> {
+        let values = Values {
+            limit: n,
+            ..Values::default()
+        };
         match &self.ordered {
             Ordered::Watermark {
                 turn,
@@ -493,18 +653,18 @@ impl Statements {
                 DB::execute_script(conn, turn).await?;
                 // Rows restored from another cluster first (usually none: an index probe),
                 // then the settled ones.
-                let rows = DB::fetch_rows(conn, restored, &[limit(n)]).await?;
+                let rows = Self::run_rows::<DB>(conn, restored, values).await?;
                 if !rows.is_empty() {
                     return Ok(rows);
                 }
-                DB::fetch_rows(conn, settled, &[limit(n)]).await
+                Self::run_rows::<DB>(conn, settled, values).await
             }
             Ordered::Locking(read) => {
                 // The turn keeps every other flusher out; the locking read in order then
                 // waits for rows whose inserting transaction is still open instead of
                 // passing them, bounded by the server's lock wait timeout.
                 self.take_turn::<DB>(conn).await?;
-                DB::fetch_rows(conn, read, &[limit(n)]).await
+                Self::run_rows::<DB>(conn, read, values).await
             }
         }
     }
@@ -515,24 +675,84 @@ impl Statements {
         conn: &mut DB::Connection,
         ids: &[i64],
     ) -> Result<u64> {
-        DB::execute(conn, &self.delete_ids, &[Param::Ids(ids)]).await
+        let values = Values {
+            ids,
+            ..Values::default()
+        };
+        Self::run::<DB>(conn, &self.delete_ids, values).await
     }
 
-    /// The ids of all rows in the table, ascending.
+    /// The ids of the rows that can be sent now, ascending.
     pub async fn pending_ids<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<Vec<i64>> {
         DB::fetch_ids(conn, &self.pending_ids, &[]).await
     }
 
-    /// Count of rows and age of the oldest.
+    /// Counts and ages of all, backing-off and parked rows.
     pub async fn pending_stats<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
     ) -> Result<PendingStats> {
-        let (count, age_us) = DB::fetch_count(conn, &self.pending_stats).await?;
+        let n = DB::fetch_numbers(conn, &self.pending_stats).await?;
+        let at = |i: usize| n.get(i).copied().flatten();
         Ok(PendingStats {
-            count: u64::try_from(count).unwrap_or(0),
-            oldest_age: age_us.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))),
+            count: count(at(0)),
+            oldest_age: age(at(1)),
+            backing_off: count(at(2)),
+            oldest_backing_off_age: age(at(3)),
+            parked: count(at(4)),
+            oldest_parked_age: age(at(5)),
         })
+    }
+
+    /// Up to `limit` parked rows, lowest ids first.
+    pub async fn parked<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        limit: usize,
+    ) -> Result<Vec<ParkedSignal>> {
+        let values = Values {
+            limit,
+            ..Values::default()
+        };
+        let rows = DB::fetch_parked(conn, &self.parked.sql, &values.bind(&self.parked)).await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, message_id, attempts, last_error, parked_us)| ParkedSignal {
+                    id,
+                    message_id,
+                    attempts: count(Some(attempts)),
+                    last_error,
+                    parked_for: age(parked_us),
+                },
+            )
+            .collect())
+    }
+
+    /// Unpark (send again on the next pass, attempts reset) or delete parked rows; returns
+    /// how many.
+    pub async fn settle_parked<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        rows: ParkedRows<'_>,
+        delete: bool,
+    ) -> Result<u64> {
+        match (rows, delete) {
+            (ParkedRows::All, false) => DB::execute(conn, &self.unpark_all, &[]).await,
+            (ParkedRows::All, true) => DB::execute(conn, &self.purge_all, &[]).await,
+            (ParkedRows::Ids(ids), delete) => {
+                let stmt = if delete {
+                    &self.purge_ids
+                } else {
+                    &self.unpark_ids
+                };
+                let values = Values {
+                    ids,
+                    ..Values::default()
+                };
+                Self::run::<DB>(conn, stmt, values).await
+            }
+        }
     }
 }
 

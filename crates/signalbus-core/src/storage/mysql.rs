@@ -12,7 +12,7 @@
 //! lookup per id, whatever the optimizer thinks of the table's size (a plain `id IN (...)`
 //! may be run as a scan that locks rows it does not return).
 
-use super::dialect::{BurstRead, ColumnTypes, Dialect, OrderedRead, Placeholders, lock_clause};
+use super::dialect::{ColumnTypes, Dialect, OrderedRead, Placeholders, lock_clause};
 use super::json_ids;
 use crate::atomic::{Isolation, SqliteBegin};
 use sqlx::MySql;
@@ -22,7 +22,7 @@ use std::time::Duration;
 /// The bound JSON array of ids as a table `x(id)`, joined to the signal table.
 macro_rules! by_ids {
     () => {
-        "JSON_TABLE({p}, '$[*]' COLUMNS (id BIGINT PATH '$')) AS x STRAIGHT_JOIN {t} AS t ON t.id = x.id"
+        "JSON_TABLE({Ids}, '$[*]' COLUMNS (id BIGINT PATH '$')) AS x STRAIGHT_JOIN {t} AS t ON t.id = x.id"
     };
 }
 
@@ -40,22 +40,32 @@ pub(crate) const DIALECT: Dialect = Dialect {
         long_text: "TEXT",
         bytes: "LONGBLOB",
         created_at: "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
-        extra_columns: "",
+        time: "DATETIME(6) NULL",
+        counter: "BIGINT NOT NULL DEFAULT 0",
+        // A claim is read back by its token (no UPDATE … RETURNING here).
+        extra_columns: ", INDEX signalbus_claim (claim)",
         table_options: " ENGINE=InnoDB",
     },
     read_body: "{p}body",
-    rows_by_ids: by_ids!(),
+    now: "NOW(6)",
+    now_plus_ms: "NOW(6) + INTERVAL ({ms} * 1000) MICROSECOND",
+    flag: "CAST(({c}) AS SIGNED)",
+    id_in: "t.id IN (SELECT x.id FROM JSON_TABLE({Ids}, '$[*]' COLUMNS (id BIGINT PATH '$')) AS x)",
+    update_returning: false,
+    columns_of: "SELECT column_name FROM information_schema.columns \
+                 WHERE table_schema = {schema} AND table_name = '{name}'",
+    current_schema: "DATABASE()",
     delete_by_ids: concat!("DELETE t FROM ", by_ids!()),
-    // The flush lock row keeps other flushers out; the row locks make a read wait for a row
-    // whose inserting transaction is still open.
-    claim_lock: " FOR UPDATE",
+    // A claim's UPDATE waits at most for another claim's (short, autocommitted) UPDATE, and
+    // then passes the rows that one took (a semi-consistent read at READ COMMITTED).
+    claim_lock: "",
+    row_claim_lock: " FOR UPDATE",
     ordered_lock: " FOR UPDATE",
-    burst_read: BurstRead::IdsThenRows,
     ordered_read: OrderedRead::Locking,
-    delete_returning: false,
     insert_returning: false,
     flush_lock_table: true,
-    oldest_age_micros: "TIMESTAMPDIFF(MICROSECOND, MIN(t.created_at), NOW(6))",
+    age_micros: "TIMESTAMPDIFF(MICROSECOND, {min}, NOW(6))",
+    claim_index: ", ADD INDEX signalbus_claim (claim)",
     // One statement, so that a cancelled begin cannot leave READ COMMITTED pending for the
     // connection's next (business) transaction. READ COMMITTED takes no gap locks.
     begin_flush: "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",

@@ -1,7 +1,7 @@
 //! PostgreSQL: `= ANY($1)` array binds, `FOR UPDATE SKIP LOCKED`, and the writing
 //! transaction's id in `txid` for gap-safe ordering.
 
-use super::dialect::{BurstRead, ColumnTypes, Dialect, OrderedRead, Placeholders, lock_clause};
+use super::dialect::{ColumnTypes, Dialect, OrderedRead, Placeholders, lock_clause};
 use crate::atomic::{Isolation, SqliteBegin};
 use sqlx::Postgres;
 use sqlx::error::DatabaseError;
@@ -17,20 +17,30 @@ pub(crate) const DIALECT: Dialect = Dialect {
         long_text: "TEXT",
         bytes: "BYTEA",
         created_at: "TIMESTAMPTZ NOT NULL DEFAULT now()",
+        time: "TIMESTAMPTZ NULL",
+        counter: "BIGINT NOT NULL DEFAULT 0",
         extra_columns: ", txid xid8 NOT NULL DEFAULT pg_current_xact_id()",
         table_options: "",
     },
     read_body: "{p}body",
-    rows_by_ids: "{t} AS t WHERE t.id = ANY({p})",
-    delete_by_ids: "DELETE FROM {t} WHERE id = ANY({p})",
+    now: "clock_timestamp()",
+    now_plus_ms: "clock_timestamp() + ({ms}::float8 * interval '1 millisecond')",
+    flag: "({c})::int::int8",
+    id_in: "t.id = ANY({Ids})",
+    update_returning: true,
+    columns_of: "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_schema = {schema} AND table_name = '{name}'",
+    current_schema: "current_schema()",
+    delete_by_ids: "DELETE FROM {t} WHERE id = ANY({Ids})",
+    // Concurrent claims skip each other's rows instead of waiting.
     claim_lock: " FOR UPDATE SKIP LOCKED",
+    row_claim_lock: " FOR UPDATE SKIP LOCKED",
     ordered_lock: " FOR UPDATE",
-    burst_read: BurstRead::Select,
     ordered_read: OrderedRead::TxidWatermark,
-    delete_returning: true,
     insert_returning: true,
     flush_lock_table: false,
-    oldest_age_micros: "(EXTRACT(EPOCH FROM (now() - min(t.created_at))) * 1000000)::bigint",
+    age_micros: "(EXTRACT(EPOCH FROM (now() - {min})) * 1000000)::bigint",
+    claim_index: "",
     // The flush transaction only deletes rows that were already sent. If its commit is lost in
     // a crash, the rows come back and are sent again: a duplicate, which at-least-once delivery
     // allows, never a loss. So it need not wait for the WAL flush.

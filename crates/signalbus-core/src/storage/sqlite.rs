@@ -1,7 +1,7 @@
 //! SQLite: one writer at a time. A flush takes the write lock up front (`BEGIN IMMEDIATE`),
 //! so two flushers never read the same rows; there is no `SKIP LOCKED` and none is needed.
 
-use super::dialect::{BurstRead, ColumnTypes, Dialect, OrderedRead, Placeholders};
+use super::dialect::{ColumnTypes, Dialect, OrderedRead, Placeholders};
 use super::json_ids;
 use crate::atomic::{Isolation, SqliteBegin};
 use sqlx::Sqlite;
@@ -29,23 +29,31 @@ pub(crate) const DIALECT: Dialect = Dialect {
         long_text: "TEXT",
         bytes: "BLOB",
         created_at: concat!("INTEGER NOT NULL DEFAULT (", now_ms!(), ")"),
+        time: "INTEGER NULL",
+        counter: "INTEGER NOT NULL DEFAULT 0",
         extra_columns: "",
         table_options: "",
     },
     // A BLOB even when a foreign writer stored the body as TEXT.
     read_body: "CAST({p}body AS BLOB)",
-    rows_by_ids: "{t} AS t WHERE t.id IN (SELECT value FROM json_each({p}))",
-    delete_by_ids: "DELETE FROM {t} WHERE id IN (SELECT value FROM json_each({p}))",
-    // The flush transaction holds the database's write lock (BEGIN IMMEDIATE).
+    now: now_ms!(),
+    now_plus_ms: concat!("(", now_ms!(), " + {ms})"),
+    flag: "({c})",
+    id_in: "t.id IN (SELECT value FROM json_each({Ids}))",
+    update_returning: true,
+    columns_of: "SELECT name FROM pragma_table_info('{name}', {schema})",
+    current_schema: "'main'",
+    delete_by_ids: "DELETE FROM {t} WHERE id IN (SELECT value FROM json_each({Ids}))",
+    // A claim is one statement, and SQLite runs one writer at a time.
     claim_lock: "",
     // Nobody is half-way: every row is committed, in commit order by id.
+    row_claim_lock: "",
     ordered_lock: "",
-    burst_read: BurstRead::Select,
     ordered_read: OrderedRead::Locking,
-    delete_returning: false,
     insert_returning: true,
     flush_lock_table: false,
-    oldest_age_micros: concat!("(", now_ms!(), " - MIN(t.created_at)) * 1000"),
+    age_micros: concat!("(", now_ms!(), " - {min}) * 1000"),
+    claim_index: "",
     begin_flush: "BEGIN IMMEDIATE",
     // A signalbus transaction writes anyway, and taking the write lock up front waits
     // (busy_timeout) instead of failing with SQLITE_BUSY_SNAPSHOT when a flush committed

@@ -1,16 +1,88 @@
 //! Every statement signalbus runs on one signal table, built once when the type is registered
 //! (from the database's [`Dialect`], the validated table name and the type's order), so that
 //! no SQL text is rebuilt per call.
+//!
+//! Statements are written once with named parameter tokens (`{Ids}`, `{Lease}`, …); building
+//! one turns each token into the database's placeholder and records the order in which the
+//! parameters are bound ([`Stmt::args`]), so the same text serves `$n` and `?` databases.
 
-use super::dialect::{BurstRead, Dialect, OrderedRead};
+use super::dialect::{Dialect, OrderedRead};
 use crate::ident::Ident;
 use crate::signal::OrderColumn;
 use sqlx::{AssertSqlSafe, SqlStr};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A named parameter of a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arg {
+    /// A list of row ids.
+    Ids,
+    /// A lease in milliseconds (NULL: none).
+    Lease,
+    /// The claim token of a flusher.
+    Token,
+    /// A row limit.
+    Limit,
+    /// A retry delay in milliseconds.
+    Delay,
+    /// The attempts after which a row is parked.
+    Max,
+    /// An error text.
+    Error,
+    /// The table's name (the flush lock row).
+    Name,
+}
+
+const ARGS: [(&str, Arg); 8] = [
+    ("{Ids}", Arg::Ids),
+    ("{Lease}", Arg::Lease),
+    ("{Token}", Arg::Token),
+    ("{Limit}", Arg::Limit),
+    ("{Delay}", Arg::Delay),
+    ("{Max}", Arg::Max),
+    ("{Error}", Arg::Error),
+    ("{Name}", Arg::Name),
+];
+
+/// A statement and the order of its parameters.
+#[derive(Debug, Clone)]
+pub(crate) struct Stmt {
+    pub sql: SqlStr,
+    pub args: Vec<Arg>,
+}
+
+impl Stmt {
+    /// `text` with its parameter tokens turned into `dialect`'s placeholders.
+    fn new(dialect: &Dialect, text: &str) -> Self {
+        let mut sql = String::with_capacity(text.len());
+        let mut args = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find('{') {
+            sql.push_str(&rest[..start]);
+            let tail = &rest[start..];
+            match ARGS.iter().find(|(token, _)| tail.starts_with(token)) {
+                Some((token, arg)) => {
+                    args.push(*arg);
+                    sql.push_str(&dialect.placeholder(args.len()));
+                    rest = &tail[token.len()..];
+                }
+                None => {
+                    sql.push('{');
+                    rest = &tail[1..];
+                }
+            }
+        }
+        sql.push_str(rest);
+        Stmt {
+            sql: shared(sql),
+            args,
+        }
+    }
+}
+
 /// SQL text built once and shared by every call (cloning it is a reference-count increment).
-fn sql(text: String) -> SqlStr {
+fn shared(text: String) -> SqlStr {
     sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(Arc::<str>::from(text)))
 }
 
@@ -20,24 +92,46 @@ pub(crate) struct Statements {
     /// `CREATE TABLE IF NOT EXISTS …` and what goes with it (indexes, the lock table), in
     /// order.
     pub create: Vec<SqlStr>,
-    /// Insert one row; binds message_id, topic, routing_key, headers, body, content_type.
+    /// The table's column names: what `migrate` compares with the contract.
+    pub columns: SqlStr,
+    /// `ALTER TABLE … ADD COLUMN …` for each column added to the contract since its first
+    /// version, by column name.
+    pub add_columns: Vec<(&'static str, SqlStr)>,
+    /// Insert one row; binds message_id, topic, routing_key, headers, body, content_type and
+    /// the lease (NULL: none).
     pub insert: SqlStr,
-    /// Claim (lock and read) the rows among the bound ids.
-    pub lock_ids: SqlStr,
-    /// Claim and delete the rows among the bound ids in one go, returning them.
-    pub take_ids: Option<SqlStr>,
-    /// Claim up to the bound limit of rows, lowest ids first (or just their ids, see
-    /// [`BurstRead`]).
-    pub burst: SqlStr,
+    /// Claim the sendable rows among the bound ids; returns them (or, without `UPDATE …
+    /// RETURNING`, [`Statements::read_claimed`] does).
+    pub claim_ids: Stmt,
+    /// Claim up to the bound limit of sendable rows, lowest ids first.
+    pub claim_burst: Stmt,
+    /// The rows a claim took, by its token.
+    pub read_claimed: Option<Stmt>,
+    /// Count a refusal: one more attempt, the next one after the bound delay, or parked after
+    /// the bound maximum of attempts.
+    pub refuse: Stmt,
+    /// Give claimed rows back at once (the bus failed as a whole: no attempt is spent).
+    pub release: Stmt,
+    /// Lock and read the sendable rows among the bound ids inside a flush transaction
+    /// (auto-flush), skipping rows another flusher holds where the database can.
+    pub lock_ids: Stmt,
     /// The statements of `flushordered`.
     pub ordered: Ordered,
     /// Delete the rows among the bound ids.
-    pub delete_ids: SqlStr,
-    /// The ids of all rows, ascending.
+    pub delete_ids: Stmt,
+    /// The ids of the rows that can be sent now, ascending.
     pub pending_ids: SqlStr,
-    /// Count of rows and age of the oldest in microseconds.
+    /// Counts and ages: all rows, sendable or leased, backing off, parked.
     pub pending_stats: SqlStr,
-    /// Take this table's turn among flushers (MySQL); binds the table name.
+    /// The parked rows: id, message id, attempts, last error, age.
+    pub parked: Stmt,
+    /// Unpark the parked rows among the bound ids, or every parked row.
+    pub unpark_ids: Stmt,
+    pub unpark_all: SqlStr,
+    /// Delete the parked rows among the bound ids, or every parked row.
+    pub purge_ids: Stmt,
+    pub purge_all: SqlStr,
+    /// Take this table's turn among ordered flushers (MySQL); binds the table name.
     pub flush_lock: Option<FlushLock>,
 }
 
@@ -48,20 +142,20 @@ pub(crate) enum Ordered {
     /// another cluster (`txid` ahead of this one), then settled rows.
     Watermark {
         turn: SqlStr,
-        restored: SqlStr,
-        settled: SqlStr,
+        restored: Stmt,
+        settled: Stmt,
     },
     /// A locking read in order.
-    Locking(SqlStr),
+    Locking(Stmt),
 }
 
 /// The per-table lock row of `signalbus_flush_lock`.
 #[derive(Debug, Clone)]
 pub(crate) struct FlushLock {
     /// Lock the row; returns the table name when the row exists.
-    pub take: SqlStr,
+    pub take: Stmt,
     /// Add the row (by `migrate`, and on first use for a table created by other means).
-    pub add: SqlStr,
+    pub add: Stmt,
     /// The table's name in the lock table.
     pub name: String,
 }
@@ -87,12 +181,14 @@ fn order_clause(order: &[OrderColumn], prefix: &str, quote: char) -> String {
     parts.join(", ")
 }
 
-/// The columns read for sending, in [`super::StoredRow`] order, each with `prefix`.
-fn select_columns(d: &Dialect, prefix: &str) -> String {
+/// The columns read for sending, in [`super::StoredRow`] order, each with `prefix`; `ready`
+/// is the condition of the last column: whether the row can be sent now.
+fn select_columns(d: &Dialect, prefix: &str, ready: &str) -> String {
     let body = d.read_body.replace("{p}", prefix);
+    let ready = d.flag.replace("{c}", ready);
     format!(
         "{prefix}id, {prefix}message_id, {prefix}topic, {prefix}routing_key, {prefix}headers, \
-         {body}, {prefix}content_type"
+         {body}, {prefix}content_type, {prefix}attempts, {ready}"
     )
 }
 
@@ -107,16 +203,24 @@ impl Statements {
     ) -> Self {
         let d = dialect;
         let t = table.quoted(d.quote);
-        let p1 = d.placeholder(1);
-        let cols = select_columns(d, "t.");
-        let by_ids = d.rows_by_ids.replace("{t}", &t).replace("{p}", &p1);
+        let now = d.now;
+        let now_plus = |ms: &str| d.now_plus_ms.replace("{ms}", ms);
+        // A row can be sent now: not parked, and neither leased nor backing off.
+        let ready = format!(
+            "t.parked_at IS NULL AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= {now})"
+        );
+        let cols = select_columns(d, "t.", &ready);
+        let claimed_cols = select_columns(d, "", "1 = 1");
+        let id_in = d.id_in;
         let order_sql = order_clause(order, "t.", d.quote);
+        let stmt = |text: String| Stmt::new(d, &text);
 
         let c = &d.columns;
-        let mut create = vec![sql(format!(
+        let mut create = vec![shared(format!(
             "CREATE TABLE IF NOT EXISTS {t} (\
              id {}, message_id {}, topic {} NOT NULL, routing_key {} NULL, headers {} NULL, \
-             body {} NOT NULL, content_type {} NULL, created_at {}{}){}",
+             body {} NOT NULL, content_type {} NULL, created_at {}, attempts {}, \
+             next_attempt_at {}, last_error {} NULL, parked_at {}, claim {} NULL{}){}",
             c.id,
             c.message_id,
             c.short_text,
@@ -125,26 +229,55 @@ impl Statements {
             c.bytes,
             c.short_text,
             c.created_at,
+            c.counter,
+            c.time,
+            c.long_text,
+            c.time,
+            c.short_text,
             c.extra_columns,
             c.table_options,
         ))];
         if d.ordered_read == OrderedRead::TxidWatermark {
             // flushordered reads in (txid, id) order: an index scan instead of a sort of the
             // whole table per burst.
-            create.push(sql(format!(
+            create.push(shared(format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (txid, id)",
                 table.derived("txid_id", d.quote)
             )));
         }
+        let add = |column: &'static str, definition: String| {
+            (
+                column,
+                shared(format!("ALTER TABLE {t} ADD COLUMN {column} {definition}")),
+            )
+        };
+        let add_columns = vec![
+            add("attempts", c.counter.to_owned()),
+            add("next_attempt_at", c.time.to_owned()),
+            add("last_error", format!("{} NULL", c.long_text)),
+            add("parked_at", c.time.to_owned()),
+            add("claim", format!("{} NULL{}", c.short_text, d.claim_index)),
+        ];
+        let schema = match table.schema() {
+            Some(schema) => format!("'{schema}'"),
+            None => d.current_schema.to_owned(),
+        };
+        let columns = shared(
+            d.columns_of
+                .replace("{schema}", &schema)
+                .replace("{name}", table.name()),
+        );
         let flush_lock = d.flush_lock_table.then(|| {
-            create.push(sql(CREATE_FLUSH_LOCK_TABLE.to_owned()));
+            create.push(shared(CREATE_FLUSH_LOCK_TABLE.to_owned()));
             FlushLock {
-                take: sql(format!(
-                    "SELECT table_name FROM signalbus_flush_lock WHERE table_name = {p1} FOR UPDATE"
-                )),
-                add: sql(format!(
-                    "INSERT IGNORE INTO signalbus_flush_lock (table_name) VALUES ({p1})"
-                )),
+                take: stmt(
+                    "SELECT table_name FROM signalbus_flush_lock WHERE table_name = {Name} FOR UPDATE"
+                        .to_owned(),
+                ),
+                add: stmt(
+                    "INSERT IGNORE INTO signalbus_flush_lock (table_name) VALUES ({Name})"
+                        .to_owned(),
+                ),
                 name: table.to_string(),
             }
         });
@@ -155,44 +288,62 @@ impl Statements {
         } else {
             ""
         };
-        let insert = sql(format!(
-            "INSERT INTO {t} (message_id, topic, routing_key, headers, body, content_type) \
-             VALUES ({}){returning}",
-            values.join(", ")
+        let insert = shared(format!(
+            "INSERT INTO {t} (message_id, topic, routing_key, headers, body, content_type, \
+             next_attempt_at) VALUES ({}, {}){returning}",
+            values.join(", "),
+            now_plus(&d.placeholder(7)),
         ));
 
-        let lock_ids = sql(format!(
-            "SELECT {cols} FROM {by_ids} ORDER BY t.id{}",
-            d.claim_lock
-        ));
-        let take_ids = d.delete_returning.then(|| {
-            // Claim (skipping rows another flusher holds) and delete in one statement.
-            let plain_cols = select_columns(d, "");
-            sql(format!(
-                "DELETE FROM {t} WHERE id IN (SELECT t.id FROM {by_ids}{}) RETURNING {plain_cols}",
-                d.claim_lock
+        // A claim: set a lease (the next attempt, should this flusher die) and its token.
+        let lease = now_plus("{Lease}");
+        let claim = |condition: &str, limit: &str| {
+            if d.update_returning {
+                stmt(format!(
+                    "UPDATE {t} SET next_attempt_at = {lease}, claim = {{Token}} \
+                     WHERE id IN (SELECT t.id FROM {t} AS t WHERE {condition} AND {ready}\
+                     {limit}{}) RETURNING {claimed_cols}",
+                    d.claim_lock
+                ))
+            } else {
+                stmt(format!(
+                    "UPDATE {t} AS t SET t.next_attempt_at = {lease}, t.claim = {{Token}} \
+                     WHERE {condition} AND {ready}{limit}"
+                ))
+            }
+        };
+        let claim_ids = claim(id_in, "");
+        let claim_burst = claim("1 = 1", " ORDER BY t.id LIMIT {Limit}");
+        let read_claimed = (!d.update_returning).then(|| {
+            stmt(format!(
+                "SELECT {claimed_cols} FROM {t} WHERE claim = {{Token}} ORDER BY id"
             ))
         });
-        let burst = match d.burst_read {
-            BurstRead::Select => sql(format!(
-                "SELECT {cols} FROM {t} AS t ORDER BY t.id LIMIT {p1}{}",
-                d.claim_lock
-            )),
-            BurstRead::IdsThenRows => sql(format!("SELECT id FROM {t} ORDER BY id LIMIT {p1}")),
-        };
+        // Assignments in this order: MySQL evaluates them left to right, so `attempts` comes
+        // last for the others to see its old value.
+        let refuse = stmt(format!(
+            "UPDATE {t} AS t SET \
+             next_attempt_at = CASE WHEN t.attempts + 1 >= {{Max}} THEN NULL ELSE {} END, \
+             parked_at = CASE WHEN t.attempts + 1 >= {{Max}} THEN {now} ELSE NULL END, \
+             last_error = {{Error}}, claim = NULL, attempts = t.attempts + 1 WHERE {id_in}",
+            now_plus("{Delay}")
+        ));
+        let release = stmt(format!(
+            "UPDATE {t} AS t SET next_attempt_at = NULL, claim = NULL WHERE {id_in}"
+        ));
         let ordered = match d.ordered_read {
             OrderedRead::TxidWatermark => {
                 let ms = lock_wait.as_millis().clamp(1, i32::MAX as u128);
                 // The table name is a validated identifier (letters, digits, `_`, `.`), safe
                 // inside the literal.
-                let turn = sql(format!(
+                let turn = shared(format!(
                     "SET LOCAL lock_timeout = {ms}; \
                      SELECT pg_advisory_xact_lock(hashtextextended('signalbus.ordered.{table}', 0))"
                 ));
                 let read = |condition: &str| {
-                    sql(format!(
+                    stmt(format!(
                         "SELECT {cols} FROM {t} AS t WHERE {condition} \
-                         ORDER BY t.txid, {order_sql} LIMIT {p1}{}",
+                         ORDER BY t.txid, {order_sql} LIMIT {{Limit}}{}",
                         d.ordered_lock
                     ))
                 };
@@ -202,24 +353,63 @@ impl Statements {
                     settled: read("t.txid < pg_snapshot_xmin(pg_current_snapshot())"),
                 }
             }
-            OrderedRead::Locking => Ordered::Locking(sql(format!(
-                "SELECT {cols} FROM {t} AS t ORDER BY {order_sql} LIMIT {p1}{}",
+            OrderedRead::Locking => Ordered::Locking(stmt(format!(
+                "SELECT {cols} FROM {t} AS t ORDER BY {order_sql} LIMIT {{Limit}}{}",
                 d.ordered_lock
             ))),
         };
+        let age = |condition: &str| {
+            d.age_micros.replace(
+                "{min}",
+                &format!("MIN(CASE WHEN {condition} THEN t.created_at END)"),
+            )
+        };
+        let backing_off = "t.parked_at IS NULL AND t.attempts > 0";
+        let parked = "t.parked_at IS NOT NULL";
+        let pending_stats = shared(format!(
+            "SELECT COUNT(*), {}, COUNT(CASE WHEN {backing_off} THEN 1 END), {}, \
+             COUNT(CASE WHEN {parked} THEN 1 END), {} FROM {t} AS t",
+            age("1 = 1"),
+            age(backing_off),
+            age(parked),
+        ));
         Statements {
             create,
+            columns,
+            add_columns,
             insert,
-            lock_ids,
-            take_ids,
-            burst,
-            ordered,
-            delete_ids: sql(d.delete_by_ids.replace("{t}", &t).replace("{p}", &p1)),
-            pending_ids: sql(format!("SELECT id FROM {t} ORDER BY id")),
-            pending_stats: sql(format!(
-                "SELECT COUNT(*), {} FROM {t} AS t",
-                d.oldest_age_micros
+            claim_ids,
+            claim_burst,
+            read_claimed,
+            refuse,
+            release,
+            lock_ids: stmt(format!(
+                "SELECT {cols} FROM {t} AS t WHERE {id_in} AND {ready} ORDER BY t.id{}",
+                d.row_claim_lock
             )),
+            ordered,
+            delete_ids: stmt(d.delete_by_ids.replace("{t}", &t)),
+            pending_ids: shared(format!("SELECT id FROM {t} AS t WHERE {ready} ORDER BY id")),
+            pending_stats,
+            parked: stmt(format!(
+                "SELECT t.id, t.message_id, t.attempts, t.last_error, {} FROM {t} AS t \
+                 WHERE {parked} ORDER BY t.id LIMIT {{Limit}}",
+                d.age_micros.replace("{min}", "t.parked_at")
+            )),
+            unpark_ids: stmt(format!(
+                "UPDATE {t} AS t SET parked_at = NULL, next_attempt_at = NULL, last_error = NULL, \
+                 claim = NULL, attempts = 0 WHERE {parked} AND {id_in}"
+            )),
+            unpark_all: shared(format!(
+                "UPDATE {t} AS t SET parked_at = NULL, next_attempt_at = NULL, last_error = NULL, \
+                 claim = NULL, attempts = 0 WHERE {parked}"
+            )),
+            purge_ids: stmt(format!(
+                "DELETE FROM {t} WHERE parked_at IS NOT NULL AND {}",
+                // DELETE takes no table alias everywhere: the condition on the bare name.
+                id_in.replacen("t.id", "id", 1)
+            )),
+            purge_all: shared(format!("DELETE FROM {t} WHERE parked_at IS NOT NULL")),
             flush_lock,
         }
     }

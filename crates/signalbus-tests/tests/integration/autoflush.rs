@@ -414,7 +414,10 @@ struct PanicsOnce {
 }
 
 impl signalbus::Publisher for PanicsOnce {
-    async fn publish(&self, batch: &[signalbus::Message]) -> Result<(), signalbus::PublishError> {
+    async fn publish(
+        &self,
+        batch: &[signalbus::Message],
+    ) -> Result<signalbus::BatchOutcome, signalbus::PublishError> {
         if !self
             .panicked
             .swap(true, std::sync::atomic::Ordering::SeqCst)

@@ -35,7 +35,7 @@ impl Gated {
 }
 
 impl Publisher for Gated {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<signalbus::BatchOutcome, PublishError> {
         self.entered.notify_one();
         self.open.acquire().await.expect("open").forget();
         self.inner.publish(batch).await

@@ -25,7 +25,7 @@ const PUBLISHING: &str = "PUBLISHING ";
 struct NeverConfirms;
 
 impl Publisher for NeverConfirms {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<signalbus::BatchOutcome, PublishError> {
         let ids: Vec<&str> = batch.iter().map(|m| m.id.as_str()).collect();
         print_flushed(&format!("{PUBLISHING}{}", ids.join(",")));
         std::future::pending().await

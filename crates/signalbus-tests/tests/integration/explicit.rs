@@ -49,7 +49,7 @@ impl Gated {
 }
 
 impl Publisher for Gated {
-    async fn publish(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish(&self, batch: &[Message]) -> Result<signalbus::BatchOutcome, PublishError> {
         let mut open = self.open.subscribe();
         if !*open.borrow_and_update() {
             (self.held.lock().unwrap()).extend(batch.iter().map(|m| m.id.clone()));

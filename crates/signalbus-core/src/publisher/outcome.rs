@@ -1,0 +1,58 @@
+//! What the broker did with each message of a batch.
+
+/// The result of a publish call that reached the broker: which messages it refused. Every
+/// message not refused was stored (and is deleted from its table); a refused one stays, and is
+/// retried with backoff, then parked (see the flush engine).
+///
+/// A refusal belongs to one message (unroutable, too large, no such stream, invalid). A
+/// failure of the whole call (connection lost, timeout, broker down) is a
+/// [`PublishError`](crate::PublishError) instead: then nothing counts as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    refused: Vec<Refused>,
+}
+
+/// One message of a batch that the broker refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The message's position in the batch.
+    pub index: usize,
+    /// Why, as the broker said it (no message body, no credentials).
+    pub reason: String,
+}
+
+impl BatchOutcome {
+    /// Every message of the batch was stored.
+    pub fn all_stored() -> Self {
+        Self::default()
+    }
+
+    /// The message at `index` of the batch was refused for `reason`.
+    pub fn refuse(&mut self, index: usize, reason: impl Into<String>) {
+        self.refused.push(Refused {
+            index,
+            reason: reason.into(),
+        });
+    }
+
+    /// [`BatchOutcome::refuse`] as a builder.
+    pub fn with_refused(mut self, index: usize, reason: impl Into<String>) -> Self {
+        self.refuse(index, reason);
+        self
+    }
+
+    /// The refused messages, in the order they were reported.
+    pub fn refused(&self) -> &[Refused] {
+        &self.refused
+    }
+
+    /// Whether every message was stored.
+    pub fn is_all_stored(&self) -> bool {
+        self.refused.is_empty()
+    }
+
+    /// Whether the message at `index` was refused.
+    pub fn is_refused(&self, index: usize) -> bool {
+        self.refused.iter().any(|r| r.index == index)
+    }
+}
