@@ -11,4 +11,5 @@ mod common;
 mod crash;
 mod explicit;
 mod message_ids;
+mod poison;
 mod signals;

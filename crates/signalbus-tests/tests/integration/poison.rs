@@ -1,0 +1,320 @@
+//! Poison messages on every database (memory bus; the broker versions are in `buses.rs` and
+//! the CLI tests): a refused message never holds the good ones hostage, is retried with
+//! growing delays, then parked; nothing is re-sent; unpark sends it once; invalid rows are
+//! parked; a bus failure spends no attempt; two flushers never send a claimed row; a flusher
+//! that dies holding a lease delays its rows only until the lease expires; `migrate` upgrades
+//! a table of the first contract.
+
+use crate::common::{TestBackend, TestDb};
+use crate::on_every_database;
+use signalbus::publisher::MemoryPublisher;
+use signalbus::{
+    BatchOutcome, Message, ParkedRows, PublishError, Publisher, RetryPolicy, Selection,
+    SignalBus, SignalType,
+};
+use sqlx::AssertSqlSafe;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const TABLE: &str = "poison_signal";
+
+fn signal_type(max_attempts: u32) -> SignalType {
+    SignalType::new("poison")
+        .table(TABLE)
+        .autoflush(false)
+        .burst(100)
+        .retry(RetryPolicy {
+            max_attempts,
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        })
+}
+
+async fn bus<DB: TestBackend>(db: &TestDb<DB>, publisher: impl Publisher, max: u32) -> SignalBus<DB> {
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(publisher)
+        .register_type(signal_type(max))
+        .autoflush(false)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    bus
+}
+
+/// `rows` rows to `topic` (plain SQL, as another language's writer would).
+async fn insert<DB: TestBackend>(db: &TestDb<DB>, topic: &str, rows: usize, headers: Option<&str>)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let headers = headers.map_or("NULL".to_owned(), |h| format!("'{h}'"));
+    for chunk in (0..rows).collect::<Vec<_>>().chunks(500) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("('{topic}', '{{\"n\":{i}}}', {headers})"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {TABLE} (topic, body, headers) VALUES {}",
+            values.join(", ")
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&db.pool).await.unwrap();
+    }
+}
+
+fn per_id(messages: &[Message]) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for m in messages {
+        *seen.entry(m.id.clone()).or_default() += 1;
+    }
+    seen
+}
+
+async fn stats<DB: TestBackend>(bus: &SignalBus<DB>) -> signalbus::PendingStats {
+    bus.pending(&Selection::all()).await.unwrap()[0].1
+}
+
+/// The issue's scenario: one row the broker refuses, then 1,000 good rows behind it.
+async fn good_messages_are_never_held_hostage<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(4).await;
+    let outbox = MemoryPublisher::new();
+    outbox.refuse_destination("nowhere");
+    let bus = bus(&db, outbox.clone(), 3).await;
+    insert(&db, "nowhere", 1, None).await;
+    insert(&db, "good", 1000, None).await;
+
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 1000);
+    let seen = per_id(&outbox.messages());
+    assert_eq!(seen.len(), 1000);
+    assert!(seen.values().all(|&n| n == 1), "each good message exactly once");
+    let s = stats(&bus).await;
+    assert_eq!((s.count, s.backing_off, s.parked), (1, 1, 0), "{s:?}");
+
+    // Flushing again at once: the poison row is backing off, nothing is sent or re-sent.
+    let calls = outbox.calls();
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 0);
+    assert_eq!(outbox.calls(), calls, "not even tried while it backs off");
+
+    // It is retried with growing delays, then parked.
+    let mut waits = Vec::new();
+    let mut last = std::time::Instant::now();
+    while stats(&bus).await.parked == 0 {
+        let before = outbox.calls();
+        bus.flushmany(&Selection::all()).await.unwrap();
+        if outbox.calls() > before {
+            waits.push(last.elapsed());
+            last = std::time::Instant::now();
+        }
+        assert!(waits.len() <= 3, "parked after its last attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(waits.len(), 2, "attempts 2 and 3 after the first: {waits:?}");
+    assert!(waits[0] >= Duration::from_millis(100), "the first delay ≥ base/2: {waits:?}");
+    assert!(waits[1] >= Duration::from_millis(200), "then ≥ 2·base/2: {waits:?}");
+    let parked = bus.parked(&Selection::all(), 10).await.unwrap();
+    let (name, rows) = &parked[0];
+    assert_eq!((name.as_str(), rows.len()), ("poison", 1));
+    assert_eq!(rows[0].attempts, 3);
+    assert!(rows[0].last_error.as_deref().unwrap().contains("no route to `nowhere`"));
+
+    // Parked: never sent again.
+    let calls = outbox.calls();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 0);
+    assert_eq!(outbox.calls(), calls);
+    assert_eq!(outbox.len(), 1000);
+
+    // Unknown ids change nothing; unpark sends it once the route exists.
+    let unknown = bus
+        .unpark(&Selection::all(), ParkedRows::Ids(&[rows[0].id + 10_000]))
+        .await
+        .unwrap();
+    assert_eq!(unknown, 0);
+    outbox.accept_destination("nowhere");
+    let unparked = bus
+        .unpark(&Selection::all(), ParkedRows::Ids(&[rows[0].id]))
+        .await
+        .unwrap();
+    assert_eq!(unparked, 1);
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 1);
+    let seen = per_id(&outbox.messages());
+    assert_eq!(seen.len(), 1001);
+    assert!(seen.values().all(|&n| n == 1));
+    assert_eq!(DB::count_rows(&db.pool, TABLE).await, 0);
+    db.cleanup().await;
+}
+
+/// A row that is not a valid signal is parked at once; the others go out, and later
+/// flushes succeed. Purging removes it for good.
+async fn invalid_rows_are_parked<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(3).await;
+    let outbox = MemoryPublisher::new();
+    let bus = bus(&db, outbox.clone(), 5).await;
+    insert(&db, "good", 3, None).await;
+    insert(&db, "good", 1, Some("[1]")).await;
+    insert(&db, "good", 3, None).await;
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 6);
+    let s = stats(&bus).await;
+    assert_eq!((s.count, s.parked), (1, 1), "{s:?}");
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 0, "and no error");
+    assert_eq!(bus.flush(&Selection::all(), Duration::ZERO).await.unwrap(), 0);
+    let parked = bus.parked(&Selection::all(), 10).await.unwrap();
+    assert!(
+        parked[0].1[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("headers must be a JSON object")
+    );
+    assert_eq!(
+        bus.purge_parked(&Selection::all(), ParkedRows::All).await.unwrap(),
+        1
+    );
+    assert_eq!(DB::count_rows(&db.pool, TABLE).await, 0);
+    db.cleanup().await;
+}
+
+/// The bus failing as a whole spends no attempt: the burst is given back at once and the
+/// next flush sends it.
+async fn a_bus_failure_spends_no_attempt<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(3).await;
+    let outbox = MemoryPublisher::new();
+    let bus = bus(&db, outbox.clone(), 1).await;
+    insert(&db, "good", 5, None).await;
+    outbox.set_down(true);
+    for _ in 0..3 {
+        assert!(bus.flushmany(&Selection::all()).await.is_err());
+    }
+    let s = stats(&bus).await;
+    assert_eq!((s.count, s.backing_off, s.parked), (5, 0, 0), "{s:?}");
+    outbox.set_down(false);
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 5, "given back at once");
+    db.cleanup().await;
+}
+
+/// Four flushers draining one backlog at once never send a row twice.
+async fn concurrent_flushers_split_the_work<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(10).await;
+    let outbox = MemoryPublisher::new();
+    let bus = bus(&db, outbox.clone(), 3).await;
+    insert(&db, "good", 4000, None).await;
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.flushmany(&Selection::all()).await.unwrap() })
+        })
+        .collect();
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await.unwrap();
+    }
+    assert_eq!(sent, 4000);
+    let seen = per_id(&outbox.messages());
+    assert_eq!(seen.len(), 4000);
+    assert!(seen.values().all(|&n| n == 1), "no row sent twice");
+    db.cleanup().await;
+}
+
+/// Never confirms: a flusher that hangs (or died) while holding its claim.
+struct Hangs;
+
+impl Publisher for Hangs {
+    async fn publish(&self, _: &[Message]) -> Result<BatchOutcome, PublishError> {
+        std::future::pending().await
+    }
+}
+
+/// A flusher that dies holding a claim keeps other flushers away only until its lease
+/// expires; then another sends every row.
+async fn a_dead_flushers_lease_expires<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(4).await;
+    let lease = Duration::from_secs(2);
+    let stuck = SignalBus::builder(db.pool.clone())
+        .publisher(Hangs)
+        .register_type(signal_type(3))
+        .autoflush(false)
+        .publish_timeout(Duration::from_secs(1))
+        .lease(lease)
+        .build()
+        .unwrap();
+    stuck.migrate().await.unwrap();
+    insert(&db, "good", 50, None).await;
+    let dying = tokio::spawn({
+        let stuck = stuck.clone();
+        async move { stuck.flushmany(&Selection::all()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    dying.abort(); // dies mid-publish: no settle, no give-back
+    let outbox = MemoryPublisher::new();
+    let other = bus(&db, outbox.clone(), 3).await;
+    assert_eq!(other.flushmany(&Selection::all()).await.unwrap(), 0, "leased");
+    tokio::time::sleep(lease + Duration::from_millis(300)).await;
+    assert_eq!(other.flushmany(&Selection::all()).await.unwrap(), 50);
+    assert_eq!(per_id(&outbox.messages()).len(), 50);
+    db.cleanup().await;
+}
+
+/// A table of the first contract (no attempts, next_attempt_at, last_error, parked_at,
+/// claim) is upgraded in place by `migrate`; its rows are sent.
+async fn migrate_upgrades_an_old_table<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(3).await;
+    let old = match DB::NAME {
+        "PostgreSQL" => {
+            "CREATE TABLE poison_signal (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, \
+             message_id TEXT NOT NULL DEFAULT gen_random_uuid()::text, topic TEXT NOT NULL, \
+             routing_key TEXT, headers TEXT, body BYTEA NOT NULL, content_type TEXT, \
+             created_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
+             txid xid8 NOT NULL DEFAULT pg_current_xact_id())"
+        }
+        "MySQL" => {
+            "CREATE TABLE poison_signal (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+             message_id VARCHAR(64) NOT NULL DEFAULT (UUID()), topic VARCHAR(255) NOT NULL, \
+             routing_key VARCHAR(255) NULL, headers TEXT NULL, body LONGBLOB NOT NULL, \
+             content_type VARCHAR(255) NULL, \
+             created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB"
+        }
+        _ => {
+            "CREATE TABLE poison_signal (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+             message_id TEXT NOT NULL DEFAULT (lower(hex(randomblob(16)))), topic TEXT NOT NULL, \
+             routing_key TEXT, headers TEXT, body BLOB NOT NULL, content_type TEXT, \
+             created_at INTEGER NOT NULL \
+             DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)))"
+        }
+    };
+    sqlx::raw_sql(old).execute(&db.pool).await.unwrap();
+    insert(&db, "good", 3, None).await;
+    let outbox = MemoryPublisher::new();
+    let bus = bus(&db, outbox.clone(), 3).await; // migrates
+    bus.migrate().await.unwrap(); // and again: idempotent
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 3);
+    insert(&db, "nowhere", 1, None).await;
+    outbox.refuse_destination("nowhere");
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 0);
+    assert_eq!(stats(&bus).await.backing_off, 1, "the new columns work");
+    db.cleanup().await;
+}
+
+on_every_database!(
+    good_messages_are_never_held_hostage,
+    invalid_rows_are_parked,
+    a_bus_failure_spends_no_attempt,
+    concurrent_flushers_split_the_work,
+    a_dead_flushers_lease_expires,
+    migrate_upgrades_an_old_table,
+);
