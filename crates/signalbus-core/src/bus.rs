@@ -146,7 +146,7 @@ impl<DB: Backend> SignalBus<DB> {
     /// Begin a database transaction in which signals can be sent; business queries run in it
     /// too (it derefs to the connection).
     pub async fn begin(&self) -> Result<Transaction<'static, DB>> {
-        Ok(self.wrap(begin_write(&self.shared.pool).await?))
+        Ok(self.wrap(begin_write(&self.shared.pool).await?).outermost())
     }
 
     /// Use a transaction the caller began (e.g. with a chosen isolation level). Wrap an

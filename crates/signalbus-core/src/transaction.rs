@@ -2,10 +2,11 @@
 
 use crate::bus::SignalBus;
 use crate::error::{Error, Result};
-use crate::flush::auto::FlushRequest;
-use crate::registry::TypeIdx;
+use crate::flush::auto::{FlushRequest, Item};
+use crate::message::Message;
 use crate::signal::Signal;
 use crate::storage::{Backend, NewRow};
+use std::borrow::Cow;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
@@ -39,12 +40,17 @@ pub struct SignalId {
 /// ```
 ///
 /// Dropping a recorder without [`Recorder::after_commit`] sends nothing now; the signals stay
-/// pending for an explicit flush. Calling it after a rollback sends nothing either: only rows
-/// that exist are ever sent.
+/// pending for an explicit flush, which takes them once their lease has expired (signals
+/// meant for the auto-flush are written leased, see [`crate::SignalBusBuilder::lease`]).
+/// Calling it after a rollback sends nothing either: only rows that exist are ever sent.
 pub struct Recorder<DB: Backend> {
     bus: SignalBus<DB>,
-    autoflush: Vec<(TypeIdx, i64)>,
+    autoflush: Vec<Item>,
     held_back: usize,
+    /// Whether the transaction is one signalbus began itself as outermost, so that its
+    /// commit is known to be real: then the auto-flush sends from memory without checking
+    /// that the rows exist.
+    verified: bool,
 }
 
 impl<DB: Backend> Recorder<DB> {
@@ -53,6 +59,7 @@ impl<DB: Backend> Recorder<DB> {
             bus,
             autoflush: Vec::new(),
             held_back: 0,
+            verified: false,
         }
     }
 
@@ -69,11 +76,11 @@ impl<DB: Backend> Recorder<DB> {
             .filter(|&i| registry.get(i).ty == *ty)
             .ok_or_else(|| Error::NotRegistered(ty.name().to_owned()))?;
         let reg = registry.get(idx);
-        let headers = signal.headers();
-        let headers = if headers.is_empty() {
+        let header_map = signal.headers();
+        let headers = if header_map.is_empty() {
             None
         } else {
-            Some(serde_json::to_string(&headers).map_err(|e| Error::encode(ty.name(), e))?)
+            Some(serde_json::to_string(&header_map).map_err(|e| Error::encode(ty.name(), e))?)
         };
         let body = signal.body()?;
         let message_id = uuid::Uuid::now_v7().to_string();
@@ -82,6 +89,11 @@ impl<DB: Backend> Recorder<DB> {
             signal.routing_key(),
             signal.content_type(),
         );
+        // A signal for the auto-flush is written leased, so that no explicit flush takes it
+        // while the auto-flush publishes it from memory; the lease bounds the delay should
+        // this process never hand it over (a crash, a full queue it could not give it back to).
+        let autoflush = ty.is_autoflush() && self.bus.autoflush_enabled();
+        let lease = self.bus.shared.config.lease();
         let row = NewRow {
             message_id: &message_id,
             topic: &topic,
@@ -89,11 +101,23 @@ impl<DB: Backend> Recorder<DB> {
             headers: headers.as_deref(),
             body: &body,
             content_type: content_type.as_deref(),
-            lease_ms: None,
+            lease_ms: autoflush.then(|| crate::storage::millis(lease)),
         };
         let row_id = reg.sql.insert::<DB>(conn, row).await?;
-        if ty.is_autoflush() {
-            self.autoflush.push((idx, row_id));
+        if autoflush {
+            self.autoflush.push(Item {
+                idx,
+                id: row_id,
+                message: Message {
+                    id: message_id.clone(),
+                    signal: reg.name.clone(),
+                    destination: topic.into_owned(),
+                    routing_key: routing_key.map(Cow::into_owned),
+                    headers: header_map,
+                    body,
+                    content_type: content_type.map(Cow::into_owned),
+                },
+            });
         } else {
             self.held_back += 1;
         }
@@ -125,22 +149,25 @@ impl<DB: Backend> Recorder<DB> {
         if self.autoflush.is_empty() {
             return Delivery::ready(report);
         }
+        let count = self.autoflush.len();
         if !self.bus.autoflush_enabled() {
-            report.pending += self.autoflush.len();
+            report.pending += count;
+            give_back(&self.bus, self.autoflush);
             return Delivery::ready(report);
         }
-        let count = self.autoflush.len();
         let refused = |report: &mut DeliveryReport, error: Error| {
             report.pending += count;
             report.error = Some(Arc::new(error));
         };
         if self.bus.is_closed() {
             refused(&mut report, Error::Closed);
+            give_back(&self.bus, self.autoflush);
             return Delivery::ready(report);
         }
         let (reply, rx) = oneshot::channel();
         let request = FlushRequest {
             items: self.autoflush,
+            verified: self.verified,
             reply,
         };
         match self.bus.autoflush_tx.try_send(request) {
@@ -151,7 +178,7 @@ impl<DB: Backend> Recorder<DB> {
                     count,
                 },
             },
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full(request)) => {
                 let capacity = self.bus.shared.config.queue_capacity;
                 tracing::debug!(
                     signals = count,
@@ -159,19 +186,37 @@ impl<DB: Backend> Recorder<DB> {
                     "auto-flush queue full; signals left pending"
                 );
                 refused(&mut report, Error::QueueFull { capacity });
+                give_back(&self.bus, request.items);
                 Delivery::ready(report)
             }
-            Err(TrySendError::Closed(_)) => {
+            Err(TrySendError::Closed(request)) => {
                 let error = if self.bus.is_closed() {
                     Error::Closed
                 } else {
                     Error::Stopped
                 };
                 refused(&mut report, error);
+                give_back(&self.bus, request.items);
                 Delivery::ready(report)
             }
         }
     }
+}
+
+/// Lift the leases of signals written for an auto-flush that will not send them, so that the
+/// next explicit flush (or relay) takes them at once. In the background and best effort: if
+/// it fails, they come back when their lease expires.
+fn give_back<DB: Backend>(bus: &SignalBus<DB>, items: Vec<Item>) {
+    if items.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let shared = bus.shared.clone();
+    runtime.spawn(async move {
+        crate::flush::auto::release(&shared, items.iter().map(|i| (i.idx, i.id))).await;
+    });
 }
 
 /// A database transaction of the signal bus. Business queries run in it through `&mut *tx`;
@@ -191,6 +236,13 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
             recorder,
             atomic: Default::default(),
         }
+    }
+
+    /// Mark this transaction as an outermost one signalbus began itself, whose commit is a
+    /// real database commit.
+    pub(crate) fn outermost(mut self) -> Self {
+        self.recorder.verified = true;
+        self
     }
 
     /// Record `signal` in this transaction.

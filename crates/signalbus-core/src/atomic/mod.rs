@@ -437,7 +437,7 @@ where
     };
     let begin_sql = (DB::DIALECT.begin_atomic)(options.isolation, options.sqlite_begin);
     let tx = begin(bus.pool(), begin_sql).await.map_err(fail)?;
-    let mut tx: Transaction<'a, DB> = bus.wrap(tx);
+    let mut tx: Transaction<'a, DB> = bus.wrap(tx).outermost();
     tx.atomic.in_block = true;
     let outcome = AssertUnwindSafe(block(&mut tx)).catch_unwind().await;
     let inner = tx.atomic.failure.take();

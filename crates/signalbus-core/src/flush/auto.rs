@@ -12,11 +12,12 @@
 //! rows stay in the table for the next explicit flush or the relay, and the commit's latency
 //! stays bounded.
 
-use super::{publish_and_settle, settle_tx};
+use super::{Entry, Outgoing, publish, settle};
 use crate::bus::Shared;
 use crate::error::{Error, Result};
+use crate::message::Message;
 use crate::registry::TypeIdx;
-use crate::storage::{Backend, begin_flush};
+use crate::storage::Backend;
 use crate::transaction::DeliveryReport;
 use futures_util::FutureExt;
 use std::collections::{BTreeMap, HashSet};
@@ -29,9 +30,20 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+/// One committed signal for the auto-flush: its row and its message.
+pub(crate) struct Item {
+    pub idx: TypeIdx,
+    pub id: i64,
+    pub message: Message,
+}
+
 /// The committed signals of one transaction, and where to report what became of them.
 pub(crate) struct FlushRequest {
-    pub items: Vec<(TypeIdx, i64)>,
+    pub items: Vec<Item>,
+    /// Whether the commit is known to be real (a transaction signalbus began as outermost):
+    /// then the rows exist and the messages are sent as they are. Otherwise (the caller's
+    /// own transaction) the rows are claimed first, and only those that exist are sent.
+    pub verified: bool,
     pub reply: oneshot::Sender<DeliveryReport>,
 }
 
@@ -99,6 +111,13 @@ pub(crate) async fn run<DB: Backend>(
         flush_workers: shared.config.flush_workers,
     };
     let round_breaker = breaker.clone();
+    // Requests the loop answers pending without a round: their rows are given back too, so
+    // that the next flush takes them without waiting for their lease.
+    let abandon_shared = shared.clone();
+    let abandon = move |round: Vec<FlushRequest>, error: Arc<Error>| {
+        abandon_later(&abandon_shared, &round);
+        reply_pending(round, error);
+    };
     let send = move |mut round: Vec<FlushRequest>, cancel: watch::Receiver<bool>| {
         let (shared, breaker) = (shared.clone(), round_breaker.clone());
         async move {
@@ -110,24 +129,40 @@ pub(crate) async fn run<DB: Backend>(
             if let Err(panic) = outcome {
                 let message = panic_message(&*panic);
                 tracing::error!(%message, "an auto-flush round panicked; its signals stay pending");
+                abandon_later(&shared, &round);
                 reply_pending(round, Arc::new(Error::Panicked(message)));
             }
         }
     };
-    run_loop(config, &breaker, rx, close_rx, send).await;
+    run_loop(config, &breaker, rx, close_rx, send, abandon).await;
+}
+
+/// Give the rows of `round` back in the background (see [`release`]).
+fn abandon_later<DB: Backend>(shared: &Arc<Shared<DB>>, round: &[FlushRequest]) {
+    let rows: Vec<(TypeIdx, i64)> = round
+        .iter()
+        .flat_map(|r| r.items.iter().map(|i| (i.idx, i.id)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move { release(&shared, rows).await });
 }
 
 /// The coalescing loop, apart from what a round does (`send`), so that it can be tested
 /// without a database. A round is told to give up (and roll back) through its `watch`
 /// receiver turning `true`: a close whose deadline passed.
-pub(crate) async fn run_loop<S, Fut>(
+pub(crate) async fn run_loop<S, Fut, A>(
     config: LoopConfig,
     breaker: &Breaker,
     mut rx: mpsc::Receiver<FlushRequest>,
     mut close_rx: mpsc::UnboundedReceiver<CloseRequest>,
     send: S,
+    abandon: A,
 ) where
     S: Fn(Vec<FlushRequest>, watch::Receiver<bool>) -> Fut,
+    A: Fn(Vec<FlushRequest>, Arc<Error>),
     Fut: Future<Output = ()> + Send + 'static,
 {
     let workers = Arc::new(Semaphore::new(config.flush_workers));
@@ -170,7 +205,7 @@ pub(crate) async fn run_loop<S, Fut>(
         };
         let round = gather(first, &mut rx, &mut carry, config.max_batch);
         if let Some(error) = breaker.is_open() {
-            reply_pending(round, error);
+            abandon(round, error);
             continue;
         }
         spawn(&mut rounds, round, permit);
@@ -221,7 +256,7 @@ pub(crate) async fn run_loop<S, Fut>(
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
             .collect();
         left += queued.iter().map(|r| r.items.len()).sum::<usize>();
-        reply_pending(queued, closed);
+        abandon(queued, closed);
     }
     let _ = close.reply.send(left);
 }
@@ -263,16 +298,7 @@ async fn flush_round<DB: Backend>(
     round: &mut Vec<FlushRequest>,
     give_up: watch::Receiver<bool>,
 ) {
-    let mut by_type: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
-    for request in round.iter() {
-        for &(idx, id) in &request.items {
-            by_type.entry(idx).or_default().push(id);
-        }
-    }
-    for ids in by_type.values_mut() {
-        ids.sort_unstable();
-    }
-    let result = send_round(shared, by_type, give_up).await;
+    let result = send_round(shared, round, give_up).await;
     let round = std::mem::take(round);
     match result {
         Ok(outcome) => {
@@ -282,16 +308,14 @@ async fn flush_round<DB: Backend>(
                 .map(|why| Arc::new(Error::Publish(crate::error::PublishError::rejected(why))));
             for request in round {
                 let total = request.items.len();
-                let sent = request
-                    .items
-                    .iter()
-                    .filter(|item| outcome.sent.contains(item))
-                    .count();
-                let pending = request
-                    .items
-                    .iter()
-                    .filter(|item| outcome.refused.contains(item))
-                    .count();
+                let count = |set: &HashSet<(TypeIdx, i64)>| {
+                    request
+                        .items
+                        .iter()
+                        .filter(|item| set.contains(&(item.idx, item.id)))
+                        .count()
+                };
+                let (sent, pending) = (count(&outcome.sent), count(&outcome.refused));
                 let _ = request.reply.send(DeliveryReport {
                     sent,
                     pending,
@@ -340,58 +364,390 @@ struct RoundOutcome {
     refusal: Option<String>,
 }
 
-/// One round in one database transaction: lock the round's rows (skipping rows another
-/// flusher holds), publish them, settle them (delete the stored, count the refused), commit.
-/// A failure of the bus as a whole rolls back: the rows stay as they were.
+/// One round, with no transaction open while the bus works: check, for a transaction the
+/// caller began, which rows exist (and claim them); publish the messages from memory; then
+/// settle: delete the stored rows, count the refusals. When the bus fails as a whole (or a
+/// close gives up on the round), the rows are given back at once and nothing is settled.
 async fn send_round<DB: Backend>(
     shared: &Shared<DB>,
-    by_type: BTreeMap<TypeIdx, Vec<i64>>,
+    round: &mut [FlushRequest],
     mut give_up: watch::Receiver<bool>,
 ) -> Result<RoundOutcome> {
-    let mut tx = begin_flush(&shared.pool).await?;
-    let result = tokio::select! {
-        result = lock_and_send(shared, &mut tx, by_type) => result,
-        _ = give_up.wait_for(|give_up| *give_up) => Err(Error::Closed),
-    };
-    settle_tx(tx, result).await
-}
-
-async fn lock_and_send<DB: Backend>(
-    shared: &Shared<DB>,
-    conn: &mut DB::Connection,
-    by_type: BTreeMap<TypeIdx, Vec<i64>>,
-) -> Result<RoundOutcome> {
-    let mut held = Vec::with_capacity(by_type.len());
-    let mut all = HashSet::new();
-    for (idx, ids) in by_type {
-        let rows = shared
-            .registry
-            .get(idx)
-            .sql
-            .lock_ids::<DB>(conn, &ids)
-            .await?;
-        all.extend(rows.iter().map(|r| (idx, r.id)));
-        if !rows.is_empty() {
-            held.push((idx, rows));
+    let mut conn = shared.pool.acquire().await?;
+    // Unverified rows: those that exist and no other flusher holds.
+    let mut unverified: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
+    for request in round.iter().filter(|r| !r.verified) {
+        for item in &request.items {
+            unverified.entry(item.idx).or_default().push(item.id);
         }
     }
-    if held.is_empty() {
+    let mut claimed: HashSet<(TypeIdx, i64)> = HashSet::new();
+    if !unverified.is_empty() {
+        let token = uuid::Uuid::new_v4().to_string();
+        let lease = shared.config.lease();
+        for (idx, ids) in &unverified {
+            let sql = &shared.registry.get(*idx).sql;
+            let ids = super::retry_db!(sql.claim_own::<DB>(&mut conn, ids, lease, &token).await)?;
+            claimed.extend(ids.into_iter().map(|id| (*idx, id)));
+        }
+    }
+    let mut outgoing = Vec::new();
+    for request in round.iter() {
+        for item in &request.items {
+            if request.verified || claimed.contains(&(item.idx, item.id)) {
+                outgoing.push(Outgoing {
+                    entry: Entry {
+                        idx: item.idx,
+                        id: item.id,
+                        attempts: 0,
+                    },
+                    message: Ok(item.message.clone()),
+                });
+            }
+        }
+    }
+    if outgoing.is_empty() {
         return Ok(RoundOutcome {
             sent: HashSet::new(),
             refused: HashSet::new(),
             refusal: None,
         });
     }
-    let settled = publish_and_settle(shared, conn, held, false).await?;
+    let held: Vec<(TypeIdx, i64)> = outgoing.iter().map(|o| (o.entry.idx, o.entry.id)).collect();
+    let published = tokio::select! {
+        published = publish(shared, outgoing, false) => published,
+        _ = give_up.wait_for(|give_up| *give_up) => Err(Error::Closed),
+    };
+    let (entries, fates) = match published {
+        Ok(published) => published,
+        Err(e) => {
+            release_on(shared, &mut conn, held.iter().copied()).await;
+            return Err(e);
+        }
+    };
+    let settled = settle(shared, &mut conn, &entries, &fates).await?;
     let sent: HashSet<(TypeIdx, i64)> = settled
         .sent
         .into_iter()
         .flat_map(|(idx, ids)| ids.into_iter().map(move |id| (idx, id)))
         .collect();
-    let refused = all.difference(&sent).copied().collect();
+    let refused = held.into_iter().filter(|k| !sent.contains(k)).collect();
     Ok(RoundOutcome {
         sent,
         refused,
         refusal: settled.last_refusal,
     })
+}
+
+/// Lift the leases of rows the auto-flush will not send (best effort: if it fails, they
+/// come back when their lease expires).
+pub(crate) async fn release<DB: Backend>(
+    shared: &Shared<DB>,
+    rows: impl IntoIterator<Item = (TypeIdx, i64)>,
+) {
+    match shared.pool.acquire().await {
+        Ok(mut conn) => release_on(shared, &mut conn, rows).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not give signals back; they come back when their lease expires")
+        }
+    }
+}
+
+async fn release_on<DB: Backend>(
+    shared: &Shared<DB>,
+    conn: &mut DB::Connection,
+    rows: impl IntoIterator<Item = (TypeIdx, i64)>,
+) {
+    let mut by_type: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
+    for (idx, id) in rows {
+        by_type.entry(idx).or_default().push(id);
+    }
+    for (idx, ids) in by_type {
+        let reg = shared.registry.get(idx);
+        if let Err(e) = reg.sql.release::<DB>(conn, &ids).await {
+            tracing::warn!(signal = %reg.name, error = %e, "could not give signals back; they come back when their lease expires");
+        }
+    }
+}
+
+/// The coalescing loop, the failure pause and closing, on tokio's paused clock: no database,
+/// a fake round that records what it was given.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Notify;
+
+    /// A round that records its requests' sizes, waits for `gate` when asked, and answers.
+    #[derive(Clone, Default)]
+    struct Rounds {
+        sizes: Arc<Mutex<Vec<Vec<usize>>>>,
+        gate: Arc<Notify>,
+        hold: bool,
+    }
+
+    impl Rounds {
+        #[allow(clippy::type_complexity)]
+        fn send(
+            &self,
+        ) -> impl Fn(
+            Vec<FlushRequest>,
+            watch::Receiver<bool>,
+        ) -> futures_util::future::BoxFuture<'static, ()>
+        + use<> {
+            let this = self.clone();
+            move |round: Vec<FlushRequest>, mut give_up: watch::Receiver<bool>| {
+                let this = this.clone();
+                Box::pin(async move {
+                    this.sizes
+                        .lock()
+                        .unwrap()
+                        .push(round.iter().map(|r| r.items.len()).collect());
+                    if this.hold {
+                        tokio::select! {
+                            _ = this.gate.notified() => {}
+                            _ = give_up.wait_for(|g| *g) => {
+                                return reply_pending(round, Arc::new(Error::Closed));
+                            }
+                        }
+                    }
+                    for request in round {
+                        let sent = request.items.len();
+                        let _ = request.reply.send(DeliveryReport {
+                            sent,
+                            ..DeliveryReport::default()
+                        });
+                    }
+                })
+            }
+        }
+
+        fn sizes(&self) -> Vec<Vec<usize>> {
+            self.sizes.lock().unwrap().clone()
+        }
+    }
+
+    fn request(n: usize) -> (FlushRequest, oneshot::Receiver<DeliveryReport>) {
+        let (reply, rx) = oneshot::channel();
+        let items = (0..n)
+            .map(|i| Item {
+                idx: 0,
+                id: i64::try_from(i).unwrap(),
+                message: Message {
+                    id: i.to_string(),
+                    signal: "test".into(),
+                    destination: "test".into(),
+                    routing_key: None,
+                    headers: Default::default(),
+                    body: Vec::new(),
+                    content_type: None,
+                },
+            })
+            .collect();
+        let request = FlushRequest {
+            items,
+            verified: true,
+            reply,
+        };
+        (request, rx)
+    }
+
+    struct Harness {
+        tx: mpsc::Sender<FlushRequest>,
+        close: mpsc::UnboundedSender<CloseRequest>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(config: LoopConfig, breaker: Arc<Breaker>, rounds: &Rounds) -> Harness {
+        let (tx, rx) = mpsc::channel(64);
+        let (close, close_rx) = mpsc::unbounded_channel();
+        let send = rounds.send();
+        let task = tokio::spawn(async move {
+            run_loop(config, &breaker, rx, close_rx, send, reply_pending).await
+        });
+        Harness { tx, close, task }
+    }
+
+    const ONE_WORKER: LoopConfig = LoopConfig {
+        max_batch: 100,
+        flush_workers: 1,
+    };
+
+    /// Let every ready task run (the clock is paused, so nothing else moves).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_queued_behind_a_busy_worker_go_out_as_one_round() {
+        let rounds = Rounds {
+            hold: true,
+            ..Rounds::default()
+        };
+        let h = start(
+            ONE_WORKER,
+            Arc::new(Breaker::new(Duration::from_secs(1))),
+            &rounds,
+        );
+        let (a, a_rx) = request(1);
+        h.tx.send(a).await.unwrap();
+        settle().await;
+        assert_eq!(
+            rounds.sizes(),
+            vec![vec![1]],
+            "the first round starts alone"
+        );
+        let mut replies = Vec::new();
+        for n in [2, 3, 4] {
+            let (r, rx) = request(n);
+            h.tx.send(r).await.unwrap();
+            replies.push(rx);
+        }
+        settle().await;
+        assert_eq!(rounds.sizes().len(), 1, "the one worker is still busy");
+        rounds.gate.notify_one();
+        settle().await;
+        assert_eq!(
+            rounds.sizes(),
+            vec![vec![1], vec![2, 3, 4]],
+            "coalesced into one round"
+        );
+        rounds.gate.notify_one();
+        assert_eq!(a_rx.await.unwrap().sent, 1);
+        for (rx, n) in replies.into_iter().zip([2, 3, 4]) {
+            assert_eq!(rx.await.unwrap().sent, n);
+        }
+        drop(h.tx);
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_stops_at_max_batch_and_carries_the_rest() {
+        let rounds = Rounds {
+            hold: true,
+            ..Rounds::default()
+        };
+        let config = LoopConfig {
+            max_batch: 100,
+            flush_workers: 1,
+        };
+        let h = start(
+            config,
+            Arc::new(Breaker::new(Duration::from_secs(1))),
+            &rounds,
+        );
+        let (first, _first_rx) = request(1);
+        h.tx.send(first).await.unwrap();
+        settle().await;
+        let mut keep = Vec::new();
+        for _ in 0..5 {
+            let (r, rx) = request(40);
+            h.tx.send(r).await.unwrap();
+            keep.push(rx);
+        }
+        for _ in 0..3 {
+            rounds.gate.notify_one();
+            settle().await;
+        }
+        assert_eq!(
+            rounds.sizes(),
+            vec![vec![1], vec![40, 40], vec![40, 40], vec![40]],
+            "no round over 100 ids; the request that would pass it waits for the next"
+        );
+        drop(h.tx);
+        rounds.gate.notify_one();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failure_requests_are_answered_pending_until_the_pause_ends() {
+        let rounds = Rounds::default();
+        let pause = Duration::from_secs(1);
+        let breaker = Arc::new(Breaker::new(pause));
+        let h = start(ONE_WORKER, breaker.clone(), &rounds);
+        breaker.open(Arc::new(Error::Config("the bus failed".into())));
+
+        let (r, rx) = request(3);
+        h.tx.send(r).await.unwrap();
+        let report = rx.await.unwrap();
+        assert_eq!(
+            (report.sent, report.pending),
+            (0, 3),
+            "answered pending at once"
+        );
+        assert!(report.error.unwrap().to_string().contains("the bus failed"));
+        assert!(
+            rounds.sizes().is_empty(),
+            "no round ran while the breaker was open"
+        );
+
+        tokio::time::advance(pause - Duration::from_millis(1)).await;
+        let (r, rx) = request(1);
+        h.tx.send(r).await.unwrap();
+        assert_eq!(rx.await.unwrap().pending, 1, "still within the pause");
+
+        tokio::time::advance(Duration::from_millis(2)).await;
+        let (r, rx) = request(2);
+        h.tx.send(r).await.unwrap();
+        assert_eq!(
+            rx.await.unwrap().sent,
+            2,
+            "the first request after the pause probes the bus"
+        );
+        assert_eq!(rounds.sizes(), vec![vec![2]]);
+        drop(h.tx);
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_sends_what_was_queued_and_gives_up_at_the_deadline() {
+        // Queued requests are still sent when the rounds finish in time.
+        let rounds = Rounds::default();
+        let h = start(
+            ONE_WORKER,
+            Arc::new(Breaker::new(Duration::from_secs(1))),
+            &rounds,
+        );
+        let (r, rx) = request(2);
+        h.tx.send(r).await.unwrap();
+        let (reply, left) = oneshot::channel();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        h.close.send(CloseRequest { deadline, reply }).unwrap();
+        assert_eq!(left.await.unwrap(), 0);
+        assert_eq!(rx.await.unwrap().sent, 2);
+        h.task.await.unwrap();
+        assert!(
+            h.tx.try_send(request(1).0).is_err(),
+            "closed for new requests"
+        );
+
+        // A round that does not finish by the deadline gives up; it and what waited behind it
+        // are answered pending, and the count says how many signals were left.
+        let rounds = Rounds {
+            hold: true,
+            ..Rounds::default()
+        };
+        let h = start(
+            ONE_WORKER,
+            Arc::new(Breaker::new(Duration::from_secs(1))),
+            &rounds,
+        );
+        let (running, running_rx) = request(3);
+        h.tx.send(running).await.unwrap();
+        settle().await;
+        let (queued, queued_rx) = request(4);
+        h.tx.send(queued).await.unwrap();
+        let (reply, left) = oneshot::channel();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        h.close.send(CloseRequest { deadline, reply }).unwrap();
+        assert_eq!(left.await.unwrap(), 3 + 4);
+        let queued = queued_rx.await.unwrap();
+        assert_eq!(queued.pending, 4);
+        assert!(matches!(queued.error.as_deref(), Some(Error::Closed)));
+        let running = running_rx.await.unwrap();
+        assert_eq!(running.pending, 3, "the given-up round answered pending");
+        assert!(matches!(running.error.as_deref(), Some(Error::Closed)));
+        h.task.await.unwrap();
+    }
 }

@@ -1,8 +1,8 @@
 //! Explicit flushing: `flush`, `flushmany` and `flushordered`.
 
-use super::{HeldRows, Progress, Settled, publish_and_settle, settle_tx};
+use super::{HeldRows, Progress, Settled, publish_and_settle, retry_db, settle_tx};
 use crate::bus::{Shared, SignalBus};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::registry::{Registered, Selection, TypeIdx};
 use crate::storage::{Backend, begin_flush};
 use std::ops::ControlFlow;
@@ -166,13 +166,12 @@ async fn claimed_burst<DB: Backend>(
     let reg = shared.registry.get(idx);
     let token = uuid::Uuid::new_v4().to_string();
     let lease = shared.config.lease();
-    let rows = retrying_db(|| async {
+    let rows = retry_db!({
         let mut conn = shared.pool.acquire().await?;
         reg.sql
             .claim::<DB>(&mut conn, ids, reg.ty.burst_size(), lease, &token)
             .await
-    })
-    .await?;
+    })?;
     if rows.is_empty() {
         return Ok(None);
     }
@@ -192,52 +191,6 @@ async fn claimed_burst<DB: Backend>(
 async fn give_back<DB: Backend>(reg: &Registered, conn: &mut DB::Connection, ids: &[i64]) {
     if let Err(e) = reg.sql.release::<DB>(conn, ids).await {
         tracing::warn!(signal = %reg.name, error = %e, "could not give claimed signals back; they come back when their lease expires");
-    }
-}
-
-/// Run `step` again after a database error that a retry cures (a deadlock, a serialization
-/// failure, a lost connection), with backoff, up to 5 times; it spends no attempt of any
-/// message.
-async fn retrying_db<T, F, Fut>(mut step: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    const ATTEMPTS: u32 = 5;
-    let backoff = crate::publisher::Backoff {
-        max_attempts: ATTEMPTS,
-        base: Duration::from_millis(20),
-        max: Duration::from_secs(1),
-        wait_before_first_retry: true,
-    };
-    let mut attempt = 1;
-    loop {
-        match step().await {
-            Err(e) if attempt < ATTEMPTS && curable(&e) => {
-                let wait = backoff.delay(attempt);
-                tracing::debug!(attempt, ?wait, error = %e, "database error during a flush; retrying the burst");
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
-}
-
-/// Whether a database error goes away when the step runs again: a lost connection, or a
-/// conflict (deadlock, serialization failure, lock timeout).
-fn curable(error: &Error) -> bool {
-    match error {
-        Error::Database(sqlx::Error::Database(db)) => {
-            let code = db.code();
-            let code = code.as_deref().unwrap_or_default();
-            matches!(code, "40001" | "40P01" | "55P03")
-                || db.message().to_ascii_lowercase().contains("deadlock")
-        }
-        Error::Database(
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_),
-        ) => true,
-        _ => false,
     }
 }
 

@@ -29,6 +29,7 @@ use crate::publisher::{BatchOutcome, Publisher};
 use crate::registry::{Registered, TypeIdx};
 use crate::storage::{Backend, StoredRow};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// Rows of one signal type, held by the current flush.
 pub(crate) type HeldRows = (TypeIdx, Vec<StoredRow>);
@@ -55,14 +56,20 @@ impl Settled {
 }
 
 /// One message on its way, and the row it came from.
-struct Entry {
-    idx: TypeIdx,
-    id: i64,
-    attempts: i64,
+pub(crate) struct Entry {
+    pub idx: TypeIdx,
+    pub id: i64,
+    pub attempts: i64,
+}
+
+/// A row to publish: its message, or why it is not a valid signal.
+pub(crate) struct Outgoing {
+    pub entry: Entry,
+    pub message: Result<Message, String>,
 }
 
 /// What became of one entry.
-enum Fate {
+pub(crate) enum Fate {
     Stored,
     Refused(String),
     /// Not a valid signal: parked at once, it can never be sent.
@@ -80,48 +87,65 @@ pub(crate) async fn publish_and_settle<DB: Backend>(
     held: Vec<HeldRows>,
     ordered: bool,
 ) -> Result<Settled> {
-    let (entries, fates) = publish(shared, held, ordered).await?;
+    let outgoing = prepare(shared, held);
+    let (entries, fates) = publish(shared, outgoing, ordered).await?;
     settle(shared, conn, &entries, &fates).await
 }
 
-/// Turn rows into messages and publish them: batched types in one call, the others one
-/// message per call. Returns what became of each.
-async fn publish<DB: Backend>(
-    shared: &Shared<DB>,
-    held: Vec<HeldRows>,
-    ordered: bool,
-) -> Result<(Vec<Entry>, Vec<Fate>)> {
-    let mut entries = Vec::new();
-    let mut fates = Vec::new();
-    let mut batched: Vec<(usize, Message)> = Vec::new();
-    let mut single: Vec<(usize, Message)> = Vec::new();
+/// Rows as messages.
+fn prepare<DB: Backend>(shared: &Shared<DB>, held: Vec<HeldRows>) -> Vec<Outgoing> {
+    let mut outgoing = Vec::new();
     for (idx, rows) in held {
         let reg = shared.registry.get(idx);
-        let mut stop = false;
         for row in rows {
-            let i = entries.len();
-            entries.push(Entry {
+            let entry = Entry {
                 idx,
                 id: row.id,
                 attempts: row.attempts,
+            };
+            let message = to_message(reg, row).map_err(|e| {
+                tracing::error!(signal = %reg.name, error = %e, "a pending row is not a valid signal; parking it");
+                e.to_string()
             });
-            if stop {
-                fates.push(Fate::Untouched);
-                continue;
-            }
-            match to_message(reg, row) {
-                Ok(message) => {
-                    fates.push(Fate::Stored);
-                    if reg.ty.is_batched() {
-                        batched.push((i, message));
-                    } else {
-                        single.push((i, message));
-                    }
+            outgoing.push(Outgoing { entry, message });
+        }
+    }
+    outgoing
+}
+
+/// Publish: batched types in one call, the others one message per call. Returns what became
+/// of each.
+pub(crate) async fn publish<DB: Backend>(
+    shared: &Shared<DB>,
+    outgoing: Vec<Outgoing>,
+    ordered: bool,
+) -> Result<(Vec<Entry>, Vec<Fate>)> {
+    let mut entries = Vec::with_capacity(outgoing.len());
+    let mut fates = Vec::with_capacity(outgoing.len());
+    let mut batched: Vec<(usize, Message)> = Vec::new();
+    let mut single: Vec<(usize, Message)> = Vec::new();
+    let mut stopped: Option<TypeIdx> = None;
+    for Outgoing { entry, message } in outgoing {
+        let i = entries.len();
+        let idx = entry.idx;
+        entries.push(entry);
+        if stopped == Some(idx) {
+            fates.push(Fate::Untouched);
+            continue;
+        }
+        match message {
+            Ok(message) => {
+                fates.push(Fate::Stored);
+                if shared.registry.get(idx).ty.is_batched() {
+                    batched.push((i, message));
+                } else {
+                    single.push((i, message));
                 }
-                Err(e) => {
-                    tracing::error!(signal = %reg.name, error = %e, "a pending row is not a valid signal; parking it");
-                    fates.push(Fate::Invalid(e.to_string()));
-                    stop = ordered;
+            }
+            Err(why) => {
+                fates.push(Fate::Invalid(why));
+                if ordered {
+                    stopped = Some(idx);
                 }
             }
         }
@@ -210,7 +234,7 @@ fn reason(outcome: &BatchOutcome) -> String {
 }
 
 /// Delete the stored rows, count the refusals, park the invalid rows.
-async fn settle<DB: Backend>(
+pub(crate) async fn settle<DB: Backend>(
     shared: &Shared<DB>,
     conn: &mut DB::Connection,
     entries: &[Entry],
@@ -235,7 +259,7 @@ async fn settle<DB: Backend>(
     }
     for (idx, ids) in stored {
         let reg = shared.registry.get(idx);
-        reg.sql.delete_ids::<DB>(conn, &ids).await?;
+        retry_db!(reg.sql.delete_ids::<DB>(conn, &ids).await)?;
         metrics::counter!("signalbus_signals_sent_total", "signal" => reg.name.to_string())
             .increment(ids.len() as u64);
         settled.sent.push((idx, ids));
@@ -251,7 +275,7 @@ async fn settle<DB: Backend>(
             policy.max_attempts
         };
         let delay = policy.delay(refusals);
-        reg.sql.refuse::<DB>(conn, &ids, delay, max, why).await?;
+        retry_db!(reg.sql.refuse::<DB>(conn, &ids, delay, max, why).await)?;
         let parks = refusals >= max;
         let name = reg.name.to_string();
         metrics::counter!("signalbus_signals_refused_total", "signal" => name.clone())
@@ -269,6 +293,58 @@ async fn settle<DB: Backend>(
         settled.last_refusal = Some(why.to_owned());
     }
     Ok(settled)
+}
+
+/// How often a flush step runs after a database error that a retry cures (see [`curable`]).
+pub(crate) const DB_ATTEMPTS: u32 = 5;
+
+/// The wait before retry `attempt` of a flush step.
+pub(crate) fn db_retry_wait(attempt: u32) -> Duration {
+    crate::publisher::Backoff {
+        max_attempts: DB_ATTEMPTS,
+        base: Duration::from_millis(20),
+        max: Duration::from_secs(1),
+        wait_before_first_retry: true,
+    }
+    .delay(attempt)
+}
+
+/// Evaluate `$step` (an `.await`ed `Result`) again after a database error that a retry cures
+/// (a deadlock, a serialization failure, a lost connection), with backoff, up to
+/// [`DB_ATTEMPTS`] times; it spends no attempt of any message.
+macro_rules! retry_db {
+    ($step:expr) => {{
+        let mut attempt = 1;
+        loop {
+            match $step {
+                Err(e) if attempt < $crate::flush::DB_ATTEMPTS && $crate::flush::curable(&e) => {
+                    let wait = $crate::flush::db_retry_wait(attempt);
+                    tracing::debug!(attempt, ?wait, error = %e, "database error during a flush; retrying the step");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                result => break result,
+            }
+        }
+    }};
+}
+pub(crate) use retry_db;
+
+/// Whether a database error goes away when the step runs again: a lost connection, or a
+/// conflict (deadlock, serialization failure, lock timeout).
+pub(crate) fn curable(error: &Error) -> bool {
+    match error {
+        Error::Database(sqlx::Error::Database(db)) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or_default();
+            matches!(code, "40001" | "40P01" | "55P03")
+                || db.message().to_ascii_lowercase().contains("deadlock")
+        }
+        Error::Database(
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_),
+        ) => true,
+        _ => false,
+    }
 }
 
 /// Commit `tx` when `result` is Ok, roll it back at once otherwise. A dropped sqlx

@@ -88,9 +88,6 @@ pub(crate) struct Dialect {
     /// Appended to the subquery that picks the rows a claim takes, so that two claims never
     /// wait for each other (empty where the claim's `UPDATE` itself skips or serializes).
     pub claim_lock: &'static str,
-    /// Appended to a locking read by id inside a flush transaction: never two flushers on one
-    /// row (skipping where the database can, waiting otherwise).
-    pub row_claim_lock: &'static str,
     /// Appended to the ordered read: locks the rows, waiting for held ones (never skipping:
     /// that would break the order).
     pub ordered_lock: &'static str,

@@ -548,21 +548,6 @@ impl Statements {
         Ok(())
     }
 
-    /// Lock and read the sendable rows among `ids` inside a flush transaction, skipping rows
-    /// another flusher holds where the database can; ordered by id.
-    pub async fn lock_ids<DB: Backend>(
-        &self,
-        conn: &mut DB::Connection,
-        ids: &[i64],
-    ) -> Result<Vec<StoredRow>> {
-        self.take_turn::<DB>(conn).await?;
-        let values = Values {
-            ids,
-            ..Values::default()
-        };
-        Self::run_rows::<DB>(conn, &self.lock_ids, values).await
-    }
-
     /// Claim (lease for `lease`, with `token`) the sendable rows among `ids`, or — with
     /// `ids` empty — up to `limit` sendable rows, lowest ids first. No transaction is left
     /// open: the lease alone keeps other flushers away until it is settled or expires.
@@ -595,6 +580,30 @@ impl Statements {
         };
         rows.sort_unstable_by_key(|r| r.id);
         Ok(rows)
+    }
+
+    /// Claim for the auto-flush the rows among `ids` that exist and no other flusher holds;
+    /// returns their ids.
+    pub async fn claim_own<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        ids: &[i64],
+        lease: Duration,
+        token: &str,
+    ) -> Result<Vec<i64>> {
+        let values = Values {
+            ids,
+            lease_ms: millis(lease),
+            token,
+            ..Values::default()
+        };
+        match &self.read_claimed_ids {
+            None => DB::fetch_ids(conn, &self.claim_own.sql, &values.bind(&self.claim_own)).await,
+            Some(read) => {
+                Self::run::<DB>(conn, &self.claim_own, values).await?;
+                DB::fetch_ids(conn, &read.sql, &values.bind(read)).await
+            }
+        }
     }
 
     /// Count a refusal of the rows `ids`: one more attempt, the next after `delay`, or

@@ -59,7 +59,6 @@ pub(crate) const DIALECT: Dialect = Dialect {
     // A claim's UPDATE waits at most for another claim's (short, autocommitted) UPDATE, and
     // then passes the rows that one took (a semi-consistent read at READ COMMITTED).
     claim_lock: "",
-    row_claim_lock: " FOR UPDATE",
     ordered_lock: " FOR UPDATE",
     ordered_read: OrderedRead::Locking,
     insert_returning: false,

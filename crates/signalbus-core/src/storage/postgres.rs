@@ -34,7 +34,6 @@ pub(crate) const DIALECT: Dialect = Dialect {
     delete_by_ids: "DELETE FROM {t} WHERE id = ANY({Ids})",
     // Concurrent claims skip each other's rows instead of waiting.
     claim_lock: " FOR UPDATE SKIP LOCKED",
-    row_claim_lock: " FOR UPDATE SKIP LOCKED",
     ordered_lock: " FOR UPDATE",
     ordered_read: OrderedRead::TxidWatermark,
     insert_returning: true,

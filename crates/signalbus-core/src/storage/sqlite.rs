@@ -47,7 +47,6 @@ pub(crate) const DIALECT: Dialect = Dialect {
     // A claim is one statement, and SQLite runs one writer at a time.
     claim_lock: "",
     // Nobody is half-way: every row is committed, in commit order by id.
-    row_claim_lock: "",
     ordered_lock: "",
     ordered_read: OrderedRead::Locking,
     insert_returning: true,

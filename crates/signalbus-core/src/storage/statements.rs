@@ -107,14 +107,17 @@ pub(crate) struct Statements {
     pub claim_burst: Stmt,
     /// The rows a claim took, by its token.
     pub read_claimed: Option<Stmt>,
+    /// Claim, for the auto-flush, the rows among the bound ids that no other flusher holds
+    /// (rows written leased by this process count as free); returns their ids (or, without
+    /// `UPDATE … RETURNING`, [`Statements::read_claimed_ids`] does).
+    pub claim_own: Stmt,
+    pub read_claimed_ids: Option<Stmt>,
     /// Count a refusal: one more attempt, the next one after the bound delay, or parked after
     /// the bound maximum of attempts.
     pub refuse: Stmt,
     /// Give claimed rows back at once (the bus failed as a whole: no attempt is spent).
     pub release: Stmt,
-    /// Lock and read the sendable rows among the bound ids inside a flush transaction
-    /// (auto-flush), skipping rows another flusher holds where the database can.
-    pub lock_ids: Stmt,
+
     /// The statements of `flushordered`.
     pub ordered: Ordered,
     /// Delete the rows among the bound ids.
@@ -314,6 +317,24 @@ impl Statements {
         };
         let claim_ids = claim(id_in, "");
         let claim_burst = claim("1 = 1", " ORDER BY t.id LIMIT {Limit}");
+        let free = format!(
+            "t.parked_at IS NULL AND (t.claim IS NULL OR t.next_attempt_at IS NULL \
+             OR t.next_attempt_at <= {now})"
+        );
+        let claim_own = if d.update_returning {
+            stmt(format!(
+                "UPDATE {t} SET next_attempt_at = {lease}, claim = {{Token}} \
+                 WHERE id IN (SELECT t.id FROM {t} AS t WHERE {id_in} AND {free}{}) RETURNING id",
+                d.claim_lock
+            ))
+        } else {
+            stmt(format!(
+                "UPDATE {t} AS t SET t.next_attempt_at = {lease}, t.claim = {{Token}} \
+                 WHERE {id_in} AND {free}"
+            ))
+        };
+        let read_claimed_ids = (!d.update_returning)
+            .then(|| stmt(format!("SELECT id FROM {t} WHERE claim = {{Token}}")));
         let read_claimed = (!d.update_returning).then(|| {
             stmt(format!(
                 "SELECT {claimed_cols} FROM {t} WHERE claim = {{Token}} ORDER BY id"
@@ -381,12 +402,10 @@ impl Statements {
             claim_ids,
             claim_burst,
             read_claimed,
+            claim_own,
+            read_claimed_ids,
             refuse,
             release,
-            lock_ids: stmt(format!(
-                "SELECT {cols} FROM {t} AS t WHERE {id_in} AND {ready} ORDER BY t.id{}",
-                d.row_claim_lock
-            )),
             ordered,
             delete_ids: stmt(d.delete_by_ids.replace("{t}", &t)),
             pending_ids: shared(format!("SELECT id FROM {t} AS t WHERE {ready} ORDER BY id")),

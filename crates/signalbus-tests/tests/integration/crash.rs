@@ -39,6 +39,9 @@ fn print_flushed(line: &str) {
     stdout.flush().unwrap();
 }
 
+/// The lease of the child's auto-flush: after it, the killed child's signal is free again.
+const CHILD_LEASE: Duration = Duration::from_secs(3);
+
 async fn child<DB: TestBackend>(url: &str) {
     let pool = sqlx::pool::PoolOptions::<DB>::new()
         .max_connections(3)
@@ -48,6 +51,9 @@ async fn child<DB: TestBackend>(url: &str) {
     let bus = SignalBus::builder(pool)
         .publisher(NeverConfirms)
         .register::<OrderPlaced>()
+        // The row is written leased for the auto-flush: killed, the child holds it that long.
+        .publish_timeout(Duration::from_secs(1))
+        .lease(CHILD_LEASE)
         .build()
         .unwrap();
     let mut tx = bus.begin().await.unwrap();
@@ -137,9 +143,14 @@ async fn killed_after_commit_loses_nothing<DB: TestBackend>() {
         1,
         "the signal is pending"
     );
-    // The killed child's server session may hold the row for a moment after the kill, and
-    // flushing skips locked rows: retry over that moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The killed child still holds the row's lease: no flush sends it until the lease has
+    // expired (a dead flusher delays its signals by one lease, never loses them).
+    let killed_at = std::time::Instant::now();
+    assert_eq!(
+        bus.flush(&Selection::all(), Duration::ZERO).await.unwrap(),
+        0
+    );
+    let deadline = killed_at + Duration::from_secs(30);
     while bus.flush(&Selection::all(), Duration::ZERO).await.unwrap() == 0 {
         assert!(
             std::time::Instant::now() < deadline,
@@ -147,6 +158,10 @@ async fn killed_after_commit_loses_nothing<DB: TestBackend>() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        killed_at.elapsed() >= CHILD_LEASE - Duration::from_millis(500),
+        "sent only once the lease had expired"
+    );
     let messages = outbox.messages();
     assert_eq!(messages.len(), 1);
     assert_eq!(

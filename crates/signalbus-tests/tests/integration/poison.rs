@@ -9,8 +9,8 @@ use crate::common::{TestBackend, TestDb};
 use crate::on_every_database;
 use signalbus::publisher::MemoryPublisher;
 use signalbus::{
-    BatchOutcome, Message, ParkedRows, PublishError, Publisher, RetryPolicy, Selection,
-    SignalBus, SignalType,
+    BatchOutcome, Message, ParkedRows, PublishError, Publisher, RetryPolicy, Selection, SignalBus,
+    SignalType,
 };
 use sqlx::AssertSqlSafe;
 use std::collections::HashMap;
@@ -30,7 +30,11 @@ fn signal_type(max_attempts: u32) -> SignalType {
         })
 }
 
-async fn bus<DB: TestBackend>(db: &TestDb<DB>, publisher: impl Publisher, max: u32) -> SignalBus<DB> {
+async fn bus<DB: TestBackend>(
+    db: &TestDb<DB>,
+    publisher: impl Publisher,
+    max: u32,
+) -> SignalBus<DB> {
     let bus = SignalBus::builder(db.pool.clone())
         .publisher(publisher)
         .register_type(signal_type(max))
@@ -56,7 +60,10 @@ where
             "INSERT INTO {TABLE} (topic, body, headers) VALUES {}",
             values.join(", ")
         );
-        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&db.pool).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&db.pool)
+            .await
+            .unwrap();
     }
 }
 
@@ -85,9 +92,13 @@ where
     insert(&db, "good", 1000, None).await;
 
     assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 1000);
+    let mut last = std::time::Instant::now(); // the first refusal
     let seen = per_id(&outbox.messages());
     assert_eq!(seen.len(), 1000);
-    assert!(seen.values().all(|&n| n == 1), "each good message exactly once");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "each good message exactly once"
+    );
     let s = stats(&bus).await;
     assert_eq!((s.count, s.backing_off, s.parked), (1, 1, 0), "{s:?}");
 
@@ -98,7 +109,6 @@ where
 
     // It is retried with growing delays, then parked.
     let mut waits = Vec::new();
-    let mut last = std::time::Instant::now();
     while stats(&bus).await.parked == 0 {
         let before = outbox.calls();
         bus.flushmany(&Selection::all()).await.unwrap();
@@ -109,14 +119,30 @@ where
         assert!(waits.len() <= 3, "parked after its last attempt");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(waits.len(), 2, "attempts 2 and 3 after the first: {waits:?}");
-    assert!(waits[0] >= Duration::from_millis(100), "the first delay ≥ base/2: {waits:?}");
-    assert!(waits[1] >= Duration::from_millis(200), "then ≥ 2·base/2: {waits:?}");
+    assert_eq!(
+        waits.len(),
+        2,
+        "attempts 2 and 3 after the first: {waits:?}"
+    );
+    assert!(
+        waits[0] >= Duration::from_millis(100),
+        "the first delay ≥ base/2: {waits:?}"
+    );
+    assert!(
+        waits[1] >= Duration::from_millis(200),
+        "then ≥ 2·base/2: {waits:?}"
+    );
     let parked = bus.parked(&Selection::all(), 10).await.unwrap();
     let (name, rows) = &parked[0];
     assert_eq!((name.as_str(), rows.len()), ("poison", 1));
     assert_eq!(rows[0].attempts, 3);
-    assert!(rows[0].last_error.as_deref().unwrap().contains("no route to `nowhere`"));
+    assert!(
+        rows[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("no route to `nowhere`")
+    );
 
     // Parked: never sent again.
     let calls = outbox.calls();
@@ -160,8 +186,15 @@ where
     assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 6);
     let s = stats(&bus).await;
     assert_eq!((s.count, s.parked), (1, 1), "{s:?}");
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 0, "and no error");
-    assert_eq!(bus.flush(&Selection::all(), Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(
+        bus.flushmany(&Selection::all()).await.unwrap(),
+        0,
+        "and no error"
+    );
+    assert_eq!(
+        bus.flush(&Selection::all(), Duration::ZERO).await.unwrap(),
+        0
+    );
     let parked = bus.parked(&Selection::all(), 10).await.unwrap();
     assert!(
         parked[0].1[0]
@@ -171,7 +204,9 @@ where
             .contains("headers must be a JSON object")
     );
     assert_eq!(
-        bus.purge_parked(&Selection::all(), ParkedRows::All).await.unwrap(),
+        bus.purge_parked(&Selection::all(), ParkedRows::All)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(DB::count_rows(&db.pool, TABLE).await, 0);
@@ -195,7 +230,11 @@ where
     let s = stats(&bus).await;
     assert_eq!((s.count, s.backing_off, s.parked), (5, 0, 0), "{s:?}");
     outbox.set_down(false);
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 5, "given back at once");
+    assert_eq!(
+        bus.flushmany(&Selection::all()).await.unwrap(),
+        5,
+        "given back at once"
+    );
     db.cleanup().await;
 }
 
@@ -260,7 +299,11 @@ where
     dying.abort(); // dies mid-publish: no settle, no give-back
     let outbox = MemoryPublisher::new();
     let other = bus(&db, outbox.clone(), 3).await;
-    assert_eq!(other.flushmany(&Selection::all()).await.unwrap(), 0, "leased");
+    assert_eq!(
+        other.flushmany(&Selection::all()).await.unwrap(),
+        0,
+        "leased"
+    );
     tokio::time::sleep(lease + Duration::from_millis(300)).await;
     assert_eq!(other.flushmany(&Selection::all()).await.unwrap(), 50);
     assert_eq!(per_id(&outbox.messages()).len(), 50);
