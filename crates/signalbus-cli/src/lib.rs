@@ -1,6 +1,7 @@
 //! The `signalbus` command line: send pending signals (`flush`, `flushmany`, `flushordered`),
-//! count them (`pending`), list the signal types (`signals`) and create their tables
-//! (`migrate`).
+//! count them (`pending`), list the signal types (`signals`), create their tables
+//! (`migrate`), and inspect, unpark or delete the signals the bus refused too often
+//! (`parked`, `unpark`, `purge-parked`).
 //!
 //! It works two ways:
 //!
@@ -62,7 +63,7 @@
 //! the [`StopSignal`], SIGTERM/SIGINT in the binary, ended a `--repeat` loop), 1 on any
 //! failure (a one-line cause on standard error, the whole chain of causes with `-v`:
 //! [`CliError::render`]), 2 on a usage error (clap's). The commands print their output
-//! (`pending`, `signals`) on standard output, summaries, progress and warnings on standard
+//! (`pending`, `signals`, `parked`) on standard output, summaries, progress and warnings on standard
 //! error, so that the `stdout:` bus and the output of `pending`/`signals` stay clean.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -70,9 +71,10 @@
 pub mod config;
 mod error;
 mod flushing;
+mod parked;
 mod report;
 
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 use signalbus::{Backend, SignalBus};
 use std::process::ExitCode;
 
@@ -95,7 +97,8 @@ pub struct SignalbusArgs {
 pub enum Command {
     /// List the signal types.
     Signals,
-    /// Count the pending signals per type, the total, and the age of the oldest.
+    /// Count the pending signals per type, the total, and the age of the oldest; also the
+    /// backing-off and parked ones.
     Pending(PendingArgs),
     /// Send the signals pending now, after waiting for auto-flushes in flight.
     Flush(FlushArgs),
@@ -105,6 +108,73 @@ pub enum Command {
     Flushordered(DrainArgs),
     /// Create the tables of the signal types, if they do not exist.
     Migrate,
+    /// List the parked signals (refused too often, or not valid signals) per type.
+    Parked(ParkedArgs),
+    /// Unpark parked signals: their attempts start again and the next flush sends them.
+    Unpark(SettleArgs),
+    /// Delete parked signals for good (needs --yes).
+    PurgeParked(PurgeArgs),
+}
+
+/// Options of `parked`.
+#[derive(Debug, Clone, Args)]
+pub struct ParkedArgs {
+    /// Only these signal types (default: all).
+    #[arg(value_name = "SIGNAL_NAMES")]
+    pub names: Vec<String>,
+    /// Leave out this signal type (repeatable).
+    #[arg(short, long, value_name = "NAME")]
+    pub exclude: Vec<String>,
+    /// List at most N parked signals per type (the lowest ids).
+    #[arg(
+        short,
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub limit: usize,
+    /// Print one JSON document, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which parked signals `unpark` and `purge-parked` act on: `--id` (of one named type) or
+/// `--all` (of the selected types), exactly one of them.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["ids", "all"])))]
+pub struct SettleArgs {
+    /// Only these signal types (default: all); `--id` needs exactly one.
+    #[arg(value_name = "SIGNAL_NAMES")]
+    pub names: Vec<String>,
+    /// Leave out this signal type (repeatable; with `--all`).
+    #[arg(short, long, value_name = "NAME")]
+    pub exclude: Vec<String>,
+    /// The parked signals with these row ids, of the one signal type named (repeatable,
+    /// or comma-separated). Every id must be a parked signal of that type, or nothing
+    /// changes.
+    #[arg(
+        long = "id",
+        value_name = "ID",
+        value_delimiter = ',',
+        value_parser = clap::value_parser!(i64).range(1..)
+    )]
+    pub ids: Vec<i64>,
+    /// Every parked signal of the selected types.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Options of `purge-parked`.
+#[derive(Debug, Clone, Args)]
+pub struct PurgeArgs {
+    /// Which parked signals.
+    #[command(flatten)]
+    pub which: SettleArgs,
+    /// Really delete them; without it nothing is deleted and the command says how many
+    /// would be.
+    #[arg(short, long)]
+    pub yes: bool,
 }
 
 /// Options of `pending`.
@@ -223,6 +293,9 @@ pub async fn run<DB: Backend>(
         Command::Flushordered(args) => {
             flushing::repeat(bus, flushing::Mode::Ordered, args, stop).await
         }
+        Command::Parked(args) => parked::list(bus, args).await,
+        Command::Unpark(args) => parked::unpark(bus, args).await,
+        Command::PurgeParked(args) => parked::purge(bus, args).await,
     }
 }
 

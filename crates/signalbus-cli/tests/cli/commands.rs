@@ -34,7 +34,11 @@ async fn signals_pending_and_migrate_output() {
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(rows[0][..2], ["alpha", "3"], "{stdout}");
-    assert_eq!(rows[1], ["beta", "0"], "{stdout}");
+    assert_eq!(
+        rows[1],
+        ["beta", "0", "backing-off", "0", "parked", "0"],
+        "{stdout}"
+    );
     assert_eq!(rows[2][..2], ["total", "3"], "{stdout}");
     assert_eq!(rows[2][2], "oldest", "{stdout}");
 

@@ -1,8 +1,9 @@
 //! The `signalbus` binary, run as a process against real databases: output, names, exit
-//! codes, errors, `--repeat` with SIGTERM (commands.rs), and concurrent `flushmany`
-//! processes (processes.rs). Shared helpers here.
+//! codes, errors, `--repeat` with SIGTERM (commands.rs), parked signals (parked.rs), and
+//! concurrent `flushmany` processes (processes.rs). Shared helpers here.
 
 mod commands;
+mod parked;
 mod processes;
 
 use std::path::{Path, PathBuf};
@@ -104,4 +105,16 @@ pub async fn insert_sqlite(pool: &sqlx::SqlitePool, table: &str, bodies: &[&str]
         .await
         .unwrap();
     }
+}
+
+/// The URL of a test server: `var` from the environment, or `default`.
+pub fn server(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// `server` with its database replaced by `db`.
+pub fn with_database(server: &str, db: &str) -> String {
+    let mut url = url::Url::parse(server).unwrap();
+    url.set_path(db);
+    url.to_string()
 }

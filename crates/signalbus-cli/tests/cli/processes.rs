@@ -1,6 +1,6 @@
 //! Several `signalbus flushmany` processes on one backlog: every row sent exactly once.
 
-use crate::{Scratch, received, text};
+use crate::{Scratch, received, server, text, with_database};
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Instant;
@@ -48,16 +48,6 @@ fn drain_with_processes(s: &Scratch, db_url: &str, rows: usize, processes: usize
     assert_eq!(duplicates, 0, "no row sent twice");
     assert_eq!(counts.len(), rows, "every row sent");
     assert!((1..=rows).all(|n| counts.contains_key(&n.to_string())));
-}
-
-fn server(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
-
-fn with_database(server: &str, db: &str) -> String {
-    let mut url = url::Url::parse(server).unwrap();
-    url.set_path(db);
-    url.to_string()
 }
 
 /// A fresh database on a server, `migrate`d, filled with 100,000 rows by `fill`, drained by
