@@ -29,6 +29,26 @@ pub struct Args {
     /// Auto-flush rounds that may run at once (the bus' `flush_workers`).
     #[arg(long, default_value_t = 2)]
     flush_workers: usize,
+    /// Make every publish call take this much longer (a slow broker): with a flush that holds
+    /// no lock while it publishes, writers do not wait for it.
+    #[arg(long, default_value_t = 0)]
+    publish_delay_ms: u64,
+}
+
+/// A publisher that takes `delay` longer per call.
+struct Slow {
+    inner: signalbus::BoxPublisher,
+    delay: Duration,
+}
+
+impl signalbus::Publisher for Slow {
+    async fn publish(
+        &self,
+        batch: &[signalbus::Message],
+    ) -> Result<signalbus::BatchOutcome, signalbus::PublishError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.publish(batch).await
+    }
 }
 
 #[derive(Serialize, Signal)]
@@ -59,6 +79,10 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     DB::reset(&pool).await?;
     let (publisher, memory) = setup::publisher(&args.bus).await?;
+    let publisher = Slow {
+        inner: publisher,
+        delay: Duration::from_millis(args.publish_delay_ms),
+    };
     let bus = SignalBus::builder(pool.clone())
         .publisher(publisher)
         .register::<BenchSignal>()
@@ -154,6 +178,7 @@ async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn s
             "bus": signalbus::redact::redact_url(&args.bus),
             "concurrency": args.concurrency,
             "flush_workers": args.flush_workers,
+            "publish_delay_ms": args.publish_delay_ms,
             "mode": mode.label(),
             "transactions": latencies.len(),
             "seconds": round2(secs),
