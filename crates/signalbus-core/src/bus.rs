@@ -317,7 +317,7 @@ impl<DB: Backend> SignalBusBuilder<DB> {
         self
     }
 
-    /// Limit of one publish call (default 30 s; 3 s on SQLite, where a flush holds the write
+    /// Limit of one publish call (default 30 s; 3 s on SQLite, where an ordered flush holds the write
     /// lock while it publishes: keep it below the pool's `busy_timeout`). A batch not
     /// confirmed in time stays pending.
     pub fn publish_timeout(mut self, limit: Duration) -> Self {
