@@ -2,9 +2,30 @@
 //!
 //! `amqp://user:password@host:5672/vhost` (or `amqps://` for TLS). Every batch is published
 //! on one dedicated channel in confirm mode: all messages go out back to back, then one wait
-//! collects every confirm. The batch counts as sent only when RabbitMQ acknowledged every
-//! message; a message that is returned (unroutable while `mandatory`) or nacked fails the
-//! whole batch, whose rows then stay pending.
+//! collects every confirm, and the publisher says what became of each message (a
+//! [`BatchOutcome`](signalbus_core::BatchOutcome)):
+//!
+//! * **stored**: acknowledged by RabbitMQ (and not returned);
+//! * **refused**, with a reason naming the exchange and routing key (never the body): a
+//!   message returned as unroutable while `mandatory` (`unroutable: no queue bound for routing
+//!   key …`; told by its `message_id`), nacked (e.g. a full queue with
+//!   `x-overflow=reject-publish`), with a reserved header that cannot be sent (never
+//!   published), or to an exchange that does not exist or that the user may not publish to.
+//!   The last two make RabbitMQ close the channel: the messages to that exchange are refused,
+//!   and the others whose confirm the closing lost are published again on a fresh channel in
+//!   the same call (those published before the culprit may then arrive twice, with the same
+//!   `message_id`); the next batch uses a new connection;
+//! * an **error** for the whole call, with nothing stored: the connection broke, or RabbitMQ
+//!   did not answer within `timeout_ms`. The publisher reconnects on the next batch.
+//!
+//! # Logs
+//! lapin logs every returned message at `warn`, target `lapin::returned_messages` ("Server
+//! returned us a message"), in its `Debug` form: the **body** (as bytes) and every property
+//! and header. That happens inside lapin when the frames arrive, before this publisher sees
+//! the return, so it cannot be avoided here: applications that use `mandatory` should lower
+//! that target, e.g. `RUST_LOG=warn,lapin::returned_messages=error` or
+//! `EnvFilter::new("warn,lapin::returned_messages=error")`. The reason the publisher reports
+//! carries the exchange, routing key and reply code only.
 //!
 //! Each message is published to the exchange named by its destination (`""` or
 //! `amq.default` mean the default exchange) with its routing key, and these properties:

@@ -5,7 +5,7 @@ use crate::options::{AmqpOptions, parse_bool};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use signalbus_core::{Message, PublishError};
+use signalbus_core::Message;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What one message is published with.
@@ -27,24 +27,26 @@ pub(crate) fn exchange_name(destination: &str) -> &str {
 }
 
 /// AMQP short strings hold at most 255 bytes; longer would be cut or refused by the broker.
-fn short(what: &str, value: &str, message: &Message) -> Result<ShortString, PublishError> {
+fn short(what: &str, value: &str, message: &Message) -> Result<ShortString, String> {
     if value.len() > 255 {
-        return Err(PublishError::rejected(format!(
+        return Err(format!(
             "message {} of signal `{}`: {what} is {} bytes long; AMQP allows at most 255",
             message.id,
             message.signal,
             value.len()
-        )));
+        ));
     }
     Ok(value.into())
 }
 
-pub(crate) fn outgoing(message: &Message, config: &AmqpOptions) -> Result<Outgoing, PublishError> {
+/// What `message` is published with, or why it cannot be (a reason that names the header or
+/// property at fault, never the body): the message is then refused without being sent.
+pub(crate) fn outgoing(message: &Message, config: &AmqpOptions) -> Result<Outgoing, String> {
     let invalid = |name: &str, value: &str, want: &str| {
-        PublishError::rejected(format!(
+        format!(
             "message {} of signal `{}`: header `{name}: {value}` must be {want}",
             message.id, message.signal
-        ))
+        )
     };
     let mut mandatory = config.is_mandatory(&message.signal);
     let mut persistent = config.persistent;

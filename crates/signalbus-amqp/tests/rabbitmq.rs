@@ -5,7 +5,7 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use signalbus_amqp::AmqpPublisher;
-use signalbus_core::{Message, PublishErrorKind, Publisher};
+use signalbus_core::{BatchOutcome, Message, Publisher};
 use signalbus_testkit::rabbitmq::close_connection_named;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +99,39 @@ impl Fixture {
     }
 }
 
+/// The indices `outcome` refuses, in order, each once.
+fn refused(outcome: &BatchOutcome) -> Vec<usize> {
+    let mut indices: Vec<usize> = outcome.refused().iter().map(|r| r.index).collect();
+    indices.sort_unstable();
+    indices
+}
+
+/// The reason `outcome` gives for `index`.
+fn reason(outcome: &BatchOutcome, index: usize) -> &str {
+    &outcome
+        .refused()
+        .iter()
+        .find(|r| r.index == index)
+        .unwrap_or_else(|| panic!("message {index} not refused: {outcome:?}"))
+        .reason
+}
+
+/// The message ids of `got`, each with how often it arrived.
+fn arrivals(got: &[lapin::message::BasicGetMessage]) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for m in got {
+        let id = m
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .to_string();
+        *seen.entry(id).or_default() += 1;
+    }
+    seen
+}
+
 fn message(exchange: &str, key: &str, n: usize, headers: &[(&str, &str)]) -> Message {
     Message {
         id: format!("id-{n}-{}", uuid::Uuid::new_v4().simple()),
@@ -177,38 +210,47 @@ async fn unroutable_mandatory_messages_are_not_sent() {
         message(&fx.exchange, "order.placed", 1, &[]),
         message(&fx.exchange, "nowhere", 2, &[]),
     ];
-    let e = publisher.publish(&batch).await.unwrap_err();
-    assert_eq!(e.kind(), PublishErrorKind::Rejected);
-    let text = e.to_string();
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [1], "{outcome:?}");
+    let why = reason(&outcome, 1);
     assert!(
-        text.contains(&fx.exchange) && text.contains("`nowhere`") && text.contains("unroutable"),
-        "{text}"
+        why.contains(&fx.exchange) && why.contains("`nowhere`") && why.contains("unroutable"),
+        "{why}"
     );
-    assert!(text.contains(&batch[1].id), "{text}");
     // Per message (header) and per signal type (mandatory_signals) on a non-mandatory publisher.
     let plain = AmqpPublisher::connect(URL).await.unwrap();
-    plain
+    let outcome = plain
         .publish(&[message(&fx.exchange, "nowhere", 3, &[])])
         .await
         .unwrap();
+    assert!(
+        outcome.is_all_stored(),
+        "not mandatory: dropped by RabbitMQ"
+    );
     let per_message = message(&fx.exchange, "nowhere", 4, &[("amqp-mandatory", "true")]);
-    assert!(plain.publish(&[per_message]).await.is_err());
+    assert_eq!(refused(&plain.publish(&[per_message]).await.unwrap()), [0]);
     let typed = AmqpPublisher::connect(&format!("{URL}?mandatory_signals=order_placed"))
         .await
         .unwrap();
-    assert!(
-        typed
-            .publish(&[message(&fx.exchange, "nowhere", 5, &[])])
-            .await
-            .is_err()
-    );
+    let outcome = typed
+        .publish(&[message(&fx.exchange, "nowhere", 5, &[])])
+        .await
+        .unwrap();
+    assert_eq!(refused(&outcome), [0]);
     // The channel survives returns: the next batch goes through.
-    publisher.publish(&batch[..1]).await.unwrap();
+    assert!(
+        publisher
+            .publish(&batch[..1])
+            .await
+            .unwrap()
+            .is_all_stored()
+    );
+    assert_eq!(fx.drain().await.len(), 2);
     fx.cleanup().await;
 }
 
-/// Concurrent batches on clones of one publisher: a returned message fails its own batch, never
-/// another one, so a batch with an unroutable message is never counted as stored.
+/// Concurrent batches on clones of one publisher: a returned message is refused in its own
+/// batch, never in another one, so an unroutable message is never counted as stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_batches_each_see_only_their_own_returns() {
     let fx = Fixture::new("order.placed", FieldTable::default()).await;
@@ -225,13 +267,16 @@ async fn concurrent_batches_each_see_only_their_own_returns() {
             tokio::spawn(async move { a.publish(&good).await }),
             tokio::spawn(async move { b.publish(&bad).await }),
         );
-        assert!(
-            bad_result.unwrap().is_err(),
-            "round {round}: the unroutable batch counted as stored"
+        let bad = bad_result.unwrap().unwrap();
+        assert_eq!(
+            refused(&bad),
+            [0],
+            "round {round}: the unroutable message counted as stored"
         );
-        good_result
+        let good = good_result
             .unwrap()
             .unwrap_or_else(|e| panic!("round {round}: a routable batch failed: {e}"));
+        assert!(good.is_all_stored(), "round {round}: {good:?}");
     }
     assert_eq!(fx.drain().await.len(), 100 * 20);
     fx.cleanup().await;
@@ -248,12 +293,10 @@ async fn nacked_messages_are_not_sent() {
     let fx = Fixture::new("k", args).await;
     let publisher = AmqpPublisher::connect(URL).await.unwrap();
     let batch: Vec<_> = (0..4).map(|n| message(&fx.exchange, "k", n, &[])).collect();
-    let e = publisher.publish(&batch).await.unwrap_err();
-    assert_eq!(e.kind(), PublishErrorKind::Rejected);
-    assert!(
-        e.to_string().contains("nacked") && e.to_string().contains("2 of 4"),
-        "{e}"
-    );
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [2, 3], "the queue holds 2: {outcome:?}");
+    assert!(reason(&outcome, 2).contains("nacked"), "{outcome:?}");
+    assert_eq!(fx.drain().await.len(), 2);
     fx.cleanup().await;
 }
 
@@ -262,19 +305,21 @@ async fn a_missing_exchange_is_named_and_the_publisher_recovers() {
     let fx = Fixture::new("k", FieldTable::default()).await;
     let publisher = AmqpPublisher::connect(URL).await.unwrap();
     let missing = unique("sbtest-missing");
-    let e = publisher
+    let outcome = publisher
         .publish(&[message(&missing, "k", 1, &[])])
         .await
-        .unwrap_err();
-    assert_eq!(e.kind(), PublishErrorKind::Rejected, "{e}");
+        .unwrap();
+    assert_eq!(refused(&outcome), [0]);
+    let why = reason(&outcome, 0);
     assert!(
-        e.to_string().contains(&missing) && e.to_string().contains("`k`"),
-        "{e}"
+        why.contains(&format!("no exchange `{missing}`")) && why.contains("`k`"),
+        "{why}"
     );
-    publisher
+    let outcome = publisher
         .publish(&[message(&fx.exchange, "k", 2, &[])])
         .await
         .unwrap();
+    assert!(outcome.is_all_stored(), "{outcome:?}");
     assert_eq!(fx.drain().await.len(), 1);
     fx.cleanup().await;
 }
@@ -317,6 +362,48 @@ async fn reconnects_after_the_server_closed_the_connection() {
     fx.cleanup().await;
 }
 
+/// A TCP proxy to the shared RabbitMQ that the test can cut: its port, and a handle whose
+/// abort closes the listener and every connection through it.
+async fn cuttable_proxy() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            conns.spawn(async move {
+                let mut broker = tokio::net::TcpStream::connect("127.0.0.1:5672")
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// A connection that breaks under the publisher fails the whole call (retryable), even with
+/// a message in the batch that RabbitMQ would refuse: nothing is reported stored or refused.
+#[tokio::test]
+async fn a_broken_connection_fails_the_whole_call() {
+    let fx = Fixture::new("k", FieldTable::default()).await;
+    let (port, proxy) = cuttable_proxy().await;
+    let publisher = AmqpPublisher::connect(&format!(
+        "amqp://guest:guest@127.0.0.1:{port}/%2f?mandatory=true&timeout_ms=2000"
+    ))
+    .await
+    .unwrap();
+    let batch = [
+        message(&fx.exchange, "k", 1, &[]),
+        message(&fx.exchange, "nowhere", 2, &[]),
+    ];
+    assert_eq!(refused(&publisher.publish(&batch).await.unwrap()), [1]);
+    proxy.abort();
+    let _ = proxy.await;
+    let e = publisher.publish(&batch).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    fx.cleanup().await;
+}
+
 #[tokio::test]
 async fn bad_urls_say_which_part_is_wrong_without_the_password() {
     let cases = [
@@ -344,16 +431,90 @@ async fn bad_urls_say_which_part_is_wrong_without_the_password() {
 }
 
 #[tokio::test]
-async fn a_bad_reserved_header_fails_the_batch_before_anything_is_sent() {
+async fn a_bad_reserved_header_refuses_that_message_without_sending_it() {
     let fx = Fixture::new("k", FieldTable::default()).await;
     let publisher = AmqpPublisher::connect(URL).await.unwrap();
     let batch = [
         message(&fx.exchange, "k", 1, &[]),
         message(&fx.exchange, "k", 2, &[("amqp-priority", "high")]),
     ];
-    let e = publisher.publish(&batch).await.unwrap_err();
-    assert_eq!(e.kind(), PublishErrorKind::Rejected);
-    assert!(e.to_string().contains("amqp-priority"), "{e}");
-    assert!(fx.drain().await.is_empty());
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [1]);
+    assert!(reason(&outcome, 1).contains("amqp-priority"), "{outcome:?}");
+    let got = fx.drain().await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].delivery.data, batch[0].body);
+    fx.cleanup().await;
+}
+
+/// One unroutable message in the middle of a mandatory batch: exactly it is refused, with a
+/// reason naming where it went (never its body), and the others arrive once each.
+#[tokio::test]
+async fn one_unroutable_message_is_refused_and_the_rest_arrive_once() {
+    let fx = Fixture::new("order.placed", FieldTable::default()).await;
+    let publisher = AmqpPublisher::connect(&format!("{URL}?mandatory=true"))
+        .await
+        .unwrap();
+    let batch: Vec<Message> = (0..10)
+        .map(|n| {
+            let key = if n == 6 { "nowhere" } else { "order.placed" };
+            message(&fx.exchange, key, n, &[])
+        })
+        .collect();
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [6], "{outcome:?}");
+    let why = reason(&outcome, 6);
+    assert!(
+        why.starts_with("unroutable: no queue bound for routing key `nowhere`")
+            && why.contains(&fx.exchange),
+        "{why}"
+    );
+    assert!(!why.contains(r#""n":6"#), "no body in the reason: {why}");
+    let expected: std::collections::BTreeMap<String, usize> = batch
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 6)
+        .map(|(_, m)| (m.id.clone(), 1))
+        .collect();
+    assert_eq!(arrivals(&fx.drain().await), expected);
+    fx.cleanup().await;
+}
+
+/// A message to an exchange that does not exist makes RabbitMQ close the channel (404): that
+/// message is refused, naming the exchange, and the others of the batch are still stored
+/// (published again on a fresh channel when the closing lost their confirm). Messages
+/// published before the culprit whose confirm the closing lost can arrive twice
+/// (at-least-once; their `message_id` is the same), so only their arrival is checked; the
+/// ones after it, which RabbitMQ dropped with the channel, arrive exactly once.
+#[tokio::test]
+async fn a_message_to_a_missing_exchange_is_refused_and_the_others_are_stored() {
+    let fx = Fixture::new("k", FieldTable::default()).await;
+    let publisher = AmqpPublisher::connect(URL).await.unwrap();
+    let missing = unique("sbtest-missing");
+    let batch: Vec<Message> = (0..8)
+        .map(|n| {
+            let exchange = if n == 3 { &missing } else { &fx.exchange };
+            message(exchange, "k", n, &[])
+        })
+        .collect();
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [3], "{outcome:?}");
+    let why = reason(&outcome, 3);
+    assert!(why.contains(&format!("no exchange `{missing}`")), "{why}");
+    let got = arrivals(&fx.drain().await);
+    for (i, m) in batch.iter().enumerate() {
+        let times = got.get(&m.id).copied().unwrap_or(0);
+        match i {
+            3 => assert_eq!(times, 0),
+            0..3 => assert!(times >= 1, "message {i} stored but not there"),
+            _ => assert_eq!(times, 1, "message {i}"),
+        }
+    }
+    // The publisher goes on (on a new connection: the closed channel was one of its own).
+    let next = publisher
+        .publish(&[message(&fx.exchange, "k", 9, &[])])
+        .await
+        .unwrap();
+    assert!(next.is_all_stored(), "{next:?}");
     fx.cleanup().await;
 }

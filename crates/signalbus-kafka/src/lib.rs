@@ -6,7 +6,20 @@
 //! never duplicate or reorder it. Each message goes to the topic named by its destination,
 //! keyed by its routing key (so one key stays on one partition, in order), with its headers
 //! plus `message-id` = the stable signal id and `content-type`. A batch is handed to the
-//! producer at once and counts as sent when every delivery report is a success.
+//! producer at once, then every delivery report is awaited, and the publisher says what
+//! became of each message (a [`BatchOutcome`](signalbus_core::BatchOutcome)):
+//!
+//! * **stored**: a successful delivery report;
+//! * **refused**, with a reason naming the topic (never the body): unknown topic or
+//!   partition, including a message that timed out waiting for a topic the broker does not
+//!   have (librdkafka waits for a missing topic until `message.timeout.ms`; the topics are
+//!   then looked up), an invalid topic name, a message too large (producer
+//!   `message.max.bytes` or the broker's limit), an invalid message or record, a record batch
+//!   too large;
+//! * an **error** for the whole call, with nothing counted as stored: transport failures,
+//!   timeouts on topics that exist, producer state errors (fenced, unknown producer id,
+//!   out-of-order sequence; retried once at once with a fresh producer). After such an error
+//!   the producer is replaced.
 //!
 //! # URL query parameters
 //! `timeout_ms` (default `10000`) bounds the connect check and each batch (librdkafka's

@@ -96,10 +96,14 @@ impl KafkaPublisher {
         }
     }
 
-    async fn send(&self, batch: &[Message]) -> Result<(), PublishError> {
+    /// Enqueue the batch, then await every delivery report. Returns the outcome so far and
+    /// the indices of the messages whose delivery timed out (for the caller to tell a missing
+    /// topic from a broker that does not answer).
+    async fn send(&self, batch: &[Message]) -> Result<(BatchOutcome, Vec<usize>), PublishError> {
         let producer = self.producer();
+        let mut outcome = BatchOutcome::all_stored();
         let mut reports = Vec::with_capacity(batch.len());
-        for message in batch {
+        for (index, message) in batch.iter().enumerate() {
             let mut headers =
                 OwnedHeaders::new_with_capacity(message.headers.len() + 2).insert(Header {
                     key: MESSAGE_ID_HEADER,
@@ -127,20 +131,37 @@ impl KafkaPublisher {
             // A full local queue empties as reports come in: wait a little and try again.
             let report = loop {
                 match producer.send_result(record.take().expect("set")) {
-                    Ok(report) => break report,
+                    Ok(report) => break Some(report),
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = Some(back);
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((e, _)) => return Err(error(e, message)),
+                    // E.g. larger than `message.max.bytes`: refused before it is sent.
+                    Err((e, _)) => match refusal(&e, message) {
+                        Some(reason) => {
+                            outcome.refuse(index, reason);
+                            break None;
+                        }
+                        None => return Err(error(e, message)),
+                    },
                 }
             };
-            reports.push(report);
+            reports.extend(report.map(|report| async move { (index, report.await) }));
         }
-        for (message, report) in batch.iter().zip(join_all(reports).await) {
+        let mut timed_out = Vec::new();
+        for (index, report) in join_all(reports).await {
+            let message = &batch[index];
             match report {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(error(e, message)),
+                Ok(Err((e, _))) => {
+                    if let Some(reason) = refusal(&e, message) {
+                        outcome.refuse(index, reason);
+                    } else if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
+                        timed_out.push(index);
+                    } else {
+                        return Err(error(e, message));
+                    }
+                }
                 Err(_) => {
                     return Err(PublishError::unavailable(
                         "the Kafka producer went away before reporting delivery",
@@ -148,27 +169,44 @@ impl KafkaPublisher {
                 }
             }
         }
-        Ok(())
+        Ok((outcome, timed_out))
     }
 }
 
-/// A delivery failure that names the topic and says whether retrying helps.
+/// Why Kafka refused one message, when the failure is the message's own: its topic or
+/// partition does not exist, the topic name is invalid, it is too large (for the producer's
+/// `message.max.bytes` or the broker's limit), invalid, or its record batch too large (`MESSAGE_BATCH_TOO_LARGE`, the record list too large).
+/// `None` for the failures of the call as a whole (transport, timeouts, producer state).
+fn refusal(e: &KafkaError, message: &Message) -> Option<String> {
+    let topic = &message.destination;
+    let reason = match e.rdkafka_error_code()? {
+        RDKafkaErrorCode::UnknownTopicOrPartition
+        | RDKafkaErrorCode::UnknownTopic
+        | RDKafkaErrorCode::UnknownPartition => {
+            format!("Kafka has no topic `{topic}` (or partition): create the topic first ({e})")
+        }
+        RDKafkaErrorCode::InvalidTopic => format!("`{topic}` is not a valid Kafka topic ({e})"),
+        RDKafkaErrorCode::MessageSizeTooLarge
+        | RDKafkaErrorCode::InvalidMessageSize
+        | RDKafkaErrorCode::MessageBatchTooLarge => {
+            format!("the message to topic `{topic}` is too large for Kafka ({e})")
+        }
+        RDKafkaErrorCode::InvalidMessage | RDKafkaErrorCode::InvalidRecord => {
+            format!("Kafka refused the message to topic `{topic}` as invalid ({e})")
+        }
+        _ => return None,
+    };
+    Some(reason)
+}
+
+/// A failure of the call as a whole (not a [`refusal`]), naming the topic.
 fn error(e: KafkaError, message: &Message) -> PublishError {
     let what = format!("message {} to topic `{}`", message.id, message.destination);
-    let code = e.rdkafka_error_code();
-    let error = match code {
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
-            PublishError::rejected(format!(
-                "Kafka has no topic for {what}: create the topic first; the batch stays pending"
-            ))
-        }
+    let error = match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::new(
             PublishErrorKind::Timeout,
             format!("Kafka did not acknowledge {what} in time ({e}); the batch stays pending"),
         ),
-        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
-            PublishError::rejected(format!("{what} is too large for Kafka: {e}"))
-        }
         _ => PublishError::unavailable(format!(
             "Kafka did not store {what} ({e}); the batch stays pending"
         )),
@@ -195,17 +233,10 @@ fn producer_state_error(e: &PublishError) -> bool {
 }
 
 impl Publisher for KafkaPublisher {
-    /// All or nothing for now: an error refusing the batch makes the flush engine send its
-    /// messages one by one to find the refused one.
+    /// Publishes the batch and reports per message: refused are the messages whose delivery
+    /// report says it is theirs (see [`refusal`]) and the ones that timed out waiting for a
+    /// topic the broker does not have; any other failure fails the call.
     async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
-        self.publish_all(batch)
-            .await
-            .map(|()| BatchOutcome::all_stored())
-    }
-}
-
-impl KafkaPublisher {
-    async fn publish_all(&self, batch: &[Message]) -> Result<(), PublishError> {
         let result = self.publish_once(batch).await;
         match result {
             Err(e) if producer_state_error(&e) => {
@@ -218,9 +249,9 @@ impl KafkaPublisher {
 }
 
 impl KafkaPublisher {
-    async fn publish_once(&self, batch: &[Message]) -> Result<(), PublishError> {
+    async fn publish_once(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(BatchOutcome::all_stored());
         }
         // message.timeout.ms bounds every report, but librdkafka looks for expired messages
         // only about once a second, later still on a busy machine: this guard only catches a
@@ -241,44 +272,69 @@ impl KafkaPublisher {
                 ),
             )),
         };
-        let e = match result {
-            Err(e) if e.kind() != PublishErrorKind::Rejected => e,
-            done => {
-                renew.0 = None;
-                return done;
-            }
-        };
-        // librdkafka waits for a missing topic until the message times out: say so. Asked
-        // through the producer in use, which is connected, before it is replaced.
-        if e.kind() == PublishErrorKind::Timeout {
-            return Err(self.missing_topic(batch).await.unwrap_or(e));
+        // Any failure of the call renews the producer (the guard stays armed).
+        let (mut outcome, timed_out) = result?;
+        if timed_out.is_empty() {
+            renew.0 = None;
+            return Ok(outcome);
         }
-        Err(e)
+        // librdkafka waits for a missing topic until the message times out: such messages are
+        // refused, naming the topic. Asked through the producer in use, which is connected,
+        // before it is replaced.
+        let missing = self.missing_topics(batch, &timed_out).await;
+        let waited: Vec<usize> = timed_out
+            .into_iter()
+            .filter(|&i| !missing.contains(batch[i].destination.as_str()))
+            .collect();
+        if !waited.is_empty() {
+            let late: Vec<&Message> = waited.iter().map(|&i| &batch[i]).collect();
+            return Err(PublishError::new(
+                PublishErrorKind::Timeout,
+                format!(
+                    "Kafka did not acknowledge {} message(s) to {} in time; the batch stays \
+                     pending",
+                    late.len(),
+                    named_topics(&topics(late))
+                ),
+            ));
+        }
+        for (index, message) in batch.iter().enumerate() {
+            if missing.contains(message.destination.as_str()) && !outcome.is_refused(index) {
+                outcome.refuse(
+                    index,
+                    format!(
+                        "Kafka has no topic `{}`: create it first (the message timed out \
+                         waiting for it)",
+                        message.destination
+                    ),
+                );
+            }
+        }
+        renew.0 = None;
+        Ok(outcome)
     }
 
-    /// After a timeout: the batch's topics that the broker does not have, as a refusal that
-    /// names them; `None` when they all exist or the broker cannot be asked.
-    async fn missing_topic(&self, batch: &[Message]) -> Option<PublishError> {
+    /// After a timeout: the topics of the messages at `indices` that the broker does not have
+    /// (none when the broker cannot be asked).
+    async fn missing_topics<'a>(
+        &self,
+        batch: &'a [Message],
+        indices: &[usize],
+    ) -> HashSet<&'a str> {
         let client = self.producer();
         let limit = self.options.timeout.min(Duration::from_secs(5));
         // All topics: asking for one by name could create it on a broker that auto-creates.
         let metadata =
-            tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, limit))
-                .await
-                .ok()?
-                .ok()?;
+            tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, limit)).await;
+        let Ok(Ok(metadata)) = metadata else {
+            return HashSet::new();
+        };
         let known: HashSet<&str> = metadata.topics().iter().map(|t| t.name()).collect();
-        let missing: Vec<&str> = topics(batch)
-            .into_iter()
+        indices
+            .iter()
+            .map(|&i| batch[i].destination.as_str())
             .filter(|t| !known.contains(t))
-            .collect();
-        if missing.is_empty() {
-            return None;
-        }
-        Some(PublishError::rejected(format!(
-            "Kafka has no {}: create it first; the batch stays pending",
-            named_topics(&missing)
-        )))
+            .collect()
     }
 }
 
@@ -297,11 +353,11 @@ impl Drop for RenewIfAbandoned<'_> {
 /// How long after `message.timeout.ms` a batch is given up without delivery reports.
 const GUARD_MARGIN: Duration = Duration::from_secs(5);
 
-/// The distinct destinations of a batch, in order of first use.
-fn topics(batch: &[Message]) -> Vec<&str> {
+/// The distinct destinations of messages, in order of first use.
+fn topics<'a>(batch: impl IntoIterator<Item = &'a Message>) -> Vec<&'a str> {
     let mut seen = HashSet::new();
     batch
-        .iter()
+        .into_iter()
         .map(|m| m.destination.as_str())
         .filter(|t| seen.insert(*t))
         .collect()

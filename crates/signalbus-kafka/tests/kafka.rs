@@ -1,14 +1,16 @@
 //! Against a real Kafka-protocol broker on 127.0.0.1:9092 (tansu, started by
 //! `scripts/kafka.sh start`). Every test uses its own topics and deletes them.
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
-use signalbus_core::{Message, PublishErrorKind, Publisher};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use signalbus_core::{BatchOutcome, Message, Publisher};
 use signalbus_kafka::KafkaPublisher;
 use signalbus_testkit::kafka::{
     SERVERS, create_topic, create_topic_at, delete_topic, header, read_topic,
 };
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn message(topic: &str, n: usize) -> Message {
     Message {
@@ -56,26 +58,66 @@ async fn batch_reads_back_in_order_with_key_id_and_headers() {
     delete_topic(&topic).await;
 }
 
+/// The indices `outcome` refuses, sorted.
+fn refused(outcome: &BatchOutcome) -> Vec<usize> {
+    let mut indices: Vec<usize> = outcome.refused().iter().map(|r| r.index).collect();
+    indices.sort_unstable();
+    indices
+}
+
+/// The `message-id`s of everything in partition 0 of `topic`: read until `n` arrived (at
+/// most 20 s), then 2 s more, so that an extra copy would show.
+async fn stored_ids(topic: &str, n: usize) -> Vec<String> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", SERVERS)
+            .set("group.id", unique())
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut deadline = Instant::now() + Duration::from_secs(20);
+        let mut ids = Vec::new();
+        while Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                ids.push(header(&m.detach(), "message-id").unwrap());
+                if ids.len() == n {
+                    deadline = Instant::now() + Duration::from_secs(2);
+                }
+            }
+        }
+        ids
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
-async fn a_missing_topic_is_an_error_until_it_is_created() {
+async fn a_missing_topic_is_refused_until_it_is_created() {
     let topic = unique();
     let publisher = KafkaPublisher::connect(&format!("kafka://{SERVERS}?timeout_ms=3000"))
         .await
         .unwrap();
     let batch = [message(&topic, 1), message(&topic, 2)];
-    let e = publisher.publish(&batch).await.unwrap_err();
-    // librdkafka waits for the topic until the batch times out; the error then says why.
-    assert!(
-        e.to_string().contains(&format!("no topic `{topic}`"))
-            || e.to_string().contains("no topic for message"),
-        "{e}"
-    );
-    assert_eq!(e.kind(), PublishErrorKind::Rejected, "{e}");
+    // librdkafka waits for the topic until the messages time out; they are then refused.
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [0, 1], "{outcome:?}");
+    for r in outcome.refused() {
+        assert!(r.reason.contains(&format!("no topic `{topic}`")), "{r:?}");
+    }
     create_topic(&topic).await;
     let mut sent = false;
     // The producer learns about the new topic from its next metadata refresh.
     for _ in 0..20 {
-        if publisher.publish(&batch).await.is_ok() {
+        if publisher
+            .publish(&batch)
+            .await
+            .is_ok_and(|o| o.is_all_stored())
+        {
             sent = true;
             break;
         }
@@ -90,6 +132,34 @@ async fn a_missing_topic_is_an_error_until_it_is_created() {
             .len(),
         2
     );
+    delete_topic(&topic).await;
+}
+
+/// One message to a topic that does not exist, in the middle of a batch: exactly it is
+/// refused, naming the topic (never the body), and the others arrive once each, in order.
+#[tokio::test]
+async fn one_message_to_a_missing_topic_is_refused_and_the_rest_arrive_once() {
+    let topic = unique();
+    create_topic(&topic).await;
+    let missing = unique();
+    let publisher = KafkaPublisher::connect(&format!("kafka://{SERVERS}?timeout_ms=3000"))
+        .await
+        .unwrap();
+    let batch: Vec<_> = (0..6)
+        .map(|n| message(if n == 2 { &missing } else { &topic }, n))
+        .collect();
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [2], "{outcome:?}");
+    let why = &outcome.refused()[0].reason;
+    assert!(why.contains(&format!("no topic `{missing}`")), "{why}");
+    assert!(!why.contains(r#""n":2"#), "no body in the reason: {why}");
+    let expected: Vec<_> = batch
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, m)| m.id.clone())
+        .collect();
+    assert_eq!(stored_ids(&topic, 5).await, expected, "each once, in order");
     delete_topic(&topic).await;
 }
 

@@ -4,8 +4,18 @@
 //! destination (with `.routing_key` appended when it has one), with its headers, a
 //! `Content-Type` header, and `Nats-Msg-Id` = the stable signal id: the stream's duplicate
 //! window drops a re-send of a message it already stored. A batch is published back to
-//! back and counts as sent when the stream acknowledged every message. Publishing to a
-//! subject that no stream captures is an error (rows stay pending), not a silent success.
+//! back, then every ack is awaited, and the publisher says what became of each message (a
+//! [`BatchOutcome`](signalbus_core::BatchOutcome)):
+//!
+//! * **stored**: acknowledged by the stream;
+//! * **refused**, with a reason naming the subject (never the body): no stream captures the
+//!   subject (no responders; not a silent success), the subject is not valid, the message is
+//!   larger than the server's `max_payload` (checked before it is sent), a header cannot be
+//!   carried, or the stream answered with an error about the message (e.g. larger than its
+//!   `max_msg_size`);
+//! * an **error** for the whole call, with nothing counted as stored: an ack that did not come
+//!   within `timeout_ms`, a lost connection, JetStream unavailable (status 503). Messages the
+//!   stream did store are dropped as duplicates when the batch is sent again.
 //!
 //! The client reconnects by itself after the server went away; batches published while it
 //! is away fail (timeout or broken pipe) and are sent again by a later flush.

@@ -78,12 +78,13 @@ impl NatsPublisher {
         &self.client
     }
 
-    fn headers(message: &Message) -> Result<HeaderMap, PublishError> {
+    /// The headers of `message`, or why NATS cannot carry them (the message is then refused).
+    fn headers(message: &Message) -> Result<HeaderMap, String> {
         let invalid = |name: &str, e: &dyn std::fmt::Display| {
-            PublishError::rejected(format!(
+            format!(
                 "message {} of signal `{}`: header `{name}` cannot be sent over NATS: {e}",
                 message.id, message.signal
-            ))
+            )
         };
         let mut headers = HeaderMap::new();
         for (name, value) in &message.headers {
@@ -98,35 +99,76 @@ impl NatsPublisher {
         Ok(headers)
     }
 
-    async fn send(&self, batch: &[Message]) -> Result<(), PublishError> {
-        // Check every message before publishing any, so a bad one sends nothing.
-        let mut prepared = Vec::with_capacity(batch.len());
-        for message in batch {
+    /// Publish the batch back to back, then await every ack: the messages whose own publish
+    /// or ack failed for a reason of theirs are refused (see [`refusal`]); any other failure
+    /// fails the call.
+    async fn send(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+        let mut outcome = BatchOutcome::all_stored();
+        let mut acks = Vec::with_capacity(batch.len());
+        for (index, message) in batch.iter().enumerate() {
             let subject = self
                 .options
                 .subject(&message.destination, message.routing_key.as_deref());
+            let headers = match Self::headers(message) {
+                Ok(headers) => headers,
+                Err(reason) => {
+                    outcome.refuse(index, reason);
+                    continue;
+                }
+            };
             let publish = PublishMessage::build()
                 .payload(bytes::Bytes::copy_from_slice(&message.body))
-                .headers(Self::headers(message)?)
+                .headers(headers)
                 .message_id(&message.id);
-            prepared.push((subject, publish));
+            match self.jetstream.send_publish(subject.clone(), publish).await {
+                Ok(ack) => acks.push(async move { (index, subject, ack.await) }),
+                Err(e) => match refusal(&e, &subject) {
+                    Some(reason) => outcome.refuse(index, reason),
+                    None => return Err(error(e, message, &subject)),
+                },
+            }
         }
-        let mut acks = Vec::with_capacity(batch.len());
-        let mut subjects = Vec::with_capacity(batch.len());
-        for (message, (subject, publish)) in batch.iter().zip(prepared) {
-            let ack = self
-                .jetstream
-                .send_publish(subject.clone(), publish)
-                .await
-                .map_err(|e| error(e, message, &subject))?;
-            acks.push(ack.into_future());
-            subjects.push(subject);
+        for (index, subject, result) in join_all(acks).await {
+            if let Err(e) = result {
+                match refusal(&e, &subject) {
+                    Some(reason) => outcome.refuse(index, reason),
+                    None => return Err(error(e, &batch[index], &subject)),
+                }
+            }
         }
-        let results = join_all(acks).await;
-        for ((message, subject), result) in batch.iter().zip(&subjects).zip(results) {
-            result.map_err(|e| error(e, message, subject))?;
+        Ok(outcome)
+    }
+}
+
+/// Why JetStream refused one message, when the failure is the message's own: no stream
+/// captures its subject (no responders), the subject is not valid, the message is larger than
+/// the server's `max_payload`, or the stream answered with an error about it (e.g. larger
+/// than the stream's `max_msg_size`). `None` for failures of the call as a whole: a timeout,
+/// a lost connection, the server unavailable (status 503).
+fn refusal(e: &async_nats::jetstream::context::PublishError, subject: &str) -> Option<String> {
+    let source = std::error::Error::source(e);
+    match e.kind() {
+        PublishErrorKind::StreamNotFound => Some(format!(
+            "no JetStream stream captures subject `{subject}` (no responders): create a stream \
+             whose subjects include it"
+        )),
+        PublishErrorKind::MaxPayloadExceeded => Some(format!(
+            "the message to subject `{subject}` is larger than the server allows: {e}"
+        )),
+        PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => Some(
+            format!("JetStream refused the message to subject `{subject}`: {e}"),
+        ),
+        PublishErrorKind::Other => {
+            if source.is_some_and(|s| s.is::<async_nats::SubjectError>()) {
+                return Some(format!(
+                    "`{subject}` is not a valid NATS subject to publish to"
+                ));
+            }
+            let api = source.and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())?;
+            (api.code() != 503)
+                .then(|| format!("JetStream refused the message to subject `{subject}`: {api}"))
         }
-        Ok(())
+        _ => None,
     }
 }
 
@@ -138,10 +180,6 @@ fn error(
 ) -> PublishError {
     let what = format!("message {} to subject `{subject}`", message.id);
     let error = match e.kind() {
-        PublishErrorKind::StreamNotFound => PublishError::rejected(format!(
-            "no JetStream stream captures the subject of {what}: create a stream whose \
-             subjects include `{subject}`; the batch stays pending"
-        )),
         PublishErrorKind::TimedOut => PublishError::new(
             Kind::Timeout,
             format!("JetStream did not acknowledge {what} in time; the batch stays pending"),
@@ -149,28 +187,20 @@ fn error(
         PublishErrorKind::BrokenPipe => PublishError::unavailable(format!(
             "lost the NATS connection while publishing {what}; the batch stays pending"
         )),
-        PublishErrorKind::MaxPayloadExceeded => {
-            PublishError::rejected(format!("{what} is larger than the server allows: {e}"))
-        }
-        _ => PublishError::unavailable(format!("JetStream did not store {what}: {e}")),
+        _ => PublishError::unavailable(format!(
+            "JetStream did not store {what} ({e}); the batch stays pending"
+        )),
     };
     error.with_source(e)
 }
 
 impl Publisher for NatsPublisher {
-    /// All or nothing for now: an error refusing the batch makes the flush engine send its
-    /// messages one by one to find the refused one.
+    /// Publishes the batch and reports per message: the ones JetStream refused (see
+    /// [`refusal`]) and, implicitly, the ones it acknowledged. A timeout or a lost connection
+    /// fails the call.
     async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
-        self.publish_all(batch)
-            .await
-            .map(|()| BatchOutcome::all_stored())
-    }
-}
-
-impl NatsPublisher {
-    async fn publish_all(&self, batch: &[Message]) -> Result<(), PublishError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(BatchOutcome::all_stored());
         }
         let limit = self.options.timeout;
         match tokio::time::timeout(limit, self.send(batch)).await {

@@ -3,7 +3,7 @@
 //! uses its own stream and subjects, and deletes the stream.
 
 use async_nats::jetstream::{self, stream};
-use signalbus_core::{Message, PublishErrorKind, Publisher};
+use signalbus_core::{BatchOutcome, Message, Publisher};
 use signalbus_nats::NatsPublisher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,17 +72,100 @@ async fn batch_is_acked_and_reads_back_in_order_with_ids_and_headers() {
     js.delete_stream(&name).await.unwrap();
 }
 
+/// The indices `outcome` refuses, sorted.
+fn refused(outcome: &BatchOutcome) -> Vec<usize> {
+    let mut indices: Vec<usize> = outcome.refused().iter().map(|r| r.index).collect();
+    indices.sort_unstable();
+    indices
+}
+
+/// The reason `outcome` gives for `index`.
+fn reason(outcome: &BatchOutcome, index: usize) -> &str {
+    &outcome
+        .refused()
+        .iter()
+        .find(|r| r.index == index)
+        .unwrap_or_else(|| panic!("message {index} not refused: {outcome:?}"))
+        .reason
+}
+
+/// The `Nats-Msg-Id`s of everything in `stream`, in order.
+async fn stored_ids(stream: &mut stream::Stream) -> Vec<String> {
+    let count = stream.info().await.unwrap().state.messages;
+    let mut ids = Vec::new();
+    for seq in 1..=count {
+        let got = stream.get_raw_message(seq).await.unwrap();
+        ids.push(got.headers.get("Nats-Msg-Id").unwrap().as_str().to_owned());
+    }
+    ids
+}
+
+/// The ids of `batch` but the one at `skip`, in order.
+fn ids_but(batch: &[Message], skip: usize) -> Vec<String> {
+    let others = batch.iter().enumerate().filter(|(i, _)| *i != skip);
+    others.map(|(_, m)| m.id.clone()).collect()
+}
+
 #[tokio::test]
-async fn a_subject_without_stream_is_an_error_until_a_stream_exists() {
+async fn a_subject_without_stream_is_refused_until_a_stream_exists() {
     let (publisher, js) = shared().await;
     let (name, root) = (unique("SBTEST"), unique("sbtest"));
     let batch = [message(&root, 1), message(&root, 2)];
-    let e = publisher.publish(&batch).await.unwrap_err();
-    assert_eq!(e.kind(), PublishErrorKind::Rejected);
-    assert!(e.to_string().contains(&format!("`{root}.placed`")), "{e}");
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [0, 1]);
+    let why = reason(&outcome, 0);
+    assert!(why.contains(&format!("`{root}.placed`")), "{why}");
     let mut stream = create_stream(&js, &name, &root).await;
-    publisher.publish(&batch).await.unwrap();
+    assert!(publisher.publish(&batch).await.unwrap().is_all_stored());
     assert_eq!(stream.info().await.unwrap().state.messages, 2);
+    js.delete_stream(&name).await.unwrap();
+}
+
+/// One message to a subject no stream captures, in the middle of a batch: exactly it is
+/// refused, naming the subject (never the body), and the others are stored once each.
+#[tokio::test]
+async fn one_message_without_stream_is_refused_and_the_rest_are_stored_once() {
+    let (publisher, js) = shared().await;
+    let (name, root) = (unique("SBTEST"), unique("sbtest"));
+    let mut stream = create_stream(&js, &name, &root).await;
+    let elsewhere = unique("sbtest_nostream");
+    let batch: Vec<_> = (0..8)
+        .map(|n| message(if n == 5 { &elsewhere } else { &root }, n))
+        .collect();
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [5], "{outcome:?}");
+    let why = reason(&outcome, 5);
+    assert!(
+        why.contains(&format!("`{elsewhere}.placed`")) && why.contains("no JetStream stream"),
+        "{why}"
+    );
+    assert!(!why.contains(r#""n":5"#), "no body in the reason: {why}");
+    assert_eq!(stored_ids(&mut stream).await, ids_but(&batch, 5));
+    js.delete_stream(&name).await.unwrap();
+}
+
+/// A message larger than the stream's `max_msg_size`: the stream's error refuses it alone.
+#[tokio::test]
+async fn a_message_over_the_streams_size_limit_is_refused_alone() {
+    let (publisher, js) = shared().await;
+    let (name, root) = (unique("SBTEST"), unique("sbtest"));
+    let mut stream = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{root}.>")],
+            max_message_size: 512,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch: Vec<_> = (0..4).map(|n| message(&root, n)).collect();
+    batch[1].body = vec![b'x'; 2048];
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [1], "{outcome:?}");
+    let why = reason(&outcome, 1);
+    assert!(why.contains(&format!("`{root}.placed`")), "{why}");
+    assert!(!why.contains("xxxx"), "no body in the reason: {why}");
+    assert_eq!(stored_ids(&mut stream).await, ids_but(&batch, 1));
     js.delete_stream(&name).await.unwrap();
 }
 
@@ -271,18 +354,45 @@ async fn bad_urls_say_why_without_the_password() {
 }
 
 #[tokio::test]
-async fn a_header_nats_cannot_carry_fails_the_batch_before_anything_is_sent() {
+async fn a_header_nats_cannot_carry_refuses_that_message_without_sending_it() {
     let (publisher, js) = shared().await;
     let (name, root) = (unique("SBTEST"), unique("sbtest"));
     let mut stream = create_stream(&js, &name, &root).await;
     let mut bad = message(&root, 2);
     bad.headers.insert("bad:name".into(), "x".into());
-    let e = publisher
-        .publish(&[message(&root, 1), bad])
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), PublishErrorKind::Rejected);
-    assert!(e.to_string().contains("bad:name"), "{e}");
-    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    let batch = [message(&root, 1), bad];
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [1]);
+    assert!(reason(&outcome, 1).contains("bad:name"), "{outcome:?}");
+    assert_eq!(stored_ids(&mut stream).await, ids_but(&batch, 1));
     js.delete_stream(&name).await.unwrap();
+}
+
+/// A message over the server's `max_payload` (a private server configured with 1 KiB) is
+/// refused before it is sent; the others are stored.
+#[tokio::test]
+async fn a_message_over_the_servers_max_payload_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 1024\n").unwrap();
+    let port = free_port();
+    let server = Server::start_with(port, dir.path(), &["-c", conf.to_str().unwrap()]);
+    server.wait_ready().await;
+    let publisher = NatsPublisher::connect(&format!("nats://127.0.0.1:{port}?timeout_ms=3000"))
+        .await
+        .unwrap();
+    let js = jetstream::new(publisher.client().clone());
+    let root = unique("sbtest");
+    let mut stream = create_stream(&js, "PAYLOAD", &root).await;
+    let mut batch: Vec<_> = (0..3).map(|n| message(&root, n)).collect();
+    batch[2].body = vec![b'x'; 4096];
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert_eq!(refused(&outcome), [2], "{outcome:?}");
+    let why = reason(&outcome, 2);
+    assert!(
+        why.contains("larger than the server allows") && why.contains(&root),
+        "{why}"
+    );
+    assert_eq!(stored_ids(&mut stream).await, ids_but(&batch, 2));
+    server.stop();
 }
