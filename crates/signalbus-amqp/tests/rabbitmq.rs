@@ -497,7 +497,20 @@ async fn a_message_to_a_missing_exchange_is_refused_and_the_others_are_stored() 
             message(exchange, "k", n, &[])
         })
         .collect();
-    let outcome = publisher.publish(&batch).await.unwrap();
+    // On a busy machine the closing can also cost the connection: that call fails as a
+    // whole (retryable, nothing counts as stored) and the batch is sent again, as the flush
+    // engine would; its messages may then arrive twice.
+    let mut retried = false;
+    let outcome = loop {
+        match publisher.publish(&batch).await {
+            Ok(outcome) => break outcome,
+            Err(e) if e.is_retryable() && !retried => {
+                eprintln!("publish failed as a whole, sending the batch again: {e}");
+                retried = true;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     assert_eq!(refused(&outcome), [3], "{outcome:?}");
     let why = reason(&outcome, 3);
     assert!(why.contains(&format!("no exchange `{missing}`")), "{why}");
@@ -507,6 +520,7 @@ async fn a_message_to_a_missing_exchange_is_refused_and_the_others_are_stored() 
         match i {
             3 => assert_eq!(times, 0),
             0..3 => assert!(times >= 1, "message {i} stored but not there"),
+            _ if retried => assert!(times >= 1, "message {i} stored but not there"),
             _ => assert_eq!(times, 1, "message {i}"),
         }
     }

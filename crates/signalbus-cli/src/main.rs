@@ -72,12 +72,18 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = cli.signalbus.verbose;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| if verbose { "info" } else { "warn" }.into())
+        // lapin logs every message RabbitMQ returns with its body and headers; message bodies
+        // never reach our logs, whatever RUST_LOG says (the publisher reports the refusal).
+        .add_directive(
+            "lapin::returned_messages=error"
+                .parse()
+                .expect("a valid directive"),
+        );
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| if verbose { "info" } else { "warn" }.into()),
-        )
+        .with_env_filter(filter)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.worker_threads)

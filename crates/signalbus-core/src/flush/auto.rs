@@ -425,7 +425,7 @@ async fn send_round<DB: Backend>(
             return Err(e);
         }
     };
-    let settled = settle(shared, &mut conn, &entries, &fates).await?;
+    let settled = settle(shared, &mut conn, &entries, &fates, true).await?;
     let sent: HashSet<(TypeIdx, i64)> = settled
         .sent
         .into_iter()

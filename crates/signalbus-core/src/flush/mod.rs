@@ -89,7 +89,8 @@ pub(crate) async fn publish_and_settle<DB: Backend>(
 ) -> Result<Settled> {
     let outgoing = prepare(shared, held);
     let (entries, fates) = publish(shared, outgoing, ordered).await?;
-    settle(shared, conn, &entries, &fates).await
+    // Ordered bursts settle inside their flush transaction; the others on their own.
+    settle(shared, conn, &entries, &fates, !ordered).await
 }
 
 /// Rows as messages.
@@ -239,6 +240,7 @@ pub(crate) async fn settle<DB: Backend>(
     conn: &mut DB::Connection,
     entries: &[Entry],
     fates: &[Fate],
+    alone: bool,
 ) -> Result<Settled> {
     let mut settled = Settled::default();
     let mut stored: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
@@ -259,7 +261,7 @@ pub(crate) async fn settle<DB: Backend>(
     }
     for (idx, ids) in stored {
         let reg = shared.registry.get(idx);
-        retry_db!(reg.sql.delete_ids::<DB>(conn, &ids).await)?;
+        retry_db!(reg.sql.delete_ids::<DB>(conn, &ids, alone).await)?;
         metrics::counter!("signalbus_signals_sent_total", "signal" => reg.name.to_string())
             .increment(ids.len() as u64);
         settled.sent.push((idx, ids));

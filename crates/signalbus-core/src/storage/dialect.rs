@@ -78,6 +78,10 @@ pub(crate) struct Dialect {
     pub id_in: &'static str,
     /// Whether `UPDATE … RETURNING` exists; without it a claim is read back by its token.
     pub update_returning: bool,
+    /// "`id` is one of the ids the subquery `{q}` picks", for a claim's `UPDATE … RETURNING`:
+    /// on PostgreSQL an array computed once (`= ANY(ARRAY(…))`), which keeps the update an
+    /// index scan; a plain `IN (…)` there is planned as a hash join over the whole table.
+    pub picked: &'static str,
     /// The query of the column names of table `{name}` in schema `{schema}` (a quoted
     /// literal, or the current schema when the table has none): what `migrate` upgrades.
     pub columns_of: &'static str,
@@ -104,6 +108,11 @@ pub(crate) struct Dialect {
     pub claim_index: &'static str,
     /// How a flush transaction begins.
     pub begin_flush: &'static str,
+    /// Where the database lets one transaction commit without waiting for its log to reach
+    /// the disk: how such a transaction begins. Claims and deletes of sent rows run in one:
+    /// a claim or delete lost in a crash only makes a row go out again (at-least-once),
+    /// never lost, and the flush saves a disk flush per step.
+    pub begin_async: Option<&'static str>,
     /// How a signalbus write transaction ([`crate::SignalBus::begin`]) begins; `None`: the
     /// driver's default `BEGIN`.
     pub begin_write: Option<&'static str>,

@@ -71,6 +71,7 @@ mod postgres;
 mod sqlite;
 
 use crate::error::{Error, Result};
+use sqlx::Connection as _;
 use statements::{Arg, Ordered, Statements, Stmt};
 use std::time::Duration;
 
@@ -559,6 +560,27 @@ impl Statements {
         lease: Duration,
         token: &str,
     ) -> Result<Vec<StoredRow>> {
+        match DB::DIALECT.begin_async {
+            Some(begin) => {
+                let mut tx = conn.begin_with(begin).await?;
+                let rows = self
+                    .claim_in::<DB>(&mut tx, ids, limit, lease, token)
+                    .await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+            None => self.claim_in::<DB>(conn, ids, limit, lease, token).await,
+        }
+    }
+
+    async fn claim_in<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        ids: Option<&[i64]>,
+        limit: usize,
+        lease: Duration,
+        token: &str,
+    ) -> Result<Vec<StoredRow>> {
         let values = Values {
             ids: ids.unwrap_or_default(),
             limit,
@@ -678,17 +700,27 @@ impl Statements {
         }
     }
 
-    /// Delete the rows with these ids.
+    /// Delete the rows with these ids. Sent rows, outside a transaction (`alone`): without
+    /// waiting for the disk where the database allows, see [`dialect::Dialect::begin_async`].
     pub async fn delete_ids<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
         ids: &[i64],
+        alone: bool,
     ) -> Result<u64> {
         let values = Values {
             ids,
             ..Values::default()
         };
-        Self::run::<DB>(conn, &self.delete_ids, values).await
+        match DB::DIALECT.begin_async.filter(|_| alone) {
+            Some(begin) => {
+                let mut tx = conn.begin_with(begin).await?;
+                let deleted = Self::run::<DB>(&mut tx, &self.delete_ids, values).await?;
+                tx.commit().await?;
+                Ok(deleted)
+            }
+            None => Self::run::<DB>(conn, &self.delete_ids, values).await,
+        }
     }
 
     /// The ids of the rows that can be sent now, ascending.

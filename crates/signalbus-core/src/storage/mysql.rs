@@ -51,6 +51,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     now_plus_ms: "NOW(6) + INTERVAL ({ms} * 1000) MICROSECOND",
     flag: "CAST(({c}) AS SIGNED)",
     id_in: "t.id IN (SELECT x.id FROM JSON_TABLE({Ids}, '$[*]' COLUMNS (id BIGINT PATH '$')) AS x)",
+    picked: "id IN ({q})",
     update_returning: false,
     columns_of: "SELECT column_name FROM information_schema.columns \
                  WHERE table_schema = {schema} AND table_name = '{name}'",
@@ -67,6 +68,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     claim_index: ", ADD INDEX signalbus_claim (claim)",
     // One statement, so that a cancelled begin cannot leave READ COMMITTED pending for the
     // connection's next (business) transaction. READ COMMITTED takes no gap locks.
+    begin_async: None,
     begin_flush: "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),

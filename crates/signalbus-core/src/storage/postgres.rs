@@ -27,6 +27,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     now_plus_ms: "clock_timestamp() + ({ms}::float8 * interval '1 millisecond')",
     flag: "({c})::int::int8",
     id_in: "t.id = ANY({Ids})",
+    picked: "id = ANY(ARRAY({q}))",
     update_returning: true,
     columns_of: "SELECT column_name::text FROM information_schema.columns \
                  WHERE table_schema = {schema} AND table_name = '{name}'",
@@ -43,6 +44,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     // The flush transaction only deletes rows that were already sent. If its commit is lost in
     // a crash, the rows come back and are sent again: a duplicate, which at-least-once delivery
     // allows, never a loss. So it need not wait for the WAL flush.
+    begin_async: Some("BEGIN; SET LOCAL synchronous_commit TO OFF"),
     begin_flush: "BEGIN; SET LOCAL synchronous_commit TO OFF",
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),

@@ -40,6 +40,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     now_plus_ms: concat!("(", now_ms!(), " + {ms})"),
     flag: "({c})",
     id_in: "t.id IN (SELECT value FROM json_each({Ids}))",
+    picked: "id IN ({q})",
     update_returning: true,
     columns_of: "SELECT name FROM pragma_table_info('{name}', {schema})",
     current_schema: "'main'",
@@ -53,6 +54,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     flush_lock_table: false,
     age_micros: concat!("(", now_ms!(), " - {min}) * 1000"),
     claim_index: "",
+    begin_async: None,
     begin_flush: "BEGIN IMMEDIATE",
     // A signalbus transaction writes anyway, and taking the write lock up front waits
     // (busy_timeout) instead of failing with SQLITE_BUSY_SNAPSHOT when a flush committed

@@ -302,11 +302,14 @@ impl Statements {
         let lease = now_plus("{Lease}");
         let claim = |condition: &str, limit: &str| {
             if d.update_returning {
+                let pick = format!(
+                    "SELECT t.id FROM {t} AS t WHERE {condition} AND {ready}{limit}{}",
+                    d.claim_lock
+                );
                 stmt(format!(
                     "UPDATE {t} SET next_attempt_at = {lease}, claim = {{Token}} \
-                     WHERE id IN (SELECT t.id FROM {t} AS t WHERE {condition} AND {ready}\
-                     {limit}{}) RETURNING {claimed_cols}",
-                    d.claim_lock
+                     WHERE {} RETURNING {claimed_cols}",
+                    d.picked.replace("{q}", &pick)
                 ))
             } else {
                 stmt(format!(
@@ -322,10 +325,13 @@ impl Statements {
              OR t.next_attempt_at <= {now})"
         );
         let claim_own = if d.update_returning {
-            stmt(format!(
-                "UPDATE {t} SET next_attempt_at = {lease}, claim = {{Token}} \
-                 WHERE id IN (SELECT t.id FROM {t} AS t WHERE {id_in} AND {free}{}) RETURNING id",
+            let pick = format!(
+                "SELECT t.id FROM {t} AS t WHERE {id_in} AND {free}{}",
                 d.claim_lock
+            );
+            stmt(format!(
+                "UPDATE {t} SET next_attempt_at = {lease}, claim = {{Token}} WHERE {} RETURNING id",
+                d.picked.replace("{q}", &pick)
             ))
         } else {
             stmt(format!(
