@@ -567,6 +567,15 @@ mod tests {
         Harness { tx, close, task }
     }
 
+    /// One worker, a one-second failure pause.
+    fn start_one(rounds: &Rounds) -> Harness {
+        start(
+            ONE_WORKER,
+            Arc::new(Breaker::new(Duration::from_secs(1))),
+            rounds,
+        )
+    }
+
     const ONE_WORKER: LoopConfig = LoopConfig {
         max_batch: 100,
         flush_workers: 1,
@@ -585,11 +594,7 @@ mod tests {
             hold: true,
             ..Rounds::default()
         };
-        let h = start(
-            ONE_WORKER,
-            Arc::new(Breaker::new(Duration::from_secs(1))),
-            &rounds,
-        );
+        let h = start_one(&rounds);
         let (a, a_rx) = request(1);
         h.tx.send(a).await.unwrap();
         settle().await;
@@ -704,11 +709,7 @@ mod tests {
     async fn close_sends_what_was_queued_and_gives_up_at_the_deadline() {
         // Queued requests are still sent when the rounds finish in time.
         let rounds = Rounds::default();
-        let h = start(
-            ONE_WORKER,
-            Arc::new(Breaker::new(Duration::from_secs(1))),
-            &rounds,
-        );
+        let h = start_one(&rounds);
         let (r, rx) = request(2);
         h.tx.send(r).await.unwrap();
         let (reply, left) = oneshot::channel();
@@ -728,11 +729,7 @@ mod tests {
             hold: true,
             ..Rounds::default()
         };
-        let h = start(
-            ONE_WORKER,
-            Arc::new(Breaker::new(Duration::from_secs(1))),
-            &rounds,
-        );
+        let h = start_one(&rounds);
         let (running, running_rx) = request(3);
         h.tx.send(running).await.unwrap();
         settle().await;

@@ -2,45 +2,13 @@
 //! database.
 
 use crate::common::TestBackend;
+use crate::gated::Gated;
 use crate::on_every_database;
 use crate::signals::{OrderPlaced, order};
 use signalbus::publisher::MemoryPublisher;
-use signalbus::{Error, Message, PublishError, Publisher, Selection, SignalBus};
+use signalbus::{Error, Selection, SignalBus};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore};
-
-/// A publisher that holds every publish call until the test lets it go, and says when a call
-/// has started.
-#[derive(Clone)]
-struct Gated {
-    inner: MemoryPublisher,
-    open: Arc<Semaphore>,
-    entered: Arc<Notify>,
-}
-
-impl Gated {
-    fn new() -> Self {
-        Gated {
-            inner: MemoryPublisher::new(),
-            open: Arc::new(Semaphore::new(0)),
-            entered: Arc::new(Notify::new()),
-        }
-    }
-
-    fn release(&self) {
-        self.open.add_permits(1_000);
-    }
-}
-
-impl Publisher for Gated {
-    async fn publish(&self, batch: &[Message]) -> Result<signalbus::BatchOutcome, PublishError> {
-        self.entered.notify_one();
-        self.open.acquire().await.expect("open").forget();
-        self.inner.publish(batch).await
-    }
-}
 
 /// Flush until `expected` signals were sent in all (rows given back in the background become
 /// sendable a moment later).
@@ -67,7 +35,7 @@ fn counts(outbox: &MemoryPublisher) -> HashMap<String, usize> {
 /// slow bus; the rows stay and a later flush sends them; nothing is lost or sent twice.
 async fn a_full_queue_answers_pending_at_once<DB: TestBackend>() {
     let db = DB::create(6).await;
-    let gated = Gated::new();
+    let gated = Gated::new(MemoryPublisher::new());
     let bus = SignalBus::builder(db.pool.clone())
         .publisher(gated.clone())
         .register::<OrderPlaced>()
@@ -114,7 +82,7 @@ async fn a_full_queue_answers_pending_at_once<DB: TestBackend>() {
         started.elapsed() < Duration::from_secs(3),
         "nobody waited behind the bus"
     );
-    gated.release();
+    gated.open();
     let mut sent = 0;
     for delivery in waiting {
         sent += delivery.await.sent;
@@ -122,7 +90,7 @@ async fn a_full_queue_answers_pending_at_once<DB: TestBackend>() {
     assert_eq!(sent + refused, 4);
     // The refused transactions' rows were given back at once (no wait for their lease).
     flush_until(&bus, refused).await;
-    let seen = counts(&gated.inner);
+    let seen = counts(&gated.outbox);
     assert_eq!(seen.len(), 4);
     assert!(
         seen.values().all(|&n| n == 1),
@@ -137,7 +105,7 @@ async fn a_full_queue_answers_pending_at_once<DB: TestBackend>() {
 /// explicit flush still sends everything, each once.
 async fn close_finishes_within_its_deadline<DB: TestBackend>() {
     let db = DB::create(6).await;
-    let gated = Gated::new();
+    let gated = Gated::new(MemoryPublisher::new());
     let bus = SignalBus::builder(db.pool.clone())
         .publisher(gated.clone())
         .register::<OrderPlaced>()
@@ -150,7 +118,7 @@ async fn close_finishes_within_its_deadline<DB: TestBackend>() {
     tx.send(&order(1)).await.unwrap();
     tx.send(&order(2)).await.unwrap();
     let held = tx.commit().await.unwrap();
-    gated.entered.notified().await;
+    gated.entered().await;
     let started = Instant::now();
     let left = bus.close(Duration::from_millis(300)).await;
     let took = started.elapsed();
@@ -179,9 +147,9 @@ async fn close_finishes_within_its_deadline<DB: TestBackend>() {
     assert!(matches!(report.error.as_deref(), Some(Error::Closed)));
     assert_eq!(bus.close(Duration::from_secs(1)).await, 0, "closing again");
 
-    gated.release();
+    gated.open();
     flush_until(&bus, 3).await;
-    let seen = counts(&gated.inner);
+    let seen = counts(&gated.outbox);
     assert_eq!(seen.len(), 3);
     assert!(seen.values().all(|&n| n == 1), "{seen:?}");
     db.cleanup().await;

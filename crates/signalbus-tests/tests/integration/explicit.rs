@@ -2,11 +2,12 @@
 //! auto-flushes, progress and stopping, restored PostgreSQL dumps.
 
 use crate::common::{TestBackend, TestDb};
+use crate::gated::Gated;
 use crate::on_every_database;
 use crate::signals::{OrderPlaced, order};
 use serde::Serialize;
 use signalbus::publisher::MemoryPublisher;
-use signalbus::{Message, PublishError, Publisher, Selection, Signal, SignalBus};
+use signalbus::{Selection, Signal, SignalBus};
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
@@ -18,45 +19,6 @@ use std::time::Duration;
 struct LedgerEntry {
     writer: i64,
     seq: i64,
-}
-
-/// A broker whose publish calls wait at a gate until the test opens it, recording the ids it
-/// was handed while the gate was closed: those messages are in flight (taken by an auto-flush
-/// round whose transaction is still open) for as long as the test wants.
-#[derive(Clone)]
-struct Gated {
-    outbox: MemoryPublisher,
-    open: Arc<tokio::sync::watch::Sender<bool>>,
-    held: Arc<Mutex<Vec<String>>>,
-}
-
-impl Gated {
-    fn new(outbox: MemoryPublisher) -> Self {
-        Gated {
-            outbox,
-            open: Arc::new(tokio::sync::watch::Sender::new(false)),
-            held: Arc::default(),
-        }
-    }
-
-    fn held(&self) -> Vec<String> {
-        self.held.lock().unwrap().clone()
-    }
-
-    fn open(&self) {
-        self.open.send_replace(true);
-    }
-}
-
-impl Publisher for Gated {
-    async fn publish(&self, batch: &[Message]) -> Result<signalbus::BatchOutcome, PublishError> {
-        let mut open = self.open.subscribe();
-        if !*open.borrow_and_update() {
-            (self.held.lock().unwrap()).extend(batch.iter().map(|m| m.id.clone()));
-            open.wait_for(|open| *open).await.unwrap();
-        }
-        self.outbox.publish(batch).await
-    }
 }
 
 on_every_database!(

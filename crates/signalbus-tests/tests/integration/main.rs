@@ -10,6 +10,7 @@ mod buses;
 mod common;
 mod crash;
 mod explicit;
+mod gated;
 mod message_ids;
 mod poison;
 mod signals;
