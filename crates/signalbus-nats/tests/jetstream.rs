@@ -5,6 +5,7 @@
 use async_nats::jetstream::{self, stream};
 use signalbus_core::{BatchOutcome, Message, Publisher};
 use signalbus_nats::NatsPublisher;
+use signalbus_testkit::nats::{PrivateServer, free_port};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,68 +170,11 @@ async fn a_message_over_the_streams_size_limit_is_refused_alone() {
     js.delete_stream(&name).await.unwrap();
 }
 
-/// A private nats-server (the shared one is never stopped).
-struct Server {
-    child: std::process::Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Server {
-    fn start(port: u16, dir: &std::path::Path) -> Server {
-        Self::start_with(port, dir, &[])
-    }
-
-    /// With extra `nats-server` arguments, e.g. `--user`/`--pass`.
-    fn start_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Server {
-        let child = std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (/usr/sbin/nats-server)");
-        Server {
-            child,
-            port,
-            dir: dir.to_owned(),
-        }
-    }
-
-    async fn wait_ready(&self) {
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("private nats-server did not start on port {}", self.port);
-    }
-
-    fn stop(mut self) -> (u16, std::path::PathBuf) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        (self.port, self.dir.clone())
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_restarted_server_loses_nothing_and_the_client_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Server::start(port, dir.path());
+    let server = PrivateServer::start(port, dir.path());
     server.wait_ready().await;
     let publisher = NatsPublisher::connect(&format!("nats://127.0.0.1:{port}?timeout_ms=1000"))
         .await
@@ -245,7 +189,7 @@ async fn a_restarted_server_loses_nothing_and_the_client_reconnects() {
     let e = publisher.publish(&pending).await.unwrap_err();
     assert!(e.is_retryable(), "a down server is worth retrying: {e}");
 
-    let server = Server::start(port, &path);
+    let server = PrivateServer::start(port, &path);
     server.wait_ready().await;
     let mut sent = false;
     for _ in 0..40 {
@@ -284,7 +228,7 @@ async fn publish_one(url: &str) -> Result<(), String> {
 async fn user_password_and_token_credentials_are_used_and_never_shown() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Server::start_with(
+    let server = PrivateServer::start_with(
         port,
         dir.path(),
         &["--user", "sbuser", "--pass", "s3cret-pw"],
@@ -309,7 +253,7 @@ async fn user_password_and_token_credentials_are_used_and_never_shown() {
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Server::start_with(port, dir.path(), &["--auth", "t0ken-abc"]);
+    let server = PrivateServer::start_with(port, dir.path(), &["--auth", "t0ken-abc"]);
     server.wait_ready().await;
     publish_one(&format!(
         "nats://127.0.0.1:{port}?token=t0ken-abc&timeout_ms=3000"
@@ -376,7 +320,7 @@ async fn a_message_over_the_servers_max_payload_is_refused_alone() {
     let conf = dir.path().join("nats.conf");
     std::fs::write(&conf, "max_payload: 1024\n").unwrap();
     let port = free_port();
-    let server = Server::start_with(port, dir.path(), &["-c", conf.to_str().unwrap()]);
+    let server = PrivateServer::start_with(port, dir.path(), &["-c", conf.to_str().unwrap()]);
     server.wait_ready().await;
     let publisher = NatsPublisher::connect(&format!("nats://127.0.0.1:{port}?timeout_ms=3000"))
         .await

@@ -4,4 +4,5 @@
 #![warn(missing_docs)]
 
 pub mod kafka;
+pub mod nats;
 pub mod rabbitmq;

@@ -12,5 +12,6 @@ mod crash;
 mod explicit;
 mod gated;
 mod message_ids;
+mod outage;
 mod poison;
 mod signals;

@@ -1,0 +1,79 @@
+//! A private `nats-server` with JetStream on a free port and a directory of its own, that a
+//! test may stop and start again (the shared server on 4222 is never stopped).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A private nats-server process; killed when dropped.
+pub struct PrivateServer {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its JetStream store.
+    pub dir: PathBuf,
+}
+
+impl PrivateServer {
+    /// Start one on `port`, storing JetStream data in `dir`.
+    pub fn start(port: u16, dir: &Path) -> Self {
+        Self::start_with(port, dir, &[])
+    }
+
+    /// With extra `nats-server` arguments, e.g. `--user`/`--pass`.
+    pub fn start_with(port: u16, dir: &Path, extra: &[&str]) -> Self {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (/usr/sbin/nats-server)");
+        PrivateServer {
+            child,
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Wait until it accepts connections (at most 5 s).
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("private nats-server did not start on port {}", self.port);
+    }
+
+    /// Stop it (SIGKILL); returns its port and directory, to start it again.
+    pub fn stop(mut self) -> (u16, PathBuf) {
+        self.kill();
+        (self.port, std::mem::take(&mut self.dir))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
