@@ -1,16 +1,19 @@
 //! The auto-flush task: sends committed signals right after their transaction, coalescing
-//! many transactions into one lock, one publish and one delete.
+//! many transactions into one publish and one delete, with no transaction open while the bus
+//! works.
 //!
-//! Committing transactions hand their row ids over a bounded channel. A round takes
-//! everything queued (up to `max_batch` ids), locks those rows (`SKIP LOCKED`, so a concurrent
-//! explicit flush never sends them too), publishes them as one batch, deletes them and
-//! commits. Up to `flush_workers` rounds run at once; while they run, the next round's ids
-//! pile up, so the batches grow with the load.
+//! A signal meant for the auto-flush is written *leased* (so that no explicit flush takes it
+//! meanwhile), and its message is kept in memory. Committing transactions hand their signals
+//! over a bounded channel. A round takes everything queued (up to `max_batch` signals),
+//! publishes the messages as one batch, then deletes the rows the broker stored and counts a
+//! refusal for the others. Signals of a transaction the caller began itself are claimed
+//! first, so that only committed rows go out. Up to `flush_workers` rounds run at once; while
+//! they run, the next round's signals pile up, so the batches grow with the load.
 //!
 //! Backpressure: when the channel is full (the bus is slower than the commits), a committing
 //! transaction is answered *pending* at once ([`Error::QueueFull`]) instead of waiting: its
-//! rows stay in the table for the next explicit flush or the relay, and the commit's latency
-//! stays bounded.
+//! rows are given back (their lease lifted) for the next explicit flush or the relay, and the
+//! commit's latency stays bounded.
 
 use super::{Entry, Outgoing, publish, settle};
 use crate::bus::Shared;
