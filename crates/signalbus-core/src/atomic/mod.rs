@@ -285,35 +285,36 @@ where
     F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E> + Send + 'b,
     'a: 'b,
 {
-    /// Isolation level on PostgreSQL and MySQL/MariaDB (default REPEATABLE READ).
-    pub fn isolation(mut self, level: Isolation) -> Self {
-        self.options.isolation = level;
+    /// Change the options with `f`, one of [`AtomicOptions`]' setters.
+    fn with(mut self, f: impl FnOnce(AtomicOptions) -> AtomicOptions) -> Self {
+        self.options = f(self.options);
         self
+    }
+
+    /// Isolation level on PostgreSQL and MySQL/MariaDB (default REPEATABLE READ).
+    pub fn isolation(self, level: Isolation) -> Self {
+        self.with(|o| o.isolation(level))
     }
 
     /// How the transaction begins on SQLite (default `BEGIN IMMEDIATE`).
-    pub fn sqlite_begin(mut self, begin: SqliteBegin) -> Self {
-        self.options.sqlite_begin = begin;
-        self
+    pub fn sqlite_begin(self, begin: SqliteBegin) -> Self {
+        self.with(|o| o.sqlite_begin(begin))
     }
 
     /// Attempts in all, the first included (default 8, at least 1).
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.options = self.options.max_attempts(attempts);
-        self
+    pub fn max_attempts(self, attempts: u32) -> Self {
+        self.with(|o| o.max_attempts(attempts))
     }
 
     /// Number of attempts and waits between them.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.options.backoff = backoff;
-        self
+    pub fn backoff(self, backoff: Backoff) -> Self {
+        self.with(|o| o.backoff(backoff))
     }
 
     /// Also retry unique and foreign-key violations (see
     /// [`AtomicOptions::retry_on_integrity_error`]).
-    pub fn retry_on_integrity_error(mut self, on: bool) -> Self {
-        self.options.integrity_races = on;
-        self
+    pub fn retry_on_integrity_error(self, on: bool) -> Self {
+        self.with(|o| o.retry_on_integrity_error(on))
     }
 
     /// Run with these options instead of the ones set so far.
