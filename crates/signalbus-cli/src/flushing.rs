@@ -111,16 +111,15 @@ impl Done {
         let mut line = format!("sent {} signal(s)", self.sent);
         if self.refused > 0 {
             line.push_str(&format!(
-                "; the bus refused {} (kept: retried later with backoff",
+                "; {} not sent (refused by the bus, or not a valid signal): kept",
                 self.refused
             ));
-            if self.parked > 0 {
-                line.push_str(&format!(
-                    ", {} parked after too many attempts: see `signalbus parked`",
-                    self.parked
-                ));
+            if self.parked < self.refused {
+                line.push_str(", retried later with backoff");
             }
-            line.push(')');
+            if self.parked > 0 {
+                line.push_str(&format!(", {} parked: see `signalbus parked`", self.parked));
+            }
         }
         line
     }
