@@ -293,10 +293,13 @@ impl<DB: Backend> DerefMut for Transaction<'_, DB> {
 pub struct DeliveryReport {
     /// Sent and deleted by this auto-flush.
     pub sent: usize,
-    /// Not found, or held, when the auto-flush came: normally taken by a concurrent flush
-    /// (sent, or being sent, by someone else). It also counts rows that never committed, e.g.
-    /// from a [`Recorder`] handed over after a rollback, or from a wrapped savepoint whose
-    /// outer transaction has not committed yet: the report cannot tell these apart.
+    /// Not found, or held by another flusher, when the auto-flush claimed them — only for a
+    /// transaction the caller began itself ([`SignalBus::wrap`](crate::SignalBus::wrap),
+    /// [`Recorder`]), whose rows the auto-flush claims before it sends: rows that never
+    /// committed (a recorder handed over after a rollback, a wrapped savepoint whose outer
+    /// transaction has not committed yet), or rows whose lease had expired and another flush
+    /// took. Signals of [`SignalBus::begin`](crate::SignalBus::begin)'s transactions are sent
+    /// from memory, never counted here.
     pub elsewhere: usize,
     /// Left pending: auto-flush off, or the bus failed. An explicit flush will send them.
     pub pending: usize,

@@ -234,7 +234,7 @@ fn producer_state_error(e: &PublishError) -> bool {
 
 impl Publisher for KafkaPublisher {
     /// Publishes the batch and reports per message: refused are the messages whose delivery
-    /// report says it is theirs (see [`refusal`]) and the ones that timed out waiting for a
+    /// report says it is theirs (see `refusal`) and the ones that timed out waiting for a
     /// topic the broker does not have; any other failure fails the call.
     async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         let result = self.publish_once(batch).await;

@@ -196,7 +196,7 @@ fn error(
 
 impl Publisher for NatsPublisher {
     /// Publishes the batch and reports per message: the ones JetStream refused (see
-    /// [`refusal`]) and, implicitly, the ones it acknowledged. A timeout or a lost connection
+    /// `refusal`) and, implicitly, the ones it acknowledged. A timeout or a lost connection
     /// fails the call.
     async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         if batch.is_empty() {

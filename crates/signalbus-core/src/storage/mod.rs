@@ -1,8 +1,8 @@
 //! Signal tables, one backend per database.
 //!
-//! Each database is described once ([`dialect`]: quoting, placeholders, column types, locking
+//! Each database is described once (`dialect`: quoting, placeholders, column types, locking
 //! clauses, conflict codes); every statement of a signal table is built from that description
-//! when its type is registered ([`statements`]). [`Backend`] is sealed: it is implemented for
+//! when its type is registered (`statements`). [`Backend`] is sealed: it is implemented for
 //! [`sqlx::Postgres`], [`sqlx::MySql`] and [`sqlx::Sqlite`] (features `postgres`, `mysql`,
 //! `sqlite`) and names the database in `SignalBus<DB>`; its methods are signalbus' own.
 //!
