@@ -317,9 +317,8 @@ impl<DB: Backend> SignalBusBuilder<DB> {
         self
     }
 
-    /// Limit of one publish call (default 30 s; 3 s on SQLite, where an ordered flush holds the write
-    /// lock while it publishes: keep it below the pool's `busy_timeout`). A batch not
-    /// confirmed in time stays pending.
+    /// Limit of one publish call (default 30 s; 3 s on SQLite). A batch not confirmed in time
+    /// stays pending, and its rows are given back.
     pub fn publish_timeout(mut self, limit: Duration) -> Self {
         self.config.publish_timeout = limit;
         self

@@ -1,6 +1,6 @@
 //! Explicit flushing: `flush`, `flushmany` and `flushordered`.
 
-use super::{HeldRows, Progress, Settled, publish_and_settle, retry_db, settle_tx};
+use super::{Progress, Settled, publish_and_settle, retry_db, settle_tx};
 use crate::bus::{Shared, SignalBus};
 use crate::error::Result;
 use crate::registry::{Registered, Selection, TypeIdx};
@@ -138,8 +138,11 @@ impl<DB: Backend> SignalBus<DB> {
     ///
     /// The order holds when auto-flush is off for the type (auto-flush sends as soon as
     /// transactions commit, in no particular order) and only ordered flushes send it.
-    /// Messages can still be sent more than once (at-least-once). Ordered bursts are still
-    /// read and settled in one transaction that holds their rows (not yet a lease).
+    /// Messages can still be sent more than once (at-least-once). Each burst is read and
+    /// claimed in a short transaction that holds the table's ordered turn, then published
+    /// with no transaction open: one ordered burst per table is in flight at a time, and a
+    /// second ordered flusher waits for it (at most twice the publish timeout, then it
+    /// returns what it sent).
     pub async fn flushordered(&self, selection: &Selection) -> Result<usize> {
         self.flushordered_with(selection, &mut |_| ControlFlow::Continue(()))
             .await
@@ -228,26 +231,62 @@ async fn drain<DB: Backend>(
 
 /// The next burst in order, in a flush transaction that holds its rows; `None` when nothing
 /// can be sent (none left, or the first in line is backing off or parked).
+/// The next burst in order: read and claimed in a short flush transaction that holds the
+/// table's ordered turn, then published with no transaction open, then settled. Only one
+/// ordered burst of a table is in flight at a time: while another flusher holds a live claim
+/// on rows of the table, this one waits for it (at most the lease wait), so that two ordered
+/// flushers never interleave. `None` when nothing can be sent (none left, the first in line
+/// is backing off, parked or held, or another ordered burst is still in flight).
 async fn ordered_burst<DB: Backend>(shared: &Shared<DB>, idx: TypeIdx) -> Result<Option<Settled>> {
     let reg = shared.registry.get(idx);
-    let mut tx = begin_flush(&shared.pool).await?;
-    let read = reg
-        .sql
-        .lock_ordered::<DB>(&mut tx, reg.ty.burst_size())
+    let token = uuid::Uuid::new_v4().to_string();
+    let lease = shared.config.lease();
+    // A burst of another ordered flusher in flight lasts at most one publish.
+    let give_up = std::time::Instant::now() + shared.config.publish_timeout * 2;
+    let rows = loop {
+        let mut tx = begin_flush(&shared.pool).await?;
+        let step = async {
+            let rows = reg
+                .sql
+                .lock_ordered::<DB>(&mut tx, reg.ty.burst_size())
+                .await?;
+            if rows.is_empty() || reg.sql.claimed_now::<DB>(&mut tx).await? {
+                return Ok::<_, crate::error::Error>((rows.is_empty(), Vec::new()));
+            }
+            // Up to the first row that cannot be sent now: nothing may overtake it.
+            let ready: Vec<i64> = rows.iter().take_while(|r| r.ready).map(|r| r.id).collect();
+            if ready.is_empty() {
+                return Ok((true, Vec::new()));
+            }
+            let claimed = reg
+                .sql
+                .claim_in_tx::<DB>(&mut tx, &ready, lease, &token)
+                .await?;
+            // Claimed in the order read; stop at a row that was not claimable after all.
+            let mut by_id: std::collections::HashMap<i64, crate::storage::StoredRow> =
+                claimed.into_iter().map(|r| (r.id, r)).collect();
+            let burst: Vec<_> = ready.iter().map_while(|id| by_id.remove(id)).collect();
+            Ok((true, burst))
+        }
         .await;
-    let rows = match read {
-        Ok(rows) => rows,
-        Err(e) => return settle_tx(tx, Err(e)).await,
+        let (done, burst) = settle_tx(tx, step).await?;
+        if done || std::time::Instant::now() >= give_up {
+            break burst;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // Up to the first row that cannot be sent now: nothing may overtake it.
-    let ready: Vec<_> = rows.into_iter().take_while(|r| r.ready).collect();
-    if ready.is_empty() {
-        tx.commit().await?;
+    if rows.is_empty() {
         return Ok(None);
     }
-    let held: Vec<HeldRows> = vec![(idx, ready)];
-    let result = publish_and_settle(shared, &mut tx, held, true).await;
-    settle_tx(tx, result).await.map(Some)
+    let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut conn = shared.pool.acquire().await?;
+    match publish_and_settle(shared, &mut conn, vec![(idx, rows)], true).await {
+        Ok(settled) => Ok(Some(settled)),
+        Err(e) => {
+            give_back::<DB>(reg, &mut conn, &claimed).await;
+            Err(e)
+        }
+    }
 }
 
 fn report(progress: Progress<'_>, signal: &str, settled: &Settled, sent: usize) -> ControlFlow<()> {

@@ -89,8 +89,7 @@ pub(crate) async fn publish_and_settle<DB: Backend>(
 ) -> Result<Settled> {
     let outgoing = prepare(shared, held);
     let (entries, fates) = publish(shared, outgoing, ordered).await?;
-    // Ordered bursts settle inside their flush transaction; the others on their own.
-    settle(shared, conn, &entries, &fates, !ordered).await
+    settle(shared, conn, &entries, &fates, true).await
 }
 
 /// Rows as messages.
@@ -244,6 +243,7 @@ pub(crate) async fn settle<DB: Backend>(
 ) -> Result<Settled> {
     let mut settled = Settled::default();
     let mut stored: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
+    let mut untouched: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
     // Refusals of one type with the same attempts and reason share one UPDATE.
     let mut refused: BTreeMap<(TypeIdx, i64, &str, bool), Vec<i64>> = BTreeMap::new();
     for (entry, fate) in entries.iter().zip(fates) {
@@ -256,8 +256,15 @@ pub(crate) async fn settle<DB: Backend>(
                     .or_default()
                     .push(entry.id);
             }
-            Fate::Untouched => settled.blocked = true,
+            Fate::Untouched => {
+                settled.blocked = true;
+                untouched.entry(entry.idx).or_default().push(entry.id);
+            }
         }
+    }
+    // Not published (behind a refusal, in order): given back as they were.
+    for (idx, ids) in untouched {
+        retry_db!(shared.registry.get(idx).sql.release::<DB>(conn, &ids).await)?;
     }
     for (idx, ids) in stored {
         let reg = shared.registry.get(idx);

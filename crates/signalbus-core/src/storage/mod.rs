@@ -573,6 +573,25 @@ impl Statements {
         }
     }
 
+    /// Claim the sendable rows among `ids` in the caller's open transaction (an ordered
+    /// burst's short read-and-claim step).
+    pub async fn claim_in_tx<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        ids: &[i64],
+        lease: Duration,
+        token: &str,
+    ) -> Result<Vec<StoredRow>> {
+        self.claim_in::<DB>(conn, Some(ids), ids.len(), lease, token)
+            .await
+    }
+
+    /// Whether a flusher holds a live claim on rows of this table.
+    pub async fn claimed_now<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<bool> {
+        let n = DB::fetch_ids(conn, &self.in_flight, &[]).await?;
+        Ok(n.first().copied().unwrap_or(0) > 0)
+    }
+
     async fn claim_in<DB: Backend>(
         &self,
         conn: &mut DB::Connection,

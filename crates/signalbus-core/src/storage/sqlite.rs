@@ -60,8 +60,8 @@ pub(crate) const DIALECT: Dialect = Dialect {
     // (busy_timeout) instead of failing with SQLITE_BUSY_SNAPSHOT when a flush committed
     // between this transaction's first read and its first write.
     begin_write: Some("BEGIN IMMEDIATE"),
-    // An ordered flush holds the database's one write lock while it publishes, so a hung broker must
-    // give up well before writers waiting on that lock do (sqlx's default busy_timeout: 5 s).
+    // Short, as in the days when a flush held the database's one write lock while it
+    // published (no flush does now): the publish timeout also bounds a claim's lease.
     default_publish_timeout: Duration::from_secs(3),
     is_conflict,
     begin_atomic,

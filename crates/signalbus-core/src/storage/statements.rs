@@ -124,6 +124,8 @@ pub(crate) struct Statements {
     pub delete_ids: Stmt,
     /// The ids of the rows that can be sent now, ascending.
     pub pending_ids: SqlStr,
+    /// How many rows a flusher holds a live claim on (an ordered burst in flight).
+    pub in_flight: SqlStr,
     /// Counts and ages: all rows, sendable or leased, backing off, parked.
     pub pending_stats: SqlStr,
     /// The parked rows: id, message id, attempts, last error, age.
@@ -415,6 +417,9 @@ impl Statements {
             ordered,
             delete_ids: stmt(d.delete_by_ids.replace("{t}", &t)),
             pending_ids: shared(format!("SELECT id FROM {t} AS t WHERE {ready} ORDER BY id")),
+            in_flight: shared(format!(
+                "SELECT COUNT(*) FROM {t} AS t WHERE t.claim IS NOT NULL AND t.next_attempt_at > {now}"
+            )),
             pending_stats,
             parked: stmt(format!(
                 "SELECT t.id, t.message_id, t.attempts, t.last_error, {} FROM {t} AS t \

@@ -12,6 +12,7 @@ mod crash;
 mod explicit;
 mod gated;
 mod message_ids;
+mod ordered_leases;
 mod outage;
 mod poison;
 mod signals;
