@@ -5,7 +5,8 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use signalbus_amqp::AmqpPublisher;
-use signalbus_core::{BatchOutcome, Message, Publisher};
+use signalbus_core::{Message, Publisher};
+use signalbus_testkit::outcome::{reason, refused};
 use signalbus_testkit::rabbitmq::close_connection_named;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,23 +98,6 @@ impl Fixture {
             .await
             .unwrap();
     }
-}
-
-/// The indices `outcome` refuses, in order, each once.
-fn refused(outcome: &BatchOutcome) -> Vec<usize> {
-    let mut indices: Vec<usize> = outcome.refused().iter().map(|r| r.index).collect();
-    indices.sort_unstable();
-    indices
-}
-
-/// The reason `outcome` gives for `index`.
-fn reason(outcome: &BatchOutcome, index: usize) -> &str {
-    &outcome
-        .refused()
-        .iter()
-        .find(|r| r.index == index)
-        .unwrap_or_else(|| panic!("message {index} not refused: {outcome:?}"))
-        .reason
 }
 
 /// The message ids of `got`, each with how often it arrived.

@@ -108,7 +108,7 @@ impl<DB: Backend> Recorder<DB> {
             self.autoflush.push(Item {
                 idx,
                 id: row_id,
-                message: Message {
+                message: Some(Message {
                     id: message_id.clone(),
                     signal: reg.name.clone(),
                     destination: topic.into_owned(),
@@ -116,7 +116,7 @@ impl<DB: Backend> Recorder<DB> {
                     headers: header_map,
                     body,
                     content_type: content_type.map(Cow::into_owned),
-                },
+                }),
             });
         } else {
             self.held_back += 1;

@@ -4,11 +4,12 @@
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use signalbus_core::{BatchOutcome, Message, Publisher};
+use signalbus_core::{Message, Publisher};
 use signalbus_kafka::KafkaPublisher;
 use signalbus_testkit::kafka::{
     SERVERS, create_topic, create_topic_at, delete_topic, header, read_topic,
 };
+use signalbus_testkit::outcome::refused;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,13 +57,6 @@ async fn batch_reads_back_in_order_with_key_id_and_headers() {
         );
     }
     delete_topic(&topic).await;
-}
-
-/// The indices `outcome` refuses, sorted.
-fn refused(outcome: &BatchOutcome) -> Vec<usize> {
-    let mut indices: Vec<usize> = outcome.refused().iter().map(|r| r.index).collect();
-    indices.sort_unstable();
-    indices
 }
 
 /// The `message-id`s of everything in partition 0 of `topic`: read until `n` arrived (at

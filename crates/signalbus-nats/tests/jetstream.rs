@@ -3,9 +3,10 @@
 //! uses its own stream and subjects, and deletes the stream.
 
 use async_nats::jetstream::{self, stream};
-use signalbus_core::{BatchOutcome, Message, Publisher};
+use signalbus_core::{Message, Publisher};
 use signalbus_nats::NatsPublisher;
 use signalbus_testkit::nats::{PrivateServer, free_port};
+use signalbus_testkit::outcome::{reason, refused};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,23 +72,6 @@ async fn batch_is_acked_and_reads_back_in_order_with_ids_and_headers() {
     publisher.publish(&batch).await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 30);
     js.delete_stream(&name).await.unwrap();
-}
-
-/// The indices `outcome` refuses, sorted.
-fn refused(outcome: &BatchOutcome) -> Vec<usize> {
-    let mut indices: Vec<usize> = outcome.refused().iter().map(|r| r.index).collect();
-    indices.sort_unstable();
-    indices
-}
-
-/// The reason `outcome` gives for `index`.
-fn reason(outcome: &BatchOutcome, index: usize) -> &str {
-    &outcome
-        .refused()
-        .iter()
-        .find(|r| r.index == index)
-        .unwrap_or_else(|| panic!("message {index} not refused: {outcome:?}"))
-        .reason
 }
 
 /// The `Nats-Msg-Id`s of everything in `stream`, in order.

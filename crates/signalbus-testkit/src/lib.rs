@@ -5,4 +5,5 @@
 
 pub mod kafka;
 pub mod nats;
+pub mod outcome;
 pub mod rabbitmq;

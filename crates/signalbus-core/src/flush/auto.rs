@@ -37,7 +37,8 @@ use tokio::time::Instant;
 pub(crate) struct Item {
     pub idx: TypeIdx,
     pub id: i64,
-    pub message: Message,
+    /// Taken (not copied) by the round that publishes it.
+    pub message: Option<Message>,
 }
 
 /// The committed signals of one transaction, and where to report what became of them.
@@ -395,16 +396,20 @@ async fn send_round<DB: Backend>(
         }
     }
     let mut outgoing = Vec::new();
-    for request in round.iter() {
-        for item in &request.items {
-            if request.verified || claimed.contains(&(item.idx, item.id)) {
+    for request in round.iter_mut() {
+        let verified = request.verified;
+        for item in &mut request.items {
+            if !(verified || claimed.contains(&(item.idx, item.id))) {
+                continue;
+            }
+            if let Some(message) = item.message.take() {
                 outgoing.push(Outgoing {
                     entry: Entry {
                         idx: item.idx,
                         id: item.id,
                         attempts: 0,
                     },
-                    message: Ok(item.message.clone()),
+                    message: Ok(message),
                 });
             }
         }
@@ -535,7 +540,7 @@ mod tests {
             .map(|i| Item {
                 idx: 0,
                 id: i64::try_from(i).unwrap(),
-                message: Message {
+                message: Some(Message {
                     id: i.to_string(),
                     signal: "test".into(),
                     destination: "test".into(),
@@ -543,7 +548,7 @@ mod tests {
                     headers: Default::default(),
                     body: Vec::new(),
                     content_type: None,
-                },
+                }),
             })
             .collect();
         let request = FlushRequest {

@@ -122,8 +122,9 @@ pub(crate) async fn publish<DB: Backend>(
 ) -> Result<(Vec<Entry>, Vec<Fate>)> {
     let mut entries = Vec::with_capacity(outgoing.len());
     let mut fates = Vec::with_capacity(outgoing.len());
-    let mut batched: Vec<(usize, Message)> = Vec::new();
-    let mut single: Vec<(usize, Message)> = Vec::new();
+    // Messages and, beside them, their entries' positions: a call gets the slice as it is.
+    let (mut batched, mut batched_at): (Vec<Message>, Vec<usize>) = (Vec::new(), Vec::new());
+    let (mut single, mut single_at): (Vec<Message>, Vec<usize>) = (Vec::new(), Vec::new());
     let mut stopped: Option<TypeIdx> = None;
     for Outgoing { entry, message } in outgoing {
         let i = entries.len();
@@ -137,9 +138,11 @@ pub(crate) async fn publish<DB: Backend>(
             Ok(message) => {
                 fates.push(Fate::Stored);
                 if shared.registry.get(idx).ty.is_batched() {
-                    batched.push((i, message));
+                    batched.push(message);
+                    batched_at.push(i);
                 } else {
-                    single.push((i, message));
+                    single.push(message);
+                    single_at.push(i);
                 }
             }
             Err(why) => {
@@ -153,12 +156,13 @@ pub(crate) async fn publish<DB: Backend>(
     let started = std::time::Instant::now();
     let result = async {
         if !batched.is_empty() {
-            call(shared, &batched, &mut fates, ordered).await?;
+            call(shared, &batched, &batched_at, &mut fates, ordered).await?;
         }
-        for (n, one) in single.iter().enumerate() {
-            call(shared, std::slice::from_ref(one), &mut fates, ordered).await?;
-            if ordered && !matches!(fates[one.0], Fate::Stored) {
-                for (i, _) in &single[n + 1..] {
+        for (n, (one, at)) in single.iter().zip(&single_at).enumerate() {
+            let at = std::slice::from_ref(at);
+            call(shared, std::slice::from_ref(one), at, &mut fates, ordered).await?;
+            if ordered && !matches!(fates[at[0]], Fate::Stored) {
+                for i in &single_at[n + 1..] {
                     fates[*i] = Fate::Untouched;
                 }
                 break;
@@ -175,17 +179,18 @@ pub(crate) async fn publish<DB: Backend>(
     Ok((entries, fates))
 }
 
-/// One publish call for `messages`, marking the refused ones in `fates`. A publisher that
+/// One publish call for `batch`, marking the refused ones in `fates` (`at[n]` is the
+/// position of `batch[n]` there). A publisher that
 /// refuses a batch as a whole (all or nothing) is asked again one message at a time, to find
 /// which one it refuses (the others may go out twice: at-least-once).
 async fn call<DB: Backend>(
     shared: &Shared<DB>,
-    messages: &[(usize, Message)],
+    batch: &[Message],
+    at: &[usize],
     fates: &mut [Fate],
     ordered: bool,
 ) -> Result<(), crate::error::PublishError> {
-    let batch: Vec<Message> = messages.iter().map(|(_, m)| m.clone()).collect();
-    let outcome = match shared.publisher.publish(&batch).await {
+    let outcome = match shared.publisher.publish(batch).await {
         Ok(outcome) => outcome,
         Err(e) if e.kind() == PublishErrorKind::Rejected && batch.len() > 1 => {
             tracing::debug!(messages = batch.len(), error = %e, "the bus refused a whole batch; sending its messages one by one");
@@ -204,7 +209,7 @@ async fn call<DB: Backend>(
                     Err(e) => return Err(e),
                 }
                 if ordered && outcome.is_refused(n) {
-                    for (i, _) in &messages[n + 1..] {
+                    for i in &at[n + 1..] {
                         fates[*i] = Fate::Untouched;
                     }
                     break;
@@ -218,7 +223,7 @@ async fn call<DB: Backend>(
         Err(e) => return Err(e),
     };
     for refused in outcome.refused() {
-        if let Some((i, _)) = messages.get(refused.index) {
+        if let Some(i) = at.get(refused.index) {
             fates[*i] = Fate::Refused(refused.reason.clone());
         }
     }
