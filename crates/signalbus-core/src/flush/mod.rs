@@ -331,7 +331,7 @@ macro_rules! retry_db {
         let mut attempt = 1;
         loop {
             match $step {
-                Err(e) if attempt < $crate::flush::DB_ATTEMPTS && $crate::flush::curable(&e) => {
+                Err(e) if attempt < $crate::flush::DB_ATTEMPTS && $crate::flush::curable::<DB>(&e) => {
                     let wait = $crate::flush::db_retry_wait(attempt);
                     tracing::debug!(attempt, ?wait, error = %e, "database error during a flush; retrying the step");
                     tokio::time::sleep(wait).await;
@@ -346,14 +346,10 @@ pub(crate) use retry_db;
 
 /// Whether a database error goes away when the step runs again: a lost connection, or a
 /// conflict (deadlock, serialization failure, lock timeout).
-pub(crate) fn curable(error: &Error) -> bool {
+pub(crate) fn curable<DB: Backend>(error: &Error) -> bool {
     match error {
-        Error::Database(sqlx::Error::Database(db)) => {
-            let code = db.code();
-            let code = code.as_deref().unwrap_or_default();
-            matches!(code, "40001" | "40P01" | "55P03")
-                || db.message().to_ascii_lowercase().contains("deadlock")
-        }
+        // The database's own conflict codes, as atomic blocks know them.
+        Error::Database(sqlx::Error::Database(db)) => (DB::DIALECT.is_conflict)(&**db),
         Error::Database(
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_),
         ) => true,
