@@ -379,4 +379,9 @@ impl Publisher for AmqpPublisher {
             }
         }
     }
+
+    /// The connection is up, or could be opened again now.
+    async fn check(&self) -> Result<(), PublishError> {
+        self.live().await.map(|_| ())
+    }
 }

@@ -33,6 +33,10 @@ pub struct Args {
     /// no lock while it publishes, writers do not wait for it.
     #[arg(long, default_value_t = 0)]
     publish_delay_ms: u64,
+    /// PostgreSQL: drop the relay's wake-up trigger after `migrate`, to measure what the
+    /// notification costs each commit.
+    #[arg(long)]
+    no_wake_trigger: bool,
 }
 
 /// A publisher that takes `delay` longer per call.
@@ -79,7 +83,10 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn std::error::Error>>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
     DB::reset(&pool).await?;
     let (publisher, memory) = setup::publisher(&args.bus).await?;
     let publisher = Slow {
@@ -91,6 +98,11 @@ async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn s
         .register::<BenchSignal>()
         .build()?;
     bus.migrate().await?;
+    if args.no_wake_trigger && DB::NAME == "PostgreSQL" {
+        sqlx::raw_sql("DROP TRIGGER IF EXISTS signalbus_notify ON bench_signal")
+            .execute(&pool)
+            .await?;
+    }
     let next_id = Arc::new(AtomicI64::new(1));
     let duration = Duration::from_secs_f64(args.seconds);
 
@@ -182,6 +194,7 @@ async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn s
             "concurrency": args.concurrency,
             "flush_workers": args.flush_workers,
             "publish_delay_ms": args.publish_delay_ms,
+            "wake_trigger": DB::NAME == "PostgreSQL" && !args.no_wake_trigger,
             "mode": mode.label(),
             "transactions": latencies.len(),
             "seconds": round2(secs),
@@ -198,6 +211,7 @@ async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn s
             "bench": "autoflush",
             "database": DB::NAME,
             "concurrency": args.concurrency,
+            "wake_trigger": DB::NAME == "PostgreSQL" && !args.no_wake_trigger,
             "ratio_commit_and_wait_vs_business": round2(results[1] / results[0]),
             "ratio_commit_then_deliver_vs_business": round2(results[2] / results[0]),
             "ratio_write_alone_vs_business": round2(results[3] / results[0]),

@@ -241,7 +241,7 @@ fn body(i: usize) -> String {
 }
 
 /// Filling and raw-draining the bench tables, per database.
-trait FillDb: Backend {
+pub(crate) trait FillDb: Backend {
     /// Drop `table` and create it again with the table contract.
     fn reset(
         pool: &Pool<Self>,

@@ -2,10 +2,12 @@
 //!
 //! `signalbus-bench autoflush --database-url URL --bus memory --concurrency 32`
 //! `signalbus-bench flushmany --database-url URL --bus memory --signals 100000 --processes 4`
+//! `signalbus-bench relay --database-url URL --bus amqp://... --rate 500`
 
 mod autoflush;
 mod flushmany;
 mod raw;
+mod relay;
 mod setup;
 mod stats;
 
@@ -37,6 +39,9 @@ enum Command {
     /// Draining a backlog: flushmany with 1, 2, 4 processes and flushordered against the raw
     /// `DELETE … RETURNING` ceiling, plus the bus alone.
     Flushmany(flushmany::Args),
+    /// The relay: commit-to-acknowledgement latency at a fixed rate, CPU per message, a
+    /// backlog against flushmany, memory while draining.
+    Relay(relay::Args),
     /// The broker's raw ceiling: the same client, batch size and durability, no signalbus.
     Raw(raw::Args),
 }
@@ -66,6 +71,7 @@ async fn run(command: Command) {
         Command::Autoflush(args) => autoflush::run(args).await,
         Command::Flushmany(args) => flushmany::run(args).await,
         Command::Raw(args) => raw::run(args).await,
+        Command::Relay(args) => relay::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("signalbus-bench: {e}");

@@ -24,6 +24,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The databases `relay` serves when no `--database-url` is given, e.g.
+    /// `databases = ["postgres://db-a/app", "postgres://db-b/app"]`.
+    #[serde(default)]
+    pub databases: Vec<String>,
     /// The declared signal types.
     #[serde(rename = "signal", default)]
     pub signals: Vec<SignalConfig>,

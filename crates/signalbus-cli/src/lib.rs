@@ -1,4 +1,5 @@
-//! The `signalbus` command line: send pending signals (`flush`, `flushmany`, `flushordered`),
+//! The `signalbus` command line: send pending signals (`flush`, `flushmany`, `flushordered`,
+//! and continuously: `relay`),
 //! count them (`pending`), list the signal types (`signals`), create their tables
 //! (`migrate`), and inspect, unpark or delete the signals the bus refused too often
 //! (`parked`, `unpark`, `purge-parked`).
@@ -72,6 +73,7 @@ pub mod config;
 mod error;
 mod flushing;
 mod parked;
+mod relay;
 mod report;
 
 use clap::{ArgGroup, Args, Subcommand};
@@ -80,6 +82,7 @@ use std::process::ExitCode;
 
 pub use error::CliError;
 pub use flushing::StopSignal;
+pub use relay::{RelayServer, start_relay};
 
 /// The `signalbus` subcommands with their common options; mount it in your clap parser.
 #[derive(Debug, Clone, Args)]
@@ -106,7 +109,11 @@ pub enum Command {
     Flushmany(DrainArgs),
     /// Send every pending signal in order (the type's order_by; default insertion order).
     Flushordered(DrainArgs),
-    /// Create the tables of the signal types, if they do not exist.
+    /// Send pending signals continuously until SIGTERM/SIGINT: woken by PostgreSQL
+    /// notifications, polling elsewhere; serves /metrics, /healthz and /readyz with --listen.
+    Relay(RelayArgs),
+    /// Create the tables of the signal types (and, on PostgreSQL, the relay's wake-up
+    /// trigger), if they do not exist.
     Migrate,
     /// List the parked signals (refused too often, or not valid signals) per type.
     Parked(ParkedArgs),
@@ -205,6 +212,37 @@ pub struct DrainArgs {
     pub repeat: Option<std::time::Duration>,
 }
 
+/// Options of `relay`.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Only these signal types (default: all).
+    #[arg(value_name = "SIGNAL_NAMES")]
+    pub names: Vec<String>,
+    /// Leave out this signal type (repeatable).
+    #[arg(short, long, value_name = "NAME")]
+    pub exclude: Vec<String>,
+    /// Send in order, as flushordered does.
+    #[arg(long)]
+    pub ordered: bool,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Seconds a SIGTERM waits for the bursts in flight before the relay exits anyway
+    /// (their signals stay pending).
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, default_value = "10")]
+    pub shutdown_timeout: std::time::Duration,
+    /// Seconds of the shortest poll, after a round that found nothing.
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds, default_value = "0.01")]
+    pub poll_min: std::time::Duration,
+    /// Seconds of the longest poll, while idle (on PostgreSQL: the fallback behind the
+    /// notifications).
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds, default_value = "1")]
+    pub poll_max: std::time::Duration,
+    /// Seconds between refreshes of the pending, backing-off and parked gauges.
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds, default_value = "5")]
+    pub stats_interval: std::time::Duration,
+}
+
 /// Options of `flush`.
 #[derive(Debug, Clone, Args)]
 pub struct FlushArgs {
@@ -293,6 +331,11 @@ pub async fn run<DB: Backend>(
         Command::Flushordered(args) => {
             flushing::repeat(bus, flushing::Mode::Ordered, args, stop).await
         }
+        Command::Relay(args) => {
+            let server = RelayServer::bind(args).await?;
+            let relay = start_relay(bus, args).await?;
+            server.run(vec![relay], args, stop).await
+        }
         Command::Parked(args) => parked::list(bus, args).await,
         Command::Unpark(args) => parked::unpark(bus, args).await,
         Command::PurgeParked(args) => parked::purge(bus, args).await,
@@ -300,12 +343,15 @@ pub async fn run<DB: Backend>(
 }
 
 impl Command {
-    /// Whether it sends signals (`flush`, `flushmany`, `flushordered`): the commands that
-    /// need a bus, and that a [`StopSignal`] stops.
+    /// Whether it sends signals (`flush`, `flushmany`, `flushordered`, `relay`): the
+    /// commands that need a bus, and that a [`StopSignal`] stops.
     pub fn is_flush(&self) -> bool {
         matches!(
             self,
-            Command::Flush(_) | Command::Flushmany(_) | Command::Flushordered(_)
+            Command::Flush(_)
+                | Command::Flushmany(_)
+                | Command::Flushordered(_)
+                | Command::Relay(_)
         )
     }
 }

@@ -6,10 +6,12 @@
 
 use clap::Parser;
 use signalbus::redact::redact_url;
-use signalbus::{Backend, SignalBus, publisher::MemoryPublisher};
+use signalbus::{Backend, BoxPublisher, PublisherExt, SignalBus, publisher::MemoryPublisher};
 use signalbus_cli::config::Config;
-use signalbus_cli::{CliError, Command, Outcome, SignalbusArgs, StopSignal};
-use sqlx::{MySql, Postgres};
+use signalbus_cli::{
+    CliError, Command, Outcome, RelayServer, SignalbusArgs, StopSignal, start_relay,
+};
+use sqlx::{MySql, Postgres, Sqlite};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,7 +26,8 @@ struct Cli {
     /// The TOML file declaring the signal types.
     #[arg(long, env = "SIGNALBUS_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// postgres://..., mysql://... or sqlite:PATH.
+    /// postgres://..., mysql://... or sqlite:PATH; `relay` takes it more than once (or the
+    /// configuration's `databases`) to serve several databases.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -32,7 +35,7 @@ struct Cli {
         hide_env_values = true,
         value_name = "URL"
     )]
-    database_url: Option<String>,
+    database_url: Vec<String>,
     /// Where flushed signals go: amqp://, nats://, kafka://, stdout:, file:PATH.
     #[arg(
         long,
@@ -65,8 +68,21 @@ struct Cli {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024)
     )]
     worker_threads: usize,
+    /// Seconds a flush's claim keeps other flushers away from its rows (default: twice the
+    /// publish timeout plus 10): a flusher killed while sending delays its rows this long.
+    #[arg(long, global = true, value_name = "SECONDS")]
+    lease: Option<f64>,
+    /// Log lines as text or as JSON objects (standard error).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(flatten)]
     signalbus: SignalbusArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -81,10 +97,13 @@ fn main() -> ExitCode {
                 .parse()
                 .expect("a valid directive"),
         );
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .init();
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.worker_threads)
         .enable_all()
@@ -171,54 +190,62 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
     let config = Config::load(&path)?;
     // `signals` only lists the configuration: it needs no database, reachable or named.
     let lazy = matches!(cli.signalbus.command, Command::Signals);
-    let url = match (cli.database_url.clone(), lazy) {
-        (Some(url), _) => url,
-        (None, true) => "sqlite::memory:".to_owned(),
-        (None, false) => {
+    let mut urls = cli.database_url.clone();
+    if urls.is_empty() {
+        urls = config.databases.clone();
+    }
+    if urls.is_empty() {
+        if !lazy {
             return Err(CliError::msg(
                 "no database: pass --database-url URL or set DATABASE_URL",
             ));
         }
+        urls.push("sqlite::memory:".to_owned());
+    }
+    let relay = match &cli.signalbus.command {
+        Command::Relay(args) => Some(args),
+        _ => None,
     };
+    if urls.len() > 1 && relay.is_none() {
+        return Err(CliError::msg(
+            "several databases given: only `relay` serves more than one; pass one --database-url",
+        ));
+    }
     let stop = StopSignal::new();
     // Only flushes stop after a burst; the other commands keep the default (end at once).
     if cli.signalbus.command.is_flush() {
         stop_on_terminate(&stop)
             .map_err(|e| CliError::caused("cannot handle SIGTERM and SIGINT", e))?;
     }
-    match url.split(':').next().unwrap_or_default() {
-        "postgres" | "postgresql" => {
-            let pool = connect::<Postgres>(&url, lazy, cli.max_connections).await?;
-            with_bus(pool, &cli, &config, &stop).await
-        }
-        "mysql" | "mariadb" => {
-            let pool = connect::<MySql>(&url, lazy, cli.max_connections).await?;
-            with_bus(pool, &cli, &config, &stop).await
-        }
-        "sqlite" => {
-            let options: sqlx::sqlite::SqliteConnectOptions = url.parse().map_err(|e| {
-                CliError::caused(format!("bad database URL `{}`", redact_url(&url)), e)
-            })?;
-            let options = options
-                .create_if_missing(matches!(cli.signalbus.command, Command::Migrate))
-                .busy_timeout(Duration::from_secs(30));
-            let pool = sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(cli.max_connections)
-                .acquire_timeout(Duration::from_secs(30));
-            let pool = if lazy {
-                pool.connect_lazy_with(options)
-            } else {
-                pool.connect_with(options)
-                    .await
-                    .map_err(|e| cannot_connect(&url, e))?
-            };
-            with_bus(pool, &cli, &config, &stop).await
-        }
-        _ => Err(CliError::msg(format!(
-            "unsupported database URL `{}`: use postgres://, mysql:// or sqlite:PATH",
-            redact_url(&url)
-        ))),
+    let settings = Settings::of(&cli)?;
+    let Some(args) = relay else {
+        let pool = AnyPool::open(&urls[0], &cli, lazy).await?;
+        let publisher = settings
+            .publisher(&cli, cli.signalbus.command.is_flush())
+            .await?;
+        return on_pool!(pool, |pool| {
+            let bus = settings.bus(pool, &config, publisher, &urls[0])?;
+            signalbus_cli::run(&bus, &cli.signalbus.command, &stop).await
+        });
+    };
+    // A bad --listen fails before anything connects.
+    let server = RelayServer::bind(args).await?;
+    let publisher = settings.publisher(&cli, true).await?;
+    // Every database is reached before any relay starts: one that is down fails the start
+    // with nothing sent anywhere.
+    let mut pools = Vec::with_capacity(urls.len());
+    for url in &urls {
+        pools.push((AnyPool::open(url, &cli, false).await?, url));
     }
+    let mut relays = Vec::with_capacity(urls.len());
+    for (pool, url) in pools {
+        let relay = on_pool!(pool, |pool| {
+            let bus = settings.bus(pool, &config, publisher.clone(), url)?;
+            start_relay(&bus, args).await
+        })?;
+        relays.push(relay);
+    }
+    server.run(relays, args, &stop).await
 }
 
 fn cannot_connect(url: &str, e: sqlx::Error) -> CliError {
@@ -226,6 +253,60 @@ fn cannot_connect(url: &str, e: sqlx::Error) -> CliError {
         format!("cannot connect to the database at `{}`", redact_url(url)),
         e,
     )
+}
+
+/// A pool of whichever database a URL names.
+enum AnyPool {
+    Postgres(sqlx::Pool<Postgres>),
+    MySql(sqlx::Pool<MySql>),
+    Sqlite(sqlx::Pool<Sqlite>),
+}
+
+/// Run `$body` with `$pool` bound to the typed pool inside an [`AnyPool`].
+macro_rules! on_pool {
+    ($any:expr, |$pool:ident| $body:expr) => {
+        match $any {
+            AnyPool::Postgres($pool) => $body,
+            AnyPool::MySql($pool) => $body,
+            AnyPool::Sqlite($pool) => $body,
+        }
+    };
+}
+use on_pool;
+
+impl AnyPool {
+    async fn open(url: &str, cli: &Cli, lazy: bool) -> Result<Self, CliError> {
+        match url.split(':').next().unwrap_or_default() {
+            "postgres" | "postgresql" => Ok(AnyPool::Postgres(
+                connect(url, lazy, cli.max_connections).await?,
+            )),
+            "mysql" | "mariadb" => Ok(AnyPool::MySql(
+                connect(url, lazy, cli.max_connections).await?,
+            )),
+            "sqlite" => {
+                let options: sqlx::sqlite::SqliteConnectOptions = url.parse().map_err(|e| {
+                    CliError::caused(format!("bad database URL `{}`", redact_url(url)), e)
+                })?;
+                let options = options
+                    .create_if_missing(matches!(cli.signalbus.command, Command::Migrate))
+                    .busy_timeout(Duration::from_secs(30));
+                let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(cli.max_connections)
+                    .acquire_timeout(Duration::from_secs(30));
+                Ok(AnyPool::Sqlite(if lazy {
+                    pool.connect_lazy_with(options)
+                } else {
+                    pool.connect_with(options)
+                        .await
+                        .map_err(|e| cannot_connect(url, e))?
+                }))
+            }
+            _ => Err(CliError::msg(format!(
+                "unsupported database URL `{}`: use postgres://, mysql:// or sqlite:PATH",
+                redact_url(url)
+            ))),
+        }
+    }
 }
 
 async fn connect<DB: sqlx::Database>(
@@ -248,45 +329,73 @@ async fn connect<DB: sqlx::Database>(
     }
 }
 
-async fn with_bus<DB: Backend>(
-    pool: sqlx::Pool<DB>,
-    cli: &Cli,
-    config: &Config,
-    stop: &StopSignal,
-) -> Result<Outcome, CliError> {
-    let flushing = cli.signalbus.command.is_flush();
-    let timeout = Duration::try_from_secs_f64(cli.publish_timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| CliError::msg("--publish-timeout must be a positive number of seconds"))?;
-    let publisher = match (&cli.bus_url, flushing) {
-        (Some(url), true) => {
-            let at = || format!("cannot connect to the bus at `{}`", redact_url(url));
-            // A broker that accepts the connection and then says nothing must not hang us.
-            match tokio::time::timeout(timeout, signalbus::connect_bus(url)).await {
-                Ok(Ok(publisher)) => publisher,
-                Ok(Err(e)) => return Err(CliError::caused(at(), e)),
-                Err(e) => return Err(CliError::caused(at(), e)),
-            }
+/// The bus settings of the command line, checked once.
+struct Settings {
+    publish_timeout: Duration,
+    lease: Option<Duration>,
+}
+
+impl Settings {
+    fn of(cli: &Cli) -> Result<Self, CliError> {
+        let seconds = |value: f64, what: &str| {
+            Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or_else(|| {
+                    CliError::msg(format!("{what} must be a positive number of seconds"))
+                })
+        };
+        Ok(Settings {
+            publish_timeout: seconds(cli.publish_timeout, "--publish-timeout")?,
+            lease: cli.lease.map(|l| seconds(l, "--lease")).transpose()?,
+        })
+    }
+
+    /// The bus of `--bus-url` for commands that send; a stand-in for the others.
+    async fn publisher(&self, cli: &Cli, sending: bool) -> Result<BoxPublisher, CliError> {
+        if !sending {
+            // Counting and listing send nothing.
+            return Ok(MemoryPublisher::new().boxed());
         }
-        (None, true) => {
+        let Some(url) = &cli.bus_url else {
             return Err(CliError::msg(
                 "no bus: pass --bus-url URL or set SIGNALBUS_BUS_URL \
                  (e.g. amqp://host, nats://host, stdout:, file:PATH)",
             ));
+        };
+        let at = || format!("cannot connect to the bus at `{}`", redact_url(url));
+        // A broker that accepts the connection and then says nothing must not hang us.
+        match tokio::time::timeout(self.publish_timeout, signalbus::connect_bus(url)).await {
+            Ok(Ok(publisher)) => Ok(publisher),
+            Ok(Err(e)) => Err(CliError::caused(at(), e)),
+            Err(e) => Err(CliError::caused(at(), e)),
         }
-        // Counting and listing send nothing.
-        (_, false) => signalbus::PublisherExt::boxed(MemoryPublisher::new()),
-    };
-    let mut builder = SignalBus::builder(pool)
-        .publisher(publisher)
-        .publish_timeout(timeout)
-        .autoflush(false);
-    for ty in config.signal_types() {
-        builder = builder.register_type(ty);
     }
-    let bus = builder
-        .build()
-        .map_err(|e| CliError::caused("the configuration declares invalid signal types", e))?;
-    signalbus_cli::run(&bus, &cli.signalbus.command, stop).await
+
+    /// A bus over `pool` with the configuration's signal types, named after its database.
+    fn bus<DB: Backend>(
+        &self,
+        pool: sqlx::Pool<DB>,
+        config: &Config,
+        publisher: BoxPublisher,
+        url: &str,
+    ) -> Result<SignalBus<DB>, CliError> {
+        let mut builder = SignalBus::builder(pool)
+            .name(redact_url(url))
+            .publisher(publisher)
+            .publish_timeout(self.publish_timeout)
+            .autoflush(false);
+        if let Some(lease) = self.lease {
+            builder = builder.lease(lease);
+        }
+        for ty in config.signal_types() {
+            builder = builder.register_type(ty);
+        }
+        builder.build().map_err(|e| {
+            CliError::caused(
+                "the configuration declares invalid signal types or settings",
+                e,
+            )
+        })
+    }
 }

@@ -30,6 +30,8 @@ pub(crate) struct Config {
     /// How long a claim keeps other flushers away from its rows: past it, a flusher that died
     /// while holding them no longer does.
     pub lease: Option<Duration>,
+    /// The bus' name in metrics (label `bus`) and logs.
+    pub name: String,
 }
 
 impl Config {
@@ -55,6 +57,9 @@ impl Config {
                 self.flush_workers
             ));
         }
+        if self.name.is_empty() {
+            return bad("name must not be empty");
+        }
         if self.queue_capacity == 0 {
             return bad("queue_capacity must be at least 1");
         }
@@ -77,6 +82,7 @@ impl Config {
             failure_pause: Duration::from_secs(1),
             queue_capacity: 4096,
             lease: None,
+            name: "default".to_owned(),
         }
     }
 }
@@ -136,6 +142,11 @@ impl<DB: Backend> SignalBus<DB> {
             autoflush: true,
             config: Config::new::<DB>(),
         }
+    }
+
+    /// The bus' name ([`SignalBusBuilder::name`]).
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
     }
 
     /// The database pool.
@@ -341,6 +352,14 @@ impl<DB: Backend> SignalBusBuilder<DB> {
     /// holding rows delays them by at most this much: then another flush sends them.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = Some(lease);
+        self
+    }
+
+    /// The bus' name in metrics (the label `bus` of every `signalbus_*` metric) and in the
+    /// relay's logs (default `default`): name each bus of a process that serves several
+    /// databases, e.g. after its tenant.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
         self
     }
 

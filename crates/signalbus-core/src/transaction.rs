@@ -169,6 +169,7 @@ impl<DB: Backend> Recorder<DB> {
             items: self.autoflush,
             verified: self.verified,
             reply,
+            committed: tokio::time::Instant::now(),
         };
         match self.bus.autoflush_tx.try_send(request) {
             Ok(()) => Delivery {

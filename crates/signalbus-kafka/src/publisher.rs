@@ -246,6 +246,23 @@ impl Publisher for KafkaPublisher {
             other => other,
         }
     }
+
+    /// The brokers answer a metadata request.
+    async fn check(&self) -> Result<(), PublishError> {
+        let client = self.producer();
+        let limit = self.options.timeout.min(Duration::from_secs(5));
+        let answer =
+            tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, limit)).await;
+        match answer {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(PublishError::unavailable(format!(
+                "Kafka brokers do not answer: {e}"
+            ))),
+            Err(e) => Err(PublishError::unavailable(format!(
+                "the Kafka check did not finish: {e}"
+            ))),
+        }
+    }
 }
 
 impl KafkaPublisher {

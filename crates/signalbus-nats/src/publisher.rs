@@ -214,4 +214,15 @@ impl Publisher for NatsPublisher {
             )),
         }
     }
+
+    /// The client is connected (it reconnects by itself; while it is not, publishing fails).
+    async fn check(&self) -> Result<(), PublishError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(PublishError::unavailable(format!(
+                "not connected to NATS at `{}` ({state}); reconnecting",
+                self.options.display
+            ))),
+        }
+    }
 }

@@ -5,6 +5,7 @@
 mod commands;
 mod parked;
 mod processes;
+mod relay;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -49,6 +49,8 @@ pub(crate) struct FlushRequest {
     /// own transaction) the rows are claimed first, and only those that exist are sent.
     pub verified: bool,
     pub reply: oneshot::Sender<DeliveryReport>,
+    /// When the transaction committed.
+    pub committed: Instant,
 }
 
 /// Open after a publish failure, until the pause (`failure_pause`) is over: requests
@@ -408,6 +410,7 @@ async fn send_round<DB: Backend>(
                         idx: item.idx,
                         id: item.id,
                         attempts: 0,
+                        born: Some(request.committed.into_std()),
                     },
                     message: Ok(message),
                 });
@@ -555,6 +558,7 @@ mod tests {
             items,
             verified: true,
             reply,
+            committed: Instant::now(),
         };
         (request, rx)
     }

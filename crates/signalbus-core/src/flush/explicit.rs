@@ -161,7 +161,7 @@ impl<DB: Backend> SignalBus<DB> {
 /// Claim rows of type `idx` (those among `ids`, or the next burst), publish and settle them;
 /// `None` when there was nothing to claim. A failure of the bus as a whole gives the claimed
 /// rows back at once, without spending an attempt.
-async fn claimed_burst<DB: Backend>(
+pub(crate) async fn claimed_burst<DB: Backend>(
     shared: &Shared<DB>,
     idx: TypeIdx,
     ids: Option<&[i64]>,
@@ -229,15 +229,16 @@ async fn drain<DB: Backend>(
     Ok(total)
 }
 
-/// The next burst in order, in a flush transaction that holds its rows; `None` when nothing
-/// can be sent (none left, or the first in line is backing off or parked).
 /// The next burst in order: read and claimed in a short flush transaction that holds the
 /// table's ordered turn, then published with no transaction open, then settled. Only one
 /// ordered burst of a table is in flight at a time: while another flusher holds a live claim
 /// on rows of the table, this one waits for it (at most the lease wait), so that two ordered
 /// flushers never interleave. `None` when nothing can be sent (none left, the first in line
 /// is backing off, parked or held, or another ordered burst is still in flight).
-async fn ordered_burst<DB: Backend>(shared: &Shared<DB>, idx: TypeIdx) -> Result<Option<Settled>> {
+pub(crate) async fn ordered_burst<DB: Backend>(
+    shared: &Shared<DB>,
+    idx: TypeIdx,
+) -> Result<Option<Settled>> {
     let reg = shared.registry.get(idx);
     let token = uuid::Uuid::new_v4().to_string();
     let lease = shared.config.lease();

@@ -1,9 +1,13 @@
 //! Sending pending rows: the step shared by auto-flush and every explicit flush mode.
 //!
-//! Metrics (through the `metrics` facade; install any recorder to export them):
-//! `signalbus_signals_sent_total{signal}`, `signalbus_signals_refused_total{signal}`,
-//! `signalbus_signals_parked_total{signal}`, `signalbus_publish_failures_total`,
-//! `signalbus_publish_seconds` (histogram of publish calls per flush step).
+//! Metrics (through the `metrics` facade; install any recorder to export them), each with
+//! the label `bus` (the bus' [name](crate::SignalBusBuilder::name)):
+//! `signalbus_signals_sent_total{signal}`, `signalbus_signals_refused_total{signal}` (of
+//! which `signalbus_signals_retried_total{signal}` will be tried again and
+//! `signalbus_signals_parked_total{signal}` were parked), `signalbus_publish_failures_total`
+//! (calls that failed as a whole), the histograms `signalbus_publish_seconds` (one publish
+//! step) and `signalbus_delivery_seconds{signal}` (from the commit, as the row's `created_at`
+//! tells it, to the broker's acknowledgement). The relay adds gauges ([`crate::relay`]).
 //!
 //! Every mode publishes a set of rows it holds (a lease, or a lock in the flush transaction),
 //! then *settles* each row by what the broker said of its message: stored → deleted; refused
@@ -47,6 +51,8 @@ pub(crate) struct Settled {
     pub last_refusal: Option<String>,
     /// In ordered mode: a row was refused or invalid, so nothing after it may go first.
     pub blocked: bool,
+    /// The shortest backoff delay of the refused rows that will be tried again.
+    pub next_retry: Option<Duration>,
 }
 
 impl Settled {
@@ -60,6 +66,9 @@ pub(crate) struct Entry {
     pub idx: TypeIdx,
     pub id: i64,
     pub attempts: i64,
+    /// When its transaction committed, as near as known (the row's `created_at`): the start
+    /// of the commit-to-acknowledgement latency.
+    pub born: Option<std::time::Instant>,
 }
 
 /// A row to publish: its message, or why it is not a valid signal.
@@ -98,10 +107,16 @@ fn prepare<DB: Backend>(shared: &Shared<DB>, held: Vec<HeldRows>) -> Vec<Outgoin
     for (idx, rows) in held {
         let reg = shared.registry.get(idx);
         for row in rows {
+            let age = Duration::from_micros(
+                row.age_micros
+                    .and_then(|a| u64::try_from(a).ok())
+                    .unwrap_or(0),
+            );
             let entry = Entry {
                 idx,
                 id: row.id,
                 attempts: row.attempts,
+                born: std::time::Instant::now().checked_sub(age),
             };
             let message = to_message(reg, row).map_err(|e| {
                 tracing::error!(signal = %reg.name, error = %e, "a pending row is not a valid signal; parking it");
@@ -171,9 +186,11 @@ pub(crate) async fn publish<DB: Backend>(
         Ok::<_, crate::error::PublishError>(())
     }
     .await;
-    metrics::histogram!("signalbus_publish_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("signalbus_publish_seconds", "bus" => shared.config.name.clone())
+        .record(started.elapsed().as_secs_f64());
     if let Err(e) = result {
-        metrics::counter!("signalbus_publish_failures_total").increment(1);
+        metrics::counter!("signalbus_publish_failures_total", "bus" => shared.config.name.clone())
+            .increment(1);
         return Err(e.into());
     }
     Ok((entries, fates))
@@ -251,9 +268,17 @@ pub(crate) async fn settle<DB: Backend>(
     let mut untouched: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
     // Refusals of one type with the same attempts and reason share one UPDATE.
     let mut refused: BTreeMap<(TypeIdx, i64, &str, bool), Vec<i64>> = BTreeMap::new();
+    let acknowledged = std::time::Instant::now();
     for (entry, fate) in entries.iter().zip(fates) {
         match fate {
-            Fate::Stored => stored.entry(entry.idx).or_default().push(entry.id),
+            Fate::Stored => {
+                if let Some(born) = entry.born {
+                    let reg = shared.registry.get(entry.idx);
+                    metrics::histogram!("signalbus_delivery_seconds", "bus" => shared.config.name.clone(), "signal" => reg.name.to_string())
+                        .record(acknowledged.saturating_duration_since(born).as_secs_f64());
+                }
+                stored.entry(entry.idx).or_default().push(entry.id)
+            }
             Fate::Refused(why) | Fate::Invalid(why) => {
                 let invalid = matches!(fate, Fate::Invalid(_));
                 refused
@@ -274,7 +299,7 @@ pub(crate) async fn settle<DB: Backend>(
     for (idx, ids) in stored {
         let reg = shared.registry.get(idx);
         retry_db!(reg.sql.delete_ids::<DB>(conn, &ids, alone).await)?;
-        metrics::counter!("signalbus_signals_sent_total", "signal" => reg.name.to_string())
+        metrics::counter!("signalbus_signals_sent_total", "bus" => shared.config.name.clone(), "signal" => reg.name.to_string())
             .increment(ids.len() as u64);
         settled.sent.push((idx, ids));
     }
@@ -291,15 +316,20 @@ pub(crate) async fn settle<DB: Backend>(
         let delay = policy.delay(refusals);
         retry_db!(reg.sql.refuse::<DB>(conn, &ids, delay, max, why).await)?;
         let parks = refusals >= max;
-        let name = reg.name.to_string();
-        metrics::counter!("signalbus_signals_refused_total", "signal" => name.clone())
-            .increment(ids.len() as u64);
+        let labels = [
+            ("bus", shared.config.name.clone()),
+            ("signal", reg.name.to_string()),
+        ];
+        metrics::counter!("signalbus_signals_refused_total", &labels).increment(ids.len() as u64);
         if parks {
-            metrics::counter!("signalbus_signals_parked_total", "signal" => name)
+            metrics::counter!("signalbus_signals_parked_total", &labels)
                 .increment(ids.len() as u64);
             settled.parked += ids.len();
             tracing::warn!(signal = %reg.name, ids = ?ids, attempts = refusals, reason = why, "parked: the bus refused these signals too often; `signalbus unpark` sends them again");
         } else {
+            settled.next_retry = Some(settled.next_retry.map_or(delay, |d| d.min(delay)));
+            metrics::counter!("signalbus_signals_retried_total", &labels)
+                .increment(ids.len() as u64);
             tracing::info!(signal = %reg.name, ids = ?ids, attempts = refusals, retry_in = ?delay, reason = why, "the bus refused signals; retrying later");
         }
         settled.refused += ids.len();

@@ -65,6 +65,13 @@ pub trait Publisher: Send + Sync + 'static {
         &self,
         batch: &[Message],
     ) -> impl Future<Output = Result<BatchOutcome, PublishError>> + Send;
+
+    /// Whether the broker can be reached now, for readiness checks (the relay's `/readyz`):
+    /// `Ok` by default; the broker publishers check (or re-open) their connection. It
+    /// publishes nothing.
+    fn check(&self) -> impl Future<Output = Result<(), PublishError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Composable layers on any publisher.
@@ -95,6 +102,8 @@ trait DynPublisher: Send + Sync {
         &'a self,
         batch: &'a [Message],
     ) -> BoxFuture<'a, Result<BatchOutcome, PublishError>>;
+
+    fn check_dyn(&self) -> BoxFuture<'_, Result<(), PublishError>>;
 }
 
 impl<P: Publisher> DynPublisher for P {
@@ -103,6 +112,10 @@ impl<P: Publisher> DynPublisher for P {
         batch: &'a [Message],
     ) -> BoxFuture<'a, Result<BatchOutcome, PublishError>> {
         Box::pin(self.publish(batch))
+    }
+
+    fn check_dyn(&self) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(self.check())
     }
 }
 
@@ -120,11 +133,19 @@ impl Publisher for BoxPublisher {
     async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         self.0.publish_dyn(batch).await
     }
+
+    async fn check(&self) -> Result<(), PublishError> {
+        self.0.check_dyn().await
+    }
 }
 
 impl<P: Publisher> Publisher for Arc<P> {
     async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         (**self).publish(batch).await
+    }
+
+    async fn check(&self) -> Result<(), PublishError> {
+        (**self).check().await
     }
 }
 

@@ -75,6 +75,12 @@ impl<P: Publisher> Publisher for Retry<P> {
             }
         }
     }
+
+    /// Checked once: a readiness check reports the state now, it does not wait for a
+    /// recovery.
+    async fn check(&self) -> Result<(), PublishError> {
+        self.inner.check().await
+    }
 }
 
 #[cfg(test)]

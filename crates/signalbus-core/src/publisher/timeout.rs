@@ -33,4 +33,14 @@ impl<P: Publisher> Publisher for Timeout<P> {
             )),
         }
     }
+
+    async fn check(&self) -> Result<(), PublishError> {
+        match tokio::time::timeout(self.limit, self.inner.check()).await {
+            Ok(result) => result,
+            Err(_) => Err(PublishError::new(
+                PublishErrorKind::Timeout,
+                format!("the bus did not answer a check within {:?}", self.limit),
+            )),
+        }
+    }
 }

@@ -106,6 +106,10 @@ pub(crate) struct Dialect {
     /// Added to `ALTER TABLE … ADD COLUMN claim …` (MySQL: the index a claim is read back
     /// by; `{t}` is the table's name).
     pub claim_index: &'static str,
+    /// Installs (or replaces) the statement-level trigger on `{t}` that notifies the
+    /// `signalbus` channel with the table's name when rows are inserted, so that a relay
+    /// wakes at once; `None` where the database has no notifications (the relay polls).
+    pub notify_trigger: Option<&'static str>,
     /// How a flush transaction begins.
     pub begin_flush: &'static str,
     /// Where the database lets one transaction commit without waiting for its log to reach

@@ -130,7 +130,7 @@ pub(crate) use sealed::{NewRow, Param, StoredRow};
 
 // The sealed trait's signatures use crate-private types on purpose: nobody outside can name
 // or implement it.
-#[allow(private_interfaces)]
+#[allow(private_interfaces, private_bounds)]
 pub(crate) mod sealed {
     use super::dialect::Dialect;
     use crate::error::Result;
@@ -166,6 +166,8 @@ pub(crate) mod sealed {
         pub attempts: i64,
         /// Whether it can be sent now (not parked, leased or backing off).
         pub ready: bool,
+        /// Microseconds since it was written (`created_at`), by the database's clock.
+        pub age_micros: Option<i64>,
     }
 
     impl<'r, R: sqlx::Row> FromRow<'r, R> for StoredRow
@@ -186,6 +188,7 @@ pub(crate) mod sealed {
                 content_type: row.try_get(6)?,
                 attempts: row.try_get(7)?,
                 ready: row.try_get::<i64, _>(8)? != 0,
+                age_micros: row.try_get(9)?,
             })
         }
     }
@@ -262,6 +265,12 @@ pub(crate) mod sealed {
             row: NewRow<'_>,
         ) -> impl Future<Output = Result<i64>> + Send;
 
+        /// A connection of its own that hears the wake-up notifications of new rows
+        /// ([`crate::relay`]); `None` where the database has none.
+        fn listener(
+            pool: &sqlx::Pool<Self>,
+        ) -> impl Future<Output = Result<Option<Box<dyn crate::relay::wake::Listen>>>> + Send;
+
         /// Run `sql` with `args` and decode the first row, if any (the row helpers).
         fn fetch_optional_with<R>(
             conn: &mut Self::Connection,
@@ -277,7 +286,7 @@ pub(crate) mod sealed {
 /// Implements [`sealed::Store`] and [`Backend`] for one database; `$ids` turns a `&[i64]` into
 /// the value bound for [`Param::Ids`], `$insert` is `returning` or `last_insert_id`.
 macro_rules! store {
-    ($db:ty, $dialect:expr, ids: $ids:expr, insert: $insert:ident, feature: $feature:literal) => {
+    ($db:ty, $dialect:expr, ids: $ids:expr, insert: $insert:ident, listen: $listen:path, feature: $feature:literal) => {
         #[allow(private_interfaces)]
         impl $crate::storage::sealed::Store for $db {
             const DIALECT: &'static $crate::storage::dialect::Dialect = &$dialect;
@@ -361,6 +370,12 @@ macro_rules! store {
                     .bind(row.content_type)
                     .bind(row.lease_ms);
                 $crate::storage::store!(@insert $insert, query, conn)
+            }
+
+            async fn listener(
+                pool: &sqlx::Pool<$db>,
+            ) -> $crate::error::Result<Option<Box<dyn $crate::relay::wake::Listen>>> {
+                $listen(pool).await
             }
 
             async fn fetch_optional_with<R>(
@@ -514,6 +529,9 @@ impl Statements {
                 ..Values::default()
             };
             Self::run::<DB>(conn, &lock.add, name).await?;
+        }
+        if let Some(notify) = &self.notify {
+            DB::execute_script(conn, notify).await?;
         }
         Ok(())
     }

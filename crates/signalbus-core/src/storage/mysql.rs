@@ -65,6 +65,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     insert_returning: false,
     flush_lock_table: true,
     age_micros: "TIMESTAMPDIFF(MICROSECOND, {min}, NOW(6))",
+    notify_trigger: None,
     claim_index: ", ADD INDEX signalbus_claim (claim)",
     // One statement, so that a cancelled begin cannot leave READ COMMITTED pending for the
     // connection's next (business) transaction. READ COMMITTED takes no gap locks.
@@ -113,4 +114,4 @@ fn begin_atomic(level: Isolation, _: SqliteBegin) -> Option<&'static str> {
     }
 }
 
-super::store!(MySql, DIALECT, ids: json_ids, insert: last_insert_id, feature: "mysql");
+super::store!(MySql, DIALECT, ids: json_ids, insert: last_insert_id, listen: crate::relay::wake::no_listener, feature: "mysql");

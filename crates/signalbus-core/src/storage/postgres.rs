@@ -41,6 +41,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     flush_lock_table: false,
     age_micros: "(EXTRACT(EPOCH FROM (now() - {min})) * 1000000)::bigint",
     claim_index: "",
+    notify_trigger: Some(NOTIFY_TRIGGER),
     // The flush transaction only deletes rows that were already sent. If its commit is lost in
     // a crash, the rows come back and are sent again: a duplicate, which at-least-once delivery
     // allows, never a loss. So it need not wait for the WAL flush.
@@ -57,6 +58,27 @@ pub(crate) const DIALECT: Dialect = Dialect {
         )
     },
 };
+
+/// The wake-up trigger: a notification on the `signalbus` channel (payload: the table's
+/// name) when a transaction inserts rows that a relay must send, whoever inserts them, in any
+/// language; PostgreSQL folds the identical notifications of one transaction into one.
+///
+/// Rows that signalbus' auto-flush sends itself are inserted with a lease
+/// (`next_attempt_at` set) and notify nothing: a notifying transaction takes a database-wide
+/// lock while it commits, which halves the commit rate of 32 concurrent writers (measured:
+/// docs/benchmarks.md), so only the rows that need a relay pay for it. Rows an auto-flush
+/// gives back later (a failed publish) are found by the relay's poll.
+///
+/// Concurrent migrations take turns (an advisory lock held for the statement), as
+/// `CREATE OR REPLACE` of one function or trigger at the same time fails with "tuple
+/// concurrently updated".
+const NOTIFY_TRIGGER: &str = "DO $signalbus$ BEGIN \
+     PERFORM pg_advisory_xact_lock(4212889371); \
+     CREATE OR REPLACE FUNCTION signalbus_notify() RETURNS trigger LANGUAGE plpgsql AS \
+     $fn$ BEGIN PERFORM pg_notify('signalbus', TG_TABLE_NAME); RETURN NULL; END $fn$; \
+     CREATE OR REPLACE TRIGGER signalbus_notify AFTER INSERT ON {t} \
+     FOR EACH ROW WHEN (NEW.next_attempt_at IS NULL) EXECUTE FUNCTION signalbus_notify(); \
+     END $signalbus$";
 
 /// 40001 serialization failure, 40P01 deadlock, and 55P03 lock not available (raised by
 /// `lock_timeout` and `NOWAIT`: the counterpart of MySQL's 1205).
@@ -80,4 +102,4 @@ fn ids(ids: &[i64]) -> &[i64] {
     ids
 }
 
-super::store!(Postgres, DIALECT, ids: ids, insert: returning, feature: "postgres");
+super::store!(Postgres, DIALECT, ids: ids, insert: returning, listen: crate::relay::wake::postgres::listener, feature: "postgres");

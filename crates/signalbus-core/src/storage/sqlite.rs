@@ -53,6 +53,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     insert_returning: true,
     flush_lock_table: false,
     age_micros: concat!("(", now_ms!(), " - {min}) * 1000"),
+    notify_trigger: None,
     claim_index: "",
     begin_async: None,
     begin_flush: "BEGIN IMMEDIATE",
@@ -87,4 +88,4 @@ fn begin_atomic(_: Isolation, begin: SqliteBegin) -> Option<&'static str> {
     })
 }
 
-super::store!(Sqlite, DIALECT, ids: json_ids, insert: returning, feature: "sqlite");
+super::store!(Sqlite, DIALECT, ids: json_ids, insert: returning, listen: crate::relay::wake::no_listener, feature: "sqlite");

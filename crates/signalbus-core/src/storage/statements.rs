@@ -92,6 +92,9 @@ pub(crate) struct Statements {
     /// `CREATE TABLE IF NOT EXISTS …` and what goes with it (indexes, the lock table), in
     /// order.
     pub create: Vec<SqlStr>,
+    /// Installs the trigger that wakes relays when rows are inserted (PostgreSQL), run by
+    /// `migrate` after the columns are in place.
+    pub notify: Option<SqlStr>,
     /// The table's column names: what `migrate` compares with the contract.
     pub columns: SqlStr,
     /// `ALTER TABLE … ADD COLUMN …` for each column added to the contract since its first
@@ -191,9 +194,13 @@ fn order_clause(order: &[OrderColumn], prefix: &str, quote: char) -> String {
 fn select_columns(d: &Dialect, prefix: &str, ready: &str) -> String {
     let body = d.read_body.replace("{p}", prefix);
     let ready = d.flag.replace("{c}", ready);
+    // The row's age, for the commit-to-acknowledgement latency.
+    let age = d
+        .age_micros
+        .replace("{min}", &format!("{prefix}created_at"));
     format!(
         "{prefix}id, {prefix}message_id, {prefix}topic, {prefix}routing_key, {prefix}headers, \
-         {body}, {prefix}content_type, {prefix}attempts, {ready}"
+         {body}, {prefix}content_type, {prefix}attempts, {ready}, {age}"
     )
 }
 
@@ -416,6 +423,7 @@ impl Statements {
             release,
             ordered,
             delete_ids: stmt(d.delete_by_ids.replace("{t}", &t)),
+            notify: d.notify_trigger.map(|text| shared(text.replace("{t}", &t))),
             pending_ids: shared(format!("SELECT id FROM {t} AS t WHERE {ready} ORDER BY id")),
             in_flight: shared(format!(
                 "SELECT COUNT(*) FROM {t} AS t WHERE t.claim IS NOT NULL AND t.next_attempt_at > {now}"

@@ -156,3 +156,12 @@ on_every_database!(amqp_end_to_end);
 async fn amqp_end_to_end<DB: TestBackend>() {
     end_to_end::<DB, _>(Amqp::new().await).await;
 }
+
+on_every_database!(amqp_relay);
+
+async fn amqp_relay<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    crate::relay::relayed::<DB, _>(Amqp::new().await).await;
+}

@@ -63,3 +63,12 @@ on_every_database!(kafka_end_to_end);
 async fn kafka_end_to_end<DB: TestBackend>() {
     end_to_end::<DB, _>(Kafka::new().await).await;
 }
+
+on_every_database!(kafka_relay);
+
+async fn kafka_relay<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    crate::relay::relayed::<DB, _>(Kafka::new().await).await;
+}

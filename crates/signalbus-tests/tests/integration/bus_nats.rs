@@ -93,3 +93,12 @@ on_every_database!(nats_end_to_end);
 async fn nats_end_to_end<DB: TestBackend>() {
     end_to_end::<DB, _>(Nats::new().await).await;
 }
+
+on_every_database!(nats_relay);
+
+async fn nats_relay<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    crate::relay::relayed::<DB, _>(Nats::new().await).await;
+}

@@ -15,4 +15,5 @@ mod message_ids;
 mod ordered_leases;
 mod outage;
 mod poison;
+mod relay;
 mod signals;

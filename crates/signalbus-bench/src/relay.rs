@@ -1,0 +1,326 @@
+//! `relay`: the always-on sender on PostgreSQL (its wake-up is what is measured).
+//!
+//! In one run:
+//! * `latency`: writers commit one signal per transaction at `--rate` (auto-flush off, plain
+//!   INSERTs as any language's writer) while one relay runs; commit-to-acknowledgement
+//!   latency per message (from the commit's return to the broker's confirm of the batch that
+//!   carried it), and the relay's CPU per message (the process' CPU minus that of the same
+//!   writers running alone just before);
+//! * `backlog`: `--backlog` pending signals drained by `flushmany`, then by a relay, on the
+//!   same table and bus (`ratio_vs_flushmany`);
+//! * `memory` (with `--memory-signals N`): the process' resident memory while a relay drains
+//!   N pending signals.
+
+use crate::flushmany::FillDb;
+use crate::setup::{self, Kind};
+use crate::stats::{Latencies, emit, round2};
+use signalbus::{
+    BatchOutcome, BoxPublisher, Ident, Message, PublishError, Publisher, Selection, SignalBus,
+    SignalType,
+};
+use sqlx::{PgPool, Postgres};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// postgres://... The table `bench_relay` there is dropped and created again.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// `memory`, or a bus URL (e.g. amqp://127.0.0.1:5672/%2f?exchange=...).
+    #[arg(long, default_value = "memory")]
+    bus: String,
+    /// Signals per second the writers commit (one per transaction).
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// Seconds of each latency phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Pending signals of the backlog comparison (0: skip it).
+    #[arg(long, default_value_t = 100_000)]
+    backlog: usize,
+    /// Pending signals drained while memory is sampled (0: skip it).
+    #[arg(long, default_value_t = 0)]
+    memory_signals: usize,
+    /// Where published messages go: exchange / subject / topic.
+    #[arg(long, default_value = "bench")]
+    destination: String,
+}
+
+const TABLE: &str = "bench_relay";
+
+pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if setup::kind(&args.database_url)? != Kind::Postgres {
+        return Err("the relay benchmark runs on PostgreSQL (its LISTEN/NOTIFY wake-up is what it measures)".into());
+    }
+    let pool: PgPool = setup::pool(&args.database_url, 12).await?;
+    let table = Ident::new(TABLE)?;
+    let (inner, _) = setup::publisher(&args.bus).await?;
+    let timed = Timed::new(inner);
+    let bus = SignalBus::builder(pool.clone())
+        .publisher(timed.clone())
+        .register_type(SignalType::new(TABLE).autoflush(false))
+        .autoflush(false)
+        .build()?;
+    Postgres::reset(&pool, &table).await?;
+
+    latency(&args, &pool, &bus, &timed).await?;
+    if args.backlog > 0 {
+        backlog(&args, &pool, &table, &bus).await?;
+    }
+    if args.memory_signals > 0 {
+        memory(&args, &pool, &table, &bus).await?;
+    }
+    Ok(())
+}
+
+/// The commit instants of the messages written, and the latencies of those acknowledged.
+#[derive(Clone)]
+struct Timed {
+    inner: BoxPublisher,
+    commits: Arc<Mutex<HashMap<String, Instant>>>,
+    latencies: Arc<Mutex<Latencies>>,
+}
+
+impl Timed {
+    fn new(inner: BoxPublisher) -> Self {
+        Timed {
+            inner,
+            commits: Arc::default(),
+            latencies: Arc::default(),
+        }
+    }
+}
+
+impl Publisher for Timed {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+        let outcome = self.inner.publish(batch).await?;
+        let acked = Instant::now();
+        let mut commits = self.commits.lock().unwrap();
+        let mut latencies = self.latencies.lock().unwrap();
+        for (i, message) in batch.iter().enumerate() {
+            if !outcome.is_refused(i)
+                && let Some(committed) = commits.remove(&message.id)
+            {
+                latencies.push(acked.saturating_duration_since(committed));
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+/// CPU seconds this process used so far (user + system).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3; utime and
+    // stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident memory of this process, in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Commit one signal per transaction at `rate` for `seconds`; returns how many committed.
+async fn write_at_rate(args: &Args, pool: &PgPool, timed: &Timed) -> usize {
+    let period = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let mut writers = tokio::task::JoinSet::new();
+    let mut n = 0usize;
+    let sql = format!("INSERT INTO {TABLE} (message_id, topic, body) VALUES ($1, $2, 'x')");
+    while Instant::now() < until {
+        ticks.tick().await;
+        let (pool, timed, sql) = (pool.clone(), timed.clone(), sql.clone());
+        let destination = args.destination.clone();
+        writers.spawn(async move {
+            let id = uuid::Uuid::now_v7().to_string();
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&id)
+                .bind(&destination)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            // Recorded before the commit (a relay may be faster than this task's return),
+            // then moved to the commit's return when the message is still unsent.
+            timed
+                .commits
+                .lock()
+                .unwrap()
+                .insert(id.clone(), Instant::now());
+            tx.commit().await.unwrap();
+            if let Some(at) = timed.commits.lock().unwrap().get_mut(&id) {
+                *at = Instant::now();
+            }
+        });
+        n += 1;
+        while writers.try_join_next().is_some() {}
+    }
+    while writers.join_next().await.is_some() {}
+    n
+}
+
+async fn count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {TABLE}")))
+        .fetch_one(pool)
+        .await
+        .unwrap_or(-1)
+}
+
+async fn until_empty(pool: &PgPool) {
+    while count(pool).await != 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn latency(
+    args: &Args,
+    pool: &PgPool,
+    bus: &SignalBus<Postgres>,
+    timed: &Timed,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // The writers alone: their CPU, to subtract.
+    let cpu = cpu_seconds();
+    write_at_rate(args, pool, timed).await;
+    let writers_cpu = cpu_seconds() - cpu;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {TABLE}")))
+        .execute(pool)
+        .await?;
+    timed.commits.lock().unwrap().clear();
+
+    let relay = bus.relay().start().await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu = cpu_seconds();
+    let written = write_at_rate(args, pool, timed).await;
+    until_empty(pool).await;
+    let total_cpu = cpu_seconds() - cpu;
+    relay.shutdown(Duration::from_secs(10)).await;
+    let mut latencies = std::mem::take(&mut *timed.latencies.lock().unwrap());
+    #[allow(clippy::cast_precision_loss)]
+    let per_message_us = (total_cpu - writers_cpu).max(0.0) / written.max(1) as f64 * 1e6;
+    emit(serde_json::json!({
+        "bench": "relay",
+        "mode": "latency",
+        "database": "PostgreSQL",
+        "bus": signalbus::redact::redact_url(&args.bus),
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "signals": written,
+        "acknowledged": latencies.len(),
+        "p50_ms": round2(latencies.percentile_ms(50.0)),
+        "p99_ms": round2(latencies.percentile_ms(99.0)),
+        "max_ms": round2(latencies.percentile_ms(100.0)),
+        "relay_cpu_us_per_msg": round2(per_message_us),
+        "writers_cpu_s": round2(writers_cpu),
+        "total_cpu_s": round2(total_cpu),
+    }));
+    Ok(())
+}
+
+async fn backlog(
+    args: &Args,
+    pool: &PgPool,
+    table: &Ident,
+    bus: &SignalBus<Postgres>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let n = args.backlog;
+    // Alternating, twice each; the faster run of each counts (the machine is shared).
+    let (mut many, mut relayed) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..2 {
+        Postgres::fill(pool, table, n).await?;
+        let started = Instant::now();
+        let sent = bus.flushmany(&Selection::all()).await?;
+        many = many.min(started.elapsed().as_secs_f64());
+        if sent != n {
+            return Err(format!("flushmany sent {sent} of {n}").into());
+        }
+        Postgres::fill(pool, table, n).await?;
+        let started = Instant::now();
+        let relay = bus.relay().start().await?;
+        until_empty(pool).await;
+        relayed = relayed.min(started.elapsed().as_secs_f64());
+        relay.shutdown(Duration::from_secs(10)).await;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rate = |secs: f64| round2(n as f64 / secs);
+    emit(serde_json::json!({
+        "bench": "relay",
+        "mode": "backlog",
+        "database": "PostgreSQL",
+        "bus": signalbus::redact::redact_url(&args.bus),
+        "signals": n,
+        "flushmany_msgs_per_s": rate(many),
+        "relay_msgs_per_s": rate(relayed),
+        "ratio_vs_flushmany": round2(many / relayed),
+    }));
+    Ok(())
+}
+
+async fn memory(
+    args: &Args,
+    pool: &PgPool,
+    table: &Ident,
+    bus: &SignalBus<Postgres>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let n = args.memory_signals;
+    Postgres::fill(pool, table, n).await?;
+    let before = rss_mib();
+    let started = Instant::now();
+    let relay = bus.relay().start().await?;
+    let mut peak = before;
+    let mut samples = Vec::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rss = rss_mib();
+        peak = peak.max(rss);
+        samples.push(rss);
+        if count(pool).await == 0 {
+            break;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    relay.shutdown(Duration::from_secs(10)).await;
+    let quarter = samples.len() / 4;
+    #[allow(clippy::cast_precision_loss)]
+    let mean = |s: &[f64]| {
+        if s.is_empty() {
+            0.0
+        } else {
+            s.iter().sum::<f64>() / s.len() as f64
+        }
+    };
+    emit(serde_json::json!({
+        "bench": "relay",
+        "mode": "memory",
+        "database": "PostgreSQL",
+        "bus": signalbus::redact::redact_url(&args.bus),
+        "signals": n,
+        "seconds": round2(secs),
+        "rss_before_mib": round2(before),
+        "rss_peak_mib": round2(peak),
+        "rss_first_quarter_mib": round2(mean(&samples[..quarter])),
+        "rss_last_quarter_mib": round2(mean(&samples[samples.len() - quarter..])),
+    }));
+    Ok(())
+}

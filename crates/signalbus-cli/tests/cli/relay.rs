@@ -1,0 +1,437 @@
+//! `signalbus relay` as a process: two relays split a backlog (each row once), one killed
+//! with SIGKILL mid-drain loses nothing, SIGTERM exits 0 within the bound, one relay serves
+//! two databases and one going down does not stop the other, `/metrics` and `/readyz` read
+//! with a real HTTP client, and bad input is one clear line.
+
+use crate::{Scratch, server, text, with_database};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BULK: &str = "[[signal]]\nname = \"bulk\"\n";
+const PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A fresh PostgreSQL database, dropped by [`PgDb::drop`].
+struct PgDb {
+    admin: sqlx::PgPool,
+    name: String,
+    url: String,
+    pool: sqlx::PgPool,
+}
+
+impl PgDb {
+    async fn new() -> Self {
+        let server = server("SIGNALBUS_TEST_POSTGRES_URL", PG);
+        let admin = sqlx::PgPool::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL must run: {e}"));
+        let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let url = with_database(&server, &name);
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        PgDb {
+            admin,
+            name,
+            url,
+            pool,
+        }
+    }
+
+    async fn fill(&self, table: &str, from: i64, to: i64) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (topic, body) SELECT 'bulk', convert_to(g::text, 'UTF8') \
+             FROM generate_series({from}, {to}) AS g"
+        )))
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn until_empty(&self, table: &str, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let n = self.count(table).await;
+            if n == 0 {
+                return;
+            }
+            assert!(started.elapsed() < limit, "{n} rows left after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Nobody, superusers included, can connect until [`PgDb::allow`]; open connections end.
+    async fn refuse_connections(&self) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {0} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}'",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await
+        .unwrap();
+    }
+
+    async fn allow_connections(&self) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await
+        .unwrap();
+    }
+
+    async fn drop(self) {
+        self.pool.close().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await
+        .unwrap();
+    }
+}
+
+/// The bodies a `file:` bus received, with how often each; a line cut short by a SIGKILL is
+/// skipped.
+fn bodies(paths: &[&Path]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for path in paths {
+        let content = std::fs::read_to_string(path).unwrap_or_default();
+        for line in content.lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                *counts
+                    .entry(v["body"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn relay(s: &Scratch, db_url: &str, out: &str, extra: &[&str]) -> Child {
+    s.cmd(db_url)
+        .args(["relay", "--bus-url", &s.bus(out)])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for the child to exit, at most `limit`; its status and standard error.
+fn exited_within(mut child: Child, limit: Duration) -> (std::process::ExitStatus, String) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return (status, err);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running {limit:?} after the signal");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn two_relays_split_a_backlog_and_a_killed_one_loses_nothing() {
+    let db = PgDb::new().await;
+    let s = Scratch::new(BULK);
+    assert!(s.run(&db.url, &["migrate"]).status.success());
+    let settings = [
+        "--publish-timeout",
+        "1",
+        "--lease",
+        "3",
+        "--poll-max",
+        "0.2",
+    ];
+
+    // Two relays on one backlog: each row sent once.
+    db.fill("bulk", 1, 20_000).await;
+    let a = relay(&s, &db.url, "a1.jsonl", &settings);
+    let b = relay(&s, &db.url, "b1.jsonl", &settings);
+    db.until_empty("bulk", Duration::from_secs(60)).await;
+    let got = bodies(&[&s.path("a1.jsonl"), &s.path("b1.jsonl")]);
+    assert_eq!(got.len(), 20_000, "every row sent");
+    assert!(got.values().all(|&n| n == 1), "no row sent twice");
+    let from_a = bodies(&[&s.path("a1.jsonl")]).len();
+    println!("relay a sent {from_a}, relay b {}", 20_000 - from_a);
+
+    // SIGTERM: both exit 0 within the bound.
+    for child in [a, b] {
+        signal(&child, "TERM");
+        let (status, err) = exited_within(child, Duration::from_secs(10));
+        assert!(status.success(), "{err}");
+        assert!(err.contains("signalbus relay: stopped"), "{err}");
+    }
+
+    // One killed mid-drain: the other sends everything, the killed one's burst after its
+    // lease expires.
+    db.fill("bulk", 1, 50_000).await;
+    let a = relay(&s, &db.url, "a2.jsonl", &settings);
+    let b = relay(&s, &db.url, "b2.jsonl", &settings);
+    let started = Instant::now();
+    while bodies(&[&s.path("a2.jsonl")]).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "relay a never sent"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(&a, "KILL");
+    let (status, _) = exited_within(a, Duration::from_secs(5));
+    assert!(!status.success());
+    db.until_empty("bulk", Duration::from_secs(60)).await;
+    let got = bodies(&[&s.path("a2.jsonl"), &s.path("b2.jsonl")]);
+    let duplicates: usize = got.values().map(|n| n - 1).sum();
+    println!(
+        "after SIGKILL: {} delivered, {duplicates} duplicates",
+        got.len()
+    );
+    assert_eq!(got.len(), 50_000, "nothing lost");
+    signal(&b, "TERM");
+    let (status, err) = exited_within(b, Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn one_relay_serves_two_databases_and_one_down_does_not_stop_the_other() {
+    let (one, two) = (PgDb::new().await, PgDb::new().await);
+    let s = Scratch::new(BULK);
+    for db in [&one, &two] {
+        assert!(s.run(&db.url, &["migrate"]).status.success());
+    }
+    let child = s
+        .cmd(&one.url)
+        .args(["--database-url", &one.url, "--database-url", &two.url])
+        .args([
+            "relay",
+            "--bus-url",
+            &s.bus("out.jsonl"),
+            "--poll-max",
+            "0.2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    one.fill("bulk", 1, 100).await;
+    two.fill("bulk", 101, 200).await;
+    one.until_empty("bulk", Duration::from_secs(20)).await;
+    two.until_empty("bulk", Duration::from_secs(20)).await;
+
+    // The first database goes away; the second keeps being served.
+    one.refuse_connections().await;
+    two.fill("bulk", 201, 300).await;
+    two.until_empty("bulk", Duration::from_secs(20)).await;
+    // And the first is served again once it is back.
+    one.allow_connections().await;
+    let one = PgDb {
+        pool: sqlx::PgPool::connect(&one.url).await.unwrap(),
+        ..one
+    };
+    one.fill("bulk", 301, 400).await;
+    one.until_empty("bulk", Duration::from_secs(30)).await;
+    let got = bodies(&[&s.path("out.jsonl")]);
+    assert_eq!(got.len(), 400, "both databases delivered");
+    signal(&child, "TERM");
+    let (status, err) = exited_within(child, Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    assert!(err.contains("relaying from 2 database(s)"), "{err}");
+    one.drop().await;
+    two.drop().await;
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// The value of the sample `name{labels…}` in a Prometheus text page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_move_and_health_answers() {
+    let s = Scratch::new(BULK);
+    let (url, pool) = s.migrated_sqlite().await;
+    let port = signalbus_testkit::nats::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = relay(
+        &s,
+        &url,
+        "out.jsonl",
+        &["--listen", &listen, "--stats-interval", "0.1"],
+    );
+    let base = format!("http://{listen}");
+    let started = Instant::now();
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("database ok, broker ok"), "{body}");
+    crate::insert_sqlite(&pool, "bulk", &["1", "2", "3"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let (_, page) = get(&format!("{base}/metrics")).await;
+        if sample(&page, "signalbus_signals_sent_total") == Some(3.0)
+            && sample(&page, "signalbus_pending") == Some(0.0)
+        {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for name in [
+        "signalbus_delivery_seconds_count",
+        "signalbus_publish_seconds_count",
+        "signalbus_oldest_pending_seconds",
+        "signalbus_parked",
+        "signalbus_backing_off",
+    ] {
+        assert!(sample(&page, name).is_some(), "{name} missing:\n{page}");
+    }
+    assert_eq!(sample(&page, "signalbus_delivery_seconds_count"), Some(3.0));
+    signal(&child, "TERM");
+    let (status, err) = exited_within(child, Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+}
+
+#[tokio::test]
+async fn readyz_turns_unready_while_the_broker_is_down() {
+    let s = Scratch::new(BULK);
+    let (url, _pool) = s.migrated_sqlite().await;
+    let nats_port = signalbus_testkit::nats::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let nats = signalbus_testkit::nats::PrivateServer::start(nats_port, dir.path());
+    nats.wait_ready().await;
+    let port = signalbus_testkit::nats::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = s
+        .cmd(&url)
+        .args([
+            "relay",
+            "--bus-url",
+            &format!("nats://127.0.0.1:{nats_port}"),
+        ])
+        .args(["--listen", &listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let readyz = format!("http://{listen}/readyz");
+    let until = |want: u16| {
+        let readyz = readyz.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(r) = reqwest::get(&readyz).await {
+                    let status = r.status().as_u16();
+                    let body = r.text().await.unwrap();
+                    if status == want {
+                        return body;
+                    }
+                }
+                assert!(Instant::now() < deadline, "/readyz never answered {want}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    until(200).await;
+    let (port, path) = nats.stop();
+    let body = until(503).await;
+    assert!(body.contains("broker unreachable"), "{body}");
+    let nats = signalbus_testkit::nats::PrivateServer::start(port, &path);
+    nats.wait_ready().await;
+    until(200).await;
+    signal(&child, "TERM");
+    let (status, err) = exited_within(child, Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    nats.stop();
+}
+
+#[tokio::test]
+async fn bad_relay_input_is_one_clear_line_and_loses_nothing() {
+    let s = Scratch::new(BULK);
+    let (url, pool) = s.migrated_sqlite().await;
+    crate::insert_sqlite(&pool, "bulk", &["1"]).await;
+    let bus = s.bus("out.jsonl");
+    let one_line = |out: &std::process::Output, code: i32, needle: &str| {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+        if code == 1 {
+            let errors = err.lines().filter(|l| l.starts_with("error: ")).count();
+            assert_eq!(errors, 1, "one error line: {err}");
+        }
+    };
+    let out = s.run(&url, &["relay", "nope", "--bus-url", &bus]);
+    one_line(&out, 1, "none of the given signal names is known");
+    let out = s.run(&url, &["relay", "--bus-url", &bus, "--listen", "localhost"]);
+    one_line(&out, 2, "--listen");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = s.run(&url, &["relay", "--bus-url", &bus, "--listen", &addr]);
+    one_line(&out, 1, &format!("cannot listen on {addr}"));
+    let down = "postgres://postgres:secret@127.0.0.1:1/nowhere";
+    let out = s.run(
+        &url,
+        &[
+            "--database-url",
+            &url,
+            "--database-url",
+            down,
+            "relay",
+            "--bus-url",
+            &bus,
+        ],
+    );
+    one_line(
+        &out,
+        1,
+        "cannot connect to the database at `postgres://postgres:***@127.0.0.1:1/nowhere`",
+    );
+    assert!(!text(&out.stderr).contains("secret"));
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bulk")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "nothing sent, nothing lost");
+    assert!(!s.path("out.jsonl").exists() || bodies(&[&s.path("out.jsonl")]).is_empty());
+}

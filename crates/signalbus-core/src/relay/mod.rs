@@ -1,0 +1,415 @@
+//! The relay: an always-on sender of pending signals.
+//!
+//! A relay drains the selected signal types continuously, each in a *lane* of its own: claim
+//! a burst, publish it, settle it (as [`SignalBus::flushmany`] does, or
+//! [`SignalBus::flushordered`] in ordered mode), again at once while there is more, and
+//! otherwise wait until it is woken:
+//!
+//! * **PostgreSQL**: `migrate` installs a statement-level trigger on each signal table that
+//!   notifies the channel `signalbus` (one notification per inserting transaction and table,
+//!   whoever writes the rows, in any language); the relay listens on a connection of its own
+//!   and wakes the lane of the notified table at once. A poll every `poll_max` catches
+//!   retries whose backoff ended and anything missed while the listening connection was
+//!   down (it reconnects by itself).
+//! * **MySQL/MariaDB, SQLite**: an adaptive poll: after an empty round the lane waits
+//!   `poll_min`, doubling up to `poll_max` while nothing comes, and back to `poll_min` as
+//!   soon as a round finds rows. A signal waits at most `poll_max` plus one burst.
+//!
+//! Several relays (processes or tasks) may run against one database: bursts are claimed with
+//! a lease, so they split the rows and never send one twice in the normal case; when a relay
+//! dies holding a burst, its rows come back when the lease expires. A failure of the
+//! database or the bus never stops a relay: the lane waits (100 ms, doubling up to 10 s) and
+//! tries again; refused messages are retried and parked as the type's
+//! [`RetryPolicy`](crate::RetryPolicy) says.
+//!
+//! ```no_run
+//! # async fn demo(bus: signalbus_core::SignalBus<sqlx::Sqlite>) -> signalbus_core::Result<()> {
+//! use std::time::Duration;
+//! // In a service: send its typed signals that auto-flush left pending, until shutdown.
+//! let relay = bus.relay().start().await?;
+//! // ... serve requests; on shutdown:
+//! let clean = relay.shutdown(Duration::from_secs(10)).await;
+//! # let _ = clean; Ok(()) }
+//! ```
+//!
+//! Metrics (besides those of every flush, see the `flush` module docs), per bus and signal
+//! type, refreshed every `stats_interval`: the gauges `signalbus_pending` (all rows),
+//! `signalbus_backing_off`, `signalbus_parked` and `signalbus_oldest_pending_seconds` (the
+//! lag to alert on).
+
+pub(crate) mod wake;
+
+use crate::bus::{Shared, SignalBus};
+use crate::error::{Error, Result};
+use crate::flush::explicit::{claimed_burst, ordered_burst};
+use crate::publisher::{Backoff, Publisher};
+use crate::registry::{Selection, TypeIdx};
+use crate::storage::Backend;
+use sqlx::Connection as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use wake::{Wakers, stopped_within};
+
+/// Longest wait after consecutive failures.
+const MAX_FAILURE_WAIT: Duration = Duration::from_secs(10);
+
+/// The wait after `failures` failures in a row: 100 ms, doubling up to 10 s (with jitter).
+pub(crate) fn failure_wait(failures: u32) -> Duration {
+    Backoff {
+        max_attempts: u32::MAX,
+        base: Duration::from_millis(100),
+        max: MAX_FAILURE_WAIT,
+        wait_before_first_retry: true,
+    }
+    .delay(failures.max(1))
+}
+
+/// Builds and starts a [`Relay`]; from [`SignalBus::relay`].
+#[derive(Debug)]
+pub struct RelayBuilder<DB: Backend> {
+    bus: SignalBus<DB>,
+    selection: Selection,
+    ordered: bool,
+    poll_min: Duration,
+    poll_max: Duration,
+    stats_interval: Duration,
+}
+
+impl<DB: Backend> SignalBus<DB> {
+    /// A relay for this bus' signal types (all of them unless
+    /// [selected](RelayBuilder::select)); see [`crate::relay`].
+    pub fn relay(&self) -> RelayBuilder<DB> {
+        RelayBuilder {
+            bus: self.clone(),
+            selection: Selection::all(),
+            ordered: false,
+            poll_min: Duration::from_millis(10),
+            poll_max: Duration::from_secs(1),
+            stats_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl<DB: Backend> RelayBuilder<DB> {
+    /// Relay only these signal types.
+    pub fn select(mut self, selection: Selection) -> Self {
+        self.selection = selection;
+        self
+    }
+
+    /// Send in order, as [`SignalBus::flushordered`] does (default: off, as
+    /// [`SignalBus::flushmany`]).
+    pub fn ordered(mut self, on: bool) -> Self {
+        self.ordered = on;
+        self
+    }
+
+    /// The poll: after an empty round wait `min`, doubling up to `max` (default 10 ms and
+    /// 1 s). On PostgreSQL, while notifications arrive, the lanes wait `max` between polls.
+    pub fn poll(mut self, min: Duration, max: Duration) -> Self {
+        self.poll_min = min;
+        self.poll_max = max;
+        self
+    }
+
+    /// How often the pending, backing-off and parked gauges are refreshed (default 5 s).
+    pub fn stats_interval(mut self, every: Duration) -> Self {
+        self.stats_interval = every;
+        self
+    }
+
+    /// Check the settings and the tables, then start the lanes (tasks on the current tokio
+    /// runtime). Fails when a selected name is unknown, a setting cannot work, or a table
+    /// cannot be read (missing: run `migrate`; or the database is down).
+    pub async fn start(self) -> Result<Relay> {
+        let bad = |what: &str| Err(Error::Config(format!("relay: {what}")));
+        if self.poll_min.is_zero() || self.poll_min > self.poll_max {
+            return bad("the poll needs 0 < min <= max");
+        }
+        if self.stats_interval.is_zero() {
+            return bad("stats_interval must be longer than zero");
+        }
+        let shared = self.bus.shared.clone();
+        let types = shared.registry.select(&self.selection)?;
+        if types.is_empty() {
+            return bad("no signal types selected");
+        }
+        // Every table must be there: a relay that starts must be able to work.
+        self.bus.pending(&self.selection).await?;
+        let lanes: Vec<(TypeIdx, Arc<Notify>)> = types
+            .iter()
+            .map(|&i| (i, Arc::new(Notify::new())))
+            .collect();
+        let wakers = Arc::new(Wakers {
+            lanes: lanes
+                .iter()
+                .map(|(i, n)| (shared.registry.get(*i).table.name().to_owned(), n.clone()))
+                .collect(),
+            listening: AtomicBool::new(false),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let name = shared.config.name.clone();
+        tasks.spawn(wake::listen::<DB>(
+            shared.pool.clone(),
+            name.clone(),
+            wakers.clone(),
+            stop_rx.clone(),
+        ));
+        tasks.spawn(gauges(
+            shared.clone(),
+            types.clone(),
+            self.stats_interval,
+            stop_rx.clone(),
+        ));
+        let lane_tasks = lanes.len();
+        for (idx, notify) in lanes {
+            tasks.spawn(lane(
+                shared.clone(),
+                Lane {
+                    idx,
+                    ordered: self.ordered,
+                    poll_min: self.poll_min,
+                    poll_max: self.poll_max,
+                    notify,
+                    wakers: wakers.clone(),
+                },
+                stop_rx.clone(),
+            ));
+        }
+        let names: Vec<&str> = types
+            .iter()
+            .map(|&i| &*shared.registry.get(i).name)
+            .collect();
+        tracing::info!(bus = %name, database = DB::NAME, signals = ?names, ordered = self.ordered, "relay started");
+        let check_shared = shared.clone();
+        let check: Check = Arc::new(move || {
+            let shared = check_shared.clone();
+            Box::pin(async move { readiness(&shared).await })
+        });
+        Ok(Relay {
+            name,
+            lanes: lane_tasks,
+            stop: stop_tx,
+            tasks,
+            check,
+        })
+    }
+}
+
+/// A readiness check of a relay, to call from an HTTP handler ([`Relay::readiness_check`]).
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Readiness> + Send>> + Send + Sync>;
+type Check = ReadinessCheck;
+
+/// A running relay ([`SignalBus::relay`]): its lanes run until [`Relay::shutdown`] (or until
+/// it is dropped, which stops them at once: rows of a burst in flight stay claimed until
+/// their lease expires, then are sent again).
+pub struct Relay {
+    name: String,
+    lanes: usize,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    check: Check,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("bus", &self.name)
+            .field("lanes", &self.lanes)
+            .finish()
+    }
+}
+
+/// Whether a relay can work: its database and its bus answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Readiness {
+    /// The bus' name.
+    pub bus: String,
+    /// The database answered, or why not.
+    pub database: std::result::Result<(), String>,
+    /// The message bus answered, or why not.
+    pub broker: std::result::Result<(), String>,
+}
+
+impl Readiness {
+    /// Both answered.
+    pub fn is_ready(&self) -> bool {
+        self.database.is_ok() && self.broker.is_ok()
+    }
+}
+
+/// How long a readiness check waits for each answer.
+const CHECK_LIMIT: Duration = Duration::from_secs(5);
+
+async fn readiness<DB: Backend>(shared: &Shared<DB>) -> Readiness {
+    let database = async {
+        let mut conn = shared.pool.acquire().await.map_err(|e| e.to_string())?;
+        conn.ping().await.map_err(|e| e.to_string())
+    };
+    let (database, broker) = tokio::join!(
+        tokio::time::timeout(CHECK_LIMIT, database),
+        tokio::time::timeout(CHECK_LIMIT, shared.publisher.check()),
+    );
+    Readiness {
+        bus: shared.config.name.clone(),
+        database: database.unwrap_or_else(|_| Err(format!("no answer within {CHECK_LIMIT:?}"))),
+        broker: match broker {
+            Ok(answer) => answer.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {CHECK_LIMIT:?}")),
+        },
+    }
+}
+
+impl Relay {
+    /// The name of the relay's bus.
+    pub fn bus(&self) -> &str {
+        &self.name
+    }
+
+    /// Ask the database and the bus whether they answer now (for a readiness probe).
+    pub async fn ready(&self) -> Readiness {
+        (self.check)().await
+    }
+
+    /// A function that checks readiness, to hand to an HTTP server.
+    pub fn readiness_check(&self) -> ReadinessCheck {
+        self.check.clone()
+    }
+
+    /// Stop: every lane finishes the burst it is sending (publish and settle) and ends; waits
+    /// at most `timeout` for them. Returns `true` when all finished in time; `false` when some
+    /// were still sending and were abandoned (their rows stay claimed until the lease
+    /// expires, then go out again: nothing is lost, a duplicate is possible).
+    pub async fn shutdown(mut self, timeout: Duration) -> bool {
+        let _ = self.stop.send(true);
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        let clean = tokio::time::timeout(timeout, all).await.is_ok();
+        if !clean {
+            tracing::warn!(bus = %self.name, ?timeout, "relay: a burst was still in flight at the shutdown deadline; abandoned (its rows come back when their lease expires)");
+            self.tasks.abort_all();
+        }
+        clean
+    }
+}
+
+/// What a lane is.
+struct Lane {
+    idx: TypeIdx,
+    ordered: bool,
+    poll_min: Duration,
+    poll_max: Duration,
+    notify: Arc<Notify>,
+    wakers: Arc<Wakers>,
+}
+
+/// Drain one signal type until `stop` fires.
+async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch::Receiver<bool>) {
+    let reg = shared.registry.get(lane.idx);
+    let mut idle = lane.poll_min;
+    let mut failures = 0u32;
+    // When the earliest backoff of a row this lane saw refused ends: a retry goes out then,
+    // not at the next poll.
+    let mut retry_due: Option<tokio::time::Instant> = None;
+    while !*stop.borrow() {
+        let round = tokio::time::Instant::now();
+        let burst = if lane.ordered {
+            ordered_burst(&shared, lane.idx).await
+        } else {
+            claimed_burst(&shared, lane.idx, None).await
+        };
+        let wait = match burst {
+            Ok(Some(settled)) => {
+                if let Some(delay) = settled.next_retry {
+                    let due = tokio::time::Instant::now() + delay;
+                    retry_due = Some(retry_due.map_or(due, |d| d.min(due)));
+                }
+                if failures > 0 {
+                    tracing::info!(bus = %shared.config.name, signal = %reg.name, "relay: sending again");
+                }
+                failures = 0;
+                idle = lane.poll_min;
+                // In order, a refused row holds the rest back until its backoff ends: poll.
+                if lane.ordered && settled.blocked {
+                    lane.poll_min
+                } else {
+                    continue;
+                }
+            }
+            Ok(None) => {
+                failures = 0;
+                let wait = if lane.wakers.is_listening() {
+                    lane.poll_max
+                } else {
+                    idle
+                };
+                idle = (idle * 2).min(lane.poll_max);
+                wait
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = failure_wait(failures);
+                tracing::warn!(bus = %shared.config.name, signal = %reg.name, error = %e, failures, retry_in = ?wait, "relay: cannot send; the signals stay pending, trying again");
+                wait
+            }
+        };
+        // A retry that was due when this round began was taken by it; one due later bounds
+        // the wait (and is kept when a wake-up comes first).
+        retry_due = retry_due.filter(|&due| due > round);
+        let now = tokio::time::Instant::now();
+        let until = retry_due.map_or(now + wait, |due| due.min(now + wait));
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = lane.notify.notified() => idle = lane.poll_min,
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Refresh the gauges of the selected types every `every`, until `stop` fires.
+async fn gauges<DB: Backend>(
+    shared: Arc<Shared<DB>>,
+    types: Vec<TypeIdx>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        for &idx in &types {
+            let reg = shared.registry.get(idx);
+            let stats = async {
+                let mut conn = shared.pool.acquire().await?;
+                reg.sql.pending_stats::<DB>(&mut conn).await
+            };
+            match stats.await {
+                Ok(stats) => {
+                    let labels = [
+                        ("bus", shared.config.name.clone()),
+                        ("signal", reg.name.to_string()),
+                    ];
+                    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+                    {
+                        metrics::gauge!("signalbus_pending", &labels).set(stats.count as f64);
+                        metrics::gauge!("signalbus_backing_off", &labels)
+                            .set(stats.backing_off as f64);
+                        metrics::gauge!("signalbus_parked", &labels).set(stats.parked as f64);
+                    }
+                    metrics::gauge!("signalbus_oldest_pending_seconds", &labels)
+                        .set(stats.oldest_age.unwrap_or_default().as_secs_f64());
+                }
+                Err(e) => {
+                    tracing::debug!(bus = %shared.config.name, signal = %reg.name, error = %e, "relay: cannot count pending signals");
+                }
+            }
+        }
+        if stopped_within(&mut stop, every).await {
+            return;
+        }
+    }
+}

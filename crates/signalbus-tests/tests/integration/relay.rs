@@ -1,0 +1,146 @@
+//! The relay in-process on every database and every broker (the fixtures of `buses.rs`):
+//! rows written by plain SQL (no signalbus in the writer) are picked up without waiting for
+//! a poll on PostgreSQL (the poll is set to 30 s there, so only the wake-up notification can
+//! deliver in time) and within the adaptive poll elsewhere; a message the broker refuses
+//! neither stops the relay nor holds back the others, and goes out once its route exists;
+//! shutdown ends cleanly.
+
+use crate::buses::{BusEvent, BusFixture, Route};
+use crate::common::TestBackend;
+use signalbus::{Signal, SignalBus};
+use std::time::{Duration, Instant};
+
+const TABLE: &str = "bus_event";
+
+/// Rows for `route`, `n` in `range`, inserted the way a writer in another language does.
+async fn insert_plain<DB: TestBackend>(
+    pool: &sqlx::Pool<DB>,
+    route: &Route,
+    range: std::ops::Range<i64>,
+) where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let values: Vec<String> = range
+        .map(|n| {
+            format!(
+                "('{}', '{}', '{{\"customer\":\"c{n}\"}}', '{{\"n\":{n}}}')",
+                route.0, route.1
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO {TABLE} (topic, routing_key, headers, body) VALUES {}",
+        values.join(", ")
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Waits until the table holds `rows` rows; returns how long that took.
+async fn until_rows<DB: TestBackend>(
+    pool: &sqlx::Pool<DB>,
+    rows: i64,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = DB::count_rows(pool, TABLE).await;
+        if now == rows {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the table still holds {now} rows (expected {rows}) after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn relayed<DB: TestBackend, F: BusFixture>(fx: F)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(5).await;
+    let publisher = signalbus::connect_bus(&fx.url()).await.unwrap();
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(publisher)
+        .register_type(
+            BusEvent::signal_type()
+                .clone()
+                .retry(signalbus::RetryPolicy {
+                    max_attempts: 50,
+                    base: Duration::from_millis(200),
+                    max: Duration::from_secs(1),
+                }),
+        )
+        .publish_timeout(Duration::from_secs(30))
+        .autoflush(false)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    let push = DB::NAME == "PostgreSQL";
+    // On PostgreSQL the poll is far slower than the test's bound: only a notification
+    // delivers in time.
+    let poll_max = if push {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_millis(200)
+    };
+    let relay = bus
+        .relay()
+        .poll(Duration::from_millis(10), poll_max)
+        .start()
+        .await
+        .unwrap();
+    // Let every lane go idle (its first round finds nothing), so that what follows must
+    // wake it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let ready = fx.ready();
+    insert_plain(&db.pool, &ready, 0..5).await;
+    let took = until_rows(&db.pool, 0, Duration::from_secs(20)).await;
+    eprintln!(
+        "{}: 5 plain-SQL rows sent by the relay in {took:?}",
+        DB::NAME
+    );
+    if push {
+        assert!(
+            took < Duration::from_secs(10),
+            "woken by the notification, not the 30 s poll: {took:?}"
+        );
+    }
+    let got = fx.received(&ready, 5).await;
+    assert_eq!(got.len(), 5, "{got:?}");
+
+    // Refused: kept and retried with backoff; the relay goes on sending the others.
+    let later = fx.later();
+    insert_plain(&db.pool, &later, 0..2).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = bus.pending(&signalbus::Selection::all()).await.unwrap()[0].1;
+        if stats.backing_off == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never refused: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    insert_plain(&db.pool, &ready, 5..8).await;
+    until_rows(&db.pool, 2, Duration::from_secs(20)).await;
+    // (Some fixtures read from the start, some consume: the three new ones at least.)
+    assert!(fx.received(&ready, 3).await.len() >= 3);
+
+    // Once the broker takes the route, the retries deliver (the relay wakes when their
+    // backoff ends, not at its next poll).
+    fx.open_later().await;
+    until_rows(&db.pool, 0, Duration::from_secs(25)).await;
+    assert_eq!(fx.received(&later, 2).await.len(), 2);
+
+    assert!(
+        relay.shutdown(Duration::from_secs(10)).await,
+        "clean shutdown"
+    );
+    fx.cleanup().await;
+    db.cleanup().await;
+}
