@@ -3,9 +3,11 @@
 //! `signalbus-bench autoflush --database-url URL --bus memory --concurrency 32`
 //! `signalbus-bench flushmany --database-url URL --bus memory --signals 100000 --processes 4`
 //! `signalbus-bench relay --database-url URL --bus amqp://... --rate 500`
+//! `signalbus-bench ordered --database-url URL --bus memory --keys 1000 --processes 4`
 
 mod autoflush;
 mod flushmany;
+mod ordered;
 mod raw;
 mod relay;
 mod setup;
@@ -39,6 +41,8 @@ enum Command {
     /// Draining a backlog: flushmany with 1, 2, 4 processes and flushordered against the raw
     /// `DELETE … RETURNING` ceiling, plus the bus alone.
     Flushmany(flushmany::Args),
+    /// Per-key ordered flushing against flushmany on one backlog, with 1, 2, 4 processes.
+    Ordered(ordered::Args),
     /// The relay: commit-to-acknowledgement latency at a fixed rate, CPU per message, a
     /// backlog against flushmany, memory while draining.
     Relay(relay::Args),
@@ -72,6 +76,7 @@ async fn run(command: Command) {
         Command::Flushmany(args) => flushmany::run(args).await,
         Command::Raw(args) => raw::run(args).await,
         Command::Relay(args) => relay::run(args).await,
+        Command::Ordered(args) => ordered::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("signalbus-bench: {e}");

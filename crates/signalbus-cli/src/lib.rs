@@ -224,6 +224,11 @@ pub struct RelayArgs {
     /// Send in order, as flushordered does.
     #[arg(long)]
     pub ordered: bool,
+    /// With --ordered: bursts of one signal type sent at once, each with other ordering
+    /// keys (never two signals of one key at the same time).
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub ordered_lanes: usize,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,

@@ -268,7 +268,8 @@ fn names(counts: &[(String, u64)]) -> String {
     names.join(", ")
 }
 
-/// A table with a header: signal, id, attempts, parked for, message id, last error (last,
+/// A table with a header: signal, id, attempts, parked for, key (the ordering key whose later
+/// signals wait for this one in ordered flushing), message id, last error (last,
 /// since it is the long one; on one line, `-` when there is none).
 fn text(listed: &[Listed]) -> String {
     let mut rows = vec![[
@@ -276,6 +277,7 @@ fn text(listed: &[Listed]) -> String {
         "id".to_owned(),
         "attempts".to_owned(),
         "parked for".to_owned(),
+        "key".to_owned(),
         "message id".to_owned(),
         "last error".to_owned(),
     ]];
@@ -288,6 +290,7 @@ fn text(listed: &[Listed]) -> String {
                 p.parked_for
                     .map(|d| format!("{:.1}s", d.as_secs_f64()))
                     .unwrap_or_else(|| "-".to_owned()),
+                p.ordering_key.clone().unwrap_or_else(|| "-".to_owned()),
                 p.message_id.clone(),
                 p.last_error
                     .as_deref()
@@ -296,7 +299,7 @@ fn text(listed: &[Listed]) -> String {
             ]);
         }
     }
-    let mut widths = [0; 6];
+    let mut widths = [0; 7];
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -323,7 +326,7 @@ fn text(listed: &[Listed]) -> String {
 }
 
 /// `{"signals": [{"name", "table", "parked": N, "rows": [{"id", "message_id", "attempts",
-/// "last_error", "parked_for_seconds"}, …]}, …], "total": N}`: `parked` counts them all,
+/// "last_error", "parked_for_seconds", "ordering_key"}, …]}, …], "total": N}`: `parked` counts them all,
 /// `rows` lists at most `--limit`.
 fn json(listed: &[Listed]) -> serde_json::Value {
     let signals: Vec<_> = listed
@@ -339,6 +342,7 @@ fn json(listed: &[Listed]) -> serde_json::Value {
                         "attempts": p.attempts,
                         "last_error": p.last_error,
                         "parked_for_seconds": seconds(p.parked_for),
+                        "ordering_key": p.ordering_key,
                     })
                 })
                 .collect();

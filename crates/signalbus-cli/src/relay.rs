@@ -160,6 +160,7 @@ pub async fn start_relay<DB: Backend>(
     bus.relay()
         .select(Selection::only(types))
         .ordered(args.ordered)
+        .ordered_lanes(args.ordered_lanes)
         .poll(args.poll_min, args.poll_max)
         .stats_interval(args.stats_interval)
         .start()

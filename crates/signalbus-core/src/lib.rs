@@ -25,7 +25,7 @@ pub use error::{Error, InnerError, PublishError, PublishErrorKind, Result};
 pub use flush::Progress;
 pub use flush::explicit::{DEFAULT_FLUSH_WAIT, FlushProgress};
 pub use ident::Ident;
-pub use message::{Headers, Message};
+pub use message::{Headers, Message, ORDERING_KEY_HEADER};
 pub use publisher::{BatchOutcome, BoxPublisher, Publisher, PublisherExt, Refused};
 pub use registry::Selection;
 pub use relay::{Readiness, ReadinessCheck, Relay, RelayBuilder};

@@ -6,6 +6,10 @@ use std::sync::Arc;
 /// Message headers: names to string values. Every bus carries string headers.
 pub type Headers = BTreeMap<String, String>;
 
+/// The header that carries a signal's ordering key ([`crate::Signal::ordering_key`], the
+/// `ordering_key` column) on every bus.
+pub const ORDERING_KEY_HEADER: &str = "signalbus-ordering-key";
+
 /// One message ready for the bus, built from a pending signal row.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Message {

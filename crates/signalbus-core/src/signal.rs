@@ -289,6 +289,17 @@ pub trait Signal: Send + Sync {
         Self::signal_type().default_routing_key().map(Cow::Borrowed)
     }
 
+    /// The ordering key of this message (`#[signal(key)]` on a field when derived): ordered
+    /// flushing ([`SignalBus::flushordered`](crate::SignalBus::flushordered), the relay's
+    /// ordered mode) keeps the order of the signals of one key and sends different keys in
+    /// parallel; a refused signal holds back only the later ones of its key. Stored in the
+    /// `ordering_key` column; it is the Kafka message key unless a routing key is set, and
+    /// travels as the header [`ORDERING_KEY_HEADER`](crate::ORDERING_KEY_HEADER). `None` (the
+    /// default): the signal belongs to the type's one sequence of signals without a key.
+    fn ordering_key(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+
     /// The headers of this message.
     fn headers(&self) -> Headers {
         Headers::new()

@@ -76,7 +76,7 @@ impl<DB: Backend> Recorder<DB> {
             .filter(|&i| registry.get(i).ty == *ty)
             .ok_or_else(|| Error::NotRegistered(ty.name().to_owned()))?;
         let reg = registry.get(idx);
-        let header_map = signal.headers();
+        let mut header_map = signal.headers();
         let headers = if header_map.is_empty() {
             None
         } else {
@@ -84,10 +84,11 @@ impl<DB: Backend> Recorder<DB> {
         };
         let body = signal.body()?;
         let message_id = uuid::Uuid::now_v7().to_string();
-        let (topic, routing_key, content_type) = (
+        let (topic, routing_key, content_type, ordering_key) = (
             signal.destination(),
             signal.routing_key(),
             signal.content_type(),
+            signal.ordering_key(),
         );
         // A signal for the auto-flush is written leased, so that no explicit flush takes it
         // while the auto-flush publishes it from memory; the lease bounds the delay should
@@ -102,9 +103,17 @@ impl<DB: Backend> Recorder<DB> {
             body: &body,
             content_type: content_type.as_deref(),
             lease_ms: autoflush.then(|| crate::storage::millis(lease)),
+            ordering_key: ordering_key.as_deref(),
         };
         let row_id = reg.sql.insert::<DB>(conn, row).await?;
         if autoflush {
+            // As a flush builds it from the row: the key travels as a header.
+            if let Some(key) = ordering_key {
+                header_map.insert(
+                    crate::message::ORDERING_KEY_HEADER.to_owned(),
+                    key.into_owned(),
+                );
+            }
             self.autoflush.push(Item {
                 idx,
                 id: row_id,

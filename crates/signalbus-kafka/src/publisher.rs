@@ -124,8 +124,16 @@ impl KafkaPublisher {
             let mut record = FutureRecord::to(&message.destination)
                 .payload(&message.body)
                 .headers(headers);
-            if let Some(key) = &message.routing_key {
-                record = record.key(key.as_str());
+            // The routing key, else the ordering key: it picks the partition, so the signals
+            // of one key keep their order.
+            let key = message.routing_key.as_deref().or_else(|| {
+                message
+                    .headers
+                    .get(signalbus_core::ORDERING_KEY_HEADER)
+                    .map(String::as_str)
+            });
+            if let Some(key) = key {
+                record = record.key(key);
             }
             let mut record = Some(record);
             // A full local queue empties as reports come in: wait a little and try again.

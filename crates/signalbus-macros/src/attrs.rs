@@ -18,6 +18,10 @@ pub struct Container {
     pub burst: Option<usize>,
     pub batch: Option<bool>,
     pub order_by: Vec<String>,
+    /// `max_attempts`, `retry_base_ms`, `retry_max_ms`: the retry policy, where given.
+    pub max_attempts: Option<u32>,
+    pub retry_base_ms: Option<u64>,
+    pub retry_max_ms: Option<u64>,
 }
 
 impl Container {
@@ -45,6 +49,16 @@ impl Container {
                         }
                         out.burst = Some(burst);
                     }
+                    "max_attempts" => {
+                        let lit = meta.value()?.parse::<LitInt>()?;
+                        let n: u32 = lit.base10_parse()?;
+                        if n == 0 {
+                            return Err(syn::Error::new(lit.span(), "max_attempts must be at least 1"));
+                        }
+                        out.max_attempts = Some(n);
+                    }
+                    "retry_base_ms" => out.retry_base_ms = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?),
+                    "retry_max_ms" => out.retry_max_ms = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?),
                     "order_by" => {
                         let lit = meta.value()?.parse::<LitStr>()?;
                         for part in lit.value().split(',') {
@@ -60,7 +74,7 @@ impl Container {
                         }
                     }
                     _ => return Err(meta.error(
-                        "unknown signal attribute; expected name, table, destination, routing_key, autoflush, burst, batch or order_by",
+                        "unknown signal attribute; expected name, table, destination, routing_key, autoflush, burst, batch, order_by, max_attempts, retry_base_ms or retry_max_ms",
                     )),
                 }
                 Ok(())
@@ -73,6 +87,7 @@ impl Container {
 #[derive(Default)]
 pub struct FieldAttrs {
     pub routing_key: bool,
+    pub key: bool,
     pub destination: bool,
     /// `Some(None)`: header named after the field.
     pub header: Option<Option<String>>,
@@ -85,6 +100,8 @@ impl FieldAttrs {
             attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident("routing_key") {
                     out.routing_key = true;
+                } else if meta.path.is_ident("key") {
+                    out.key = true;
                 } else if meta.path.is_ident("destination") {
                     out.destination = true;
                 } else if meta.path.is_ident("header") {
@@ -95,7 +112,7 @@ impl FieldAttrs {
                     });
                 } else {
                     return Err(meta.error(
-                        "unknown field attribute; expected routing_key, destination or header",
+                        "unknown field attribute; expected routing_key, key, destination or header",
                     ));
                 }
                 Ok(())

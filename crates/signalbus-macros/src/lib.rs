@@ -16,10 +16,13 @@ use syn::{Data, DeriveInput, Fields, parse_macro_input};
 /// Container attributes, all optional, in `#[signal(...)]`:
 /// `name = "..."` (default: the type's name), `table = "..."` (default: the type's name in
 /// snake_case), `destination = "..."` (default: the name), `routing_key = "..."`,
-/// `autoflush = false`, `burst = 500`, `batch = false`, `order_by = "created_at DESC, id"`.
+/// `autoflush = false`, `burst = 500`, `batch = false`, `order_by = "created_at DESC, id"`,
+/// and the retry policy of refused messages: `max_attempts = 5`, `retry_base_ms = 1000`,
+/// `retry_max_ms = 600000` (unset parts keep `RetryPolicy::default()`).
 ///
-/// Field attributes: `#[signal(routing_key)]` and `#[signal(destination)]` take the value
-/// from that field (via `ToString`); `#[signal(header)]` or `#[signal(header = "x-name")]`
+/// Field attributes: `#[signal(routing_key)]`, `#[signal(key)]` (the ordering key: order is
+/// kept per key, see `Signal::ordering_key`) and `#[signal(destination)]` take the value
+/// from that field (via `ToString`; an `Option` field gives none when it is `None`); `#[signal(header)]` or `#[signal(header = "x-name")]`
 /// adds the field as a header (an `Option` field only when it is `Some`).
 #[proc_macro_derive(Signal, attributes(signal))]
 pub fn derive_signal(input: TokenStream) -> TokenStream {
@@ -84,6 +87,23 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         let cols = &container.order_by;
         policy.extend(quote! { .order_by([#(#cols),*]) });
     }
+    if container.max_attempts.is_some()
+        || container.retry_base_ms.is_some()
+        || container.retry_max_ms.is_some()
+    {
+        // Unset parts keep the default policy's values.
+        let mut retry = quote! { let mut retry = ::signalbus::RetryPolicy::default(); };
+        if let Some(n) = container.max_attempts {
+            retry.extend(quote! { retry.max_attempts = #n; });
+        }
+        if let Some(ms) = container.retry_base_ms {
+            retry.extend(quote! { retry.base = ::std::time::Duration::from_millis(#ms); });
+        }
+        if let Some(ms) = container.retry_max_ms {
+            retry.extend(quote! { retry.max = ::std::time::Duration::from_millis(#ms); });
+        }
+        policy = quote! { { #retry #policy.retry(retry) } };
+    }
 
     let mut methods = proc_macro2::TokenStream::new();
     let mut headers = Vec::new();
@@ -98,6 +118,19 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         } else if attrs.routing_key {
             methods.extend(quote! {
                 fn routing_key(&self) -> ::std::option::Option<::std::borrow::Cow<'_, str>> {
+                    ::std::option::Option::Some(::std::borrow::Cow::Owned(::std::string::ToString::to_string(&self.#member)))
+                }
+            });
+        }
+        if attrs.key && attrs::is_option(&field.ty) {
+            methods.extend(quote! {
+                fn ordering_key(&self) -> ::std::option::Option<::std::borrow::Cow<'_, str>> {
+                    self.#member.as_ref().map(|value| ::std::borrow::Cow::Owned(::std::string::ToString::to_string(value)))
+                }
+            });
+        } else if attrs.key {
+            methods.extend(quote! {
+                fn ordering_key(&self) -> ::std::option::Option<::std::borrow::Cow<'_, str>> {
                     ::std::option::Option::Some(::std::borrow::Cow::Owned(::std::string::ToString::to_string(&self.#member)))
                 }
             });

@@ -124,25 +124,38 @@ impl<DB: Backend> SignalBus<DB> {
         drain(&self.shared, selection, Drain::Many, progress).await
     }
 
-    /// Send every pending signal in order: the type's `order_by` (default: insertion order),
-    /// burst after burst, until none is left. The order is gap-safe: a signal whose
-    /// transaction commits late is not overtaken by one after it (exactly on PostgreSQL and
-    /// SQLite; see [`crate::storage`] for what MySQL/MariaDB guarantee). On PostgreSQL, rows of
-    /// transactions still running are left for the next call.
+    /// Send every pending signal in order, burst after burst, until none is left. Order is
+    /// kept **per ordering key** ([`crate::Signal::ordering_key`], the `ordering_key` column):
+    /// the signals of one key go out one after the other, different keys in parallel; the
+    /// signals without a key are one sequence of their own (so a type nobody writes keys for
+    /// keeps one total order).
     ///
-    /// A signal the bus refuses **blocks the ones after it**: the flush of that type stops
-    /// there, and the next one starts with it once its backoff delay has passed; when it is
-    /// parked, the type waits until an operator unparks or purges it (`signalbus parked`
-    /// shows it). Signals published in the same burst before the refusal was known may
-    /// already have gone out behind it.
+    /// The order is gap-safe: a signal whose transaction commits late is not overtaken by a
+    /// later one of its key (exactly on PostgreSQL and SQLite; see [`crate::storage`] for
+    /// MySQL/MariaDB). On PostgreSQL signals go in the order their transactions began
+    /// writing, and the type's `order_by` (default: insertion order) orders the signals
+    /// *within* one transaction; on MySQL/MariaDB and SQLite `order_by` orders the table. On
+    /// PostgreSQL, rows of transactions still running are left for the next call.
+    ///
+    /// A signal the bus refuses **holds back the later signals of its key**, and only those:
+    /// the other keys go on. It goes again once its backoff delay has passed; when it is
+    /// parked, its key waits until an operator unparks or purges it (`signalbus parked`
+    /// shows the key). A burst takes at most one signal of each key, so no later signal of a
+    /// key is ever published beside a refused one; signals without a key go many per burst,
+    /// and those published in the same burst before a refusal was known may have gone out
+    /// behind it.
+    ///
+    /// Several ordered flushers (tasks, processes, relays in ordered mode) may run at once:
+    /// each burst is read and claimed in a short transaction that holds the table's ordered
+    /// turn, skipping every key that has a signal in flight with another flusher, then
+    /// published with no transaction open. So they split the keys and never send two signals
+    /// of one key at the same time; a flusher that dies holding a burst delays its keys until
+    /// the lease expires. When every remaining key is held by another flusher, this one waits
+    /// for it (at most twice the publish timeout), then returns what it sent.
     ///
     /// The order holds when auto-flush is off for the type (auto-flush sends as soon as
     /// transactions commit, in no particular order) and only ordered flushes send it.
-    /// Messages can still be sent more than once (at-least-once). Each burst is read and
-    /// claimed in a short transaction that holds the table's ordered turn, then published
-    /// with no transaction open: one ordered burst per table is in flight at a time, and a
-    /// second ordered flusher waits for it (at most twice the publish timeout, then it
-    /// returns what it sent).
+    /// Messages can still be sent more than once (at-least-once).
     pub async fn flushordered(&self, selection: &Selection) -> Result<usize> {
         self.flushordered_with(selection, &mut |_| ControlFlow::Continue(()))
             .await
@@ -210,7 +223,7 @@ async fn drain<DB: Backend>(
         loop {
             let settled = match mode {
                 Drain::Many => claimed_burst(shared, idx, None).await?,
-                Drain::Ordered => ordered_burst(shared, idx).await?,
+                Drain::Ordered => ordered_burst(shared, idx, true).await?,
             };
             let Some(settled) = settled else {
                 break;
@@ -220,53 +233,52 @@ async fn drain<DB: Backend>(
             if report(progress, &reg.name, &settled, total).is_break() {
                 return Ok(total);
             }
-            if matches!(mode, Drain::Ordered) && settled.blocked {
-                // Nothing after a refused row may go out first.
-                break;
-            }
         }
     }
     Ok(total)
 }
 
 /// The next burst in order: read and claimed in a short flush transaction that holds the
-/// table's ordered turn, then published with no transaction open, then settled. Only one
-/// ordered burst of a table is in flight at a time: while another flusher holds a live claim
-/// on rows of the table, this one waits for it (at most the lease wait), so that two ordered
-/// flushers never interleave. `None` when nothing can be sent (none left, the first in line
-/// is backing off, parked or held, or another ordered burst is still in flight).
+/// table's ordered turn, then published with no transaction open, then settled.
+///
+/// Order is kept per ordering key: the read skips every key that has a held row (parked,
+/// backing off, or in flight with another flusher), and a burst takes at most one signal of
+/// each key, so that a refusal never has a later signal of its key published beside it. The
+/// signals without a key are one sequence, taken many per burst (the order of the type as a
+/// whole, as before keys existed). So several ordered flushers (tasks or processes) send
+/// different keys at once, and never two signals of one key at the same time.
+///
+/// `None` when nothing can be sent now. With `wait`, when nothing can be sent because every
+/// key is held by another flusher, wait for it (at most twice the publish timeout), so that
+/// a flush that runs to the end sends what the other one leaves.
 pub(crate) async fn ordered_burst<DB: Backend>(
     shared: &Shared<DB>,
     idx: TypeIdx,
+    wait: bool,
 ) -> Result<Option<Settled>> {
     let reg = shared.registry.get(idx);
     let token = uuid::Uuid::new_v4().to_string();
     let lease = shared.config.lease();
+    let burst = reg.ty.burst_size();
     // A burst of another ordered flusher in flight lasts at most one publish.
     let give_up = std::time::Instant::now() + shared.config.publish_timeout * 2;
     let rows = loop {
         let mut tx = begin_flush(&shared.pool).await?;
         let step = async {
-            let rows = reg
-                .sql
-                .lock_ordered::<DB>(&mut tx, reg.ty.burst_size())
-                .await?;
-            if rows.is_empty() || reg.sql.claimed_now::<DB>(&mut tx).await? {
-                return Ok::<_, crate::error::Error>((rows.is_empty(), Vec::new()));
-            }
-            // Up to the first row that cannot be sent now: nothing may overtake it.
-            let ready: Vec<i64> = rows.iter().take_while(|r| r.ready).map(|r| r.id).collect();
-            if ready.is_empty() {
-                return Ok((true, Vec::new()));
+            let rows = reg.sql.lock_ordered::<DB>(&mut tx, burst).await?;
+            let picked = pick_per_key(&rows, burst);
+            if picked.is_empty() {
+                let others = wait && reg.sql.claimed_now::<DB>(&mut tx).await?;
+                return Ok::<_, crate::error::Error>((!others, Vec::new()));
             }
             let claimed = reg
                 .sql
-                .claim_in_tx::<DB>(&mut tx, &ready, lease, &token)
+                .claim_in_tx::<DB>(&mut tx, &picked, lease, &token)
                 .await?;
             // Claimed in the order read; stop at a row that was not claimable after all.
             let mut by_id: std::collections::HashMap<i64, crate::storage::StoredRow> =
                 claimed.into_iter().map(|r| (r.id, r)).collect();
-            let burst: Vec<_> = ready.iter().map_while(|id| by_id.remove(id)).collect();
+            let burst: Vec<_> = picked.iter().map_while(|id| by_id.remove(id)).collect();
             Ok((true, burst))
         }
         .await;
@@ -288,6 +300,35 @@ pub(crate) async fn ordered_burst<DB: Backend>(
             Err(e)
         }
     }
+}
+
+/// From rows in order (of keys none of whose rows is held), the ones a burst sends: every
+/// row without a key up to the first that cannot be sent now, and the first row of each key;
+/// at most `limit`.
+fn pick_per_key(rows: &[crate::storage::StoredRow], limit: usize) -> Vec<i64> {
+    let mut taken_keys = std::collections::HashSet::new();
+    let mut unkeyed_open = true;
+    let mut picked = Vec::new();
+    for row in rows {
+        if picked.len() >= limit {
+            break;
+        }
+        match &row.ordering_key {
+            None => {
+                unkeyed_open &= row.ready;
+                if unkeyed_open {
+                    picked.push(row.id);
+                }
+            }
+            Some(key) => {
+                // Later rows of a key wait for the next burst, the first one taken or not.
+                if taken_keys.insert(key.as_str()) && row.ready {
+                    picked.push(row.id);
+                }
+            }
+        }
+    }
+    picked
 }
 
 fn report(progress: Progress<'_>, signal: &str, settled: &Settled, sent: usize) -> ControlFlow<()> {

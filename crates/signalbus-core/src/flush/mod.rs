@@ -411,7 +411,7 @@ pub(crate) async fn settle_tx<DB: Backend, T>(
 
 /// Turn a stored row into the message the publisher gets.
 pub(crate) fn to_message(reg: &Registered, row: StoredRow) -> Result<Message> {
-    let headers = match row.headers.as_deref().map(str::trim) {
+    let mut headers = match row.headers.as_deref().map(str::trim) {
         None | Some("") | Some("null") => Headers::new(),
         Some(text) => parse_headers(text).map_err(|reason| Error::InvalidRow {
             table: reg.table.to_string(),
@@ -419,6 +419,9 @@ pub(crate) fn to_message(reg: &Registered, row: StoredRow) -> Result<Message> {
             reason,
         })?,
     };
+    if let Some(key) = row.ordering_key {
+        headers.insert(crate::message::ORDERING_KEY_HEADER.to_owned(), key);
+    }
     Ok(Message {
         id: row.message_id,
         signal: reg.name.clone(),

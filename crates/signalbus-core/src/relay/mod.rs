@@ -78,6 +78,7 @@ pub struct RelayBuilder<DB: Backend> {
     poll_min: Duration,
     poll_max: Duration,
     stats_interval: Duration,
+    ordered_lanes: usize,
 }
 
 impl<DB: Backend> SignalBus<DB> {
@@ -91,6 +92,7 @@ impl<DB: Backend> SignalBus<DB> {
             poll_min: Duration::from_millis(10),
             poll_max: Duration::from_secs(1),
             stats_interval: Duration::from_secs(5),
+            ordered_lanes: 4,
         }
     }
 }
@@ -106,6 +108,15 @@ impl<DB: Backend> RelayBuilder<DB> {
     /// [`SignalBus::flushmany`]).
     pub fn ordered(mut self, on: bool) -> Self {
         self.ordered = on;
+        self
+    }
+
+    /// In ordered mode, how many bursts of one signal type this relay sends at once
+    /// (default 4, from 1 to 64): each takes other ordering keys, never two signals of one
+    /// key at the same time (see [`SignalBus::flushordered`]). Signals without a key are one
+    /// sequence: one burst of them at a time.
+    pub fn ordered_lanes(mut self, n: usize) -> Self {
+        self.ordered_lanes = n;
         self
     }
 
@@ -131,6 +142,9 @@ impl<DB: Backend> RelayBuilder<DB> {
         if self.poll_min.is_zero() || self.poll_min > self.poll_max {
             return bad("the poll needs 0 < min <= max");
         }
+        if !(1..=64).contains(&self.ordered_lanes) {
+            return bad("ordered_lanes must be from 1 to 64");
+        }
         if self.stats_interval.is_zero() {
             return bad("stats_interval must be longer than zero");
         }
@@ -141,9 +155,10 @@ impl<DB: Backend> RelayBuilder<DB> {
         }
         // Every table must be there: a relay that starts must be able to work.
         self.bus.pending(&self.selection).await?;
+        let per_type = if self.ordered { self.ordered_lanes } else { 1 };
         let lanes: Vec<(TypeIdx, Arc<Notify>)> = types
             .iter()
-            .map(|&i| (i, Arc::new(Notify::new())))
+            .flat_map(|&i| (0..per_type).map(move |_| (i, Arc::new(Notify::new()))))
             .collect();
         let wakers = Arc::new(Wakers {
             lanes: lanes
@@ -321,7 +336,7 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
     while !*stop.borrow() {
         let round = tokio::time::Instant::now();
         let burst = if lane.ordered {
-            ordered_burst(&shared, lane.idx).await
+            ordered_burst(&shared, lane.idx, false).await
         } else {
             claimed_burst(&shared, lane.idx, None).await
         };
@@ -336,12 +351,8 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
                 }
                 failures = 0;
                 idle = lane.poll_min;
-                // In order, a refused row holds the rest back until its backoff ends: poll.
-                if lane.ordered && settled.blocked {
-                    lane.poll_min
-                } else {
-                    continue;
-                }
+                // More may be waiting (a refused key is held now, the others go on).
+                continue;
             }
             Ok(None) => {
                 failures = 0;

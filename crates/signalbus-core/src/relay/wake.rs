@@ -10,11 +10,13 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 /// The channel the trigger notifies, with the table's name as the payload.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) const CHANNEL: &str = "signalbus";
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What a listening connection heard.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) enum Heard {
     /// Rows were inserted into the table of this name (without its schema).
     Table(String),
@@ -29,6 +31,7 @@ pub(crate) trait Listen: Send {
 }
 
 /// For databases without notifications.
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
 pub(crate) async fn no_listener<DB: sqlx::Database>(
     _: &sqlx::Pool<DB>,
 ) -> Result<Option<Box<dyn Listen>>> {

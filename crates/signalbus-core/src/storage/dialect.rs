@@ -106,6 +106,11 @@ pub(crate) struct Dialect {
     /// Added to `ALTER TABLE … ADD COLUMN claim …` (MySQL: the index a claim is read back
     /// by; `{t}` is the table's name).
     pub claim_index: &'static str,
+    /// Added to `ALTER TABLE … ADD COLUMN ordering_key …` (MySQL: its index).
+    pub key_index: &'static str,
+    /// Creates the partial index of held rows by key (`{t}` the table, `{name}` the
+    /// index), where the database has partial indexes.
+    pub held_index: Option<&'static str>,
     /// Installs (or replaces) the statement-level trigger on `{t}` that notifies the
     /// `signalbus` channel with the table's name when rows are inserted, so that a relay
     /// wakes at once; `None` where the database has no notifications (the relay polls).

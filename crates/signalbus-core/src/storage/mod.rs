@@ -21,6 +21,7 @@
 //! | `body`         | bytes, not null               | the payload                                  |
 //! | `content_type` | text, nullable                | MIME type of the payload                     |
 //! | `created_at`   | timestamp, default: now       | for the age of the oldest pending signal     |
+//! | `ordering_key` | text, nullable                | order is kept per key (NULL: one sequence)   |
 //!
 //! PostgreSQL tables also have `txid xid8 DEFAULT pg_current_xact_id()`, the writing
 //! transaction, used for gap-safe ordered flushing, and an index on `(txid, id)`.
@@ -28,7 +29,9 @@
 //! # What `flushordered` guarantees, per database
 //!
 //! *Gap-safe* means: a signal whose transaction commits late is never overtaken by one that
-//! comes after it in the order.
+//! comes after it in the order. Order is per ordering key (`ordering_key`; rows without one
+//! are one sequence): everything below holds for the signals of one key, and keys whose
+//! earliest pending signal is held (parked, backing off, in flight) are skipped by the read.
 //!
 //! * **PostgreSQL** — gap-safe. Only rows whose `txid` is older than the snapshot's xmin
 //!   (`pg_snapshot_xmin(pg_current_snapshot())`) are sent: every transaction that could still
@@ -108,6 +111,8 @@ pub struct ParkedSignal {
     pub last_error: Option<String>,
     /// How long it has been parked, by the database's clock.
     pub parked_for: Option<Duration>,
+    /// Its ordering key: in ordered flushing, the later signals of this key wait for it.
+    pub ordering_key: Option<String>,
 }
 
 /// Which parked signals an operator command acts on.
@@ -127,6 +132,17 @@ pub enum ParkedRows<'a> {
 pub trait Backend: sealed::Store {}
 
 pub(crate) use sealed::{NewRow, Param, StoredRow};
+
+/// A parked row as read: id, message id, attempts, last error, age in microseconds,
+/// ordering key.
+pub(crate) type ParkedRow = (
+    i64,
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
 
 // The sealed trait's signatures use crate-private types on purpose: nobody outside can name
 // or implement it.
@@ -149,6 +165,8 @@ pub(crate) mod sealed {
         pub content_type: Option<&'a str>,
         /// A lease in milliseconds from now that keeps flushers away (`None`: sendable at once).
         pub lease_ms: Option<i64>,
+        /// The ordering key (`None`: the type's sequence of rows without a key).
+        pub ordering_key: Option<&'a str>,
     }
 
     /// A pending signal row as read back for sending.
@@ -168,6 +186,8 @@ pub(crate) mod sealed {
         pub ready: bool,
         /// Microseconds since it was written (`created_at`), by the database's clock.
         pub age_micros: Option<i64>,
+        /// Its ordering key.
+        pub ordering_key: Option<String>,
     }
 
     impl<'r, R: sqlx::Row> FromRow<'r, R> for StoredRow
@@ -189,6 +209,7 @@ pub(crate) mod sealed {
                 attempts: row.try_get(7)?,
                 ready: row.try_get::<i64, _>(8)? != 0,
                 age_micros: row.try_get(9)?,
+                ordering_key: row.try_get(10)?,
             })
         }
     }
@@ -236,13 +257,12 @@ pub(crate) mod sealed {
             sql: &SqlStr,
         ) -> impl Future<Output = Result<Vec<Option<i64>>>> + Send;
 
-        /// Run `sql`, reading parked rows: id, message id, attempts, last error, age.
-        #[allow(clippy::type_complexity)]
+        /// Run `sql`, reading parked rows.
         fn fetch_parked(
             conn: &mut Self::Connection,
             sql: &SqlStr,
             params: &[Param<'_>],
-        ) -> impl Future<Output = Result<Vec<(i64, String, i64, Option<String>, Option<i64>)>>> + Send;
+        ) -> impl Future<Output = Result<Vec<super::ParkedRow>>> + Send;
 
         /// Run `sql`; returns the number of rows affected.
         fn execute(
@@ -332,7 +352,7 @@ macro_rules! store {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 sql: &sqlx::SqlStr,
                 params: &[$crate::storage::Param<'_>],
-            ) -> $crate::error::Result<Vec<(i64, String, i64, Option<String>, Option<i64>)>> {
+            ) -> $crate::error::Result<Vec<$crate::storage::ParkedRow>> {
                 fetch_all_as(conn, sql, params).await
             }
 
@@ -368,7 +388,8 @@ macro_rules! store {
                     .bind(row.headers)
                     .bind(row.body)
                     .bind(row.content_type)
-                    .bind(row.lease_ms);
+                    .bind(row.lease_ms)
+                    .bind(row.ordering_key);
                 $crate::storage::store!(@insert $insert, query, conn)
             }
 
@@ -530,8 +551,8 @@ impl Statements {
             };
             Self::run::<DB>(conn, &lock.add, name).await?;
         }
-        if let Some(notify) = &self.notify {
-            DB::execute_script(conn, notify).await?;
+        for statement in &self.after_columns {
+            DB::execute_script(conn, statement).await?;
         }
         Ok(())
     }
@@ -796,12 +817,13 @@ impl Statements {
         Ok(rows
             .into_iter()
             .map(
-                |(id, message_id, attempts, last_error, parked_us)| ParkedSignal {
+                |(id, message_id, attempts, last_error, parked_us, ordering_key)| ParkedSignal {
                     id,
                     message_id,
                     attempts: count(Some(attempts)),
                     last_error,
                     parked_for: age(parked_us),
+                    ordering_key,
                 },
             )
             .collect())

@@ -43,7 +43,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
         time: "DATETIME(6) NULL",
         counter: "BIGINT NOT NULL DEFAULT 0",
         // A claim is read back by its token (no UPDATE … RETURNING here).
-        extra_columns: ", INDEX signalbus_claim (claim)",
+        extra_columns: ", INDEX signalbus_claim (claim), INDEX signalbus_key (ordering_key)",
         table_options: " ENGINE=InnoDB",
     },
     read_body: "{p}body",
@@ -65,6 +65,8 @@ pub(crate) const DIALECT: Dialect = Dialect {
     insert_returning: false,
     flush_lock_table: true,
     age_micros: "TIMESTAMPDIFF(MICROSECOND, {min}, NOW(6))",
+    key_index: ", ADD INDEX signalbus_key (ordering_key)",
+    held_index: None,
     notify_trigger: None,
     claim_index: ", ADD INDEX signalbus_claim (claim)",
     // One statement, so that a cancelled begin cannot leave READ COMMITTED pending for the

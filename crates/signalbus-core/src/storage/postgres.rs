@@ -41,6 +41,10 @@ pub(crate) const DIALECT: Dialect = Dialect {
     flush_lock_table: false,
     age_micros: "(EXTRACT(EPOCH FROM (now() - {min})) * 1000000)::bigint",
     claim_index: "",
+    key_index: "",
+    held_index: Some(
+        "CREATE INDEX IF NOT EXISTS {name} ON {t} (ordering_key) WHERE parked_at IS NOT NULL OR next_attempt_at IS NOT NULL",
+    ),
     notify_trigger: Some(NOTIFY_TRIGGER),
     // The flush transaction only deletes rows that were already sent. If its commit is lost in
     // a crash, the rows come back and are sent again: a duplicate, which at-least-once delivery

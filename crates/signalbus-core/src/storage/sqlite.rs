@@ -53,6 +53,10 @@ pub(crate) const DIALECT: Dialect = Dialect {
     insert_returning: true,
     flush_lock_table: false,
     age_micros: concat!("(", now_ms!(), " - {min}) * 1000"),
+    key_index: "",
+    held_index: Some(
+        "CREATE INDEX IF NOT EXISTS {name} ON {t} (ordering_key) WHERE parked_at IS NOT NULL OR next_attempt_at IS NOT NULL",
+    ),
     notify_trigger: None,
     claim_index: "",
     begin_async: None,

@@ -92,9 +92,10 @@ pub(crate) struct Statements {
     /// `CREATE TABLE IF NOT EXISTS …` and what goes with it (indexes, the lock table), in
     /// order.
     pub create: Vec<SqlStr>,
-    /// Installs the trigger that wakes relays when rows are inserted (PostgreSQL), run by
-    /// `migrate` after the columns are in place.
-    pub notify: Option<SqlStr>,
+    /// What `migrate` runs once the columns are in place: the held-rows index by key, and
+    /// the trigger that wakes relays when rows are inserted (PostgreSQL).
+    pub after_columns: Vec<SqlStr>,
+
     /// The table's column names: what `migrate` compares with the contract.
     pub columns: SqlStr,
     /// `ALTER TABLE … ADD COLUMN …` for each column added to the contract since its first
@@ -200,7 +201,7 @@ fn select_columns(d: &Dialect, prefix: &str, ready: &str) -> String {
         .replace("{min}", &format!("{prefix}created_at"));
     format!(
         "{prefix}id, {prefix}message_id, {prefix}topic, {prefix}routing_key, {prefix}headers, \
-         {body}, {prefix}content_type, {prefix}attempts, {ready}, {age}"
+         {body}, {prefix}content_type, {prefix}attempts, {ready}, {age}, {prefix}ordering_key"
     )
 }
 
@@ -221,6 +222,8 @@ impl Statements {
         let ready = format!(
             "t.parked_at IS NULL AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= {now})"
         );
+        // Held: parked, backing off, or leased to a flusher.
+        let held = format!("(t.parked_at IS NOT NULL OR t.next_attempt_at > {now})");
         let cols = select_columns(d, "t.", &ready);
         let claimed_cols = select_columns(d, "", "1 = 1");
         let id_in = d.id_in;
@@ -232,7 +235,8 @@ impl Statements {
             "CREATE TABLE IF NOT EXISTS {t} (\
              id {}, message_id {}, topic {} NOT NULL, routing_key {} NULL, headers {} NULL, \
              body {} NOT NULL, content_type {} NULL, created_at {}, attempts {}, \
-             next_attempt_at {}, last_error {} NULL, parked_at {}, claim {} NULL{}){}",
+             next_attempt_at {}, last_error {} NULL, parked_at {}, claim {} NULL, \
+             ordering_key {} NULL{}){}",
             c.id,
             c.message_id,
             c.short_text,
@@ -245,6 +249,7 @@ impl Statements {
             c.time,
             c.long_text,
             c.time,
+            c.short_text,
             c.short_text,
             c.extra_columns,
             c.table_options,
@@ -269,7 +274,25 @@ impl Statements {
             add("last_error", format!("{} NULL", c.long_text)),
             add("parked_at", c.time.to_owned()),
             add("claim", format!("{} NULL{}", c.short_text, d.claim_index)),
+            add(
+                "ordering_key",
+                format!("{} NULL{}", c.short_text, d.key_index),
+            ),
         ];
+        // Ordered flushing looks up, per key, whether a row of it is held (parked, backing
+        // off or in flight): an index of the held rows by key, where the database has
+        // partial indexes (MySQL indexes the column with the table, `key_index`).
+        let mut after_columns: Vec<SqlStr> = d
+            .held_index
+            .map(|text| {
+                shared(
+                    text.replace("{t}", &t)
+                        .replace("{name}", &table.derived("held_key", d.quote)),
+                )
+            })
+            .into_iter()
+            .collect();
+        after_columns.extend(d.notify_trigger.map(|text| shared(text.replace("{t}", &t))));
         let schema = match table.schema() {
             Some(schema) => format!("'{schema}'"),
             None => d.current_schema.to_owned(),
@@ -302,9 +325,10 @@ impl Statements {
         };
         let insert = shared(format!(
             "INSERT INTO {t} (message_id, topic, routing_key, headers, body, content_type, \
-             next_attempt_at) VALUES ({}, {}){returning}",
+             next_attempt_at, ordering_key) VALUES ({}, {}, {}){returning}",
             values.join(", "),
             now_plus(&d.placeholder(7)),
+            d.placeholder(8),
         ));
 
         // A claim: set a lease (the next attempt, should this flusher die) and its token.
@@ -367,6 +391,14 @@ impl Statements {
         let release = stmt(format!(
             "UPDATE {t} AS t SET next_attempt_at = NULL, claim = NULL WHERE {id_in}"
         ));
+        // A key whose earliest pending row is held (parked, backing off, or in flight with
+        // another flusher) is skipped whole: nothing of it may overtake that row, while the
+        // other keys go on. Rows without a key are one sequence of their own.
+        let unheld = format!(
+            "NOT EXISTS (SELECT 1 FROM {t} AS b WHERE (b.ordering_key = t.ordering_key \
+             OR (b.ordering_key IS NULL AND t.ordering_key IS NULL)) AND {})",
+            held.replace("t.", "b.")
+        );
         let ordered = match d.ordered_read {
             OrderedRead::TxidWatermark => {
                 let ms = lock_wait.as_millis().clamp(1, i32::MAX as u128);
@@ -385,12 +417,16 @@ impl Statements {
                 };
                 Ordered::Watermark {
                     turn,
-                    restored: read("t.txid >= pg_snapshot_xmax(pg_current_snapshot())"),
-                    settled: read("t.txid < pg_snapshot_xmin(pg_current_snapshot())"),
+                    restored: read(&format!(
+                        "t.txid >= pg_snapshot_xmax(pg_current_snapshot()) AND {unheld}"
+                    )),
+                    settled: read(&format!(
+                        "t.txid < pg_snapshot_xmin(pg_current_snapshot()) AND {unheld}"
+                    )),
                 }
             }
             OrderedRead::Locking => Ordered::Locking(stmt(format!(
-                "SELECT {cols} FROM {t} AS t ORDER BY {order_sql} LIMIT {{Limit}}{}",
+                "SELECT {cols} FROM {t} AS t WHERE {unheld} ORDER BY {order_sql} LIMIT {{Limit}}{}",
                 d.ordered_lock
             ))),
         };
@@ -423,15 +459,16 @@ impl Statements {
             release,
             ordered,
             delete_ids: stmt(d.delete_by_ids.replace("{t}", &t)),
-            notify: d.notify_trigger.map(|text| shared(text.replace("{t}", &t))),
+            after_columns,
+
             pending_ids: shared(format!("SELECT id FROM {t} AS t WHERE {ready} ORDER BY id")),
             in_flight: shared(format!(
                 "SELECT COUNT(*) FROM {t} AS t WHERE t.claim IS NOT NULL AND t.next_attempt_at > {now}"
             )),
             pending_stats,
             parked: stmt(format!(
-                "SELECT t.id, t.message_id, t.attempts, t.last_error, {} FROM {t} AS t \
-                 WHERE {parked} ORDER BY t.id LIMIT {{Limit}}",
+                "SELECT t.id, t.message_id, t.attempts, t.last_error, {}, t.ordering_key \
+                 FROM {t} AS t WHERE {parked} ORDER BY t.id LIMIT {{Limit}}",
                 d.age_micros.replace("{min}", "t.parked_at")
             )),
             unpark_ids: stmt(format!(

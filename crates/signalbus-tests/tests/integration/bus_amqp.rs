@@ -165,3 +165,8 @@ where
 {
     crate::relay::relayed::<DB, _>(Amqp::new().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_keyed_order_postgres() {
+    crate::relay::keyed_relayed(Amqp::new().await).await;
+}

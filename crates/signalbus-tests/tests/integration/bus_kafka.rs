@@ -72,3 +72,8 @@ where
 {
     crate::relay::relayed::<DB, _>(Kafka::new().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_keyed_order_postgres() {
+    crate::relay::keyed_relayed(Kafka::new().await).await;
+}

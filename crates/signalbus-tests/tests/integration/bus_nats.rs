@@ -102,3 +102,8 @@ where
 {
     crate::relay::relayed::<DB, _>(Nats::new().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_keyed_order_postgres() {
+    crate::relay::keyed_relayed(Nats::new().await).await;
+}

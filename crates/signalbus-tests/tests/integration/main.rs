@@ -11,6 +11,7 @@ mod common;
 mod crash;
 mod explicit;
 mod gated;
+mod keyed;
 mod message_ids;
 mod ordered_leases;
 mod outage;
