@@ -140,18 +140,21 @@ impl<DB: Backend> SignalBus<DB> {
     /// A signal the bus refuses **holds back the later signals of its key**, and only those:
     /// the other keys go on. It goes again once its backoff delay has passed; when it is
     /// parked, its key waits until an operator unparks or purges it (`signalbus parked`
-    /// shows the key). A burst takes at most one signal of each key, so no later signal of a
-    /// key is ever published beside a refused one; signals without a key go many per burst,
-    /// and those published in the same burst before a refusal was known may have gone out
-    /// behind it.
+    /// shows the key). A burst publishes the signals of a key in rounds (the n-th of every
+    /// key in the n-th call, each after the broker answered the one before) and publishes
+    /// nothing more of a key whose signal was refused. Signals without a key are published
+    /// together; those published in the same burst before a refusal was known may have gone
+    /// out behind it.
     ///
-    /// Several ordered flushers (tasks, processes, relays in ordered mode) may run at once:
-    /// each burst is read and claimed in a short transaction that holds the table's ordered
-    /// turn, skipping every key that has a signal in flight with another flusher, then
-    /// published with no transaction open. So they split the keys and never send two signals
-    /// of one key at the same time; a flusher that dies holding a burst delays its keys until
-    /// the lease expires. When every remaining key is held by another flusher, this one waits
-    /// for it (at most twice the publish timeout), then returns what it sent.
+    /// Several ordered flushers (tasks, processes, relays in ordered mode) may run at once.
+    /// On PostgreSQL keys are hashed into 16 lanes, and a burst comes from one lane that the
+    /// flusher holds for it (a session advisory lock on a connection of its own): flushers
+    /// split the keys and never send two signals of one key at the same time; one that dies
+    /// frees its lanes with its connection, and its burst in flight is sent again after the
+    /// lease. On MySQL/MariaDB and SQLite each burst is read and claimed in a short
+    /// transaction that holds the table's ordered turn, skipping keys in flight. When
+    /// nothing can be sent because other flushers hold lanes or rows, this one waits for them
+    /// (at most twice the publish timeout), then returns what it sent.
     ///
     /// The order holds when auto-flush is off for the type (auto-flush sends as soon as
     /// transactions commit, in no particular order) and only ordered flushes send it.
@@ -218,12 +221,13 @@ async fn drain<DB: Backend>(
     progress: Progress<'_>,
 ) -> Result<usize> {
     let mut total = 0;
+    let mut hold = LaneHold::new();
     for idx in shared.registry.select(selection)? {
         let reg = shared.registry.get(idx);
         loop {
             let settled = match mode {
                 Drain::Many => claimed_burst(shared, idx, None).await?,
-                Drain::Ordered => ordered_burst(shared, idx, true).await?,
+                Drain::Ordered => ordered_burst(shared, idx, true, &mut hold).await?,
             };
             let Some(settled) = settled else {
                 break;
@@ -238,94 +242,227 @@ async fn drain<DB: Backend>(
     Ok(total)
 }
 
-/// The next burst in order: read and claimed in a short flush transaction that holds the
-/// table's ordered turn, then published with no transaction open, then settled.
+/// What an ordered flusher holds between bursts: a connection of its own whose session
+/// holds the lane it sends (so that a flusher that dies, connection and all, frees its lane
+/// at once), and the lane to look at next.
+pub(crate) struct LaneHold<DB: Backend> {
+    conn: Option<DB::Connection>,
+    next: u32,
+}
+
+impl<DB: Backend> LaneHold<DB> {
+    pub fn new() -> Self {
+        LaneHold {
+            conn: None,
+            // Flushers start at different lanes, so that they meet less.
+            next: rand::random::<u32>(),
+        }
+    }
+
+    async fn conn(&mut self, shared: &Shared<DB>) -> Result<&mut DB::Connection> {
+        if self.conn.is_none() {
+            use sqlx::ConnectOptions as _;
+            self.conn = Some(shared.pool.connect_options().connect().await?);
+        }
+        Ok(self.conn.as_mut().expect("just opened"))
+    }
+}
+
+/// The next burst in order, from one lane: read and claimed in a short flush transaction
+/// that holds the table's ordered turn, then published with no transaction open, then
+/// settled.
 ///
-/// Order is kept per ordering key: the read skips every key that has a held row (parked,
-/// backing off, or in flight with another flusher), and a burst takes at most one signal of
-/// each key, so that a refusal never has a later signal of its key published beside it. The
-/// signals without a key are one sequence, taken many per burst (the order of the type as a
-/// whole, as before keys existed). So several ordered flushers (tasks or processes) send
-/// different keys at once, and never two signals of one key at the same time.
+/// Order is kept per ordering key. Keys are hashed into lanes (16 on PostgreSQL, one
+/// elsewhere); an ordered flusher takes a free lane for the burst (a session lock), so
+/// flushers split the keys and never send one key at the same time. The read skips every
+/// key that has a row held back by a refusal (parked, backing off) and the pick every key
+/// whose first row is in flight with a flusher that died; a key's signals in one burst are
+/// published in rounds, the n-th of each key in the n-th publish call, and a key whose
+/// signal is refused has nothing more published in that burst. The signals without a key
+/// are one sequence, published together (the order of the type as a whole).
 ///
-/// `None` when nothing can be sent now. With `wait`, when nothing can be sent because every
-/// key is held by another flusher, wait for it (at most twice the publish timeout), so that
-/// a flush that runs to the end sends what the other one leaves.
+/// `None` when nothing can be sent now. With `wait`, when nothing can be sent because
+/// another flusher holds lanes or rows, wait for it (at most twice the publish timeout), so
+/// that a flush that runs to the end sends what the other one leaves.
 pub(crate) async fn ordered_burst<DB: Backend>(
     shared: &Shared<DB>,
     idx: TypeIdx,
     wait: bool,
+    hold: &mut LaneHold<DB>,
+) -> Result<Option<Settled>> {
+    let reg = shared.registry.get(idx);
+    let lanes = reg.sql.lanes();
+    // A burst of another ordered flusher in flight lasts at most one publish.
+    let give_up = std::time::Instant::now() + shared.config.publish_timeout * 2;
+    loop {
+        let mut busy = false;
+        for step in 0..lanes {
+            let lane = hold.next.wrapping_add(step) % lanes;
+            if lanes > 1 {
+                let conn = hold.conn(shared).await?;
+                match reg.sql.try_lane::<DB>(conn, lane).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        busy = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        hold.conn = None; // closing it frees whatever it held
+                        return Err(e);
+                    }
+                }
+            }
+            let result = lane_burst(shared, idx, lane).await;
+            if lanes > 1
+                && let Some(conn) = hold.conn.as_mut()
+                && reg.sql.free_lane::<DB>(conn, lane).await.is_err()
+            {
+                hold.conn = None;
+            }
+            if let Some(settled) = result? {
+                hold.next = (lane + 1) % lanes;
+                return Ok(Some(settled));
+            }
+        }
+        if !wait || std::time::Instant::now() >= give_up {
+            return Ok(None);
+        }
+        let others = busy || {
+            let mut conn = shared.pool.acquire().await?;
+            reg.sql.claimed_now::<DB>(&mut conn).await?
+        };
+        if !others {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One ordered burst of `lane` (see [`ordered_burst`]); `None` when it has nothing to send.
+async fn lane_burst<DB: Backend>(
+    shared: &Shared<DB>,
+    idx: TypeIdx,
+    lane: u32,
 ) -> Result<Option<Settled>> {
     let reg = shared.registry.get(idx);
     let token = uuid::Uuid::new_v4().to_string();
     let lease = shared.config.lease();
     let burst = reg.ty.burst_size();
-    // A burst of another ordered flusher in flight lasts at most one publish.
-    let give_up = std::time::Instant::now() + shared.config.publish_timeout * 2;
-    let rows = loop {
-        let mut tx = begin_flush(&shared.pool).await?;
-        let step = async {
-            let rows = reg.sql.lock_ordered::<DB>(&mut tx, burst).await?;
-            let picked = pick_per_key(&rows, burst);
-            if picked.is_empty() {
-                let others = wait && reg.sql.claimed_now::<DB>(&mut tx).await?;
-                return Ok::<_, crate::error::Error>((!others, Vec::new()));
-            }
-            let claimed = reg
-                .sql
-                .claim_in_tx::<DB>(&mut tx, &picked, lease, &token)
-                .await?;
-            // Claimed in the order read; stop at a row that was not claimable after all.
-            let mut by_id: std::collections::HashMap<i64, crate::storage::StoredRow> =
-                claimed.into_iter().map(|r| (r.id, r)).collect();
-            let burst: Vec<_> = picked.iter().map_while(|id| by_id.remove(id)).collect();
-            Ok((true, burst))
+    let mut tx = begin_flush(&shared.pool).await?;
+    let step = async {
+        let rows = reg.sql.lock_ordered::<DB>(&mut tx, lane, burst).await?;
+        let picked = pick_per_key(&rows, burst);
+        if picked.is_empty() {
+            return Ok::<_, crate::error::Error>(Vec::new());
         }
-        .await;
-        let (done, burst) = settle_tx(tx, step).await?;
-        if done || std::time::Instant::now() >= give_up {
-            break burst;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        let claimed = reg
+            .sql
+            .claim_in_tx::<DB>(&mut tx, &picked, lease, &token)
+            .await?;
+        // Claimed in the order read; stop at a row that was not claimable after all.
+        let mut by_id: std::collections::HashMap<i64, crate::storage::StoredRow> =
+            claimed.into_iter().map(|r| (r.id, r)).collect();
+        Ok(picked.iter().map_while(|id| by_id.remove(id)).collect())
+    }
+    .await;
+    let rows = settle_tx(tx, step).await?;
     if rows.is_empty() {
         return Ok(None);
     }
-    let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    // Published round after round (each waits for the broker's answer to the one before),
+    // settled once.
     let mut conn = shared.pool.acquire().await?;
-    match publish_and_settle(shared, &mut conn, vec![(idx, rows)], true).await {
-        Ok(settled) => Ok(Some(settled)),
-        Err(e) => {
-            give_back::<DB>(reg, &mut conn, &claimed).await;
-            Err(e)
+    let (mut entries, mut fates) = (Vec::new(), Vec::new());
+    let mut stopped: std::collections::HashSet<Option<String>> = std::collections::HashSet::new();
+    let mut rounds = in_rounds(rows).into_iter();
+    while let Some(round) = rounds.next() {
+        // A key with a refusal in an earlier round has nothing more published now.
+        let (go, back): (Vec<_>, Vec<_>) = round
+            .into_iter()
+            .partition(|r| !stopped.contains(&r.ordering_key));
+        for row in back {
+            entries.push(super::Entry {
+                idx,
+                id: row.id,
+                attempts: row.attempts,
+                born: None,
+            });
+            fates.push(super::Fate::Untouched);
+        }
+        if go.is_empty() {
+            continue;
+        }
+        let keys: std::collections::HashMap<i64, Option<String>> =
+            go.iter().map(|r| (r.id, r.ordering_key.clone())).collect();
+        let outgoing = super::prepare(shared, vec![(idx, go)]);
+        match super::publish(shared, outgoing, true).await {
+            Ok((published, outcome)) => {
+                for (entry, fate) in published.iter().zip(&outcome) {
+                    if !matches!(fate, super::Fate::Stored) {
+                        stopped.insert(keys.get(&entry.id).cloned().flatten());
+                    }
+                }
+                entries.extend(published);
+                fates.extend(outcome);
+            }
+            Err(e) => {
+                // The earlier rounds went out: settle them; this one and the later ones
+                // did not: give them back.
+                let mut ids: Vec<i64> = keys.into_keys().collect();
+                ids.extend(rounds.flatten().map(|r| r.id));
+                if !entries.is_empty() {
+                    super::settle(shared, &mut conn, &entries, &fates, true).await?;
+                }
+                give_back::<DB>(reg, &mut conn, &ids).await;
+                return Err(e);
+            }
         }
     }
+    Ok(Some(
+        super::settle(shared, &mut conn, &entries, &fates, true).await?,
+    ))
 }
 
-/// From rows in order (of keys none of whose rows is held), the ones a burst sends: every
-/// row without a key up to the first that cannot be sent now, and the first row of each key;
-/// at most `limit`.
+/// Rows in order as publish rounds: the n-th row of each key in round n; the rows without a
+/// key all in the first round, in their order.
+fn in_rounds(rows: Vec<crate::storage::StoredRow>) -> Vec<Vec<crate::storage::StoredRow>> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut rounds: Vec<Vec<crate::storage::StoredRow>> = Vec::new();
+    for row in rows {
+        let round = match &row.ordering_key {
+            None => 0,
+            Some(key) => {
+                let n = seen.entry(key.clone()).or_insert(0);
+                *n += 1;
+                *n - 1
+            }
+        };
+        if rounds.len() <= round {
+            rounds.resize_with(round + 1, Vec::new);
+        }
+        rounds[round].push(row);
+    }
+    rounds
+}
+
+/// From rows in order (of keys with no row held back by a refusal), the ones a burst sends:
+/// the rows of each key (and those without one) up to the first that cannot be sent now
+/// (in flight with a flusher that died); at most `limit`.
 fn pick_per_key(rows: &[crate::storage::StoredRow], limit: usize) -> Vec<i64> {
-    let mut taken_keys = std::collections::HashSet::new();
-    let mut unkeyed_open = true;
+    let mut closed: std::collections::HashSet<Option<&str>> = std::collections::HashSet::new();
     let mut picked = Vec::new();
     for row in rows {
         if picked.len() >= limit {
             break;
         }
-        match &row.ordering_key {
-            None => {
-                unkeyed_open &= row.ready;
-                if unkeyed_open {
-                    picked.push(row.id);
-                }
-            }
-            Some(key) => {
-                // Later rows of a key wait for the next burst, the first one taken or not.
-                if taken_keys.insert(key.as_str()) && row.ready {
-                    picked.push(row.id);
-                }
-            }
+        let key = row.ordering_key.as_deref();
+        if closed.contains(&key) {
+            continue;
+        }
+        if row.ready {
+            picked.push(row.id);
+        } else {
+            closed.insert(key);
         }
     }
     picked

@@ -102,7 +102,7 @@ pub(crate) async fn publish_and_settle<DB: Backend>(
 }
 
 /// Rows as messages.
-fn prepare<DB: Backend>(shared: &Shared<DB>, held: Vec<HeldRows>) -> Vec<Outgoing> {
+pub(crate) fn prepare<DB: Backend>(shared: &Shared<DB>, held: Vec<HeldRows>) -> Vec<Outgoing> {
     let mut outgoing = Vec::new();
     for (idx, rows) in held {
         let reg = shared.registry.get(idx);

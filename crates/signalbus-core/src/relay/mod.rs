@@ -333,10 +333,11 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
     // When the earliest backoff of a row this lane saw refused ends: a retry goes out then,
     // not at the next poll.
     let mut retry_due: Option<tokio::time::Instant> = None;
+    let mut hold = crate::flush::explicit::LaneHold::new();
     while !*stop.borrow() {
         let round = tokio::time::Instant::now();
         let burst = if lane.ordered {
-            ordered_burst(&shared, lane.idx, false).await
+            ordered_burst(&shared, lane.idx, false, &mut hold).await
         } else {
             claimed_burst(&shared, lane.idx, None).await
         };

@@ -32,6 +32,20 @@ pub(crate) enum OrderedRead {
     Locking,
 }
 
+/// Ordered lanes: ordering keys hashed into `count` lanes, each sent by one ordered flusher
+/// at a time, so that flushers (tasks, processes) split the keys.
+#[derive(Debug)]
+pub(crate) struct Lanes {
+    pub count: u32,
+    /// The lane of a row, `{p}` the column prefix (a stable hash: the one hash
+    /// partitioning uses).
+    pub expr: &'static str,
+    /// Take lane `{Lane}` of `{table}` for the session: 1 when taken, 0 when another has it.
+    pub take: &'static str,
+    /// Give it back.
+    pub free: &'static str,
+}
+
 /// The SQL types of the table contract's columns, and what a new table gets besides.
 #[derive(Debug)]
 pub(crate) struct ColumnTypes {
@@ -108,6 +122,8 @@ pub(crate) struct Dialect {
     pub claim_index: &'static str,
     /// Added to `ALTER TABLE … ADD COLUMN ordering_key …` (MySQL: its index).
     pub key_index: &'static str,
+    /// Ordered lanes, where the database has session locks to hold them by.
+    pub lanes: Option<Lanes>,
     /// Creates the partial index of held rows by key (`{t}` the table, `{name}` the
     /// index), where the database has partial indexes.
     pub held_index: Option<&'static str>,

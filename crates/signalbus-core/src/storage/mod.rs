@@ -40,8 +40,10 @@
 //!   transaction the type's `order_by` (default: `id`). A row written by a transaction still
 //!   open waits for the next round. xmin is cluster-wide: *any* transaction still open on
 //!   the server (any database, also one idle in transaction) holds back the rows written
-//!   after it began, until it ends; watch for long transactions. Ordered flushers of one table take turns
-//!   (`pg_advisory_xact_lock`), and lock waits are bounded (`SET LOCAL lock_timeout`). An
+//!   after it began, until it ends; watch for long transactions. Ordering keys are hashed into 16 lanes
+//!   (`hashtextextended`, the hash of hash partitioning, stable across versions; an index on
+//!   the lane, `txid`, `id`); an ordered flusher holds the lane it sends with a session
+//!   advisory lock, and lock waits are bounded (`SET LOCAL lock_timeout`). An
 //!   index on `(txid, id)`, created with the table, keeps each burst an index scan.
 //!   *Restored dumps:* `txid` values copied from another cluster may be ahead of this
 //!   cluster's counter. A visible row with `txid ≥ pg_snapshot_xmax(...)` cannot belong to a
@@ -480,6 +482,7 @@ pub(crate) struct Values<'a> {
     pub max_attempts: u32,
     pub error: &'a str,
     pub name: &'a str,
+    pub lane: u32,
 }
 
 impl<'a> Values<'a> {
@@ -496,6 +499,7 @@ impl<'a> Values<'a> {
                 Arg::Max => Param::Int(i64::from(self.max_attempts)),
                 Arg::Error => Param::Text(self.error),
                 Arg::Name => Param::Text(self.name),
+                Arg::Lane => Param::Int(i64::from(self.lane)),
             })
             .collect()
     }
@@ -626,6 +630,43 @@ impl Statements {
     }
 
     /// Whether a flusher holds a live claim on rows of this table.
+    /// Ordered lanes of the table: ordering keys are hashed into this many lanes, and one
+    /// ordered flusher at a time sends a lane ([`Self::try_lane`]); 1 where the database
+    /// has none (its ordered flushers take turns per burst instead).
+    pub fn lanes(&self) -> u32 {
+        self.lanes
+    }
+
+    /// Take `lane` for the connection's session (until [`Self::free_lane`], or until the
+    /// connection closes); `false` when another flusher has it. Always `true` without lanes.
+    pub async fn try_lane<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        lane: u32,
+    ) -> Result<bool> {
+        let Some((take, _)) = &self.lane_locks else {
+            return Ok(true);
+        };
+        let values = Values {
+            lane,
+            ..Values::default()
+        };
+        let got = DB::fetch_ids(conn, &take.sql, &values.bind(take)).await?;
+        Ok(got.first().copied() == Some(1))
+    }
+
+    /// Give `lane` back.
+    pub async fn free_lane<DB: Backend>(&self, conn: &mut DB::Connection, lane: u32) -> Result<()> {
+        if let Some((_, free)) = &self.lane_locks {
+            let values = Values {
+                lane,
+                ..Values::default()
+            };
+            DB::fetch_ids(conn, &free.sql, &values.bind(free)).await?;
+        }
+        Ok(())
+    }
+
     pub async fn claimed_now<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<bool> {
         let n = DB::fetch_ids(conn, &self.in_flight, &[]).await?;
         Ok(n.first().copied().unwrap_or(0) > 0)
@@ -727,10 +768,12 @@ impl Statements {
     pub async fn lock_ordered<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
+        lane: u32,
         n: usize,
     ) -> Result<Vec<StoredRow>> {
         let values = Values {
             limit: n,
+            lane,
             ..Values::default()
         };
         match &self.ordered {

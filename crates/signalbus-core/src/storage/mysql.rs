@@ -66,6 +66,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     flush_lock_table: true,
     age_micros: "TIMESTAMPDIFF(MICROSECOND, {min}, NOW(6))",
     key_index: ", ADD INDEX signalbus_key (ordering_key)",
+    lanes: None,
     held_index: None,
     notify_trigger: None,
     claim_index: ", ADD INDEX signalbus_claim (claim)",

@@ -1,7 +1,7 @@
 //! PostgreSQL: `= ANY($1)` array binds, `FOR UPDATE SKIP LOCKED`, and the writing
 //! transaction's id in `txid` for gap-safe ordering.
 
-use super::dialect::{ColumnTypes, Dialect, OrderedRead, Placeholders, lock_clause};
+use super::dialect::{ColumnTypes, Dialect, Lanes, OrderedRead, Placeholders, lock_clause};
 use crate::atomic::{Isolation, SqliteBegin};
 use sqlx::Postgres;
 use sqlx::error::DatabaseError;
@@ -42,8 +42,16 @@ pub(crate) const DIALECT: Dialect = Dialect {
     age_micros: "(EXTRACT(EPOCH FROM (now() - {min})) * 1000000)::bigint",
     claim_index: "",
     key_index: "",
+    lanes: Some(Lanes {
+        count: 16,
+        expr: "(hashtextextended(COALESCE({p}ordering_key, ''), 0) & 15)",
+        take: "SELECT CASE WHEN pg_try_advisory_lock(hashtext('signalbus.lane.{table}'), \
+               CAST({Lane} AS integer)) THEN 1 ELSE 0 END::bigint",
+        free: "SELECT CASE WHEN pg_advisory_unlock(hashtext('signalbus.lane.{table}'), \
+               CAST({Lane} AS integer)) THEN 1 ELSE 0 END::bigint",
+    }),
     held_index: Some(
-        "CREATE INDEX IF NOT EXISTS {name} ON {t} (ordering_key) WHERE parked_at IS NOT NULL OR next_attempt_at IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS {name} ON {t} (ordering_key) WHERE parked_at IS NOT NULL OR (claim IS NULL AND next_attempt_at IS NOT NULL)",
     ),
     notify_trigger: Some(NOTIFY_TRIGGER),
     // The flush transaction only deletes rows that were already sent. If its commit is lost in

@@ -54,8 +54,9 @@ pub(crate) const DIALECT: Dialect = Dialect {
     flush_lock_table: false,
     age_micros: concat!("(", now_ms!(), " - {min}) * 1000"),
     key_index: "",
+    lanes: None,
     held_index: Some(
-        "CREATE INDEX IF NOT EXISTS {name} ON {t} (ordering_key) WHERE parked_at IS NOT NULL OR next_attempt_at IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS {name} ON {t} (ordering_key) WHERE parked_at IS NOT NULL OR (claim IS NULL AND next_attempt_at IS NOT NULL)",
     ),
     notify_trigger: None,
     claim_index: "",

@@ -32,9 +32,11 @@ pub(crate) enum Arg {
     Error,
     /// The table's name (the flush lock row).
     Name,
+    /// An ordered lane.
+    Lane,
 }
 
-const ARGS: [(&str, Arg); 8] = [
+const ARGS: [(&str, Arg); 9] = [
     ("{Ids}", Arg::Ids),
     ("{Lease}", Arg::Lease),
     ("{Token}", Arg::Token),
@@ -43,6 +45,7 @@ const ARGS: [(&str, Arg); 8] = [
     ("{Max}", Arg::Max),
     ("{Error}", Arg::Error),
     ("{Name}", Arg::Name),
+    ("{Lane}", Arg::Lane),
 ];
 
 /// A statement and the order of its parameters.
@@ -92,6 +95,10 @@ pub(crate) struct Statements {
     /// `CREATE TABLE IF NOT EXISTS …` and what goes with it (indexes, the lock table), in
     /// order.
     pub create: Vec<SqlStr>,
+    /// Ordered lanes ([`super::Statements::lanes`]).
+    pub lanes: u32,
+    /// Take and give back an ordered lane (session advisory locks), where there are lanes.
+    pub lane_locks: Option<(Stmt, Stmt)>,
     /// What `migrate` runs once the columns are in place: the held-rows index by key, and
     /// the trigger that wakes relays when rows are inserted (PostgreSQL).
     pub after_columns: Vec<SqlStr>,
@@ -222,8 +229,10 @@ impl Statements {
         let ready = format!(
             "t.parked_at IS NULL AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= {now})"
         );
-        // Held: parked, backing off, or leased to a flusher.
-        let held = format!("(t.parked_at IS NOT NULL OR t.next_attempt_at > {now})");
+        // Held back by a refusal: parked, or backing off (no claim: a row in flight with
+        // another flusher has one, and is met in order by the read, not found by this).
+        let held =
+            format!("(t.parked_at IS NOT NULL OR (t.claim IS NULL AND t.next_attempt_at > {now}))");
         let cols = select_columns(d, "t.", &ready);
         let claimed_cols = select_columns(d, "", "1 = 1");
         let id_in = d.id_in;
@@ -292,7 +301,27 @@ impl Statements {
             })
             .into_iter()
             .collect();
+        if let Some(lanes) = &d.lanes {
+            after_columns.push(shared(format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {t} (({}), txid, id)",
+                table.derived("lane", d.quote),
+                lanes.expr.replace("{p}", "")
+            )));
+        }
         after_columns.extend(d.notify_trigger.map(|text| shared(text.replace("{t}", &t))));
+        // The table's name is a validated identifier (letters, digits, `_`, `.`): safe in
+        // the literal.
+        let lane_locks = d.lanes.as_ref().map(|lanes| {
+            (
+                stmt(lanes.take.replace("{table}", &table.to_string())),
+                stmt(lanes.free.replace("{table}", &table.to_string())),
+            )
+        });
+        let lane_filter = d
+            .lanes
+            .as_ref()
+            .map(|lanes| format!(" AND {} = {{Lane}}", lanes.expr.replace("{p}", "t.")))
+            .unwrap_or_default();
         let schema = match table.schema() {
             Some(schema) => format!("'{schema}'"),
             None => d.current_schema.to_owned(),
@@ -391,9 +420,9 @@ impl Statements {
         let release = stmt(format!(
             "UPDATE {t} AS t SET next_attempt_at = NULL, claim = NULL WHERE {id_in}"
         ));
-        // A key whose earliest pending row is held (parked, backing off, or in flight with
-        // another flusher) is skipped whole: nothing of it may overtake that row, while the
-        // other keys go on. Rows without a key are one sequence of their own.
+        // A key with a row held back by a refusal is skipped whole: nothing of it may overtake
+        // that row, while the other keys go on. (A key with a row in flight is read, and
+        // skipped from there on, by the burst's pick.) Rows without a key are one sequence.
         let unheld = format!(
             "NOT EXISTS (SELECT 1 FROM {t} AS b WHERE (b.ordering_key = t.ordering_key \
              OR (b.ordering_key IS NULL AND t.ordering_key IS NULL)) AND {})",
@@ -404,10 +433,16 @@ impl Statements {
                 let ms = lock_wait.as_millis().clamp(1, i32::MAX as u128);
                 // The table name is a validated identifier (letters, digits, `_`, `.`), safe
                 // inside the literal.
-                let turn = shared(format!(
-                    "SET LOCAL lock_timeout = {ms}; \
-                     SELECT pg_advisory_xact_lock(hashtextextended('signalbus.ordered.{table}', 0))"
-                ));
+                // With lanes, a lane's session lock keeps other ordered flushers out of its
+                // rows; without, they take turns per table.
+                let turn = shared(if d.lanes.is_some() {
+                    format!("SET LOCAL lock_timeout = {ms}")
+                } else {
+                    format!(
+                        "SET LOCAL lock_timeout = {ms}; \
+                         SELECT pg_advisory_xact_lock(hashtextextended('signalbus.ordered.{table}', 0))"
+                    )
+                });
                 let read = |condition: &str| {
                     stmt(format!(
                         "SELECT {cols} FROM {t} AS t WHERE {condition} \
@@ -418,10 +453,10 @@ impl Statements {
                 Ordered::Watermark {
                     turn,
                     restored: read(&format!(
-                        "t.txid >= pg_snapshot_xmax(pg_current_snapshot()) AND {unheld}"
+                        "t.txid >= pg_snapshot_xmax(pg_current_snapshot()){lane_filter} AND {unheld}"
                     )),
                     settled: read(&format!(
-                        "t.txid < pg_snapshot_xmin(pg_current_snapshot()) AND {unheld}"
+                        "t.txid < pg_snapshot_xmin(pg_current_snapshot()){lane_filter} AND {unheld}"
                     )),
                 }
             }
@@ -460,6 +495,8 @@ impl Statements {
             ordered,
             delete_ids: stmt(d.delete_by_ids.replace("{t}", &t)),
             after_columns,
+            lanes: d.lanes.as_ref().map_or(1, |l| l.count),
+            lane_locks,
 
             pending_ids: shared(format!("SELECT id FROM {t} AS t WHERE {ready} ORDER BY id")),
             in_flight: shared(format!(
