@@ -225,6 +225,12 @@ type Check = ReadinessCheck;
 /// A running relay ([`SignalBus::relay`]): its lanes run until [`Relay::shutdown`] (or until
 /// it is dropped, which stops them at once: rows of a burst in flight stay claimed until
 /// their lease expires, then are sent again).
+///
+/// Stopping lanes at once (a drop, or a shutdown past its deadline) cancels the database
+/// queries they have in flight. On MySQL/MariaDB, sqlx may then return a connection to the
+/// pool that waits for an answer that never comes (seen in this project's tests, where such
+/// a connection hung the next transaction on it): give a relay you may drop a pool of its
+/// own there, or let [`Relay::shutdown`] finish the bursts in time.
 pub struct Relay {
     name: String,
     lanes: usize,

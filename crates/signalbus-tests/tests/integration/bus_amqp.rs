@@ -168,5 +168,12 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqp_keyed_order_postgres() {
-    crate::relay::keyed_relayed(Amqp::new().await).await;
+    use crate::keyed_brokers::{Relays, keyed_relayed};
+    keyed_relayed(Amqp::new().await, Relays::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_keyed_order_postgres_relay_processes() {
+    use crate::keyed_brokers::{Relays, keyed_relayed};
+    keyed_relayed(Amqp::new().await, Relays::Processes).await;
 }

@@ -75,5 +75,12 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_keyed_order_postgres() {
-    crate::relay::keyed_relayed(Kafka::new().await).await;
+    use crate::keyed_brokers::{Relays, keyed_relayed};
+    keyed_relayed(Kafka::new().await, Relays::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_keyed_order_postgres_relay_processes() {
+    use crate::keyed_brokers::{Relays, keyed_relayed};
+    keyed_relayed(Kafka::new().await, Relays::Processes).await;
 }

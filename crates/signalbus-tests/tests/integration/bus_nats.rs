@@ -105,5 +105,12 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_keyed_order_postgres() {
-    crate::relay::keyed_relayed(Nats::new().await).await;
+    use crate::keyed_brokers::{Relays, keyed_relayed};
+    keyed_relayed(Nats::new().await, Relays::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_keyed_order_postgres_relay_processes() {
+    use crate::keyed_brokers::{Relays, keyed_relayed};
+    keyed_relayed(Nats::new().await, Relays::Processes).await;
 }

@@ -40,7 +40,11 @@ fn keyed(account: &str, seq: u32) -> Keyed {
 }
 
 async fn bus<DB: TestBackend>(db: &TestDb<DB>, outbox: &MemoryPublisher) -> SignalBus<DB> {
-    let bus = SignalBus::builder(db.pool.clone())
+    on_pool(db.pool.clone(), outbox).await
+}
+
+async fn on_pool<DB: TestBackend>(pool: sqlx::Pool<DB>, outbox: &MemoryPublisher) -> SignalBus<DB> {
+    let bus = SignalBus::builder(pool)
         .publisher(outbox.clone())
         .register::<Keyed>()
         .autoflush(false)
@@ -136,7 +140,13 @@ async fn keys_keep_their_order_across_relays<DB: TestBackend>() {
                 .unwrap()
         }
     };
-    let doomed = start(&first).await;
+    // The relay that dies has a pool of its own, as a process would: dropping its tasks
+    // cancels their queries mid-flight, and a MySQL connection whose query was cancelled
+    // must not be handed to anyone else (sqlx would wait on it for an answer that never
+    // comes).
+    let doomed_pool = sqlx::Pool::<DB>::connect(&db.url).await.unwrap();
+    let doomed_bus = on_pool(doomed_pool.clone(), &outbox).await;
+    let doomed = start(&doomed_bus).await;
     let survivor = start(&second).await;
 
     // Each writer owns KEYS / WRITERS keys and writes their signals in order, a few keys per
@@ -165,6 +175,8 @@ async fn keys_keep_their_order_across_relays<DB: TestBackend>() {
     // takes the dead one's keys once their lease expires.
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(doomed);
+    drop(doomed_bus);
+    doomed_pool.close().await;
     while writers.join_next().await.is_some() {}
     let deadline = Instant::now() + Duration::from_secs(90);
     while DB::count_rows(&db.pool, "keyed_signal").await > 0 {

@@ -12,6 +12,7 @@ mod crash;
 mod explicit;
 mod gated;
 mod keyed;
+mod keyed_brokers;
 mod message_ids;
 mod ordered_leases;
 mod outage;
