@@ -147,7 +147,7 @@ impl<DB: Backend> SignalBus<DB> {
     /// out behind it.
     ///
     /// Several ordered flushers (tasks, processes, relays in ordered mode) may run at once.
-    /// On PostgreSQL keys are hashed into 16 lanes, and a burst comes from one lane that the
+    /// On PostgreSQL keys are hashed into 8 lanes, and a burst comes from one lane that the
     /// flusher holds for it (a session advisory lock on a connection of its own): flushers
     /// split the keys and never send two signals of one key at the same time; one that dies
     /// frees its lanes with its connection, and its burst in flight is sent again after the
@@ -272,7 +272,7 @@ impl<DB: Backend> LaneHold<DB> {
 /// that holds the table's ordered turn, then published with no transaction open, then
 /// settled.
 ///
-/// Order is kept per ordering key. Keys are hashed into lanes (16 on PostgreSQL, one
+/// Order is kept per ordering key. Keys are hashed into lanes (8 on PostgreSQL, one
 /// elsewhere); an ordered flusher takes a free lane for the burst (a session lock), so
 /// flushers split the keys and never send one key at the same time. The read skips every
 /// key that has a row held back by a refusal (parked, backing off) and the pick every key

@@ -40,7 +40,7 @@
 //!   transaction the type's `order_by` (default: `id`). A row written by a transaction still
 //!   open waits for the next round. xmin is cluster-wide: *any* transaction still open on
 //!   the server (any database, also one idle in transaction) holds back the rows written
-//!   after it began, until it ends; watch for long transactions. Ordering keys are hashed into 16 lanes
+//!   after it began, until it ends; watch for long transactions. Ordering keys are hashed into 8 lanes
 //!   (`hashtextextended`, the hash of hash partitioning, stable across versions; an index on
 //!   the lane, `txid`, `id`); an ordered flusher holds the lane it sends with a session
 //!   advisory lock, and lock waits are bounded (`SET LOCAL lock_timeout`). An

@@ -43,8 +43,8 @@ pub(crate) const DIALECT: Dialect = Dialect {
     claim_index: "",
     key_index: "",
     lanes: Some(Lanes {
-        count: 16,
-        expr: "(hashtextextended(COALESCE({p}ordering_key, ''), 0) & 15)",
+        count: 8,
+        expr: "(hashtextextended(COALESCE({p}ordering_key, ''), 0) & 7)",
         take: "SELECT CASE WHEN pg_try_advisory_lock(hashtext('signalbus.lane.{table}'), \
                CAST({Lane} AS integer)) THEN 1 ELSE 0 END::bigint",
         free: "SELECT CASE WHEN pg_advisory_unlock(hashtext('signalbus.lane.{table}'), \

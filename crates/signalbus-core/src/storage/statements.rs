@@ -304,7 +304,8 @@ impl Statements {
         if let Some(lanes) = &d.lanes {
             after_columns.push(shared(format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (({}), txid, id)",
-                table.derived("lane", d.quote),
+                // Named after the lane count: another count is another expression.
+                table.derived(&format!("lane{}", lanes.count), d.quote),
                 lanes.expr.replace("{p}", "")
             )));
         }
