@@ -4,7 +4,7 @@
 //! keys is drained by `flushmany` and then, refilled, by `flushordered`.
 
 use crate::flushmany::FillDb;
-use crate::setup::{self, Kind};
+use crate::setup;
 use crate::stats::{emit, round2};
 use signalbus::{Ident, Selection, SignalBus, SignalType};
 use sqlx::{PgPool, Postgres};
@@ -35,10 +35,7 @@ pub struct Args {
 const TABLE: &str = "bench_ordered";
 
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if setup::kind(&args.database_url)? != Kind::Postgres {
-        return Err("the ordered benchmark runs on PostgreSQL".into());
-    }
-    let admin: PgPool = setup::pool(&args.database_url, 4).await?;
+    let admin = setup::postgres_only(&args.database_url, 4, "the ordered benchmark").await?;
     let table = Ident::new(TABLE)?;
     Postgres::reset(&admin, &table).await?;
     let mut buses = Vec::new();

@@ -12,7 +12,7 @@
 //!   N pending signals.
 
 use crate::flushmany::FillDb;
-use crate::setup::{self, Kind};
+use crate::setup;
 use crate::stats::{Latencies, emit, round2};
 use signalbus::{
     BatchOutcome, BoxPublisher, Ident, Message, PublishError, Publisher, Selection, SignalBus,
@@ -51,10 +51,12 @@ pub struct Args {
 const TABLE: &str = "bench_relay";
 
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if setup::kind(&args.database_url)? != Kind::Postgres {
-        return Err("the relay benchmark runs on PostgreSQL (its LISTEN/NOTIFY wake-up is what it measures)".into());
-    }
-    let pool: PgPool = setup::pool(&args.database_url, 12).await?;
+    let pool = setup::postgres_only(
+        &args.database_url,
+        12,
+        "the relay benchmark (it measures the LISTEN/NOTIFY wake-up)",
+    )
+    .await?;
     let table = Ident::new(TABLE)?;
     let (inner, _) = setup::publisher(&args.bus).await?;
     let timed = Timed::new(inner);

@@ -52,3 +52,16 @@ pub async fn sqlite_pool(url: &str, size: u32) -> Result<sqlx::SqlitePool, sqlx:
         .connect_with(options)
         .await
 }
+
+/// A pool on the PostgreSQL database of `url`, for benchmarks that run only there (`what`
+/// says which, and why, in the error otherwise).
+pub async fn postgres_only(
+    url: &str,
+    size: u32,
+    what: &str,
+) -> Result<sqlx::PgPool, Box<dyn std::error::Error>> {
+    if kind(url)? != Kind::Postgres {
+        return Err(format!("{what} runs on PostgreSQL").into());
+    }
+    Ok(pool(url, size).await?)
+}

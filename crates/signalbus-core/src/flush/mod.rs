@@ -49,8 +49,6 @@ pub(crate) struct Settled {
     pub parked: usize,
     /// The last refusal's reason, for reports.
     pub last_refusal: Option<String>,
-    /// In ordered mode: a row was refused or invalid, so nothing after it may go first.
-    pub blocked: bool,
     /// The shortest backoff delay of the refused rows that will be tried again.
     pub next_retry: Option<Duration>,
 }
@@ -104,6 +102,7 @@ pub(crate) async fn publish_and_settle<DB: Backend>(
 /// Rows as messages.
 pub(crate) fn prepare<DB: Backend>(shared: &Shared<DB>, held: Vec<HeldRows>) -> Vec<Outgoing> {
     let mut outgoing = Vec::new();
+    let now = std::time::Instant::now();
     for (idx, rows) in held {
         let reg = shared.registry.get(idx);
         for row in rows {
@@ -116,7 +115,7 @@ pub(crate) fn prepare<DB: Backend>(shared: &Shared<DB>, held: Vec<HeldRows>) -> 
                 idx,
                 id: row.id,
                 attempts: row.attempts,
-                born: std::time::Instant::now().checked_sub(age),
+                born: now.checked_sub(age),
             };
             let message = to_message(reg, row).map_err(|e| {
                 tracing::error!(signal = %reg.name, error = %e, "a pending row is not a valid signal; parking it");
@@ -268,16 +267,15 @@ pub(crate) async fn settle<DB: Backend>(
     let mut untouched: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
     // Refusals of one type with the same attempts and reason share one UPDATE.
     let mut refused: BTreeMap<(TypeIdx, i64, &str, bool), Vec<i64>> = BTreeMap::new();
+    // When each stored signal's transaction committed, per type, and when the broker had
+    // answered for them: the delivery latency.
     let acknowledged = std::time::Instant::now();
+    let mut born: BTreeMap<TypeIdx, Vec<std::time::Instant>> = BTreeMap::new();
     for (entry, fate) in entries.iter().zip(fates) {
         match fate {
             Fate::Stored => {
-                if let Some(born) = entry.born {
-                    let reg = shared.registry.get(entry.idx);
-                    metrics::histogram!("signalbus_delivery_seconds", "bus" => shared.config.name.clone(), "signal" => reg.name.to_string())
-                        .record(acknowledged.saturating_duration_since(born).as_secs_f64());
-                }
-                stored.entry(entry.idx).or_default().push(entry.id)
+                stored.entry(entry.idx).or_default().push(entry.id);
+                born.entry(entry.idx).or_default().extend(entry.born);
             }
             Fate::Refused(why) | Fate::Invalid(why) => {
                 let invalid = matches!(fate, Fate::Invalid(_));
@@ -286,10 +284,7 @@ pub(crate) async fn settle<DB: Backend>(
                     .or_default()
                     .push(entry.id);
             }
-            Fate::Untouched => {
-                settled.blocked = true;
-                untouched.entry(entry.idx).or_default().push(entry.id);
-            }
+            Fate::Untouched => untouched.entry(entry.idx).or_default().push(entry.id),
         }
     }
     // Not published (behind a refusal, in order): given back as they were.
@@ -299,8 +294,16 @@ pub(crate) async fn settle<DB: Backend>(
     for (idx, ids) in stored {
         let reg = shared.registry.get(idx);
         retry_db!(reg.sql.delete_ids::<DB>(conn, &ids, alone).await)?;
-        metrics::counter!("signalbus_signals_sent_total", "bus" => shared.config.name.clone(), "signal" => reg.name.to_string())
-            .increment(ids.len() as u64);
+        let labels = [
+            ("bus", shared.config.name.clone()),
+            ("signal", reg.name.to_string()),
+        ];
+        metrics::counter!("signalbus_signals_sent_total", &labels).increment(ids.len() as u64);
+        // One histogram handle per type and step, not one label lookup per message.
+        let delivery = metrics::histogram!("signalbus_delivery_seconds", &labels);
+        for at in born.remove(&idx).unwrap_or_default() {
+            delivery.record(acknowledged.saturating_duration_since(at).as_secs_f64());
+        }
         settled.sent.push((idx, ids));
     }
     for ((idx, attempts, why, invalid), ids) in refused {
@@ -333,7 +336,6 @@ pub(crate) async fn settle<DB: Backend>(
             tracing::info!(signal = %reg.name, ids = ?ids, attempts = refusals, retry_in = ?delay, reason = why, "the bus refused signals; retrying later");
         }
         settled.refused += ids.len();
-        settled.blocked = true;
         settled.last_refusal = Some(why.to_owned());
     }
     Ok(settled)

@@ -644,27 +644,32 @@ impl Statements {
         conn: &mut DB::Connection,
         lane: u32,
     ) -> Result<bool> {
-        let Some((take, _)) = &self.lane_locks else {
-            return Ok(true);
-        };
-        let values = Values {
-            lane,
-            ..Values::default()
-        };
-        let got = DB::fetch_ids(conn, &take.sql, &values.bind(take)).await?;
-        Ok(got.first().copied() == Some(1))
+        match &self.lane_locks {
+            Some((take, _)) => Ok(Self::lane_lock::<DB>(conn, take, lane).await?),
+            None => Ok(true),
+        }
     }
 
     /// Give `lane` back.
     pub async fn free_lane<DB: Backend>(&self, conn: &mut DB::Connection, lane: u32) -> Result<()> {
         if let Some((_, free)) = &self.lane_locks {
-            let values = Values {
-                lane,
-                ..Values::default()
-            };
-            DB::fetch_ids(conn, &free.sql, &values.bind(free)).await?;
+            Self::lane_lock::<DB>(conn, free, lane).await?;
         }
         Ok(())
+    }
+
+    /// Run a lane lock statement; whether it answered 1 (taken, or given back).
+    async fn lane_lock<DB: Backend>(
+        conn: &mut DB::Connection,
+        stmt: &Stmt,
+        lane: u32,
+    ) -> Result<bool> {
+        let values = Values {
+            lane,
+            ..Values::default()
+        };
+        let answer = DB::fetch_ids(conn, &stmt.sql, &values.bind(stmt)).await?;
+        Ok(answer.first().copied() == Some(1))
     }
 
     pub async fn claimed_now<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<bool> {
