@@ -15,11 +15,15 @@ listening() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
 
 install() {
     export PATH="$HOME/.cargo/bin:$PATH"
-    if command -v tansu >/dev/null; then return 0; fi
-    echo "== installing tansu (cargo install tansu --locked --features dynostore)"
+    # libsql: the fault-injection harness (scripts/chaos.sh) restarts a private tansu that
+    # keeps its topics in an SQLite file; an older install without that engine is replaced.
+    if command -v tansu >/dev/null && grep -q '"tansu [^"]*".*"libsql"' "$HOME/.cargo/.crates2.json" 2>/dev/null; then
+        return 0
+    fi
+    echo "== installing tansu (cargo install tansu --locked --features dynostore,libsql)"
     local version=()
     [ -n "$TANSU_VERSION" ] && version=(--version "$TANSU_VERSION")
-    nice -n 10 cargo install tansu --locked --features dynostore "${version[@]}" ||
+    nice -n 10 cargo install tansu --locked --features dynostore,libsql "${version[@]}" ||
         { echo "ERROR: cargo install tansu failed; the Kafka tests need it" >&2; exit 1; }
 }
 

@@ -60,6 +60,17 @@ mod publisher;
 pub use options::AmqpOptions;
 pub use publisher::AmqpPublisher;
 
+/// The signal's message id as a consumer reads it from a delivery (the AMQP `message_id`
+/// property this publisher sets): the key of the consumer inbox (`signalbus::inbox`), the same
+/// on every copy. `None` for a message that has none (not sent by signalbus).
+pub fn message_id(delivery: &lapin::message::Delivery) -> Option<&str> {
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str())
+}
+
 /// Reserved message header names that the AMQP publisher turns into properties or publish
 /// options and does not send as headers. Other buses send them as ordinary headers.
 pub mod headers {

@@ -5,11 +5,22 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// A named place where a fault-injection run may crash the process (the `failpoints` feature,
+/// configured through the `fail` crate); nothing at all without that feature.
+macro_rules! fail_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
 pub mod atomic;
 mod bus;
 mod error;
 mod flush;
 mod ident;
+#[cfg(feature = "inbox")]
+pub mod inbox;
 mod message;
 pub mod publisher;
 pub mod redact;

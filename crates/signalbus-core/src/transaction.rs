@@ -265,6 +265,8 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
     /// down never makes the commit fail.
     pub async fn commit(self) -> Result<Delivery> {
         self.tx.commit().await?;
+        // Committed, nothing sent yet: the rows must reach the bus through another flusher.
+        fail_point!("signalbus::after-commit");
         Ok(self.recorder.after_commit())
     }
 

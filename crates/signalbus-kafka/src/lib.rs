@@ -40,5 +40,18 @@ pub use publisher::KafkaPublisher;
 
 /// The header that carries [`signalbus_core::Message::id`].
 pub const MESSAGE_ID_HEADER: &str = "message-id";
+
+/// The signal's message id as a consumer reads it from a record (the [`MESSAGE_ID_HEADER`]
+/// header this publisher sets): the key of the consumer inbox (`signalbus::inbox`), the same
+/// on every copy. `None` for a record without it, or with an id that is not UTF-8.
+pub fn message_id<M: rdkafka::Message>(message: &M) -> Option<&str> {
+    use rdkafka::message::Headers as _;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == MESSAGE_ID_HEADER)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
 /// The header that carries [`signalbus_core::Message::content_type`].
 pub const CONTENT_TYPE_HEADER: &str = "content-type";

@@ -35,3 +35,15 @@ mod publisher;
 
 pub use options::{NatsOptions, SubjectFrom};
 pub use publisher::NatsPublisher;
+
+/// The signal's message id as a consumer reads it from a JetStream message (the
+/// `Nats-Msg-Id` header this publisher sets, which JetStream also deduplicates by): the key of
+/// the consumer inbox (`signalbus::inbox`), the same on every copy. `None` for a message that
+/// has none.
+pub fn message_id(message: &async_nats::jetstream::Message) -> Option<&str> {
+    message
+        .headers
+        .as_ref()?
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|id| id.as_str())
+}

@@ -80,3 +80,111 @@ pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
+
+/// A private tansu broker on a port of its own, keeping its topics in an SQLite file of its
+/// own directory (tansu's `libsql` engine, which `scripts/kafka.sh install` builds in), so a
+/// test may kill and restart it and find its messages again. The shared broker on 9092 is
+/// never touched.
+pub struct PrivateTansu {
+    child: Option<std::process::Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The port it tells clients to use (a proxy in front of it, say).
+    pub advertised: u16,
+    /// Where its SQLite file and log are.
+    pub dir: std::path::PathBuf,
+}
+
+impl PrivateTansu {
+    /// Start one on `port`, advertising `advertised` to clients.
+    pub fn start(dir: &std::path::Path, port: u16, advertised: u16) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut broker = PrivateTansu {
+            child: None,
+            port,
+            advertised,
+            dir: dir.to_owned(),
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let home = std::env::var_os("HOME").unwrap_or_default();
+        let tansu = std::path::Path::new(&home).join(".cargo/bin/tansu");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))?;
+        let child = std::process::Command::new(&tansu)
+            .current_dir(&self.dir)
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{}", self.advertised))
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot start {} (scripts/kafka.sh install): {e}",
+                    tansu.display()
+                ))
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Wait until it accepts connections (at most `limit`).
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Stop it: SIGTERM (graceful) or SIGKILL.
+    pub fn stop(&mut self, graceful: bool) {
+        if let Some(mut child) = self.child.take() {
+            crate::process::stop_child(&mut child, graceful, Duration::from_secs(10));
+        }
+    }
+
+    /// Start it again after [`PrivateTansu::stop`], with the topics it kept.
+    pub fn start_again(&mut self) -> std::io::Result<()> {
+        if self.child.is_none() {
+            self.spawn()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateTansu {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+/// Create `name` with `partitions` partitions on the broker at `servers`.
+pub async fn create_partitioned_topic(servers: &str, name: &str, partitions: i32) {
+    let results = admin(servers)
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("a Kafka broker must run on {servers}: {e}"));
+    for r in results {
+        r.unwrap_or_else(|(topic, e)| panic!("create topic {topic}: {e}"));
+    }
+}

@@ -1,9 +1,13 @@
-//! Test support shared by the workspace's broker tests (the publisher crates' own tests and
-//! the facade's end-to-end tests), so that each helper exists once. Not published.
+//! Test support shared by the workspace's broker tests (the publisher crates' own tests, the
+//! facade's end-to-end tests and the fault-injection harness), so that each helper exists
+//! once: private servers to stop and restart, a fault-injecting TCP proxy. Not published.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod kafka;
 pub mod nats;
 pub mod outcome;
+pub mod postgres;
+mod process;
+pub mod proxy;
 pub mod rabbitmq;

@@ -23,3 +23,121 @@ pub fn close_connection_named(name: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// A private RabbitMQ node (own node name, ports, data directory and configuration) that a
+/// test may stop, kill and start again; the shared node on 5672 is never touched. It shares
+/// the machine's epmd, as every node does.
+pub struct PrivateNode {
+    child: Option<std::process::Child>,
+    /// Its AMQP port on 127.0.0.1.
+    pub port: u16,
+    dist_port: u16,
+    /// Its configuration, data and logs.
+    pub dir: std::path::PathBuf,
+}
+
+impl PrivateNode {
+    /// Start a node on `port` with everything it keeps in `dir`; [`PrivateNode::wait_ready`]
+    /// waits until it takes connections (a node boots in several seconds).
+    pub fn start(dir: &std::path::Path, port: u16) -> std::io::Result<PrivateNode> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp.default = 127.0.0.1:{port}\nlog.file.level = warning\n\
+                 log.console = false\n"
+            ),
+        )?;
+        std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
+        // Not the machine's rabbitmq-env.conf, which names the shared node.
+        std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
+        let mut node = PrivateNode {
+            child: None,
+            port,
+            dist_port: crate::nats::free_port(),
+            dir: dir.to_owned(),
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let dir = &self.dir;
+        let child = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            // The Erlang VM replaces the script: this child is the node, to signal directly.
+            .env("RUNNING_UNDER_SYSTEMD", "1")
+            .env_remove("NOTIFY_SOCKET")
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("sbchaos{}@localhost", self.port),
+            )
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
+            .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_PID_FILE", dir.join("node.pid"))
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log"))?)
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot start rabbitmq-server (the rabbitmq-server package): {e}"
+                ))
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Wait until it accepts connections (at most `limit`); `false` when it did not.
+    pub async fn wait_ready(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Stop it: gracefully (SIGTERM, as `rabbitmqctl stop`) or as a crash (SIGKILL).
+    pub fn stop(&mut self, graceful: bool) {
+        if let Some(mut child) = self.child.take() {
+            // A node flushes its queues on SIGTERM; give it time to.
+            let grace = std::time::Duration::from_secs(30);
+            crate::process::stop_child(&mut child, graceful, grace);
+        }
+    }
+
+    /// Start it again, with the data it kept.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop(true);
+        self.spawn()
+    }
+
+    /// Start it again after [`PrivateNode::stop`].
+    pub fn start_again(&mut self) -> std::io::Result<()> {
+        if self.child.is_none() {
+            self.spawn()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}

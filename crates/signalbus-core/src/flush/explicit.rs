@@ -351,6 +351,8 @@ async fn lane_burst<DB: Backend>(
     let mut tx = begin_flush(&shared.pool).await?;
     let step = async {
         let rows = reg.sql.lock_ordered::<DB>(&mut tx, lane, burst).await?;
+        // Holding the lane (PostgreSQL's session lock, MySQL's turn) and the rows' locks.
+        fail_point!("signalbus::ordered-locks");
         let picked = pick_per_key(&rows, burst);
         if picked.is_empty() {
             return Ok::<_, crate::error::Error>(Vec::new());

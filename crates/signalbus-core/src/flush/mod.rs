@@ -207,7 +207,11 @@ async fn call<DB: Backend>(
     ordered: bool,
 ) -> Result<(), crate::error::PublishError> {
     let outcome = match shared.publisher.publish(batch).await {
-        Ok(outcome) => outcome,
+        Ok(outcome) => {
+            // Part of a burst is on the bus, the rest (later rounds, other calls) is not.
+            fail_point!("signalbus::mid-burst");
+            outcome
+        }
         Err(e) if e.kind() == PublishErrorKind::Rejected && batch.len() > 1 => {
             tracing::debug!(messages = batch.len(), error = %e, "the bus refused a whole batch; sending its messages one by one");
             let mut outcome = BatchOutcome::all_stored();
@@ -262,6 +266,8 @@ pub(crate) async fn settle<DB: Backend>(
     fates: &[Fate],
     alone: bool,
 ) -> Result<Settled> {
+    // Published, not deleted yet: the rows come back after their lease (duplicates).
+    fail_point!("signalbus::after-publish");
     let mut settled = Settled::default();
     let mut stored: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
     let mut untouched: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();

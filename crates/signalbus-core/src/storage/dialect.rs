@@ -73,6 +73,22 @@ pub(crate) struct ColumnTypes {
 }
 
 /// One database's SQL, as signalbus needs it.
+/// The SQL of the consumer inbox ([`crate::inbox`]); `{t}` is the quoted table, `{index}` its
+/// index, `{key}` the id columns' type, `{received}` the time column, `{options}` the table
+/// options, `{p1}`… the placeholders, `{older}` the cut-off time, `{limit}` the batch size.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "inbox"), allow(dead_code))]
+pub(crate) struct InboxSql {
+    /// The type of the consumer and message id columns.
+    pub key: &'static str,
+    /// Create the table and its index by time, if they are not there.
+    pub create: &'static str,
+    /// Insert one id, doing nothing when it is there.
+    pub insert: &'static str,
+    /// Delete at most `{limit}` ids of consumer `{p1}` recorded before `{older}`.
+    pub prune: &'static str,
+}
+
 #[derive(Debug)]
 pub(crate) struct Dialect {
     /// The character that quotes identifiers.
@@ -149,6 +165,8 @@ pub(crate) struct Dialect {
     pub begin_atomic: fn(Isolation, SqliteBegin) -> Option<&'static str>,
     /// The clause that locks the rows a `SELECT` returns.
     pub row_lock: fn(RowLock) -> &'static str,
+    #[cfg_attr(not(feature = "inbox"), allow(dead_code))]
+    pub inbox: InboxSql,
 }
 
 impl Dialect {

@@ -12,7 +12,7 @@
 //! lookup per id, whatever the optimizer thinks of the table's size (a plain `id IN (...)`
 //! may be run as a scan that locks rows it does not return).
 
-use super::dialect::{ColumnTypes, Dialect, OrderedRead, Placeholders, lock_clause};
+use super::dialect::{ColumnTypes, Dialect, InboxSql, OrderedRead, Placeholders, lock_clause};
 use super::json_ids;
 use crate::atomic::{Isolation, SqliteBegin};
 use sqlx::MySql;
@@ -88,6 +88,17 @@ pub(crate) const DIALECT: Dialect = Dialect {
                 " LOCK IN SHARE MODE SKIP LOCKED",
             ],
         )
+    },
+    // 191 characters: the two key columns fit InnoDB's index limit in utf8mb4. IGNORE only
+    // meets duplicate keys here: ids longer than the column are refused before the insert.
+    inbox: InboxSql {
+        key: "VARCHAR(191)",
+        create: "CREATE TABLE IF NOT EXISTS {t} (consumer {key} NOT NULL, message_id {key} NOT NULL, \
+                 received_at {received}, PRIMARY KEY (consumer, message_id), \
+                 KEY {index} (consumer, received_at)){options}",
+        insert: "INSERT IGNORE INTO {t} (consumer, message_id) VALUES ({p1}, {p2})",
+        prune: "DELETE FROM {t} WHERE consumer = {p1} AND received_at < {older} \
+                ORDER BY received_at LIMIT {limit}",
     },
 };
 

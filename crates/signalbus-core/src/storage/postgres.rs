@@ -1,7 +1,9 @@
 //! PostgreSQL: `= ANY($1)` array binds, `FOR UPDATE SKIP LOCKED`, and the writing
 //! transaction's id in `txid` for gap-safe ordering.
 
-use super::dialect::{ColumnTypes, Dialect, Lanes, OrderedRead, Placeholders, lock_clause};
+use super::dialect::{
+    ColumnTypes, Dialect, InboxSql, Lanes, OrderedRead, Placeholders, lock_clause,
+};
 use crate::atomic::{Isolation, SqliteBegin};
 use sqlx::Postgres;
 use sqlx::error::DatabaseError;
@@ -68,6 +70,15 @@ pub(crate) const DIALECT: Dialect = Dialect {
             lock,
             [" FOR SHARE", " FOR SHARE NOWAIT", " FOR SHARE SKIP LOCKED"],
         )
+    },
+    inbox: InboxSql {
+        key: "TEXT",
+        create: "CREATE TABLE IF NOT EXISTS {t} (consumer {key} NOT NULL, message_id {key} NOT NULL, \
+                 received_at {received}, PRIMARY KEY (consumer, message_id)); \
+                 CREATE INDEX IF NOT EXISTS {index} ON {t} (consumer, received_at)",
+        insert: "INSERT INTO {t} (consumer, message_id) VALUES ({p1}, {p2}) ON CONFLICT DO NOTHING",
+        prune: "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE consumer = {p1} \
+                AND received_at < {older} LIMIT {limit})",
     },
 };
 

@@ -1,7 +1,7 @@
 //! SQLite: one writer at a time. A flush takes the write lock up front (`BEGIN IMMEDIATE`),
 //! so two flushers never read the same rows; there is no `SKIP LOCKED` and none is needed.
 
-use super::dialect::{ColumnTypes, Dialect, OrderedRead, Placeholders};
+use super::dialect::{ColumnTypes, Dialect, InboxSql, OrderedRead, Placeholders};
 use super::json_ids;
 use crate::atomic::{Isolation, SqliteBegin};
 use sqlx::Sqlite;
@@ -73,6 +73,15 @@ pub(crate) const DIALECT: Dialect = Dialect {
     begin_atomic,
     // SQLite has no row locks: a write transaction locks the whole database.
     row_lock: |_| "",
+    inbox: InboxSql {
+        key: "TEXT",
+        create: "CREATE TABLE IF NOT EXISTS {t} (consumer {key} NOT NULL, message_id {key} NOT NULL, \
+                 received_at {received}, PRIMARY KEY (consumer, message_id)); \
+                 CREATE INDEX IF NOT EXISTS {index} ON {t} (consumer, received_at)",
+        insert: "INSERT OR IGNORE INTO {t} (consumer, message_id) VALUES ({p1}, {p2})",
+        prune: "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE consumer = {p1} \
+                AND received_at < {older} LIMIT {limit})",
+    },
 };
 
 /// SQLITE_BUSY and SQLITE_LOCKED with all their extended codes (e.g. 517, BUSY_SNAPSHOT: a

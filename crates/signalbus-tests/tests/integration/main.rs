@@ -11,6 +11,7 @@ mod common;
 mod crash;
 mod explicit;
 mod gated;
+mod inbox;
 mod keyed;
 mod keyed_brokers;
 mod message_ids;

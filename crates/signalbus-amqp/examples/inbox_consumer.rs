@@ -1,0 +1,137 @@
+//! A RabbitMQ consumer whose effects happen once per signal, however often the broker
+//! delivers it: the signal's message id is recorded in the inbox (`signalbus_core::inbox`)
+//! in the same database transaction as the effects, and the message is acknowledged only
+//! after that transaction committed.
+//!
+//! ```sh
+//! cargo run -p signalbus-amqp --example inbox_consumer -- \
+//!     amqp://guest:guest@127.0.0.1:5672/%2f credits /tmp/credits.db
+//! ```
+//!
+//! Each message is a JSON object with an `amount`; the effect is a row in `credits`. A crash
+//! after the commit and before the ack (set `INBOX_EXAMPLE_PAUSE_BEFORE_ACK` to have it wait
+//! there, to be killed) makes RabbitMQ deliver the message again: the inbox recognises it and
+//! the copy is acknowledged without a second credit. SIGTERM stops it between messages.
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use signalbus_core::inbox::{Inbox, Receipt};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use std::io::Write;
+use std::str::FromStr;
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> Result<(), Failure> {
+    let mut args = std::env::args().skip(1);
+    let (Some(url), Some(queue), Some(db)) = (args.next(), args.next(), args.next()) else {
+        return Err("usage: inbox_consumer AMQP_URL QUEUE SQLITE_FILE".into());
+    };
+    let pause = std::env::var_os("INBOX_EXAMPLE_PAUSE_BEFORE_ACK").is_some();
+
+    let options =
+        SqliteConnectOptions::from_str(&format!("sqlite://{db}"))?.create_if_missing(true);
+    let pool = SqlitePool::connect_with(options).await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS credits (message_id TEXT NOT NULL, amount INTEGER NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
+    let inbox = Inbox::<sqlx::Sqlite>::new("credits")?;
+    inbox.migrate(&pool).await?;
+
+    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    // At most 10 messages unacknowledged at a time.
+    channel.basic_qos(10, BasicQosOptions::default()).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "inbox-example".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let delivery = tokio::select! {
+            d = deliveries.next() => match d {
+                Some(d) => d?,
+                None => return Err("the broker cancelled the consumer".into()),
+            },
+            _ = term.recv() => break,
+        };
+        // A message without an id cannot be told from its copies: refuse it (dead-letter).
+        let Some(id) = signalbus_amqp::message_id(&delivery).map(str::to_owned) else {
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..Default::default()
+                })
+                .await?;
+            continue;
+        };
+        match handle(&pool, &inbox, &id, &delivery.data).await {
+            Ok(receipt) => {
+                say(&format!(
+                    "{} {id}",
+                    if receipt.is_duplicate() {
+                        "duplicate"
+                    } else {
+                        "applied"
+                    }
+                ));
+                if pause {
+                    say(&format!("committed {id}"));
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                }
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            // Rolled back: nothing was applied; the broker delivers it again.
+            Err(e) => {
+                eprintln!("inbox_consumer: {id}: {e}");
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        }
+    }
+    conn.close(200, "stopped".into()).await?;
+    Ok(())
+}
+
+/// The effects of one message, in one transaction with its inbox record.
+async fn handle(
+    pool: &SqlitePool,
+    inbox: &Inbox<sqlx::Sqlite>,
+    id: &str,
+    body: &[u8],
+) -> Result<Receipt, Failure> {
+    #[derive(serde::Deserialize)]
+    struct Credit {
+        amount: i64,
+    }
+    let mut tx = pool.begin().await?;
+    let receipt = inbox.receive(&mut tx, id).await?;
+    if receipt == Receipt::First {
+        let credit: Credit = serde_json::from_slice(body)?;
+        sqlx::query("INSERT INTO credits (message_id, amount) VALUES (?, ?)")
+            .bind(id)
+            .bind(credit.amount)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(receipt)
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

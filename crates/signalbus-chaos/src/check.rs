@@ -1,0 +1,299 @@
+//! The checker: once the faults are healed and everything drained, what the database says
+//! was committed against what the consumers recorded.
+//!
+//! - **lost**: a signal of a committed transaction (a `chaos_tx` row) never recorded;
+//! - **phantom**: a recorded signal of no committed transaction (a rolled-back one, say);
+//! - **order violations**: per key, in the broker's order (NATS stream sequence, Kafka
+//!   offset, the RabbitMQ queue's delivery order), a signal whose first delivery comes after
+//!   the first delivery of a later signal of its key;
+//! - **duplicates**: deliveries beyond the first (allowed: at-least-once), split into those
+//!   the broker stored twice (published again after a crash or a lost confirm) and those
+//!   it delivered again (RabbitMQ's redelivered flag: the consumer died before its ack);
+//! - **id mismatches**: copies of one signal that carry different message ids (the id is
+//!   what a consumer deduplicates by, so it must be the same on every copy);
+//! - **left**: rows still in the signal tables, beyond the parked rows the run planted.
+
+use crate::roles::consumer::Delivery;
+use crate::signals::Bus;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+/// What was committed on one bus' database.
+pub struct Committed {
+    /// (tx, i) → (key, seq) of every signal of every committed transaction.
+    pub signals: HashMap<(i64, u32), Option<(String, i64)>>,
+    pub transactions: usize,
+    /// Ids of the transactions the writers rolled back.
+    pub rolled_back: HashSet<i64>,
+    /// Rows left in the signal tables that should not be there, and parked rows planted.
+    pub left: i64,
+    pub parked: i64,
+}
+
+/// A fault, for recovery times: when it began and when its effect ended, and on which buses.
+pub struct Healed {
+    pub kind: String,
+    pub bus: Option<Bus>,
+    pub began_ms: i64,
+    pub healed_ms: i64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BusVerdict {
+    pub transactions_committed: usize,
+    pub rolled_back: usize,
+    pub signals_committed: usize,
+    pub signals_delivered: usize,
+    pub deliveries: usize,
+    pub lost: usize,
+    pub phantom: usize,
+    pub rolled_back_delivered: usize,
+    pub duplicates: usize,
+    pub duplicates_redelivered: usize,
+    pub duplicates_published_again: usize,
+    pub id_mismatches: usize,
+    pub order_violations: usize,
+    pub keys: usize,
+    pub left_in_tables: i64,
+    pub parked: i64,
+    /// Faults after which no signal written later was delivered (near the end of the run).
+    pub unmeasured_recoveries: usize,
+    /// Faults whose recovery waited for the watchdog to restart a wedged broker (not counted
+    /// in the recovery times: the broker, not signalbus, was down).
+    pub recoveries_behind_wedged_broker: usize,
+    pub max_recovery_ms: i64,
+    /// Per fault kind, the longest time from the end of the fault to the first delivery of
+    /// a signal written after it.
+    pub recovery_ms: HashMap<String, i64>,
+    /// The three slowest recoveries: fault, when it ended (Unix ms, as in `faults.log`), ms.
+    pub slowest_recoveries: Vec<(String, i64, i64)>,
+    /// Up to ten lost signals (tx, i), to look up.
+    pub lost_sample: Vec<(i64, u32)>,
+    /// Up to ten order violations: key, the sequence number, the later one first delivered.
+    pub violation_sample: Vec<(String, i64, i64)>,
+}
+
+pub fn check(
+    bus: Bus,
+    committed: &Committed,
+    mut deliveries: Vec<Delivery>,
+    faults: &[Healed],
+    wedges: &[(i64, i64)],
+) -> BusVerdict {
+    let mut v = BusVerdict {
+        transactions_committed: committed.transactions,
+        rolled_back: committed.rolled_back.len(),
+        signals_committed: committed.signals.len(),
+        deliveries: deliveries.len(),
+        left_in_tables: committed.left,
+        parked: committed.parked,
+        ..BusVerdict::default()
+    };
+    let mut seen: HashSet<(i64, u32)> = HashSet::new();
+    let mut ids: HashMap<(i64, u32), &str> = HashMap::new();
+    for d in &deliveries {
+        let id = ids.entry((d.tx, d.i)).or_insert(d.message_id.as_str());
+        if *id != d.message_id {
+            v.id_mismatches += 1;
+        }
+        if !seen.insert((d.tx, d.i)) {
+            v.duplicates += 1;
+            if d.redelivered {
+                v.duplicates_redelivered += 1;
+            } else {
+                v.duplicates_published_again += 1;
+            }
+            continue;
+        }
+        if !committed.signals.contains_key(&(d.tx, d.i)) {
+            v.phantom += 1;
+        }
+        if committed.rolled_back.contains(&d.tx) {
+            v.rolled_back_delivered += 1;
+        }
+    }
+    v.signals_delivered = seen.len() - v.phantom;
+    let mut lost: Vec<(i64, u32)> = committed
+        .signals
+        .keys()
+        .filter(|k| !seen.contains(k))
+        .copied()
+        .collect();
+    lost.sort();
+    v.lost = lost.len();
+    v.lost_sample = lost.into_iter().take(10).collect();
+
+    // Order: the broker's own order where it has one.
+    if bus != Bus::Amqp {
+        deliveries.sort_by_key(|d| d.position);
+    }
+    let mut first_max: HashMap<&str, i64> = HashMap::new();
+    let mut first_seen: HashSet<(&str, i64)> = HashSet::new();
+    for d in &deliveries {
+        let (Some(key), Some(seq)) = (d.key.as_deref(), d.seq) else {
+            continue;
+        };
+        if !first_seen.insert((key, seq)) {
+            continue;
+        }
+        let max = first_max.entry(key).or_insert(i64::MIN);
+        if seq < *max {
+            v.order_violations += 1;
+            if v.violation_sample.len() < 10 {
+                v.violation_sample.push((key.to_owned(), seq, *max));
+            }
+        } else {
+            *max = seq;
+        }
+    }
+    v.keys = first_max.len();
+
+    // Recovery: from a fault's end to the first signal written after it reaching the broker.
+    // Stored by the broker where it says when, received otherwise (RabbitMQ).
+    let mut by_write: Vec<(i64, i64)> = deliveries
+        .iter()
+        .map(|d| (d.at_ms, d.stored_ms.unwrap_or(d.received_ms)))
+        .collect();
+    by_write.sort();
+    let mut earliest_after = vec![i64::MAX; by_write.len() + 1];
+    for (n, (_, received)) in by_write.iter().enumerate().rev() {
+        earliest_after[n] = earliest_after[n + 1].min(*received);
+    }
+    for f in faults.iter().filter(|f| f.bus.is_none_or(|b| b == bus)) {
+        let from = by_write.partition_point(|(at, _)| *at < f.healed_ms);
+        let first = earliest_after[from];
+        if first == i64::MAX {
+            v.unmeasured_recoveries += 1;
+            continue;
+        }
+        // The broker was wedged (and restarted by the watchdog) while this recovery waited.
+        if wedges
+            .iter()
+            .any(|&(from, to)| from <= first && f.healed_ms <= to)
+        {
+            v.recoveries_behind_wedged_broker += 1;
+            continue;
+        }
+        let took = (first - f.healed_ms).max(0);
+        v.slowest_recoveries
+            .push((f.kind.clone(), f.healed_ms, took));
+        v.max_recovery_ms = v.max_recovery_ms.max(took);
+        let worst = v.recovery_ms.entry(f.kind.clone()).or_insert(0);
+        *worst = (*worst).max(took);
+    }
+    v.slowest_recoveries.sort_by_key(|r| std::cmp::Reverse(r.2));
+    v.slowest_recoveries.truncate(3);
+    v
+}
+
+/// Whether a verdict fails the run.
+pub fn failed(v: &BusVerdict) -> bool {
+    v.lost > 0
+        || v.phantom > 0
+        || v.order_violations > 0
+        || v.left_in_tables > 0
+        || v.id_mismatches > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A committed signal: (tx, i) and its key and sequence number, if keyed.
+    type Row<'a> = ((i64, u32), Option<(&'a str, i64)>);
+
+    fn committed(signals: &[Row<'_>]) -> Committed {
+        Committed {
+            signals: signals
+                .iter()
+                .map(|(k, v)| (*k, v.map(|(key, seq)| (key.to_owned(), seq))))
+                .collect(),
+            transactions: signals.len(),
+            rolled_back: HashSet::from([99]),
+            left: 0,
+            parked: 0,
+        }
+    }
+
+    fn delivery(tx: i64, i: u32, key: Option<(&str, i64)>, pos: i64) -> Delivery {
+        Delivery {
+            tx,
+            i,
+            key: key.map(|k| k.0.to_owned()),
+            seq: key.map(|k| k.1),
+            at_ms: 1000 + pos,
+            received_ms: 1010 + pos,
+            stored_ms: None,
+            position: Some((0, pos)),
+            message_id: format!("m{tx}-{i}"),
+            redelivered: false,
+        }
+    }
+
+    #[test]
+    fn counts_lost_phantom_duplicates_and_order() {
+        let c = committed(&[
+            ((1, 0), Some(("a", 0))),
+            ((2, 0), Some(("a", 1))),
+            ((3, 0), Some(("a", 2))),
+            ((4, 0), None),
+        ]);
+        // a1 before a0 in the stream, a0 twice, 3 lost, 99 rolled back yet delivered.
+        let got = vec![
+            delivery(2, 0, Some(("a", 1)), 1),
+            delivery(1, 0, Some(("a", 0)), 2),
+            delivery(1, 0, Some(("a", 0)), 3),
+            delivery(4, 0, None, 4),
+            delivery(99, 0, None, 5),
+        ];
+        let faults = [Healed {
+            kind: "k".into(),
+            bus: None,
+            began_ms: 1000,
+            healed_ms: 1003,
+        }];
+        let v = check(Bus::Nats, &c, got, &faults, &[]);
+        assert_eq!((v.lost, v.phantom, v.duplicates), (1, 1, 1), "{v:?}");
+        assert_eq!(v.rolled_back_delivered, 1);
+        assert_eq!(v.order_violations, 1, "{v:?}");
+        assert_eq!(v.signals_delivered, 3);
+        assert_eq!(v.max_recovery_ms, 10, "written at 1003, received at 1013");
+        assert!(failed(&v));
+    }
+
+    #[test]
+    fn a_copy_with_another_id_fails() {
+        let c = committed(&[((1, 0), None)]);
+        let mut again = delivery(1, 0, None, 2);
+        again.message_id = "other".into();
+        again.redelivered = true;
+        let v = check(
+            Bus::Amqp,
+            &c,
+            vec![delivery(1, 0, None, 1), again],
+            &[],
+            &[],
+        );
+        assert_eq!((v.id_mismatches, v.duplicates_redelivered), (1, 1), "{v:?}");
+        assert!(failed(&v));
+    }
+
+    #[test]
+    fn redelivered_in_order_is_no_violation() {
+        let c = committed(&[((1, 0), Some(("a", 0))), ((1, 1), Some(("a", 1)))]);
+        let got = vec![
+            delivery(1, 0, Some(("a", 0)), 1),
+            delivery(1, 0, Some(("a", 0)), 2),
+            delivery(1, 1, Some(("a", 1)), 3),
+            delivery(1, 0, Some(("a", 0)), 4),
+        ];
+        let v = check(Bus::Kafka, &c, got, &[], &[]);
+        assert_eq!(
+            (v.lost, v.order_violations, v.duplicates),
+            (0, 0, 2),
+            "{v:?}"
+        );
+        assert_eq!(v.id_mismatches, 0);
+        assert!(!failed(&v));
+    }
+}

@@ -1,0 +1,215 @@
+//! The faults the harness injects, drawn at random from the run's seed.
+
+use crate::signals::Bus;
+use crate::workload::Workload;
+use crate::world::World;
+use rand::Rng;
+use rand::rngs::StdRng;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A fault the scheduler injects. Fail points are armed per process start instead (see
+/// [`failpoint_for`]) and counted when they fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL a writer at a random moment.
+    KillWriter,
+    /// SIGKILL a relay.
+    KillRelay,
+    /// SIGKILL the consumer (unacknowledged deliveries come again).
+    KillConsumer,
+    /// Stop the broker gracefully, start it again.
+    BrokerRestart,
+    /// SIGKILL the broker, start it again 1–3 s later.
+    BrokerKill,
+    /// `pg_ctl restart -m fast`.
+    DbRestart,
+    /// `pg_ctl stop -m immediate` and start: crash recovery, as after a failover.
+    DbCrash,
+    /// Cut every connection to the database (mid-transaction, mid-batch).
+    CutDb,
+    /// Cut every connection to the broker (mid-publish).
+    CutBroker,
+    /// 200 ms on every chunk to and from the database, for 5 s.
+    LatencyDb,
+    /// 200 ms on every chunk to and from the broker, for 5 s.
+    LatencyBroker,
+    /// Nothing passes to or from the database for 10 s.
+    PartitionDb,
+    /// Nothing passes to or from the broker for 10 s.
+    PartitionBroker,
+}
+
+/// How often each fault is drawn, relative to the others.
+const WEIGHTS: [(Fault, u32); 13] = [
+    (Fault::KillWriter, 10),
+    (Fault::KillRelay, 12),
+    (Fault::KillConsumer, 6),
+    (Fault::BrokerRestart, 5),
+    (Fault::BrokerKill, 5),
+    (Fault::DbRestart, 3),
+    (Fault::DbCrash, 3),
+    (Fault::CutDb, 6),
+    (Fault::CutBroker, 6),
+    (Fault::LatencyDb, 4),
+    (Fault::LatencyBroker, 4),
+    (Fault::PartitionDb, 3),
+    (Fault::PartitionBroker, 3),
+];
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillWriter => "kill_writer",
+            Fault::KillRelay => "kill_relay",
+            Fault::KillConsumer => "kill_consumer",
+            Fault::BrokerRestart => "broker_restart",
+            Fault::BrokerKill => "broker_kill",
+            Fault::DbRestart => "db_restart",
+            Fault::DbCrash => "db_crash_restart",
+            Fault::CutDb => "cut_db_connections",
+            Fault::CutBroker => "cut_broker_connections",
+            Fault::LatencyDb => "db_latency_200ms",
+            Fault::LatencyBroker => "broker_latency_200ms",
+            Fault::PartitionDb => "db_partition_10s",
+            Fault::PartitionBroker => "broker_partition_10s",
+        }
+    }
+
+    /// Whether it hits the database, which every bus shares.
+    pub fn everywhere(self) -> bool {
+        matches!(
+            self,
+            Fault::DbRestart
+                | Fault::DbCrash
+                | Fault::CutDb
+                | Fault::LatencyDb
+                | Fault::PartitionDb
+        )
+    }
+
+    pub fn draw(rng: &mut impl Rng) -> Fault {
+        let total: u32 = WEIGHTS.iter().map(|(_, w)| w).sum();
+        let mut at = rng.random_range(0..total);
+        for (fault, weight) in WEIGHTS {
+            if at < weight {
+                return fault;
+            }
+            at -= weight;
+        }
+        unreachable!("the weights cover the range")
+    }
+}
+
+/// The fail points of signalbus a process of `role` passes.
+fn failpoints(role: &str) -> &'static [&'static str] {
+    match role {
+        "writer" => &[
+            "signalbus::after-commit",
+            "signalbus::mid-burst",
+            "signalbus::after-publish",
+        ],
+        "relay" => &[
+            "signalbus::mid-burst",
+            "signalbus::after-publish",
+            "signalbus::ordered-locks",
+        ],
+        _ => &[],
+    }
+}
+
+/// For a new process of `role`: with even odds, one fail point that crashes it after a
+/// random number of passes (`name=N*off->1*panic`, the `fail` crate's syntax).
+pub fn failpoint_for(role: &str, rng: &mut impl Rng) -> Option<String> {
+    let points = failpoints(role);
+    if points.is_empty() || !rng.random_bool(0.5) {
+        return None;
+    }
+    let name = points[rng.random_range(0..points.len())];
+    // The ordered lanes pass their fail point at every poll, the others once per burst.
+    let passes: u32 = if name.ends_with("ordered-locks") {
+        rng.random_range(100..3000)
+    } else {
+        rng.random_range(20..600)
+    };
+    Some(format!("{name}={passes}*off->1*panic"))
+}
+
+/// Which bus a fault hits: one of the run's at random, or all for the database.
+pub fn target(fault: Fault, buses: &[Bus], rng: &mut impl Rng) -> Option<Bus> {
+    (!fault.everywhere()).then(|| buses[rng.random_range(0..buses.len())])
+}
+
+/// Inject `fault` (on `bus`, when it is not the database's) and wait until it is over.
+pub async fn inject(
+    fault: Fault,
+    bus: Option<Bus>,
+    world: &mut World,
+    workloads: &BTreeMap<Bus, Workload>,
+    rng: &mut StdRng,
+) {
+    let pick = |slots: &[crate::supervisor::Slot], rng: &mut StdRng| {
+        rng.random_range(0..slots.len().max(1))
+    };
+    let w = bus.map(|b| &workloads[&b]);
+    tracing::info!(fault = fault.name(), bus = ?bus, "inject");
+    match fault {
+        Fault::KillWriter => {
+            let w = w.expect("a bus");
+            w.writers[pick(&w.writers, rng)].kill();
+        }
+        Fault::KillRelay => {
+            let w = w.expect("a bus");
+            w.relays[pick(&w.relays, rng)].kill();
+        }
+        Fault::KillConsumer => w.expect("a bus").consumer.kill(),
+        Fault::BrokerRestart | Fault::BrokerKill => {
+            let broker = world
+                .brokers
+                .get_mut(&bus.expect("a bus"))
+                .expect("its broker");
+            let graceful = fault == Fault::BrokerRestart;
+            tokio::task::block_in_place(|| broker.stop(graceful));
+            let down = if graceful {
+                500
+            } else {
+                rng.random_range(1000..3000)
+            };
+            tokio::time::sleep(Duration::from_millis(down)).await;
+            if let Err(e) = tokio::task::block_in_place(|| broker.start_again()) {
+                eprintln!("chaos: cannot restart the broker: {e}");
+            }
+            broker.wait_ready().await;
+        }
+        Fault::DbRestart => {
+            if let Err(e) = tokio::task::block_in_place(|| world.pg.restart()) {
+                eprintln!("chaos: {e}");
+            }
+        }
+        Fault::DbCrash => {
+            if let Err(e) = tokio::task::block_in_place(|| world.pg.crash_restart()) {
+                eprintln!("chaos: {e}");
+            }
+        }
+        Fault::CutDb => world.pg_proxy.cut(),
+        Fault::CutBroker => world.brokers[&bus.expect("a bus")].proxy.cut(),
+        Fault::LatencyDb | Fault::LatencyBroker => {
+            let proxy = match bus {
+                None => &world.pg_proxy,
+                Some(b) => &world.brokers[&b].proxy,
+            };
+            proxy.set_latency(Duration::from_millis(200));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            proxy.set_latency(Duration::ZERO);
+        }
+        Fault::PartitionDb | Fault::PartitionBroker => {
+            let proxy = match bus {
+                None => &world.pg_proxy,
+                Some(b) => &world.brokers[&b].proxy,
+            };
+            proxy.set_partitioned(true);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            proxy.set_partitioned(false);
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! A consumer per bus that records every delivery, one line each, to its file before it
+//! acknowledges it: what the checker reads. Where the broker keeps a position (a NATS stream
+//! sequence, a Kafka offset), the line carries it and a restarted consumer resumes after the
+//! last line written (the file is its offset store: at least once, never a gap).
+
+use crate::signals::{Body, Bus, KAFKA_PARTITIONS};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct ConsumerArgs {
+    #[arg(long, value_enum)]
+    pub bus: Bus,
+    /// The broker (or its proxy): `host:port`.
+    #[arg(long)]
+    pub broker: String,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// One recorded delivery.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub tx: i64,
+    pub i: u32,
+    pub key: Option<String>,
+    pub seq: Option<i64>,
+    pub at_ms: i64,
+    pub received_ms: i64,
+    /// When the broker stored it, where the broker says (NATS' stream timestamp, the Kafka
+    /// record's timestamp): what the recovery times measure, free of the consumer's delays.
+    pub stored_ms: Option<i64>,
+    /// The broker's position: stream sequence (NATS), partition and offset (Kafka).
+    pub position: Option<(i32, i64)>,
+    /// The signal's message id as the broker carried it (`-` when absent).
+    pub message_id: String,
+    /// RabbitMQ's redelivered flag: delivered before to a consumer that did not acknowledge.
+    pub redelivered: bool,
+}
+
+impl Delivery {
+    fn line(&self) -> String {
+        let pos = self
+            .position
+            .map_or_else(|| "-".to_owned(), |(p, o)| format!("{p}:{o}"));
+        format!(
+            "{} {} {} {} {} {} {} {pos} {} {}\n",
+            self.tx,
+            self.i,
+            self.key.as_deref().unwrap_or("-"),
+            self.seq.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            self.at_ms,
+            self.received_ms,
+            self.stored_ms
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            self.message_id,
+            u8::from(self.redelivered)
+        )
+    }
+
+    /// A line as written; `None` for a line cut short by a kill.
+    pub fn parse(line: &str) -> Option<Delivery> {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() != 10 {
+            return None;
+        }
+        let opt = |s: &str| (s != "-").then(|| s.to_owned());
+        Some(Delivery {
+            tx: f[0].parse().ok()?,
+            i: f[1].parse().ok()?,
+            key: opt(f[2]),
+            seq: match f[3] {
+                "-" => None,
+                s => Some(s.parse().ok()?),
+            },
+            at_ms: f[4].parse().ok()?,
+            received_ms: f[5].parse().ok()?,
+            stored_ms: match f[6] {
+                "-" => None,
+                s => Some(s.parse().ok()?),
+            },
+            position: match f[7] {
+                "-" => None,
+                s => {
+                    let (p, o) = s.split_once(':')?;
+                    Some((p.parse().ok()?, o.parse().ok()?))
+                }
+            },
+            message_id: f[8].to_owned(),
+            redelivered: f[9] == "1",
+        })
+    }
+}
+
+/// Every complete line of `path`, in order.
+pub fn read_all(path: &Path) -> Vec<Delivery> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(Delivery::parse)
+        .collect()
+}
+
+struct Recorder {
+    file: std::fs::File,
+}
+
+impl Recorder {
+    fn open(path: &Path) -> std::io::Result<Recorder> {
+        // A line a kill cut short ends here, so that the next one starts on its own line.
+        let ends_cleanly = std::fs::read(path)
+            .map(|b| b.last().is_none_or(|c| *c == b'\n'))
+            .unwrap_or(true);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        if !ends_cleanly {
+            file.write_all(b"\n")?;
+        }
+        Ok(Recorder { file })
+    }
+
+    fn record(
+        &mut self,
+        body: &[u8],
+        position: Option<(i32, i64)>,
+        stored_ms: Option<i64>,
+        message_id: Option<&str>,
+        redelivered: bool,
+    ) -> std::io::Result<()> {
+        let body: Body = serde_json::from_slice(body)
+            .map_err(|e| std::io::Error::other(format!("not a harness message: {e}")))?;
+        let d = Delivery {
+            tx: body.tx,
+            i: body.i,
+            key: body.key,
+            seq: body.seq,
+            at_ms: body.at_ms,
+            received_ms: super::now_ms(),
+            stored_ms,
+            position,
+            // Ids are UUIDs; anything else is kept out of the space-separated line.
+            message_id: message_id
+                .filter(|id| !id.is_empty() && !id.contains(char::is_whitespace))
+                .unwrap_or("-")
+                .to_owned(),
+            redelivered,
+        };
+        // One write per line: a kill leaves whole lines and at most one cut short.
+        self.file.write_all(d.line().as_bytes())
+    }
+}
+
+pub async fn run(args: ConsumerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let resume = read_all(&args.out);
+    let mut recorder = Recorder::open(&args.out)?;
+    match args.bus {
+        Bus::Amqp => amqp(&args.broker, &mut recorder).await,
+        Bus::Nats => {
+            let last = resume.iter().filter_map(|d| d.position).map(|p| p.1).max();
+            nats(&args.broker, last, &mut recorder).await
+        }
+        Bus::Kafka => {
+            let mut last: HashMap<i32, i64> = HashMap::new();
+            for (p, o) in resume.iter().filter_map(|d| d.position) {
+                let at = last.entry(p).or_insert(o);
+                *at = (*at).max(o);
+            }
+            kafka(&args.broker, &last, &mut recorder).await
+        }
+    }
+}
+
+/// The durable queue `chaos`: acknowledged after the line is written; what a killed consumer
+/// had not acknowledged is requeued in place and delivered again.
+async fn amqp(broker: &str, recorder: &mut Recorder) -> Result<(), Box<dyn std::error::Error>> {
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    let url = format!("amqp://guest:guest@{broker}/%2f");
+    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel.basic_qos(200, BasicQosOptions::default()).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            "chaos".into(),
+            "chaos-consumer".into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    while let Some(delivery) = deliveries.next().await {
+        let delivery = delivery?;
+        let id = signalbus::amqp::message_id(&delivery);
+        recorder.record(&delivery.data, None, None, id, delivery.redelivered)?;
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    Err("the RabbitMQ consumer was cancelled".into())
+}
+
+/// The stream `CHAOS` from the sequence after the last recorded, through a consumer of this
+/// process alone (no acks: the file is the position), pulled in short batches so that a
+/// quiet stream does not leave a pull pending for long.
+async fn nats(
+    broker: &str,
+    last: Option<i64>,
+    recorder: &mut Recorder,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    // A consumer that lost its server starts afresh (the slot restarts it, resuming after
+    // its last line): the recovery times measure signalbus, not this consumer's reconnects.
+    let client = async_nats::ConnectOptions::new()
+        .event_callback(|event| async move {
+            if matches!(event, async_nats::Event::Disconnected) {
+                eprintln!("chaos consumer: disconnected from NATS; starting afresh");
+                std::process::exit(3);
+            }
+        })
+        .connect(format!("nats://{broker}"))
+        .await?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("CHAOS").await?;
+    let deliver_policy = match last {
+        Some(seq) => DeliverPolicy::ByStartSequence {
+            start_sequence: u64::try_from(seq + 1)?,
+        },
+        None => DeliverPolicy::All,
+    };
+    let consumer = stream
+        .create_consumer(pull::Config {
+            deliver_policy,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: std::time::Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await?;
+    loop {
+        let mut batch = consumer
+            .batch()
+            .max_messages(500)
+            .expires(std::time::Duration::from_millis(500))
+            .messages()
+            .await?;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let seq = i64::try_from(info.stream_sequence)?;
+            let id = signalbus::nats::message_id(&message);
+            let stored = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok();
+            recorder.record(&message.payload, Some((0, seq)), stored, id, false)?;
+        }
+    }
+}
+
+/// Every partition of `chaos`, each from the offset after the last recorded.
+async fn kafka(
+    broker: &str,
+    last: &HashMap<i32, i64>,
+    recorder: &mut Recorder,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", "chaos-consumer")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..KAFKA_PARTITIONS {
+        let offset = match last.get(&p) {
+            Some(o) => rdkafka::Offset::Offset(o + 1),
+            None => rdkafka::Offset::Beginning,
+        };
+        assignment.add_partition_offset("chaos", p, offset)?;
+    }
+    consumer.assign(&assignment)?;
+    loop {
+        let message = consumer.recv().await?;
+        let body = message.payload().unwrap_or_default();
+        let id = signalbus::kafka::message_id(&message);
+        let stored = message.timestamp().to_millis();
+        let position = Some((message.partition(), message.offset()));
+        recorder.record(body, position, stored, id, false)?;
+    }
+}

@@ -1,0 +1,71 @@
+//! The processes the harness runs and kills: writers, relays and consumers. Each is this
+//! binary with a subcommand, so a SIGKILL takes exactly one of them.
+
+pub mod consumer;
+pub mod relay;
+pub mod writer;
+
+use crate::signals::{Event, Keyed, Poison};
+use signalbus::SignalBus;
+use std::time::Duration;
+
+/// The bus' own publish limit; the broker clients' timeouts (4 s, [`crate::signals::Bus::url`])
+/// stay below it, and the lease outlives it.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(6);
+/// Short, so that the rows of a killed flusher come back quickly (more duplicates, faster
+/// recovery).
+pub const LEASE: Duration = Duration::from_secs(8);
+
+/// A bus on the writer's or relay's database with the three signal types. A broker that is
+/// down at start is waited for: a process restarted during a fault must come up anyway.
+pub async fn bus_for(db_url: &str, bus_url: &str, autoflush: bool) -> SignalBus<sqlx::Postgres> {
+    let pool = loop {
+        match sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(db_url)
+            .await
+        {
+            Ok(pool) => break pool,
+            Err(e) => {
+                tracing::warn!(error = %e, "database not reachable yet");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    let publisher = loop {
+        match signalbus::connect_bus(bus_url).await {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::warn!(error = %e, "bus not reachable yet");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    SignalBus::builder(pool)
+        .publisher(publisher)
+        .register::<Event>()
+        .register::<Keyed>()
+        .register::<Poison>()
+        .publish_timeout(PUBLISH_TIMEOUT)
+        .lease(LEASE)
+        .autoflush(autoflush)
+        .build()
+        .expect("a valid bus configuration")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Arm the fail point `spec` (`name=actions`, as the `fail` crate reads them) for this process.
+pub fn arm(spec: Option<&str>) {
+    if let Some(spec) = spec {
+        let (name, actions) = spec.split_once('=').expect("--failpoint name=actions");
+        fail::cfg(name, actions).expect("a valid fail point configuration");
+    }
+}

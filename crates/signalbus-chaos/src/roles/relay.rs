@@ -1,0 +1,55 @@
+//! A relay: the library's in-process relay on the bus' database — ordered lanes for the
+//! keyed signals, plain lanes for the others — until SIGTERM.
+
+use super::bus_for;
+use crate::signals::{Event, Keyed, Poison};
+use signalbus::Selection;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct RelayArgs {
+    #[arg(long)]
+    pub db_url: String,
+    #[arg(long)]
+    pub bus_url: String,
+    #[arg(long)]
+    pub failpoint: Option<String>,
+}
+
+pub async fn run(args: RelayArgs) {
+    super::arm(args.failpoint.as_deref());
+    let bus = bus_for(&args.db_url, &args.bus_url, false).await;
+    let poll = (Duration::from_millis(10), Duration::from_millis(500));
+    let ordered = start(|| {
+        bus.relay()
+            .select(Selection::of::<Keyed>())
+            .ordered(true)
+            .ordered_lanes(4)
+            .poll(poll.0, poll.1)
+    })
+    .await;
+    let plain = start(|| {
+        bus.relay()
+            .select(Selection::of::<Event>().and::<Poison>())
+            .poll(poll.0, poll.1)
+    })
+    .await;
+    crate::terminated().await;
+    ordered.shutdown(Duration::from_secs(10)).await;
+    plain.shutdown(Duration::from_secs(10)).await;
+}
+
+/// Start a relay; a database that is down at start is waited for.
+async fn start(
+    builder: impl Fn() -> signalbus::relay::RelayBuilder<sqlx::Postgres>,
+) -> signalbus::relay::Relay {
+    loop {
+        match builder().start().await {
+            Ok(relay) => return relay,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay cannot start yet");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! `signalbus-chaos run`: the world, the workload, the faults, the drain, the verdict.
+
+use crate::check::{self, BusVerdict, Healed};
+use crate::database;
+use crate::faults::{self, Fault};
+use crate::roles::{consumer, now_ms};
+use crate::signals::Bus;
+use crate::workload::{self, Workload};
+use crate::world::World;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Buses {
+    Amqp,
+    Nats,
+    Kafka,
+    All,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// How long faults are injected; the drain and the check come after.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    /// The seed of the fault schedule and the workload (printed; default: random).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Which buses run (`all`: the three at once, in one world).
+    #[arg(long, value_enum, default_value = "all")]
+    pub bus: Buses,
+    /// Where the world lives (servers' data, logs, the consumers' records); default: a new
+    /// temporary directory, removed after a run that passed.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Writer processes per bus.
+    #[arg(long, default_value_t = 2)]
+    pub writers: u32,
+    /// Relay processes per bus.
+    #[arg(long, default_value_t = 2)]
+    pub relays: u32,
+    /// Transactions per second per writer.
+    #[arg(long, default_value_t = 20)]
+    pub rate: u32,
+    /// How long the drain may take once the faults stop.
+    #[arg(long, default_value_t = 180)]
+    pub drain_seconds: u64,
+    /// Poison signals planted per bus (they must end parked, and only they).
+    #[arg(long, default_value_t = 3)]
+    pub poison: u32,
+}
+
+/// How long a bus may go without a new delivery, while it has signals to deliver, before
+/// the watchdog restarts its broker (as a liveness probe would): longer than any fault.
+const STUCK: Duration = Duration::from_secs(30);
+
+/// The watchdog's view of a bus: when its consumer last recorded something.
+struct Progress {
+    recorded: u64,
+    since: Instant,
+    restarts: usize,
+    /// Each span the broker was wedged: from the last delivery before a watchdog restart to
+    /// the end of that restart (Unix ms).
+    wedges: Vec<(i64, i64)>,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    passed: bool,
+    seed: u64,
+    seconds: u64,
+    buses: Vec<Bus>,
+    transactions_committed: usize,
+    rolled_back: usize,
+    signals_committed: usize,
+    signals_delivered: usize,
+    deliveries: usize,
+    faults_injected: usize,
+    faults: BTreeMap<String, usize>,
+    lost: usize,
+    phantom: usize,
+    duplicates: usize,
+    id_mismatches: usize,
+    order_violations: usize,
+    left_in_tables: i64,
+    parked_planted: i64,
+    unexpected_panics: usize,
+    /// Brokers the watchdog restarted because they stopped delivering (see `STUCK`).
+    watchdog_restarts: BTreeMap<Bus, usize>,
+    /// Processes started, restarts included (writers, relays, consumers).
+    process_starts: u32,
+    max_recovery_ms: i64,
+    drain_ms: u128,
+    per_bus: BTreeMap<Bus, BusVerdict>,
+}
+
+pub async fn run(args: RunArgs) -> ExitCode {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    eprintln!("chaos: seed {seed} (replay the same schedule with --seed {seed})");
+    let buses: Vec<Bus> = match args.bus {
+        Buses::Amqp => vec![Bus::Amqp],
+        Buses::Nats => vec![Bus::Nats],
+        Buses::Kafka => vec![Bus::Kafka],
+        Buses::All => Bus::ALL.to_vec(),
+    };
+    let (dir, temp) = match &args.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("signalbus-chaos-")
+                .tempdir()
+                .expect("a temporary directory");
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    std::fs::create_dir_all(dir.join("logs")).expect("the run directory");
+    eprintln!("chaos: world in {}", dir.display());
+    let mut world = match World::start(&dir, &buses).await {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("chaos: cannot start the world: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    for &bus in &buses {
+        if let Err(e) = database::prepare(&world, bus, args.poison).await {
+            eprintln!("chaos: cannot prepare the {} database: {e}", bus.name());
+            return ExitCode::from(3);
+        }
+    }
+    let events = dir.join("events.log");
+    let mut workloads = BTreeMap::new();
+    for &bus in &buses {
+        workloads.insert(
+            bus,
+            workload::start(&world, bus, &args, seed, &dir, &events),
+        );
+    }
+    eprintln!("chaos: {} s of faults on {:?}", args.seconds, buses);
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let mut healed = Vec::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut fault_log = std::fs::File::create(dir.join("faults.log")).expect("the fault log");
+    let mut progress: BTreeMap<Bus, Progress> = buses
+        .iter()
+        .map(|&b| {
+            let p = Progress {
+                recorded: 0,
+                since: Instant::now(),
+                restarts: 0,
+                wedges: Vec::new(),
+            };
+            (b, p)
+        })
+        .collect();
+    loop {
+        let gap = Duration::from_millis(rng.random_range(1000..4000));
+        if Instant::now() + gap >= deadline {
+            break;
+        }
+        tokio::time::sleep(gap).await;
+        // The writers never stop in this phase: a bus without deliveries is stuck.
+        for &bus in &buses {
+            watchdog(
+                &mut world,
+                bus,
+                &workloads[&bus],
+                &mut progress,
+                &mut fault_log,
+            )
+            .await;
+        }
+        let fault = Fault::draw(&mut rng);
+        let bus = faults::target(fault, &buses, &mut rng);
+        let began = now_ms();
+        faults::inject(fault, bus, &mut world, &workloads, &mut rng).await;
+        *counts.entry(fault.name().to_owned()).or_default() += 1;
+        let ended = now_ms();
+        // The schedule as it ran, to read beside the processes' logs.
+        let _ = writeln!(
+            fault_log,
+            "{began} {ended} {} {}",
+            fault.name(),
+            bus.map_or("all", |b| b.name())
+        );
+        healed.push(Healed {
+            kind: fault.name().to_owned(),
+            bus,
+            began_ms: began,
+            healed_ms: ended,
+        });
+    }
+    tokio::time::sleep_until(deadline.into()).await;
+
+    // Heal, stop writing, drain.
+    eprintln!("chaos: faults stop; draining");
+    world.heal();
+    for broker in world.brokers.values_mut() {
+        let _ = tokio::task::block_in_place(|| broker.start_again());
+        broker.wait_ready().await;
+    }
+    for w in workloads.values() {
+        for writer in &w.writers {
+            writer.stop().await;
+        }
+    }
+    let drain_started = Instant::now();
+    let drain_deadline = drain_started + Duration::from_secs(args.drain_seconds);
+    loop {
+        let mut done = true;
+        for (&bus, w) in &workloads {
+            let drained = database::drained(&world, bus, w, args.poison)
+                .await
+                .unwrap_or(false);
+            if !drained {
+                watchdog(&mut world, bus, w, &mut progress, &mut fault_log).await;
+            }
+            done &= drained;
+        }
+        if done || Instant::now() >= drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let drain_ms = drain_started.elapsed().as_millis();
+    for w in workloads.values() {
+        for slot in w.relays.iter().chain([&w.consumer]) {
+            slot.stop().await;
+        }
+    }
+
+    // Fail points that fired, and any other crash.
+    let mut unexpected_panics = 0;
+    let mut failpoints = Vec::new();
+    for line in std::fs::read_to_string(&events).unwrap_or_default().lines() {
+        let f: Vec<&str> = line.splitn(4, ' ').collect();
+        let [ms, bus, role, message] = f[..] else {
+            continue;
+        };
+        let bus = buses.iter().copied().find(|b| b.name() == bus);
+        let kind = match message
+            .strip_prefix("failpoint ")
+            .and_then(|m| m.strip_suffix(" panic"))
+        {
+            Some(point) => format!(
+                "failpoint_{}_{role}",
+                point.trim_start_matches("signalbus::")
+            ),
+            None => {
+                eprintln!("chaos: UNEXPECTED PANIC in a {role}: {message}");
+                unexpected_panics += 1;
+                format!("panic_{role}")
+            }
+        };
+        *counts.entry(kind.clone()).or_default() += 1;
+        let at: i64 = ms.parse().unwrap_or(0);
+        // A crash in the middle of a scheduled fault on its bus recovers when that ends.
+        let healed_ms = healed
+            .iter()
+            .filter(|f| f.began_ms <= at && at <= f.healed_ms)
+            .filter(|f| f.bus.is_none() || f.bus == bus)
+            .map(|f| f.healed_ms)
+            .max()
+            .unwrap_or(at);
+        failpoints.push(Healed {
+            kind,
+            bus,
+            began_ms: at,
+            healed_ms,
+        });
+    }
+
+    healed.extend(failpoints);
+    let mut per_bus = BTreeMap::new();
+    for (&bus, w) in &workloads {
+        let committed = match database::committed(&world, bus, w).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("chaos: cannot read the {} database: {e}", bus.name());
+                return ExitCode::from(3);
+            }
+        };
+        let deliveries = consumer::read_all(&w.records);
+        let wedges = &progress[&bus].wedges;
+        per_bus.insert(
+            bus,
+            check::check(bus, &committed, deliveries, &healed, wedges),
+        );
+    }
+    let sum = |f: fn(&BusVerdict) -> usize| per_bus.values().map(f).sum::<usize>();
+    let passed = !per_bus.values().any(check::failed) && unexpected_panics == 0;
+    let summary = Summary {
+        passed,
+        seed,
+        seconds: args.seconds,
+        buses: buses.clone(),
+        transactions_committed: sum(|v| v.transactions_committed),
+        rolled_back: sum(|v| v.rolled_back),
+        signals_committed: sum(|v| v.signals_committed),
+        signals_delivered: sum(|v| v.signals_delivered),
+        deliveries: sum(|v| v.deliveries),
+        faults_injected: counts.values().sum(),
+        faults: counts,
+        lost: sum(|v| v.lost),
+        phantom: sum(|v| v.phantom),
+        duplicates: sum(|v| v.duplicates),
+        id_mismatches: sum(|v| v.id_mismatches),
+        order_violations: sum(|v| v.order_violations),
+        left_in_tables: per_bus.values().map(|v| v.left_in_tables).sum(),
+        parked_planted: per_bus.values().map(|v| v.parked).sum(),
+        unexpected_panics,
+        watchdog_restarts: progress.iter().map(|(b, p)| (*b, p.restarts)).collect(),
+        process_starts: workloads
+            .values()
+            .flat_map(|w| w.writers.iter().chain(&w.relays).chain([&w.consumer]))
+            .map(|s| s.starts.load(std::sync::atomic::Ordering::Relaxed))
+            .sum(),
+        max_recovery_ms: per_bus
+            .values()
+            .map(|v| v.max_recovery_ms)
+            .max()
+            .unwrap_or(0),
+        drain_ms,
+        per_bus,
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&summary).expect("a JSON summary")
+    );
+    drop(world);
+    if passed {
+        drop(temp);
+        ExitCode::SUCCESS
+    } else {
+        if let Some(t) = temp {
+            // Kept for a look: the servers' logs, the records, the processes' stderr.
+            let kept = t.keep();
+            eprintln!("chaos: FAILED; the run is kept in {}", kept.display());
+        }
+        ExitCode::from(1)
+    }
+}
+
+/// Restart `bus`' broker when its consumer recorded nothing for [`STUCK`] while the bus has
+/// signals to deliver. (tansu 0.6's SQLite engine can wedge after a restart: every request
+/// fails until the broker is restarted; see docs/reliability.md.)
+async fn watchdog(
+    world: &mut World,
+    bus: Bus,
+    w: &Workload,
+    progress: &mut BTreeMap<Bus, Progress>,
+    log: &mut std::fs::File,
+) {
+    let p = progress.get_mut(&bus).expect("every bus is watched");
+    let recorded = std::fs::metadata(&w.records).map_or(0, |m| m.len());
+    if recorded != p.recorded {
+        p.recorded = recorded;
+        p.since = Instant::now();
+        return;
+    }
+    if p.since.elapsed() < STUCK {
+        return;
+    }
+    eprintln!(
+        "chaos: nothing delivered on {} for {} s: the watchdog restarts its broker",
+        bus.name(),
+        STUCK.as_secs()
+    );
+    let began = now_ms();
+    let broker = world.brokers.get_mut(&bus).expect("its broker");
+    tokio::task::block_in_place(|| broker.stop(false));
+    if let Err(e) = tokio::task::block_in_place(|| broker.start_again()) {
+        eprintln!("chaos: cannot restart the broker: {e}");
+    }
+    broker.wait_ready().await;
+    let _ = writeln!(
+        log,
+        "{began} {} watchdog_broker_restart {}",
+        now_ms(),
+        bus.name()
+    );
+    p.restarts += 1;
+    let stuck_ms = i64::try_from(STUCK.as_millis()).unwrap_or(i64::MAX);
+    p.wedges.push((began - stuck_ms, now_ms()));
+    p.since = Instant::now();
+}

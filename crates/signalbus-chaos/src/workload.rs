@@ -1,0 +1,139 @@
+//! The workload's processes of one bus: writers, relays and the consumer, each in a slot
+//! that restarts it, each writer and relay start with a fail point drawn for it.
+
+use crate::faults;
+use crate::run::RunArgs;
+use crate::signals::Bus;
+use crate::supervisor::Slot;
+use crate::world::World;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::path::{Path, PathBuf};
+
+/// The processes of one bus.
+pub struct Workload {
+    pub writers: Vec<Slot>,
+    pub relays: Vec<Slot>,
+    pub consumer: Slot,
+    /// The consumer's record of every delivery.
+    pub records: PathBuf,
+    /// Ids of the transactions the writers rolled back.
+    pub rolled_back: PathBuf,
+}
+
+pub fn start(
+    world: &World,
+    bus: Bus,
+    args: &RunArgs,
+    seed: u64,
+    dir: &Path,
+    events: &Path,
+) -> Workload {
+    let broker = &world.brokers[&bus];
+    let exe = std::env::current_exe().expect("this binary's path");
+    let records = dir.join(format!("{}-deliveries.txt", bus.name()));
+    let rolled_back = dir.join(format!("{}-rolled-back.txt", bus.name()));
+    let base = |name: &str| {
+        let exe = exe.clone();
+        let events = events.to_owned();
+        let log = dir.join("logs").join(format!("{name}.log"));
+        move || {
+            let mut cmd = tokio::process::Command::new(&exe);
+            cmd.env("CHAOS_EVENTS", &events)
+                .env("CHAOS_BUS", bus.name())
+                .env_remove("RUST_LOG")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null());
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+            {
+                cmd.stderr(f);
+            }
+            cmd
+        }
+    };
+    // Each slot draws its fail points from a generator of its own, seeded from the run's.
+    let slot_rng = |n: u64| StdRng::seed_from_u64(seed ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    let bus_n = bus as u64;
+    let writers = (0..args.writers)
+        .map(|id| {
+            let name = format!("{}-writer-{id}", bus.name());
+            let mut rng = slot_rng(bus_n * 1000 + u64::from(id));
+            let new = base(&name);
+            let (db, url, rb, rate) = (
+                world.db_url(bus),
+                broker.url(),
+                rolled_back.clone(),
+                args.rate,
+            );
+            Slot::start(
+                name,
+                Box::new(move |n| {
+                    let mut cmd = new();
+                    cmd.args(["writer", "--bus", bus.name(), "--id", &id.to_string()])
+                        .args([
+                            "--db-url",
+                            &db,
+                            "--bus-url",
+                            &url,
+                            "--rate",
+                            &rate.to_string(),
+                        ])
+                        .arg("--rolled-back")
+                        .arg(&rb)
+                        .args([
+                            "--seed",
+                            &(seed ^ u64::from(n) ^ (u64::from(id) << 32)).to_string(),
+                        ]);
+                    if let Some(fp) = faults::failpoint_for("writer", &mut rng) {
+                        cmd.args(["--failpoint", &fp]);
+                    }
+                    cmd
+                }),
+            )
+        })
+        .collect();
+    let relays = (0..args.relays)
+        .map(|id| {
+            let name = format!("{}-relay-{id}", bus.name());
+            let mut rng = slot_rng(bus_n * 1000 + 100 + u64::from(id));
+            let new = base(&name);
+            let (db, url) = (world.db_url(bus), broker.url());
+            Slot::start(
+                name,
+                Box::new(move |_| {
+                    let mut cmd = new();
+                    cmd.args(["relay", "--db-url", &db, "--bus-url", &url]);
+                    if let Some(fp) = faults::failpoint_for("relay", &mut rng) {
+                        cmd.args(["--failpoint", &fp]);
+                    }
+                    cmd
+                }),
+            )
+        })
+        .collect();
+    let consumer = {
+        let name = format!("{}-consumer", bus.name());
+        let new = base(&name);
+        let (address, out) = (broker.address(), records.clone());
+        Slot::start(
+            name,
+            Box::new(move |_| {
+                let mut cmd = new();
+                cmd.args(["consumer", "--bus", bus.name(), "--broker", &address])
+                    .arg("--out")
+                    .arg(&out);
+                cmd
+            }),
+        )
+    };
+    Workload {
+        writers,
+        relays,
+        consumer,
+        records,
+        rolled_back,
+    }
+}

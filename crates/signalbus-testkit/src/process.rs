@@ -1,0 +1,23 @@
+//! Stopping the private servers' processes.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// Stop `child`: with `graceful`, SIGTERM and up to `grace` for it to exit; SIGKILL then, or
+/// at once without `graceful`.
+pub(crate) fn stop_child(child: &mut Child, graceful: bool, grace: Duration) {
+    if graceful {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

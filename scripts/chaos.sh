@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The fault-injection harness (docs/reliability.md):
+#   scripts/chaos.sh --seconds N [--seed S] [--bus amqp|nats|kafka|all] [--dir D]
+# starts a world of its own — a private PostgreSQL cluster, RabbitMQ node, nats-server and
+# tansu, each behind a fault-injecting proxy; the machine's shared services are not touched —
+# runs writers, relays and a recording consumer per bus, injects faults drawn from the seed
+# for N seconds, heals, drains and checks. Prints one JSON line; exits 1 when a signal was
+# lost, delivered out of order or delivered without a commit. `--bus all` (the default) runs
+# the three buses at once. `signalbus-chaos run --help` lists the other settings.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+[ -x "${pg_bin:-/nonexistent}/initdb" ] || command -v initdb >/dev/null || missing+=("initdb and pg_ctl (Debian package postgresql)")
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=("rabbitmq-server (Debian package rabbitmq-server)")
+command -v nats-server >/dev/null || missing+=("nats-server (Debian package nats-server)")
+command -v kill >/dev/null || missing+=("kill (Debian package procps)")
+if [ ${#missing[@]} -gt 0 ]; then
+    printf 'ERROR: the fault-injection harness needs %s\n' "${missing[@]}" >&2
+    exit 1
+fi
+# tansu with its SQLite engine, so that a restarted broker keeps its topics.
+bash scripts/kafka.sh install
+
+# --workspace --all-features: the same feature set as the test build, so its artifacts serve.
+cargo build --workspace --all-features --bin signalbus-chaos
+exec target/debug/signalbus-chaos run "$@"
