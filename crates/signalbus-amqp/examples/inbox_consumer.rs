@@ -8,14 +8,14 @@
 //!     amqp://guest:guest@127.0.0.1:5672/%2f credits /tmp/credits.db
 //! ```
 //!
-//! Each message is a JSON object with an `amount`; the effect is a row in `credits`. A crash
+//! It runs on `signalbus_amqp::consumer::consume`: at most 4 handlers at once, 10 messages
+//! sent ahead. Each message is a JSON object with an `amount`; the effect is a row in
+//! `credits`. A handler that fails rolls back, and the message is requeued. A crash
 //! after the commit and before the ack (set `INBOX_EXAMPLE_PAUSE_BEFORE_ACK` to have it wait
 //! there, to be killed) makes RabbitMQ deliver the message again: the inbox recognises it and
 //! the copy is acknowledged without a second credit. SIGTERM stops it between messages.
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use signalbus_amqp::consumer::{ConsumerOptions, consume};
 use signalbus_core::inbox::{Inbox, Receipt};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use std::io::Write;
@@ -44,63 +44,48 @@ async fn main() -> Result<(), Failure> {
 
     let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
-    // At most 10 messages unacknowledged at a time.
-    channel.basic_qos(10, BasicQosOptions::default()).await?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "inbox-example".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        let delivery = tokio::select! {
-            d = deliveries.next() => match d {
-                Some(d) => d?,
-                None => return Err("the broker cancelled the consumer".into()),
-            },
-            _ = term.recv() => break,
-        };
-        // A message without an id cannot be told from its copies: refuse it (dead-letter).
-        let Some(id) = signalbus_amqp::message_id(&delivery).map(str::to_owned) else {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    ..Default::default()
-                })
-                .await?;
-            continue;
-        };
-        match handle(&pool, &inbox, &id, &delivery.data).await {
-            Ok(receipt) => {
-                say(&format!(
-                    "{} {id}",
-                    if receipt.is_duplicate() {
-                        "duplicate"
-                    } else {
-                        "applied"
-                    }
-                ));
+    let stop = async {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+        }
+    };
+    // Acknowledged only after `handle` committed; rejected (requeued) when it failed.
+    let options = ConsumerOptions::default().prefetch(10).concurrency(4);
+    let report = consume(
+        &channel,
+        &queue,
+        options,
+        |delivery| {
+            let (pool, inbox) = (pool.clone(), inbox.clone());
+            async move {
+                // A message without an id cannot be told from its copies: this example drops it.
+                let Some(id) = signalbus_amqp::message_id(&delivery).map(str::to_owned) else {
+                    eprintln!("inbox_consumer: a message without message_id, dropped");
+                    return Ok(());
+                };
+                let receipt = handle(&pool, &inbox, &id, &delivery.data).await?;
+                let what = if receipt.is_duplicate() {
+                    "duplicate"
+                } else {
+                    "applied"
+                };
+                say(&format!("{what} {id}"));
                 if pause {
                     say(&format!("committed {id}"));
                     tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
                 }
-                delivery.ack(BasicAckOptions::default()).await?;
+                Ok::<(), Failure>(())
             }
-            // Rolled back: nothing was applied; the broker delivers it again.
-            Err(e) => {
-                eprintln!("inbox_consumer: {id}: {e}");
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
-            }
-        }
-    }
+        },
+        stop,
+    )
+    .await?;
+    eprintln!(
+        "inbox_consumer: stopped ({} acknowledged, {} rejected)",
+        report.acked, report.rejected
+    );
     conn.close(200, "stopped".into()).await?;
     Ok(())
 }

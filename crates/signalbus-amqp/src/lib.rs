@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 mod connection;
+pub mod consumer;
 mod error;
 mod options;
 mod properties;

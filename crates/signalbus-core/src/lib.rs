@@ -22,6 +22,8 @@ mod ident;
 #[cfg(feature = "inbox")]
 pub mod inbox;
 mod message;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod publisher;
 pub mod redact;
 mod registry;

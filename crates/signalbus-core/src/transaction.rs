@@ -77,6 +77,9 @@ impl<DB: Backend> Recorder<DB> {
             .ok_or_else(|| Error::NotRegistered(ty.name().to_owned()))?;
         let reg = registry.get(idx);
         let mut header_map = signal.headers();
+        // The writer's trace travels with the row (and so with every copy sent).
+        #[cfg(feature = "otel")]
+        crate::otel::inject_current(&mut header_map);
         let headers = if header_map.is_empty() {
             None
         } else {

@@ -206,7 +206,10 @@ async fn call<DB: Backend>(
     fates: &mut [Fate],
     ordered: bool,
 ) -> Result<(), crate::error::PublishError> {
-    let outcome = match shared.publisher.publish(batch).await {
+    let publishing = shared.publisher.publish(batch);
+    #[cfg(feature = "otel")]
+    let publishing = tracing::Instrument::instrument(publishing, crate::otel::publish_span(batch));
+    let outcome = match publishing.await {
         Ok(outcome) => {
             // Part of a burst is on the bus, the rest (later rounds, other calls) is not.
             fail_point!("signalbus::mid-burst");

@@ -112,13 +112,15 @@ impl BusFixture for Amqp {
             .unwrap()
         {
             let p = &m.delivery.properties;
-            let customer = p
-                .headers()
-                .as_ref()
-                .and_then(|h| match h.inner().get("customer") {
-                    Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-                    _ => None,
-                });
+            let header = |name: &str| {
+                p.headers()
+                    .as_ref()
+                    .and_then(|h| match h.inner().get(name) {
+                        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                        _ => None,
+                    })
+            };
+            let (customer, traceparent) = (header("customer"), header("traceparent"));
             out.push(Received {
                 id: p
                     .message_id()
@@ -127,6 +129,7 @@ impl BusFixture for Amqp {
                     .unwrap_or_default(),
                 body: m.delivery.data.clone(),
                 customer,
+                traceparent,
             });
         }
         out
@@ -176,4 +179,9 @@ async fn amqp_keyed_order_postgres() {
 async fn amqp_keyed_order_postgres_relay_processes() {
     use crate::keyed_brokers::{Relays, keyed_relayed};
     keyed_relayed(Amqp::new().await, Relays::Processes).await;
+}
+
+#[tokio::test]
+async fn amqp_trace_context() {
+    crate::trace_context::trace_travels(Amqp::new().await).await;
 }

@@ -48,6 +48,7 @@ impl BusFixture for Kafka {
                 id: header(m, "message-id").unwrap_or_default(),
                 body: m.payload().unwrap_or_default().to_vec(),
                 customer: header(m, "customer"),
+                traceparent: header(m, "traceparent"),
             })
             .collect()
     }
@@ -83,4 +84,9 @@ async fn kafka_keyed_order_postgres() {
 async fn kafka_keyed_order_postgres_relay_processes() {
     use crate::keyed_brokers::{Relays, keyed_relayed};
     keyed_relayed(Kafka::new().await, Relays::Processes).await;
+}
+
+#[tokio::test]
+async fn kafka_trace_context() {
+    crate::trace_context::trace_travels(Kafka::new().await).await;
 }

@@ -77,6 +77,7 @@ impl BusFixture for Nats {
                     .unwrap_or_default(),
                 body: m.payload.to_vec(),
                 customer: m.headers.get("customer").map(|v| v.to_string()),
+                traceparent: m.headers.get("traceparent").map(|v| v.to_string()),
             });
         }
         out
@@ -113,4 +114,9 @@ async fn nats_keyed_order_postgres() {
 async fn nats_keyed_order_postgres_relay_processes() {
     use crate::keyed_brokers::{Relays, keyed_relayed};
     keyed_relayed(Nats::new().await, Relays::Processes).await;
+}
+
+#[tokio::test]
+async fn nats_trace_context() {
+    crate::trace_context::trace_travels(Nats::new().await).await;
 }

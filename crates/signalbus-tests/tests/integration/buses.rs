@@ -27,6 +27,8 @@ pub struct Received {
     pub id: String,
     pub body: Vec<u8>,
     pub customer: Option<String>,
+    /// The W3C trace context the message carries (feature `otel`).
+    pub traceparent: Option<String>,
 }
 
 /// A route (destination, routing key) on a real broker.
@@ -50,7 +52,7 @@ pub trait BusFixture {
     }
 }
 
-fn event(route: &Route, n: i64) -> BusEvent {
+pub fn event(route: &Route, n: i64) -> BusEvent {
     BusEvent {
         destination: route.0.clone(),
         key: route.1.clone(),

@@ -20,3 +20,4 @@ mod outage;
 mod poison;
 mod relay;
 mod signals;
+mod trace_context;

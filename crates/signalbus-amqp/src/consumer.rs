@@ -1,0 +1,182 @@
+//! The receiving side: a consumer runner that hands each delivery to a handler and
+//! acknowledges it only once the handler succeeded.
+//!
+//! The handler does the message's work, usually one database transaction that records the
+//! message id in the inbox (`signalbus::inbox`) together with the effects. [`consume`] then:
+//!
+//! - acknowledges the message when the handler returns `Ok`, after its commit;
+//! - rejects it with requeue when the handler returns `Err`, so RabbitMQ delivers it again;
+//! - runs at most `concurrency` handlers at once, with the channel's prefetch bounding what
+//!   RabbitMQ sends ahead;
+//! - on `shutdown`, cancels the subscription, lets the handlers in flight finish and
+//!   acknowledges what they finished. A message whose handler never ran stays with RabbitMQ,
+//!   which delivers it again.
+//!
+//! ```no_run
+//! # async fn run(channel: lapin::Channel) -> Result<(), lapin::Error> {
+//! use signalbus_amqp::consumer::{ConsumerOptions, consume};
+//!
+//! let stop = async { let _ = tokio::signal::ctrl_c().await; };
+//! let report = consume(&channel, "orders", ConsumerOptions::default(), |delivery| async move {
+//!     // ... the message's effects, in one transaction with its inbox record ...
+//!     let _ = delivery.data;
+//!     Ok::<(), std::io::Error>(())
+//! }, stop)
+//! .await?;
+//! println!("{} acknowledged, {} rejected", report.acked, report.rejected);
+//! # Ok(()) }
+//! ```
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// How [`consume`] subscribes.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// Messages RabbitMQ may send before they are acknowledged (`basic.qos` prefetch count).
+    pub prefetch: u16,
+    /// Handlers running at once (at most `prefetch` can have work).
+    pub concurrency: usize,
+    /// The consumer tag; empty: the broker picks one.
+    pub consumer_tag: String,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            prefetch: 32,
+            concurrency: 8,
+            consumer_tag: String::new(),
+        }
+    }
+}
+
+impl ConsumerOptions {
+    /// With `prefetch` messages sent ahead.
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// With at most `concurrency` handlers at once.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+}
+
+/// What [`consume`] did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumeReport {
+    /// Handled and acknowledged.
+    pub acked: u64,
+    /// Handler failed: rejected with requeue.
+    pub rejected: u64,
+}
+
+/// Consume `queue` on `channel` until `shutdown` resolves: every delivery goes to `handler`,
+/// and is acknowledged when it returns `Ok` and rejected with requeue when it returns `Err`
+/// (see the [module documentation](self)). Fails when the subscription cannot be made or the
+/// channel fails (the connection dropped, say): the messages not acknowledged then come back.
+pub async fn consume<H, Fut, E>(
+    channel: &lapin::Channel,
+    queue: &str,
+    options: ConsumerOptions,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ConsumeReport, lapin::Error>
+where
+    H: Fn(Delivery) -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    channel
+        .basic_qos(options.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.into(),
+            options.consumer_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let tag = deliveries.tag();
+    let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let mut running: JoinSet<Result<bool, lapin::Error>> = JoinSet::new();
+    let mut report = ConsumeReport::default();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let failure = loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break None,
+        };
+        let delivery = tokio::select! {
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => break Some(e),
+                None => break None,
+            },
+            _ = &mut shutdown => break None,
+        };
+        let acker = delivery.acker.clone();
+        let work = handler(delivery);
+        running.spawn(async move {
+            let outcome = work.await;
+            drop(slot);
+            match outcome {
+                Ok(()) => acker.ack(BasicAckOptions::default()).await.map(|_| true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the handler failed; the message goes back to the queue");
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    };
+                    acker.nack(requeue).await.map(|_| false)
+                }
+            }
+        });
+        // Count what finished meanwhile, so that the set stays small.
+        while let Some(done) = running.try_join_next() {
+            tally(&mut report, done)?;
+        }
+    };
+    if failure.is_none() {
+        // No new deliveries; those already sent ahead come back to the queue with the channel.
+        let _ = channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await;
+    }
+    while let Some(done) = running.join_next().await {
+        tally(&mut report, done)?;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+fn tally(
+    report: &mut ConsumeReport,
+    done: Result<Result<bool, lapin::Error>, tokio::task::JoinError>,
+) -> Result<(), lapin::Error> {
+    match done {
+        Ok(Ok(true)) => report.acked += 1,
+        Ok(Ok(false)) => report.rejected += 1,
+        Ok(Err(e)) => return Err(e),
+        // A handler that panicked: its message was neither acknowledged nor rejected, so it
+        // comes back when the channel closes.
+        Err(e) => tracing::error!(error = %e, "a message handler panicked"),
+    }
+    Ok(())
+}
