@@ -5,8 +5,11 @@
 //!
 //! ```sh
 //! cargo run -p signalbus-amqp --example inbox_consumer -- \
-//!     amqp://guest:guest@127.0.0.1:5672/%2f credits /tmp/credits.db
+//!     amqp://guest:guest@127.0.0.1:5672/%2f credits sqlite:///tmp/credits.db
 //! ```
+//!
+//! The database may be SQLite (`sqlite://FILE`), PostgreSQL (`postgres://…`) or MySQL/MariaDB
+//! (`mysql://…`): the effects and the inbox share its transaction whichever it is.
 //!
 //! It runs on `signalbus_amqp::consumer::consume`: at most 4 handlers at once, 10 messages
 //! sent ahead. Each message is a JSON object with an `amount`; the effect is a row in
@@ -16,33 +19,71 @@
 //! the copy is acknowledged without a second credit. SIGTERM stops it between messages.
 
 use signalbus_amqp::consumer::{ConsumerOptions, consume};
+use signalbus_core::Backend;
 use signalbus_core::inbox::{Inbox, Receipt};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use std::io::Write;
-use std::str::FromStr;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// The effect's statement, in each database's placeholders.
+trait Effects: Backend {
+    const CREATE: &'static str = "CREATE TABLE IF NOT EXISTS credits (message_id VARCHAR(191) NOT NULL, amount BIGINT NOT NULL)";
+    const INSERT: &'static str;
+}
+
+impl Effects for sqlx::Sqlite {
+    const INSERT: &'static str = "INSERT INTO credits (message_id, amount) VALUES (?, ?)";
+}
+
+impl Effects for sqlx::Postgres {
+    const INSERT: &'static str = "INSERT INTO credits (message_id, amount) VALUES ($1, $2)";
+}
+
+impl Effects for sqlx::MySql {
+    const INSERT: &'static str = "INSERT INTO credits (message_id, amount) VALUES (?, ?)";
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
     let mut args = std::env::args().skip(1);
     let (Some(url), Some(queue), Some(db)) = (args.next(), args.next(), args.next()) else {
-        return Err("usage: inbox_consumer AMQP_URL QUEUE SQLITE_FILE".into());
+        return Err("usage: inbox_consumer AMQP_URL QUEUE DATABASE_URL".into());
     };
     let pause = std::env::var_os("INBOX_EXAMPLE_PAUSE_BEFORE_ACK").is_some();
+    match db.split_once(':').map(|(scheme, _)| scheme) {
+        Some("sqlite") => {
+            let options = std::str::FromStr::from_str(&db)
+                .map(|o: sqlx::sqlite::SqliteConnectOptions| o.create_if_missing(true))?;
+            let pool = sqlx::SqlitePool::connect_with(options).await?;
+            run(&url, &queue, pool, pause).await
+        }
+        Some("postgres" | "postgresql") => {
+            run(&url, &queue, sqlx::PgPool::connect(&db).await?, pause).await
+        }
+        Some("mysql" | "mariadb") => {
+            run(&url, &queue, sqlx::MySqlPool::connect(&db).await?, pause).await
+        }
+        _ => Err(
+            format!("unsupported database URL `{db}`: sqlite://, postgres:// or mysql://").into(),
+        ),
+    }
+}
 
-    let options =
-        SqliteConnectOptions::from_str(&format!("sqlite://{db}"))?.create_if_missing(true);
-    let pool = SqlitePool::connect_with(options).await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS credits (message_id TEXT NOT NULL, amount INTEGER NOT NULL)",
-    )
-    .execute(&pool)
-    .await?;
-    let inbox = Inbox::<sqlx::Sqlite>::new("credits")?;
+async fn run<DB>(url: &str, queue: &str, pool: sqlx::Pool<DB>, pause: bool) -> Result<(), Failure>
+where
+    DB: Effects,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'t> String: sqlx::Encode<'t, DB>,
+    for<'t> i64: sqlx::Encode<'t, DB>,
+    String: sqlx::Type<DB>,
+    i64: sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    sqlx::query(DB::CREATE).execute(&pool).await?;
+    let inbox = Inbox::<DB>::new("credits")?;
     inbox.migrate(&pool).await?;
 
-    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     let stop = async {
         if let Ok(mut term) =
@@ -55,7 +96,7 @@ async fn main() -> Result<(), Failure> {
     let options = ConsumerOptions::default().prefetch(10).concurrency(4);
     let report = consume(
         &channel,
-        &queue,
+        queue,
         options,
         |delivery| {
             let (pool, inbox) = (pool.clone(), inbox.clone());
@@ -91,12 +132,21 @@ async fn main() -> Result<(), Failure> {
 }
 
 /// The effects of one message, in one transaction with its inbox record.
-async fn handle(
-    pool: &SqlitePool,
-    inbox: &Inbox<sqlx::Sqlite>,
+async fn handle<DB>(
+    pool: &sqlx::Pool<DB>,
+    inbox: &Inbox<DB>,
     id: &str,
     body: &[u8],
-) -> Result<Receipt, Failure> {
+) -> Result<Receipt, Failure>
+where
+    DB: Effects,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'t> String: sqlx::Encode<'t, DB>,
+    for<'t> i64: sqlx::Encode<'t, DB>,
+    String: sqlx::Type<DB>,
+    i64: sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
     #[derive(serde::Deserialize)]
     struct Credit {
         amount: i64,
@@ -105,8 +155,8 @@ async fn handle(
     let receipt = inbox.receive(&mut tx, id).await?;
     if receipt == Receipt::First {
         let credit: Credit = serde_json::from_slice(body)?;
-        sqlx::query("INSERT INTO credits (message_id, amount) VALUES (?, ?)")
-            .bind(id)
+        sqlx::query(DB::INSERT)
+            .bind(id.to_owned())
             .bind(credit.amount)
             .execute(&mut *tx)
             .await?;

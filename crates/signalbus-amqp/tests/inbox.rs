@@ -1,6 +1,7 @@
 //! The inbox example consumer (`examples/inbox_consumer.rs`) on the shared RabbitMQ, as a
-//! process: killed with SIGKILL after its commit and before its ack, it gets the message
-//! again when restarted and applies nothing twice.
+//! process, with its effects and inbox on SQLite, PostgreSQL and MariaDB: killed with SIGKILL
+//! after its commit and before its ack, it gets the message again when restarted and applies
+//! nothing twice.
 
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -30,10 +31,9 @@ fn example() -> PathBuf {
 }
 
 /// Start the consumer; wait until it printed `{what} {id}`.
-fn start_until(queue: &str, db: &std::path::Path, pause: bool, what: &str, id: &str) -> Child {
+fn start_until(queue: &str, db: &str, pause: bool, what: &str, id: &str) -> Child {
     let mut cmd = Command::new(example());
-    cmd.args([URL, queue])
-        .arg(db)
+    cmd.args([URL, queue, db])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if pause {
@@ -56,10 +56,9 @@ fn start_until(queue: &str, db: &std::path::Path, pause: bool, what: &str, id: &
     child
 }
 
-async fn credits(db: &std::path::Path) -> i64 {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
+/// How many credits the consumer applied.
+async fn credits(db: &str) -> i64 {
+    let pool = sqlx::AnyPool::connect(db).await.unwrap();
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM credits")
         .fetch_one(&pool)
         .await
@@ -68,8 +67,55 @@ async fn credits(db: &std::path::Path) -> i64 {
     n
 }
 
+/// A database of its own on a server (`postgres://…` or `mysql://…` without a path), or an
+/// SQLite file in `dir`; and the statement that drops it.
+async fn database(
+    server: Option<&str>,
+    dir: &std::path::Path,
+) -> (String, Option<(String, String)>) {
+    let Some(server) = server else {
+        return (
+            format!("sqlite://{}", dir.join("credits.db").display()),
+            None,
+        );
+    };
+    let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
+    let admin_url = if server.starts_with("postgres") {
+        format!("{server}/postgres")
+    } else {
+        format!("{server}/test")
+    };
+    let admin = sqlx::AnyPool::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("the test database server {server} must run: {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    (
+        format!("{server}/{name}"),
+        Some((admin_url, format!("DROP DATABASE {name}"))),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_killed_between_commit_and_ack_applies_nothing_twice() {
+async fn killed_between_commit_and_ack_sqlite() {
+    killed_between_commit_and_ack(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_commit_and_ack_postgres() {
+    killed_between_commit_and_ack(Some("postgres://postgres@127.0.0.1:5432")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_commit_and_ack_mariadb() {
+    killed_between_commit_and_ack(Some("mysql://root@127.0.0.1:3306")).await;
+}
+
+async fn killed_between_commit_and_ack(server: Option<&str>) {
+    sqlx::any::install_default_drivers();
     let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
         .await
         .expect("RabbitMQ must run on 127.0.0.1:5672 (rabbitmq-server -detached)");
@@ -100,7 +146,7 @@ async fn a_consumer_killed_between_commit_and_ack_applies_nothing_twice() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("credits.db");
+    let (db, drop_db) = database(server, dir.path()).await;
 
     // Committed, not acknowledged: SIGKILL.
     let mut first = start_until(&queue, &db, true, "committed", &id);
@@ -130,4 +176,11 @@ async fn a_consumer_killed_between_commit_and_ack_applies_nothing_twice() {
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
+    if let Some((admin, drop)) = drop_db {
+        let admin = sqlx::AnyPool::connect(&admin).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
 }
