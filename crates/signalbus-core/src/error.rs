@@ -46,6 +46,17 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// The database library the caller writes with (sea-orm, diesel) could not insert a
+    /// signal row; the transaction is the caller's to roll back.
+    #[error("{library} could not insert the signal row: {source}")]
+    Orm {
+        /// Which library.
+        library: &'static str,
+        /// Its error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A signal could not be turned into a message body.
     #[error("could not encode signal `{signal}`: {source}")]
     Encode {

@@ -24,6 +24,7 @@ pub mod inbox;
 mod message;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod prepared;
 pub mod publisher;
 pub mod redact;
 mod registry;
@@ -39,6 +40,7 @@ pub use flush::Progress;
 pub use flush::explicit::{DEFAULT_FLUSH_WAIT, FlushProgress};
 pub use ident::Ident;
 pub use message::{Headers, Message, ORDERING_KEY_HEADER};
+pub use prepared::{InsertParam, PreparedSignal};
 pub use publisher::{BatchOutcome, BoxPublisher, Publisher, PublisherExt, Refused};
 pub use registry::Selection;
 pub use relay::{Readiness, ReadinessCheck, Relay, RelayBuilder};

@@ -3,9 +3,9 @@
 use crate::bus::SignalBus;
 use crate::error::{Error, Result};
 use crate::flush::auto::{FlushRequest, Item};
-use crate::message::Message;
+use crate::prepared::PreparedSignal;
 use crate::signal::Signal;
-use crate::storage::{Backend, NewRow};
+use crate::storage::Backend;
 use std::borrow::Cow;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -69,6 +69,16 @@ impl<DB: Backend> Recorder<DB> {
         conn: &mut DB::Connection,
         signal: &S,
     ) -> Result<SignalId> {
+        let prepared = self.prepare(signal)?;
+        let reg = self.bus.shared.registry.get(prepared.idx);
+        let row_id = reg.sql.insert::<DB>(conn, prepared.row()).await?;
+        Ok(self.record(prepared, row_id))
+    }
+
+    /// Prepare `signal`'s row for another database library to insert, in that library's
+    /// transaction (see [`crate::prepared`]); then hand the new row's id to
+    /// [`Recorder::record`].
+    pub fn prepare<S: Signal>(&self, signal: &S) -> Result<PreparedSignal> {
         let ty = S::signal_type();
         let registry = &self.bus.shared.registry;
         let idx = registry
@@ -76,68 +86,52 @@ impl<DB: Backend> Recorder<DB> {
             .filter(|&i| registry.get(i).ty == *ty)
             .ok_or_else(|| Error::NotRegistered(ty.name().to_owned()))?;
         let reg = registry.get(idx);
-        let mut header_map = signal.headers();
+        #[allow(unused_mut)] // added to with the `otel` feature
+        let mut headers = signal.headers();
         // The writer's trace travels with the row (and so with every copy sent).
         #[cfg(feature = "otel")]
-        crate::otel::inject_current(&mut header_map);
-        let headers = if header_map.is_empty() {
+        crate::otel::inject_current(&mut headers);
+        let headers_json = if headers.is_empty() {
             None
         } else {
-            Some(serde_json::to_string(&header_map).map_err(|e| Error::encode(ty.name(), e))?)
+            Some(serde_json::to_string(&headers).map_err(|e| Error::encode(ty.name(), e))?)
         };
-        let body = signal.body()?;
-        let message_id = uuid::Uuid::now_v7().to_string();
-        let (topic, routing_key, content_type, ordering_key) = (
-            signal.destination(),
-            signal.routing_key(),
-            signal.content_type(),
-            signal.ordering_key(),
-        );
         // A signal for the auto-flush is written leased, so that no explicit flush takes it
         // while the auto-flush publishes it from memory; the lease bounds the delay should
         // this process never hand it over (a crash, a full queue it could not give it back to).
         let autoflush = ty.is_autoflush() && self.bus.autoflush_enabled();
         let lease = self.bus.shared.config.lease();
-        let row = NewRow {
-            message_id: &message_id,
-            topic: &topic,
-            routing_key: routing_key.as_deref(),
-            headers: headers.as_deref(),
-            body: &body,
-            content_type: content_type.as_deref(),
-            lease_ms: autoflush.then(|| crate::storage::millis(lease)),
-            ordering_key: ordering_key.as_deref(),
-        };
-        let row_id = reg.sql.insert::<DB>(conn, row).await?;
-        if autoflush {
-            // As a flush builds it from the row: the key travels as a header.
-            if let Some(key) = ordering_key {
-                header_map.insert(
-                    crate::message::ORDERING_KEY_HEADER.to_owned(),
-                    key.into_owned(),
-                );
-            }
-            self.autoflush.push(Item {
-                idx,
-                id: row_id,
-                message: Some(Message {
-                    id: message_id.clone(),
-                    signal: reg.name.clone(),
-                    destination: topic.into_owned(),
-                    routing_key: routing_key.map(Cow::into_owned),
-                    headers: header_map,
-                    body,
-                    content_type: content_type.map(Cow::into_owned),
-                }),
-            });
-        } else {
-            self.held_back += 1;
-        }
-        Ok(SignalId {
+        Ok(PreparedSignal {
+            idx,
             signal: reg.name.clone(),
-            row_id,
-            message_id,
+            sql: reg.sql.insert_sql(),
+            returns_id: DB::DIALECT.insert_returning,
+            message_id: uuid::Uuid::now_v7().to_string(),
+            topic: signal.destination().into_owned(),
+            routing_key: signal.routing_key().map(Cow::into_owned),
+            headers_json,
+            headers,
+            body: signal.body()?,
+            content_type: signal.content_type().map(Cow::into_owned),
+            lease_ms: autoflush.then(|| crate::storage::millis(lease)),
+            ordering_key: signal.ordering_key().map(Cow::into_owned),
+            autoflush,
         })
+    }
+
+    /// Record a signal prepared by [`Recorder::prepare`] and inserted by the caller as row
+    /// `row_id`, so that [`Recorder::after_commit`] sends it.
+    pub fn record(&mut self, prepared: PreparedSignal, row_id: i64) -> SignalId {
+        let id = SignalId {
+            signal: prepared.signal.clone(),
+            row_id,
+            message_id: prepared.message_id.clone(),
+        };
+        match prepared.into_item(row_id) {
+            Some(item) => self.autoflush.push(item),
+            None => self.held_back += 1,
+        }
+        id
     }
 
     /// Number of signals recorded so far.

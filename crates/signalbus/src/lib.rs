@@ -86,6 +86,10 @@ pub use signalbus_nats as nats;
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub use signalbus_kafka as kafka;
 
+#[cfg(feature = "sea-orm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sea-orm")))]
+pub use signalbus_seaorm as seaorm;
+
 /// The README's examples, compiled and run as doc tests so that it stays true.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -561,6 +561,11 @@ impl Statements {
         Ok(())
     }
 
+    /// The insert statement (for [`crate::prepared::PreparedSignal`]).
+    pub fn insert_sql(&self) -> sqlx::SqlStr {
+        self.insert.clone()
+    }
+
     /// Insert one signal; returns its id.
     pub async fn insert<DB: Backend>(
         &self,
