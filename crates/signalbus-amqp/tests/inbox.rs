@@ -1,4 +1,4 @@
-//! The inbox example consumer (`examples/inbox_consumer.rs`) on the shared RabbitMQ, as a
+//! The inbox example consumer (`examples/amqp_inbox_consumer.rs`) on the shared RabbitMQ, as a
 //! process, with its effects and inbox on SQLite, PostgreSQL and MariaDB: killed with SIGKILL
 //! after its commit and before its ack, it gets the message again when restarted and applies
 //! nothing twice.
@@ -7,54 +7,9 @@ use lapin::options::{
     BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use signalbus_testkit::example;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// The example's binary, built by `cargo test --workspace` next to the test binaries.
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples/inbox_consumer");
-    assert!(
-        bin.exists(),
-        "{} is not built: run `cargo test --workspace --all-features` (scripts/test.sh) or \
-         `cargo build -p signalbus-amqp --example inbox_consumer`",
-        bin.display()
-    );
-    bin
-}
-
-/// Start the consumer; wait until it printed `{what} {id}`.
-fn start_until(queue: &str, db: &str, pause: bool, what: &str, id: &str) -> Child {
-    let mut cmd = Command::new(example());
-    cmd.args([URL, queue, db])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if pause {
-        cmd.env("INBOX_EXAMPLE_PAUSE_BEFORE_ACK", "1");
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let expected = format!("{what} {id}");
-    loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("the consumer ended before printing `{expected}`"))
-            .unwrap();
-        if line == expected {
-            break;
-        }
-    }
-    // Keep reading in the background so the pipe never fills.
-    std::thread::spawn(move || for _ in lines {});
-    child
-}
 
 /// How many credits the consumer applied.
 async fn credits(db: &str) -> i64 {
@@ -149,9 +104,14 @@ async fn killed_between_commit_and_ack(server: Option<&str>) {
     let (db, drop_db) = database(server, dir.path()).await;
 
     // Committed, not acknowledged: SIGKILL.
-    let mut first = start_until(&queue, &db, true, "committed", &id);
-    first.kill().unwrap();
-    first.wait().unwrap();
+    let args = [URL, queue.as_str(), db.as_str()];
+    example::kill(example::start_until(
+        "amqp_inbox_consumer",
+        &args,
+        true,
+        "committed",
+        &id,
+    ));
     assert_eq!(
         credits(&db).await,
         1,
@@ -159,13 +119,13 @@ async fn killed_between_commit_and_ack(server: Option<&str>) {
     );
 
     // RabbitMQ delivers it again; the inbox knows it: acknowledged, nothing applied.
-    let mut second = start_until(&queue, &db, false, "duplicate", &id);
-    let status = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(second.wait().unwrap().success(), "SIGTERM stops it cleanly");
+    example::stop(example::start_until(
+        "amqp_inbox_consumer",
+        &args,
+        false,
+        "duplicate",
+        &id,
+    ));
     assert_eq!(credits(&db).await, 1, "applied once");
     let left = channel
         .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })

@@ -25,6 +25,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The sea-orm this crate is built against.
+pub use sea_orm;
+
 use sea_orm::{ConnectionTrait, Statement, Value};
 use signalbus_core::{Backend, Error, InsertParam, Recorder, Result, Signal, SignalId};
 

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod example;
 pub mod kafka;
 pub mod nats;
 pub mod outcome;

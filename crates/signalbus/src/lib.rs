@@ -90,6 +90,13 @@ pub use signalbus_kafka as kafka;
 #[cfg_attr(docsrs, doc(cfg(feature = "sea-orm")))]
 pub use signalbus_seaorm as seaorm;
 
+#[cfg(any(feature = "diesel-postgres", feature = "diesel-mysql"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "diesel-postgres", feature = "diesel-mysql")))
+)]
+pub use signalbus_diesel as diesel;
+
 /// The README's examples, compiled and run as doc tests so that it stays true.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

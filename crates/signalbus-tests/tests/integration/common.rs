@@ -284,3 +284,30 @@ macro_rules! on_every_database {
         }
     )*};
 }
+
+/// Flush until `expected` signals went out (rows a failed auto-flush gave back, say); fails
+/// after 5 s.
+pub async fn flush_until<DB: Backend>(bus: &signalbus::SignalBus<DB>, expected: usize) {
+    let mut sent = 0;
+    for _ in 0..100 {
+        sent += bus.flushmany(&signalbus::Selection::all()).await.unwrap();
+        if sent >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sent, expected);
+}
+
+/// The `n` of every message `outbox` holds, in order (signals with an `n` field).
+pub fn sent_numbers(outbox: &signalbus::publisher::MemoryPublisher) -> Vec<i64> {
+    outbox
+        .messages()
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.body).unwrap()["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}

@@ -16,6 +16,7 @@ mod keyed;
 mod keyed_brokers;
 mod message_ids;
 mod ordered_leases;
+mod orm_diesel;
 mod orm_seaorm;
 mod outage;
 mod poison;

@@ -5,8 +5,8 @@
 use crate::common::TestBackend;
 use crate::on_every_database;
 use sea_orm::{ConnectionTrait, TransactionTrait};
+use signalbus::SignalBus;
 use signalbus::publisher::MemoryPublisher;
-use signalbus::{Selection, SignalBus};
 
 #[derive(Debug, serde::Serialize, signalbus::Signal)]
 #[signal(name = "orm_event", table = "orm_event")]
@@ -74,26 +74,9 @@ async fn seaorm_transactions<DB: TestBackend>() {
     assert!(report.error.is_some());
     assert_eq!(DB::count_rows(&db.pool, "orm_event").await, 2);
     outbox.set_down(false);
-    let mut sent = 0;
-    for _ in 0..100 {
-        sent += bus.flushmany(&Selection::all()).await.unwrap();
-        if sent == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(sent, 2);
+    crate::common::flush_until(&bus, 2).await;
     assert_eq!(DB::count_rows(&db.pool, "orm_event").await, 0);
-    let got: Vec<i64> = outbox
-        .messages()
-        .iter()
-        .map(|m| {
-            serde_json::from_slice::<serde_json::Value>(&m.body).unwrap()["n"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(got, [0, 1, 10, 11]);
+    assert_eq!(crate::common::sent_numbers(&outbox), [0, 1, 10, 11]);
     orm.close().await.unwrap();
     bus.close(std::time::Duration::from_secs(5)).await;
     db.cleanup().await;

@@ -4,7 +4,7 @@
 //! after that transaction committed.
 //!
 //! ```sh
-//! cargo run -p signalbus-amqp --example inbox_consumer -- \
+//! cargo run -p signalbus-amqp --example amqp_inbox_consumer -- \
 //!     amqp://guest:guest@127.0.0.1:5672/%2f credits sqlite:///tmp/credits.db
 //! ```
 //!
@@ -47,7 +47,7 @@ impl Effects for sqlx::MySql {
 async fn main() -> Result<(), Failure> {
     let mut args = std::env::args().skip(1);
     let (Some(url), Some(queue), Some(db)) = (args.next(), args.next(), args.next()) else {
-        return Err("usage: inbox_consumer AMQP_URL QUEUE DATABASE_URL".into());
+        return Err("usage: amqp_inbox_consumer AMQP_URL QUEUE DATABASE_URL".into());
     };
     let pause = std::env::var_os("INBOX_EXAMPLE_PAUSE_BEFORE_ACK").is_some();
     match db.split_once(':').map(|(scheme, _)| scheme) {
