@@ -23,7 +23,6 @@ pub enum InsertParam<'a> {
 }
 
 /// A signal row ready to be inserted through any connection to the signal's database.
-#[derive(Debug)]
 pub struct PreparedSignal {
     pub(crate) idx: TypeIdx,
     pub(crate) signal: Arc<str>,
@@ -40,6 +39,17 @@ pub struct PreparedSignal {
     pub(crate) lease_ms: Option<i64>,
     pub(crate) ordering_key: Option<String>,
     pub(crate) autoflush: bool,
+}
+
+// Not derived: the body and headers stay out of logs.
+impl std::fmt::Debug for PreparedSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedSignal")
+            .field("signal", &self.signal)
+            .field("message_id", &self.message_id)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PreparedSignal {
