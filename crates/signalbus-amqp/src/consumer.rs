@@ -33,10 +33,8 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
+use signalbus_core::consume::Handlers;
 use std::future::Future;
-use std::sync::Arc;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 /// How [`consume`] subscribes.
 #[derive(Debug, Clone)]
@@ -74,15 +72,7 @@ impl ConsumerOptions {
     }
 }
 
-/// What [`consume`] did before it stopped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConsumeReport {
-    /// Handled and acknowledged.
-    pub acked: u64,
-    /// Handler failed: rejected with requeue.
-    pub rejected: u64,
-}
+pub use signalbus_core::consume::ConsumeReport;
 
 /// Consume `queue` on `channel` until `shutdown` resolves: every delivery goes to `handler`,
 /// and is acknowledged when it returns `Ok` and rejected with requeue when it returns `Err`
@@ -112,13 +102,11 @@ where
         )
         .await?;
     let tag = deliveries.tag();
-    let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let mut running: JoinSet<Result<bool, lapin::Error>> = JoinSet::new();
-    let mut report = ConsumeReport::default();
+    let mut handlers = Handlers::new(options.concurrency);
     let mut shutdown = std::pin::pin!(shutdown);
     let failure = loop {
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            slot = handlers.slot() => slot,
             _ = &mut shutdown => break None,
         };
         let delivery = tokio::select! {
@@ -131,7 +119,7 @@ where
         };
         let acker = delivery.acker.clone();
         let work = handler(delivery);
-        running.spawn(async move {
+        handlers.spawn(async move {
             let outcome = work.await;
             drop(slot);
             match outcome {
@@ -145,11 +133,7 @@ where
                     acker.nack(requeue).await.map(|_| false)
                 }
             }
-        });
-        // Count what finished meanwhile, so that the set stays small.
-        while let Some(done) = running.try_join_next() {
-            tally(&mut report, done)?;
-        }
+        })?;
     };
     if failure.is_none() {
         // No new deliveries; those already sent ahead come back to the queue with the channel.
@@ -157,26 +141,9 @@ where
             .basic_cancel(tag, BasicCancelOptions::default())
             .await;
     }
-    while let Some(done) = running.join_next().await {
-        tally(&mut report, done)?;
-    }
+    let report = handlers.finish().await?;
     match failure {
         Some(e) => Err(e),
         None => Ok(report),
     }
-}
-
-fn tally(
-    report: &mut ConsumeReport,
-    done: Result<Result<bool, lapin::Error>, tokio::task::JoinError>,
-) -> Result<(), lapin::Error> {
-    match done {
-        Ok(Ok(true)) => report.acked += 1,
-        Ok(Ok(false)) => report.rejected += 1,
-        Ok(Err(e)) => return Err(e),
-        // A handler that panicked: its message was neither acknowledged nor rejected, so it
-        // comes back when the channel closes.
-        Err(e) => tracing::error!(error = %e, "a message handler panicked"),
-    }
-    Ok(())
 }

@@ -6,6 +6,7 @@ use crate::signals::{Bus, KAFKA_PARTITIONS};
 use signalbus_testkit::kafka::{PrivateTansu, create_partitioned_topic};
 use signalbus_testkit::nats::{PrivateServer, free_port};
 use signalbus_testkit::postgres::PrivatePostgres;
+use signalbus_testkit::process::wait_for_port;
 use signalbus_testkit::proxy::Proxy;
 use signalbus_testkit::rabbitmq::PrivateNode;
 use std::collections::BTreeMap;
@@ -51,7 +52,7 @@ impl World {
     pub async fn start(dir: &Path, buses: &[Bus]) -> Result<World, Failure> {
         let pg_port = free_port();
         let pg = PrivatePostgres::start(&dir.join("postgres"), pg_port)?;
-        if !PrivatePostgres::wait_ready(pg_port, BOOT).await {
+        if !wait_for_port(pg_port, BOOT).await {
             return Err("the private PostgreSQL did not start".into());
         }
         let pg_proxy = Proxy::start(loopback(pg_port)).await?;
@@ -123,9 +124,7 @@ impl Broker {
     pub async fn wait_ready(&self) -> bool {
         match &self.server {
             Server::Amqp(node) => node.wait_ready(BOOT).await,
-            Server::Nats { .. } | Server::Kafka(_) => {
-                PrivatePostgres::wait_ready(self.port, BOOT).await
-            }
+            Server::Nats { .. } | Server::Kafka(_) => wait_for_port(self.port, BOOT).await,
         }
     }
 

@@ -16,6 +16,7 @@ macro_rules! fail_point {
 
 pub mod atomic;
 mod bus;
+pub mod consume;
 mod error;
 mod flush;
 mod ident;

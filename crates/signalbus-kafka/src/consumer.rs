@@ -23,15 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::future::Future;
 use std::time::Duration;
 
-/// What [`consume`] did before it stopped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConsumeReport {
-    /// Handled, offset committed.
-    pub acked: u64,
-    /// Handler failed: sought back, to come again.
-    pub rejected: u64,
-}
+pub use signalbus_core::consume::ConsumeReport;
 
 /// Consume from `consumer` (subscribed or assigned already) until `shutdown` resolves (see
 /// the [module documentation](self)). Fails when the consumer reports an error.

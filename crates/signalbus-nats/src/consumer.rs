@@ -18,20 +18,10 @@
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::{AckKind, Acker, Message};
 use futures_util::StreamExt;
+use signalbus_core::consume::Handlers;
 use std::future::Future;
-use std::sync::Arc;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
-/// What [`consume`] did before it stopped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConsumeReport {
-    /// Handled and acknowledged.
-    pub acked: u64,
-    /// Handler failed: nak'ed, to be delivered again.
-    pub rejected: u64,
-}
+pub use signalbus_core::consume::ConsumeReport;
 
 /// Error of [`consume`]: the pull failed (the server went away, the consumer was deleted).
 pub type ConsumeError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,13 +40,11 @@ where
     E: std::fmt::Display + Send + 'static,
 {
     let mut messages = consumer.messages().await?;
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut running: JoinSet<Result<bool, ConsumeError>> = JoinSet::new();
-    let mut report = ConsumeReport::default();
+    let mut handlers = Handlers::new(concurrency);
     let mut shutdown = std::pin::pin!(shutdown);
     let failure = loop {
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            slot = handlers.slot() => slot,
             _ = &mut shutdown => break None,
         };
         let message = tokio::select! {
@@ -69,7 +57,7 @@ where
         };
         let acker = Acker::new(message.context.clone(), message.message.reply.clone());
         let work = handler(message);
-        running.spawn(async move {
+        handlers.spawn(async move {
             let outcome = work.await;
             drop(slot);
             match outcome {
@@ -79,31 +67,12 @@ where
                     acker.ack_with(AckKind::Nak(None)).await.map(|()| false)
                 }
             }
-        });
-        while let Some(done) = running.try_join_next() {
-            tally(&mut report, done)?;
-        }
+        })?;
     };
     drop(messages);
-    while let Some(done) = running.join_next().await {
-        tally(&mut report, done)?;
-    }
+    let report = handlers.finish().await?;
     match failure {
         Some(e) => Err(e),
         None => Ok(report),
     }
-}
-
-fn tally(
-    report: &mut ConsumeReport,
-    done: Result<Result<bool, ConsumeError>, tokio::task::JoinError>,
-) -> Result<(), ConsumeError> {
-    match done {
-        Ok(Ok(true)) => report.acked += 1,
-        Ok(Ok(false)) => report.rejected += 1,
-        Ok(Err(e)) => return Err(e),
-        // A handler that panicked: its message is delivered again after `ack_wait`.
-        Err(e) => tracing::error!(error = %e, "a message handler panicked"),
-    }
-    Ok(())
 }

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// The example `name`, built by `cargo test --workspace` next to the test binaries.
 pub fn binary(name: &str) -> PathBuf {
@@ -24,7 +25,8 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// Start example `name` with `args`, waiting after its commits when `pause`
-/// (`INBOX_EXAMPLE_PAUSE_BEFORE_ACK`); return once it printed `{what} {id}`.
+/// (`INBOX_EXAMPLE_PAUSE_BEFORE_ACK`); return once it printed `{what} {id}`. Fails, rather
+/// than waits, when it prints nothing for 60 s or applies a message it should skip.
 pub fn start_until(name: &str, args: &[&str], pause: bool, what: &str, id: &str) -> Child {
     let mut cmd = Command::new(binary(name));
     cmd.args(args)
@@ -34,20 +36,34 @@ pub fn start_until(name: &str, args: &[&str], pause: bool, what: &str, id: &str)
         cmd.env("INBOX_EXAMPLE_PAUSE_BEFORE_ACK", "1");
     }
     let mut child = cmd.spawn().expect("the example starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("its stdout")).lines();
+    // Read on a thread of its own (so the pipe never fills), handed over with a time limit.
+    let stdout = child.stdout.take().expect("its stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     let expected = format!("{what} {id}");
+    let applied = format!("applied {id}");
     loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("{name} ended before printing `{expected}`"))
-            .expect("a line of its output");
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name} did not print `{expected}` ({e})");
+            }
+        };
         if line == expected {
-            break;
+            return child;
+        }
+        if what == "duplicate" && line == applied {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} applied {id} again instead of skipping it");
         }
     }
-    // Keep reading in the background so the pipe never fills.
-    std::thread::spawn(move || for _ in lines {});
-    child
 }
 
 /// SIGKILL `child` (the crash between its commit and its ack).

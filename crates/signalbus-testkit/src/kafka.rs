@@ -140,17 +140,7 @@ impl PrivateTansu {
 
     /// Wait until it accepts connections (at most `limit`).
     pub async fn wait_ready(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        crate::process::wait_for_port(self.port, limit).await
     }
 
     /// Stop it: SIGTERM (graceful) or SIGKILL.

@@ -9,6 +9,6 @@ pub mod kafka;
 pub mod nats;
 pub mod outcome;
 pub mod postgres;
-mod process;
+pub mod process;
 pub mod proxy;
 pub mod rabbitmq;

@@ -39,16 +39,9 @@ impl PrivateServer {
 
     /// Wait until it accepts connections (at most 5 s).
     pub async fn wait_ready(&self) {
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if !crate::process::wait_for_port(self.port, Duration::from_secs(5)).await {
+            panic!("private nats-server did not start on port {}", self.port);
         }
-        panic!("private nats-server did not start on port {}", self.port);
     }
 
     /// Stop it (SIGKILL); returns its port and directory, to start it again.

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 /// A private cluster; stopped (immediately) when dropped.
 pub struct PrivatePostgres {
@@ -119,21 +118,6 @@ impl PrivatePostgres {
         };
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         cmd
-    }
-
-    /// Wait until it accepts connections on `port` (at most `limit`).
-    pub async fn wait_ready(port: u16, limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
     }
 }
 

@@ -1,4 +1,4 @@
-//! Stopping the private servers' processes.
+//! Starting and stopping the private servers' processes.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -20,4 +20,20 @@ pub(crate) fn stop_child(child: &mut Child, graceful: bool, grace: Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Wait until something accepts connections on 127.0.0.1:`port`, at most `limit`; whether
+/// it did.
+pub async fn wait_for_port(port: u16, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }

@@ -99,17 +99,7 @@ impl PrivateNode {
 
     /// Wait until it accepts connections (at most `limit`); `false` when it did not.
     pub async fn wait_ready(&self, limit: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        false
+        crate::process::wait_for_port(self.port, limit).await
     }
 
     /// Stop it: gracefully (SIGTERM, as `rabbitmqctl stop`) or as a crash (SIGKILL).

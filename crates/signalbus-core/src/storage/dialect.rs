@@ -76,6 +76,13 @@ pub(crate) struct ColumnTypes {
 /// The SQL of the consumer inbox ([`crate::inbox`]); `{t}` is the quoted table, `{index}` its
 /// index, `{key}` the id columns' type, `{received}` the time column, `{options}` the table
 /// options, `{p1}`… the placeholders, `{older}` the cut-off time, `{limit}` the batch size.
+/// The inbox table and its index by time, where `CREATE INDEX IF NOT EXISTS` exists
+/// (PostgreSQL, SQLite).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) const INBOX_CREATE: &str = "CREATE TABLE IF NOT EXISTS {t} (consumer {key} NOT NULL, \
+     message_id {key} NOT NULL, received_at {received}, PRIMARY KEY (consumer, message_id)); \
+     CREATE INDEX IF NOT EXISTS {index} ON {t} (consumer, received_at)";
+
 #[derive(Debug)]
 #[cfg_attr(not(feature = "inbox"), allow(dead_code))]
 pub(crate) struct InboxSql {

@@ -75,9 +75,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     row_lock: |_| "",
     inbox: InboxSql {
         key: "TEXT",
-        create: "CREATE TABLE IF NOT EXISTS {t} (consumer {key} NOT NULL, message_id {key} NOT NULL, \
-                 received_at {received}, PRIMARY KEY (consumer, message_id)); \
-                 CREATE INDEX IF NOT EXISTS {index} ON {t} (consumer, received_at)",
+        create: super::dialect::INBOX_CREATE,
         insert: "INSERT OR IGNORE INTO {t} (consumer, message_id) VALUES ({p1}, {p2})",
         prune: "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE consumer = {p1} \
                 AND received_at < {older} LIMIT {limit})",
