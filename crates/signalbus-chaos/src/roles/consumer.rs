@@ -235,6 +235,10 @@ async fn nats(
             ..Default::default()
         })
         .await?;
+    // No acks: a batch whose messages were on their way when it expired (a partition holds
+    // them) counts them delivered, and the next batch starts after them. A jump in the
+    // stream sequence ends this process, and the slot starts it again from the last line.
+    let mut next = last.map(|seq| seq + 1);
     loop {
         let mut batch = consumer
             .batch()
@@ -246,6 +250,15 @@ async fn nats(
             let message = message.map_err(|e| e.to_string())?;
             let info = message.info().map_err(|e| e.to_string())?;
             let seq = i64::try_from(info.stream_sequence)?;
+            match next {
+                Some(expected) if seq > expected => {
+                    return Err(
+                        format!("stream sequence {seq} after {}: a gap", expected - 1).into(),
+                    );
+                }
+                Some(expected) if seq < expected => continue,
+                _ => next = Some(seq + 1),
+            }
             let id = signalbus::nats::message_id(&message);
             let stored = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok();
             recorder.record(&message.payload, Some((0, seq)), stored, id, false)?;
