@@ -7,8 +7,9 @@
 //!
 //! * **stored**: acknowledged by RabbitMQ (and not returned);
 //! * **refused**, with a reason naming the exchange and routing key (never the body): a
-//!   message returned as unroutable while `mandatory` (`unroutable: no queue bound for routing
-//!   key …`; told by its `message_id`), nacked (e.g. a full queue with
+//!   message returned as unroutable (`unroutable: no queue bound for routing key …`; told by
+//!   its `message_id`) — every message is published `mandatory` unless the URL says
+//!   `unroutable=drop`, so a routing key nobody is bound for is never lost silently — nacked (e.g. a full queue with
 //!   `x-overflow=reject-publish`), with a reserved header that cannot be sent (never
 //!   published), or to an exchange that does not exist or that the user may not publish to.
 //!   The last two make RabbitMQ close the channel: the messages to that exchange are refused,
@@ -22,8 +23,8 @@
 //! lapin logs every returned message at `warn`, target `lapin::returned_messages` ("Server
 //! returned us a message"), in its `Debug` form: the **body** (as bytes) and every property
 //! and header. That happens inside lapin when the frames arrive, before this publisher sees
-//! the return, so it cannot be avoided here: applications that use `mandatory` should lower
-//! that target, e.g. `RUST_LOG=warn,lapin::returned_messages=error` or
+//! the return, so it cannot be avoided here: applications should lower that target (the
+//! `signalbus` command line does), e.g. `RUST_LOG=warn,lapin::returned_messages=error` or
 //! `EnvFilter::new("warn,lapin::returned_messages=error")`. The reason the publisher reports
 //! carries the exchange, routing key and reply code only.
 //!
@@ -35,8 +36,9 @@
 //! # URL query parameters
 //! | parameter | default | meaning |
 //! |---|---|---|
-//! | `mandatory` | `false` | publish every message as mandatory |
-//! | `mandatory_signals` | none | comma-separated signal names published as mandatory |
+//! | `unroutable` | `refuse` | `refuse`: every message is published mandatory, so one that no queue is bound for comes back and is refused (retried, then parked); `drop`: RabbitMQ discards it and it counts as sent |
+//! | `mandatory` | `true` | the AMQP flag's own name: `true` is `unroutable=refuse`, `false` is `unroutable=drop` |
+//! | `mandatory_signals` | none | with `unroutable=drop`: comma-separated signal names still published as mandatory |
 //! | `persistent` | `true` | delivery mode 2 (stored on disk by durable queues) |
 //! | `app_id` | none | the `app_id` property |
 //! | `timeout_ms` | `10000` | limit of every wait on the broker (publish, confirms, connect) |

@@ -22,9 +22,11 @@ pub struct AmqpOptions {
     pub(crate) uri: String,
     /// The URL with the password masked, for messages.
     pub(crate) display: String,
-    /// Publish every message as mandatory.
+    /// Publish every message as mandatory, so that RabbitMQ returns a message no queue is
+    /// bound for and the publisher refuses it (retried, then parked) instead of the broker
+    /// dropping it. On by default (`unroutable=refuse`); `unroutable=drop` turns it off.
     pub mandatory: bool,
-    /// Signal names whose messages are published as mandatory.
+    /// Signal names whose messages are published as mandatory even with `unroutable=drop`.
     pub mandatory_signals: BTreeSet<String>,
     /// Delivery mode 2 (persistent) unless a message says otherwise.
     pub persistent: bool,
@@ -73,7 +75,7 @@ impl AmqpOptions {
         let mut options = AmqpOptions {
             uri: String::new(),
             display: display.clone(),
-            mandatory: false,
+            mandatory: true,
             mandatory_signals: BTreeSet::new(),
             persistent: true,
             app_id: None,
@@ -89,6 +91,18 @@ impl AmqpOptions {
                 ))
             };
             match key.as_ref() {
+                "unroutable" => {
+                    options.mandatory = match value.trim() {
+                        "refuse" => true,
+                        "drop" => false,
+                        _ => {
+                            return Err(bad(
+                                "`refuse` (the default: a message no queue is bound for is refused, retried, then parked) or `drop` (RabbitMQ discards it and signalbus counts it as sent)",
+                            ));
+                        }
+                    }
+                }
+                // The AMQP flag's own name, kept as a synonym of `unroutable`.
                 "mandatory" => {
                     options.mandatory = parse_bool(&value).ok_or_else(|| bad("true or false"))?
                 }
@@ -122,8 +136,8 @@ impl AmqpOptions {
                 }
                 other => {
                     return Err(Error::Config(format!(
-                        "bus URL `{display}`: unknown query parameter `{other}`; known: mandatory, \
-                         mandatory_signals, persistent, app_id, timeout_ms, cacertfile, certfile, \
+                        "bus URL `{display}`: unknown query parameter `{other}`; known: unroutable, \
+                         mandatory, mandatory_signals, persistent, app_id, timeout_ms, cacertfile, certfile, \
                          keyfile, {}",
                         LAPIN_PARAMS.join(", ")
                     )));
@@ -231,7 +245,22 @@ mod tests {
         assert!(!format!("{o:?}").contains("secret"));
         let o = AmqpOptions::from_url("amqp://h").unwrap();
         assert_eq!(o.uri, "amqp://h/%2f");
-        assert!(o.persistent && !o.is_mandatory("a"));
+        assert!(
+            o.persistent && o.is_mandatory("a"),
+            "unroutable is refused by default"
+        );
+        let o = AmqpOptions::from_url("amqp://h?unroutable=drop&mandatory_signals=b").unwrap();
+        assert!(!o.is_mandatory("a") && o.is_mandatory("b"));
+        assert!(
+            AmqpOptions::from_url("amqp://h?unroutable=refuse")
+                .unwrap()
+                .mandatory
+        );
+        assert!(
+            !AmqpOptions::from_url("amqp://h?mandatory=false")
+                .unwrap()
+                .mandatory
+        );
     }
 
     #[test]
@@ -239,6 +268,7 @@ mod tests {
         for url in [
             "nats://u:secret@h",
             "amqp://u:secret@h/?mandatory=maybe",
+            "amqp://u:secret@h/?unroutable=ignore",
             "amqp://u:secret@h/?bogus=1",
             "amqp://u:secret@h/?timeout_ms=0",
             "amqp:///vhost",

@@ -170,7 +170,7 @@ mod tests {
     fn defaults_and_bad_values() {
         let config = crate::AmqpOptions::from_url("amqp://h").unwrap();
         let out = outgoing(&message(&[]), &config).unwrap();
-        assert!(!out.options.mandatory);
+        assert!(out.options.mandatory, "unroutable is refused by default");
         assert_eq!(*out.properties.delivery_mode(), Some(2));
         assert_eq!(
             out.properties.kind().as_ref().unwrap().as_str(),

@@ -184,12 +184,10 @@ async fn batch_arrives_in_order_with_ids_headers_and_properties() {
 }
 
 #[tokio::test]
-async fn unroutable_mandatory_messages_are_not_sent() {
+async fn unroutable_messages_are_refused_by_default() {
     let fx = Fixture::new("order.placed", FieldTable::default()).await;
-    // Mandatory for every message.
-    let publisher = AmqpPublisher::connect(&format!("{URL}?mandatory=true"))
-        .await
-        .unwrap();
+    // No parameter at all: an outbox must not lose a message under its default settings.
+    let publisher = AmqpPublisher::connect(URL).await.unwrap();
     let batch = [
         message(&fx.exchange, "order.placed", 1, &[]),
         message(&fx.exchange, "nowhere", 2, &[]),
@@ -201,21 +199,29 @@ async fn unroutable_mandatory_messages_are_not_sent() {
         why.contains(&fx.exchange) && why.contains("`nowhere`") && why.contains("unroutable"),
         "{why}"
     );
-    // Per message (header) and per signal type (mandatory_signals) on a non-mandatory publisher.
-    let plain = AmqpPublisher::connect(URL).await.unwrap();
-    let outcome = plain
+    // Opting out, named for what it does: RabbitMQ drops the message.
+    let dropping = AmqpPublisher::connect(&format!("{URL}?unroutable=drop"))
+        .await
+        .unwrap();
+    let outcome = dropping
         .publish(&[message(&fx.exchange, "nowhere", 3, &[])])
         .await
         .unwrap();
     assert!(
         outcome.is_all_stored(),
-        "not mandatory: dropped by RabbitMQ"
+        "unroutable=drop: dropped by RabbitMQ"
     );
+    // Per message (header) and per signal type (mandatory_signals) on a dropping publisher.
     let per_message = message(&fx.exchange, "nowhere", 4, &[("amqp-mandatory", "true")]);
-    assert_eq!(refused(&plain.publish(&[per_message]).await.unwrap()), [0]);
-    let typed = AmqpPublisher::connect(&format!("{URL}?mandatory_signals=order_placed"))
-        .await
-        .unwrap();
+    assert_eq!(
+        refused(&dropping.publish(&[per_message]).await.unwrap()),
+        [0]
+    );
+    let typed = AmqpPublisher::connect(&format!(
+        "{URL}?unroutable=drop&mandatory_signals=order_placed"
+    ))
+    .await
+    .unwrap();
     let outcome = typed
         .publish(&[message(&fx.exchange, "nowhere", 5, &[])])
         .await

@@ -173,9 +173,16 @@ impl<DB: Backend> SignalBus<DB> {
         Recorder::new(self.clone())
     }
 
-    /// Create the tables of all registered signal types, if they do not exist.
+    /// Create the tables of all registered signal types, if they do not exist, and bring
+    /// older signal tables up to the current contract. A table of a registered name that
+    /// exists and is not a signal table is refused before anything is changed.
     pub async fn migrate(&self) -> Result<()> {
         let mut conn = self.shared.pool.acquire().await?;
+        for (_, reg) in self.shared.registry.iter() {
+            reg.sql
+                .check_table::<DB>(&mut conn, reg.ty.table_name())
+                .await?;
+        }
         for (_, reg) in self.shared.registry.iter() {
             reg.sql.create_table::<DB>(&mut conn).await?;
         }

@@ -80,6 +80,19 @@ use sqlx::Connection as _;
 use statements::{Arg, Ordered, Statements, Stmt};
 use std::time::Duration;
 
+/// The columns of the table contract's first version: every signal table has them (later
+/// versions added columns that `migrate` adds), so a table without them is not one.
+const FIRST_CONTRACT: &[&str] = &[
+    "id",
+    "message_id",
+    "topic",
+    "routing_key",
+    "headers",
+    "body",
+    "content_type",
+    "created_at",
+];
+
 /// Columns of the table contract that `order_by` may name.
 pub const ORDERABLE_COLUMNS: &[&str] = &["id", "created_at", "topic", "routing_key", "message_id"];
 
@@ -536,8 +549,48 @@ impl Statements {
         DB::execute(conn, &stmt.sql, &values.bind(stmt)).await
     }
 
+    /// Refuse a table of this name that exists and is not a signal table (a business table
+    /// whose name a signal type happens to use): `migrate` must never add signalbus' columns,
+    /// indexes or triggers to it. Runs before `migrate` changes anything.
+    pub async fn check_table<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        table: &str,
+    ) -> Result<()> {
+        let present = DB::fetch_texts(conn, &self.columns, &[]).await?;
+        if present.is_empty() {
+            return Ok(()); // not there yet: `migrate` creates it
+        }
+        let extra: &[&str] = if DB::DIALECT.ordered_read == dialect::OrderedRead::TxidWatermark {
+            &["txid"]
+        } else {
+            &[]
+        };
+        let missing: Vec<&str> = FIRST_CONTRACT
+            .iter()
+            .chain(extra)
+            .copied()
+            .filter(|column| !present.iter().any(|c| c.eq_ignore_ascii_case(column)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "table `{table}` exists but is not a signal table: it has no column{} {}; migrate \
+             changed nothing. Give the signal type a table of its own (`#[signal(table = \"...\")]` \
+             or `SignalType::table`), or rename the existing table",
+            if missing.len() == 1 { "" } else { "s" },
+            missing
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
     /// Create the table (and what goes with it) if it does not exist, and add the columns of
     /// the contract an older table lacks. Outside any transaction: on MySQL DDL commits.
+    /// [`Self::check_table`] first.
     pub async fn create_table<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<()> {
         for statement in &self.create {
             DB::execute_script(conn, statement).await?;

@@ -15,6 +15,7 @@ mod inbox;
 mod keyed;
 mod keyed_brokers;
 mod message_ids;
+mod migrate;
 mod ordered_leases;
 mod orm_diesel;
 mod orm_seaorm;
