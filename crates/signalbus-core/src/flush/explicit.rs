@@ -1,10 +1,10 @@
 //! Explicit flushing: `flush`, `flushmany` and `flushordered`.
 
-use super::{Progress, Settled, publish_and_settle, retry_db, settle_tx};
+use super::{Progress, Settled, publish_and_settle, retry_db};
 use crate::bus::{Shared, SignalBus};
 use crate::error::Result;
 use crate::registry::{Registered, Selection, TypeIdx};
-use crate::storage::{Backend, begin_flush};
+use crate::storage::{Backend, CloseOnDrop};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -348,9 +348,11 @@ async fn lane_burst<DB: Backend>(
     let token = uuid::Uuid::new_v4().to_string();
     let lease = shared.config.lease();
     let burst = reg.ty.burst_size();
-    let mut tx = begin_flush(&shared.pool).await?;
+    let mut held = CloseOnDrop::acquire(&shared.pool).await?;
+    held.begin().await?;
     let step = async {
-        let rows = reg.sql.lock_ordered::<DB>(&mut tx, lane, burst).await?;
+        let tx = held.conn();
+        let rows = reg.sql.lock_ordered::<DB>(tx, lane, burst).await?;
         // Holding the lane (PostgreSQL's session lock, MySQL's turn) and the rows' locks.
         fail_point!("signalbus::ordered-locks");
         let picked = pick_per_key(&rows, burst);
@@ -359,7 +361,7 @@ async fn lane_burst<DB: Backend>(
         }
         let claimed = reg
             .sql
-            .claim_in_tx::<DB>(&mut tx, &picked, lease, &token)
+            .claim_in_tx::<DB>(tx, &picked, lease, &token)
             .await?;
         // Claimed in the order read; stop at a row that was not claimable after all.
         let mut by_id: std::collections::HashMap<i64, crate::storage::StoredRow> =
@@ -367,7 +369,8 @@ async fn lane_burst<DB: Backend>(
         Ok(picked.iter().map_while(|id| by_id.remove(id)).collect())
     }
     .await;
-    let rows = settle_tx(tx, step).await?;
+    let rows = held.end(step).await?;
+    drop(held);
     if rows.is_empty() {
         return Ok(None);
     }

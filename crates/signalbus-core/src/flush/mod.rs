@@ -398,28 +398,6 @@ pub(crate) fn curable<DB: Backend>(error: &Error) -> bool {
     }
 }
 
-/// Commit `tx` when `result` is Ok, roll it back at once otherwise. A dropped sqlx
-/// transaction is rolled back only when its connection is next used, keeping its row locks
-/// (SQLite: the write lock) until then, so that a retry or a concurrent flush would skip or
-/// wait for rows that are in fact free.
-pub(crate) async fn settle_tx<DB: Backend, T>(
-    tx: sqlx::Transaction<'static, DB>,
-    result: Result<T>,
-) -> Result<T> {
-    match result {
-        Ok(value) => {
-            tx.commit().await?;
-            Ok(value)
-        }
-        Err(e) => {
-            if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(error = %rollback, "rollback after a failed flush failed");
-            }
-            Err(e)
-        }
-    }
-}
-
 /// Turn a stored row into the message the publisher gets.
 pub(crate) fn to_message(reg: &Registered, row: StoredRow) -> Result<Message> {
     let mut headers = match row.headers.as_deref().map(str::trim) {

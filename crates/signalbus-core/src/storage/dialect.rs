@@ -113,6 +113,12 @@ pub(crate) struct Dialect {
     pub flag: &'static str,
     /// The condition "`t.id` is one of the bound ids" (`{Ids}`: the parameter's token).
     pub id_in: &'static str,
+    /// Where an `UPDATE` of the rows among the bound ids names its table as a join of the
+    /// id list with it (`{t}`: the table, aliased `t`): MySQL/MariaDB, whose single-table
+    /// `UPDATE … WHERE id IN (subquery)` runs the subquery once per row of the table (a scan
+    /// of the whole table per claim: quadratic over a backlog). `None`: `UPDATE {t} AS t …
+    /// WHERE` [`Self::id_in`].
+    pub update_by_ids: Option<&'static str>,
     /// Whether `UPDATE … RETURNING` exists; without it a claim is read back by its token.
     pub update_returning: bool,
     /// "`id` is one of the ids the subquery `{q}` picks", for a claim's `UPDATE … RETURNING`:
@@ -147,6 +153,13 @@ pub(crate) struct Dialect {
     pub key_index: &'static str,
     /// Ordered lanes, where the database has session locks to hold them by.
     pub lanes: Option<Lanes>,
+    /// The condition of the held-keys read ([`super::statements::OrderedRead::held_keys`]):
+    /// `{held}` is the exact condition, `{index}` the predicate of the partial index of held
+    /// rows, repeated where there is that index so that the read is planned on it.
+    pub held_rows: &'static str,
+    /// "`t.ordering_key` is not one of the bound held keys `{Keys}`" (checked against the
+    /// set once built, not per element).
+    pub key_not_in: &'static str,
     /// Creates the partial index of held rows by key (`{t}` the table, `{name}` the
     /// index), where the database has partial indexes.
     pub held_index: Option<&'static str>,
@@ -154,6 +167,9 @@ pub(crate) struct Dialect {
     /// `signalbus` channel with the table's name when rows are inserted, so that a relay
     /// wakes at once; `None` where the database has no notifications (the relay polls).
     pub notify_trigger: Option<&'static str>,
+    /// The query of the connection's server-side id, where a statement goes on running
+    /// after its client closed the connection and must be stopped by id (`KILL QUERY`).
+    pub connection_id: Option<&'static str>,
     /// How a flush transaction begins.
     pub begin_flush: &'static str,
     /// Where the database lets one transaction commit without waiting for its log to reach

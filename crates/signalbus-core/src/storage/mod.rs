@@ -77,7 +77,7 @@ mod sqlite;
 
 use crate::error::{Error, Result};
 use sqlx::Connection as _;
-use statements::{Arg, Ordered, Statements, Stmt};
+use statements::{Arg, Ordered, OrderedRead, Statements, Stmt};
 use std::time::Duration;
 
 /// The columns of the table contract's first version: every signal table has them (later
@@ -234,6 +234,8 @@ pub(crate) mod sealed {
     pub enum Param<'a> {
         /// A list of row ids (an array on PostgreSQL, a JSON array elsewhere).
         Ids(&'a [i64]),
+        /// A list of texts (an array on PostgreSQL, a JSON array elsewhere).
+        Texts(&'a [String]),
         Int(i64),
         Text(&'a str),
     }
@@ -265,6 +267,13 @@ pub(crate) mod sealed {
             sql: &SqlStr,
             params: &[Param<'_>],
         ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+        /// Run `sql`, reading one nullable text column.
+        fn fetch_keys(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<Vec<Option<String>>>> + Send;
 
         /// Run `sql`, reading one row of nullable integers.
         fn fetch_numbers(
@@ -321,7 +330,7 @@ pub(crate) mod sealed {
 /// Implements [`sealed::Store`] and [`Backend`] for one database; `$ids` turns a `&[i64]` into
 /// the value bound for [`Param::Ids`], `$insert` is `returning` or `last_insert_id`.
 macro_rules! store {
-    ($db:ty, $dialect:expr, ids: $ids:expr, insert: $insert:ident, listen: $listen:path, feature: $feature:literal) => {
+    ($db:ty, $dialect:expr, ids: $ids:expr, texts: $texts:expr, insert: $insert:ident, listen: $listen:path, feature: $feature:literal) => {
         #[allow(private_interfaces)]
         impl $crate::storage::sealed::Store for $db {
             const DIALECT: &'static $crate::storage::dialect::Dialect = &$dialect;
@@ -352,6 +361,15 @@ macro_rules! store {
                 Ok(rows.into_iter().map(|(text,)| text).collect())
             }
 
+            async fn fetch_keys(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<Vec<Option<String>>> {
+                let rows: Vec<(Option<String>,)> = fetch_all_as(conn, sql, params).await?;
+                Ok(rows.into_iter().map(|(key,)| key).collect())
+            }
+
             async fn fetch_numbers(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 sql: &sqlx::SqlStr,
@@ -378,7 +396,7 @@ macro_rules! store {
             ) -> $crate::error::Result<u64> {
                 let mut query = sqlx::query::<$db>(sql.clone());
                 for param in params {
-                    query = $crate::storage::store!(@bind query, param, $ids);
+                    query = $crate::storage::store!(@bind query, param, $ids, $texts);
                 }
                 Ok(query.execute(conn).await?.rows_affected())
             }
@@ -442,14 +460,15 @@ macro_rules! store {
         {
             let mut query = sqlx::query_as::<$db, R>(sql.clone());
             for param in params {
-                query = $crate::storage::store!(@bind query, param, $ids);
+                query = $crate::storage::store!(@bind query, param, $ids, $texts);
             }
             Ok(query.fetch_all(conn).await?)
         }
     };
-    (@bind $query:ident, $param:ident, $ids:expr) => {
+    (@bind $query:ident, $param:ident, $ids:expr, $texts:expr) => {
         match *$param {
             $crate::storage::Param::Ids(ids) => $query.bind(($ids)(ids)),
+            $crate::storage::Param::Texts(texts) => $query.bind(($texts)(texts)),
             $crate::storage::Param::Int(n) => $query.bind(n),
             $crate::storage::Param::Text(text) => $query.bind(text),
         }
@@ -484,6 +503,12 @@ pub(crate) fn json_ids(ids: &[i64]) -> String {
     out
 }
 
+/// Texts as a JSON array, bound as one parameter (MySQL, SQLite).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) fn json_texts(texts: &[String]) -> String {
+    serde_json::to_string(texts).expect("a list of strings is JSON")
+}
+
 /// The values a statement's parameters ([`Arg`]) are bound from.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Values<'a> {
@@ -496,6 +521,8 @@ pub(crate) struct Values<'a> {
     pub error: &'a str,
     pub name: &'a str,
     pub lane: u32,
+    pub keys: &'a [String],
+    pub null_held: bool,
 }
 
 impl<'a> Values<'a> {
@@ -513,6 +540,8 @@ impl<'a> Values<'a> {
                 Arg::Error => Param::Text(self.error),
                 Arg::Name => Param::Text(self.name),
                 Arg::Lane => Param::Int(i64::from(self.lane)),
+                Arg::Keys => Param::Texts(self.keys),
+                Arg::NullHeld => Param::Int(i64::from(self.null_held)),
             })
             .collect()
     }
@@ -834,18 +863,26 @@ impl Statements {
         lane: u32,
         n: usize,
     ) -> Result<Vec<StoredRow>> {
+        let OrderedRead { held_keys, read } = &self.ordered;
+        if let Ordered::Watermark { turn, .. } = read {
+            DB::execute_script(conn, turn).await?;
+        }
+        // The keys held back by a refusal, once per burst (bounded by the held rows, read
+        // from their index where there is one); the read then checks each row against them.
+        let mut keys = DB::fetch_keys(conn, &held_keys.sql, &[]).await?;
+        let null_held = keys.iter().any(Option::is_none);
+        let keys: Vec<String> = keys.drain(..).flatten().collect();
         let values = Values {
             limit: n,
             lane,
+            keys: &keys,
+            null_held,
             ..Values::default()
         };
-        match &self.ordered {
+        match read {
             Ordered::Watermark {
-                turn,
-                restored,
-                settled,
+                restored, settled, ..
             } => {
-                DB::execute_script(conn, turn).await?;
                 // Rows restored from another cluster first (usually none: an index probe),
                 // then the settled ones.
                 let rows = Self::run_rows::<DB>(conn, restored, values).await?;
@@ -989,12 +1026,93 @@ pub(crate) async fn begin<DB: Backend>(
     })
 }
 
-/// Begin the transaction that sends and deletes rows: one in which the claims keep other
-/// flushers away.
-pub(crate) async fn begin_flush<DB: Backend>(
-    pool: &sqlx::Pool<DB>,
-) -> Result<sqlx::Transaction<'static, DB>> {
-    begin(pool, Some(DB::DIALECT.begin_flush)).await
+/// A pooled connection that is closed instead of going back to the pool when it is dropped
+/// before its flush transaction ended ([`CloseOnDrop::end`]): a flush stopped mid-statement (a dropped future, SIGTERM,
+/// Ctrl-C) closes its socket, and the server ends the statement instead of running it on
+/// for nobody, holding its snapshot and locks (PostgreSQL notices within the
+/// `client_connection_check_interval` that flush transactions set). A connection returned
+/// to the pool instead would keep the statement running until it ends by itself.
+pub(crate) struct CloseOnDrop<DB: Backend> {
+    conn: sqlx::pool::PoolConnection<DB>,
+    /// Where closing the socket does not stop a running statement (MySQL/MariaDB): the
+    /// connection's server-side id, and the pool to send `KILL QUERY` through.
+    kill: Option<(i64, sqlx::Pool<DB>)>,
+    done: bool,
+}
+
+impl<DB: Backend> CloseOnDrop<DB> {
+    pub async fn acquire(pool: &sqlx::Pool<DB>) -> Result<Self> {
+        let mut conn = pool.acquire().await?;
+        let kill = match &DB::DIALECT.connection_id {
+            Some(query) => {
+                let id = DB::fetch_ids(&mut conn, &owned_sql(query), &[]).await?;
+                id.first().map(|id| (*id, pool.clone()))
+            }
+            None => None,
+        };
+        Ok(CloseOnDrop {
+            conn,
+            kill,
+            done: false,
+        })
+    }
+
+    /// Begin a flush transaction on this connection: one in which the claims keep other
+    /// flushers away, every statement bounded by a timeout where the database has one. Begun
+    /// and ended ([`Self::end`]) by statements of our own rather than an sqlx `Transaction`:
+    /// the connection is ours, and a flush stopped half-way closes it whole.
+    pub async fn begin(&mut self) -> Result<&mut DB::Connection> {
+        DB::execute_script(&mut self.conn, &owned_sql(DB::DIALECT.begin_flush)).await?;
+        Ok(&mut self.conn)
+    }
+
+    /// The connection, inside the transaction.
+    pub fn conn(&mut self) -> &mut DB::Connection {
+        &mut self.conn
+    }
+
+    /// End the transaction: commit when `result` is `Ok`, roll back at once otherwise (a
+    /// dropped transaction would keep its locks until the connection is next used).
+    pub async fn end<T>(&mut self, result: Result<T>) -> Result<T> {
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = DB::execute_script(&mut self.conn, &owned_sql(end)).await;
+        // Ended in doubt: the connection is closed on drop rather than reused.
+        self.done = ended.is_ok();
+        match (result, ended) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        }
+    }
+}
+
+/// SQL text as an owned statement (a `&'static str` passed to sqlx trips the compiler's
+/// check that the callers' futures are `Send`: rust-lang/rust#96865).
+fn owned_sql(text: &str) -> sqlx::SqlStr {
+    sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(text.to_owned()))
+}
+
+impl<DB: Backend> Drop for CloseOnDrop<DB> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.conn.close_on_drop();
+        // The connection is closed, never reused, so its id names no one else's statement
+        // (MySQL/MariaDB never reuse ids while the server runs).
+        if let (Some((id, pool)), Ok(runtime)) =
+            (self.kill.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                let kill =
+                    sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(format!("KILL QUERY {id}")));
+                if let Ok(mut conn) = pool.acquire().await
+                    && let Err(e) = DB::execute_script(&mut conn, &kill).await
+                {
+                    tracing::debug!(error = %e, "could not stop the statement of a stopped flush");
+                }
+            });
+        }
+    }
 }
 
 /// Begin a signalbus write transaction.

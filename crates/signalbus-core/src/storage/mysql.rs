@@ -52,6 +52,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     flag: "CAST(({c}) AS SIGNED)",
     id_in: "t.id IN (SELECT x.id FROM JSON_TABLE({Ids}, '$[*]' COLUMNS (id BIGINT PATH '$')) AS x)",
     picked: "id IN ({q})",
+    update_by_ids: Some(by_ids!()),
     update_returning: false,
     columns_of: "SELECT column_name FROM information_schema.columns \
                  WHERE table_schema = {schema} AND table_name = '{name}'",
@@ -67,12 +68,16 @@ pub(crate) const DIALECT: Dialect = Dialect {
     age_micros: "TIMESTAMPDIFF(MICROSECOND, {min}, NOW(6))",
     key_index: ", ADD INDEX signalbus_key (ordering_key)",
     lanes: None,
+    held_rows: "{held}",
+    key_not_in: "CAST(t.ordering_key AS BINARY) NOT IN (SELECT CAST(h.k AS BINARY) FROM \
+                 JSON_TABLE({Keys}, '$[*]' COLUMNS (k VARCHAR(255) PATH '$')) AS h)",
     held_index: None,
     notify_trigger: None,
     claim_index: ", ADD INDEX signalbus_claim (claim)",
     // One statement, so that a cancelled begin cannot leave READ COMMITTED pending for the
     // connection's next (business) transaction. READ COMMITTED takes no gap locks.
     begin_async: None,
+    connection_id: Some("SELECT CAST(CONNECTION_ID() AS SIGNED)"),
     begin_flush: "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),
@@ -128,4 +133,4 @@ fn begin_atomic(level: Isolation, _: SqliteBegin) -> Option<&'static str> {
     }
 }
 
-super::store!(MySql, DIALECT, ids: json_ids, insert: last_insert_id, listen: crate::relay::wake::no_listener, feature: "mysql");
+super::store!(MySql, DIALECT, ids: json_ids, texts: super::json_texts, insert: last_insert_id, listen: crate::relay::wake::no_listener, feature: "mysql");

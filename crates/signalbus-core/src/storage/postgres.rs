@@ -30,6 +30,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     flag: "({c})::int::int8",
     id_in: "t.id = ANY({Ids})",
     picked: "id = ANY(ARRAY({q}))",
+    update_by_ids: None,
     update_returning: true,
     columns_of: "SELECT column_name::text FROM information_schema.columns \
                  WHERE table_schema = {schema} AND table_name = '{name}'",
@@ -52,6 +53,8 @@ pub(crate) const DIALECT: Dialect = Dialect {
         free: "SELECT CASE WHEN pg_advisory_unlock(hashtext('signalbus.lane.{table}'), \
                CAST({Lane} AS integer)) THEN 1 ELSE 0 END::bigint",
     }),
+    held_rows: "({index}) AND {held}",
+    key_not_in: "NOT (t.ordering_key = ANY({Keys}))",
     held_index: Some(
         "CREATE INDEX IF NOT EXISTS {name} ON {t} (ordering_key) WHERE parked_at IS NOT NULL OR (claim IS NULL AND next_attempt_at IS NOT NULL)",
     ),
@@ -59,8 +62,9 @@ pub(crate) const DIALECT: Dialect = Dialect {
     // The flush transaction only deletes rows that were already sent. If its commit is lost in
     // a crash, the rows come back and are sent again: a duplicate, which at-least-once delivery
     // allows, never a loss. So it need not wait for the WAL flush.
-    begin_async: Some("BEGIN; SET LOCAL synchronous_commit TO OFF"),
-    begin_flush: "BEGIN; SET LOCAL synchronous_commit TO OFF",
+    begin_async: Some(BEGIN_FLUSH),
+    connection_id: None,
+    begin_flush: BEGIN_FLUSH,
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),
     is_conflict,
@@ -79,6 +83,16 @@ pub(crate) const DIALECT: Dialect = Dialect {
                 AND received_at < {older} LIMIT {limit})",
     },
 };
+
+/// How a flush transaction begins: without waiting for the WAL flush at commit (see
+/// `begin_async`), every statement bounded (`statement_timeout`: nothing a flush runs may
+/// run on unbounded, holding its snapshot back from every ordered flush of the cluster and
+/// from vacuum), and the client's socket checked every second while a statement runs
+/// (`client_connection_check_interval`, PostgreSQL 14+), so that the statement of a flush
+/// whose caller stopped and closed the connection ([`super::CloseOnDrop`]), or whose process
+/// died, is cancelled at once.
+const BEGIN_FLUSH: &str = "BEGIN; SET LOCAL synchronous_commit TO OFF; \
+     SET LOCAL statement_timeout = '60s'; SET LOCAL client_connection_check_interval = '1s'";
 
 /// The wake-up trigger: a notification on the `signalbus` channel (payload: the table's
 /// name) when a transaction inserts rows that a relay must send, whoever inserts them, in any
@@ -118,9 +132,14 @@ fn begin_atomic(level: Isolation, _: SqliteBegin) -> Option<&'static str> {
     }
 }
 
+/// Texts are bound as an array (`= ANY($1)`).
+fn texts(texts: &[String]) -> &[String] {
+    texts
+}
+
 /// Ids are bound as an array (`= ANY($1)`).
 fn ids(ids: &[i64]) -> &[i64] {
     ids
 }
 
-super::store!(Postgres, DIALECT, ids: ids, insert: returning, listen: crate::relay::wake::postgres::listener, feature: "postgres");
+super::store!(Postgres, DIALECT, ids: ids, texts: texts, insert: returning, listen: crate::relay::wake::postgres::listener, feature: "postgres");

@@ -41,6 +41,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     flag: "({c})",
     id_in: "t.id IN (SELECT value FROM json_each({Ids}))",
     picked: "id IN ({q})",
+    update_by_ids: None,
     update_returning: true,
     columns_of: "SELECT name FROM pragma_table_info('{name}', {schema})",
     current_schema: "'main'",
@@ -55,12 +56,15 @@ pub(crate) const DIALECT: Dialect = Dialect {
     age_micros: concat!("(", now_ms!(), " - {min}) * 1000"),
     key_index: "",
     lanes: None,
+    held_rows: "({index}) AND {held}",
+    key_not_in: "t.ordering_key NOT IN (SELECT value FROM json_each({Keys}))",
     held_index: Some(
         "CREATE INDEX IF NOT EXISTS {name} ON {t} (ordering_key) WHERE parked_at IS NOT NULL OR (claim IS NULL AND next_attempt_at IS NOT NULL)",
     ),
     notify_trigger: None,
     claim_index: "",
     begin_async: None,
+    connection_id: None,
     begin_flush: "BEGIN IMMEDIATE",
     // A signalbus transaction writes anyway, and taking the write lock up front waits
     // (busy_timeout) instead of failing with SQLITE_BUSY_SNAPSHOT when a flush committed
@@ -100,4 +104,4 @@ fn begin_atomic(_: Isolation, begin: SqliteBegin) -> Option<&'static str> {
     })
 }
 
-super::store!(Sqlite, DIALECT, ids: json_ids, insert: returning, listen: crate::relay::wake::no_listener, feature: "sqlite");
+super::store!(Sqlite, DIALECT, ids: json_ids, texts: super::json_texts, insert: returning, listen: crate::relay::wake::no_listener, feature: "sqlite");

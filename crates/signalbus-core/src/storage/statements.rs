@@ -6,7 +6,7 @@
 //! one turns each token into the database's placeholder and records the order in which the
 //! parameters are bound ([`Stmt::args`]), so the same text serves `$n` and `?` databases.
 
-use super::dialect::{Dialect, OrderedRead};
+use super::dialect::{Dialect, OrderedRead as ReadKind};
 use crate::ident::Ident;
 use crate::signal::OrderColumn;
 use sqlx::{AssertSqlSafe, SqlStr};
@@ -34,9 +34,14 @@ pub(crate) enum Arg {
     Name,
     /// An ordered lane.
     Lane,
+    /// The ordering keys held back by a refusal (an array on PostgreSQL, a JSON array
+    /// elsewhere).
+    Keys,
+    /// 1 when the rows without a key are held back by a refusal, else 0.
+    NullHeld,
 }
 
-const ARGS: [(&str, Arg); 9] = [
+const ARGS: [(&str, Arg); 11] = [
     ("{Ids}", Arg::Ids),
     ("{Lease}", Arg::Lease),
     ("{Token}", Arg::Token),
@@ -46,6 +51,8 @@ const ARGS: [(&str, Arg); 9] = [
     ("{Error}", Arg::Error),
     ("{Name}", Arg::Name),
     ("{Lane}", Arg::Lane),
+    ("{Keys}", Arg::Keys),
+    ("{NullHeld}", Arg::NullHeld),
 ];
 
 /// A statement and the order of its parameters.
@@ -130,7 +137,7 @@ pub(crate) struct Statements {
     pub release: Stmt,
 
     /// The statements of `flushordered`.
-    pub ordered: Ordered,
+    pub ordered: OrderedRead,
     /// Delete the rows among the bound ids.
     pub delete_ids: Stmt,
     /// The ids of the rows that can be sent now, ascending.
@@ -152,6 +159,18 @@ pub(crate) struct Statements {
 }
 
 /// `flushordered`'s statements.
+#[derive(Debug, Clone)]
+pub(crate) struct OrderedRead {
+    /// The distinct ordering keys (NULL: the rows without one) that have a row held back by
+    /// a refusal (parked, or backing off): read once per burst, from the index of held rows
+    /// where the database has partial indexes, so that the read below checks each row
+    /// against a set instead of probing the table once per row (which, planned on stale
+    /// statistics, was a scan of the whole table per row: quadratic).
+    pub held_keys: Stmt,
+    pub read: Ordered,
+}
+
+/// How the rows are read.
 #[derive(Debug, Clone)]
 pub(crate) enum Ordered {
     /// PostgreSQL: take the table's ordered turn (bounded wait), then read rows restored from
@@ -175,6 +194,11 @@ pub(crate) struct FlushLock {
     /// The table's name in the lock table.
     pub name: String,
 }
+
+/// The predicate of the partial index of held rows ([`Dialect::held_index`]): a query that
+/// repeats it word for word is planned on that index.
+pub(crate) const HELD_INDEX_PREDICATE: &str =
+    "parked_at IS NOT NULL OR (claim IS NULL AND next_attempt_at IS NOT NULL)";
 
 /// The lock table of [`FlushLock`], created by `migrate` outside any transaction (on MySQL any
 /// DDL commits the open transaction).
@@ -236,6 +260,16 @@ impl Statements {
         let cols = select_columns(d, "t.", &ready);
         let claimed_cols = select_columns(d, "", "1 = 1");
         let id_in = d.id_in;
+        // An UPDATE of the rows among the bound ids: `set` (columns prefixed with `{s}`, the
+        // alias where the database takes one in SET) where `condition` holds.
+        let s = if d.update_by_ids.is_some() { "t." } else { "" };
+        let by_ids = |set: &str, condition: &str| match d.update_by_ids {
+            Some(target) => format!(
+                "UPDATE {} SET {set} WHERE {condition}",
+                target.replace("{t}", &t)
+            ),
+            None => format!("UPDATE {t} AS t SET {set} WHERE {id_in} AND {condition}"),
+        };
         let order_sql = order_clause(order, "t.", d.quote);
         let stmt = |text: String| Stmt::new(d, &text);
 
@@ -263,7 +297,7 @@ impl Statements {
             c.extra_columns,
             c.table_options,
         ))];
-        if d.ordered_read == OrderedRead::TxidWatermark {
+        if d.ordered_read == ReadKind::TxidWatermark {
             // flushordered reads in (txid, id) order: an index scan instead of a sort of the
             // whole table per burst.
             create.push(shared(format!(
@@ -374,6 +408,11 @@ impl Statements {
                      WHERE {} RETURNING {claimed_cols}",
                     d.picked.replace("{q}", &pick)
                 ))
+            } else if condition == id_in {
+                stmt(by_ids(
+                    &format!("t.next_attempt_at = {lease}, t.claim = {{Token}}"),
+                    &ready,
+                ))
             } else {
                 stmt(format!(
                     "UPDATE {t} AS t SET t.next_attempt_at = {lease}, t.claim = {{Token}} \
@@ -397,9 +436,9 @@ impl Statements {
                 d.picked.replace("{q}", &pick)
             ))
         } else {
-            stmt(format!(
-                "UPDATE {t} AS t SET t.next_attempt_at = {lease}, t.claim = {{Token}} \
-                 WHERE {id_in} AND {free}"
+            stmt(by_ids(
+                &format!("t.next_attempt_at = {lease}, t.claim = {{Token}}"),
+                &free,
             ))
         };
         let read_claimed_ids = (!d.update_returning)
@@ -418,29 +457,41 @@ impl Statements {
              last_error = {{Error}}, claim = NULL, attempts = t.attempts + 1 WHERE {id_in}",
             now_plus("{Delay}")
         ));
-        let release = stmt(format!(
-            "UPDATE {t} AS t SET next_attempt_at = NULL, claim = NULL WHERE {id_in}"
+        let release = stmt(by_ids(
+            &format!("{s}next_attempt_at = NULL, {s}claim = NULL"),
+            "1 = 1",
         ));
         // A key with a row held back by a refusal is skipped whole: nothing of it may overtake
         // that row, while the other keys go on. (A key with a row in flight is read, and
         // skipped from there on, by the burst's pick.) Rows without a key are one sequence.
+        // The held keys are read first ({Keys}, {NullHeld}); each row is then checked against
+        // that set, never by a probe of the table per row.
+        let held_keys = stmt(format!(
+            "SELECT DISTINCT t.ordering_key FROM {t} AS t WHERE {}",
+            d.held_rows
+                .replace("{held}", &held)
+                .replace("{index}", HELD_INDEX_PREDICATE)
+        ));
         let unheld = format!(
-            "NOT EXISTS (SELECT 1 FROM {t} AS b WHERE (b.ordering_key = t.ordering_key \
-             OR (b.ordering_key IS NULL AND t.ordering_key IS NULL)) AND {})",
-            held.replace("t.", "b.")
+            "(CASE WHEN t.ordering_key IS NULL THEN {{NullHeld}} = 0 ELSE {} END)",
+            d.key_not_in
         );
-        let ordered = match d.ordered_read {
-            OrderedRead::TxidWatermark => {
+        let read = match d.ordered_read {
+            ReadKind::TxidWatermark => {
                 let ms = lock_wait.as_millis().clamp(1, i32::MAX as u128);
                 // The table name is a validated identifier (letters, digits, `_`, `.`), safe
                 // inside the literal.
                 // With lanes, a lane's session lock keeps other ordered flushers out of its
                 // rows; without, they take turns per table.
+                // Index scans only: the read must not turn into a scan of the whole table
+                // per burst because the statistics say the table is small (they are stale
+                // right after a bulk insert, and never refreshed without autovacuum).
+                let plan = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off";
                 let turn = shared(if d.lanes.is_some() {
-                    format!("SET LOCAL lock_timeout = {ms}")
+                    format!("SET LOCAL lock_timeout = {ms}; {plan}")
                 } else {
                     format!(
-                        "SET LOCAL lock_timeout = {ms}; \
+                        "SET LOCAL lock_timeout = {ms}; {plan}; \
                          SELECT pg_advisory_xact_lock(hashtextextended('signalbus.ordered.{table}', 0))"
                     )
                 });
@@ -461,7 +512,7 @@ impl Statements {
                     )),
                 }
             }
-            OrderedRead::Locking => Ordered::Locking(stmt(format!(
+            ReadKind::Locking => Ordered::Locking(stmt(format!(
                 "SELECT {cols} FROM {t} AS t WHERE {unheld} ORDER BY {order_sql} LIMIT {{Limit}}{}",
                 d.ordered_lock
             ))),
@@ -493,7 +544,7 @@ impl Statements {
             read_claimed_ids,
             refuse,
             release,
-            ordered,
+            ordered: OrderedRead { held_keys, read },
             delete_ids: stmt(d.delete_by_ids.replace("{t}", &t)),
             after_columns,
             lanes: d.lanes.as_ref().map_or(1, |l| l.count),
@@ -509,19 +560,28 @@ impl Statements {
                  FROM {t} AS t WHERE {parked} ORDER BY t.id LIMIT {{Limit}}",
                 d.age_micros.replace("{min}", "t.parked_at")
             )),
-            unpark_ids: stmt(format!(
-                "UPDATE {t} AS t SET parked_at = NULL, next_attempt_at = NULL, last_error = NULL, \
-                 claim = NULL, attempts = 0 WHERE {parked} AND {id_in}"
+            unpark_ids: stmt(by_ids(
+                &format!(
+                    "{s}parked_at = NULL, {s}next_attempt_at = NULL, {s}last_error = NULL, \
+                     {s}claim = NULL, {s}attempts = 0"
+                ),
+                parked,
             )),
             unpark_all: shared(format!(
                 "UPDATE {t} AS t SET parked_at = NULL, next_attempt_at = NULL, last_error = NULL, \
                  claim = NULL, attempts = 0 WHERE {parked}"
             )),
-            purge_ids: stmt(format!(
-                "DELETE FROM {t} WHERE parked_at IS NOT NULL AND {}",
-                // DELETE takes no table alias everywhere: the condition on the bare name.
-                id_in.replacen("t.id", "id", 1)
-            )),
+            purge_ids: stmt(match d.update_by_ids {
+                Some(target) => format!(
+                    "DELETE t FROM {} WHERE t.parked_at IS NOT NULL",
+                    target.replace("{t}", &t)
+                ),
+                None => format!(
+                    "DELETE FROM {t} WHERE parked_at IS NOT NULL AND {}",
+                    // DELETE takes no table alias everywhere: the condition on the bare name.
+                    id_in.replacen("t.id", "id", 1)
+                ),
+            }),
             purge_all: shared(format!("DELETE FROM {t} WHERE parked_at IS NOT NULL")),
             flush_lock,
         }

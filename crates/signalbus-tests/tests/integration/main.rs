@@ -16,6 +16,7 @@ mod keyed;
 mod keyed_brokers;
 mod message_ids;
 mod migrate;
+mod ordered_backlog;
 mod ordered_leases;
 mod orm_diesel;
 mod orm_seaorm;
