@@ -25,4 +25,8 @@ bash scripts/kafka.sh install
 
 # --workspace --all-features: the same feature set as the test build, so its artifacts serve.
 cargo build --workspace --all-features --bin signalbus-chaos
-exec target/debug/signalbus-chaos run "$@"
+# Where cargo built it: the target directory may be elsewhere (CARGO_TARGET_DIR, a shared
+# target in .cargo/config.toml).
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+exec "$target_dir/debug/signalbus-chaos" run "$@"

@@ -265,7 +265,7 @@ async fn publish_pass(
         outcome.refuse(
             index,
             format!(
-                "nacked by RabbitMQ (not stored, e.g. a queue at its x-max-length with                  x-overflow=reject-publish): exchange `{}`, routing key `{}`",
+                "nacked by RabbitMQ (not stored, e.g. a queue at its x-max-length with x-overflow=reject-publish): exchange `{}`, routing key `{}`",
                 out.exchange, out.routing_key
             ),
         );
@@ -287,18 +287,18 @@ async fn publish_pass(
         let exchange = delivery.exchange.as_str();
         let reason = if message.reply_code == 312 {
             format!(
-                "unroutable: no queue bound for routing key `{routing_key}` on exchange                  `{exchange}` ({} {})",
+                "unroutable: no queue bound for routing key `{routing_key}` on exchange `{exchange}` ({} {})",
                 message.reply_code, message.reply_text
             )
         } else {
             format!(
-                "returned by RabbitMQ ({} {}): exchange `{exchange}`, routing key                  `{routing_key}`",
+                "returned by RabbitMQ ({} {}): exchange `{exchange}`, routing key `{routing_key}`",
                 message.reply_code, message.reply_text
             )
         };
         if indices.is_empty() && !batch.iter().any(|m| Some(m.id.as_str()) == id) {
             return Err(Failure::Refused(PublishError::rejected(format!(
-                "RabbitMQ returned a message of this batch that has no known message id                  ({reason}); the batch stays pending"
+                "RabbitMQ returned a message of this batch that has no known message id ({reason}); the batch stays pending"
             ))));
         }
         for index in indices {
@@ -339,7 +339,7 @@ async fn confirm_channel(live: &Live) -> Result<Channel, Failure> {
     let broken = |e: lapin::Error| {
         Failure::Broken(
             PublishError::unavailable(format!(
-                "cannot open a RabbitMQ channel to publish again what a closed channel lost                  ({e}); the batch stays pending"
+                "cannot open a RabbitMQ channel to publish again what a closed channel lost ({e}); the batch stays pending"
             ))
             .with_source(e),
         )

@@ -199,6 +199,7 @@ async fn unroutable_messages_are_refused_by_default() {
         why.contains(&fx.exchange) && why.contains("`nowhere`") && why.contains("unroutable"),
         "{why}"
     );
+    assert!(!why.contains("  "), "one space between words: {why}");
     // Opting out, named for what it does: RabbitMQ drops the message.
     let dropping = AmqpPublisher::connect(&format!("{URL}?unroutable=drop"))
         .await

@@ -10,7 +10,7 @@ use std::fmt;
 #[non_exhaustive]
 pub enum Error {
     /// The database returned an error, or could not be reached.
-    #[error("database error: {0}")]
+    #[error("database error: {}", DatabaseText(.0))]
     Database(#[from] sqlx::Error),
 
     /// The message bus did not take the messages; their rows stay pending.
@@ -291,3 +291,30 @@ impl std::error::Error for PublishError {
 
 /// Result type of signalbus.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A database error as an operator reads it: the database's message, its code, and (on
+/// PostgreSQL) its detail and hint — not the line of PostgreSQL's C source that raised it,
+/// which sqlx's own text ends with (`… at line 1850`).
+struct DatabaseText<'a>(&'a sqlx::Error);
+
+impl fmt::Display for DatabaseText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sqlx::Error::Database(db) = self.0 else {
+            return fmt::Display::fmt(self.0, f);
+        };
+        f.write_str(db.message())?;
+        if let Some(code) = db.code() {
+            write!(f, " (code {code})")?;
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            if let Some(detail) = pg.detail() {
+                write!(f, "; {detail}")?;
+            }
+            if let Some(hint) = pg.hint() {
+                write!(f, "; hint: {hint}")?;
+            }
+        }
+        Ok(())
+    }
+}

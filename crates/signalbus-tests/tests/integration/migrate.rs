@@ -96,3 +96,37 @@ async fn migrate_refuses_a_business_table<DB: TestBackend>() {
 }
 
 on_every_database!(migrate_refuses_a_business_table);
+
+/// A PostgreSQL error reads as the database's message and code, not sqlx's text with the
+/// line of PostgreSQL's C source that raised it (`… at line 1850`).
+#[tokio::test]
+async fn postgres_errors_say_what_and_which_code_not_a_source_line() {
+    let db = <sqlx::Postgres as TestBackend>::create(2).await;
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(MemoryPublisher::new())
+        .register::<Audited>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    // A signal table someone broke by hand.
+    sqlx::query("ALTER TABLE audit_signal DROP COLUMN claim")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO audit_signal (topic, body) VALUES ('a', '\\x31')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let error = bus
+        .flushmany(&signalbus::Selection::all())
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("column \"claim\"") && text.contains("(code 42703)"),
+        "{text}"
+    );
+    assert!(!text.contains(" at line "), "{text}");
+    assert_eq!(error.database_code().as_deref(), Some("42703"));
+    db.cleanup().await;
+}
