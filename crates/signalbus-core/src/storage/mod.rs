@@ -44,7 +44,11 @@
 //!   (`hashtextextended`, the hash of hash partitioning, stable across versions; an index on
 //!   the lane, `txid`, `id`); an ordered flusher holds the lane it sends with a session
 //!   advisory lock, and lock waits are bounded (`SET LOCAL lock_timeout`). An
-//!   index on `(txid, id)`, created with the table, keeps each burst an index scan.
+//!   index on `(txid, id)`, created with the table, keeps each burst an index scan. The keys
+//!   held back by a refusal are read once per burst from the partial index of held rows and
+//!   each row is checked against that set; the read runs with sequential and bitmap scans
+//!   off, so that its plan does not depend on the table's statistics (stale right after a
+//!   bulk insert, and never refreshed where autovacuum is off).
 //!   *Restored dumps:* `txid` values copied from another cluster may be ahead of this
 //!   cluster's counter. A visible row with `txid ≥ pg_snapshot_xmax(...)` cannot belong to a
 //!   transaction of this cluster that is running or yet to run, so it is treated as settled
