@@ -72,8 +72,12 @@ pub(crate) async fn repeat<DB: Backend>(
     let types = select(bus, &args.names, &args.exclude)?;
     let selection = Selection::only(types.iter().cloned());
     loop {
+        let mut refused = false;
         match once(bus, mode, &selection, &types, stop).await {
-            Ok(done) => eprintln!("signalbus {}: {}", mode.name(), done.summary()),
+            Ok(done) => {
+                eprintln!("signalbus {}: {}", mode.name(), done.summary());
+                refused = done.refused > 0;
+            }
             // A relay keeps relaying: the next round tries again (nothing was lost, the rows
             // stay pending). Without --repeat the failure is the command's result.
             Err(e) if args.repeat.is_some() => {
@@ -89,7 +93,11 @@ pub(crate) async fn repeat<DB: Backend>(
             return Ok(Outcome::Stopped);
         }
         let Some(every) = args.repeat else {
-            return Ok(Outcome::Completed);
+            return Ok(if refused {
+                Outcome::Refused
+            } else {
+                Outcome::Completed
+            });
         };
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

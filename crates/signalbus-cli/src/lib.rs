@@ -63,7 +63,8 @@
 //! Exit status ([`Outcome::exit_code`], [`CliError::exit_code`]): 0 on success (also when
 //! the [`StopSignal`], SIGTERM/SIGINT in the binary, ended a `--repeat` loop), 1 on any
 //! failure (a one-line cause on standard error, the whole chain of causes with `-v`:
-//! [`CliError::render`]), 2 on a usage error (clap's). The commands print their output
+//! [`CliError::render`]), 2 on a usage error (clap's), 3 when a flush left signals the bus
+//! refused (or parked) behind ([`EXIT_REFUSED`]). The commands print their output
 //! (`pending`, `signals`, `parked`) on standard output, summaries, progress and warnings on standard
 //! error, so that the `stdout:` bus and the output of `pending`/`signals` stay clean.
 #![forbid(unsafe_code)]
@@ -99,7 +100,7 @@ pub struct SignalbusArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// List the signal types.
-    Signals,
+    Signals(SignalsArgs),
     /// Count the pending signals per type, the total, and the age of the oldest; also the
     /// backing-off and parked ones.
     Pending(PendingArgs),
@@ -121,6 +122,14 @@ pub enum Command {
     Unpark(SettleArgs),
     /// Delete parked signals for good (needs --yes).
     PurgeParked(PurgeArgs),
+}
+
+/// Options of `signals`.
+#[derive(Debug, Clone, Args)]
+pub struct SignalsArgs {
+    /// One JSON array on standard output, for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `parked`.
@@ -229,9 +238,10 @@ pub struct RelayArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub ordered_lanes: usize,
-    /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address: HOST:PORT, the host
+    /// a name or an IP address, e.g. 127.0.0.1:9464, localhost:9464 or [::1]:9464.
+    #[arg(long, env = "SIGNALBUS_LISTEN", value_name = "HOST:PORT", value_parser = host_port)]
+    pub listen: Option<String>,
     /// Seconds a SIGTERM waits for the bursts in flight before the relay exits anyway
     /// (their signals stay pending).
     #[arg(long, value_name = "SECONDS", value_parser = seconds, default_value = "10")]
@@ -259,8 +269,9 @@ pub struct FlushArgs {
     pub wait: std::time::Duration,
 }
 
-/// A pause between `--repeat` rounds: more than zero, so a loop never hammers the database.
-fn positive_seconds(text: &str) -> Result<std::time::Duration, String> {
+/// A duration option that must be more than zero (`--repeat`: a loop never hammers the
+/// database; `--publish-timeout`, `--lease`, the relay's polls), and at most a week.
+pub fn positive_seconds(text: &str) -> Result<std::time::Duration, String> {
     let d = seconds(text)?;
     if d.is_zero() {
         return Err("must be more than 0 seconds".into());
@@ -272,9 +283,50 @@ fn seconds(text: &str) -> Result<std::time::Duration, String> {
     let secs: f64 = text
         .parse()
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if secs.is_nan() || secs < 0.0 {
+        return Err(format!(
+            "`{text}` is negative: give a number of seconds, 0 or more"
+        ));
+    }
+    if secs > MAX_SECONDS {
+        return Err(format!(
+            "`{text}` seconds is more than a week ({MAX_SECONDS} s), the most this takes"
+        ));
+    }
     std::time::Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("`{text}` is not a valid number of seconds"))
 }
+
+/// The longest duration any option takes: past it a value is a typo (`1e30`), not a plan.
+const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// `HOST:PORT` for `--listen`: checked here so that a bad value is blamed on the option; the
+/// host name is resolved when the relay binds.
+fn host_port(text: &str) -> Result<String, String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{text}` has no port: give HOST:PORT, e.g. 127.0.0.1:9464"))?;
+    if host.is_empty() {
+        return Err(format!(
+            "`{text}` has no host: give HOST:PORT, e.g. 127.0.0.1:9464 (0.0.0.0:PORT for every interface)"
+        ));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("`{port}` is not a port number (0 to 65535)"))?;
+    Ok(text.to_owned())
+}
+
+/// The exit status of a flush that left signals the bus refused (or parked) behind.
+pub const EXIT_REFUSED: u8 = 3;
+
+/// The exit statuses, as `signalbus --help` lists them.
+pub const EXIT_STATUS_HELP: &str = "Exit status:
+  0    done (also when SIGTERM/SIGINT ended a --repeat loop)
+  1    failed: one line on standard error says why (-v: the whole chain of causes)
+  2    usage error (a bad option or value)
+  3    a flush ran, but the bus refused some signals, or some were parked: they stay in
+       their table (`signalbus parked` lists the parked ones)
+  130  a second SIGTERM/SIGINT stopped a flush at once";
 
 /// How a command that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,16 +334,24 @@ fn seconds(text: &str) -> Result<std::time::Duration, String> {
 pub enum Outcome {
     /// It ran to its end.
     Completed,
+    /// A flush ran to its end, and the bus refused some signals (or some were not valid
+    /// signals): they stay in their table, retried later with backoff or parked. Exit
+    /// status 3, so that a script or a supervisor sees it.
+    Refused,
     /// The [`StopSignal`] fired before it ended: a `--repeat` loop stopped between rounds,
     /// or a flush after its current burst (what it sent is deleted, the rest stays pending).
     Stopped,
 }
 
 impl Outcome {
-    /// The exit status of the `signalbus` binary: success either way, since stopping is how
-    /// a supervisor ends a `--repeat` loop.
+    /// The exit status of the `signalbus` binary: 0 when it ran to its end or was stopped
+    /// (stopping is how a supervisor ends a `--repeat` loop), 3 when a flush left refused
+    /// or parked signals behind.
     pub fn exit_code(self) -> ExitCode {
-        ExitCode::SUCCESS
+        match self {
+            Outcome::Completed | Outcome::Stopped => ExitCode::SUCCESS,
+            Outcome::Refused => ExitCode::from(EXIT_REFUSED),
+        }
     }
 }
 
@@ -306,8 +366,12 @@ pub async fn run<DB: Backend>(
     stop: &StopSignal,
 ) -> Result<Outcome, CliError> {
     match command {
-        Command::Signals => {
-            print!("{}", report::signals(bus.signal_types()));
+        Command::Signals(args) => {
+            if args.json {
+                println!("{}", report::signals_json(bus.signal_types()));
+            } else {
+                print!("{}", report::signals(bus.signal_types()));
+            }
             Ok(Outcome::Completed)
         }
         Command::Pending(args) => {

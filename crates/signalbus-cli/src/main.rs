@@ -9,7 +9,8 @@ use signalbus::redact::redact_url;
 use signalbus::{Backend, BoxPublisher, PublisherExt, SignalBus, publisher::MemoryPublisher};
 use signalbus_cli::config::Config;
 use signalbus_cli::{
-    CliError, Command, Outcome, RelayServer, SignalbusArgs, StopSignal, start_relay,
+    CliError, Command, Outcome, RelayServer, SignalbusArgs, StopSignal, positive_seconds,
+    start_relay,
 };
 use sqlx::{MySql, Postgres, Sqlite};
 use std::path::PathBuf;
@@ -20,7 +21,8 @@ use std::time::Duration;
 #[command(
     name = "signalbus",
     version,
-    about = "Send, count and list the pending signals of a signalbus outbox"
+    about = "Send, count and list the pending signals of a signalbus outbox",
+    after_help = signalbus_cli::EXIT_STATUS_HELP
 )]
 struct Cli {
     /// The TOML file declaring the signal types.
@@ -46,8 +48,9 @@ struct Cli {
     )]
     bus_url: Option<String>,
     /// Seconds the bus may take to confirm one burst.
-    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECONDS")]
-    publish_timeout: f64,
+    #[arg(long, env = "SIGNALBUS_PUBLISH_TIMEOUT", global = true, default_value = "30",
+          value_name = "SECONDS", value_parser = positive_seconds, allow_negative_numbers = true)]
+    publish_timeout: Duration,
     /// Database connections at most (the size of the pool).
     #[arg(
         long,
@@ -70,10 +73,13 @@ struct Cli {
     worker_threads: usize,
     /// Seconds a flush's claim keeps other flushers away from its rows (default: twice the
     /// publish timeout plus 10): a flusher killed while sending delays its rows this long.
-    #[arg(long, global = true, value_name = "SECONDS")]
-    lease: Option<f64>,
-    /// Log lines as text or as JSON objects (standard error).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "SIGNALBUS_LEASE", global = true, value_name = "SECONDS",
+          value_parser = positive_seconds, allow_negative_numbers = true)]
+    lease: Option<Duration>,
+    /// Log lines as text or as JSON objects (standard error); text is coloured only on a
+    /// terminal.
+    #[arg(long, env = "SIGNALBUS_LOG_FORMAT", global = true, value_enum,
+          default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(flatten)]
     signalbus: SignalbusArgs,
@@ -97,8 +103,10 @@ fn main() -> ExitCode {
                 .parse()
                 .expect("a valid directive"),
         );
+    // Colour codes only where a person reads them: not in files, pipes or journald.
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter);
     match cli.log_format {
         LogFormat::Text => logs.init(),
@@ -189,7 +197,7 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
     })?;
     let config = Config::load(&path)?;
     // `signals` only lists the configuration: it needs no database, reachable or named.
-    let lazy = matches!(cli.signalbus.command, Command::Signals);
+    let lazy = matches!(cli.signalbus.command, Command::Signals(_));
     let mut urls = cli.database_url.clone();
     if urls.is_empty() {
         urls = config.databases.clone();
@@ -318,14 +326,37 @@ async fn connect<DB: sqlx::Database>(
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(30));
     if lazy {
-        options
+        return options
             .connect_lazy(url)
-            .map_err(|e| cannot_connect(url, e))
-    } else {
-        options
-            .connect(url)
-            .await
-            .map_err(|e| cannot_connect(url, e))
+            .map_err(|e| cannot_connect(url, e));
+    }
+    // One connection first, alone: the pool would retry a refused connection until its
+    // acquire timeout and then report only that it timed out, not why.
+    first_connection::<DB>(url).await?;
+    options
+        .connect(url)
+        .await
+        .map_err(|e| cannot_connect(url, e))
+}
+
+/// How long the first connection to a database may take before the command gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open and close one connection to `url`: its error, if any, is the database's (connection
+/// refused, authentication failed, no such database), at once.
+async fn first_connection<DB: sqlx::Database>(url: &str) -> Result<(), CliError> {
+    use sqlx::Connection as _;
+    match tokio::time::timeout(CONNECT_TIMEOUT, DB::Connection::connect(url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(cannot_connect(url, e)),
+        Err(_) => Err(CliError::msg(format!(
+            "cannot connect to the database at `{}`: no answer within {} s",
+            redact_url(url),
+            CONNECT_TIMEOUT.as_secs()
+        ))),
     }
 }
 
@@ -337,17 +368,19 @@ struct Settings {
 
 impl Settings {
     fn of(cli: &Cli) -> Result<Self, CliError> {
-        let seconds = |value: f64, what: &str| {
-            Duration::try_from_secs_f64(value)
-                .ok()
-                .filter(|t| !t.is_zero())
-                .ok_or_else(|| {
-                    CliError::msg(format!("{what} must be a positive number of seconds"))
-                })
-        };
+        if let Some(lease) = cli.lease
+            && lease <= cli.publish_timeout
+        {
+            return Err(CliError::msg(format!(
+                "--lease ({} s) must be longer than --publish-timeout ({} s): a claim must \
+                 outlive its publish",
+                lease.as_secs_f64(),
+                cli.publish_timeout.as_secs_f64()
+            )));
+        }
         Ok(Settings {
-            publish_timeout: seconds(cli.publish_timeout, "--publish-timeout")?,
-            lease: cli.lease.map(|l| seconds(l, "--lease")).transpose()?,
+            publish_timeout: cli.publish_timeout,
+            lease: cli.lease,
         })
     }
 

@@ -25,9 +25,10 @@ impl RelayServer {
     /// Bind `--listen` (when given) and install the Prometheus recorder there; nothing when
     /// it is not given.
     pub async fn bind(args: &RelayArgs) -> Result<Self, CliError> {
-        let Some(addr) = args.listen else {
+        let Some(addr) = args.listen.as_deref() else {
             return Ok(RelayServer { http: None });
         };
+        // A host name is resolved here (tokio binds the first address it resolves to).
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| CliError::caused(format!("cannot listen on {addr}"), e))?;

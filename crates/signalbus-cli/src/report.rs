@@ -9,11 +9,6 @@ use std::time::Duration;
 pub(crate) fn signals<'a>(types: impl Iterator<Item = &'a SignalType>) -> String {
     let mut out = String::new();
     for t in types {
-        let order: Vec<String> = t
-            .order_columns()
-            .iter()
-            .map(|c| format!("{}{}", c.column, if c.descending { " DESC" } else { "" }))
-            .collect();
         let _ = writeln!(
             out,
             "{}\ttable={} burst={} autoflush={} order_by={}",
@@ -21,14 +16,40 @@ pub(crate) fn signals<'a>(types: impl Iterator<Item = &'a SignalType>) -> String
             t.table_name(),
             t.burst_size(),
             t.is_autoflush(),
-            if order.is_empty() {
-                "id".to_owned()
-            } else {
-                order.join(",")
-            }
+            order_by(t).join(",")
         );
     }
     out
+}
+
+/// A type's `order_by` columns as written (`created_at DESC`); `id` when it has none.
+fn order_by(t: &SignalType) -> Vec<String> {
+    let order: Vec<String> = t
+        .order_columns()
+        .iter()
+        .map(|c| format!("{}{}", c.column, if c.descending { " DESC" } else { "" }))
+        .collect();
+    if order.is_empty() {
+        vec!["id".to_owned()]
+    } else {
+        order
+    }
+}
+
+/// The signal types as one JSON array: name, table, burst, autoflush and order_by of each.
+pub(crate) fn signals_json<'a>(types: impl Iterator<Item = &'a SignalType>) -> String {
+    let list: Vec<serde_json::Value> = types
+        .map(|t| {
+            serde_json::json!({
+                "name": t.name(),
+                "table": t.table_name(),
+                "burst": t.burst_size(),
+                "autoflush": t.is_autoflush(),
+                "order_by": order_by(t),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
 }
 
 /// (name, table, stats) per type; an unreadable table fails with an error naming it.

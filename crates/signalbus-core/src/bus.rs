@@ -202,7 +202,11 @@ impl<DB: Backend> SignalBus<DB> {
             .map(|i| &self.shared.registry.get(i).ty)
     }
 
-    /// Turn auto-flush on or off for the whole bus. While off, committed signals stay pending.
+    /// Turn auto-flush on or off for the whole bus. It counts at each commit, as in the
+    /// original: a transaction that commits while it is off leaves its signals pending (for an
+    /// explicit flush or the relay, at once), one that commits while it is on has them sent,
+    /// whatever the switch said when they were written. Switching it off is what an operator
+    /// does during a broker incident.
     pub fn set_autoflush(&self, on: bool) {
         self.shared.autoflush.store(on, Ordering::Relaxed);
     }

@@ -99,7 +99,9 @@ impl<DB: Backend> Recorder<DB> {
         // A signal for the auto-flush is written leased, so that no explicit flush takes it
         // while the auto-flush publishes it from memory; the lease bounds the delay should
         // this process never hand it over (a crash, a full queue it could not give it back to).
-        let autoflush = ty.is_autoflush() && self.bus.autoflush_enabled();
+        // Whether the auto-flush sends it is decided at commit, by the switch as it is then
+        // (as the original does): a type's signals are leased whatever the switch says now.
+        let autoflush = ty.is_autoflush();
         let lease = self.bus.shared.config.lease();
         Ok(PreparedSignal {
             idx,
@@ -157,9 +159,10 @@ impl<DB: Backend> Recorder<DB> {
         }
         let count = self.autoflush.len();
         if !self.bus.autoflush_enabled() {
+            // Switched off by the time of the commit: left for an explicit flush, their
+            // leases lifted before the delivery resolves.
             report.pending += count;
-            give_back(&self.bus, self.autoflush);
-            return Delivery::ready(report);
+            return given_back(&self.bus, self.autoflush, report);
         }
         let refused = |report: &mut DeliveryReport, error: Error| {
             report.pending += count;
@@ -207,6 +210,31 @@ impl<DB: Backend> Recorder<DB> {
                 Delivery::ready(report)
             }
         }
+    }
+}
+
+/// [`give_back`], and a delivery that resolves with `report` once the leases are lifted (so
+/// that a flush right after awaiting it takes the signals).
+fn given_back<DB: Backend>(
+    bus: &SignalBus<DB>,
+    items: Vec<Item>,
+    report: DeliveryReport,
+) -> Delivery {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Delivery::ready(report);
+    };
+    let shared = bus.shared.clone();
+    let (reply, rx) = oneshot::channel();
+    runtime.spawn(async move {
+        crate::flush::auto::release(&shared, items.iter().map(|i| (i.idx, i.id))).await;
+        let _ = reply.send(DeliveryReport::default());
+    });
+    Delivery {
+        state: State::Waiting {
+            rx,
+            extra: report,
+            count: 0,
+        },
     }
 }
 
@@ -260,7 +288,22 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
     /// Commit. Returns once the commit is durable, with a [`Delivery`] that resolves when the
     /// auto-flush has sent the signals (or failed to; they then stay pending). A bus that is
     /// down never makes the commit fail.
-    pub async fn commit(self) -> Result<Delivery> {
+    ///
+    /// The auto-flush switch ([`SignalBus::set_autoflush`](crate::SignalBus::set_autoflush))
+    /// counts as it is at the commit: switched off by then, the signals are left for an
+    /// explicit flush, which can take them as soon as this returns.
+    pub async fn commit(mut self) -> Result<Delivery> {
+        if !self.recorder.bus.autoflush_enabled() && !self.recorder.autoflush.is_empty() {
+            // Their leases are lifted in the transaction itself, so that they commit free.
+            let items = std::mem::take(&mut self.recorder.autoflush);
+            crate::flush::auto::release_in(
+                &self.recorder.bus.shared,
+                &mut self.tx,
+                items.iter().map(|i| (i.idx, i.id)),
+            )
+            .await?;
+            self.recorder.held_back += items.len();
+        }
         self.tx.commit().await?;
         // Committed, nothing sent yet: the rows must reach the bus through another flusher.
         fail_point!("signalbus::after-commit");

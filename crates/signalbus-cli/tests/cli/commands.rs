@@ -181,9 +181,18 @@ async fn failures_are_one_clear_line_without_credentials() {
         "unsupported database URL",
     );
     assert!(!err.contains("s3cret"), "{err}");
+    // The database's own answer, at once: not the pool's "timed out" after 30 s.
+    let started = std::time::Instant::now();
     let err = fail(
         s.run("postgres://bob:s3cret@127.0.0.1:1/db", &["pending"]),
         "cannot connect to the database at `postgres://bob:***@127.0.0.1:1/db`",
+    );
+    assert!(err.contains("Connection refused"), "the cause: {err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
     );
     assert!(!err.contains("s3cret"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -306,13 +315,17 @@ async fn a_refused_message_stays_and_the_others_go_out() {
                 "flushmany",
                 "alpha",
                 "--bus-url",
-                "amqp://guest:guest@127.0.0.1:5672/%2f?timeout_ms=5000",
+                "amqp://guest:guest@127.0.0.1:5672/%2f?timeout_ms=5000&unroutable=drop",
             ],
         )
     };
     let out = flush();
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "refused signals left behind: {err}"
+    );
     assert!(
         err.contains("sent 2 signal(s); 1 not sent (refused by the bus, or not a valid signal): kept, retried later with backoff"),
         "{err}"
@@ -439,4 +452,97 @@ async fn pool_size_and_worker_threads_are_settings() {
             "`{expected}` not in --help:\n{help}"
         );
     }
+}
+
+/// Conventions people know from cargo and kubectl: values checked where they are given and
+/// blamed on the option, environment variables for what a container sets, `--json` on every
+/// listing, exit statuses in `--help`.
+#[tokio::test]
+async fn options_follow_the_command_line_conventions() {
+    let s = Scratch::new(TWO_TYPES);
+    let (url, _pool) = s.migrated_sqlite().await;
+    let usage = |out: Output, expect: &[&str]| {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "a usage error: {err}");
+        for part in expect {
+            assert!(err.contains(part), "expected `{part}` in: {err}");
+        }
+    };
+    // A negative value is a bad value of the option, not a signal name after `--`.
+    usage(
+        s.run(&url, &["pending", "--lease", "-5"]),
+        &["--lease", "negative"],
+    );
+    usage(
+        s.run(&url, &["pending", "--publish-timeout", "1e30"]),
+        &["--publish-timeout", "more than a week"],
+    );
+    usage(
+        s.run(&url, &["pending", "--publish-timeout", "0"]),
+        &["--publish-timeout", "more than 0"],
+    );
+    usage(
+        s.cmd(&url)
+            .env("SIGNALBUS_PUBLISH_TIMEOUT", "soon")
+            .arg("pending")
+            .output()
+            .unwrap(),
+        &["--publish-timeout", "not a number"],
+    );
+    usage(
+        s.run(&url, &["relay", "--listen", "9464"]),
+        &["--listen", "has no port"],
+    );
+    // Two options that do not fit together: blamed on them, not on the configuration file.
+    let out = s.run(
+        &url,
+        &["pending", "--lease", "0.5", "--publish-timeout", "2"],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--lease (0.5 s) must be longer than --publish-timeout (2 s)"),
+        "{err}"
+    );
+    assert!(!err.contains("configuration"), "{err}");
+    // From the environment as well as the command line.
+    let out = s
+        .cmd(&url)
+        .env("SIGNALBUS_LEASE", "90")
+        .env("SIGNALBUS_PUBLISH_TIMEOUT", "5")
+        .env("SIGNALBUS_LOG_FORMAT", "json")
+        .arg("pending")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // --json on `signals` too.
+    let out = s.run(&url, &["signals", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    assert_eq!(list[0]["table"], "alpha_signal");
+    assert_eq!(list[0]["order_by"], serde_json::json!(["id"]));
+    // Exit statuses are documented where people look.
+    let out = s.run(&url, &["--help"]);
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("Exit status:") && help.contains("3    a flush ran"),
+        "{help}"
+    );
+    // Log lines written to a pipe carry no colour codes.
+    let out = s
+        .cmd(&url)
+        .env("RUST_LOG", "debug")
+        .args(["flushmany", "--bus-url", "stdout:"])
+        .output()
+        .unwrap();
+    let logs = text(&out.stderr);
+    assert!(logs.contains("DEBUG"), "debug lines were written: {logs}");
+    assert!(!logs.contains('\u{1b}'), "{logs}");
 }

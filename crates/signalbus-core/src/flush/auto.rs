@@ -469,16 +469,39 @@ async fn release_on<DB: Backend>(
     conn: &mut DB::Connection,
     rows: impl IntoIterator<Item = (TypeIdx, i64)>,
 ) {
+    if let Err((signal, e)) = release_rows(shared, conn, rows).await {
+        tracing::warn!(%signal, error = %e, "could not give signals back; they come back when their lease expires");
+    }
+}
+
+/// Lift the leases of rows in the caller's open transaction (a commit while auto-flush is
+/// switched off): they commit free for an explicit flush.
+pub(crate) async fn release_in<DB: Backend>(
+    shared: &Shared<DB>,
+    conn: &mut DB::Connection,
+    rows: impl IntoIterator<Item = (TypeIdx, i64)>,
+) -> crate::error::Result<()> {
+    release_rows(shared, conn, rows).await.map_err(|(_, e)| e)
+}
+
+/// Release `rows` type by type; the first failure, with the signal's name.
+async fn release_rows<DB: Backend>(
+    shared: &Shared<DB>,
+    conn: &mut DB::Connection,
+    rows: impl IntoIterator<Item = (TypeIdx, i64)>,
+) -> std::result::Result<(), (String, crate::error::Error)> {
     let mut by_type: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
     for (idx, id) in rows {
         by_type.entry(idx).or_default().push(id);
     }
     for (idx, ids) in by_type {
         let reg = shared.registry.get(idx);
-        if let Err(e) = reg.sql.release::<DB>(conn, &ids).await {
-            tracing::warn!(signal = %reg.name, error = %e, "could not give signals back; they come back when their lease expires");
-        }
+        reg.sql
+            .release::<DB>(conn, &ids)
+            .await
+            .map_err(|e| (reg.name.to_string(), e))?;
     }
+    Ok(())
 }
 
 /// The coalescing loop, the failure pause and closing, on tokio's paused clock: no database,

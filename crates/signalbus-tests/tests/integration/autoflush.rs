@@ -44,6 +44,7 @@ on_every_database!(
     callers_own_transaction,
     failing_publisher_keeps_signals_pending,
     autoflush_switches,
+    the_switch_counts_at_commit,
     concurrent_transactions_with_concurrent_flushmany,
     tables_created_elsewhere,
     a_panicking_publisher_loses_nothing,
@@ -469,5 +470,60 @@ async fn a_panicking_publisher_loses_nothing<DB: TestBackend>() {
     let ids: Vec<_> = outbox.messages().into_iter().map(|m| m.id).collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&first.message_id));
+    db.cleanup().await;
+}
+
+/// The auto-flush switch takes effect when a transaction commits, as in the original (its own
+/// tests, replayed): a signal written while it was off and committed after it was switched on
+/// is sent; one written while on and committed while off is left pending, and a flush right
+/// after the commit (no wait) takes it. Both through `begin` and through a recorder on the
+/// caller's own transaction.
+async fn the_switch_counts_at_commit<DB: TestBackend>() {
+    let (db, bus, outbox) = setup::<DB>(5).await;
+
+    // Off when written, on at commit: sent by the auto-flush.
+    bus.set_autoflush(false);
+    let mut tx = bus.begin().await.unwrap();
+    tx.send(&order(1)).await.unwrap();
+    bus.set_autoflush(true);
+    let report = tx.commit_and_wait().await.unwrap();
+    assert_eq!((report.sent, report.pending), (1, 0), "{report:?}");
+    assert_eq!(outbox.len(), 1);
+
+    // On when written, off at commit: pending, and free for a flush at once.
+    let mut tx = bus.begin().await.unwrap();
+    tx.send(&order(2)).await.unwrap();
+    bus.set_autoflush(false);
+    let report = tx.commit_and_wait().await.unwrap();
+    assert_eq!((report.sent, report.pending), (0, 1), "{report:?}");
+    assert_eq!(outbox.len(), 1, "not sent by the auto-flush");
+    assert_eq!(
+        bus.flushmany(&Selection::all()).await.unwrap(),
+        1,
+        "taken by a flush right after the commit, not held by a lease"
+    );
+    assert_eq!(outbox.len(), 2);
+
+    // The same through a recorder on the caller's own transaction.
+    bus.set_autoflush(false);
+    let mut tx = db.pool.begin().await.unwrap();
+    let mut signals = bus.recorder();
+    signals.send(&mut tx, &order(3)).await.unwrap();
+    bus.set_autoflush(true);
+    tx.commit().await.unwrap();
+    let report = signals.after_commit().await;
+    assert_eq!((report.sent, report.pending), (1, 0), "{report:?}");
+    assert_eq!(outbox.len(), 3);
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let mut signals = bus.recorder();
+    signals.send(&mut tx, &order(4)).await.unwrap();
+    bus.set_autoflush(false);
+    tx.commit().await.unwrap();
+    let report = signals.after_commit().await;
+    assert_eq!((report.sent, report.pending), (0, 1), "{report:?}");
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 1);
+    assert_eq!(outbox.len(), 4);
+    assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 0);
     db.cleanup().await;
 }
