@@ -114,7 +114,8 @@ impl AmqpPublisher {
             match outgoing(message, &self.inner.options) {
                 Ok(out) => todo.push((index, out)),
                 // A header that cannot be sent: this message is refused, never published.
-                Err(reason) => outcome.refuse(index, reason),
+                // A header or property AMQP cannot carry fails every attempt alike.
+                Err(reason) => outcome.refuse_permanently(index, reason),
             }
         }
         let (_own, shared) = live.take_channel().await;

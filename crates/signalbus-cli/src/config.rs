@@ -8,17 +8,24 @@
 //! autoflush = false              # optional, informative for the command line
 //! batch = true                   # optional: publish bursts as batches
 //! order_by = ["id"]              # optional: flushordered order, e.g. ["created_at DESC", "id"]
+//! max_attempts = 10              # optional: refusals before a signal is parked
+//! retry_base_ms = 1000           # optional: the delay after the first refusal, doubling...
+//! retry_max_ms = 600000          # optional: ...up to this
 //!
 //! [[signal]]
 //! name = "invoice_sent"
 //! ```
 //!
+//! `max_attempts`, `retry_base_ms` and `retry_max_ms` may also stand at the top of the file,
+//! before the first `[[signal]]`: the retry policy of every type that does not set its own.
+//!
 //! The tables follow the table contract (`docs/table-contract.md`): each row holds its own
 //! destination (`topic`), routing key, headers and body, so no code is needed per type.
 
 use serde::Deserialize;
-use signalbus::SignalType;
+use signalbus::{RetryPolicy, SignalType};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +35,12 @@ pub struct Config {
     /// `databases = ["postgres://db-a/app", "postgres://db-b/app"]`.
     #[serde(default)]
     pub databases: Vec<String>,
+    /// Refusals after which a signal is parked, for every type that does not say (at least 1).
+    pub max_attempts: Option<u32>,
+    /// Milliseconds of the delay after the first refusal, for every type that does not say.
+    pub retry_base_ms: Option<u64>,
+    /// Milliseconds of the longest delay, for every type that does not say.
+    pub retry_max_ms: Option<u64>,
     /// The declared signal types.
     #[serde(rename = "signal", default)]
     pub signals: Vec<SignalConfig>,
@@ -49,6 +62,67 @@ pub struct SignalConfig {
     pub batch: Option<bool>,
     /// Columns of the `flushordered` order.
     pub order_by: Option<Vec<String>>,
+    /// Refusals after which a signal is parked (at least 1; over the file's setting).
+    pub max_attempts: Option<u32>,
+    /// Milliseconds of the delay after the first refusal (more than 0); it doubles after each.
+    pub retry_base_ms: Option<u64>,
+    /// Milliseconds of the longest delay (at least `retry_base_ms`).
+    pub retry_max_ms: Option<u64>,
+}
+
+impl SignalConfig {
+    fn retry(&self) -> RetryConfig {
+        RetryConfig {
+            max_attempts: self.max_attempts,
+            retry_base_ms: self.retry_base_ms,
+            retry_max_ms: self.retry_max_ms,
+        }
+    }
+}
+
+/// A retry policy, or parts of one (the rest: the file's, then the default).
+#[derive(Debug, Clone, Copy, Default)]
+struct RetryConfig {
+    max_attempts: Option<u32>,
+    retry_base_ms: Option<u64>,
+    retry_max_ms: Option<u64>,
+}
+
+impl RetryConfig {
+    /// This policy's settings over `under`'s.
+    fn over(self, under: RetryConfig) -> RetryConfig {
+        RetryConfig {
+            max_attempts: self.max_attempts.or(under.max_attempts),
+            retry_base_ms: self.retry_base_ms.or(under.retry_base_ms),
+            retry_max_ms: self.retry_max_ms.or(under.retry_max_ms),
+        }
+    }
+
+    /// The policy, over the default; why it cannot work otherwise.
+    fn policy(self) -> Result<RetryPolicy, String> {
+        let default = RetryPolicy::default();
+        let policy = RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(default.max_attempts),
+            base: self
+                .retry_base_ms
+                .map_or(default.base, Duration::from_millis),
+            max: self.retry_max_ms.map_or(default.max, Duration::from_millis),
+        };
+        if policy.max_attempts == 0 {
+            return Err("max_attempts must be at least 1".into());
+        }
+        if policy.base.is_zero() {
+            return Err("retry_base_ms must be more than 0".into());
+        }
+        if policy.max < policy.base {
+            return Err(format!(
+                "retry_max_ms ({} ms) must be at least retry_base_ms ({} ms)",
+                policy.max.as_millis(),
+                policy.base.as_millis()
+            ));
+        }
+        Ok(policy)
+    }
 }
 
 /// Why a configuration cannot be used. Its message names the file and, for a parse error,
@@ -99,6 +173,14 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl Config {
+    fn retry(&self) -> RetryConfig {
+        RetryConfig {
+            max_attempts: self.max_attempts,
+            retry_base_ms: self.retry_base_ms,
+            retry_max_ms: self.retry_max_ms,
+        }
+    }
+
     /// Parse TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         // toml's own Display spreads over several lines (with a snippet); one line that
@@ -112,6 +194,15 @@ impl Config {
             return Err(ConfigError::NoSignals {
                 origin: origin.to_owned(),
             });
+        }
+        for signal in &config.signals {
+            if let Err(message) = signal.retry().over(config.retry()).policy() {
+                return Err(ConfigError::Invalid {
+                    origin: origin.to_owned(),
+                    location: None,
+                    message: format!("signal `{}`: {message}", signal.name),
+                });
+            }
         }
         Ok(config)
     }
@@ -144,6 +235,10 @@ impl Config {
                 if let Some(order) = &s.order_by {
                     t = t.order_by(order);
                 }
+                // Checked by `parse`.
+                if let Ok(policy) = s.retry().over(self.retry()).policy() {
+                    t = t.retry(policy);
+                }
                 t
             })
             .collect()
@@ -172,6 +267,46 @@ mod tests {
         assert!(err.contains("burts"), "{err}");
         let err = Config::parse("", "test").unwrap_err().to_string();
         assert!(err.contains("no signal"), "{err}");
+    }
+
+    #[test]
+    fn retry_policies_per_type_over_the_files() {
+        let c = Config::parse(
+            "max_attempts = 3\nretry_base_ms = 50\n\
+             [[signal]]\nname = \"a\"\n\
+             [[signal]]\nname = \"b\"\nmax_attempts = 1\nretry_max_ms = 100\n",
+            "test",
+        )
+        .unwrap();
+        let types = c.signal_types();
+        let a = types[0].retry_policy();
+        assert_eq!((a.max_attempts, a.base.as_millis()), (3, 50));
+        assert_eq!(a.max, RetryPolicy::default().max);
+        let b = types[1].retry_policy();
+        assert_eq!(
+            (b.max_attempts, b.base.as_millis(), b.max.as_millis()),
+            (1, 50, 100)
+        );
+        let plain = Config::parse("[[signal]]\nname = \"x\"\n", "test").unwrap();
+        assert_eq!(
+            *plain.signal_types()[0].retry_policy(),
+            RetryPolicy::default()
+        );
+        for (text, expect) in [
+            ("[[signal]]\nname = \"x\"\nmax_attempts = 0\n", "at least 1"),
+            (
+                "retry_base_ms = 0\n[[signal]]\nname = \"x\"\n",
+                "more than 0",
+            ),
+            (
+                "[[signal]]\nname = \"x\"\nretry_base_ms = 500\nretry_max_ms = 100\n",
+                "must be at least retry_base_ms",
+            ),
+            ("[[signal]]\nname = \"x\"\nmax_atempts = 2\n", "max_atempts"),
+        ] {
+            let err = Config::parse(text, "test").unwrap_err().to_string();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -112,7 +112,8 @@ impl NatsPublisher {
             let headers = match Self::headers(message) {
                 Ok(headers) => headers,
                 Err(reason) => {
-                    outcome.refuse(index, reason);
+                    // A header NATS cannot carry fails every attempt alike.
+                    outcome.refuse_permanently(index, reason);
                     continue;
                 }
             };
@@ -123,6 +124,7 @@ impl NatsPublisher {
             match self.jetstream.send_publish(subject.clone(), publish).await {
                 Ok(ack) => acks.push(async move { (index, subject, ack.await) }),
                 Err(e) => match refusal(&e, &subject) {
+                    Some(reason) if permanent(&e) => outcome.refuse_permanently(index, reason),
                     Some(reason) => outcome.refuse(index, reason),
                     None => return Err(error(e, message, &subject)),
                 },
@@ -131,6 +133,7 @@ impl NatsPublisher {
         for (index, subject, result) in join_all(acks).await {
             if let Err(e) = result {
                 match refusal(&e, &subject) {
+                    Some(reason) if permanent(&e) => outcome.refuse_permanently(index, reason),
                     Some(reason) => outcome.refuse(index, reason),
                     None => return Err(error(e, &batch[index], &subject)),
                 }
@@ -169,6 +172,19 @@ fn refusal(e: &async_nats::jetstream::context::PublishError, subject: &str) -> O
                 .then(|| format!("JetStream refused the message to subject `{subject}`: {api}"))
         }
         _ => None,
+    }
+}
+
+/// Whether a refusal would come back on every attempt: a message larger than the server's
+/// `max_payload`, or a subject that is not valid (both from the row itself). A missing stream
+/// is not: it may be created.
+fn permanent(e: &async_nats::jetstream::context::PublishError) -> bool {
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => true,
+        PublishErrorKind::Other => {
+            std::error::Error::source(e).is_some_and(|s| s.is::<async_nats::SubjectError>())
+        }
+        _ => false,
     }
 }
 

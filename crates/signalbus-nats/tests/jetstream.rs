@@ -321,6 +321,14 @@ async fn a_message_over_the_servers_max_payload_is_refused_alone() {
         why.contains("larger than the server allows") && why.contains(&root),
         "{why}"
     );
+    // It would be too large on every attempt: parked at once, not retried ten times.
+    assert!(outcome.refused()[0].permanent, "{outcome:?}");
     assert_eq!(stored_ids(&mut stream).await, ids_but(&batch, 2));
+    // Likewise a header name NATS cannot carry.
+    let mut bad = message(&root, 3);
+    bad.headers.insert("bad name:".into(), "v".into());
+    let outcome = publisher.publish(&[bad]).await.unwrap();
+    assert_eq!(refused(&outcome), [0], "{outcome:?}");
+    assert!(outcome.refused()[0].permanent, "{outcome:?}");
     server.stop();
 }

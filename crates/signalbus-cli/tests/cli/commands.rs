@@ -327,6 +327,10 @@ async fn a_refused_message_stays_and_the_others_go_out() {
         "refused signals left behind: {err}"
     );
     assert!(
+        err.contains("the bus refused signals; retrying later"),
+        "a refusal is logged when it happens, at the default level: {err}"
+    );
+    assert!(
         err.contains("sent 2 signal(s); 1 not sent (refused by the bus, or not a valid signal): kept, retried later with backoff"),
         "{err}"
     );

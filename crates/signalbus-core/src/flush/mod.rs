@@ -247,7 +247,12 @@ async fn call<DB: Backend>(
     };
     for refused in outcome.refused() {
         if let Some(i) = at.get(refused.index) {
-            fates[*i] = Fate::Refused(refused.reason.clone());
+            let why = refused.reason.clone();
+            fates[*i] = if refused.permanent {
+                Fate::Invalid(why)
+            } else {
+                Fate::Refused(why)
+            };
         }
     }
     Ok(())
@@ -337,12 +342,18 @@ pub(crate) async fn settle<DB: Backend>(
             metrics::counter!("signalbus_signals_parked_total", &labels)
                 .increment(ids.len() as u64);
             settled.parked += ids.len();
-            tracing::warn!(signal = %reg.name, ids = ?ids, attempts = refusals, reason = why, "parked: the bus refused these signals too often; `signalbus unpark` sends them again");
+            if invalid {
+                tracing::warn!(signal = %reg.name, ids = ?ids, reason = why, "parked at once: these signals can never be sent as they are; fix the cause, then `signalbus unpark` sends them again");
+            } else {
+                tracing::warn!(signal = %reg.name, ids = ?ids, attempts = refusals, reason = why, "parked: the bus refused these signals too often; `signalbus unpark` sends them again");
+            }
         } else {
             settled.next_retry = Some(settled.next_retry.map_or(delay, |d| d.min(delay)));
             metrics::counter!("signalbus_signals_retried_total", &labels)
                 .increment(ids.len() as u64);
-            tracing::info!(signal = %reg.name, ids = ?ids, attempts = refusals, retry_in = ?delay, reason = why, "the bus refused signals; retrying later");
+            // At the default level: an operator sees a refusal when it happens, not only
+            // when the signal is parked many minutes later.
+            tracing::warn!(signal = %reg.name, ids = ?ids, attempts = refusals, retry_in = ?delay, reason = why, "the bus refused signals; retrying later");
         }
         settled.refused += ids.len();
         settled.last_refusal = Some(why.to_owned());

@@ -19,6 +19,9 @@ pub struct Refused {
     pub index: usize,
     /// Why, as the broker said it (no message body, no credentials).
     pub reason: String,
+    /// The message can never be sent as it is (too large for the broker, a header or a
+    /// subject it cannot carry): parked at once, with no retries that could not succeed.
+    pub permanent: bool,
 }
 
 impl BatchOutcome {
@@ -32,6 +35,17 @@ impl BatchOutcome {
         self.refused.push(Refused {
             index,
             reason: reason.into(),
+            permanent: false,
+        });
+    }
+
+    /// The message at `index` was refused for `reason`, and would be on every attempt (too
+    /// large, a header the broker cannot carry): it is parked at once instead of retried.
+    pub fn refuse_permanently(&mut self, index: usize, reason: impl Into<String>) {
+        self.refused.push(Refused {
+            index,
+            reason: reason.into(),
+            permanent: true,
         });
     }
 

@@ -363,7 +363,58 @@ on_every_database!(
     good_messages_are_never_held_hostage,
     invalid_rows_are_parked,
     a_bus_failure_spends_no_attempt,
+    a_permanent_refusal_is_parked_at_once,
     concurrent_flushers_split_the_work,
     a_dead_flushers_lease_expires,
     migrate_upgrades_an_old_table,
 );
+
+/// A broker that refuses every message to `too-large` as one it can never take (as NATS does
+/// a message over its `max_payload`), and stores the rest in memory.
+#[derive(Clone)]
+struct Unsendable(MemoryPublisher);
+
+impl Publisher for Unsendable {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+        let mut outcome = BatchOutcome::all_stored();
+        let mut good = Vec::new();
+        for (i, message) in batch.iter().enumerate() {
+            if message.destination == "too-large" {
+                outcome.refuse_permanently(i, "larger than the server allows");
+            } else {
+                good.push(message.clone());
+            }
+        }
+        self.0.publish(&good).await?;
+        Ok(outcome)
+    }
+}
+
+/// A refusal that would come back on every attempt parks the signal at once, with its reason,
+/// instead of spending the type's ten attempts over minutes; the others go out.
+async fn a_permanent_refusal_is_parked_at_once<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(4).await;
+    let outbox = MemoryPublisher::new();
+    let bus = bus(&db, Unsendable(outbox.clone()), 10).await;
+    insert(&db, "too-large", 1, None).await;
+    insert(&db, "good", 10, None).await;
+    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 10);
+    assert_eq!(outbox.len(), 10);
+    let s = stats(&bus).await;
+    assert_eq!(
+        (s.count, s.parked),
+        (1, 1),
+        "parked after one attempt: {s:?}"
+    );
+    let parked = bus.parked(&Selection::all(), 10).await.unwrap();
+    let row = &parked[0].1[0];
+    assert_eq!(row.attempts, 1);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("larger than the server allows")
+    );
+    db.cleanup().await;
+}
