@@ -363,7 +363,12 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
             }
             Ok(None) => {
                 failures = 0;
-                let wait = if lane.wakers.is_listening() {
+                // Notified lanes wait for the next notification (the poll is only a fallback)
+                // — except ordered ones: a row just committed may still be held back by the
+                // gap-safe watermark (an older transaction still running: another writer's,
+                // another lane's claim), and no notification comes when that one ends, so
+                // an ordered lane looks again soon after a wake-up, backing off to the poll.
+                let wait = if lane.wakers.is_listening() && !lane.ordered {
                     lane.poll_max
                 } else {
                     idle

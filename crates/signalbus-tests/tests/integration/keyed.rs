@@ -323,3 +323,58 @@ async fn a_late_committing_transaction_is_never_overtaken_on_its_key() {
     assert_eq!(arrived.len(), 3);
     db.cleanup().await;
 }
+
+/// An ordered relay woken by a notification whose row is still held back by the gap-safe
+/// watermark (an older transaction is running) looks again soon, instead of waiting for its
+/// poll: no notification comes when the older transaction ends. The poll is 30 s here; the
+/// row must go out within seconds of the older transaction's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ordered_relay_sends_a_row_soon_after_the_watermark_passes_it() {
+    let db = <sqlx::Postgres as TestBackend>::create(6).await;
+    let outbox = MemoryPublisher::new();
+    let bus = bus(&db, &outbox).await;
+    let relay = bus
+        .relay()
+        .ordered(true)
+        .ordered_lanes(2)
+        .poll(Duration::from_millis(10), Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // every lane idle
+    // An older transaction with an id: the watermark holds back what commits after it began.
+    let mut older = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO keyed_signal (topic, body, ordering_key) \
+         VALUES ('accounts', '{\"account\":\"a\",\"seq\":0}', 'a')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        outbox.len(),
+        0,
+        "held back while the older transaction runs"
+    );
+    older.commit().await.unwrap();
+    let released = Instant::now();
+    while outbox.len() < 1 {
+        assert!(
+            released.elapsed() < Duration::from_secs(15),
+            "not sent {:?} after the watermark passed it (the poll is 30 s)",
+            released.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "sent {:?} after the watermark passed it",
+        released.elapsed()
+    );
+    assert!(relay.shutdown(Duration::from_secs(10)).await);
+    db.cleanup().await;
+}
