@@ -107,11 +107,14 @@ pub(crate) async fn repeat<DB: Backend>(
 }
 
 /// What one flush did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Done {
     sent: usize,
     refused: usize,
     parked: usize,
+    /// `flushordered`: rows the gap-safe watermark holds back, and who holds it.
+    held_back: u64,
+    holder: Option<String>,
 }
 
 impl Done {
@@ -128,6 +131,15 @@ impl Done {
             if self.parked > 0 {
                 line.push_str(&format!(", {} parked: see `signalbus parked`", self.parked));
             }
+        }
+        if self.held_back > 0 {
+            line.push_str(&format!(
+                "; {} held back until the oldest transaction still open on the server ends \
+                 (gap-safe order: it may still write signals before them): {}; end it, or \
+                 wait for it",
+                self.held_back,
+                self.holder.as_deref().unwrap_or("not visible to this user")
+            ));
         }
         line
     }
@@ -184,6 +196,16 @@ async fn once<DB: Backend>(
         Mode::Ordered => bus.flushordered_with(selection, &mut progress).await,
     };
     let sent_so_far = done.sent;
+    if result.is_ok() && matches!(mode, Mode::Ordered) {
+        // Rows pending that the ordered flush could not send yet: say why, never a bare
+        // "sent 0".
+        for (_, held) in bus.ordered_holdback(selection).await? {
+            done.held_back += held.rows;
+            if done.holder.is_none() {
+                done.holder = held.holder;
+            }
+        }
+    }
     result.map(|_| done).map_err(|e| {
         // The bursts before the failure were sent and deleted: say so, since a retry will not
         // send them again.

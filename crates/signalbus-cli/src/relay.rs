@@ -218,4 +218,13 @@ fn describe_metrics() {
         metrics::Unit::Seconds,
         "Age of the oldest pending signal: the relay's lag."
     );
+    describe_gauge!(
+        "signalbus_ordered_held_back",
+        "Ordered relays on PostgreSQL: signals the gap-safe watermark holds back behind a transaction still open on the server."
+    );
+    describe_gauge!(
+        "signalbus_ordered_holder_age_seconds",
+        metrics::Unit::Seconds,
+        "Ordered relays on PostgreSQL: how long the transaction holding signals back has been open (0 when none is held)."
+    );
 }

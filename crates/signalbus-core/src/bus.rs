@@ -6,7 +6,7 @@ use crate::flush::auto::{self, CloseRequest, FlushRequest};
 use crate::publisher::{BoxPublisher, Publisher, PublisherExt};
 use crate::registry::{Registry, Selection};
 use crate::signal::{Signal, SignalType};
-use crate::storage::{Backend, ParkedRows, ParkedSignal, PendingStats, begin_write};
+use crate::storage::{Backend, Holdback, ParkedRows, ParkedSignal, PendingStats, begin_write};
 use crate::transaction::{Recorder, Transaction};
 use sqlx::Pool;
 use std::sync::Arc;
@@ -287,6 +287,24 @@ impl<DB: Backend> SignalBus<DB> {
             total += reg.sql.settle_parked::<DB>(&mut conn, rows, delete).await?;
         }
         Ok(total)
+    }
+
+    /// What the gap-safe watermark of ordered flushing holds back now, per selected type
+    /// ([`Holdback`]: on PostgreSQL, rows written after the oldest transaction still running
+    /// on the server began, and which transaction that is; nothing elsewhere). What an
+    /// ordered flush that sent nothing while rows are pending should tell its operator.
+    pub async fn ordered_holdback(&self, selection: &Selection) -> Result<Vec<(String, Holdback)>> {
+        let types = self.shared.registry.select(selection)?;
+        let mut conn = self.shared.pool.acquire().await?;
+        let mut out = Vec::with_capacity(types.len());
+        for idx in types {
+            let reg = self.shared.registry.get(idx);
+            out.push((
+                reg.name.to_string(),
+                reg.sql.holdback::<DB>(&mut conn).await?,
+            ));
+        }
+        Ok(out)
     }
 
     /// Pending signals per selected type: how many, and how old the oldest is.

@@ -46,5 +46,5 @@ pub use publisher::{BatchOutcome, BoxPublisher, Publisher, PublisherExt, Refused
 pub use registry::Selection;
 pub use relay::{Readiness, ReadinessCheck, Relay, RelayBuilder};
 pub use signal::{DEFAULT_BURST, OrderColumn, RetryPolicy, Signal, SignalType, json_body};
-pub use storage::{Backend, ParkedRows, ParkedSignal, PendingStats};
+pub use storage::{Backend, Holdback, ParkedRows, ParkedSignal, PendingStats};
 pub use transaction::{Delivery, DeliveryReport, Recorder, SignalId, Transaction};

@@ -3,7 +3,7 @@
 //! two databases and one going down does not stop the other, `/metrics` and `/readyz` read
 //! with a real HTTP client, and bad input is one clear line.
 
-use crate::{Scratch, server, text, with_database};
+use crate::{Scratch, TWO_TYPES, received, server, text, with_database};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -434,4 +434,56 @@ async fn bad_relay_input_is_one_clear_line_and_loses_nothing() {
         .unwrap();
     assert_eq!(left, 1, "nothing sent, nothing lost");
     assert!(!s.path("out.jsonl").exists() || bodies(&[&s.path("out.jsonl")]).is_empty());
+}
+
+/// `flushordered` on PostgreSQL never says a bare "sent 0" while the gap-safe watermark holds
+/// rows back: it says how many, and which transaction (pid, database, state, age) holds them;
+/// the library says the same (`ordered_holdback`), and an ordered relay exports it.
+#[tokio::test]
+async fn flushordered_says_which_transaction_holds_signals_back() {
+    let db = PgDb::new().await;
+    let s = Scratch::new(TWO_TYPES);
+    assert!(s.run(&db.url, &["migrate"]).status.success());
+    // A transaction with an id, left open (as an idle-in-transaction session would be).
+    let mut open = db.pool.begin().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *open)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    db.fill("alpha_signal", 1, 3).await;
+    let out = s.run(
+        &db.url,
+        &["flushordered", "alpha", "--bus-url", &s.bus("out.jsonl")],
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("sent 0 signal(s); 3 held back"), "{err}");
+    // The oldest transaction on the whole server: ours, unless another test's began earlier.
+    assert!(
+        err.contains(&format!(
+            "pid {pid} on database {} (idle in transaction",
+            db.name
+        )) || err.contains(" on database "),
+        "names the transaction: {err}"
+    );
+    open.rollback().await.unwrap();
+    // Once it ended they go (other tests' transactions on the shared server may hold them a
+    // moment longer).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received(&s.path("out.jsonl")).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "not sent after the transaction ended"
+        );
+        let out = s.run(
+            &db.url,
+            &["flushordered", "alpha", "--bus-url", &s.bus("out.jsonl")],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    db.drop().await;
 }

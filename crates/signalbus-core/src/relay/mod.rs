@@ -35,7 +35,9 @@
 //! Metrics (besides those of every flush, see the `flush` module docs), per bus and signal
 //! type, refreshed every `stats_interval`: the gauges `signalbus_pending` (all rows),
 //! `signalbus_backing_off`, `signalbus_parked` and `signalbus_oldest_pending_seconds` (the
-//! lag to alert on).
+//! lag to alert on); an ordered relay on PostgreSQL also `signalbus_ordered_held_back` (rows
+//! the gap-safe watermark holds back behind a transaction still open on the server) and
+//! `signalbus_ordered_holder_age_seconds` (how long that transaction has been open).
 
 pub(crate) mod wake;
 
@@ -179,6 +181,7 @@ impl<DB: Backend> RelayBuilder<DB> {
         tasks.spawn(gauges(
             shared.clone(),
             types.clone(),
+            self.ordered,
             self.stats_interval,
             stop_rx.clone(),
         ));
@@ -400,6 +403,7 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
 async fn gauges<DB: Backend>(
     shared: Arc<Shared<DB>>,
     types: Vec<TypeIdx>,
+    ordered: bool,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -408,10 +412,33 @@ async fn gauges<DB: Backend>(
             let reg = shared.registry.get(idx);
             let stats = async {
                 let mut conn = shared.pool.acquire().await?;
-                reg.sql.pending_stats::<DB>(&mut conn).await
+                let stats = reg.sql.pending_stats::<DB>(&mut conn).await?;
+                // What the gap-safe watermark holds back (an ordered relay on PostgreSQL):
+                // rows pending behind a transaction left open somewhere on the server.
+                let held = if ordered {
+                    Some(reg.sql.holdback::<DB>(&mut conn).await?)
+                } else {
+                    None
+                };
+                Ok::<_, crate::error::Error>((stats, held))
             };
             match stats.await {
-                Ok(stats) => {
+                Ok((stats, held)) => {
+                    if let Some(held) = held {
+                        let labels = [
+                            ("bus", shared.config.name.clone()),
+                            ("signal", reg.name.to_string()),
+                        ];
+                        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+                        metrics::gauge!("signalbus_ordered_held_back", &labels)
+                            .set(held.rows as f64);
+                        metrics::gauge!("signalbus_ordered_holder_age_seconds", &labels).set(
+                            held.holder_age
+                                .filter(|_| held.rows > 0)
+                                .unwrap_or_default()
+                                .as_secs_f64(),
+                        );
+                    }
                     let labels = [
                         ("bus", shared.config.name.clone()),
                         ("signal", reg.name.to_string()),

@@ -170,6 +170,13 @@ pub(crate) struct Dialect {
     /// The query of the connection's server-side id, where a statement goes on running
     /// after its client closed the connection and must be stopped by id (`KILL QUERY`).
     pub connection_id: Option<&'static str>,
+    /// Where ordered flushing waits for a watermark (PostgreSQL): the rows of table `{t}`
+    /// that it holds back now (written after the oldest transaction still running began),
+    /// and that transaction's age in milliseconds, as one row of two integers.
+    pub watermark_held: Option<&'static str>,
+    /// Who holds the watermark back: one line naming the oldest transaction still running
+    /// (pid, database, state, how long), or no row.
+    pub watermark_holder: Option<&'static str>,
     /// How a flush transaction begins.
     pub begin_flush: &'static str,
     /// Where the database lets one transaction commit without waiting for its log to reach

@@ -117,6 +117,22 @@ pub struct PendingStats {
     pub oldest_parked_age: Option<Duration>,
 }
 
+/// What the gap-safe watermark of ordered flushing holds back in one table now (PostgreSQL;
+/// always nothing elsewhere): rows written after the oldest transaction still running on the
+/// server began. They go out once it ends; a transaction left open (idle in transaction)
+/// holds them back, with every ordered flush of the cluster, until it is ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Holdback {
+    /// Rows held back.
+    pub rows: u64,
+    /// The oldest transaction still running on the server (with an id), which holds them:
+    /// `pid … on database … (state, open for …)`.
+    pub holder: Option<String>,
+    /// How long that transaction has been open.
+    pub holder_age: Option<Duration>,
+}
+
 /// A parked signal, as operators inspect it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ParkedSignal {
@@ -947,6 +963,33 @@ impl Statements {
             oldest_backing_off_age: age(at(3)),
             parked: count(at(4)),
             oldest_parked_age: age(at(5)),
+        })
+    }
+
+    /// What the ordered watermark holds back in this table now ([`Holdback`]).
+    pub async fn holdback<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<Holdback> {
+        let Some(held) = &self.watermark_held else {
+            return Ok(Holdback::default());
+        };
+        let n = DB::fetch_numbers(conn, held).await?;
+        let rows = count(n.first().copied().flatten());
+        let holder_age = n
+            .get(1)
+            .copied()
+            .flatten()
+            .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        let holder = match (rows, DB::DIALECT.watermark_holder) {
+            (1.., Some(who)) => DB::fetch_keys(conn, &owned_sql(who), &[])
+                .await?
+                .into_iter()
+                .next()
+                .flatten(),
+            _ => None,
+        };
+        Ok(Holdback {
+            rows,
+            holder,
+            holder_age,
         })
     }
 

@@ -78,6 +78,8 @@ pub(crate) const DIALECT: Dialect = Dialect {
     // connection's next (business) transaction. READ COMMITTED takes no gap locks.
     begin_async: None,
     connection_id: Some("SELECT CAST(CONNECTION_ID() AS SIGNED)"),
+    watermark_held: None,
+    watermark_holder: None,
     begin_flush: "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),

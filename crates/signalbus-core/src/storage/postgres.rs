@@ -64,6 +64,8 @@ pub(crate) const DIALECT: Dialect = Dialect {
     // allows, never a loss. So it need not wait for the WAL flush.
     begin_async: Some(BEGIN_FLUSH),
     connection_id: None,
+    watermark_held: Some(WATERMARK_HELD),
+    watermark_holder: Some(WATERMARK_HOLDER),
     begin_flush: BEGIN_FLUSH,
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),
@@ -93,6 +95,22 @@ pub(crate) const DIALECT: Dialect = Dialect {
 /// died, is cancelled at once.
 const BEGIN_FLUSH: &str = "BEGIN; SET LOCAL synchronous_commit TO OFF; \
      SET LOCAL statement_timeout = '60s'; SET LOCAL client_connection_check_interval = '1s'";
+
+/// The rows of `{t}` the gap-safe watermark holds back now (settled rows have `txid` below
+/// the snapshot's xmin; rows at or past its xmax are restored ones, sent first), and the age
+/// of the oldest transaction with an id, which holds it (milliseconds).
+const WATERMARK_HELD: &str = "SELECT (SELECT COUNT(*) FROM {t} AS t \
+     WHERE t.txid >= pg_snapshot_xmin(pg_current_snapshot()) \
+     AND t.txid < pg_snapshot_xmax(pg_current_snapshot())), \
+     (SELECT (EXTRACT(EPOCH FROM (now() - xact_start)) * 1000)::bigint FROM pg_stat_activity \
+      WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+      ORDER BY age(backend_xid) DESC LIMIT 1)";
+
+/// The oldest transaction with an id on the whole server, which holds the watermark back.
+const WATERMARK_HOLDER: &str = "SELECT format('pid %s on database %s (%s, open for %s)', pid, \
+     COALESCE(datname, '?'), COALESCE(state, '?'), date_trunc('second', now() - xact_start)) \
+     FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+     ORDER BY age(backend_xid) DESC LIMIT 1";
 
 /// The wake-up trigger: a notification on the `signalbus` channel (payload: the table's
 /// name) when a transaction inserts rows that a relay must send, whoever inserts them, in any

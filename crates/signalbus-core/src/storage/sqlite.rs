@@ -65,6 +65,8 @@ pub(crate) const DIALECT: Dialect = Dialect {
     claim_index: "",
     begin_async: None,
     connection_id: None,
+    watermark_held: None,
+    watermark_holder: None,
     begin_flush: "BEGIN IMMEDIATE",
     // A signalbus transaction writes anyway, and taking the write lock up front waits
     // (busy_timeout) instead of failing with SQLITE_BUSY_SNAPSHOT when a flush committed

@@ -156,6 +156,9 @@ pub(crate) struct Statements {
     pub purge_all: SqlStr,
     /// Take this table's turn among ordered flushers (MySQL); binds the table name.
     pub flush_lock: Option<FlushLock>,
+    /// The rows the ordered watermark holds back, and the age of the transaction holding it
+    /// ([`Dialect::watermark_held`]).
+    pub watermark_held: Option<SqlStr>,
 }
 
 /// `flushordered`'s statements.
@@ -584,6 +587,7 @@ impl Statements {
             }),
             purge_all: shared(format!("DELETE FROM {t} WHERE parked_at IS NOT NULL")),
             flush_lock,
+            watermark_held: d.watermark_held.map(|text| shared(text.replace("{t}", &t))),
         }
     }
 }

@@ -361,6 +361,15 @@ async fn an_ordered_relay_sends_a_row_soon_after_the_watermark_passes_it() {
         0,
         "held back while the older transaction runs"
     );
+    // And the library says so, naming the transaction that holds it (the oldest on the
+    // server: ours, unless another test's began earlier).
+    let held = bus.ordered_holdback(&Selection::all()).await.unwrap();
+    assert_eq!(held[0].1.rows, 1, "{held:?}");
+    let holder = held[0].1.holder.clone().unwrap_or_default();
+    assert!(
+        holder.starts_with("pid ") && holder.contains("open for"),
+        "{holder}"
+    );
     older.commit().await.unwrap();
     let released = Instant::now();
     while outbox.len() < 1 {
