@@ -9,6 +9,7 @@ use signalbus_core::{
     BatchOutcome, Error, Message, PublishError, PublishErrorKind as Kind, Publisher,
 };
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Publishes to NATS JetStream and waits for the stream's acks. Cheap to clone; clones share
 /// the connection, which the client re-establishes by itself.
@@ -233,10 +234,30 @@ impl Publisher for NatsPublisher {
 
     /// The client is connected (it reconnects by itself; while it is not, publishing fails).
     async fn check(&self) -> Result<(), PublishError> {
-        match self.client.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            state => Err(PublishError::unavailable(format!(
+        if let state @ (async_nats::connection::State::Disconnected
+        | async_nats::connection::State::Pending) = self.client.connection_state()
+        {
+            return Err(PublishError::unavailable(format!(
                 "not connected to NATS at `{}` ({state}); reconnecting",
+                self.options.display
+            )));
+        }
+        // A round trip: a server that is frozen, or a network that drops everything, still
+        // looks connected until pings time out. A request nobody answers comes back at once
+        // from a live server ("no responders").
+        let subject = self.client.new_inbox();
+        let limit = self.options.timeout.min(Duration::from_secs(2));
+        let answer =
+            tokio::time::timeout(limit, self.client.request(subject, bytes::Bytes::new())).await;
+        match answer {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Ok(Err(e)) => Err(PublishError::unavailable(format!(
+                "NATS at `{}` did not answer a request: {e}",
+                self.options.display
+            ))),
+            Err(_) => Err(PublishError::unavailable(format!(
+                "NATS at `{}` did not answer a request within {limit:?}",
                 self.options.display
             ))),
         }

@@ -57,6 +57,25 @@ impl PrivateServer {
         (self.port, std::mem::take(&mut self.dir))
     }
 
+    /// Freeze it (SIGSTOP): connections stay open and nothing answers, as with a hung
+    /// server or a network that drops everything.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Let a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("the kill command (Debian package procps)");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

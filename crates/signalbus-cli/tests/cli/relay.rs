@@ -386,6 +386,69 @@ async fn readyz_turns_unready_while_the_broker_is_down() {
     nats.stop();
 }
 
+/// A frozen broker (SIGSTOP: connections stay open, nothing answers) makes `/readyz` answer
+/// 503 within a probe's usual bound, not hang; it is ready again once the broker runs.
+#[tokio::test]
+async fn readyz_answers_503_at_once_while_the_broker_is_frozen() {
+    let s = Scratch::new(BULK);
+    let (url, _pool) = s.migrated_sqlite().await;
+    let nats_port = signalbus_testkit::nats::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let nats = signalbus_testkit::nats::PrivateServer::start(nats_port, dir.path());
+    nats.wait_ready().await;
+    let listen = format!("127.0.0.1:{}", signalbus_testkit::nats::free_port());
+    let child = s
+        .cmd(&url)
+        .args([
+            "relay",
+            "--bus-url",
+            &format!("nats://127.0.0.1:{nats_port}"),
+        ])
+        .args(["--listen", &listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let readyz = format!("http://{listen}/readyz");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let ask = || async {
+        let asked = Instant::now();
+        let r = client.get(&readyz).send().await;
+        let answer = match r {
+            Ok(r) => Some((r.status().as_u16(), r.text().await.unwrap_or_default())),
+            Err(_) => None,
+        };
+        (answer, asked.elapsed())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ask().await.0.map(|(status, _)| status) != Some(200) {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nats.freeze();
+    let (answer, took) = ask().await;
+    nats.thaw();
+    let (status, body) = answer.expect("an answer, not a hang");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("broker unreachable"), "{body}");
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ask().await.0.map(|(status, _)| status) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after the broker thawed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&child, "TERM");
+    let (status, err) = exited_within(child, Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    nats.stop();
+}
+
 #[tokio::test]
 async fn bad_relay_input_is_one_clear_line_and_loses_nothing() {
     let s = Scratch::new(BULK);

@@ -186,11 +186,18 @@ impl<DB: Backend> RelayBuilder<DB> {
             stop_rx.clone(),
         ));
         let lane_tasks = lanes.len();
-        for (idx, notify) in lanes {
+        let failing: Arc<Vec<std::sync::Mutex<Option<String>>>> = Arc::new(
+            (0..lane_tasks)
+                .map(|_| std::sync::Mutex::new(None))
+                .collect(),
+        );
+        for (slot, (idx, notify)) in lanes.into_iter().enumerate() {
             tasks.spawn(lane(
                 shared.clone(),
                 Lane {
                     idx,
+                    failing: failing.clone(),
+                    slot,
                     ordered: self.ordered,
                     poll_min: self.poll_min,
                     poll_max: self.poll_max,
@@ -208,7 +215,8 @@ impl<DB: Backend> RelayBuilder<DB> {
         let check_shared = shared.clone();
         let check: Check = Arc::new(move || {
             let shared = check_shared.clone();
-            Box::pin(async move { readiness(&shared).await })
+            let failing = failing.clone();
+            Box::pin(async move { readiness(&shared, &failing).await })
         });
         Ok(Relay {
             name,
@@ -270,10 +278,17 @@ impl Readiness {
     }
 }
 
-/// How long a readiness check waits for each answer.
-const CHECK_LIMIT: Duration = Duration::from_secs(5);
+/// How long a readiness check waits for each answer: an answer (503) within a probe's
+/// usual timeout, also when the database or the broker is frozen.
+const CHECK_LIMIT: Duration = Duration::from_secs(2);
 
-async fn readiness<DB: Backend>(shared: &Shared<DB>) -> Readiness {
+/// The database answers a ping, and no lane's last burst failed on it: a database that takes
+/// connections but refuses every write (read-only, a missing privilege, a broken table) is
+/// not ready, with the reason the bursts fail.
+async fn readiness<DB: Backend>(
+    shared: &Shared<DB>,
+    failing: &[std::sync::Mutex<Option<String>>],
+) -> Readiness {
     let database = async {
         let mut conn = shared.pool.acquire().await.map_err(|e| e.to_string())?;
         conn.ping().await.map_err(|e| e.to_string())
@@ -282,9 +297,18 @@ async fn readiness<DB: Backend>(shared: &Shared<DB>) -> Readiness {
         tokio::time::timeout(CHECK_LIMIT, database),
         tokio::time::timeout(CHECK_LIMIT, shared.publisher.check()),
     );
+    let failure = failing
+        .iter()
+        .find_map(|slot| slot.lock().ok().and_then(|f| f.clone()));
+    let database = database
+        .unwrap_or_else(|_| Err(format!("no answer within {CHECK_LIMIT:?}")))
+        .and_then(|()| match failure {
+            Some(why) => Err(format!("answers, but the relay's bursts fail: {why}")),
+            None => Ok(()),
+        });
     Readiness {
         bus: shared.config.name.clone(),
-        database: database.unwrap_or_else(|_| Err(format!("no answer within {CHECK_LIMIT:?}"))),
+        database,
         broker: match broker {
             Ok(answer) => answer.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {CHECK_LIMIT:?}")),
@@ -327,11 +351,24 @@ impl Relay {
 /// What a lane is.
 struct Lane {
     idx: TypeIdx,
+    /// Why the lanes' last bursts failed on the database, one slot per lane (readiness).
+    failing: Arc<Vec<std::sync::Mutex<Option<String>>>>,
+    slot: usize,
     ordered: bool,
     poll_min: Duration,
     poll_max: Duration,
     notify: Arc<Notify>,
     wakers: Arc<Wakers>,
+}
+
+impl Lane {
+    fn set_failing(&self, why: Option<String>) {
+        if let Some(slot) = self.failing.get(self.slot)
+            && let Ok(mut failing) = slot.lock()
+        {
+            *failing = why;
+        }
+    }
 }
 
 /// Drain one signal type until `stop` fires.
@@ -352,6 +389,7 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
         };
         let wait = match burst {
             Ok(Some(settled)) => {
+                lane.set_failing(None);
                 if let Some(delay) = settled.next_retry {
                     let due = tokio::time::Instant::now() + delay;
                     retry_due = Some(retry_due.map_or(due, |d| d.min(due)));
@@ -366,6 +404,7 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
             }
             Ok(None) => {
                 failures = 0;
+                lane.set_failing(None);
                 // Notified lanes wait for the next notification (the poll is only a fallback)
                 // — except ordered ones: a row just committed may still be held back by the
                 // gap-safe watermark (an older transaction still running: another writer's,
@@ -381,6 +420,10 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
             }
             Err(e) => {
                 failures += 1;
+                // The bus' failures show in its own readiness check; the database's here.
+                if !matches!(e, Error::Publish(_)) {
+                    lane.set_failing(Some(e.to_string()));
+                }
                 let wait = failure_wait(failures);
                 tracing::warn!(bus = %shared.config.name, signal = %reg.name, error = %e, failures, retry_in = ?wait, "relay: cannot send; the signals stay pending, trying again");
                 wait

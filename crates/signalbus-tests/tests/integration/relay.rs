@@ -144,3 +144,55 @@ where
     fx.cleanup().await;
     db.cleanup().await;
 }
+
+/// A database that takes connections but refuses every write (read-only) is not ready: the
+/// ping alone said "database ok" while every burst failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_only_database_is_not_ready() {
+    let db = <sqlx::Postgres as TestBackend>::create(3).await;
+    let setup = SignalBus::builder(db.pool.clone())
+        .publisher(signalbus::publisher::MemoryPublisher::new())
+        .register_type(BusEvent::signal_type().clone())
+        .autoflush(false)
+        .build()
+        .unwrap();
+    setup.migrate().await.unwrap();
+    sqlx::query("INSERT INTO bus_event (topic, body) VALUES ('t', '\\x31')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} SET default_transaction_read_only = on"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // New connections are read-only from now on.
+    let read_only = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let bus = SignalBus::builder(read_only.clone())
+        .publisher(signalbus::publisher::MemoryPublisher::new())
+        .register_type(BusEvent::signal_type().clone())
+        .autoflush(false)
+        .build()
+        .unwrap();
+    let relay = bus
+        .relay()
+        .poll(Duration::from_millis(10), Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let why = loop {
+        let ready = relay.ready().await;
+        if let Err(why) = &ready.database {
+            break why.clone();
+        }
+        assert!(Instant::now() < deadline, "still ready: {ready:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(why.contains("read-only"), "{why}");
+    assert!(relay.shutdown(Duration::from_secs(10)).await);
+    read_only.close().await;
+    db.cleanup().await;
+}
