@@ -94,8 +94,11 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = cli.signalbus.verbose;
+    // lapin logs a failure three times at `error` before the publisher reports it in one
+    // clear line: left out unless asked for (-v, RUST_LOG). librdkafka's lines are summarised
+    // by the Kafka publisher itself.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| if verbose { "info" } else { "warn" }.into())
+        .unwrap_or_else(|_| if verbose { "info" } else { "warn,lapin=off" }.into())
         // lapin logs every message RabbitMQ returns with its body and headers; message bodies
         // never reach our logs, whatever RUST_LOG says (the publisher reports the refusal).
         .add_directive(
@@ -401,7 +404,11 @@ impl Settings {
         match tokio::time::timeout(self.publish_timeout, signalbus::connect_bus(url)).await {
             Ok(Ok(publisher)) => Ok(publisher),
             Ok(Err(e)) => Err(CliError::caused(at(), e)),
-            Err(e) => Err(CliError::caused(at(), e)),
+            Err(_) => Err(CliError::msg(format!(
+                "{}: no answer within {} s (--publish-timeout); the log above may say why",
+                at(),
+                self.publish_timeout.as_secs_f64()
+            ))),
         }
     }
 

@@ -33,9 +33,11 @@
 #![warn(missing_docs)]
 
 pub mod consumer;
+mod logs;
 mod options;
 mod publisher;
 
+pub use logs::LogContext;
 pub use options::KafkaOptions;
 pub use publisher::KafkaPublisher;
 

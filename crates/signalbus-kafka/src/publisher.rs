@@ -1,5 +1,6 @@
 //! The publisher: a batch is enqueued at once, then every delivery report is awaited.
 
+use crate::logs::LogContext;
 use crate::options::KafkaOptions;
 use crate::{CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
 use futures_util::future::join_all;
@@ -17,7 +18,7 @@ use std::time::Duration;
 /// and lost its state (new producer id, sequences from 0 again).
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: Arc<RwLock<FutureProducer>>,
+    producer: Arc<RwLock<FutureProducer<LogContext>>>,
     options: KafkaOptions,
 }
 
@@ -38,9 +39,9 @@ impl KafkaPublisher {
 
     /// Create the producer with `options`.
     pub async fn with_options(options: KafkaOptions) -> signalbus_core::Result<Self> {
-        let producer: FutureProducer = options
+        let producer: FutureProducer<LogContext> = options
             .config()
-            .create()
+            .create_with_context(LogContext::default())
             .map_err(|e| Error::Config(format!("invalid Kafka producer configuration: {e}")))?;
         let check = producer.clone();
         let limit = options.timeout;
@@ -67,7 +68,7 @@ impl KafkaPublisher {
     }
 
     /// The producer in use now.
-    pub fn producer(&self) -> FutureProducer {
+    pub fn producer(&self) -> FutureProducer<LogContext> {
         self.producer
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -76,7 +77,11 @@ impl KafkaPublisher {
 
     /// Swap in a fresh producer; the old one is dropped off the runtime (dropping flushes).
     fn renew(&self) {
-        match self.options.config().create::<FutureProducer>() {
+        match self
+            .options
+            .config()
+            .create_with_context::<_, FutureProducer<LogContext>>(LogContext::default())
+        {
             Ok(fresh) => {
                 let old = std::mem::replace(
                     &mut *self

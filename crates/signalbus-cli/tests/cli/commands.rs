@@ -231,6 +231,20 @@ async fn failures_are_one_clear_line_without_credentials() {
         "cannot connect to the bus",
     );
     assert!(!err.contains("hunter2"), "{err}");
+    // Credentials RabbitMQ refuses: one clear line, not lapin's three error lines first.
+    let err = fail(
+        s.run(
+            &url,
+            &[
+                "flushmany",
+                "--bus-url",
+                "amqp://guest:wrong-password@127.0.0.1:5672/%2f",
+            ],
+        ),
+        "refused the credentials of user `guest`",
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!err.contains("wrong-password"), "{err}");
 }
 
 #[tokio::test]
@@ -549,4 +563,35 @@ async fn options_follow_the_command_line_conventions() {
     let logs = text(&out.stderr);
     assert!(logs.contains("DEBUG"), "debug lines were written: {logs}");
     assert!(!logs.contains('\u{1b}'), "{logs}");
+}
+
+/// A Kafka broker that is down: one clear error line, and librdkafka's own lines summarised
+/// (one per cause) instead of hundreds of repeated connection failures.
+#[tokio::test]
+async fn a_kafka_broker_that_is_down_does_not_flood_the_log() {
+    let s = Scratch::new(TWO_TYPES);
+    let (url, _pool) = s.migrated_sqlite().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // free: nothing listens there
+    let out = s.run(
+        &url,
+        &[
+            "flushmany",
+            "--publish-timeout",
+            "6",
+            "--bus-url",
+            &format!("kafka://127.0.0.1:{port}"),
+        ],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect to the bus"), "{err}");
+    let librdkafka = err.lines().filter(|l| l.contains("librdkafka")).count();
+    assert!(
+        librdkafka <= 4,
+        "{librdkafka} lines of librdkafka in 6 s: {err}"
+    );
 }
