@@ -8,6 +8,7 @@
 //! autoflush = false              # optional, informative for the command line
 //! batch = true                   # optional: publish bursts as batches
 //! order_by = ["id"]              # optional: flushordered order, e.g. ["created_at DESC", "id"]
+//! ordered = true                 # optional: `relay` sends this type in order (per key)
 //! max_attempts = 10              # optional: refusals before a signal is parked
 //! retry_base_ms = 1000           # optional: the delay after the first refusal, doubling...
 //! retry_max_ms = 600000          # optional: ...up to this
@@ -62,6 +63,8 @@ pub struct SignalConfig {
     pub batch: Option<bool>,
     /// Columns of the `flushordered` order.
     pub order_by: Option<Vec<String>>,
+    /// `relay` sends this type in order (per ordering key), without `--ordered`.
+    pub ordered: Option<bool>,
     /// Refusals after which a signal is parked (at least 1; over the file's setting).
     pub max_attempts: Option<u32>,
     /// Milliseconds of the delay after the first refusal (more than 0); it doubles after each.
@@ -235,6 +238,9 @@ impl Config {
                 if let Some(order) = &s.order_by {
                     t = t.order_by(order);
                 }
+                if let Some(on) = s.ordered {
+                    t = t.ordered(on);
+                }
                 // Checked by `parse`.
                 if let Ok(policy) = s.retry().over(self.retry()).policy() {
                     t = t.retry(policy);
@@ -253,7 +259,7 @@ mod tests {
     fn parses_signals_and_rejects_typos() {
         let c = Config::parse(
             "[[signal]]\nname = \"a\"\nburst = 5\norder_by = [\"created_at DESC\"]\n\
-             [[signal]]\nname = \"b\"\ntable = \"s.b_signal\"\n",
+             [[signal]]\nname = \"b\"\ntable = \"s.b_signal\"\nordered = true\n",
             "test",
         )
         .unwrap();
@@ -261,6 +267,7 @@ mod tests {
         assert_eq!(types[0].burst_size(), 5);
         assert!(types[0].order_columns()[0].descending);
         assert_eq!(types[1].table_name(), "s.b_signal");
+        assert!(types[1].is_ordered() && !types[0].is_ordered());
         let err = Config::parse("[[signal]]\nname = \"a\"\nburts = 5\n", "test")
             .unwrap_err()
             .to_string();

@@ -1,10 +1,11 @@
 //! `signalbus`: the standalone command line, for services in any language. Signal types come
-//! from a TOML file (`--config` / `SIGNALBUS_CONFIG`), the database from `DATABASE_URL`, the
-//! bus from `SIGNALBUS_BUS_URL`. It owns what the library leaves to its caller: SIGTERM and
+//! from a TOML file (`--config` / `SIGNALBUS_CONFIG`, else `./signalbus.toml`), the database
+//! from `DATABASE_URL` (else the file's `databases`, each in turn), the bus from
+//! `SIGNALBUS_BUS_URL`. It owns what the library leaves to its caller: SIGTERM and
 //! SIGINT, the printing of errors and the exit status.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use signalbus::redact::redact_url;
 use signalbus::{Backend, BoxPublisher, PublisherExt, SignalBus, publisher::MemoryPublisher};
 use signalbus_cli::config::Config;
@@ -25,7 +26,7 @@ use std::time::Duration;
     after_help = signalbus_cli::EXIT_STATUS_HELP
 )]
 struct Cli {
-    /// The TOML file declaring the signal types.
+    /// The TOML file declaring the signal types (default: ./signalbus.toml, when there).
     #[arg(long, env = "SIGNALBUS_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// postgres://..., mysql://... or sqlite:PATH; `relay` takes it more than once (or the
@@ -83,7 +84,13 @@ struct Cli {
     log_format: LogFormat,
     #[command(flatten)]
     signalbus: SignalbusArgs,
+    /// Whether `--database-url` came from the environment (`DATABASE_URL`).
+    #[arg(skip)]
+    database_url_from_env: bool,
 }
+
+/// The configuration file used when none is named.
+const DEFAULT_CONFIG: &str = "signalbus.toml";
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
@@ -92,7 +99,10 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.database_url_from_env =
+        matches.value_source("database_url") == Some(clap::parser::ValueSource::EnvVariable);
     let verbose = cli.signalbus.verbose;
     // lapin logs a failure three times at `error` before the publisher reports it in one
     // clear line: left out unless asked for (-v, RUST_LOG). librdkafka's lines are summarised
@@ -192,18 +202,33 @@ impl Terminations {
 }
 
 async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
-    let path = cli.config.clone().ok_or_else(|| {
-        CliError::msg(
-            "no configuration file: pass --config FILE or set SIGNALBUS_CONFIG \
-             (a TOML file with one [[signal]] table per signal type)",
-        )
-    })?;
+    // Like cargo's Cargo.toml: the file in the current directory when none is named.
+    let here = PathBuf::from(DEFAULT_CONFIG);
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| here.is_file().then_some(here))
+        .ok_or_else(|| {
+            CliError::msg(format!(
+                "no configuration file: pass --config FILE, set SIGNALBUS_CONFIG, or put a \
+                 {DEFAULT_CONFIG} in the current directory (a TOML file with one [[signal]] \
+                 table per signal type)"
+            ))
+        })?;
     let config = Config::load(&path)?;
     // `signals` only lists the configuration: it needs no database, reachable or named.
     let lazy = matches!(cli.signalbus.command, Command::Signals(_));
     let mut urls = cli.database_url.clone();
     if urls.is_empty() {
         urls = config.databases.clone();
+    } else if cli.database_url_from_env && !config.databases.is_empty() {
+        // The usual order (command line, environment, file), but never silently.
+        eprintln!(
+            "signalbus: using DATABASE_URL from the environment, not the {} database(s) that \
+             `{}` lists; unset DATABASE_URL (or pass --database-url) to choose",
+            config.databases.len(),
+            path.display()
+        );
     }
     if urls.is_empty() {
         if !lazy {
@@ -217,11 +242,6 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
         Command::Relay(args) => Some(args),
         _ => None,
     };
-    if urls.len() > 1 && relay.is_none() {
-        return Err(CliError::msg(
-            "several databases given: only `relay` serves more than one; pass one --database-url",
-        ));
-    }
     let stop = StopSignal::new();
     // Only flushes stop after a burst; the other commands keep the default (end at once).
     if cli.signalbus.command.is_flush() {
@@ -230,14 +250,28 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
     }
     let settings = Settings::of(&cli)?;
     let Some(args) = relay else {
-        let pool = AnyPool::open(&urls[0], &cli, lazy).await?;
+        // Every other command runs on each database in turn (the configuration's
+        // `databases`, or several --database-url), stopping at the first failure.
         let publisher = settings
             .publisher(&cli, cli.signalbus.command.is_flush())
             .await?;
-        return on_pool!(pool, |pool| {
-            let bus = settings.bus(pool, &config, publisher, &urls[0])?;
-            signalbus_cli::run(&bus, &cli.signalbus.command, &stop).await
-        });
+        let mut outcome = Outcome::Completed;
+        for url in &urls {
+            if urls.len() > 1 {
+                eprintln!("signalbus: database `{}`", redact_url(url));
+            }
+            let pool = AnyPool::open(url, &cli, lazy).await?;
+            let done = on_pool!(pool, |pool| {
+                let bus = settings.bus(pool, &config, publisher.clone(), url)?;
+                signalbus_cli::run(&bus, &cli.signalbus.command, &stop).await
+            })?;
+            match done {
+                Outcome::Stopped => return Ok(Outcome::Stopped),
+                Outcome::Refused => outcome = Outcome::Refused,
+                _ => {}
+            }
+        }
+        return Ok(outcome);
     };
     // A bad --listen fails before anything connects.
     let server = RelayServer::bind(args).await?;

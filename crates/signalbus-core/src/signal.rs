@@ -22,6 +22,7 @@ pub struct SignalType {
     autoflush: bool,
     burst: usize,
     batch: bool,
+    ordered: bool,
     order_by: Vec<OrderColumn>,
     retry: RetryPolicy,
 }
@@ -84,6 +85,7 @@ impl SignalType {
             autoflush: true,
             burst: DEFAULT_BURST,
             batch: true,
+            ordered: false,
             order_by: Vec::new(),
             retry: RetryPolicy::default(),
         }
@@ -118,6 +120,19 @@ impl SignalType {
     pub fn burst(mut self, burst: usize) -> Self {
         self.burst = burst;
         self
+    }
+
+    /// `true`: a relay sends this type in order (as `flushordered` does: per ordering key,
+    /// gap-safe), whatever its own ordered setting says; other types of the same relay go
+    /// out as they come. Turn auto-flush off for such a type: the auto-flush keeps no order.
+    pub fn ordered(mut self, on: bool) -> Self {
+        self.ordered = on;
+        self
+    }
+
+    /// Whether a relay sends this type in order ([`SignalType::ordered`]).
+    pub fn is_ordered(&self) -> bool {
+        self.ordered
     }
 
     /// `false` sends messages of this type one publish call at a time instead of in batches.

@@ -17,6 +17,7 @@ pub struct Container {
     pub autoflush: Option<bool>,
     pub burst: Option<usize>,
     pub batch: Option<bool>,
+    pub ordered: Option<bool>,
     pub order_by: Vec<String>,
     /// `max_attempts`, `retry_base_ms`, `retry_max_ms`: the retry policy, where given.
     pub max_attempts: Option<u32>,
@@ -41,6 +42,7 @@ impl Container {
                     "routing_key" => out.routing_key = Some(meta.value()?.parse::<LitStr>()?.value()),
                     "autoflush" => out.autoflush = Some(meta.value()?.parse::<LitBool>()?.value),
                     "batch" => out.batch = Some(meta.value()?.parse::<LitBool>()?.value),
+                    "ordered" => out.ordered = Some(meta.value()?.parse::<LitBool>()?.value),
                     "burst" => {
                         let lit = meta.value()?.parse::<LitInt>()?;
                         let burst: usize = lit.base10_parse()?;
@@ -74,7 +76,7 @@ impl Container {
                         }
                     }
                     _ => return Err(meta.error(
-                        "unknown signal attribute; expected name, table, destination, routing_key, autoflush, burst, batch, order_by, max_attempts, retry_base_ms or retry_max_ms",
+                        "unknown signal attribute; expected name, table, destination, routing_key, autoflush, burst, batch, ordered, order_by, max_attempts, retry_base_ms or retry_max_ms",
                     )),
                 }
                 Ok(())

@@ -16,7 +16,8 @@ use syn::{Data, DeriveInput, Fields, parse_macro_input};
 /// Container attributes, all optional, in `#[signal(...)]`:
 /// `name = "..."` (default: the type's name), `table = "..."` (default: the type's name in
 /// snake_case), `destination = "..."` (default: the name), `routing_key = "..."`,
-/// `autoflush = false`, `burst = 500`, `batch = false`, `order_by = "created_at DESC, id"`,
+/// `autoflush = false`, `burst = 500`, `batch = false`, `ordered = true` (a relay sends the type
+/// in order), `order_by = "created_at DESC, id"`,
 /// and the retry policy of refused messages: `max_attempts = 5`, `retry_base_ms = 1000`,
 /// `retry_max_ms = 600000` (unset parts keep `RetryPolicy::default()`).
 ///
@@ -82,6 +83,9 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     }
     if let Some(b) = container.batch {
         policy.extend(quote! { .batch(#b) });
+    }
+    if let Some(o) = container.ordered {
+        policy.extend(quote! { .ordered(#o) });
     }
     if !container.order_by.is_empty() {
         let cols = &container.order_by;

@@ -595,3 +595,69 @@ async fn a_kafka_broker_that_is_down_does_not_flood_the_log() {
         "{librdkafka} lines of librdkafka in 6 s: {err}"
     );
 }
+
+/// Configuration without surprises: `./signalbus.toml` is found like cargo's `Cargo.toml`;
+/// the file's `databases` serve every command (each database in turn), not only `relay`;
+/// `DATABASE_URL` from the environment still wins, but says so.
+#[tokio::test]
+async fn the_configuration_file_is_found_and_its_databases_serve_every_command() {
+    let s = Scratch::new(TWO_TYPES);
+    let (one, pool_one) = s.migrated_sqlite().await;
+    let two = format!("sqlite:{}", s.path("two.sqlite").display());
+    let out = s.run(&format!("{two}?mode=rwc"), &["migrate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pool_two = crate::sqlite_pool(&two).await;
+    insert_sqlite(&pool_one, "alpha_signal", &["a1"]).await;
+    insert_sqlite(&pool_two, "alpha_signal", &["a2", "a3"]).await;
+    std::fs::write(
+        s.path("signalbus.toml"),
+        format!("databases = [\"{one}\", \"{two}\"]\n{TWO_TYPES}"),
+    )
+    .unwrap();
+    // No --config, no SIGNALBUS_CONFIG, no DATABASE_URL: the file in the current directory.
+    let bare = || {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(s.path("."))
+            .env_remove("SIGNALBUS_CONFIG")
+            .env_remove("DATABASE_URL")
+            .env_remove("SIGNALBUS_BUS_URL")
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let out = bare().args(["pending", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let totals: Vec<u64> = text(&out.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["total"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        totals,
+        [1, 2],
+        "one document per database, in the file's order"
+    );
+    let bus = s.bus("out.jsonl");
+    let out = bare()
+        .args(["flushmany", "--bus-url", &bus])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("sent ").count(), 2, "{err}");
+    assert_eq!(received(&s.path("out.jsonl")).len(), 3);
+    // DATABASE_URL from the environment wins over the file's list, and says so.
+    let out = bare()
+        .env("DATABASE_URL", &one)
+        .arg("pending")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("using DATABASE_URL from the environment, not the 2 database(s)"),
+        "{err}"
+    );
+}

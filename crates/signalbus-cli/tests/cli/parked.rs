@@ -15,6 +15,13 @@ fn fails(out: &Output, expect: &str) -> String {
     last
 }
 
+/// Exit status 3: a flush that parked (or left refused) signals; returns standard error.
+fn parks(out: &Output) -> String {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    err
+}
+
 /// Exit status 0; returns standard error.
 fn succeeds(out: &Output) -> String {
     let err = text(&out.stderr);
@@ -63,7 +70,7 @@ async fn parked_signals_are_listed_counted_unparked_and_purged() {
     // A real flush sends the valid row and parks the invalid one.
     insert_sqlite(&pool, "alpha_signal", &["good"]).await;
     let bad = insert_invalid(&pool, "bad").await;
-    succeeds(&s.run(&url, &["flushmany", "--bus-url", &bus]));
+    parks(&s.run(&url, &["flushmany", "--bus-url", &bus]));
     assert_eq!(received(&s.path("out.jsonl")).len(), 1);
     assert_eq!(row(&pool, bad).await, Some((1, true)));
 
@@ -169,11 +176,11 @@ async fn parked_signals_are_listed_counted_unparked_and_purged() {
 
     // Unparked while still invalid, the next flush tries it again and parks it again.
     let bad = insert_invalid(&pool, "still bad").await;
-    succeeds(&s.run(&url, &["flushmany", "--bus-url", &bus]));
+    parks(&s.run(&url, &["flushmany", "--bus-url", &bus]));
     let err = succeeds(&s.run(&url, &["unpark", "--all"]));
     assert!(err.contains("unparked 1 signal(s) (alpha 1)"), "{err}");
     assert_eq!(row(&pool, bad).await, Some((0, false)));
-    let err = succeeds(&s.run(&url, &["flushmany", "--bus-url", &bus]));
+    let err = parks(&s.run(&url, &["flushmany", "--bus-url", &bus]));
     assert!(err.contains("1 parked"), "{err}");
     assert_eq!(row(&pool, bad).await, Some((1, true)));
 
@@ -203,7 +210,7 @@ async fn parked_limit_purge_by_id_and_bad_input() {
     for body in ["b1", "b2", "b3"] {
         bad.push(insert_invalid(&pool, body).await);
     }
-    succeeds(&s.run(&url, &["flushmany", "--bus-url", "stdout:"]));
+    parks(&s.run(&url, &["flushmany", "--bus-url", "stdout:"]));
 
     // --limit lists the lowest ids and says that there are more.
     let out = s.run(&url, &["parked", "--json", "--limit", "2"]);

@@ -117,10 +117,8 @@ pub(crate) fn prepare<DB: Backend>(shared: &Shared<DB>, held: Vec<HeldRows>) -> 
                 attempts: row.attempts,
                 born: now.checked_sub(age),
             };
-            let message = to_message(reg, row).map_err(|e| {
-                tracing::error!(signal = %reg.name, error = %e, "a pending row is not a valid signal; parking it");
-                e.to_string()
-            });
+            // Logged once, when it is parked (with the reason), by the settle step.
+            let message = to_message(reg, row).map_err(|e| e.to_string());
             outgoing.push(Outgoing { entry, message });
         }
     }

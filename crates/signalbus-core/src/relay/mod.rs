@@ -157,10 +157,14 @@ impl<DB: Backend> RelayBuilder<DB> {
         }
         // Every table must be there: a relay that starts must be able to work.
         self.bus.pending(&self.selection).await?;
-        let per_type = if self.ordered { self.ordered_lanes } else { 1 };
+        // In order: every type when the relay is ordered, else the types that say so.
+        let ordered = |i: TypeIdx| self.ordered || shared.registry.get(i).ty.is_ordered();
         let lanes: Vec<(TypeIdx, Arc<Notify>)> = types
             .iter()
-            .flat_map(|&i| (0..per_type).map(move |_| (i, Arc::new(Notify::new()))))
+            .flat_map(|&i| {
+                let per_type = if ordered(i) { self.ordered_lanes } else { 1 };
+                (0..per_type).map(move |_| (i, Arc::new(Notify::new())))
+            })
             .collect();
         let wakers = Arc::new(Wakers {
             lanes: lanes
@@ -181,7 +185,7 @@ impl<DB: Backend> RelayBuilder<DB> {
         tasks.spawn(gauges(
             shared.clone(),
             types.clone(),
-            self.ordered,
+            types.iter().map(|&i| ordered(i)).collect(),
             self.stats_interval,
             stop_rx.clone(),
         ));
@@ -198,7 +202,7 @@ impl<DB: Backend> RelayBuilder<DB> {
                     idx,
                     failing: failing.clone(),
                     slot,
-                    ordered: self.ordered,
+                    ordered: ordered(idx),
                     poll_min: self.poll_min,
                     poll_max: self.poll_max,
                     notify,
@@ -446,12 +450,12 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
 async fn gauges<DB: Backend>(
     shared: Arc<Shared<DB>>,
     types: Vec<TypeIdx>,
-    ordered: bool,
+    ordered: Vec<bool>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        for &idx in &types {
+        for (&idx, &ordered) in types.iter().zip(&ordered) {
             let reg = shared.registry.get(idx);
             let stats = async {
                 let mut conn = shared.pool.acquire().await?;

@@ -387,3 +387,65 @@ async fn an_ordered_relay_sends_a_row_soon_after_the_watermark_passes_it() {
     assert!(relay.shutdown(Duration::from_secs(10)).await);
     db.cleanup().await;
 }
+
+/// `ordered` is a setting of the signal type: one relay, not ordered itself, sends the type
+/// that says so in order (held back by the gap-safe watermark while an older transaction
+/// runs) and another type as it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_relay_sends_the_types_that_say_so_in_order() {
+    let db = <sqlx::Postgres as TestBackend>::create(6).await;
+    let outbox = MemoryPublisher::new();
+    let plain = SignalType::new("plain")
+        .table("plain_signal")
+        .autoflush(false);
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(outbox.clone())
+        .register_type(Keyed::signal_type().clone().ordered(true))
+        .register_type(plain)
+        .autoflush(false)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    let relay = bus
+        .relay()
+        .poll(Duration::from_millis(10), Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let mut older = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO keyed_signal (topic, body, ordering_key) \
+         VALUES ('accounts', '{\"account\":\"a\",\"seq\":0}', 'a'); \
+         INSERT INTO plain_signal (topic, body) VALUES ('plain', '{}')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while outbox.len() < 1 {
+        assert!(Instant::now() < deadline, "the plain type was not sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent: Vec<String> = outbox
+        .messages()
+        .iter()
+        .map(|m| m.signal.to_string())
+        .collect();
+    assert_eq!(
+        sent,
+        ["plain"],
+        "the ordered type waits for the older transaction"
+    );
+    older.commit().await.unwrap();
+    while outbox.len() < 2 {
+        assert!(Instant::now() < deadline, "the ordered type was not sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(relay.shutdown(Duration::from_secs(10)).await);
+    db.cleanup().await;
+}
