@@ -230,12 +230,13 @@ pub struct RelayArgs {
     /// Leave out this signal type (repeatable).
     #[arg(short, long, value_name = "NAME")]
     pub exclude: Vec<String>,
-    /// Send in order, as flushordered does.
-    #[arg(long)]
+    /// Send every type in order, as flushordered does (a type can also say so itself:
+    /// `ordered = true` in the configuration).
+    #[arg(long, env = "SIGNALBUS_ORDERED")]
     pub ordered: bool,
     /// With --ordered: bursts of one signal type sent at once, each with other ordering
     /// keys (never two signals of one key at the same time).
-    #[arg(long, value_name = "N", default_value_t = 4,
+    #[arg(long, env = "SIGNALBUS_ORDERED_LANES", value_name = "N", default_value_t = 4,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub ordered_lanes: usize,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address: HOST:PORT, the host
@@ -244,17 +245,21 @@ pub struct RelayArgs {
     pub listen: Option<String>,
     /// Seconds a SIGTERM waits for the bursts in flight before the relay exits anyway
     /// (their signals stay pending).
-    #[arg(long, value_name = "SECONDS", value_parser = seconds, default_value = "10")]
+    #[arg(long, env = "SIGNALBUS_SHUTDOWN_TIMEOUT", value_name = "SECONDS",
+          value_parser = seconds, default_value = "10", allow_negative_numbers = true)]
     pub shutdown_timeout: std::time::Duration,
     /// Seconds of the shortest poll, after a round that found nothing.
-    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds, default_value = "0.01")]
+    #[arg(long, env = "SIGNALBUS_POLL_MIN", value_name = "SECONDS",
+          value_parser = positive_seconds, default_value = "0.01", allow_negative_numbers = true)]
     pub poll_min: std::time::Duration,
     /// Seconds of the longest poll, while idle (on PostgreSQL: the fallback behind the
     /// notifications).
-    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds, default_value = "1")]
+    #[arg(long, env = "SIGNALBUS_POLL_MAX", value_name = "SECONDS",
+          value_parser = positive_seconds, default_value = "1", allow_negative_numbers = true)]
     pub poll_max: std::time::Duration,
     /// Seconds between refreshes of the pending, backing-off and parked gauges.
-    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds, default_value = "5")]
+    #[arg(long, env = "SIGNALBUS_STATS_INTERVAL", value_name = "SECONDS",
+          value_parser = positive_seconds, default_value = "5", allow_negative_numbers = true)]
     pub stats_interval: std::time::Duration,
 }
 
