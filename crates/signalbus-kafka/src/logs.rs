@@ -116,6 +116,9 @@ impl ClientContext for LogContext {
     }
 }
 
+/// Consumers created with it (`create_with_context(LogContext::default())`) log the same way.
+impl rdkafka::consumer::ConsumerContext for LogContext {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +156,3 @@ mod tests {
         assert_eq!(line(7), Some(300), "a minute later: logged, with the count");
     }
 }
-
-/// Consumers created with it (`create_with_context(LogContext::default())`) log the same way.
-impl rdkafka::consumer::ConsumerContext for LogContext {}

@@ -372,7 +372,7 @@ async fn an_ordered_relay_sends_a_row_soon_after_the_watermark_passes_it() {
     );
     older.commit().await.unwrap();
     let released = Instant::now();
-    while outbox.len() < 1 {
+    while outbox.is_empty() {
         assert!(
             released.elapsed() < Duration::from_secs(15),
             "not sent {:?} after the watermark passed it (the poll is 30 s)",
@@ -426,7 +426,7 @@ async fn one_relay_sends_the_types_that_say_so_in_order() {
     .await
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while outbox.len() < 1 {
+    while outbox.is_empty() {
         assert!(Instant::now() < deadline, "the plain type was not sent");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
