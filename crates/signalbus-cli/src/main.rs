@@ -255,6 +255,23 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
         let publisher = settings
             .publisher(&cli, cli.signalbus.command.is_flush())
             .await?;
+        // Row ids are per database: an id given on the command line names a row of one.
+        let by_id = match &cli.signalbus.command {
+            Command::Unpark(settle) => !settle.ids.is_empty(),
+            Command::PurgeParked(purge) => !purge.which.ids.is_empty(),
+            _ => false,
+        };
+        if by_id && urls.len() > 1 {
+            return Err(CliError::msg(format!(
+                "--id names rows of one database, and {} are given: choose it with \
+                 --database-url",
+                urls.len()
+            )));
+        }
+        // Listing the configuration needs no database: once.
+        if matches!(cli.signalbus.command, Command::Signals(_)) {
+            urls.truncate(1);
+        }
         let mut outcome = Outcome::Completed;
         for url in &urls {
             if urls.len() > 1 {

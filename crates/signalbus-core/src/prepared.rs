@@ -111,6 +111,7 @@ impl PreparedSignal {
         Some(Item {
             idx: self.idx,
             id,
+            leased: self.lease_ms.is_some(),
             message: Some(Message {
                 id: self.message_id,
                 signal: self.signal,

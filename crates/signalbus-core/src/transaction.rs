@@ -100,8 +100,12 @@ impl<DB: Backend> Recorder<DB> {
         // while the auto-flush publishes it from memory; the lease bounds the delay should
         // this process never hand it over (a crash, a full queue it could not give it back to).
         // Whether the auto-flush sends it is decided at commit, by the switch as it is then
-        // (as the original does): a type's signals are leased whatever the switch says now.
+        // (as the original does): every signal of an auto-flushed type is recorded for it,
+        // leased only while the switch is on (off, the row is free for explicit flushes and
+        // the relay at once, and wakes the relay; should the switch be on at the commit, the
+        // auto-flush claims it before sending).
         let autoflush = ty.is_autoflush();
+        let leased = autoflush && self.bus.autoflush_enabled();
         let lease = self.bus.shared.config.lease();
         Ok(PreparedSignal {
             idx,
@@ -115,7 +119,7 @@ impl<DB: Backend> Recorder<DB> {
             headers,
             body: signal.body()?,
             content_type: signal.content_type().map(Cow::into_owned),
-            lease_ms: autoflush.then(|| crate::storage::millis(lease)),
+            lease_ms: leased.then(|| crate::storage::millis(lease)),
             ordering_key: signal.ordering_key().map(Cow::into_owned),
             autoflush,
         })
@@ -162,7 +166,8 @@ impl<DB: Backend> Recorder<DB> {
             // Switched off by the time of the commit: left for an explicit flush, their
             // leases lifted before the delivery resolves.
             report.pending += count;
-            return given_back(&self.bus, self.autoflush, report);
+            let leased: Vec<Item> = self.autoflush.into_iter().filter(|i| i.leased).collect();
+            return given_back(&self.bus, leased, report);
         }
         let refused = |report: &mut DeliveryReport, error: Error| {
             report.pending += count;
@@ -174,9 +179,12 @@ impl<DB: Backend> Recorder<DB> {
             return Delivery::ready(report);
         }
         let (reply, rx) = oneshot::channel();
+        // Rows written without a lease may be taken by another flusher meanwhile: claimed
+        // first, like the rows of a caller's own transaction.
+        let verified = self.verified && self.autoflush.iter().all(|i| i.leased);
         let request = FlushRequest {
             items: self.autoflush,
-            verified: self.verified,
+            verified,
             reply,
             committed: tokio::time::Instant::now(),
         };
@@ -223,6 +231,9 @@ fn given_back<DB: Backend>(
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return Delivery::ready(report);
     };
+    if items.is_empty() {
+        return Delivery::ready(report);
+    }
     let shared = bus.shared.clone();
     let (reply, rx) = oneshot::channel();
     runtime.spawn(async move {
@@ -294,12 +305,13 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
     /// explicit flush, which can take them as soon as this returns.
     pub async fn commit(mut self) -> Result<Delivery> {
         if !self.recorder.bus.autoflush_enabled() && !self.recorder.autoflush.is_empty() {
-            // Their leases are lifted in the transaction itself, so that they commit free.
+            // The leases of those written while it was on are lifted in the transaction
+            // itself, so that they commit free (and wake the relay).
             let items = std::mem::take(&mut self.recorder.autoflush);
             crate::flush::auto::release_in(
                 &self.recorder.bus.shared,
                 &mut self.tx,
-                items.iter().map(|i| (i.idx, i.id)),
+                items.iter().filter(|i| i.leased).map(|i| (i.idx, i.id)),
             )
             .await?;
             self.recorder.held_back += items.len();

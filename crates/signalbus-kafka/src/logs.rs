@@ -1,8 +1,8 @@
 //! librdkafka's own log lines, summarised: a broker that is down makes librdkafka log the
 //! same failed connection several times a second (hundreds of lines in ten seconds, burying
-//! the one line that says what is wrong). Each cause (the facility and the message with its
-//! numbers blanked out) is logged once, then at most once a minute with how often it came
-//! again meanwhile.
+//! the one line that says what is wrong). Each cause (the message with the durations and
+//! counts in its parentheses blanked out) is logged once, then at most once a minute with how
+//! often it came again meanwhile.
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -63,18 +63,24 @@ impl LogContext {
 }
 
 /// The cause of a line: its text without librdkafka's thread prefix (`[thrd:…]: `) and
-/// its own count of suppressed repetitions, every run of digits blanked out (ports,
-/// durations and counts change from one repetition to the next). An error and the log line
-/// that reports the same failure have one cause.
+/// its own count of suppressed repetitions, with the runs of digits inside parentheses
+/// blanked out (durations and counts change from one repetition to the next; the broker's
+/// address outside them stays, so that two brokers' failures are two causes). An error and
+/// the log line that report the same failure have one cause.
 fn cause(text: &str) -> String {
     let text = match text.strip_prefix("[thrd:") {
         Some(rest) => rest.split_once("]: ").map_or(rest, |(_, after)| after),
         None => text,
     };
     let mut out = String::with_capacity(text.len());
-    let mut digits = false;
+    let (mut depth, mut digits) = (0u32, false);
     for c in text.chars() {
-        if c.is_ascii_digit() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > 0 && c.is_ascii_digit() {
             if !digits {
                 out.push('#');
             }
@@ -147,6 +153,13 @@ mod tests {
             context.admit(cause("1/1 brokers are down")),
             Some(0),
             "another cause is logged"
+        );
+        assert_eq!(
+            context.admit(cause(
+                "127.0.0.2:1/bootstrap: Connect failed (after 3ms in state CONNECT)"
+            )),
+            Some(0),
+            "another broker's failure is another cause"
         );
         let mut seen = context.seen.lock().unwrap();
         let key = cause("127.0.0.1:1/bootstrap: Connect failed (after 5ms in state CONNECT)");

@@ -648,6 +648,14 @@ async fn the_configuration_file_is_found_and_its_databases_serve_every_command()
     assert!(out.status.success(), "{err}");
     assert_eq!(err.matches("sent ").count(), 2, "{err}");
     assert_eq!(received(&s.path("out.jsonl")).len(), 3);
+    // Row ids are per database: --id with several is refused, nothing changed.
+    let out = bare()
+        .args(["purge-parked", "alpha", "--id", "1", "--yes"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--id names rows of one database"), "{err}");
     // DATABASE_URL from the environment wins over the file's list, and says so.
     let out = bare()
         .env("DATABASE_URL", &one)

@@ -37,6 +37,10 @@ use tokio::time::Instant;
 pub(crate) struct Item {
     pub idx: TypeIdx,
     pub id: i64,
+    /// Written with a lease (auto-flush on when it was written): no other flusher takes the
+    /// row until then. One written without (auto-flush off then, on at the commit) must be
+    /// claimed before it is sent.
+    pub leased: bool,
     /// Taken (not copied) by the round that publishes it.
     pub message: Option<Message>,
 }
@@ -469,8 +473,8 @@ async fn release_on<DB: Backend>(
     conn: &mut DB::Connection,
     rows: impl IntoIterator<Item = (TypeIdx, i64)>,
 ) {
-    if let Err((signal, e)) = release_rows(shared, conn, rows).await {
-        tracing::warn!(%signal, error = %e, "could not give signals back; they come back when their lease expires");
+    if let Err(e) = release_and_wake(shared, conn, rows.into_iter().collect()).await {
+        tracing::warn!(error = %e, "could not give signals back; they come back when their lease expires");
     }
 }
 
@@ -481,7 +485,7 @@ pub(crate) async fn release_in<DB: Backend>(
     conn: &mut DB::Connection,
     rows: impl IntoIterator<Item = (TypeIdx, i64)>,
 ) -> crate::error::Result<()> {
-    release_rows(shared, conn, rows).await.map_err(|(_, e)| e)
+    release_and_wake(shared, conn, rows.into_iter().collect()).await
 }
 
 /// Release `rows` type by type; the first failure, with the signal's name.
@@ -500,6 +504,21 @@ async fn release_rows<DB: Backend>(
             .release::<DB>(conn, &ids)
             .await
             .map_err(|e| (reg.name.to_string(), e))?;
+    }
+    Ok(())
+}
+
+/// [`release_rows`] in the caller's transaction, then the relay's wake-up for their tables
+/// (PostgreSQL: the insert trigger notified nothing for rows written leased).
+async fn release_and_wake<DB: Backend>(
+    shared: &Shared<DB>,
+    conn: &mut DB::Connection,
+    rows: Vec<(TypeIdx, i64)>,
+) -> crate::error::Result<()> {
+    let tables: std::collections::BTreeSet<TypeIdx> = rows.iter().map(|(idx, _)| *idx).collect();
+    release_rows(shared, conn, rows).await.map_err(|(_, e)| e)?;
+    for idx in tables {
+        shared.registry.get(idx).sql.wake_relays::<DB>(conn).await?;
     }
     Ok(())
 }
@@ -566,6 +585,7 @@ mod tests {
             .map(|i| Item {
                 idx: 0,
                 id: i64::try_from(i).unwrap(),
+                leased: true,
                 message: Some(Message {
                     id: i.to_string(),
                     signal: "test".into(),

@@ -424,8 +424,11 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
             }
             Err(e) => {
                 failures += 1;
-                // The bus' failures show in its own readiness check; the database's here.
-                if !matches!(e, Error::Publish(_)) {
+                // The bus' failures show in its own readiness check; the database's here (a
+                // publish failure means the database steps before it worked).
+                if matches!(e, Error::Publish(_)) {
+                    lane.set_failing(None);
+                } else {
                     lane.set_failing(Some(e.to_string()));
                 }
                 let wait = failure_wait(failures);

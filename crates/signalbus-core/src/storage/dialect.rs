@@ -177,6 +177,9 @@ pub(crate) struct Dialect {
     /// Who holds the watermark back: one line naming the oldest transaction still running
     /// (pid, database, state, how long), or no row.
     pub watermark_holder: Option<&'static str>,
+    /// Wakes the relays of table `{name}` (its name without schema, as the insert trigger
+    /// sends it): for rows that become sendable by an update (a lease lifted).
+    pub wake_relays: Option<&'static str>,
     /// How a flush transaction begins.
     pub begin_flush: &'static str,
     /// Where the database lets one transaction commit without waiting for its log to reach

@@ -891,7 +891,9 @@ impl Statements {
         // from their index where there is one); the read then checks each row against them.
         let mut keys = DB::fetch_keys(conn, &held_keys.sql, &[]).await?;
         let null_held = keys.iter().any(Option::is_none);
-        let keys: Vec<String> = keys.drain(..).flatten().collect();
+        let mut keys: Vec<String> = keys.drain(..).flatten().collect();
+        keys.sort_unstable();
+        keys.dedup();
         let values = Values {
             limit: n,
             lane,
@@ -991,6 +993,14 @@ impl Statements {
             holder,
             holder_age,
         })
+    }
+
+    /// Wake the relays of this table, where the database has notifications.
+    pub async fn wake_relays<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<()> {
+        if let Some(wake) = &self.wake_relays {
+            DB::execute_script(conn, wake).await?;
+        }
+        Ok(())
     }
 
     /// Up to `limit` parked rows, lowest ids first.

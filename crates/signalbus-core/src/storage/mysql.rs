@@ -80,6 +80,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     connection_id: Some("SELECT CAST(CONNECTION_ID() AS SIGNED)"),
     watermark_held: None,
     watermark_holder: None,
+    wake_relays: None,
     begin_flush: "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),

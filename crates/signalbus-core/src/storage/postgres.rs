@@ -66,6 +66,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     connection_id: None,
     watermark_held: Some(WATERMARK_HELD),
     watermark_holder: Some(WATERMARK_HOLDER),
+    wake_relays: Some("SELECT pg_notify('signalbus', '{name}')"),
     begin_flush: BEGIN_FLUSH,
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),
@@ -87,14 +88,14 @@ pub(crate) const DIALECT: Dialect = Dialect {
 };
 
 /// How a flush transaction begins: without waiting for the WAL flush at commit (see
-/// `begin_async`), every statement bounded (`statement_timeout`: nothing a flush runs may
+/// `begin_async`), and every statement bounded (`statement_timeout`: nothing a flush runs may
 /// run on unbounded, holding its snapshot back from every ordered flush of the cluster and
-/// from vacuum), and the client's socket checked every second while a statement runs
-/// (`client_connection_check_interval`, PostgreSQL 14+), so that the statement of a flush
-/// whose caller stopped and closed the connection ([`super::CloseOnDrop`]), or whose process
-/// died, is cancelled at once.
-const BEGIN_FLUSH: &str = "BEGIN; SET LOCAL synchronous_commit TO OFF; \
-     SET LOCAL statement_timeout = '60s'; SET LOCAL client_connection_check_interval = '1s'";
+/// from vacuum). The ordered read, which may wait for row locks, sets its own bound from the
+/// lock wait, and has the server check the client's socket while it runs, so that the read
+/// of a flush whose caller stopped and closed the connection ([`super::CloseOnDrop`]), or
+/// whose process died, is cancelled at once.
+const BEGIN_FLUSH: &str =
+    "BEGIN; SET LOCAL synchronous_commit TO OFF; SET LOCAL statement_timeout = '60s'";
 
 /// The rows of `{t}` the gap-safe watermark holds back now (settled rows have `txid` below
 /// the snapshot's xmin; rows at or past its xmax are restored ones, sent first), and the age

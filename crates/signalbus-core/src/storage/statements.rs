@@ -159,6 +159,8 @@ pub(crate) struct Statements {
     /// The rows the ordered watermark holds back, and the age of the transaction holding it
     /// ([`Dialect::watermark_held`]).
     pub watermark_held: Option<SqlStr>,
+    /// Wake the relays of this table ([`Dialect::wake_relays`]).
+    pub wake_relays: Option<SqlStr>,
 }
 
 /// `flushordered`'s statements.
@@ -469,8 +471,16 @@ impl Statements {
         // skipped from there on, by the burst's pick.) Rows without a key are one sequence.
         // The held keys are read first ({Keys}, {NullHeld}); each row is then checked against
         // that set, never by a probe of the table per row.
+        // MySQL compares keys in the column's collation, which may fold distinct keys into
+        // one (case, accents, trailing spaces): there every held row's key is read and the
+        // set is made in Rust, byte for byte.
+        let distinct = if d.update_by_ids.is_some() {
+            ""
+        } else {
+            "DISTINCT "
+        };
         let held_keys = stmt(format!(
-            "SELECT DISTINCT t.ordering_key FROM {t} AS t WHERE {}",
+            "SELECT {distinct}t.ordering_key FROM {t} AS t WHERE {}",
             d.held_rows
                 .replace("{held}", &held)
                 .replace("{index}", HELD_INDEX_PREDICATE)
@@ -489,7 +499,17 @@ impl Statements {
                 // Index scans only: the read must not turn into a scan of the whole table
                 // per burst because the statistics say the table is small (they are stale
                 // right after a bulk insert, and never refreshed without autovacuum).
-                let plan = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off";
+                // Bounded: the lock wait plus a margin for the read itself; and the
+                // client's socket checked while it runs (PostgreSQL 14+; skipped where the
+                // server does not have it), so that a flusher that went away leaves no
+                // statement holding its snapshot.
+                let plan = format!(
+                    "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+                     SET LOCAL statement_timeout = {}; \
+                     DO $check$ BEGIN PERFORM set_config('client_connection_check_interval', \
+                     '1s', true); EXCEPTION WHEN OTHERS THEN NULL; END $check$",
+                    ms + 30_000
+                );
                 let turn = shared(if d.lanes.is_some() {
                     format!("SET LOCAL lock_timeout = {ms}; {plan}")
                 } else {
@@ -588,6 +608,10 @@ impl Statements {
             purge_all: shared(format!("DELETE FROM {t} WHERE parked_at IS NOT NULL")),
             flush_lock,
             watermark_held: d.watermark_held.map(|text| shared(text.replace("{t}", &t))),
+            // The name is a validated identifier (letters, digits, `_`): safe in the literal.
+            wake_relays: d
+                .wake_relays
+                .map(|text| shared(text.replace("{name}", table.name()))),
         }
     }
 }
