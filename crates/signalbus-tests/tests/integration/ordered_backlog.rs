@@ -156,9 +156,22 @@ where
 
 on_every_database!(an_ordered_flush_of_a_fresh_backlog_is_linear);
 
-/// A bus for the stop test: lock waits far longer than the test runs.
-async fn patient_bus<DB: TestBackend>(pool: sqlx::Pool<DB>) -> SignalBus<DB> {
-    let bus = SignalBus::builder(pool)
+/// A flush stopped while its ordered read waits (a dropped future, as SIGTERM or a timeout
+/// does) leaves no statement running on the server: before, the connection went back to the
+/// pool and the read went on waiting for the lock for the whole lock timeout, holding its
+/// snapshot (and so every ordered flush of the cluster) back. `running` counts the
+/// statements on `backlog_signal` still running on the server, other than its own. PostgreSQL
+/// notices the closed connection; MariaDB, where closing the socket does not stop a
+/// statement, gets `KILL QUERY`.
+async fn a_stopped_ordered_flush_leaves_no_statement_running<DB: TestBackend>(running: &str)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let db = DB::create(4).await;
+    // Lock waits far longer than the test runs.
+    let bus = SignalBus::builder(db.pool.clone())
         .publisher(MemoryPublisher::new())
         .register::<Backlog>()
         .autoflush(false)
@@ -166,30 +179,41 @@ async fn patient_bus<DB: TestBackend>(pool: sqlx::Pool<DB>) -> SignalBus<DB> {
         .build()
         .unwrap();
     bus.migrate().await.unwrap();
-    bus
-}
-
-/// An ordered flush in a task of its own. Generic over the database: spawned on a concrete
-/// one, the future trips rustc's check that it is `Send` (rust-lang/rust#96865).
-fn spawn_ordered_flush<DB: TestBackend>(
-    bus: &SignalBus<DB>,
-) -> tokio::task::JoinHandle<signalbus::Result<usize>> {
-    let bus = bus.clone();
-    tokio::spawn(async move { bus.flushordered(&Selection::all()).await })
-}
-
-/// Polls `running` (the statements still running on the server for the stopped flush) for
-/// up to 5 s; fails if any is left.
-async fn until_none_running<F, Fut>(mut running: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = i64>,
-{
+    sqlx::raw_sql("INSERT INTO backlog_signal (topic, body) VALUES ('backlog', '1')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::raw_sql("SELECT id FROM backlog_signal FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let count = || async {
+        use sqlx::Row as _;
+        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(running.to_owned()))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        row.try_get::<i64, _>(0).unwrap()
+    };
+    // An ordered flush in a task of its own (generic over the database: spawned on a
+    // concrete one, its future trips rustc's `Send` check, rust-lang/rust#96865).
+    let flush = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.flushordered(&Selection::all()).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count().await == 0 {
+        assert!(Instant::now() < deadline, "the ordered read never waited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    flush.abort();
+    assert!(flush.await.unwrap_err().is_cancelled());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left = running().await;
+        let left = count().await;
         if left == 0 {
-            return;
+            break;
         }
         assert!(
             Instant::now() < deadline,
@@ -197,89 +221,24 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    blocker.rollback().await.unwrap();
+    db.cleanup().await;
 }
 
-/// A flush stopped while its ordered read waits (a dropped future, as SIGTERM or a timeout
-/// does) leaves no statement running on the server: before, the connection went back to the
-/// pool and the read went on waiting for the lock for the whole lock timeout, holding its
-/// snapshot (and so every ordered flush of the cluster) back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_ordered_flush_leaves_no_statement_running_postgres() {
-    let db = <sqlx::Postgres as TestBackend>::create(4).await;
-    let bus = patient_bus(db.pool.clone()).await;
-    sqlx::query("INSERT INTO backlog_signal (topic, body) VALUES ('backlog', '\\x31')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let mut blocker = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM backlog_signal FOR UPDATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    let flush = spawn_ordered_flush(&bus);
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                   AND state = 'active' AND query LIKE '%backlog_signal%' \
-                   AND pid <> pg_backend_pid()";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sqlx::query_scalar::<_, i64>(waiting)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the ordered read never waited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    flush.abort();
-    assert!(flush.await.unwrap_err().is_cancelled());
-    until_none_running(|| async {
-        sqlx::query_scalar::<_, i64>(waiting)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-    })
+    a_stopped_ordered_flush_leaves_no_statement_running::<sqlx::Postgres>(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND state = 'active' AND query LIKE '%backlog_signal%' AND pid <> pg_backend_pid()",
+    )
     .await;
-    blocker.rollback().await.unwrap();
-    db.cleanup().await;
 }
 
-/// The same on MariaDB, where closing the socket does not stop a statement: `KILL QUERY`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_ordered_flush_leaves_no_statement_running_mariadb() {
-    let db = <sqlx::MySql as TestBackend>::create(4).await;
-    let bus = patient_bus(db.pool.clone()).await;
-    sqlx::query("INSERT INTO backlog_signal (topic, body) VALUES ('backlog', '1')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let mut blocker = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM backlog_signal FOR UPDATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    let flush = spawn_ordered_flush(&bus);
-    let waiting = "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
-                   AND command <> 'Sleep' AND info LIKE '%backlog_signal%' \
-                   AND id <> CONNECTION_ID()";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sqlx::query_scalar::<_, i64>(waiting)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the ordered read never waited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    flush.abort();
-    assert!(flush.await.unwrap_err().is_cancelled());
-    until_none_running(|| async {
-        sqlx::query_scalar::<_, i64>(waiting)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-    })
+    a_stopped_ordered_flush_leaves_no_statement_running::<sqlx::MySql>(
+        "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
+         AND command <> 'Sleep' AND info LIKE '%backlog_signal%' AND id <> CONNECTION_ID()",
+    )
     .await;
-    blocker.rollback().await.unwrap();
-    db.cleanup().await;
 }
