@@ -333,16 +333,23 @@ async fn metrics_move_and_health_answers() {
     assert!(status.success(), "{err}");
 }
 
-#[tokio::test]
-async fn readyz_turns_unready_while_the_broker_is_down() {
+/// A `signalbus relay` on a SQLite database, sending to a private nats-server (that the
+/// test may stop or freeze) and serving `/readyz`: its scratch directory and the server's
+/// (kept alive by the caller), the server, the relay process and the `/readyz` URL.
+async fn relay_on_a_private_nats() -> (
+    Scratch,
+    tempfile::TempDir,
+    signalbus_testkit::nats::PrivateServer,
+    Child,
+    String,
+) {
     let s = Scratch::new(BULK);
     let (url, _pool) = s.migrated_sqlite().await;
     let nats_port = signalbus_testkit::nats::free_port();
     let dir = tempfile::tempdir().unwrap();
     let nats = signalbus_testkit::nats::PrivateServer::start(nats_port, dir.path());
     nats.wait_ready().await;
-    let port = signalbus_testkit::nats::free_port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", signalbus_testkit::nats::free_port());
     let child = s
         .cmd(&url)
         .args([
@@ -355,7 +362,12 @@ async fn readyz_turns_unready_while_the_broker_is_down() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let readyz = format!("http://{listen}/readyz");
+    (s, dir, nats, child, format!("http://{listen}/readyz"))
+}
+
+#[tokio::test]
+async fn readyz_turns_unready_while_the_broker_is_down() {
+    let (_s, _dir, nats, child, readyz) = relay_on_a_private_nats().await;
     let until = |want: u16| {
         let readyz = readyz.clone();
         async move {
@@ -390,26 +402,7 @@ async fn readyz_turns_unready_while_the_broker_is_down() {
 /// 503 within a probe's usual bound, not hang; it is ready again once the broker runs.
 #[tokio::test]
 async fn readyz_answers_503_at_once_while_the_broker_is_frozen() {
-    let s = Scratch::new(BULK);
-    let (url, _pool) = s.migrated_sqlite().await;
-    let nats_port = signalbus_testkit::nats::free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let nats = signalbus_testkit::nats::PrivateServer::start(nats_port, dir.path());
-    nats.wait_ready().await;
-    let listen = format!("127.0.0.1:{}", signalbus_testkit::nats::free_port());
-    let child = s
-        .cmd(&url)
-        .args([
-            "relay",
-            "--bus-url",
-            &format!("nats://127.0.0.1:{nats_port}"),
-        ])
-        .args(["--listen", &listen])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let readyz = format!("http://{listen}/readyz");
+    let (_s, _dir, nats, child, readyz) = relay_on_a_private_nats().await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
