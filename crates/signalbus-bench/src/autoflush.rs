@@ -185,7 +185,7 @@ where
         };
         if mode == Mode::SignalInsertOnly {
             bus.set_autoflush(true);
-            bus.flushmany(&signalbus::Selection::all()).await?; // the backlog, untimed
+            bus.flush_many(&signalbus::Selection::all()).await?; // the backlog, untimed
         }
         emit(serde_json::json!({
             "bench": "autoflush",

@@ -132,7 +132,7 @@ async fn bench<DB: FillDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn st
         DB::reset(&pool, &table).await?;
         DB::fill(&pool, &table, args.signals).await?;
         let started = Instant::now();
-        let sent = bus.flushordered(&Selection::all()).await?;
+        let sent = bus.flush_ordered(&Selection::all()).await?;
         check(sent, args.signals, "flushordered")?;
         best = best.min(started.elapsed().as_secs_f64());
     }
@@ -207,7 +207,7 @@ async fn worker<DB: Backend>(
     BufReader::new(tokio::io::stdin())
         .read_line(&mut go)
         .await?;
-    let sent = bus.flushmany(&Selection::all()).await?;
+    let sent = bus.flush_many(&Selection::all()).await?;
     println!("{sent}");
     Ok(())
 }

@@ -98,9 +98,9 @@ async fn drain(
         let mut sent = 0;
         loop {
             let n = if ordered {
-                bus.flushordered(&all).await?
+                bus.flush_ordered(&all).await?
             } else {
-                bus.flushmany(&all).await?
+                bus.flush_many(&all).await?
             };
             if n == 0 {
                 return Ok::<_, signalbus::Error>(sent);

@@ -252,7 +252,7 @@ async fn backlog(
     for _ in 0..2 {
         Postgres::fill(pool, table, n).await?;
         let started = Instant::now();
-        let sent = bus.flushmany(&Selection::all()).await?;
+        let sent = bus.flush_many(&Selection::all()).await?;
         many = many.min(started.elapsed().as_secs_f64());
         if sent != n {
             return Err(format!("flushmany sent {sent} of {n}").into());

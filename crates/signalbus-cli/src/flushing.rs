@@ -192,8 +192,8 @@ async fn once<DB: Backend>(
     };
     let result = match mode {
         Mode::Flush(wait) => bus.flush_with(selection, wait, &mut progress).await,
-        Mode::Many => bus.flushmany_with(selection, &mut progress).await,
-        Mode::Ordered => bus.flushordered_with(selection, &mut progress).await,
+        Mode::Many => bus.flush_many_with(selection, &mut progress).await,
+        Mode::Ordered => bus.flush_ordered_with(selection, &mut progress).await,
     };
     let sent_so_far = done.sent;
     if result.is_ok() && matches!(mode, Mode::Ordered) {

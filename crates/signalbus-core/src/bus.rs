@@ -1,105 +1,20 @@
-//! The signal bus: the registered signal types, the database pool, the publisher and the
-//! auto-flush task, behind one cheaply cloned handle.
+//! The signal bus: the one handle users hold. Every method is a short delegation to the
+//! engine, the write path or atomic blocks below it.
 
+use crate::atomic::{Atomic, AtomicFuture, BlockError};
+use crate::contract::{Holdback, ParkedRows, ParkedSignal, PendingStats};
+use crate::delivery::OnProgress;
+use crate::engine::relay::RelayBuilder;
+use crate::engine::{Config, Engine, bursts, operator};
 use crate::error::{Error, Result};
-use crate::flush::auto::{self, CloseRequest, FlushRequest};
 use crate::publisher::{BoxPublisher, Publisher, PublisherExt};
-use crate::registry::{Registry, Selection};
+use crate::registry::Selection;
 use crate::signal::{Signal, SignalType};
-use crate::storage::{Backend, Holdback, ParkedRows, ParkedSignal, PendingStats, begin_write};
+use crate::storage::{Backend, begin_write};
 use crate::transaction::{Recorder, Transaction};
 use sqlx::Pool;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::ControlFlow;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
-
-/// Tuning of a bus; every field has a sensible default.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    /// Limit of one publish call.
-    pub publish_timeout: Duration,
-    /// Most signals one auto-flush round sends together.
-    pub max_batch: usize,
-    /// Auto-flush rounds that may run at the same time.
-    pub flush_workers: usize,
-    /// How long auto-flush stops trying after the bus failed.
-    pub failure_pause: Duration,
-    /// Transactions that may wait for auto-flush before commits are answered "pending".
-    pub queue_capacity: usize,
-    /// How long a claim keeps other flushers away from its rows: past it, a flusher that died
-    /// while holding them no longer does.
-    pub lease: Option<Duration>,
-    /// The bus' name in metrics (label `bus`) and logs.
-    pub name: String,
-}
-
-impl Config {
-    /// The claim lease: as set, or twice the publish timeout plus 10 s.
-    pub fn lease(&self) -> Duration {
-        self.lease
-            .unwrap_or(self.publish_timeout * 2 + Duration::from_secs(10))
-    }
-
-    /// Every setting is checked the same way: a value that cannot work is an error at
-    /// `build()`, never silently changed.
-    fn validate(&self) -> Result<()> {
-        let bad = |what: &str| Err(Error::Config(format!("SignalBus builder: {what}")));
-        if self.publish_timeout.is_zero() {
-            return bad("publish_timeout must be longer than zero");
-        }
-        if self.max_batch == 0 {
-            return bad("max_batch must be at least 1");
-        }
-        if !(1..=MAX_FLUSH_WORKERS).contains(&self.flush_workers) {
-            return bad(&format!(
-                "flush_workers must be from 1 to {MAX_FLUSH_WORKERS} (each holds a pooled connection), not {}",
-                self.flush_workers
-            ));
-        }
-        if self.name.is_empty() {
-            return bad("name must not be empty");
-        }
-        if self.queue_capacity == 0 {
-            return bad("queue_capacity must be at least 1");
-        }
-        if self
-            .lease
-            .is_some_and(|lease| lease <= self.publish_timeout)
-        {
-            return bad(
-                "lease must be longer than publish_timeout (a claim must outlive its publish)",
-            );
-        }
-        Ok(())
-    }
-
-    fn new<DB: Backend>() -> Self {
-        Config {
-            publish_timeout: DB::DIALECT.default_publish_timeout,
-            max_batch: 1000,
-            flush_workers: 2,
-            failure_pause: Duration::from_secs(1),
-            queue_capacity: 4096,
-            lease: None,
-            name: "default".to_owned(),
-        }
-    }
-}
-
-/// Most auto-flush rounds at once (each holds a pooled connection).
-const MAX_FLUSH_WORKERS: usize = 64;
-
-/// What the bus and its auto-flush task share.
-pub(crate) struct Shared<DB: Backend> {
-    pub pool: Pool<DB>,
-    pub publisher: BoxPublisher,
-    pub registry: Registry,
-    pub autoflush: AtomicBool,
-    /// Set by [`SignalBus::close`]: commits no longer hand signals to the auto-flush.
-    pub closed: AtomicBool,
-    pub config: Config,
-}
 
 /// The transactional outbox: signals written in database transactions, sent over the bus
 /// after commit.
@@ -107,17 +22,13 @@ pub(crate) struct Shared<DB: Backend> {
 /// Cheap to clone; clones share everything. Create it with [`SignalBus::builder`] inside a
 /// tokio runtime (it starts the auto-flush task).
 pub struct SignalBus<DB: Backend> {
-    pub(crate) shared: Arc<Shared<DB>>,
-    pub(crate) autoflush_tx: mpsc::Sender<FlushRequest>,
-    close_tx: mpsc::UnboundedSender<CloseRequest>,
+    engine: Engine<DB>,
 }
 
 impl<DB: Backend> Clone for SignalBus<DB> {
     fn clone(&self) -> Self {
         SignalBus {
-            shared: self.shared.clone(),
-            autoflush_tx: self.autoflush_tx.clone(),
-            close_tx: self.close_tx.clone(),
+            engine: self.engine.clone(),
         }
     }
 }
@@ -126,7 +37,7 @@ impl<DB: Backend> std::fmt::Debug for SignalBus<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignalBus")
             .field("database", &DB::NAME)
-            .field("signals", &self.shared.registry.known_names())
+            .field("signals", &self.engine.shared().registry().known_names())
             .field("autoflush", &self.autoflush_enabled())
             .finish()
     }
@@ -146,18 +57,18 @@ impl<DB: Backend> SignalBus<DB> {
 
     /// The bus' name ([`SignalBusBuilder::name`]).
     pub fn name(&self) -> &str {
-        &self.shared.config.name
+        self.engine.shared().name()
     }
 
     /// The database pool.
     pub fn pool(&self) -> &Pool<DB> {
-        &self.shared.pool
+        self.engine.shared().pool()
     }
 
     /// Begin a database transaction in which signals can be sent; business queries run in it
     /// too (it derefs to the connection).
     pub async fn begin(&self) -> Result<Transaction<'static, DB>> {
-        Ok(self.wrap(begin_write(&self.shared.pool).await?).outermost())
+        Ok(self.wrap(begin_write(self.pool()).await?).outermost())
     }
 
     /// Use a transaction the caller began (e.g. with a chosen isolation level). Wrap an
@@ -170,36 +81,25 @@ impl<DB: Backend> SignalBus<DB> {
     /// A recorder for signals written through the caller's own connection or transaction;
     /// call [`Recorder::after_commit`] once that transaction has committed.
     pub fn recorder(&self) -> Recorder<DB> {
-        Recorder::new(self.clone())
+        Recorder::new(self.engine.clone())
     }
 
     /// Create the tables of all registered signal types, if they do not exist, and bring
     /// older signal tables up to the current contract. A table of a registered name that
     /// exists and is not a signal table is refused before anything is changed.
     pub async fn migrate(&self) -> Result<()> {
-        let mut conn = self.shared.pool.acquire().await?;
-        for (_, reg) in self.shared.registry.iter() {
-            reg.sql
-                .check_table::<DB>(&mut conn, reg.ty.table_name())
-                .await?;
-        }
-        for (_, reg) in self.shared.registry.iter() {
-            reg.sql.create_table::<DB>(&mut conn).await?;
-        }
-        Ok(())
+        operator::migrate(self.engine.shared()).await
     }
 
     /// The registered signal types, in registration order.
     pub fn signal_types(&self) -> impl Iterator<Item = &SignalType> {
-        self.shared.registry.iter().map(|(_, r)| &r.ty)
+        self.engine.shared().registry().iter().map(|(_, r)| &r.ty)
     }
 
     /// The registered signal type called `name`.
     pub fn signal_type(&self, name: &str) -> Option<&SignalType> {
-        self.shared
-            .registry
-            .index_of(name)
-            .map(|i| &self.shared.registry.get(i).ty)
+        let registry = self.engine.shared().registry();
+        registry.index_of(name).map(|i| &registry.get(i).ty)
     }
 
     /// Turn auto-flush on or off for the whole bus. It counts at each commit, as in the
@@ -208,12 +108,12 @@ impl<DB: Backend> SignalBus<DB> {
     /// whatever the switch said when they were written. Switching it off is what an operator
     /// does during a broker incident.
     pub fn set_autoflush(&self, on: bool) {
-        self.shared.autoflush.store(on, Ordering::Relaxed);
+        self.engine.set_autoflush(on)
     }
 
     /// Whether auto-flush is on for the whole bus.
     pub fn autoflush_enabled(&self) -> bool {
-        self.shared.autoflush.load(Ordering::Relaxed)
+        self.engine.shared().autoflush_on()
     }
 
     /// Stop taking auto-flush work, then finish it within `deadline`: commits from now on
@@ -223,23 +123,12 @@ impl<DB: Backend> SignalBus<DB> {
     /// how many signals the auto-flush left pending; an explicit flush or the relay sends
     /// them. Explicit flushes keep working after a close. Closing again returns 0.
     pub async fn close(&self, deadline: Duration) -> usize {
-        if self.shared.closed.swap(true, Ordering::SeqCst) {
-            return 0;
-        }
-        let (reply, left) = oneshot::channel();
-        let request = CloseRequest {
-            deadline: tokio::time::Instant::now() + deadline,
-            reply,
-        };
-        if self.close_tx.send(request).is_err() {
-            return 0; // the auto-flush task is already gone (its runtime shut down)
-        }
-        left.await.unwrap_or(0)
+        self.engine.close(deadline).await
     }
 
     /// Whether [`SignalBus::close`] was called.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::SeqCst)
+        self.engine.shared().is_closed()
     }
 
     /// The parked signals of the selected types (at most `limit` per type), lowest ids first:
@@ -250,43 +139,19 @@ impl<DB: Backend> SignalBus<DB> {
         selection: &Selection,
         limit: usize,
     ) -> Result<Vec<(String, Vec<ParkedSignal>)>> {
-        let types = self.shared.registry.select(selection)?;
-        let mut conn = self.shared.pool.acquire().await?;
-        let mut out = Vec::with_capacity(types.len());
-        for idx in types {
-            let reg = self.shared.registry.get(idx);
-            let rows = reg.sql.parked::<DB>(&mut conn, limit).await?;
-            out.push((reg.name.to_string(), rows));
-        }
-        Ok(out)
+        operator::parked(self.engine.shared(), selection, limit).await
     }
 
     /// Unpark parked signals of the selected types: their attempts start again from zero and
     /// the next flush sends them. Returns how many were unparked; ids that are not parked
     /// signals of these types change nothing.
     pub async fn unpark(&self, selection: &Selection, rows: ParkedRows<'_>) -> Result<u64> {
-        self.settle_parked(selection, rows, false).await
+        operator::settle_parked(self.engine.shared(), selection, rows, false).await
     }
 
     /// Delete parked signals of the selected types, for good. Returns how many.
     pub async fn purge_parked(&self, selection: &Selection, rows: ParkedRows<'_>) -> Result<u64> {
-        self.settle_parked(selection, rows, true).await
-    }
-
-    async fn settle_parked(
-        &self,
-        selection: &Selection,
-        rows: ParkedRows<'_>,
-        delete: bool,
-    ) -> Result<u64> {
-        let types = self.shared.registry.select(selection)?;
-        let mut conn = self.shared.pool.acquire().await?;
-        let mut total = 0;
-        for idx in types {
-            let reg = self.shared.registry.get(idx);
-            total += reg.sql.settle_parked::<DB>(&mut conn, rows, delete).await?;
-        }
-        Ok(total)
+        operator::settle_parked(self.engine.shared(), selection, rows, true).await
     }
 
     /// What the gap-safe watermark of ordered flushing holds back now, per selected type
@@ -294,32 +159,131 @@ impl<DB: Backend> SignalBus<DB> {
     /// on the server began, and which transaction that is; nothing elsewhere). What an
     /// ordered flush that sent nothing while rows are pending should tell its operator.
     pub async fn ordered_holdback(&self, selection: &Selection) -> Result<Vec<(String, Holdback)>> {
-        let types = self.shared.registry.select(selection)?;
-        let mut conn = self.shared.pool.acquire().await?;
-        let mut out = Vec::with_capacity(types.len());
-        for idx in types {
-            let reg = self.shared.registry.get(idx);
-            out.push((
-                reg.name.to_string(),
-                reg.sql.holdback::<DB>(&mut conn).await?,
-            ));
-        }
-        Ok(out)
+        operator::holdback(self.engine.shared(), selection).await
     }
 
     /// Pending signals per selected type: how many, and how old the oldest is.
     pub async fn pending(&self, selection: &Selection) -> Result<Vec<(String, PendingStats)>> {
-        let types = self.shared.registry.select(selection)?;
-        let mut conn = self.shared.pool.acquire().await?;
-        let mut out = Vec::with_capacity(types.len());
-        for idx in types {
-            let reg = self.shared.registry.get(idx);
-            out.push((
-                reg.name.to_string(),
-                reg.sql.pending_stats::<DB>(&mut conn).await?,
-            ));
-        }
-        Ok(out)
+        operator::pending(self.engine.shared(), selection).await
+    }
+
+    /// Send the signals pending now: list the sendable ones, wait `wait` (so that
+    /// auto-flushes already in flight can finish; [`DEFAULT_FLUSH_WAIT`] is a good value),
+    /// then send those still there, in bursts of each type's `burst`. Returns how many were
+    /// sent.
+    ///
+    /// Each burst is *claimed* first (a lease set by the database's clock, so that no other
+    /// flusher takes it), then published with no transaction open, then settled: stored
+    /// signals are deleted, refused ones are retried later with backoff or parked (see
+    /// [`crate::RetryPolicy`]). Rows an auto-flush still holds after the wait are skipped,
+    /// never sent twice. Signals written after the listing are left for the next flush. For
+    /// huge backlogs use [`SignalBus::flush_many`].
+    ///
+    /// A refused or invalid signal does not fail the flush (the progress callback sees it);
+    /// a failure of the bus as a whole does, and gives the burst back without spending an
+    /// attempt.
+    pub async fn flush(&self, selection: &Selection, wait: Duration) -> Result<usize> {
+        self.flush_with(selection, wait, &mut |_| ControlFlow::Continue(()))
+            .await
+    }
+
+    /// [`SignalBus::flush`], calling `progress` after every settled burst; returning
+    /// `ControlFlow::Break` from it stops the flush there (the count so far is returned).
+    pub async fn flush_with(
+        &self,
+        selection: &Selection,
+        wait: Duration,
+        progress: OnProgress<'_>,
+    ) -> Result<usize> {
+        bursts::flush_listed(self.engine.shared(), selection, wait, progress).await
+    }
+
+    /// Send every sendable signal, burst after burst, until none is left. Each burst is
+    /// claimed with a lease so that no other flusher takes it, so many processes can drain
+    /// the same backlog at once without sending a row twice; it is published with no
+    /// transaction open, then settled (see [`SignalBus::flush`]). Refused signals come back
+    /// after their backoff delay, to a later flush; parked ones wait for an operator.
+    /// Returns how many this call sent.
+    pub async fn flush_many(&self, selection: &Selection) -> Result<usize> {
+        self.flush_many_with(selection, &mut |_| ControlFlow::Continue(()))
+            .await
+    }
+
+    /// [`SignalBus::flush_many`] with a progress callback (see [`SignalBus::flush_with`]).
+    pub async fn flush_many_with(
+        &self,
+        selection: &Selection,
+        progress: OnProgress<'_>,
+    ) -> Result<usize> {
+        bursts::drain_selected(self.engine.shared(), selection, false, progress).await
+    }
+
+    /// Send every pending signal in order, burst after burst, until none is left. Order is
+    /// kept **per ordering key** ([`crate::Signal::ordering_key`], the `ordering_key` column):
+    /// the signals of one key go out one after the other, different keys in parallel; the
+    /// signals without a key are one sequence of their own (so a type nobody writes keys for
+    /// keeps one total order).
+    ///
+    /// The order is gap-safe: a signal whose transaction commits late is not overtaken by a
+    /// later one of its key (exactly on PostgreSQL and SQLite; see [`crate::storage`] for
+    /// MySQL/MariaDB). On PostgreSQL signals go in the order their transactions began
+    /// writing, and the type's `order_by` (default: insertion order) orders the signals
+    /// *within* one transaction; on MySQL/MariaDB and SQLite `order_by` orders the table. On
+    /// PostgreSQL, rows of transactions still running are left for the next call.
+    ///
+    /// A signal the bus refuses **holds back the later signals of its key**, and only those:
+    /// the other keys go on. It goes again once its backoff delay has passed; when it is
+    /// parked, its key waits until an operator unparks or purges it (`signalbus parked`
+    /// shows the key). A burst publishes the signals of a key in rounds (the n-th of every
+    /// key in the n-th call, each after the broker answered the one before) and publishes
+    /// nothing more of a key whose signal was refused. Signals without a key are published
+    /// together; those published in the same burst before a refusal was known may have gone
+    /// out behind it.
+    ///
+    /// Several ordered flushers (tasks, processes, relays in ordered mode) may run at once.
+    /// On PostgreSQL keys are hashed into 8 lanes, and a burst comes from one lane that the
+    /// flusher holds for it (a session advisory lock on a connection of its own): flushers
+    /// split the keys and never send two signals of one key at the same time; one that dies
+    /// frees its lanes with its connection, and its burst in flight is sent again after the
+    /// lease. On MySQL/MariaDB and SQLite each burst is read and claimed in a short
+    /// transaction that holds the table's ordered turn, skipping keys in flight. When
+    /// nothing can be sent because other flushers hold lanes or rows, this one waits for them
+    /// (at most twice the publish timeout), then returns what it sent.
+    ///
+    /// The order holds when auto-flush is off for the type (auto-flush sends as soon as
+    /// transactions commit, in no particular order) and only ordered flushes send it.
+    /// Messages can still be sent more than once (at-least-once).
+    pub async fn flush_ordered(&self, selection: &Selection) -> Result<usize> {
+        self.flush_ordered_with(selection, &mut |_| ControlFlow::Continue(()))
+            .await
+    }
+
+    /// [`SignalBus::flush_ordered`] with a progress callback (see [`SignalBus::flush_with`]).
+    pub async fn flush_ordered_with(
+        &self,
+        selection: &Selection,
+        progress: OnProgress<'_>,
+    ) -> Result<usize> {
+        bursts::drain_selected(self.engine.shared(), selection, true, progress).await
+    }
+
+    /// A relay for this bus' signal types (all of them unless
+    /// [selected](RelayBuilder::select)); see [`crate::relay`].
+    pub fn relay(&self) -> RelayBuilder<DB> {
+        RelayBuilder::new(self.engine.clone())
+    }
+
+    /// An atomic block: `block` runs in a transaction, which commits when it returns `Ok`, and
+    /// runs again on a conflict; see the [module docs](crate::atomic). Set options on the
+    /// returned [`Atomic`], then await it.
+    pub fn atomic<'b, 'a, T, E, F>(&'b self, block: F) -> Atomic<'b, 'a, DB, T, E, F>
+    where
+        T: Send + 'b,
+        E: BlockError,
+        F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E> + Send + 'b,
+        'a: 'b,
+    {
+        Atomic::new(&self.engine, block)
     }
 }
 
@@ -416,31 +380,13 @@ impl<DB: Backend> SignalBusBuilder<DB> {
         let publisher = self.publisher.ok_or_else(|| {
             Error::Config("no publisher: call `.publisher(..)` on the SignalBus builder".into())
         })?;
-        self.config.validate()?;
-        let mut registry = Registry::default();
-        for ty in self.types {
-            // A wait for another flusher's rows lasts at most one of its publish calls, plus
-            // slack.
-            registry.add::<DB>(ty, self.config.publish_timeout * 2)?;
-        }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::Config("SignalBus::build must be called inside a tokio runtime".into())
-        })?;
-        let shared = Arc::new(Shared {
-            pool: self.pool,
-            publisher: publisher.timeout(self.config.publish_timeout).boxed(),
-            registry,
-            autoflush: AtomicBool::new(self.autoflush),
-            closed: AtomicBool::new(false),
-            config: self.config,
-        });
-        let (autoflush_tx, autoflush_rx) = mpsc::channel(shared.config.queue_capacity);
-        let (close_tx, close_rx) = mpsc::unbounded_channel();
-        runtime.spawn(auto::run(shared.clone(), autoflush_rx, close_rx));
-        Ok(SignalBus {
-            shared,
-            autoflush_tx,
-            close_tx,
-        })
+        let engine = Engine::start(
+            self.pool,
+            publisher,
+            self.types,
+            self.autoflush,
+            self.config,
+        )?;
+        Ok(SignalBus { engine })
     }
 }

@@ -105,10 +105,10 @@ pub enum Error {
         source: InnerError,
     },
 
-    /// `Transaction::retry_on_integrity_error` outside an atomic block: nothing would run the
+    /// `Transaction::atomic_retrying_races` outside an atomic block: nothing would run the
     /// transaction again.
     #[error(
-        "retry_on_integrity_error must run inside an atomic block (`bus.atomic(|tx| ..)`): \
+        "atomic_retrying_races must run inside an atomic block (`bus.atomic(|tx| ..)`): \
          only the block can run the transaction again"
     )]
     NotInAtomicBlock,
@@ -184,7 +184,7 @@ pub struct InnerError {
 
 impl InnerError {
     pub(crate) fn of(error: &(dyn std::error::Error + 'static)) -> Self {
-        let code = crate::atomic::database_error(error).and_then(|e| match e {
+        let code = database_error(error).and_then(|e| match e {
             sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
             _ => None,
         });
@@ -317,4 +317,21 @@ impl fmt::Display for DatabaseText<'_> {
         }
         Ok(())
     }
+}
+
+/// The database error `error` carries: itself or one of its sources.
+pub(crate) fn database_error<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e sqlx::Error> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(Error::Database(db)) = e.downcast_ref::<Error>() {
+            return Some(db);
+        }
+        if let Some(db) = e.downcast_ref::<sqlx::Error>() {
+            return Some(db);
+        }
+        current = e.source();
+    }
+    None
 }

@@ -1,6 +1,11 @@
 //! The core of [signalbus](https://docs.rs/signalbus): signal types, the publisher trait,
-//! storage per database and the flushing engine. Applications depend on the `signalbus`
-//! facade crate, which re-exports this one.
+//! storage per database and the flushing engine.
+//!
+//! **This crate is an implementation detail of `signalbus`, with no semver promises of its
+//! own** (as `sqlx-core` is for `sqlx`): applications depend on the `signalbus` facade crate,
+//! which re-exports the public API by name. Its public items beyond those exist for the broker
+//! crates (`signalbus-amqp`, `signalbus-nats`, `signalbus-kafka`) and may change in any
+//! release.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -14,37 +19,55 @@ macro_rules! fail_point {
     };
 }
 
-pub mod atomic;
-mod bus;
-pub mod consume;
+// The modules, bottom to top: each imports only from the layers below it (checked by
+// tests/layers.rs, which lists the same layers).
+//
+// 1. model: plain types and errors
+mod contract;
+mod delivery;
 mod error;
-mod flush;
 mod ident;
-#[cfg(feature = "inbox")]
-pub mod inbox;
+pub mod locking;
 mod message;
+pub mod metrics;
+#[doc(hidden)]
+pub mod redact;
+mod signal;
+// 2. what talks to the outside: brokers, databases; the consumer side's plumbing
+#[doc(hidden)]
+pub mod consume;
 #[cfg(feature = "otel")]
 pub mod otel;
-pub mod prepared;
 pub mod publisher;
-pub mod redact;
-mod registry;
-pub mod relay;
-mod signal;
 pub mod storage;
+// 3. the registered signal types; the consumer's inbox
+#[cfg(feature = "inbox")]
+pub mod inbox;
+mod registry;
+// 4. the engine: publish-and-settle, bursts, auto-flush, the relay
+mod engine;
+// 5. the write path: transactions, recorders, prepared signals
+pub mod prepared;
 mod transaction;
+// 6. atomic blocks
+pub mod atomic;
+// 7. the handle users hold
+mod bus;
 
-pub use atomic::{Atomic, AtomicOptions, BlockError, Isolation, Record, RowLock};
+pub use atomic::{Atomic, AtomicOptions, BlockError, Isolation, RowLock, TableRow};
 pub use bus::{SignalBus, SignalBusBuilder};
+pub use contract::{Holdback, ParkedRows, ParkedSignal, PendingStats};
+pub use delivery::{
+    DEFAULT_FLUSH_WAIT, Delivery, DeliveryReport, FlushProgress, OnProgress, SignalId,
+};
+pub use engine::relay::{self, Readiness, ReadinessCheck, Relay, RelayBuilder};
 pub use error::{Error, InnerError, PublishError, PublishErrorKind, Result};
-pub use flush::Progress;
-pub use flush::explicit::{DEFAULT_FLUSH_WAIT, FlushProgress};
+#[doc(hidden)]
 pub use ident::Ident;
 pub use message::{Headers, Message, ORDERING_KEY_HEADER};
 pub use prepared::{InsertParam, PreparedSignal};
 pub use publisher::{BatchOutcome, BoxPublisher, Publisher, PublisherExt, Refused};
 pub use registry::Selection;
-pub use relay::{Readiness, ReadinessCheck, Relay, RelayBuilder};
 pub use signal::{DEFAULT_BURST, OrderColumn, RetryPolicy, Signal, SignalType, json_body};
-pub use storage::{Backend, Holdback, ParkedRows, ParkedSignal, PendingStats};
-pub use transaction::{Delivery, DeliveryReport, Recorder, SignalId, Transaction};
+pub use storage::Backend;
+pub use transaction::{Recorder, Transaction};

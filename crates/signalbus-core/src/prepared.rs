@@ -4,7 +4,7 @@
 //! [`Recorder::record`](crate::Recorder::record) takes the new row's id so that the
 //! auto-flush sends the signal after that transaction commits.
 
-use crate::flush::auto::Item;
+use crate::engine::auto::Item;
 use crate::message::{Headers, Message};
 use crate::registry::TypeIdx;
 use crate::storage::NewRow;

@@ -6,6 +6,9 @@ use crate::message::Headers;
 use std::borrow::Cow;
 use std::time::Duration;
 
+/// Columns of the table contract that `order_by` may name.
+pub const ORDERABLE_COLUMNS: &[&str] = &["id", "created_at", "topic", "routing_key", "message_id"];
+
 /// Default number of signals sent and deleted in one database transaction.
 pub const DEFAULT_BURST: usize = 1000;
 
@@ -242,12 +245,12 @@ impl SignalType {
         }
         for col in &self.order_by {
             Ident::new(&col.column)?;
-            if !crate::storage::ORDERABLE_COLUMNS.contains(&col.column.as_str()) {
+            if !ORDERABLE_COLUMNS.contains(&col.column.as_str()) {
                 return Err(Error::Config(format!(
                     "signal `{}`: order_by column `{}` is not a column of a signal table (one of {})",
                     self.name,
                     col.column,
-                    crate::storage::ORDERABLE_COLUMNS.join(", ")
+                    ORDERABLE_COLUMNS.join(", ")
                 )));
             }
         }
@@ -305,7 +308,7 @@ pub trait Signal: Send + Sync {
     }
 
     /// The ordering key of this message (`#[signal(key)]` on a field when derived): ordered
-    /// flushing ([`SignalBus::flushordered`](crate::SignalBus::flushordered), the relay's
+    /// flushing ([`SignalBus::flush_ordered`](crate::SignalBus::flush_ordered), the relay's
     /// ordered mode) keeps the order of the signals of one key and sends different keys in
     /// parallel; a refused signal holds back only the later ones of its key. Stored in the
     /// `ordering_key` column; it is the Kafka message key unless a routing key is set, and

@@ -1,30 +1,14 @@
 //! Writing signals inside a database transaction, and what happens after its commit.
 
-use crate::bus::SignalBus;
-use crate::error::{Error, Result};
-use crate::flush::auto::{FlushRequest, Item};
+use crate::delivery::{Delivery, DeliveryReport, SignalId};
+use crate::engine::Engine;
+use crate::engine::auto::{self, Item};
+use crate::error::{Error, InnerError, Result};
 use crate::prepared::PreparedSignal;
 use crate::signal::Signal;
 use crate::storage::Backend;
 use std::borrow::Cow;
-use std::future::Future;
 use std::ops::{Deref, DerefMut};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::oneshot;
-
-/// The identity of a recorded signal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignalId {
-    /// Name of the signal type.
-    pub signal: Arc<str>,
-    /// Primary key of its row.
-    pub row_id: i64,
-    /// The stable message id it will carry on every send.
-    pub message_id: String,
-}
 
 /// Records signals written through any connection or transaction of the caller, so that they
 /// can be auto-flushed once that transaction has committed.
@@ -44,7 +28,7 @@ pub struct SignalId {
 /// meant for the auto-flush are written leased, see [`crate::SignalBusBuilder::lease`]).
 /// Calling it after a rollback sends nothing either: only rows that exist are ever sent.
 pub struct Recorder<DB: Backend> {
-    bus: SignalBus<DB>,
+    engine: Engine<DB>,
     autoflush: Vec<Item>,
     held_back: usize,
     /// Whether the transaction is one signalbus began itself as outermost, so that its
@@ -54,9 +38,9 @@ pub struct Recorder<DB: Backend> {
 }
 
 impl<DB: Backend> Recorder<DB> {
-    pub(crate) fn new(bus: SignalBus<DB>) -> Self {
+    pub(crate) fn new(engine: Engine<DB>) -> Self {
         Recorder {
-            bus,
+            engine,
             autoflush: Vec::new(),
             held_back: 0,
             verified: false,
@@ -70,7 +54,7 @@ impl<DB: Backend> Recorder<DB> {
         signal: &S,
     ) -> Result<SignalId> {
         let prepared = self.prepare(signal)?;
-        let reg = self.bus.shared.registry.get(prepared.idx);
+        let reg = self.engine.shared().registry().get(prepared.idx);
         let row_id = reg.sql.insert::<DB>(conn, prepared.row()).await?;
         Ok(self.record(prepared, row_id))
     }
@@ -80,7 +64,7 @@ impl<DB: Backend> Recorder<DB> {
     /// [`Recorder::record`].
     pub fn prepare<S: Signal>(&self, signal: &S) -> Result<PreparedSignal> {
         let ty = S::signal_type();
-        let registry = &self.bus.shared.registry;
+        let registry = self.engine.shared().registry();
         let idx = registry
             .index_of(ty.name())
             .filter(|&i| registry.get(i).ty == *ty)
@@ -105,8 +89,8 @@ impl<DB: Backend> Recorder<DB> {
         // the relay at once, and wakes the relay; should the switch be on at the commit, the
         // auto-flush claims it before sending).
         let autoflush = ty.is_autoflush();
-        let leased = autoflush && self.bus.autoflush_enabled();
-        let lease = self.bus.shared.config.lease();
+        let leased = autoflush && self.engine.shared().autoflush_on();
+        let lease = self.engine.shared().config().lease();
         Ok(PreparedSignal {
             idx,
             signal: reg.name.clone(),
@@ -154,115 +138,8 @@ impl<DB: Backend> Recorder<DB> {
     /// wrote them has committed. Returns a [`Delivery`] to await if you want to know when (and
     /// whether) they were sent; dropping it changes nothing.
     pub fn after_commit(self) -> Delivery {
-        let mut report = DeliveryReport {
-            pending: self.held_back,
-            ..DeliveryReport::default()
-        };
-        if self.autoflush.is_empty() {
-            return Delivery::ready(report);
-        }
-        let count = self.autoflush.len();
-        if !self.bus.autoflush_enabled() {
-            // Switched off by the time of the commit: left for an explicit flush, their
-            // leases lifted before the delivery resolves.
-            report.pending += count;
-            let leased: Vec<Item> = self.autoflush.into_iter().filter(|i| i.leased).collect();
-            return given_back(&self.bus, leased, report);
-        }
-        let refused = |report: &mut DeliveryReport, error: Error| {
-            report.pending += count;
-            report.error = Some(Arc::new(error));
-        };
-        if self.bus.is_closed() {
-            refused(&mut report, Error::Closed);
-            give_back(&self.bus, self.autoflush);
-            return Delivery::ready(report);
-        }
-        let (reply, rx) = oneshot::channel();
-        // Rows written without a lease may be taken by another flusher meanwhile: claimed
-        // first, like the rows of a caller's own transaction.
-        let verified = self.verified && self.autoflush.iter().all(|i| i.leased);
-        let request = FlushRequest {
-            items: self.autoflush,
-            verified,
-            reply,
-            committed: tokio::time::Instant::now(),
-        };
-        match self.bus.autoflush_tx.try_send(request) {
-            Ok(()) => Delivery {
-                state: State::Waiting {
-                    rx,
-                    extra: report,
-                    count,
-                },
-            },
-            Err(TrySendError::Full(request)) => {
-                let capacity = self.bus.shared.config.queue_capacity;
-                tracing::debug!(
-                    signals = count,
-                    capacity,
-                    "auto-flush queue full; signals left pending"
-                );
-                refused(&mut report, Error::QueueFull { capacity });
-                give_back(&self.bus, request.items);
-                Delivery::ready(report)
-            }
-            Err(TrySendError::Closed(request)) => {
-                let error = if self.bus.is_closed() {
-                    Error::Closed
-                } else {
-                    Error::Stopped
-                };
-                refused(&mut report, error);
-                give_back(&self.bus, request.items);
-                Delivery::ready(report)
-            }
-        }
+        auto::admit(&self.engine, self.autoflush, self.verified, self.held_back)
     }
-}
-
-/// [`give_back`], and a delivery that resolves with `report` once the leases are lifted (so
-/// that a flush right after awaiting it takes the signals).
-fn given_back<DB: Backend>(
-    bus: &SignalBus<DB>,
-    items: Vec<Item>,
-    report: DeliveryReport,
-) -> Delivery {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return Delivery::ready(report);
-    };
-    if items.is_empty() {
-        return Delivery::ready(report);
-    }
-    let shared = bus.shared.clone();
-    let (reply, rx) = oneshot::channel();
-    runtime.spawn(async move {
-        crate::flush::auto::release(&shared, items.iter().map(|i| (i.idx, i.id))).await;
-        let _ = reply.send(DeliveryReport::default());
-    });
-    Delivery {
-        state: State::Waiting {
-            rx,
-            extra: report,
-            count: 0,
-        },
-    }
-}
-
-/// Lift the leases of signals written for an auto-flush that will not send them, so that the
-/// next explicit flush (or relay) takes them at once. In the background and best effort: if
-/// it fails, they come back when their lease expires.
-fn give_back<DB: Backend>(bus: &SignalBus<DB>, items: Vec<Item>) {
-    if items.is_empty() {
-        return;
-    }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let shared = bus.shared.clone();
-    runtime.spawn(async move {
-        crate::flush::auto::release(&shared, items.iter().map(|i| (i.idx, i.id))).await;
-    });
 }
 
 /// A database transaction of the signal bus. Business queries run in it through `&mut *tx`;
@@ -272,7 +149,7 @@ pub struct Transaction<'c, DB: Backend> {
     tx: sqlx::Transaction<'c, DB>,
     recorder: Recorder<DB>,
     /// Failure of a nested atomic block, kept for the outermost one (see `atomic`).
-    pub(crate) atomic: crate::atomic::BlockState,
+    pub(crate) atomic: BlockState,
 }
 
 impl<'c, DB: Backend> Transaction<'c, DB> {
@@ -304,12 +181,12 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
     /// counts as it is at the commit: switched off by then, the signals are left for an
     /// explicit flush, which can take them as soon as this returns.
     pub async fn commit(mut self) -> Result<Delivery> {
-        if !self.recorder.bus.autoflush_enabled() && !self.recorder.autoflush.is_empty() {
+        if !self.recorder.engine.shared().autoflush_on() && !self.recorder.autoflush.is_empty() {
             // The leases of those written while it was on are lifted in the transaction
             // itself, so that they commit free (and wake the relay).
             let items = std::mem::take(&mut self.recorder.autoflush);
-            crate::flush::auto::release_in(
-                &self.recorder.bus.shared,
+            auto::release_in(
+                self.recorder.engine.shared(),
                 &mut self.tx,
                 items.iter().filter(|i| i.leased).map(|i| (i.idx, i.id)),
             )
@@ -352,74 +229,27 @@ impl<DB: Backend> DerefMut for Transaction<'_, DB> {
     }
 }
 
-/// What became of a transaction's signals after commit.
-#[derive(Debug, Clone, Default)]
-pub struct DeliveryReport {
-    /// Sent and deleted by this auto-flush.
-    pub sent: usize,
-    /// Not found, or held by another flusher, when the auto-flush claimed them — only for a
-    /// transaction the caller began itself ([`SignalBus::wrap`](crate::SignalBus::wrap),
-    /// [`Recorder`]), whose rows the auto-flush claims before it sends: rows that never
-    /// committed (a recorder handed over after a rollback, a wrapped savepoint whose outer
-    /// transaction has not committed yet), or rows whose lease had expired and another flush
-    /// took. Signals of [`SignalBus::begin`](crate::SignalBus::begin)'s transactions are sent
-    /// from memory, never counted here.
-    pub elsewhere: usize,
-    /// Left pending: auto-flush off, or the bus failed. An explicit flush will send them.
-    pub pending: usize,
-    /// Why signals were left pending, if the bus failed.
-    pub error: Option<Arc<Error>>,
+/// Failure of a nested block, recorded in the transaction for the outermost block.
+#[derive(Debug, Default)]
+pub(crate) struct BlockState {
+    /// Whether the transaction belongs to an atomic block (scoped integrity retries need one).
+    pub(crate) in_block: bool,
+    pub(crate) failure: Option<InnerFailure>,
 }
 
-impl DeliveryReport {
-    /// Whether no signal of the transaction is left pending by this auto-flush (see
-    /// [`DeliveryReport::elsewhere`] for what it cannot know).
-    pub fn is_complete(&self) -> bool {
-        self.pending == 0 && self.error.is_none()
-    }
+/// What a nested block failed with, and whether it was a conflict.
+#[derive(Debug)]
+pub(crate) struct InnerFailure {
+    pub(crate) error: InnerError,
+    pub(crate) conflict: bool,
 }
 
-/// Resolves to the [`DeliveryReport`] of a committed transaction's signals.
-pub struct Delivery {
-    state: State,
-}
-
-enum State {
-    Ready(Option<DeliveryReport>),
-    Waiting {
-        rx: oneshot::Receiver<DeliveryReport>,
-        extra: DeliveryReport,
-        count: usize,
-    },
-}
-
-impl Delivery {
-    fn ready(report: DeliveryReport) -> Self {
-        Delivery {
-            state: State::Ready(Some(report)),
-        }
-    }
-}
-
-impl Future for Delivery {
-    type Output = DeliveryReport;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DeliveryReport> {
-        match &mut self.state {
-            State::Ready(report) => Poll::Ready(report.take().unwrap_or_default()),
-            State::Waiting { rx, extra, count } => {
-                let mut report = match Pin::new(rx).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(report)) => report,
-                    Poll::Ready(Err(_)) => DeliveryReport {
-                        pending: *count,
-                        error: Some(Arc::new(Error::Stopped)),
-                        ..DeliveryReport::default()
-                    },
-                };
-                report.pending += extra.pending;
-                Poll::Ready(report)
-            }
+impl BlockState {
+    /// Keep the first nested failure; any conflict among them makes the block run again.
+    pub(crate) fn record(&mut self, error: InnerError, conflict: bool) {
+        match &mut self.failure {
+            Some(first) => first.conflict |= conflict,
+            None => self.failure = Some(InnerFailure { error, conflict }),
         }
     }
 }

@@ -1,9 +1,8 @@
 //! Choosing a publisher by URL, including the brokers compiled in by feature.
 
-#[allow(unused_imports)] // used by whichever broker features are on
-use signalbus_core::PublisherExt;
+use signalbus_core::publisher::{FilePublisher, MemoryPublisher, StdoutPublisher};
 use signalbus_core::redact::redact_url;
-use signalbus_core::{BoxPublisher, Error, Result};
+use signalbus_core::{BoxPublisher, Error, PublisherExt, Result};
 
 /// Connect to the bus named by `url`.
 ///
@@ -12,28 +11,44 @@ use signalbus_core::{BoxPublisher, Error, Result};
 /// | `amqp://user:password@host:5672/vhost`, `amqps://…` | `amqp` | RabbitMQ with publisher confirms |
 /// | `nats://user:password@host:4222` | `nats` | NATS JetStream, acks awaited |
 /// | `kafka://host:9092[,host:port…]` | `kafka` | Kafka, idempotent producer, `acks=all` |
-/// | `stdout:`, `file:PATH`, `memory:` | always | see [`crate::publisher::from_url`] |
+/// | `stdout:` | always | JSON lines on standard output ([`StdoutPublisher`]) |
+/// | `file:PATH` | always | JSON lines appended to PATH ([`FilePublisher`]) |
+/// | `memory:` | always | kept in memory, for tests and benchmarks ([`MemoryPublisher`]) |
 ///
 /// Broker publishers connect at once, so a wrong host, user, password or vhost fails here
 /// with an error that names it. Passwords in `url` never appear in errors or logs.
 pub async fn connect_bus(url: &str) -> Result<BoxPublisher> {
-    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-    match scheme.as_deref() {
-        #[cfg(feature = "amqp")]
-        Some("amqp" | "amqps") => Ok(signalbus_amqp::AmqpPublisher::connect(url).await?.boxed()),
-        #[cfg(feature = "nats")]
-        Some("nats") => Ok(signalbus_nats::NatsPublisher::connect(url).await?.boxed()),
-        #[cfg(feature = "kafka")]
-        Some("kafka") => Ok(signalbus_kafka::KafkaPublisher::connect(url).await?.boxed()),
-        Some(scheme) if broker_feature(scheme).is_some() => Err(missing_feature(url, scheme)),
-        _ => signalbus_core::publisher::from_url(url).await.map_err(|e| match e {
-            Error::Config(message) if message.starts_with("unsupported bus URL scheme") => {
-                Error::Config(format!(
-                    "{message}; with their features: `amqp://`, `amqps://`, `nats://`, `kafka://`"
-                ))
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return Err(Error::Config(format!(
+            "bus URL `{}` has no scheme; use e.g. `amqp://…`, `nats://…`, `kafka://…`, \
+             `stdout:`, `file:/path/to/signals.jsonl` or `memory:`",
+            redact_url(url)
+        )));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "stdout" => Ok(StdoutPublisher::new().boxed()),
+        "memory" => Ok(MemoryPublisher::new().boxed()),
+        "file" => {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(Error::Config(
+                    "bus URL `file:` needs a path, e.g. `file:/var/tmp/signals.jsonl`".into(),
+                ));
             }
-            other => other,
-        }),
+            Ok(FilePublisher::open(path).await?.boxed())
+        }
+        #[cfg(feature = "amqp")]
+        "amqp" | "amqps" => Ok(signalbus_amqp::AmqpPublisher::connect(url).await?.boxed()),
+        #[cfg(feature = "nats")]
+        "nats" => Ok(signalbus_nats::NatsPublisher::connect(url).await?.boxed()),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(signalbus_kafka::KafkaPublisher::connect(url).await?.boxed()),
+        scheme if broker_feature(scheme).is_some() => Err(missing_feature(url, scheme)),
+        other => Err(Error::Config(format!(
+            "unsupported bus URL scheme `{other}:` in `{}`; known: `stdout:`, `file:PATH`, \
+             `memory:`, and with their features `amqp://`, `amqps://`, `nats://`, `kafka://`",
+            redact_url(url)
+        ))),
     }
 }
 

@@ -47,7 +47,7 @@
 //!   ([`Message::id`]) that is the same on every re-send, so brokers and consumers can drop
 //!   duplicates.
 //! * **Nothing lost.** A commit never fails because the bus is down; its signals stay pending
-//!   until [`SignalBus::flush`] or [`SignalBus::flushmany`] (or the `signalbus` command line)
+//!   until [`SignalBus::flush`] or [`SignalBus::flush_many`] (or the `signalbus` command line)
 //!   sends them.
 //! * **No order** across auto-flushes, except where a flush mode promises one.
 //!
@@ -64,7 +64,35 @@
 mod bus_url;
 
 pub use bus_url::connect_bus;
-pub use signalbus_core::*;
+// The public API, by name: what users touch. The core crate's other public items serve the
+// broker crates and are not part of it.
+pub use signalbus_core::{
+    Atomic, AtomicOptions, Backend, BatchOutcome, BlockError, BoxPublisher, DEFAULT_BURST,
+    DEFAULT_FLUSH_WAIT, Delivery, DeliveryReport, Error, FlushProgress, Headers, Holdback,
+    InnerError, InsertParam, Isolation, Message, ORDERING_KEY_HEADER, OnProgress, OrderColumn,
+    ParkedRows, ParkedSignal, PendingStats, PreparedSignal, PublishError, PublishErrorKind,
+    Publisher, PublisherExt, Readiness, ReadinessCheck, Recorder, Refused, Relay, RelayBuilder,
+    Result, RetryPolicy, RowLock, Selection, Signal, SignalBus, SignalBusBuilder, SignalId,
+    SignalType, TableRow, Transaction, json_body,
+};
+pub use signalbus_core::{atomic, locking, metrics, prepared, publisher, relay, storage};
+
+#[cfg(feature = "inbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "inbox")))]
+pub use signalbus_core::inbox;
+
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+pub use signalbus_core::otel;
+
+/// Hides passwords in URLs before they reach logs and errors (for the command line and
+/// tools built on signalbus).
+#[doc(hidden)]
+pub use signalbus_core::redact;
+
+/// A validated, quoted SQL identifier (for the command line and the tests' own SQL).
+#[doc(hidden)]
+pub use signalbus_core::Ident;
 
 #[cfg(feature = "derive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
@@ -101,3 +129,5 @@ pub use signalbus_diesel as diesel;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+#[cfg(doctest)]
+mod guide_doctests;

@@ -1,6 +1,6 @@
 //! Atomic blocks: run a closure in a transaction, commit when it returns `Ok`, roll back when
 //! it returns `Err` or panics, and run it again when the database reports a conflict with a
-//! concurrent transaction. Plus row helpers ([`Record`], [`Transaction::get_row`],
+//! concurrent transaction. Plus row helpers ([`TableRow`], [`Transaction::get_row`],
 //! [`Transaction::lock_row`]) for the usual "read the row, decide, write" procedures.
 //!
 //! The block returns the caller's own error type (any `E: std::error::Error +
@@ -82,7 +82,7 @@
 //!   keeps the last attempt's error as its source. Any other error is returned at once, as
 //!   it is. A commit that fails with a conflict is retried too.
 //! * **Integrity races**: [`Atomic::retry_on_integrity_error`] (the whole block) and
-//!   [`Transaction::retry_on_integrity_error`] (a part of it) also retry unique and
+//!   [`Transaction::atomic_retrying_races`] (a part of it) also retry unique and
 //!   foreign-key violations: an "insert if absent" that lost the race, or a child inserted
 //!   against a parent that another transaction is inserting. Like the original, the scoped
 //!   form refuses to run outside an atomic block ([`Error::NotInAtomicBlock`]): without a
@@ -119,15 +119,16 @@
 mod retryable;
 mod rows;
 
-pub(crate) use retryable::database_error;
+pub use crate::locking::{Isolation, LockWait, RowLock, SqliteBegin};
 pub use retryable::{BlockError, is_conflict};
-pub use rows::{LockWait, PrimaryKey, Record, RowLock, get_row, lock_row};
+pub use rows::{PrimaryKey, TableRow, get_row, lock_row};
 
-use crate::bus::SignalBus;
+use crate::delivery::{Delivery, DeliveryReport};
+use crate::engine::Engine;
 use crate::error::{Error, InnerError};
 use crate::publisher::Backoff;
 use crate::storage::{Backend, begin};
-use crate::transaction::{Delivery, DeliveryReport, Transaction};
+use crate::transaction::{Recorder, Transaction};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use std::future::IntoFuture;
@@ -138,35 +139,6 @@ use tracing::Instrument;
 
 /// The future an atomic block's closure returns: `Box::pin(async move { .. })`.
 pub type AtomicFuture<'t, T, E = Error> = BoxFuture<'t, Result<T, E>>;
-
-/// Transaction isolation level of an atomic block (PostgreSQL and MySQL/MariaDB).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Isolation {
-    /// Whatever the database or connection is configured with.
-    DatabaseDefault,
-    /// READ COMMITTED.
-    ReadCommitted,
-    /// REPEATABLE READ, the default (snapshot isolation on PostgreSQL).
-    #[default]
-    RepeatableRead,
-    /// SERIALIZABLE.
-    Serializable,
-}
-
-/// How an atomic block begins its transaction on SQLite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SqliteBegin {
-    /// `BEGIN DEFERRED`: locks on first use; a reader that later writes may fail with
-    /// SQLITE_BUSY (and be retried). Best for blocks that only read.
-    Deferred,
-    /// `BEGIN IMMEDIATE`, the default: takes the write lock at once, waiting up to the busy
-    /// timeout.
-    #[default]
-    Immediate,
-    /// `BEGIN EXCLUSIVE`.
-    Exclusive,
-}
 
 /// How an atomic block runs: isolation, retries, which errors are retried. The methods of
 /// [`Atomic`] set the same; pass a prepared value with [`Atomic::options`].
@@ -227,39 +199,11 @@ impl AtomicOptions {
 
     /// Also retry when a unique or foreign-key constraint is violated anywhere in the block:
     /// the races of concurrent inserts, where the next attempt sees what the other
-    /// transaction committed. [`Transaction::retry_on_integrity_error`] does the same for a
+    /// transaction committed. [`Transaction::atomic_retrying_races`] does the same for a
     /// part of a block only.
     pub fn retry_on_integrity_error(mut self, on: bool) -> Self {
         self.integrity_races = on;
         self
-    }
-}
-
-/// Failure of a nested block, recorded in the transaction for the outermost block.
-#[derive(Debug, Default)]
-pub(crate) struct BlockState {
-    /// Whether the transaction belongs to an atomic block (scoped integrity retries need one).
-    pub(crate) in_block: bool,
-    failure: Option<InnerFailure>,
-}
-
-#[derive(Debug)]
-struct InnerFailure {
-    error: InnerError,
-    conflict: bool,
-}
-
-impl BlockState {
-    fn record<E: BlockError>(&mut self, error: &E, conflict: bool) {
-        match &mut self.failure {
-            Some(first) => first.conflict |= conflict,
-            None => {
-                self.failure = Some(InnerFailure {
-                    error: InnerError::of(error),
-                    conflict,
-                })
-            }
-        }
     }
 }
 
@@ -271,7 +215,7 @@ type Types<'a, T, E> = fn(&'a ()) -> (T, E);
 /// signals are then handed to the auto-flush).
 #[must_use = "an atomic block does nothing until it is awaited"]
 pub struct Atomic<'b, 'a, DB: Backend, T, E, F> {
-    bus: &'b SignalBus<DB>,
+    engine: &'b Engine<DB>,
     block: F,
     options: AtomicOptions,
     _types: PhantomData<Types<'a, T, E>>,
@@ -327,12 +271,12 @@ where
     /// caller must know they were sent.
     pub async fn delivery(self) -> Result<(T, Delivery), E> {
         let Atomic {
-            bus,
+            engine,
             mut block,
             options,
             ..
         } = self;
-        run(bus, &options, &mut block).await
+        run(engine, &options, &mut block).await
     }
 
     /// Commit, then wait until the signals are sent or known to stay pending (as
@@ -360,19 +304,18 @@ where
     }
 }
 
-impl<DB: Backend> SignalBus<DB> {
-    /// An atomic block: `block` runs in a transaction, which commits when it returns `Ok`, and
-    /// runs again on a conflict; see the [module docs](crate::atomic). Set options on the
-    /// returned [`Atomic`], then await it.
-    pub fn atomic<'b, 'a, T, E, F>(&'b self, block: F) -> Atomic<'b, 'a, DB, T, E, F>
-    where
-        T: Send + 'b,
-        E: BlockError,
-        F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E> + Send + 'b,
-        'a: 'b,
-    {
+impl<'b, 'a, DB, T, E, F> Atomic<'b, 'a, DB, T, E, F>
+where
+    DB: Backend,
+    T: Send + 'b,
+    E: BlockError,
+    F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E> + Send + 'b,
+    'a: 'b,
+{
+    /// A block on `engine`'s bus with the default options ([`SignalBus::atomic`]).
+    pub(crate) fn new(engine: &'b Engine<DB>, block: F) -> Self {
         Atomic {
-            bus: self,
+            engine,
             block,
             options: AtomicOptions::default(),
             _types: PhantomData,
@@ -382,7 +325,7 @@ impl<DB: Backend> SignalBus<DB> {
 
 /// Run the attempts of a block until one commits, fails for good or the attempts run out.
 async fn run<'a, DB, T, E, F>(
-    bus: &SignalBus<DB>,
+    engine: &Engine<DB>,
     options: &AtomicOptions,
     block: &mut F,
 ) -> Result<(T, Delivery), E>
@@ -395,7 +338,7 @@ where
     let mut attempt = 1;
     loop {
         let span = tracing::debug_span!("atomic", attempt);
-        let error = match attempt_once(bus, options, block).instrument(span).await {
+        let error = match attempt_once(engine, options, block).instrument(span).await {
             Ok(done) => {
                 if attempt > 1 {
                     tracing::debug!(attempts = attempt, "atomic block committed");
@@ -421,7 +364,7 @@ where
 
 /// One attempt; the error comes with whether it is a conflict worth another attempt.
 async fn attempt_once<'a, DB, T, E, F>(
-    bus: &SignalBus<DB>,
+    engine: &Engine<DB>,
     options: &AtomicOptions,
     block: &mut F,
 ) -> Result<(T, Delivery), (E, bool)>
@@ -437,8 +380,11 @@ where
         (e, conflict)
     };
     let begin_sql = (DB::DIALECT.begin_atomic)(options.isolation, options.sqlite_begin);
-    let tx = begin(bus.pool(), begin_sql).await.map_err(fail)?;
-    let mut tx: Transaction<'a, DB> = bus.wrap(tx).outermost();
+    let tx = begin(engine.shared().pool(), begin_sql)
+        .await
+        .map_err(fail)?;
+    let mut tx: Transaction<'a, DB> =
+        Transaction::new(tx, Recorder::new(engine.clone())).outermost();
     tx.atomic.in_block = true;
     let outcome = AssertUnwindSafe(block(&mut tx)).catch_unwind().await;
     let inner = tx.atomic.failure.take();
@@ -479,7 +425,7 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
         let result = block(self).await;
         if let Err(e) = &result {
             let conflict = retryable::classify::<DB>(e, false);
-            self.atomic.record(e, conflict);
+            self.atomic.record(InnerError::of(e), conflict);
         }
         result
     }
@@ -491,7 +437,7 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
     /// Must run inside an atomic block ([`SignalBus::atomic`]): otherwise nothing would run
     /// the transaction again, and it fails at once with [`Error::NotInAtomicBlock`] without
     /// running `block`.
-    pub async fn retry_on_integrity_error<T, E, F>(&mut self, block: F) -> Result<T, E>
+    pub async fn atomic_retrying_races<T, E, F>(&mut self, block: F) -> Result<T, E>
     where
         E: BlockError,
         F: for<'t> FnOnce(&'t mut Transaction<'c, DB>) -> AtomicFuture<'t, T, E>,
@@ -502,7 +448,7 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
         let result = block(self).await;
         if let Err(e) = &result {
             let conflict = retryable::classify::<DB>(e, true);
-            self.atomic.record(e, conflict);
+            self.atomic.record(InnerError::of(e), conflict);
         }
         result
     }

@@ -1,6 +1,6 @@
 //! Which errors make an atomic block run again, found inside the caller's own error type.
 
-use crate::error::Error;
+use crate::error::{Error, database_error};
 use crate::storage::Backend;
 
 /// An error an atomic block may end with: the caller's own error type, as long as a
@@ -28,23 +28,6 @@ pub trait BlockError: std::error::Error + From<Error> + Send + Sync + 'static {}
 
 impl<E> BlockError for E where E: std::error::Error + From<Error> + Send + Sync + 'static {}
 
-/// The database error `error` carries: itself or one of its sources.
-pub(crate) fn database_error<'e>(
-    error: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e sqlx::Error> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(Error::Database(db)) = e.downcast_ref::<Error>() {
-            return Some(db);
-        }
-        if let Some(db) = e.downcast_ref::<sqlx::Error>() {
-            return Some(db);
-        }
-        current = e.source();
-    }
-    None
-}
-
 /// Whether `error` (or one of its sources) is a conflict with a concurrent transaction that
 /// running the whole transaction again can resolve: a serialization failure, a deadlock, a
 /// lock that could not be had in time, a busy SQLite database.
@@ -57,7 +40,7 @@ pub(crate) fn database_error<'e>(
 ///
 /// Integrity errors (unique and foreign-key violations) are not conflicts unless a block asks
 /// for it ([`super::Atomic::retry_on_integrity_error`],
-/// [`crate::Transaction::retry_on_integrity_error`]).
+/// [`crate::Transaction::atomic_retrying_races`]).
 pub fn is_conflict<DB: Backend>(error: &(dyn std::error::Error + 'static)) -> bool {
     classify::<DB>(error, false)
 }

@@ -1,8 +1,9 @@
 //! Row helpers: get or lock a row by its primary key, for any sqlx `FromRow` type that says
-//! where it lives ([`Record`]). Table and column names go through [`Ident`].
+//! where it lives ([`TableRow`]). Table and column names go through [`Ident`].
 
 use crate::error::{Error, Result};
 use crate::ident::Ident;
+use crate::locking::RowLock;
 use crate::storage::Backend;
 use crate::transaction::Transaction;
 use sqlx::error::BoxDynError;
@@ -23,7 +24,7 @@ use sqlx::{Arguments, Database, Encode, FromRow, Type};
 /// #     }
 /// # }
 ///
-/// impl signalbus_core::atomic::Record for Account {
+/// impl signalbus_core::atomic::TableRow for Account {
 ///     const TABLE: &'static str = "accounts";
 ///     const PRIMARY_KEY: &'static [&'static str] = &["id"];
 ///     type Key = i64;
@@ -36,10 +37,10 @@ use sqlx::{Arguments, Database, Encode, FromRow, Type};
 /// Code generic over the database needs the bounds the helpers need:
 /// `R: for<'r> sqlx::FromRow<'r, DB::Row>, R::Key: PrimaryKey<DB>`; code for one database
 /// needs none.
-pub trait Record: Send + Unpin + Sized {
+pub trait TableRow: Send + Unpin + Sized {
     /// The table, optionally `schema.table`.
     const TABLE: &'static str;
-    /// The primary-key columns, in the order of [`Record::Key`]'s values.
+    /// The primary-key columns, in the order of [`TableRow::Key`]'s values.
     const PRIMARY_KEY: &'static [&'static str];
     /// The columns to read; empty (the default) reads `*`.
     const COLUMNS: &'static [&'static str] = &[];
@@ -103,60 +104,6 @@ where
     }
 }
 
-/// A row lock taken by [`lock_row`]: `FOR UPDATE` or shared, waiting or not.
-///
-/// SQLite has no row locks: there the row is just read, and the block's `BEGIN IMMEDIATE`
-/// (the default) already holds the database's write lock, which is stronger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RowLock {
-    /// A shared lock (`FOR SHARE` / `LOCK IN SHARE MODE`) instead of an exclusive one.
-    pub shared: bool,
-    /// What to do when another transaction holds a conflicting lock.
-    pub wait: LockWait,
-}
-
-/// What [`lock_row`] does when another transaction holds the row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LockWait {
-    /// Wait for it (up to the database's lock timeout).
-    #[default]
-    Wait,
-    /// Fail at once (`NOWAIT`) with a lock-not-available error, which [`super::is_conflict`]
-    /// counts as a conflict: an atomic block runs again.
-    NoWait,
-    /// Return `None` as if the row did not exist (`SKIP LOCKED`).
-    SkipLocked,
-}
-
-impl RowLock {
-    /// `FOR UPDATE`, waiting.
-    pub const UPDATE: RowLock = RowLock {
-        shared: false,
-        wait: LockWait::Wait,
-    };
-    /// A shared lock, waiting.
-    pub const SHARE: RowLock = RowLock {
-        shared: true,
-        wait: LockWait::Wait,
-    };
-
-    /// Fail at once instead of waiting.
-    pub fn nowait(self) -> Self {
-        RowLock {
-            wait: LockWait::NoWait,
-            ..self
-        }
-    }
-
-    /// Skip the row instead of waiting.
-    pub fn skip_locked(self) -> Self {
-        RowLock {
-            wait: LockWait::SkipLocked,
-            ..self
-        }
-    }
-}
-
 fn column(name: &str) -> Result<Ident> {
     if name.contains('.') {
         return Err(Error::InvalidIdentifier {
@@ -168,11 +115,11 @@ fn column(name: &str) -> Result<Ident> {
 }
 
 /// `SELECT .. FROM table WHERE pk1 = ? AND ..`, plus the lock clause.
-fn select_sql<DB: Backend, R: Record>(key_len: usize, lock: Option<RowLock>) -> Result<String> {
+fn select_sql<DB: Backend, R: TableRow>(key_len: usize, lock: Option<RowLock>) -> Result<String> {
     let q = DB::DIALECT.quote;
     if R::PRIMARY_KEY.is_empty() || R::PRIMARY_KEY.len() != key_len {
         return Err(Error::Config(format!(
-            "Record for table `{}`: PRIMARY_KEY names {} column(s) but Key has {} value(s)",
+            "TableRow for table `{}`: PRIMARY_KEY names {} column(s) but Key has {} value(s)",
             R::TABLE,
             R::PRIMARY_KEY.len(),
             key_len
@@ -212,7 +159,7 @@ async fn fetch<DB, R>(
 ) -> Result<Option<R>>
 where
     DB: Backend,
-    R: Record + for<'r> FromRow<'r, DB::Row>,
+    R: TableRow + for<'r> FromRow<'r, DB::Row>,
     R::Key: PrimaryKey<DB>,
 {
     let sql = select_sql::<DB, R>(<R::Key as PrimaryKey<DB>>::LEN, lock)?;
@@ -226,7 +173,7 @@ where
 pub async fn get_row<DB, R>(conn: &mut DB::Connection, key: R::Key) -> Result<Option<R>>
 where
     DB: Backend,
-    R: Record + for<'r> FromRow<'r, DB::Row>,
+    R: TableRow + for<'r> FromRow<'r, DB::Row>,
     R::Key: PrimaryKey<DB>,
 {
     fetch::<DB, R>(conn, key, None).await
@@ -242,7 +189,7 @@ pub async fn lock_row<DB, R>(
 ) -> Result<Option<R>>
 where
     DB: Backend,
-    R: Record + for<'r> FromRow<'r, DB::Row>,
+    R: TableRow + for<'r> FromRow<'r, DB::Row>,
     R::Key: PrimaryKey<DB>,
 {
     fetch::<DB, R>(conn, key, Some(lock)).await
@@ -252,7 +199,7 @@ impl<DB: Backend> Transaction<'_, DB> {
     /// The row of `R` with primary key `key`, read in this transaction ([`get_row`]).
     pub async fn get_row<R>(&mut self, key: R::Key) -> Result<Option<R>>
     where
-        R: Record + for<'r> FromRow<'r, DB::Row>,
+        R: TableRow + for<'r> FromRow<'r, DB::Row>,
         R::Key: PrimaryKey<DB>,
     {
         get_row::<DB, R>(self, key).await
@@ -262,7 +209,7 @@ impl<DB: Backend> Transaction<'_, DB> {
     /// ([`lock_row`]).
     pub async fn lock_row<R>(&mut self, key: R::Key, lock: RowLock) -> Result<Option<R>>
     where
-        R: Record + for<'r> FromRow<'r, DB::Row>,
+        R: TableRow + for<'r> FromRow<'r, DB::Row>,
         R::Key: PrimaryKey<DB>,
     {
         lock_row::<DB, R>(self, key, lock).await
@@ -272,7 +219,7 @@ impl<DB: Backend> Transaction<'_, DB> {
     /// is gone.
     pub async fn reload<R>(&mut self, record: &R) -> Result<Option<R>>
     where
-        R: Record + for<'r> FromRow<'r, DB::Row>,
+        R: TableRow + for<'r> FromRow<'r, DB::Row>,
         R::Key: PrimaryKey<DB>,
     {
         get_row::<DB, R>(self, record.primary_key()).await
@@ -284,7 +231,7 @@ mod tests {
     use super::*;
 
     struct Member;
-    impl Record for Member {
+    impl TableRow for Member {
         const TABLE: &'static str = "app.members";
         const PRIMARY_KEY: &'static [&'static str] = &["tenant", "id"];
         type Key = (String, i64);

@@ -49,7 +49,7 @@ pub use retry::{Backoff, Retry};
 pub use stdout::StdoutPublisher;
 pub use timeout::Timeout;
 
-use crate::error::{Error, PublishError, Result};
+use crate::error::PublishError;
 use crate::message::Message;
 use std::future::Future;
 use std::pin::Pin;
@@ -146,35 +146,5 @@ impl<P: Publisher> Publisher for Arc<P> {
 
     async fn check(&self) -> Result<(), PublishError> {
         (**self).check().await
-    }
-}
-
-/// Builds a publisher from a bus URL.
-///
-/// Known here: `stdout:` (JSON lines on standard output), `file:PATH` (JSON lines appended to
-/// PATH) and `memory:` (kept in memory, for tests and benchmarks). Broker URLs (`amqp://`,
-/// `nats://`, `kafka://`) are handled by the `signalbus` crate when their feature is on.
-pub async fn from_url(url: &str) -> Result<BoxPublisher> {
-    let (scheme, rest) = url.split_once(':').ok_or_else(|| Error::Config(format!(
-        "bus URL `{}` has no scheme; use e.g. `stdout:`, `file:/path/to/signals.jsonl` or `memory:`",
-        crate::redact::redact_url(url)
-    )))?;
-    match scheme {
-        "stdout" => Ok(StdoutPublisher::new().boxed()),
-        "memory" => Ok(MemoryPublisher::new().boxed()),
-        "file" => {
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            if path.is_empty() {
-                return Err(Error::Config(
-                    "bus URL `file:` needs a path, e.g. `file:/var/tmp/signals.jsonl`".into(),
-                ));
-            }
-            Ok(FilePublisher::open(path).await?.boxed())
-        }
-        other => Err(Error::Config(format!(
-            "unsupported bus URL scheme `{other}:` in `{}`; this build knows `stdout:`, \
-             `file:PATH` and `memory:`",
-            crate::redact::redact_url(url)
-        ))),
     }
 }

@@ -4,8 +4,8 @@
 //! SQL of the table contract is written once, not once per database.
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-use crate::atomic::LockWait;
-use crate::atomic::{Isolation, RowLock, SqliteBegin};
+use crate::locking::LockWait;
+use crate::locking::{Isolation, RowLock, SqliteBegin};
 use sqlx::error::DatabaseError;
 use std::time::Duration;
 

@@ -14,7 +14,7 @@
 
 use super::dialect::{ColumnTypes, Dialect, InboxSql, OrderedRead, Placeholders, lock_clause};
 use super::json_ids;
-use crate::atomic::{Isolation, SqliteBegin};
+use crate::locking::{Isolation, SqliteBegin};
 use sqlx::MySql;
 use sqlx::error::DatabaseError;
 use std::time::Duration;
@@ -136,4 +136,4 @@ fn begin_atomic(level: Isolation, _: SqliteBegin) -> Option<&'static str> {
     }
 }
 
-super::store!(MySql, DIALECT, ids: json_ids, texts: super::json_texts, insert: last_insert_id, listen: crate::relay::wake::no_listener, feature: "mysql");
+super::store!(MySql, DIALECT, ids: json_ids, texts: super::json_texts, insert: last_insert_id, listen: crate::storage::listen::no_listener, feature: "mysql");

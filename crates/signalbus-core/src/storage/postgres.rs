@@ -4,7 +4,7 @@
 use super::dialect::{
     ColumnTypes, Dialect, InboxSql, Lanes, OrderedRead, Placeholders, lock_clause,
 };
-use crate::atomic::{Isolation, SqliteBegin};
+use crate::locking::{Isolation, SqliteBegin};
 use sqlx::Postgres;
 use sqlx::error::DatabaseError;
 use std::time::Duration;
@@ -161,4 +161,4 @@ fn ids(ids: &[i64]) -> &[i64] {
     ids
 }
 
-super::store!(Postgres, DIALECT, ids: ids, texts: texts, insert: returning, listen: crate::relay::wake::postgres::listener, feature: "postgres");
+super::store!(Postgres, DIALECT, ids: ids, texts: texts, insert: returning, listen: crate::storage::listen::postgres::listener, feature: "postgres");

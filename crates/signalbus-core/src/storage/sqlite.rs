@@ -3,7 +3,7 @@
 
 use super::dialect::{ColumnTypes, Dialect, InboxSql, OrderedRead, Placeholders};
 use super::json_ids;
-use crate::atomic::{Isolation, SqliteBegin};
+use crate::locking::{Isolation, SqliteBegin};
 use sqlx::Sqlite;
 use sqlx::error::DatabaseError;
 use std::time::Duration;
@@ -107,4 +107,4 @@ fn begin_atomic(_: Isolation, begin: SqliteBegin) -> Option<&'static str> {
     })
 }
 
-super::store!(Sqlite, DIALECT, ids: json_ids, texts: super::json_texts, insert: returning, listen: crate::relay::wake::no_listener, feature: "sqlite");
+super::store!(Sqlite, DIALECT, ids: json_ids, texts: super::json_texts, insert: returning, listen: crate::storage::listen::no_listener, feature: "sqlite");

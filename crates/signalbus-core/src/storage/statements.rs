@@ -211,7 +211,7 @@ const CREATE_FLUSH_LOCK_TABLE: &str = "CREATE TABLE IF NOT EXISTS signalbus_flus
      (table_name VARCHAR(255) NOT NULL PRIMARY KEY) ENGINE=InnoDB";
 
 /// `ORDER BY` text for `order`, always ending with `id` as the tie-breaker; each column gets
-/// `prefix` (e.g. `t.`). Columns were validated against [`super::ORDERABLE_COLUMNS`].
+/// `prefix` (e.g. `t.`). Columns were validated against [`crate::signal::ORDERABLE_COLUMNS`].
 fn order_clause(order: &[OrderColumn], prefix: &str, quote: char) -> String {
     let mut parts: Vec<String> = order
         .iter()

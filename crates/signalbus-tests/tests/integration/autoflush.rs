@@ -234,7 +234,7 @@ async fn failing_publisher_keeps_signals_pending<DB: TestBackend>() {
     assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 2);
 
     // An explicit flush while still down fails loudly and keeps the rows.
-    let err = bus.flushmany(&Selection::all()).await.unwrap_err();
+    let err = bus.flush_many(&Selection::all()).await.unwrap_err();
     assert!(matches!(err, Error::Publish(_)), "{err}");
     assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 2);
 
@@ -285,16 +285,19 @@ async fn autoflush_switches<DB: TestBackend>() {
 
     // Explicit flushes send what the switches held back; exclusion is honoured.
     let only_orders = Selection::all().exclude(["AuditTrail"]);
-    assert_eq!(bus.flushmany(&only_orders).await.unwrap(), 1);
+    assert_eq!(bus.flush_many(&only_orders).await.unwrap(), 1);
     assert_eq!(DB::count_rows(&db.pool, "audit_trail").await, 1);
     assert_eq!(
-        bus.flushmany(&Selection::only(["AuditTrail"]))
+        bus.flush_many(&Selection::only(["AuditTrail"]))
             .await
             .unwrap(),
         1
     );
     assert_eq!(outbox.len(), 3);
-    let err = bus.flushmany(&Selection::only(["nope"])).await.unwrap_err();
+    let err = bus
+        .flush_many(&Selection::only(["nope"]))
+        .await
+        .unwrap_err();
     assert!(
         err.to_string().contains("unknown signal name `nope`"),
         "{err}"
@@ -326,7 +329,7 @@ async fn concurrent_transactions_with_concurrent_flushmany<DB: TestBackend>() {
         tokio::spawn(async move {
             let mut sent = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                sent += bus.flushmany(&Selection::all()).await.unwrap();
+                sent += bus.flush_many(&Selection::all()).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             sent
@@ -355,7 +358,7 @@ async fn concurrent_transactions_with_concurrent_flushmany<DB: TestBackend>() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let raced = racer.await.unwrap();
-    let rest = bus.flushmany(&Selection::all()).await.unwrap();
+    let rest = bus.flush_many(&Selection::all()).await.unwrap();
 
     let total = usize::try_from(TASKS * TX_PER_TASK).unwrap();
     let messages = outbox.messages();
@@ -403,7 +406,7 @@ async fn tables_created_elsewhere<DB: TestBackend>() {
     let mut tx = bus.begin().await.unwrap();
     tx.send(&order(2)).await.unwrap();
     assert_eq!(tx.commit_and_wait().await.unwrap().sent, 1);
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 1);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 1);
     assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 0);
     db.cleanup().await;
 }
@@ -498,7 +501,7 @@ async fn the_switch_counts_at_commit<DB: TestBackend>() {
     assert_eq!((report.sent, report.pending), (0, 1), "{report:?}");
     assert_eq!(outbox.len(), 1, "not sent by the auto-flush");
     assert_eq!(
-        bus.flushmany(&Selection::all()).await.unwrap(),
+        bus.flush_many(&Selection::all()).await.unwrap(),
         1,
         "taken by a flush right after the commit, not held by a lease"
     );
@@ -522,7 +525,7 @@ async fn the_switch_counts_at_commit<DB: TestBackend>() {
     tx.commit().await.unwrap();
     let report = signals.after_commit().await;
     assert_eq!((report.sent, report.pending), (0, 1), "{report:?}");
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 1);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 1);
     assert_eq!(outbox.len(), 4);
     assert_eq!(DB::count_rows(&db.pool, "order_placed_signal").await, 0);
     db.cleanup().await;

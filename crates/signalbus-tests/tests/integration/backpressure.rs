@@ -16,7 +16,7 @@ async fn flush_until<DB: TestBackend>(bus: &SignalBus<DB>, expected: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut sent = 0;
     while sent < expected {
-        sent += bus.flushmany(&Selection::all()).await.unwrap();
+        sent += bus.flush_many(&Selection::all()).await.unwrap();
         assert!(Instant::now() < deadline, "sent {sent} of {expected}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

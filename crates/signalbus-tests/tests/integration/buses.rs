@@ -66,7 +66,7 @@ async fn flushmany_sends<DB: TestBackend>(bus: &SignalBus<DB>, expected: usize) 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut sent = 0;
     while sent < expected {
-        let last = bus.flushmany(&Selection::all()).await;
+        let last = bus.flush_many(&Selection::all()).await;
         sent += last.as_ref().copied().unwrap_or(0);
         if sent < expected {
             assert!(
@@ -139,7 +139,7 @@ pub async fn end_to_end<DB: TestBackend, F: BusFixture>(fx: F) {
     let stats = bus.pending(&Selection::all()).await.unwrap()[0].1;
     assert_eq!((stats.count, stats.backing_off), (2, 2), "{stats:?}");
     assert_eq!(
-        bus.flushmany(&Selection::all()).await.unwrap(),
+        bus.flush_many(&Selection::all()).await.unwrap(),
         0,
         "backing off"
     );

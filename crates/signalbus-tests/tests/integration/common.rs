@@ -290,7 +290,7 @@ macro_rules! on_every_database {
 pub async fn flush_until<DB: Backend>(bus: &signalbus::SignalBus<DB>, expected: usize) {
     let mut sent = 0;
     for _ in 0..100 {
-        sent += bus.flushmany(&signalbus::Selection::all()).await.unwrap();
+        sent += bus.flush_many(&signalbus::Selection::all()).await.unwrap();
         if sent >= expected {
             break;
         }

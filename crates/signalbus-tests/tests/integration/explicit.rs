@@ -77,7 +77,7 @@ async fn flushordered_never_goes_backwards<DB: TestBackend>() {
         tokio::spawn(async move {
             let mut sent = 0;
             for _ in 0..200 {
-                sent += bus.flushordered(&Selection::all()).await.unwrap();
+                sent += bus.flush_ordered(&Selection::all()).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
             sent
@@ -157,7 +157,7 @@ async fn flush_wait_does_not_resend_inflight_autoflushes<DB: TestBackend>() {
         started.elapsed() < WAIT,
         "nothing sendable was listed, so the flush did not wait"
     );
-    let drained = bus.flushmany(&Selection::all()).await.unwrap();
+    let drained = bus.flush_many(&Selection::all()).await.unwrap();
     assert_eq!(
         (flushed, drained),
         (0, 0),
@@ -193,7 +193,7 @@ async fn progress_reports_and_stops_after_a_burst<DB: TestBackend>() {
     tx.commit().await.unwrap();
     let mut seen = Vec::new();
     let sent = bus
-        .flushmany_with(&Selection::all(), &mut |p| {
+        .flush_many_with(&Selection::all(), &mut |p| {
             seen.push((p.signal.to_owned(), p.burst, p.sent));
             if p.sent >= 14 {
                 ControlFlow::Break(())
@@ -217,7 +217,7 @@ async fn progress_reports_and_stops_after_a_burst<DB: TestBackend>() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while rest < 16 && std::time::Instant::now() < deadline {
         rest += bus
-            .flushordered_with(&Selection::all(), &mut |_| {
+            .flush_ordered_with(&Selection::all(), &mut |_| {
                 bursts += 1;
                 ControlFlow::Continue(())
             })
@@ -244,7 +244,7 @@ async fn flushordered_until<DB: TestBackend>(bus: &SignalBus<DB>, want: usize) -
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut sent = 0;
     while sent < want && std::time::Instant::now() < deadline {
-        sent += bus.flushordered(&Selection::all()).await.unwrap();
+        sent += bus.flush_ordered(&Selection::all()).await.unwrap();
         if sent < want {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -272,7 +272,7 @@ async fn flushordered_after_restore_from_dump_postgres() {
     .await
     .unwrap();
     // The restored rows are not held back by any running transaction: they go at once.
-    let first = bus.flushordered(&Selection::all()).await.unwrap();
+    let first = bus.flush_ordered(&Selection::all()).await.unwrap();
     assert!(first >= 3, "restored rows sent at once, got {first}");
     assert_eq!(first + flushordered_until(&bus, 4 - first).await, 4);
     let order: Vec<(i64, i64)> = outbox
@@ -305,7 +305,7 @@ async fn flushordered_waits_for_open_transactions_postgres() {
     late.send(&LedgerEntry { writer: 2, seq: 0 }).await.unwrap();
     late.commit().await.unwrap();
     assert_eq!(
-        bus.flushordered(&Selection::all()).await.unwrap(),
+        bus.flush_ordered(&Selection::all()).await.unwrap(),
         0,
         "held back"
     );

@@ -106,12 +106,12 @@ fn check_order(arrived: &[(String, u32)], keys: usize, per_key: u32) -> usize {
 async fn flush_until<DB: TestBackend>(bus: &SignalBus<DB>, outbox: &MemoryPublisher, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while outbox.len() < n {
-        bus.flushordered(&Selection::all()).await.unwrap();
+        bus.flush_ordered(&Selection::all()).await.unwrap();
         assert!(Instant::now() < deadline, "{} of {n} sent", outbox.len());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // And nothing more comes.
-    assert_eq!(bus.flushordered(&Selection::all()).await.unwrap(), 0);
+    assert_eq!(bus.flush_ordered(&Selection::all()).await.unwrap(), 0);
 }
 
 on_every_database!(
@@ -310,7 +310,7 @@ async fn a_late_committing_transaction_is_never_overtaken_on_its_key() {
     tx.send(&keyed("other", 0)).await.unwrap();
     tx.commit().await.unwrap();
     // The late transaction is open: nothing written after it began may go yet.
-    assert_eq!(bus.flushordered(&Selection::all()).await.unwrap(), 0);
+    assert_eq!(bus.flush_ordered(&Selection::all()).await.unwrap(), 0);
     late.commit().await.unwrap();
     flush_until(&bus, &outbox, 3).await;
     let arrived = arrivals(&outbox);

@@ -49,7 +49,7 @@ where
             .unwrap();
     }
     assert_eq!(
-        bus.flushmany(&Selection::of::<OrderPlaced>())
+        bus.flush_many(&Selection::of::<OrderPlaced>())
             .await
             .unwrap(),
         21

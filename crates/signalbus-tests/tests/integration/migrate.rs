@@ -118,7 +118,7 @@ async fn postgres_errors_say_what_and_which_code_not_a_source_line() {
         .await
         .unwrap();
     let error = bus
-        .flushmany(&signalbus::Selection::all())
+        .flush_many(&signalbus::Selection::all())
         .await
         .unwrap_err();
     let text = error.to_string();

@@ -113,7 +113,7 @@ where
     while sent < usize::try_from(ROWS - held).unwrap() {
         let burst = tokio::time::timeout(
             Duration::from_secs(240),
-            bus.flushordered(&Selection::all()),
+            bus.flush_ordered(&Selection::all()),
         )
         .await
         .expect("the ordered flush of the backlog did not finish in 240 s")
@@ -136,7 +136,7 @@ where
         DB::NAME,
         started.elapsed()
     );
-    assert_eq!(bus.flushordered(&Selection::all()).await.unwrap(), 0);
+    assert_eq!(bus.flush_ordered(&Selection::all()).await.unwrap(), 0);
 
     let mut last: HashMap<Option<String>, i64> = HashMap::new();
     for message in outbox.messages() {
@@ -200,7 +200,7 @@ where
     // concrete one, its future trips rustc's `Send` check, rust-lang/rust#96865).
     let flush = tokio::spawn({
         let bus = bus.clone();
-        async move { bus.flushordered(&Selection::all()).await }
+        async move { bus.flush_ordered(&Selection::all()).await }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     while count().await == 0 {

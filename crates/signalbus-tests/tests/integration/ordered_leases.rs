@@ -35,7 +35,7 @@ async fn an_ordered_burst_holds_no_lock_while_it_publishes<DB: TestBackend>() {
 
     let first = tokio::spawn({
         let bus = bus.clone();
-        async move { bus.flushordered(&Selection::all()).await.unwrap() }
+        async move { bus.flush_ordered(&Selection::all()).await.unwrap() }
     });
     gated.entered().await;
 
@@ -54,7 +54,7 @@ async fn an_ordered_burst_holds_no_lock_while_it_publishes<DB: TestBackend>() {
     // A second ordered flusher waits for the burst in flight instead of overtaking it.
     let second = tokio::spawn({
         let bus = bus.clone();
-        async move { bus.flushordered(&Selection::all()).await.unwrap() }
+        async move { bus.flush_ordered(&Selection::all()).await.unwrap() }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(

@@ -59,7 +59,7 @@ where
     // The broker goes away.
     let (port, path) = server.stop();
     for _ in 0..3 {
-        let failed = bus.flushmany(&Selection::all()).await;
+        let failed = bus.flush_many(&Selection::all()).await;
         assert!(failed.is_err(), "{failed:?}");
     }
     let stats = bus.pending(&Selection::all()).await.unwrap()[0].1;
@@ -75,7 +75,7 @@ where
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut sent = 0;
     while sent < 20 {
-        sent += bus.flushmany(&Selection::all()).await.unwrap_or(0);
+        sent += bus.flush_many(&Selection::all()).await.unwrap_or(0);
         assert!(
             Instant::now() < deadline,
             "sent {sent} of 20 after the broker came back"

@@ -91,7 +91,7 @@ where
     insert(&db, "nowhere", 1, None).await;
     insert(&db, "good", 1000, None).await;
 
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 1000);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 1000);
     let mut last = std::time::Instant::now(); // the first refusal
     let seen = per_id(&outbox.messages());
     assert_eq!(seen.len(), 1000);
@@ -104,14 +104,14 @@ where
 
     // Flushing again at once: the poison row is backing off, nothing is sent or re-sent.
     let calls = outbox.calls();
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 0);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 0);
     assert_eq!(outbox.calls(), calls, "not even tried while it backs off");
 
     // It is retried with growing delays, then parked.
     let mut waits = Vec::new();
     while stats(&bus).await.parked == 0 {
         let before = outbox.calls();
-        bus.flushmany(&Selection::all()).await.unwrap();
+        bus.flush_many(&Selection::all()).await.unwrap();
         if outbox.calls() > before {
             waits.push(last.elapsed());
             last = std::time::Instant::now();
@@ -153,7 +153,7 @@ where
     // Parked: never sent again.
     let calls = outbox.calls();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 0);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 0);
     assert_eq!(outbox.calls(), calls);
     assert_eq!(outbox.len(), 1000);
 
@@ -169,7 +169,7 @@ where
         .await
         .unwrap();
     assert_eq!(unparked, 1);
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 1);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 1);
     let seen = per_id(&outbox.messages());
     assert_eq!(seen.len(), 1001);
     assert!(seen.values().all(|&n| n == 1));
@@ -189,11 +189,11 @@ where
     insert(&db, "good", 3, None).await;
     insert(&db, "good", 1, Some("[1]")).await;
     insert(&db, "good", 3, None).await;
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 6);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 6);
     let s = stats(&bus).await;
     assert_eq!((s.count, s.parked), (1, 1), "{s:?}");
     assert_eq!(
-        bus.flushmany(&Selection::all()).await.unwrap(),
+        bus.flush_many(&Selection::all()).await.unwrap(),
         0,
         "and no error"
     );
@@ -231,13 +231,13 @@ where
     insert(&db, "good", 5, None).await;
     outbox.set_down(true);
     for _ in 0..3 {
-        assert!(bus.flushmany(&Selection::all()).await.is_err());
+        assert!(bus.flush_many(&Selection::all()).await.is_err());
     }
     let s = stats(&bus).await;
     assert_eq!((s.count, s.backing_off, s.parked), (5, 0, 0), "{s:?}");
     outbox.set_down(false);
     assert_eq!(
-        bus.flushmany(&Selection::all()).await.unwrap(),
+        bus.flush_many(&Selection::all()).await.unwrap(),
         5,
         "given back at once"
     );
@@ -256,7 +256,7 @@ where
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let bus = bus.clone();
-            tokio::spawn(async move { bus.flushmany(&Selection::all()).await.unwrap() })
+            tokio::spawn(async move { bus.flush_many(&Selection::all()).await.unwrap() })
         })
         .collect();
     let mut sent = 0;
@@ -299,19 +299,19 @@ where
     insert(&db, "good", 50, None).await;
     let dying = tokio::spawn({
         let stuck = stuck.clone();
-        async move { stuck.flushmany(&Selection::all()).await }
+        async move { stuck.flush_many(&Selection::all()).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     dying.abort(); // dies mid-publish: no settle, no give-back
     let outbox = MemoryPublisher::new();
     let other = bus(&db, outbox.clone(), 3).await;
     assert_eq!(
-        other.flushmany(&Selection::all()).await.unwrap(),
+        other.flush_many(&Selection::all()).await.unwrap(),
         0,
         "leased"
     );
     tokio::time::sleep(lease + Duration::from_millis(300)).await;
-    assert_eq!(other.flushmany(&Selection::all()).await.unwrap(), 50);
+    assert_eq!(other.flush_many(&Selection::all()).await.unwrap(), 50);
     assert_eq!(per_id(&outbox.messages()).len(), 50);
     db.cleanup().await;
 }
@@ -351,10 +351,10 @@ where
     let outbox = MemoryPublisher::new();
     let bus = bus(&db, outbox.clone(), 3).await; // migrates
     bus.migrate().await.unwrap(); // and again: idempotent
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 3);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 3);
     insert(&db, "nowhere", 1, None).await;
     outbox.refuse_destination("nowhere");
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 0);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 0);
     assert_eq!(stats(&bus).await.backing_off, 1, "the new columns work");
     db.cleanup().await;
 }
@@ -401,7 +401,7 @@ where
     let bus = bus(&db, Unsendable(outbox.clone()), 10).await;
     insert(&db, "too-large", 1, None).await;
     insert(&db, "good", 10, None).await;
-    assert_eq!(bus.flushmany(&Selection::all()).await.unwrap(), 10);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 10);
     assert_eq!(outbox.len(), 10);
     let s = stats(&bus).await;
     assert_eq!(

@@ -59,7 +59,7 @@ async fn domain_error_rolls_back_unretried<DB: AtomicDb>() {
     assert_eq!(attempts.load(SeqCst), 1, "a domain error is not retried");
     assert_eq!(DB::balances(&db.pool).await, vec![(1, 30)], "rolled back");
     assert_eq!(
-        bus.flushmany(&Selection::all()).await.unwrap(),
+        bus.flush_many(&Selection::all()).await.unwrap(),
         0,
         "no signal row left"
     );
@@ -90,7 +90,7 @@ async fn domain_error_rolls_back_unretried<DB: AtomicDb>() {
 }
 
 /// A child inserted against a parent that another transaction is still inserting: the
-/// foreign-key violation is retried by `retry_on_integrity_error` (as the original's
+/// foreign-key violation is retried by `atomic_retrying_races` (as the original's
 /// integrity-error retry does), and the next attempt sees the parent. Without it, the
 /// violation is returned at once.
 async fn foreign_key_race_is_retried<DB: AtomicDb>() {
@@ -136,7 +136,7 @@ async fn foreign_key_race_is_retried<DB: AtomicDb>() {
                 wait_for_parent().await;
             }
             let inserted = tx
-                .retry_on_integrity_error(|tx| {
+                .atomic_retrying_races(|tx| {
                     Box::pin(async move { Ok::<_, Error>(DB::insert_child(tx, 2, 8).await?) })
                 })
                 .await;
@@ -184,7 +184,7 @@ async fn integrity_retry_refuses_outside_a_block<DB: AtomicDb>() {
     let ran = &ran;
     let mut tx = bus.begin().await.unwrap();
     let result = tx
-        .retry_on_integrity_error(|_| {
+        .atomic_retrying_races(|_| {
             Box::pin(async move {
                 ran.fetch_add(1, SeqCst);
                 Ok::<_, Error>(())

@@ -8,7 +8,7 @@ mod rows;
 use crate::common::{TestBackend, TestDb};
 use crate::signals::OrderPlaced;
 use signalbus::SignalBus;
-use signalbus::atomic::{AtomicOptions, Record, SqliteBegin};
+use signalbus::atomic::{AtomicOptions, SqliteBegin, TableRow};
 use signalbus::publisher::{Backoff, MemoryPublisher};
 use sqlx::{AssertSqlSafe, MySql, Pool, Postgres, Sqlite};
 use std::future::Future;
@@ -257,7 +257,7 @@ where
     }
 }
 
-impl Record for Account {
+impl TableRow for Account {
     const TABLE: &'static str = "accounts";
     const PRIMARY_KEY: &'static [&'static str] = &["id"];
     type Key = i64;

@@ -167,7 +167,7 @@ fn sqlite_begin(i: usize) -> SqliteBegin {
 }
 
 /// 50 callers insert the same key if it is absent: half with the block option, half with a
-/// scoped `retry_on_integrity_error`. Every caller gets the one row's value.
+/// scoped `atomic_retrying_races`. Every caller gets the one row's value.
 async fn concurrent_insert_if_absent<DB: AtomicDb>() {
     let (db, bus, _) = setup::<DB>(10).await;
     let tasks: Vec<_> = (0..50i64)
@@ -185,7 +185,7 @@ async fn concurrent_insert_if_absent<DB: AtomicDb>() {
                         if i % 2 == 0 {
                             DB::kv_insert(tx, "the-key", i).await?;
                         } else {
-                            tx.retry_on_integrity_error(|tx| {
+                            tx.atomic_retrying_races(|tx| {
                                 Box::pin(async move {
                                     Ok::<_, Error>(DB::kv_insert(tx, "the-key", i).await?)
                                 })

@@ -3,7 +3,7 @@
 use super::{Account, AtomicDb, fast, setup};
 use crate::{on_every_database, on_server_databases};
 use signalbus::Error;
-use signalbus::atomic::{PrimaryKey, Record, RowLock, get_row, is_conflict};
+use signalbus::atomic::{PrimaryKey, RowLock, TableRow, get_row, is_conflict};
 
 on_every_database!(
     get_lock_and_reload_rows,
@@ -34,7 +34,7 @@ where
     }
 }
 
-impl Record for Member {
+impl TableRow for Member {
     const TABLE: &'static str = "members";
     const PRIMARY_KEY: &'static [&'static str] = &["tenant", "id"];
     const COLUMNS: &'static [&'static str] = &["tenant", "id", "role"];
@@ -115,7 +115,7 @@ where
 }
 
 struct Evil;
-impl Record for Evil {
+impl TableRow for Evil {
     const TABLE: &'static str = "accounts; DROP TABLE accounts";
     const PRIMARY_KEY: &'static [&'static str] = &["id"];
     type Key = i64;
@@ -125,7 +125,7 @@ impl Record for Evil {
 }
 
 struct EvilColumn;
-impl Record for EvilColumn {
+impl TableRow for EvilColumn {
     const TABLE: &'static str = "accounts";
     const PRIMARY_KEY: &'static [&'static str] = &["id = id OR 1 = 1 --"];
     type Key = i64;
@@ -135,7 +135,7 @@ impl Record for EvilColumn {
 }
 
 struct WrongArity;
-impl Record for WrongArity {
+impl TableRow for WrongArity {
     const TABLE: &'static str = "accounts";
     const PRIMARY_KEY: &'static [&'static str] = &["id", "balance"];
     type Key = i64;

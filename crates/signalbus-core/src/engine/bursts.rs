@@ -1,31 +1,15 @@
-//! Explicit flushing: `flush`, `flushmany` and `flushordered`.
+//! The burst engine of explicit flushes and the relay: claimed bursts (`flush`,
+//! `flush_many`, the relay), ordered bursts over lanes of keys (`flush_ordered`, the ordered
+//! relay), and the draining loop around them.
 
-use super::{Progress, Settled, publish_and_settle, retry_db};
-use crate::bus::{Shared, SignalBus};
+use super::context::Shared;
+use super::settle::{Entry, Fate, Settled, prepare, publish, publish_and_settle, retry_db, settle};
+use crate::delivery::{FlushProgress, OnProgress};
 use crate::error::Result;
 use crate::registry::{Registered, Selection, TypeIdx};
 use crate::storage::{Backend, CloseOnDrop};
 use std::ops::ControlFlow;
 use std::time::Duration;
-
-/// How long [`SignalBus::flush`] waits by default for in-flight auto-flushes.
-pub const DEFAULT_FLUSH_WAIT: Duration = Duration::from_secs(3);
-
-/// One settled burst of an explicit flush, as handed to a progress callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct FlushProgress<'a> {
-    /// The signal type of the burst.
-    pub signal: &'a str,
-    /// Signals sent (and deleted) by this burst.
-    pub burst: usize,
-    /// Signals sent so far by this flush call, all types together.
-    pub sent: usize,
-    /// Signals the bus refused in this burst (kept: retried later, or parked).
-    pub refused: usize,
-    /// Of those, signals parked by this burst.
-    pub parked: usize,
-}
 
 /// Which rows a draining loop takes next.
 #[derive(Debug, Clone, Copy)]
@@ -36,142 +20,61 @@ enum Drain {
     Ordered,
 }
 
-impl<DB: Backend> SignalBus<DB> {
-    /// Send the signals pending now: list the sendable ones, wait `wait` (so that
-    /// auto-flushes already in flight can finish; [`DEFAULT_FLUSH_WAIT`] is a good value),
-    /// then send those still there, in bursts of each type's `burst`. Returns how many were
-    /// sent.
-    ///
-    /// Each burst is *claimed* first (a lease set by the database's clock, so that no other
-    /// flusher takes it), then published with no transaction open, then settled: stored
-    /// signals are deleted, refused ones are retried later with backoff or parked (see
-    /// [`crate::RetryPolicy`]). Rows an auto-flush still holds after the wait are skipped,
-    /// never sent twice. Signals written after the listing are left for the next flush. For
-    /// huge backlogs use [`SignalBus::flushmany`].
-    ///
-    /// A refused or invalid signal does not fail the flush (the progress callback sees it);
-    /// a failure of the bus as a whole does, and gives the burst back without spending an
-    /// attempt.
-    pub async fn flush(&self, selection: &Selection, wait: Duration) -> Result<usize> {
-        self.flush_with(selection, wait, &mut |_| ControlFlow::Continue(()))
-            .await
-    }
-
-    /// [`SignalBus::flush`], calling `progress` after every settled burst; returning
-    /// `ControlFlow::Break` from it stops the flush there (the count so far is returned).
-    pub async fn flush_with(
-        &self,
-        selection: &Selection,
-        wait: Duration,
-        progress: Progress<'_>,
-    ) -> Result<usize> {
-        let shared = &self.shared;
-        let types = shared.registry.select(selection)?;
-        let mut listed = Vec::with_capacity(types.len());
-        {
-            let mut conn = shared.pool.acquire().await?;
-            for idx in types {
-                let ids = shared
-                    .registry
-                    .get(idx)
-                    .sql
-                    .pending_ids::<DB>(&mut conn)
-                    .await?;
-                if !ids.is_empty() {
-                    listed.push((idx, ids));
-                }
+/// The explicit `flush`: list the sendable rows of the selected types, wait `wait` for the
+/// auto-flushes in flight, then claim and send those still there, burst by burst.
+pub(crate) async fn flush_listed<DB: Backend>(
+    shared: &Shared<DB>,
+    selection: &Selection,
+    wait: Duration,
+    progress: OnProgress<'_>,
+) -> Result<usize> {
+    let types = shared.registry().select(selection)?;
+    let mut listed = Vec::with_capacity(types.len());
+    {
+        let mut conn = shared.pool().acquire().await?;
+        for idx in types {
+            let ids = shared
+                .registry()
+                .get(idx)
+                .sql
+                .pending_ids::<DB>(&mut conn)
+                .await?;
+            if !ids.is_empty() {
+                listed.push((idx, ids));
             }
         }
-        if listed.is_empty() {
-            return Ok(0);
-        }
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        let mut total = 0;
-        for (idx, ids) in listed {
-            let reg = shared.registry.get(idx);
-            for chunk in ids.chunks(reg.ty.burst_size()) {
-                let Some(settled) = claimed_burst(shared, idx, Some(chunk)).await? else {
-                    continue;
-                };
-                total += settled.count();
-                if report(progress, &reg.name, &settled, total).is_break() {
-                    return Ok(total);
-                }
+    }
+    if listed.is_empty() {
+        return Ok(0);
+    }
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let mut total = 0;
+    for (idx, ids) in listed {
+        let reg = shared.registry().get(idx);
+        for chunk in ids.chunks(reg.ty.burst_size()) {
+            let Some(settled) = claimed_burst(shared, idx, Some(chunk)).await? else {
+                continue;
+            };
+            total += settled.count();
+            if report(progress, &reg.name, &settled, total).is_break() {
+                return Ok(total);
             }
         }
-        Ok(total)
     }
+    Ok(total)
+}
 
-    /// Send every sendable signal, burst after burst, until none is left. Each burst is
-    /// claimed with a lease so that no other flusher takes it, so many processes can drain
-    /// the same backlog at once without sending a row twice; it is published with no
-    /// transaction open, then settled (see [`SignalBus::flush`]). Refused signals come back
-    /// after their backoff delay, to a later flush; parked ones wait for an operator.
-    /// Returns how many this call sent.
-    pub async fn flushmany(&self, selection: &Selection) -> Result<usize> {
-        self.flushmany_with(selection, &mut |_| ControlFlow::Continue(()))
-            .await
-    }
-
-    /// [`SignalBus::flushmany`] with a progress callback (see [`SignalBus::flush_with`]).
-    pub async fn flushmany_with(
-        &self,
-        selection: &Selection,
-        progress: Progress<'_>,
-    ) -> Result<usize> {
-        drain(&self.shared, selection, Drain::Many, progress).await
-    }
-
-    /// Send every pending signal in order, burst after burst, until none is left. Order is
-    /// kept **per ordering key** ([`crate::Signal::ordering_key`], the `ordering_key` column):
-    /// the signals of one key go out one after the other, different keys in parallel; the
-    /// signals without a key are one sequence of their own (so a type nobody writes keys for
-    /// keeps one total order).
-    ///
-    /// The order is gap-safe: a signal whose transaction commits late is not overtaken by a
-    /// later one of its key (exactly on PostgreSQL and SQLite; see [`crate::storage`] for
-    /// MySQL/MariaDB). On PostgreSQL signals go in the order their transactions began
-    /// writing, and the type's `order_by` (default: insertion order) orders the signals
-    /// *within* one transaction; on MySQL/MariaDB and SQLite `order_by` orders the table. On
-    /// PostgreSQL, rows of transactions still running are left for the next call.
-    ///
-    /// A signal the bus refuses **holds back the later signals of its key**, and only those:
-    /// the other keys go on. It goes again once its backoff delay has passed; when it is
-    /// parked, its key waits until an operator unparks or purges it (`signalbus parked`
-    /// shows the key). A burst publishes the signals of a key in rounds (the n-th of every
-    /// key in the n-th call, each after the broker answered the one before) and publishes
-    /// nothing more of a key whose signal was refused. Signals without a key are published
-    /// together; those published in the same burst before a refusal was known may have gone
-    /// out behind it.
-    ///
-    /// Several ordered flushers (tasks, processes, relays in ordered mode) may run at once.
-    /// On PostgreSQL keys are hashed into 8 lanes, and a burst comes from one lane that the
-    /// flusher holds for it (a session advisory lock on a connection of its own): flushers
-    /// split the keys and never send two signals of one key at the same time; one that dies
-    /// frees its lanes with its connection, and its burst in flight is sent again after the
-    /// lease. On MySQL/MariaDB and SQLite each burst is read and claimed in a short
-    /// transaction that holds the table's ordered turn, skipping keys in flight. When
-    /// nothing can be sent because other flushers hold lanes or rows, this one waits for them
-    /// (at most twice the publish timeout), then returns what it sent.
-    ///
-    /// The order holds when auto-flush is off for the type (auto-flush sends as soon as
-    /// transactions commit, in no particular order) and only ordered flushes send it.
-    /// Messages can still be sent more than once (at-least-once).
-    pub async fn flushordered(&self, selection: &Selection) -> Result<usize> {
-        self.flushordered_with(selection, &mut |_| ControlFlow::Continue(()))
-            .await
-    }
-
-    /// [`SignalBus::flushordered`] with a progress callback (see [`SignalBus::flush_with`]).
-    pub async fn flushordered_with(
-        &self,
-        selection: &Selection,
-        progress: Progress<'_>,
-    ) -> Result<usize> {
-        drain(&self.shared, selection, Drain::Ordered, progress).await
-    }
+/// `flush_many` (`ordered` false) or `flush_ordered`: drain the selected types.
+pub(crate) async fn drain_selected<DB: Backend>(
+    shared: &Shared<DB>,
+    selection: &Selection,
+    ordered: bool,
+    progress: OnProgress<'_>,
+) -> Result<usize> {
+    let mode = if ordered { Drain::Ordered } else { Drain::Many };
+    drain(shared, selection, mode, progress).await
 }
 
 /// Claim rows of type `idx` (those among `ids`, or the next burst), publish and settle them;
@@ -182,11 +85,11 @@ pub(crate) async fn claimed_burst<DB: Backend>(
     idx: TypeIdx,
     ids: Option<&[i64]>,
 ) -> Result<Option<Settled>> {
-    let reg = shared.registry.get(idx);
+    let reg = shared.registry().get(idx);
     let token = uuid::Uuid::new_v4().to_string();
-    let lease = shared.config.lease();
+    let lease = shared.config().lease();
     let rows = retry_db!({
-        let mut conn = shared.pool.acquire().await?;
+        let mut conn = shared.pool().acquire().await?;
         reg.sql
             .claim::<DB>(&mut conn, ids, reg.ty.burst_size(), lease, &token)
             .await
@@ -195,7 +98,7 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         return Ok(None);
     }
     let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let mut conn = shared.pool.acquire().await?;
+    let mut conn = shared.pool().acquire().await?;
     match publish_and_settle(shared, &mut conn, vec![(idx, rows)], false).await {
         Ok(settled) => Ok(Some(settled)),
         Err(e) => {
@@ -218,12 +121,12 @@ async fn drain<DB: Backend>(
     shared: &Shared<DB>,
     selection: &Selection,
     mode: Drain,
-    progress: Progress<'_>,
+    progress: OnProgress<'_>,
 ) -> Result<usize> {
     let mut total = 0;
     let mut hold = LaneHold::new();
-    for idx in shared.registry.select(selection)? {
-        let reg = shared.registry.get(idx);
+    for idx in shared.registry().select(selection)? {
+        let reg = shared.registry().get(idx);
         loop {
             let settled = match mode {
                 Drain::Many => claimed_burst(shared, idx, None).await?,
@@ -262,7 +165,7 @@ impl<DB: Backend> LaneHold<DB> {
     async fn conn(&mut self, shared: &Shared<DB>) -> Result<&mut DB::Connection> {
         if self.conn.is_none() {
             use sqlx::ConnectOptions as _;
-            self.conn = Some(shared.pool.connect_options().connect().await?);
+            self.conn = Some(shared.pool().connect_options().connect().await?);
         }
         Ok(self.conn.as_mut().expect("just opened"))
     }
@@ -290,10 +193,10 @@ pub(crate) async fn ordered_burst<DB: Backend>(
     wait: bool,
     hold: &mut LaneHold<DB>,
 ) -> Result<Option<Settled>> {
-    let reg = shared.registry.get(idx);
+    let reg = shared.registry().get(idx);
     let lanes = reg.sql.lanes();
     // A burst of another ordered flusher in flight lasts at most one publish.
-    let give_up = std::time::Instant::now() + shared.config.publish_timeout * 2;
+    let give_up = std::time::Instant::now() + shared.config().publish_timeout * 2;
     loop {
         let mut busy = false;
         for step in 0..lanes {
@@ -328,7 +231,7 @@ pub(crate) async fn ordered_burst<DB: Backend>(
             return Ok(None);
         }
         let others = busy || {
-            let mut conn = shared.pool.acquire().await?;
+            let mut conn = shared.pool().acquire().await?;
             reg.sql.claimed_now::<DB>(&mut conn).await?
         };
         if !others {
@@ -344,11 +247,11 @@ async fn lane_burst<DB: Backend>(
     idx: TypeIdx,
     lane: u32,
 ) -> Result<Option<Settled>> {
-    let reg = shared.registry.get(idx);
+    let reg = shared.registry().get(idx);
     let token = uuid::Uuid::new_v4().to_string();
-    let lease = shared.config.lease();
+    let lease = shared.config().lease();
     let burst = reg.ty.burst_size();
-    let mut held = CloseOnDrop::acquire(&shared.pool).await?;
+    let mut held = CloseOnDrop::acquire(shared.pool()).await?;
     held.begin().await?;
     let step = async {
         let tx = held.conn();
@@ -376,7 +279,7 @@ async fn lane_burst<DB: Backend>(
     }
     // Published round after round (each waits for the broker's answer to the one before),
     // settled once.
-    let mut conn = shared.pool.acquire().await?;
+    let mut conn = shared.pool().acquire().await?;
     let (mut entries, mut fates) = (Vec::new(), Vec::new());
     let mut stopped: std::collections::HashSet<Option<String>> = std::collections::HashSet::new();
     let mut rounds = in_rounds(rows).into_iter();
@@ -386,24 +289,24 @@ async fn lane_burst<DB: Backend>(
             .into_iter()
             .partition(|r| !stopped.contains(&r.ordering_key));
         for row in back {
-            entries.push(super::Entry {
+            entries.push(Entry {
                 idx,
                 id: row.id,
                 attempts: row.attempts,
                 born: None,
             });
-            fates.push(super::Fate::Untouched);
+            fates.push(Fate::Untouched);
         }
         if go.is_empty() {
             continue;
         }
         let keys: std::collections::HashMap<i64, Option<String>> =
             go.iter().map(|r| (r.id, r.ordering_key.clone())).collect();
-        let outgoing = super::prepare(shared, vec![(idx, go)]);
-        match super::publish(shared, outgoing, true).await {
+        let outgoing = prepare(shared, vec![(idx, go)]);
+        match publish(shared, outgoing, true).await {
             Ok((published, outcome)) => {
                 for (entry, fate) in published.iter().zip(&outcome) {
-                    if !matches!(fate, super::Fate::Stored) {
+                    if !matches!(fate, Fate::Stored) {
                         stopped.insert(keys.get(&entry.id).cloned().flatten());
                     }
                 }
@@ -416,7 +319,7 @@ async fn lane_burst<DB: Backend>(
                 let mut ids: Vec<i64> = keys.into_keys().collect();
                 ids.extend(rounds.flatten().map(|r| r.id));
                 if !entries.is_empty() {
-                    super::settle(shared, &mut conn, &entries, &fates, true).await?;
+                    settle(shared, &mut conn, &entries, &fates, true).await?;
                 }
                 give_back::<DB>(reg, &mut conn, &ids).await;
                 return Err(e);
@@ -424,7 +327,7 @@ async fn lane_burst<DB: Backend>(
         }
     }
     Ok(Some(
-        super::settle(shared, &mut conn, &entries, &fates, true).await?,
+        settle(shared, &mut conn, &entries, &fates, true).await?,
     ))
 }
 
@@ -473,7 +376,12 @@ fn pick_per_key(rows: &[crate::storage::StoredRow], limit: usize) -> Vec<i64> {
     picked
 }
 
-fn report(progress: Progress<'_>, signal: &str, settled: &Settled, sent: usize) -> ControlFlow<()> {
+fn report(
+    progress: OnProgress<'_>,
+    signal: &str,
+    settled: &Settled,
+    sent: usize,
+) -> ControlFlow<()> {
     progress(&FlushProgress {
         signal,
         burst: settled.count(),

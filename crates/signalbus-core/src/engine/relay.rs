@@ -1,8 +1,8 @@
 //! The relay: an always-on sender of pending signals.
 //!
 //! A relay drains the selected signal types continuously, each in a *lane* of its own: claim
-//! a burst, publish it, settle it (as [`SignalBus::flushmany`] does, or
-//! [`SignalBus::flushordered`] in ordered mode), again at once while there is more, and
+//! a burst, publish it, settle it (as [`SignalBus::flush_many`] does, or
+//! [`SignalBus::flush_ordered`] in ordered mode), again at once while there is more, and
 //! otherwise wait until it is woken:
 //!
 //! * **PostgreSQL**: `migrate` installs a statement-level trigger on each signal table that
@@ -32,18 +32,12 @@
 //! # let _ = clean; Ok(()) }
 //! ```
 //!
-//! Metrics (besides those of every flush, see the `flush` module docs), per bus and signal
-//! type, refreshed every `stats_interval`: the gauges `signalbus_pending` (all rows),
-//! `signalbus_backing_off`, `signalbus_parked` and `signalbus_oldest_pending_seconds` (the
-//! lag to alert on); an ordered relay on PostgreSQL also `signalbus_ordered_held_back` (rows
-//! the gap-safe watermark holds back behind a transaction still open on the server) and
-//! `signalbus_ordered_holder_age_seconds` (how long that transaction has been open).
+//! The gauges it keeps are listed in [`crate::metrics`].
 
-pub(crate) mod wake;
-
-use crate::bus::{Shared, SignalBus};
+use super::bursts::{LaneHold, claimed_burst, ordered_burst};
+use super::context::{Engine, Shared};
+use super::wake::{self, Wakers, stopped_within};
 use crate::error::{Error, Result};
-use crate::flush::explicit::{claimed_burst, ordered_burst};
 use crate::publisher::{Backoff, Publisher};
 use crate::registry::{Selection, TypeIdx};
 use crate::storage::Backend;
@@ -55,7 +49,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
-use wake::{Wakers, stopped_within};
 
 /// Longest wait after consecutive failures.
 const MAX_FAILURE_WAIT: Duration = Duration::from_secs(10);
@@ -74,7 +67,7 @@ pub(crate) fn failure_wait(failures: u32) -> Duration {
 /// Builds and starts a [`Relay`]; from [`SignalBus::relay`].
 #[derive(Debug)]
 pub struct RelayBuilder<DB: Backend> {
-    bus: SignalBus<DB>,
+    engine: Engine<DB>,
     selection: Selection,
     ordered: bool,
     poll_min: Duration,
@@ -83,12 +76,11 @@ pub struct RelayBuilder<DB: Backend> {
     ordered_lanes: usize,
 }
 
-impl<DB: Backend> SignalBus<DB> {
-    /// A relay for this bus' signal types (all of them unless
-    /// [selected](RelayBuilder::select)); see [`crate::relay`].
-    pub fn relay(&self) -> RelayBuilder<DB> {
+impl<DB: Backend> RelayBuilder<DB> {
+    /// A relay of `engine`'s signal types, with the defaults.
+    pub(crate) fn new(engine: Engine<DB>) -> Self {
         RelayBuilder {
-            bus: self.clone(),
+            engine,
             selection: Selection::all(),
             ordered: false,
             poll_min: Duration::from_millis(10),
@@ -97,17 +89,15 @@ impl<DB: Backend> SignalBus<DB> {
             ordered_lanes: 4,
         }
     }
-}
 
-impl<DB: Backend> RelayBuilder<DB> {
     /// Relay only these signal types.
     pub fn select(mut self, selection: Selection) -> Self {
         self.selection = selection;
         self
     }
 
-    /// Send in order, as [`SignalBus::flushordered`] does (default: off, as
-    /// [`SignalBus::flushmany`]).
+    /// Send in order, as [`SignalBus::flush_ordered`] does (default: off, as
+    /// [`SignalBus::flush_many`]).
     pub fn ordered(mut self, on: bool) -> Self {
         self.ordered = on;
         self
@@ -115,7 +105,7 @@ impl<DB: Backend> RelayBuilder<DB> {
 
     /// In ordered mode, how many bursts of one signal type this relay sends at once
     /// (default 4, from 1 to 64): each takes other ordering keys, never two signals of one
-    /// key at the same time (see [`SignalBus::flushordered`]). Signals without a key are one
+    /// key at the same time (see [`SignalBus::flush_ordered`]). Signals without a key are one
     /// sequence: one burst of them at a time.
     pub fn ordered_lanes(mut self, n: usize) -> Self {
         self.ordered_lanes = n;
@@ -150,15 +140,15 @@ impl<DB: Backend> RelayBuilder<DB> {
         if self.stats_interval.is_zero() {
             return bad("stats_interval must be longer than zero");
         }
-        let shared = self.bus.shared.clone();
-        let types = shared.registry.select(&self.selection)?;
+        let shared = self.engine.shared().clone();
+        let types = shared.registry().select(&self.selection)?;
         if types.is_empty() {
             return bad("no signal types selected");
         }
         // Every table must be there: a relay that starts must be able to work.
-        self.bus.pending(&self.selection).await?;
+        super::operator::pending(&shared, &self.selection).await?;
         // In order: every type when the relay is ordered, else the types that say so.
-        let ordered = |i: TypeIdx| self.ordered || shared.registry.get(i).ty.is_ordered();
+        let ordered = |i: TypeIdx| self.ordered || shared.registry().get(i).ty.is_ordered();
         let lanes: Vec<(TypeIdx, Arc<Notify>)> = types
             .iter()
             .flat_map(|&i| {
@@ -169,15 +159,15 @@ impl<DB: Backend> RelayBuilder<DB> {
         let wakers = Arc::new(Wakers {
             lanes: lanes
                 .iter()
-                .map(|(i, n)| (shared.registry.get(*i).table.name().to_owned(), n.clone()))
+                .map(|(i, n)| (shared.registry().get(*i).table.name().to_owned(), n.clone()))
                 .collect(),
             listening: AtomicBool::new(false),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let name = shared.config.name.clone();
+        let name = shared.name().to_owned();
         tasks.spawn(wake::listen::<DB>(
-            shared.pool.clone(),
+            shared.pool().clone(),
             name.clone(),
             wakers.clone(),
             stop_rx.clone(),
@@ -213,7 +203,7 @@ impl<DB: Backend> RelayBuilder<DB> {
         }
         let names: Vec<&str> = types
             .iter()
-            .map(|&i| &*shared.registry.get(i).name)
+            .map(|&i| &*shared.registry().get(i).name)
             .collect();
         tracing::info!(bus = %name, database = DB::NAME, signals = ?names, ordered = self.ordered, "relay started");
         let check_shared = shared.clone();
@@ -294,12 +284,12 @@ async fn readiness<DB: Backend>(
     failing: &[std::sync::Mutex<Option<String>>],
 ) -> Readiness {
     let database = async {
-        let mut conn = shared.pool.acquire().await.map_err(|e| e.to_string())?;
+        let mut conn = shared.pool().acquire().await.map_err(|e| e.to_string())?;
         conn.ping().await.map_err(|e| e.to_string())
     };
     let (database, broker) = tokio::join!(
         tokio::time::timeout(CHECK_LIMIT, database),
-        tokio::time::timeout(CHECK_LIMIT, shared.publisher.check()),
+        tokio::time::timeout(CHECK_LIMIT, shared.publisher().check()),
     );
     let failure = failing
         .iter()
@@ -311,7 +301,7 @@ async fn readiness<DB: Backend>(
             None => Ok(()),
         });
     Readiness {
-        bus: shared.config.name.clone(),
+        bus: shared.name().to_owned(),
         database,
         broker: match broker {
             Ok(answer) => answer.map_err(|e| e.to_string()),
@@ -377,13 +367,13 @@ impl Lane {
 
 /// Drain one signal type until `stop` fires.
 async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch::Receiver<bool>) {
-    let reg = shared.registry.get(lane.idx);
+    let reg = shared.registry().get(lane.idx);
     let mut idle = lane.poll_min;
     let mut failures = 0u32;
     // When the earliest backoff of a row this lane saw refused ends: a retry goes out then,
     // not at the next poll.
     let mut retry_due: Option<tokio::time::Instant> = None;
-    let mut hold = crate::flush::explicit::LaneHold::new();
+    let mut hold = LaneHold::new();
     while !*stop.borrow() {
         let round = tokio::time::Instant::now();
         let burst = if lane.ordered {
@@ -399,7 +389,7 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
                     retry_due = Some(retry_due.map_or(due, |d| d.min(due)));
                 }
                 if failures > 0 {
-                    tracing::info!(bus = %shared.config.name, signal = %reg.name, "relay: sending again");
+                    tracing::info!(bus = %shared.name(), signal = %reg.name, "relay: sending again");
                 }
                 failures = 0;
                 idle = lane.poll_min;
@@ -432,7 +422,7 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
                     lane.set_failing(Some(e.to_string()));
                 }
                 let wait = failure_wait(failures);
-                tracing::warn!(bus = %shared.config.name, signal = %reg.name, error = %e, failures, retry_in = ?wait, "relay: cannot send; the signals stay pending, trying again");
+                tracing::warn!(bus = %shared.name(), signal = %reg.name, error = %e, failures, retry_in = ?wait, "relay: cannot send; the signals stay pending, trying again");
                 wait
             }
         };
@@ -459,9 +449,9 @@ async fn gauges<DB: Backend>(
 ) {
     loop {
         for (&idx, &ordered) in types.iter().zip(&ordered) {
-            let reg = shared.registry.get(idx);
+            let reg = shared.registry().get(idx);
             let stats = async {
-                let mut conn = shared.pool.acquire().await?;
+                let mut conn = shared.pool().acquire().await?;
                 let stats = reg.sql.pending_stats::<DB>(&mut conn).await?;
                 // What the gap-safe watermark holds back (an ordered relay on PostgreSQL):
                 // rows pending behind a transaction left open somewhere on the server.
@@ -476,7 +466,7 @@ async fn gauges<DB: Backend>(
                 Ok((stats, held)) => {
                     if let Some(held) = held {
                         let labels = [
-                            ("bus", shared.config.name.clone()),
+                            ("bus", shared.name().to_owned()),
                             ("signal", reg.name.to_string()),
                         ];
                         #[allow(clippy::cast_precision_loss)] // counts far below 2^52
@@ -490,7 +480,7 @@ async fn gauges<DB: Backend>(
                         );
                     }
                     let labels = [
-                        ("bus", shared.config.name.clone()),
+                        ("bus", shared.name().to_owned()),
                         ("signal", reg.name.to_string()),
                     ];
                     #[allow(clippy::cast_precision_loss)] // counts far below 2^52
@@ -504,7 +494,7 @@ async fn gauges<DB: Backend>(
                         .set(stats.oldest_age.unwrap_or_default().as_secs_f64());
                 }
                 Err(e) => {
-                    tracing::debug!(bus = %shared.config.name, signal = %reg.name, error = %e, "relay: cannot count pending signals");
+                    tracing::debug!(bus = %shared.name(), signal = %reg.name, error = %e, "relay: cannot count pending signals");
                 }
             }
         }

@@ -15,13 +15,13 @@
 //! rows are given back (their lease lifted) for the next explicit flush or the relay, and the
 //! commit's latency stays bounded.
 
-use super::{Entry, Outgoing, publish, settle};
-use crate::bus::Shared;
+use super::context::{Engine, Shared};
+use super::settle::{Entry, Outgoing, publish, retry_db, settle};
+use crate::delivery::{Delivery, DeliveryReport};
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::registry::TypeIdx;
 use crate::storage::Backend;
-use crate::transaction::DeliveryReport;
 use futures_util::FutureExt;
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -29,6 +29,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -108,6 +109,115 @@ pub(crate) struct LoopConfig {
     pub flush_workers: usize,
 }
 
+/// Admission: hand a committed transaction's signals (`items`, plus `held_back` already left
+/// pending) to the auto-flush task, or leave them pending at once when the switch is off,
+/// the bus is closed or the queue is full. `verified`: the transaction is one signalbus
+/// began itself as outermost, so its commit is known to be real.
+pub(crate) fn admit<DB: Backend>(
+    engine: &Engine<DB>,
+    items: Vec<Item>,
+    verified: bool,
+    held_back: usize,
+) -> Delivery {
+    let shared = engine.shared();
+    let mut report = DeliveryReport {
+        pending: held_back,
+        ..DeliveryReport::default()
+    };
+    if items.is_empty() {
+        return Delivery::ready(report);
+    }
+    let count = items.len();
+    if !shared.autoflush_on() {
+        // Switched off by the time of the commit: left for an explicit flush, their
+        // leases lifted before the delivery resolves.
+        report.pending += count;
+        let leased: Vec<Item> = items.into_iter().filter(|i| i.leased).collect();
+        return given_back(shared, leased, report);
+    }
+    let refused = |report: &mut DeliveryReport, error: Error| {
+        report.pending += count;
+        report.error = Some(Arc::new(error));
+    };
+    if shared.is_closed() {
+        refused(&mut report, Error::Closed);
+        give_back(shared, items);
+        return Delivery::ready(report);
+    }
+    let (reply, rx) = oneshot::channel();
+    // Rows written without a lease may be taken by another flusher meanwhile: claimed
+    // first, like the rows of a caller's own transaction.
+    let verified = verified && items.iter().all(|i| i.leased);
+    let request = FlushRequest {
+        items,
+        verified,
+        reply,
+        committed: Instant::now(),
+    };
+    match engine.queue().try_send(request) {
+        Ok(()) => Delivery::waiting(rx, report, count),
+        Err(TrySendError::Full(request)) => {
+            let capacity = shared.config().queue_capacity;
+            tracing::debug!(
+                signals = count,
+                capacity,
+                "auto-flush queue full; signals left pending"
+            );
+            refused(&mut report, Error::QueueFull { capacity });
+            give_back(shared, request.items);
+            Delivery::ready(report)
+        }
+        Err(TrySendError::Closed(request)) => {
+            let error = if shared.is_closed() {
+                Error::Closed
+            } else {
+                Error::Stopped
+            };
+            refused(&mut report, error);
+            give_back(shared, request.items);
+            Delivery::ready(report)
+        }
+    }
+}
+
+/// [`give_back`], and a delivery that resolves with `report` once the leases are lifted (so
+/// that a flush right after awaiting it takes the signals).
+fn given_back<DB: Backend>(
+    shared: &Arc<Shared<DB>>,
+    items: Vec<Item>,
+    report: DeliveryReport,
+) -> Delivery {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Delivery::ready(report);
+    };
+    if items.is_empty() {
+        return Delivery::ready(report);
+    }
+    let shared = shared.clone();
+    let (reply, rx) = oneshot::channel();
+    runtime.spawn(async move {
+        release(&shared, items.iter().map(|i| (i.idx, i.id))).await;
+        let _ = reply.send(DeliveryReport::default());
+    });
+    Delivery::waiting(rx, report, 0)
+}
+
+/// Lift the leases of signals written for an auto-flush that will not send them, so that the
+/// next explicit flush (or relay) takes them at once. In the background and best effort: if
+/// it fails, they come back when their lease expires.
+fn give_back<DB: Backend>(shared: &Arc<Shared<DB>>, items: Vec<Item>) {
+    if items.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let shared = shared.clone();
+    runtime.spawn(async move {
+        release(&shared, items.iter().map(|i| (i.idx, i.id))).await;
+    });
+}
+
 /// Runs until every handle of the bus is dropped (then finishes the rounds in flight) or the
 /// bus is closed.
 pub(crate) async fn run<DB: Backend>(
@@ -115,10 +225,10 @@ pub(crate) async fn run<DB: Backend>(
     rx: mpsc::Receiver<FlushRequest>,
     close_rx: mpsc::UnboundedReceiver<CloseRequest>,
 ) {
-    let breaker = Arc::new(Breaker::new(shared.config.failure_pause));
+    let breaker = Arc::new(Breaker::new(shared.config().failure_pause));
     let config = LoopConfig {
-        max_batch: shared.config.max_batch,
-        flush_workers: shared.config.flush_workers,
+        max_batch: shared.config().max_batch,
+        flush_workers: shared.config().flush_workers,
     };
     let round_breaker = breaker.clone();
     // Requests the loop answers pending without a round: their rows are given back too, so
@@ -383,7 +493,7 @@ async fn send_round<DB: Backend>(
     round: &mut [FlushRequest],
     mut give_up: watch::Receiver<bool>,
 ) -> Result<RoundOutcome> {
-    let mut conn = shared.pool.acquire().await?;
+    let mut conn = shared.pool().acquire().await?;
     // Unverified rows: those that exist and no other flusher holds.
     let mut unverified: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
     for request in round.iter().filter(|r| !r.verified) {
@@ -394,10 +504,10 @@ async fn send_round<DB: Backend>(
     let mut claimed: HashSet<(TypeIdx, i64)> = HashSet::new();
     if !unverified.is_empty() {
         let token = uuid::Uuid::new_v4().to_string();
-        let lease = shared.config.lease();
+        let lease = shared.config().lease();
         for (idx, ids) in &unverified {
-            let sql = &shared.registry.get(*idx).sql;
-            let ids = super::retry_db!(sql.claim_own::<DB>(&mut conn, ids, lease, &token).await)?;
+            let sql = &shared.registry().get(*idx).sql;
+            let ids = retry_db!(sql.claim_own::<DB>(&mut conn, ids, lease, &token).await)?;
             claimed.extend(ids.into_iter().map(|id| (*idx, id)));
         }
     }
@@ -460,7 +570,7 @@ pub(crate) async fn release<DB: Backend>(
     shared: &Shared<DB>,
     rows: impl IntoIterator<Item = (TypeIdx, i64)>,
 ) {
-    match shared.pool.acquire().await {
+    match shared.pool().acquire().await {
         Ok(mut conn) => release_on(shared, &mut conn, rows).await,
         Err(e) => {
             tracing::warn!(error = %e, "could not give signals back; they come back when their lease expires")
@@ -499,7 +609,7 @@ async fn release_rows<DB: Backend>(
         by_type.entry(idx).or_default().push(id);
     }
     for (idx, ids) in by_type {
-        let reg = shared.registry.get(idx);
+        let reg = shared.registry().get(idx);
         reg.sql
             .release::<DB>(conn, &ids)
             .await
@@ -518,7 +628,12 @@ async fn release_and_wake<DB: Backend>(
     let tables: std::collections::BTreeSet<TypeIdx> = rows.iter().map(|(idx, _)| *idx).collect();
     release_rows(shared, conn, rows).await.map_err(|(_, e)| e)?;
     for idx in tables {
-        shared.registry.get(idx).sql.wake_relays::<DB>(conn).await?;
+        shared
+            .registry()
+            .get(idx)
+            .sql
+            .wake_relays::<DB>(conn)
+            .await?;
     }
     Ok(())
 }

@@ -1,13 +1,6 @@
 //! Sending pending rows: the step shared by auto-flush and every explicit flush mode.
 //!
-//! Metrics (through the `metrics` facade; install any recorder to export them), each with
-//! the label `bus` (the bus' [name](crate::SignalBusBuilder::name)):
-//! `signalbus_signals_sent_total{signal}`, `signalbus_signals_refused_total{signal}` (of
-//! which `signalbus_signals_retried_total{signal}` will be tried again and
-//! `signalbus_signals_parked_total{signal}` were parked), `signalbus_publish_failures_total`
-//! (calls that failed as a whole), the histograms `signalbus_publish_seconds` (one publish
-//! step) and `signalbus_delivery_seconds{signal}` (from the commit, as the row's `created_at`
-//! tells it, to the broker's acknowledgement). The relay adds gauges ([`crate::relay`]).
+//! What it records is listed in [`crate::metrics`].
 //!
 //! Every mode publishes a set of rows it holds (a lease, or a lock in the flush transaction),
 //! then *settles* each row by what the broker said of its message: stored → deleted; refused
@@ -18,15 +11,7 @@
 //! publishing and before settling leaves the rows too: they are sent again later
 //! (at-least-once; the stable message id lets consumers drop the duplicate).
 
-pub(crate) mod auto;
-pub(crate) mod explicit;
-
-/// A progress callback of an explicit flush: called after every settled burst; returning
-/// `ControlFlow::Break(())` stops the flush after that burst.
-pub type Progress<'a> =
-    &'a mut (dyn FnMut(&explicit::FlushProgress<'_>) -> std::ops::ControlFlow<()> + Send);
-
-use crate::bus::Shared;
+use super::context::Shared;
 use crate::error::{Error, PublishErrorKind, Result};
 use crate::message::{Headers, Message};
 use crate::publisher::{BatchOutcome, Publisher};
@@ -104,7 +89,7 @@ pub(crate) fn prepare<DB: Backend>(shared: &Shared<DB>, held: Vec<HeldRows>) -> 
     let mut outgoing = Vec::new();
     let now = std::time::Instant::now();
     for (idx, rows) in held {
-        let reg = shared.registry.get(idx);
+        let reg = shared.registry().get(idx);
         for row in rows {
             let age = Duration::from_micros(
                 row.age_micros
@@ -149,7 +134,7 @@ pub(crate) async fn publish<DB: Backend>(
         match message {
             Ok(message) => {
                 fates.push(Fate::Stored);
-                if shared.registry.get(idx).ty.is_batched() {
+                if shared.registry().get(idx).ty.is_batched() {
                     batched.push(message);
                     batched_at.push(i);
                 } else {
@@ -183,10 +168,10 @@ pub(crate) async fn publish<DB: Backend>(
         Ok::<_, crate::error::PublishError>(())
     }
     .await;
-    metrics::histogram!("signalbus_publish_seconds", "bus" => shared.config.name.clone())
+    metrics::histogram!("signalbus_publish_seconds", "bus" => shared.name().to_owned())
         .record(started.elapsed().as_secs_f64());
     if let Err(e) = result {
-        metrics::counter!("signalbus_publish_failures_total", "bus" => shared.config.name.clone())
+        metrics::counter!("signalbus_publish_failures_total", "bus" => shared.name().to_owned())
             .increment(1);
         return Err(e.into());
     }
@@ -204,7 +189,7 @@ async fn call<DB: Backend>(
     fates: &mut [Fate],
     ordered: bool,
 ) -> Result<(), crate::error::PublishError> {
-    let publishing = shared.publisher.publish(batch);
+    let publishing = shared.publisher().publish(batch);
     #[cfg(feature = "otel")]
     let publishing = tracing::Instrument::instrument(publishing, crate::otel::publish_span(batch));
     let outcome = match publishing.await {
@@ -218,7 +203,7 @@ async fn call<DB: Backend>(
             let mut outcome = BatchOutcome::all_stored();
             for (n, message) in batch.iter().enumerate() {
                 match shared
-                    .publisher
+                    .publisher()
                     .publish(std::slice::from_ref(message))
                     .await
                 {
@@ -301,13 +286,20 @@ pub(crate) async fn settle<DB: Backend>(
     }
     // Not published (behind a refusal, in order): given back as they were.
     for (idx, ids) in untouched {
-        retry_db!(shared.registry.get(idx).sql.release::<DB>(conn, &ids).await)?;
+        retry_db!(
+            shared
+                .registry()
+                .get(idx)
+                .sql
+                .release::<DB>(conn, &ids)
+                .await
+        )?;
     }
     for (idx, ids) in stored {
-        let reg = shared.registry.get(idx);
+        let reg = shared.registry().get(idx);
         retry_db!(reg.sql.delete_ids::<DB>(conn, &ids, alone).await)?;
         let labels = [
-            ("bus", shared.config.name.clone()),
+            ("bus", shared.name().to_owned()),
             ("signal", reg.name.to_string()),
         ];
         metrics::counter!("signalbus_signals_sent_total", &labels).increment(ids.len() as u64);
@@ -319,7 +311,7 @@ pub(crate) async fn settle<DB: Backend>(
         settled.sent.push((idx, ids));
     }
     for ((idx, attempts, why, invalid), ids) in refused {
-        let reg = shared.registry.get(idx);
+        let reg = shared.registry().get(idx);
         let policy = reg.ty.retry_policy();
         let refusals = u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX);
         // An invalid row can never be sent: its next attempt is its last.
@@ -332,7 +324,7 @@ pub(crate) async fn settle<DB: Backend>(
         retry_db!(reg.sql.refuse::<DB>(conn, &ids, delay, max, why).await)?;
         let parks = refusals >= max;
         let labels = [
-            ("bus", shared.config.name.clone()),
+            ("bus", shared.name().to_owned()),
             ("signal", reg.name.to_string()),
         ];
         metrics::counter!("signalbus_signals_refused_total", &labels).increment(ids.len() as u64);
@@ -381,8 +373,8 @@ macro_rules! retry_db {
         let mut attempt = 1;
         loop {
             match $step {
-                Err(e) if attempt < $crate::flush::DB_ATTEMPTS && $crate::flush::curable::<DB>(&e) => {
-                    let wait = $crate::flush::db_retry_wait(attempt);
+                Err(e) if attempt < $crate::engine::settle::DB_ATTEMPTS && $crate::engine::settle::curable::<DB>(&e) => {
+                    let wait = $crate::engine::settle::db_retry_wait(attempt);
                     tracing::debug!(attempt, ?wait, error = %e, "database error during a flush; retrying the step");
                     tokio::time::sleep(wait).await;
                     attempt += 1;

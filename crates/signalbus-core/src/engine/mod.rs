@@ -1,0 +1,16 @@
+//! The flushing engine: a private context shared by everything that sends ([`context`]),
+//! publish-and-settle ([`settle`]), the bursts of explicit flushes and of the relay
+//! ([`bursts`]), the auto-flush task and its admission ([`auto`]), the relay and its wake-up
+//! ([`relay`], [`wake`]), and what operators do to the tables ([`operator`]).
+//!
+//! Metrics are listed in [`crate::metrics`].
+
+pub(crate) mod auto;
+pub(crate) mod bursts;
+pub(crate) mod context;
+pub(crate) mod operator;
+pub mod relay;
+pub(crate) mod settle;
+pub(crate) mod wake;
+
+pub(crate) use context::{Config, Engine};

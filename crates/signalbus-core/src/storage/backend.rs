@@ -1,0 +1,350 @@
+//! The sealed trait that names a database (`Backend`), the per-database primitives behind it
+//! (`sealed::Store`), and the `store!` macro that implements them once per database.
+
+/// A database signalbus keeps signals in: [`sqlx::Postgres`], [`sqlx::MySql`] or
+/// [`sqlx::Sqlite`], behind the features of the same names.
+///
+/// Sealed: it only names the database in `SignalBus<DB>` and in code generic over it; its
+/// operations are signalbus' own and cannot be implemented or called from outside.
+pub trait Backend: sealed::Store {}
+
+pub(crate) use sealed::{NewRow, Param, StoredRow};
+
+/// A parked row as read: id, message id, attempts, last error, age in microseconds,
+/// ordering key.
+pub(crate) type ParkedRow = (
+    i64,
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+// The sealed trait's signatures use crate-private types on purpose: nobody outside can name
+// or implement it.
+#[allow(private_interfaces, private_bounds)]
+pub(crate) mod sealed {
+    use crate::error::Result;
+    use crate::storage::dialect::Dialect;
+    use sqlx::{Database, FromRow, SqlStr};
+    use std::future::Future;
+
+    /// A signal row about to be inserted.
+    #[derive(Debug, Clone, Copy)]
+    pub struct NewRow<'a> {
+        pub message_id: &'a str,
+        pub topic: &'a str,
+        pub routing_key: Option<&'a str>,
+        /// Headers as a JSON object, `None` when there are none.
+        pub headers: Option<&'a str>,
+        pub body: &'a [u8],
+        pub content_type: Option<&'a str>,
+        /// A lease in milliseconds from now that keeps flushers away (`None`: sendable at once).
+        pub lease_ms: Option<i64>,
+        /// The ordering key (`None`: the type's sequence of rows without a key).
+        pub ordering_key: Option<&'a str>,
+    }
+
+    /// A pending signal row as read back for sending.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct StoredRow {
+        pub id: i64,
+        pub message_id: String,
+        pub topic: String,
+        pub routing_key: Option<String>,
+        /// Headers as JSON text.
+        pub headers: Option<String>,
+        pub body: Vec<u8>,
+        pub content_type: Option<String>,
+        /// Attempts the bus refused so far.
+        pub attempts: i64,
+        /// Whether it can be sent now (not parked, leased or backing off).
+        pub ready: bool,
+        /// Microseconds since it was written (`created_at`), by the database's clock.
+        pub age_micros: Option<i64>,
+        /// Its ordering key.
+        pub ordering_key: Option<String>,
+    }
+
+    impl<'r, R: sqlx::Row> FromRow<'r, R> for StoredRow
+    where
+        usize: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+            Ok(StoredRow {
+                id: row.try_get(0)?,
+                message_id: row.try_get(1)?,
+                topic: row.try_get(2)?,
+                routing_key: row.try_get(3)?,
+                headers: row.try_get(4)?,
+                body: row.try_get(5)?,
+                content_type: row.try_get(6)?,
+                attempts: row.try_get(7)?,
+                ready: row.try_get::<i64, _>(8)? != 0,
+                age_micros: row.try_get(9)?,
+                ordering_key: row.try_get(10)?,
+            })
+        }
+    }
+
+    /// One bound parameter of a signalbus statement.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Param<'a> {
+        /// A list of row ids (an array on PostgreSQL, a JSON array elsewhere).
+        Ids(&'a [i64]),
+        /// A list of texts (an array on PostgreSQL, a JSON array elsewhere).
+        Texts(&'a [String]),
+        Int(i64),
+        Text(&'a str),
+    }
+
+    /// What signalbus runs on a database: a few executor calls that take prepared statement
+    /// text ([`super::statements::Statements`]) and bound parameters. Everything else is
+    /// generic code over these, so that no generic code needs sqlx's executor bounds.
+    pub trait Store: Database {
+        /// The database's SQL.
+        const DIALECT: &'static Dialect;
+
+        /// Run `sql`, reading signal rows.
+        fn fetch_rows(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<Vec<StoredRow>>> + Send;
+
+        /// Run `sql`, reading one integer column.
+        fn fetch_ids(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<Vec<i64>>> + Send;
+
+        /// Run `sql`, reading one text column.
+        fn fetch_texts(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+        /// Run `sql`, reading one nullable text column.
+        fn fetch_keys(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<Vec<Option<String>>>> + Send;
+
+        /// Run `sql`, reading one row of nullable integers.
+        fn fetch_numbers(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+        ) -> impl Future<Output = Result<Vec<Option<i64>>>> + Send;
+
+        /// Run `sql`, reading parked rows.
+        fn fetch_parked(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<Vec<super::ParkedRow>>> + Send;
+
+        /// Run `sql`; returns the number of rows affected.
+        fn execute(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<u64>> + Send;
+
+        /// Run `sql`, which may hold several statements, without parameters.
+        fn execute_script(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+        ) -> impl Future<Output = Result<()>> + Send;
+
+        /// Insert one signal with `sql` ([`super::statements::Statements::insert`]); returns
+        /// its id.
+        fn insert_row(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            row: NewRow<'_>,
+        ) -> impl Future<Output = Result<i64>> + Send;
+
+        /// A connection of its own that hears the wake-up notifications of new rows
+        /// ([`crate::relay`]); `None` where the database has none.
+        fn listener(
+            pool: &sqlx::Pool<Self>,
+        ) -> impl Future<Output = Result<Option<Box<dyn crate::storage::listen::Listen>>>> + Send;
+
+        /// Run `sql` with `args` and decode the first row, if any (the row helpers).
+        fn fetch_optional_with<R>(
+            conn: &mut Self::Connection,
+            sql: String,
+            args: Self::Arguments,
+        ) -> impl Future<Output = Result<Option<R>>> + Send
+        where
+            R: for<'r> FromRow<'r, Self::Row> + Send + Unpin;
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+/// Implements [`sealed::Store`] and [`Backend`] for one database; `$ids` turns a `&[i64]` into
+/// the value bound for [`Param::Ids`], `$insert` is `returning` or `last_insert_id`.
+macro_rules! store {
+    ($db:ty, $dialect:expr, ids: $ids:expr, texts: $texts:expr, insert: $insert:ident, listen: $listen:path, feature: $feature:literal) => {
+        #[allow(private_interfaces)]
+        impl $crate::storage::sealed::Store for $db {
+            const DIALECT: &'static $crate::storage::dialect::Dialect = &$dialect;
+
+            async fn fetch_rows(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<Vec<$crate::storage::StoredRow>> {
+                fetch_all_as(conn, sql, params).await
+            }
+
+            async fn fetch_ids(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<Vec<i64>> {
+                let rows: Vec<(i64,)> = fetch_all_as(conn, sql, params).await?;
+                Ok(rows.into_iter().map(|(id,)| id).collect())
+            }
+
+            async fn fetch_texts(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<Vec<String>> {
+                let rows: Vec<(String,)> = fetch_all_as(conn, sql, params).await?;
+                Ok(rows.into_iter().map(|(text,)| text).collect())
+            }
+
+            async fn fetch_keys(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<Vec<Option<String>>> {
+                let rows: Vec<(Option<String>,)> = fetch_all_as(conn, sql, params).await?;
+                Ok(rows.into_iter().map(|(key,)| key).collect())
+            }
+
+            async fn fetch_numbers(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+            ) -> $crate::error::Result<Vec<Option<i64>>> {
+                use sqlx::Row as _;
+                let row = sqlx::query::<$db>(sql.clone()).fetch_one(conn).await?;
+                (0..row.len())
+                    .map(|i| row.try_get::<Option<i64>, _>(i).map_err(Into::into))
+                    .collect()
+            }
+
+            async fn fetch_parked(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<Vec<$crate::storage::ParkedRow>> {
+                fetch_all_as(conn, sql, params).await
+            }
+
+            async fn execute(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<u64> {
+                let mut query = sqlx::query::<$db>(sql.clone());
+                for param in params {
+                    query = $crate::storage::store!(@bind query, param, $ids, $texts);
+                }
+                Ok(query.execute(conn).await?.rows_affected())
+            }
+
+            async fn execute_script(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+            ) -> $crate::error::Result<()> {
+                sqlx::raw_sql(sql.clone()).execute(conn).await?;
+                Ok(())
+            }
+
+            async fn insert_row(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                row: $crate::storage::NewRow<'_>,
+            ) -> $crate::error::Result<i64> {
+                let query = sqlx::query::<$db>(sql.clone())
+                    .bind(row.message_id)
+                    .bind(row.topic)
+                    .bind(row.routing_key)
+                    .bind(row.headers)
+                    .bind(row.body)
+                    .bind(row.content_type)
+                    .bind(row.lease_ms)
+                    .bind(row.ordering_key);
+                $crate::storage::store!(@insert $insert, query, conn)
+            }
+
+            async fn listener(
+                pool: &sqlx::Pool<$db>,
+            ) -> $crate::error::Result<Option<Box<dyn $crate::storage::listen::Listen>>> {
+                $listen(pool).await
+            }
+
+            async fn fetch_optional_with<R>(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: String,
+                args: <$db as sqlx::Database>::Arguments,
+            ) -> $crate::error::Result<Option<R>>
+            where
+                R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            {
+                Ok(sqlx::query_as_with::<$db, R, _>(sqlx::AssertSqlSafe(sql), args)
+                    .fetch_optional(conn)
+                    .await?)
+            }
+        }
+
+        #[cfg_attr(docsrs, doc(cfg(feature = $feature)))]
+        impl $crate::storage::Backend for $db {}
+
+        /// Run `sql` with `params` and decode every row as `R`.
+        async fn fetch_all_as<R>(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            sql: &sqlx::SqlStr,
+            params: &[$crate::storage::Param<'_>],
+        ) -> $crate::error::Result<Vec<R>>
+        where
+            R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+        {
+            let mut query = sqlx::query_as::<$db, R>(sql.clone());
+            for param in params {
+                query = $crate::storage::store!(@bind query, param, $ids, $texts);
+            }
+            Ok(query.fetch_all(conn).await?)
+        }
+    };
+    (@bind $query:ident, $param:ident, $ids:expr, $texts:expr) => {
+        match *$param {
+            $crate::storage::Param::Ids(ids) => $query.bind(($ids)(ids)),
+            $crate::storage::Param::Texts(texts) => $query.bind(($texts)(texts)),
+            $crate::storage::Param::Int(n) => $query.bind(n),
+            $crate::storage::Param::Text(text) => $query.bind(text),
+        }
+    };
+    (@insert returning, $query:ident, $conn:ident) => {{
+        use sqlx::Row as _;
+        Ok($query.fetch_one($conn).await?.try_get::<i64, _>(0)?)
+    }};
+    (@insert last_insert_id, $query:ident, $conn:ident) => {{
+        let id = $query.execute($conn).await?.last_insert_id();
+        i64::try_from(id).map_err(|_| {
+            $crate::error::Error::Config(format!("insert id {id} does not fit a 64-bit signed id"))
+        })
+    }};
+}
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) use store;
