@@ -11,7 +11,7 @@ use std::fmt;
 pub enum Error {
     /// The database returned an error, or could not be reached.
     #[error("database error: {}", DatabaseText(.0))]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
 
     /// The message bus did not take the messages; their rows stay pending.
     #[error("{0}")]
@@ -183,15 +183,8 @@ pub struct InnerError {
 }
 
 impl InnerError {
-    pub(crate) fn of(error: &(dyn std::error::Error + 'static)) -> Self {
-        let code = database_error(error).and_then(|e| match e {
-            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-            _ => None,
-        });
-        InnerError {
-            message: error.to_string(),
-            code,
-        }
+    pub(crate) fn new(message: String, code: Option<String>) -> Self {
+        InnerError { message, code }
     }
 
     /// The database's error code of the nested block's failure, if it was a database error.
@@ -286,6 +279,14 @@ impl std::error::Error for PublishError {
         self.source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        // Where an atomic block learns of a conflict its own error type may not show.
+        crate::seen::note(&error);
+        Error::Database(error)
     }
 }
 

@@ -32,6 +32,7 @@ mod message;
 pub mod metrics;
 #[doc(hidden)]
 pub mod redact;
+mod seen;
 mod signal;
 // 2. what talks to the outside: brokers, databases; the consumer side's plumbing
 #[doc(hidden)]

@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     // model: plain types and errors
     &[
         "contract", "delivery", "error", "ident", "locking", "message", "metrics", "redact",
-        "signal",
+        "seen", "signal",
     ],
     // what talks to the outside: brokers, databases, the consumer side's plumbing
     &["consume", "otel", "publisher", "storage"],

@@ -3,8 +3,9 @@
 //! concurrent transaction. Plus row helpers ([`TableRow`], [`Transaction::get_row`],
 //! [`Transaction::lock_row`]) for the usual "read the row, decide, write" procedures.
 //!
-//! The block returns the caller's own error type (any `E: std::error::Error +
-//! From<signalbus::Error>`, see [`BlockError`]), so a domain error rolls the block back
+//! The block returns the caller's own error type (any `E: From<signalbus::Error> + Debug`:
+//! a `thiserror` enum, `anyhow::Error`, `eyre::Report`, a plain enum; see [`BlockError`]), so
+//! a domain error rolls the block back
 //! without being dressed up as a signalbus error:
 //!
 //! ```no_run
@@ -73,8 +74,8 @@
 //!   its `Send` bound, so it stays until the compiler can express that bound
 //!   (return-type notation).
 //! * **Errors**: the block's error type `E` is the caller's; signalbus and sqlx errors reach it
-//!   through `From`. Conflicts are found inside `E` by walking its error sources down to the
-//!   database error ([`BlockError`]).
+//!   through `From`. Conflicts are found inside `E` when its type shows its causes, and
+//!   otherwise where signalbus saw the database error ([`BlockError`] says which).
 //! * **Retries**: a conflict ([`is_conflict`]) rolls the attempt back and runs the closure
 //!   again after a [`Backoff`] wait (full jitter, no wait before the first retry, as the
 //!   original), at most [`Backoff::max_attempts`] attempts in all; then the caller gets
@@ -125,7 +126,8 @@ pub use rows::{PrimaryKey, TableRow, get_row, lock_row};
 
 use crate::delivery::{Delivery, DeliveryReport};
 use crate::engine::Engine;
-use crate::error::{Error, InnerError};
+use crate::error::Error;
+use crate::seen::{self, Seen};
 use crate::publisher::Backoff;
 use crate::storage::{Backend, begin};
 use crate::transaction::{Recorder, Transaction};
@@ -323,6 +325,14 @@ where
     }
 }
 
+/// A failed attempt: its error, whether it is a conflict worth another attempt, and what the
+/// attempt was seen to meet.
+struct Failed<E> {
+    error: E,
+    conflict: bool,
+    seen: Seen,
+}
+
 /// Run the attempts of a block until one commits, fails for good or the attempts run out.
 async fn run<'a, DB, T, E, F>(
     engine: &Engine<DB>,
@@ -338,46 +348,46 @@ where
     let mut attempt = 1;
     loop {
         let span = tracing::debug_span!("atomic", attempt);
-        let error = match attempt_once(engine, options, block).instrument(span).await {
+        let failed = match attempt_once(engine, options, block).instrument(span).await {
             Ok(done) => {
                 if attempt > 1 {
                     tracing::debug!(attempts = attempt, "atomic block committed");
                 }
                 return Ok(done);
             }
-            Err((error, false)) => return Err(error),
-            Err((error, true)) => error,
+            Err(failed) if !failed.conflict => return Err(failed.error),
+            Err(failed) => failed,
         };
         if attempt >= max_attempts {
-            tracing::warn!(attempts = attempt, %error, "atomic block gave up");
+            tracing::warn!(attempts = attempt, error = %retryable::describe(&failed.error), "atomic block gave up");
             return Err(E::from(Error::RetriesExhausted {
                 attempts: attempt,
-                last: Box::new(error),
+                last: retryable::last_error(failed.error, &failed.seen),
             }));
         }
         let wait = options.backoff.delay(attempt);
-        tracing::debug!(attempt, ?wait, %error, "atomic block conflicted, retrying");
+        tracing::debug!(attempt, ?wait, error = %retryable::describe(&failed.error), "atomic block conflicted, retrying");
         tokio::time::sleep(wait).await;
         attempt += 1;
     }
 }
 
-/// One attempt; the error comes with whether it is a conflict worth another attempt.
+/// One attempt.
 async fn attempt_once<'a, DB, T, E, F>(
     engine: &Engine<DB>,
     options: &AtomicOptions,
     block: &mut F,
-) -> Result<(T, Delivery), (E, bool)>
+) -> Result<(T, Delivery), Failed<E>>
 where
     DB: Backend,
     E: BlockError,
     F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E>,
 {
-    let classify = |e: &E| retryable::classify::<DB>(e, options.integrity_races);
-    let fail = |e: Error| {
-        let e = E::from(e);
-        let conflict = classify(&e);
-        (e, conflict)
+    // signalbus' own failures (begin, commit) are judged before they become `E`.
+    let fail = |e: Error| Failed {
+        conflict: retryable::classify::<DB>(&e, options.integrity_races),
+        error: E::from(e),
+        seen: Seen::default(),
     };
     let begin_sql = (DB::DIALECT.begin_atomic)(options.isolation, options.sqlite_begin);
     let tx = begin(engine.shared().pool(), begin_sql)
@@ -386,7 +396,11 @@ where
     let mut tx: Transaction<'a, DB> =
         Transaction::new(tx, Recorder::new(engine.clone())).outermost();
     tx.atomic.in_block = true;
-    let outcome = AssertUnwindSafe(block(&mut tx)).catch_unwind().await;
+    let (outcome, seen) = seen::watching(
+        DB::DIALECT.is_conflict,
+        AssertUnwindSafe(block(&mut tx)).catch_unwind(),
+    )
+    .await;
     let inner = tx.atomic.failure.take();
     match outcome {
         Err(panic) => {
@@ -400,15 +414,25 @@ where
                 let error = E::from(Error::InnerBlockFailed {
                     source: inner.error,
                 });
-                Err((error, inner.conflict))
+                Err(Failed {
+                    error,
+                    conflict: inner.conflict,
+                    seen,
+                })
             }
         },
-        Ok(Err(e)) => {
+        Ok(Err(error)) => {
             // Rolling back is best effort: the connection may be gone, and dropping an
             // open sqlx transaction rolls it back anyway.
             let _ = tx.rollback().await;
-            let conflict = classify(&e) || inner.is_some_and(|i| i.conflict);
-            Err((e, conflict))
+            let conflict =
+                retryable::is_block_conflict::<DB, E>(&error, &seen, options.integrity_races)
+                    || inner.is_some_and(|i| i.conflict);
+            Err(Failed {
+                error,
+                conflict,
+                seen,
+            })
         }
     }
 }
@@ -422,10 +446,11 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
         E: BlockError,
         F: for<'t> FnOnce(&'t mut Transaction<'c, DB>) -> AtomicFuture<'t, T, E>,
     {
-        let result = block(self).await;
+        let (result, seen) = seen::watching(DB::DIALECT.is_conflict, block(self)).await;
         if let Err(e) = &result {
-            let conflict = retryable::classify::<DB>(e, false);
-            self.atomic.record(InnerError::of(e), conflict);
+            let conflict = retryable::is_block_conflict::<DB, E>(e, &seen, false);
+            self.atomic
+                .record(retryable::inner_error(e, &seen), conflict);
         }
         result
     }
@@ -445,10 +470,11 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
         if !self.atomic.in_block {
             return Err(E::from(Error::NotInAtomicBlock));
         }
-        let result = block(self).await;
+        let (result, seen) = seen::watching(DB::DIALECT.is_conflict, block(self)).await;
         if let Err(e) = &result {
-            let conflict = retryable::classify::<DB>(e, true);
-            self.atomic.record(InnerError::of(e), conflict);
+            let conflict = retryable::is_block_conflict::<DB, E>(e, &seen, true);
+            self.atomic
+                .record(retryable::inner_error(e, &seen), conflict);
         }
         result
     }

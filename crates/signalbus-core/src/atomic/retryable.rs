@@ -1,32 +1,143 @@
-//! Which errors make an atomic block run again, found inside the caller's own error type.
+//! Which errors make an atomic block run again: found in the block's error when its type
+//! shows its causes, otherwise in what the block was seen to meet ([`crate::seen`]).
 
-use crate::error::{Error, database_error};
+use crate::error::{Error, InnerError, database_error};
+use crate::seen::Seen;
 use crate::storage::Backend;
+use std::any::Any;
+use std::fmt;
 
 /// An error an atomic block may end with: the caller's own error type, as long as a
-/// signalbus [`Error`] converts into it (so that `?` works on signalbus and sqlx calls inside
-/// the block).
+/// signalbus [`Error`] converts into it (so that `?` works on signalbus calls inside the
+/// block, and a failed commit or an exhausted retry reaches the caller as `E`).
 ///
-/// Implemented for every `E: std::error::Error + From<signalbus::Error>`, [`Error`] itself
-/// included, so a domain error enum made with `thiserror` works as it is:
+/// Implemented for every `E: From<signalbus::Error> + Debug + Send + Sync + 'static`:
+/// [`Error`] itself, `anyhow::Error`, `eyre::Report`, `Box<dyn std::error::Error + Send +
+/// Sync>`, a `thiserror` enum, or a plain domain enum:
 ///
 /// ```
-/// #[derive(Debug, thiserror::Error)]
+/// #[derive(Debug)]
 /// enum TransferError {
-///     #[error("insufficient funds: {balance} < {amount}")]
 ///     InsufficientFunds { balance: i64, amount: i64 },
-///     #[error(transparent)]
-///     Db(#[from] signalbus_core::Error),
+///     Db(signalbus_core::Error),
+/// }
+///
+/// impl From<signalbus_core::Error> for TransferError {
+///     fn from(e: signalbus_core::Error) -> Self {
+///         TransferError::Db(e)
+///     }
+/// }
+/// // Lets `?` take sqlx errors too; through signalbus' error, so that a conflict is seen.
+/// impl From<sqlx::Error> for TransferError {
+///     fn from(e: sqlx::Error) -> Self {
+///         TransferError::Db(e.into())
+///     }
 /// }
 /// ```
 ///
-/// A block is retried only when the error carries a database conflict
-/// ([`is_conflict`]); it is found by walking the error's [sources](std::error::Error::source)
-/// down to the [`sqlx::Error`], so a domain error (no database error inside) rolls the block
-/// back and is returned as it is, at once.
-pub trait BlockError: std::error::Error + From<Error> + Send + Sync + 'static {}
+/// A block runs again only after a database conflict ([`is_conflict`]); a domain error rolls
+/// it back and is returned as it is, at once. The conflict is found
+/// * in the error itself when its type shows its causes: [`Error`], [`sqlx::Error`],
+///   `Box<dyn std::error::Error + Send + Sync>`, and with the features of the same names
+///   `anyhow::Error` and `eyre::Report` (their sources are walked down to the database
+///   error);
+/// * otherwise, where signalbus saw the database error: in its own calls in the block, and
+///   in every [`sqlx::Error`] converted into a signalbus [`Error`] there (what `?` does when
+///   the error type converts sqlx errors through signalbus' error, as above). A type that
+///   wraps `sqlx::Error` directly hides the conflicts of the caller's own queries: convert
+///   through `signalbus::Error`.
+pub trait BlockError: From<Error> + fmt::Debug + Send + Sync + 'static {}
 
-impl<E> BlockError for E where E: std::error::Error + From<Error> + Send + Sync + 'static {}
+impl<E> BlockError for E where E: From<Error> + fmt::Debug + Send + Sync + 'static {}
+
+/// The block's error as a standard error whose sources can be walked, when its type is one
+/// of those that show their causes.
+fn as_std_error<E: BlockError>(error: &E) -> Option<&(dyn std::error::Error + 'static)> {
+    let any: &dyn Any = error;
+    if let Some(e) = any.downcast_ref::<Error>() {
+        return Some(e);
+    }
+    if let Some(e) = any.downcast_ref::<sqlx::Error>() {
+        return Some(e);
+    }
+    if let Some(e) = any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>() {
+        return Some(&**e);
+    }
+    #[cfg(feature = "anyhow")]
+    if let Some(e) = any.downcast_ref::<anyhow::Error>() {
+        return Some(&**e);
+    }
+    #[cfg(feature = "eyre")]
+    if let Some(e) = any.downcast_ref::<eyre::Report>() {
+        return Some(&**e);
+    }
+    None
+}
+
+/// How the block's error reads in logs and in [`Error::RetriesExhausted`]: its message when
+/// its type has one we know, its `Debug` form otherwise.
+pub(crate) fn describe<E: BlockError>(error: &E) -> String {
+    match as_std_error(error) {
+        Some(e) => e.to_string(),
+        None => format!("{error:?}"),
+    }
+}
+
+/// Whether the block's `error` is a conflict worth another attempt, given what the block was
+/// `seen` to meet; with `integrity_races`, unique and foreign-key violations count.
+pub(crate) fn is_block_conflict<DB: Backend, E: BlockError>(
+    error: &E,
+    seen: &Seen,
+    integrity_races: bool,
+) -> bool {
+    match as_std_error(error) {
+        Some(e) => classify::<DB>(e, integrity_races),
+        None => seen.conflict || (integrity_races && seen.integrity),
+    }
+}
+
+/// The block's error kept in another error: the message and database code of a nested
+/// block's failure.
+pub(crate) fn inner_error<E: BlockError>(error: &E, seen: &Seen) -> InnerError {
+    let code = as_std_error(error).map_or_else(
+        || seen.code.clone(),
+        |e| match database_error(e) {
+            Some(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        },
+    );
+    InnerError::new(describe(error), code)
+}
+
+/// The last attempt's error as the source of [`Error::RetriesExhausted`]: itself when it is
+/// a standard error we can hold, else its message and database code.
+pub(crate) fn last_error<E: BlockError>(
+    error: E,
+    seen: &Seen,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    let inner = inner_error(&error, seen);
+    let any: Box<dyn Any + Send> = Box::new(error);
+    let any = match any.downcast::<Error>() {
+        Ok(e) => return e,
+        Err(other) => other,
+    };
+    let any = match any.downcast::<sqlx::Error>() {
+        Ok(e) => return e,
+        Err(other) => other,
+    };
+    #[cfg(feature = "anyhow")]
+    let any = match any.downcast::<anyhow::Error>() {
+        Ok(e) => return (*e).into(),
+        Err(other) => other,
+    };
+    #[cfg(feature = "eyre")]
+    let any = match any.downcast::<eyre::Report>() {
+        Ok(e) => return (*e).into(),
+        Err(other) => other,
+    };
+    drop(any);
+    Box::new(inner)
+}
 
 /// Whether `error` (or one of its sources) is a conflict with a concurrent transaction that
 /// running the whole transaction again can resolve: a serialization failure, a deadlock, a

@@ -1,6 +1,7 @@
 //! Atomic blocks (issue 5): retries, nesting, isolation, signals, row helpers.
 
 mod blocks;
+mod error_types;
 mod errors;
 mod retries;
 mod rows;
