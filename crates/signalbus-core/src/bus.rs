@@ -168,7 +168,7 @@ impl<DB: Backend> SignalBus<DB> {
     }
 
     /// Send the signals pending now: list the sendable ones, wait `wait` (so that
-    /// auto-flushes already in flight can finish; [`DEFAULT_FLUSH_WAIT`] is a good value),
+    /// auto-flushes already in flight can finish; [`DEFAULT_FLUSH_WAIT`](crate::DEFAULT_FLUSH_WAIT) is a good value),
     /// then send those still there, in bursts of each type's `burst`. Returns how many were
     /// sent.
     ///

@@ -51,7 +51,7 @@ pub struct DeliveryReport {
     pub sent: usize,
     /// Not found, or held by another flusher, when the auto-flush claimed them — only for a
     /// transaction the caller began itself ([`SignalBus::wrap`](crate::SignalBus::wrap),
-    /// [`Recorder`]), whose rows the auto-flush claims before it sends: rows that never
+    /// [`Recorder`](crate::Recorder)), whose rows the auto-flush claims before it sends: rows that never
     /// committed (a recorder handed over after a rollback, a wrapped savepoint whose outer
     /// transaction has not committed yet), or rows whose lease had expired and another flush
     /// took. Signals of [`SignalBus::begin`](crate::SignalBus::begin)'s transactions are sent

@@ -5,8 +5,7 @@
 //!
 //! The block returns the caller's own error type (any `E: From<signalbus::Error> + Debug`:
 //! a `thiserror` enum, `anyhow::Error`, `eyre::Report`, a plain enum; see [`BlockError`]), so
-//! a domain error rolls the block back
-//! without being dressed up as a signalbus error:
+//! a domain error rolls the block back without being dressed up as a signalbus error:
 //!
 //! ```no_run
 //! use signalbus_core::{Isolation, SignalBus};
@@ -57,7 +56,7 @@
 //! ```
 //!
 //! # Design
-//! * **One entry point**, [`SignalBus::atomic`], returns an [`Atomic`] builder: options
+//! * **One entry point**, [`SignalBus::atomic`](crate::SignalBus::atomic), returns an [`Atomic`] builder: options
 //!   (isolation, attempts and backoff, integrity-error retries) are methods on it, and
 //!   awaiting it runs the block. [`Atomic::wait_for_delivery`] also waits until the
 //!   committed signals are sent and returns their [`DeliveryReport`]; [`Atomic::delivery`]
@@ -212,7 +211,7 @@ impl AtomicOptions {
 /// The types an [`Atomic`] carries without holding values of them.
 type Types<'a, T, E> = fn(&'a ()) -> (T, E);
 
-/// An atomic block to run, with its options; created by [`SignalBus::atomic`], run by
+/// An atomic block to run, with its options; created by [`SignalBus::atomic`](crate::SignalBus::atomic), run by
 /// awaiting it. Its output is the block's value once the transaction has committed (the
 /// signals are then handed to the auto-flush).
 #[must_use = "an atomic block does nothing until it is awaited"]
@@ -314,7 +313,7 @@ where
     F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E> + Send + 'b,
     'a: 'b,
 {
-    /// A block on `engine`'s bus with the default options ([`SignalBus::atomic`]).
+    /// A block on `engine`'s bus with the default options ([`SignalBus::atomic`](crate::SignalBus::atomic)).
     pub(crate) fn new(engine: &'b Engine<DB>, block: F) -> Self {
         Atomic {
             engine,
@@ -459,7 +458,7 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
     /// the outermost block run again: the races of concurrent inserts. Put the insert that
     /// may race in here; the next attempt sees what the other transaction committed.
     ///
-    /// Must run inside an atomic block ([`SignalBus::atomic`]): otherwise nothing would run
+    /// Must run inside an atomic block ([`SignalBus::atomic`](crate::SignalBus::atomic)): otherwise nothing would run
     /// the transaction again, and it fails at once with [`Error::NotInAtomicBlock`] without
     /// running `block`.
     pub async fn atomic_retrying_races<T, E, F>(&mut self, block: F) -> Result<T, E>

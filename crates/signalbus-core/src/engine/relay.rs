@@ -1,8 +1,8 @@
 //! The relay: an always-on sender of pending signals.
 //!
 //! A relay drains the selected signal types continuously, each in a *lane* of its own: claim
-//! a burst, publish it, settle it (as [`SignalBus::flush_many`] does, or
-//! [`SignalBus::flush_ordered`] in ordered mode), again at once while there is more, and
+//! a burst, publish it, settle it (as [`SignalBus::flush_many`](crate::SignalBus::flush_many) does, or
+//! [`SignalBus::flush_ordered`](crate::SignalBus::flush_ordered) in ordered mode), again at once while there is more, and
 //! otherwise wait until it is woken:
 //!
 //! * **PostgreSQL**: `migrate` installs a statement-level trigger on each signal table that
@@ -64,7 +64,7 @@ pub(crate) fn failure_wait(failures: u32) -> Duration {
     .delay(failures.max(1))
 }
 
-/// Builds and starts a [`Relay`]; from [`SignalBus::relay`].
+/// Builds and starts a [`Relay`]; from [`SignalBus::relay`](crate::SignalBus::relay).
 #[derive(Debug)]
 pub struct RelayBuilder<DB: Backend> {
     engine: Engine<DB>,
@@ -96,8 +96,8 @@ impl<DB: Backend> RelayBuilder<DB> {
         self
     }
 
-    /// Send in order, as [`SignalBus::flush_ordered`] does (default: off, as
-    /// [`SignalBus::flush_many`]).
+    /// Send in order, as [`SignalBus::flush_ordered`](crate::SignalBus::flush_ordered) does (default: off, as
+    /// [`SignalBus::flush_many`](crate::SignalBus::flush_many)).
     pub fn ordered(mut self, on: bool) -> Self {
         self.ordered = on;
         self
@@ -105,7 +105,7 @@ impl<DB: Backend> RelayBuilder<DB> {
 
     /// In ordered mode, how many bursts of one signal type this relay sends at once
     /// (default 4, from 1 to 64): each takes other ordering keys, never two signals of one
-    /// key at the same time (see [`SignalBus::flush_ordered`]). Signals without a key are one
+    /// key at the same time (see [`SignalBus::flush_ordered`](crate::SignalBus::flush_ordered)). Signals without a key are one
     /// sequence: one burst of them at a time.
     pub fn ordered_lanes(mut self, n: usize) -> Self {
         self.ordered_lanes = n;
@@ -227,7 +227,7 @@ pub type ReadinessCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Readiness> + Send>> + Send + Sync>;
 type Check = ReadinessCheck;
 
-/// A running relay ([`SignalBus::relay`]): its lanes run until [`Relay::shutdown`] (or until
+/// A running relay ([`SignalBus::relay`](crate::SignalBus::relay)): its lanes run until [`Relay::shutdown`] (or until
 /// it is dropped, which stops them at once: rows of a burst in flight stay claimed until
 /// their lease expires, then are sent again).
 ///
