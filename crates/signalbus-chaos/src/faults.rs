@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A fault the scheduler injects. Fail points are armed per process start instead (see
-/// [`failpoint_for`]) and counted when they fire.
+/// [`crate::workload::failpoint_for`]) and counted when they fire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// SIGKILL a writer at a random moment.
@@ -99,40 +99,6 @@ impl Fault {
         }
         unreachable!("the weights cover the range")
     }
-}
-
-/// The fail points of signalbus a process of `role` passes.
-fn failpoints(role: &str) -> &'static [&'static str] {
-    match role {
-        "writer" => &[
-            "signalbus::after-commit",
-            "signalbus::mid-burst",
-            "signalbus::after-publish",
-        ],
-        "relay" => &[
-            "signalbus::mid-burst",
-            "signalbus::after-publish",
-            "signalbus::ordered-locks",
-        ],
-        _ => &[],
-    }
-}
-
-/// For a new process of `role`: with even odds, one fail point that crashes it after a
-/// random number of passes (`name=N*off->1*panic`, the `fail` crate's syntax).
-pub fn failpoint_for(role: &str, rng: &mut impl Rng) -> Option<String> {
-    let points = failpoints(role);
-    if points.is_empty() || !rng.random_bool(0.5) {
-        return None;
-    }
-    let name = points[rng.random_range(0..points.len())];
-    // The ordered lanes pass their fail point at every poll, the others once per burst.
-    let passes: u32 = if name.ends_with("ordered-locks") {
-        rng.random_range(100..3000)
-    } else {
-        rng.random_range(20..600)
-    };
-    Some(format!("{name}={passes}*off->1*panic"))
 }
 
 /// Which bus a fault hits: one of the run's at random, or all for the database.

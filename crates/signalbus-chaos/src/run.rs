@@ -135,11 +135,16 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     }
     let events = dir.join("events.log");
+    let spec = workload::Spec {
+        writers: args.writers,
+        relays: args.relays,
+        rate: args.rate,
+    };
     let mut workloads = BTreeMap::new();
     for &bus in &buses {
         workloads.insert(
             bus,
-            workload::start(&world, bus, &args, seed, &dir, &events),
+            workload::start(&world, bus, spec, seed, &dir, &events),
         );
     }
     eprintln!("chaos: {} s of faults on {:?}", args.seconds, buses);

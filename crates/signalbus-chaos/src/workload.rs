@@ -1,14 +1,23 @@
 //! The workload's processes of one bus: writers, relays and the consumer, each in a slot
 //! that restarts it, each writer and relay start with a fail point drawn for it.
 
-use crate::faults;
-use crate::run::RunArgs;
 use crate::signals::Bus;
 use crate::supervisor::Slot;
 use crate::world::World;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
 use std::path::{Path, PathBuf};
+
+/// What a bus' workload is made of (from the run's arguments).
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Writer processes.
+    pub writers: u32,
+    /// Relay processes.
+    pub relays: u32,
+    /// Transactions per second per writer.
+    pub rate: u32,
+}
 
 /// The processes of one bus.
 pub struct Workload {
@@ -24,7 +33,7 @@ pub struct Workload {
 pub fn start(
     world: &World,
     bus: Bus,
-    args: &RunArgs,
+    spec: Spec,
     seed: u64,
     dir: &Path,
     events: &Path,
@@ -57,7 +66,7 @@ pub fn start(
     // Each slot draws its fail points from a generator of its own, seeded from the run's.
     let slot_rng = |n: u64| StdRng::seed_from_u64(seed ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     let bus_n = bus as u64;
-    let writers = (0..args.writers)
+    let writers = (0..spec.writers)
         .map(|id| {
             let name = format!("{}-writer-{id}", bus.name());
             let mut rng = slot_rng(bus_n * 1000 + u64::from(id));
@@ -66,7 +75,7 @@ pub fn start(
                 world.db_url(bus),
                 broker.url(),
                 rolled_back.clone(),
-                args.rate,
+                spec.rate,
             );
             Slot::start(
                 name,
@@ -87,7 +96,7 @@ pub fn start(
                             "--seed",
                             &(seed ^ u64::from(n) ^ (u64::from(id) << 32)).to_string(),
                         ]);
-                    if let Some(fp) = faults::failpoint_for("writer", &mut rng) {
+                    if let Some(fp) = failpoint_for("writer", &mut rng) {
                         cmd.args(["--failpoint", &fp]);
                     }
                     cmd
@@ -95,7 +104,7 @@ pub fn start(
             )
         })
         .collect();
-    let relays = (0..args.relays)
+    let relays = (0..spec.relays)
         .map(|id| {
             let name = format!("{}-relay-{id}", bus.name());
             let mut rng = slot_rng(bus_n * 1000 + 100 + u64::from(id));
@@ -106,7 +115,7 @@ pub fn start(
                 Box::new(move |_| {
                     let mut cmd = new();
                     cmd.args(["relay", "--db-url", &db, "--bus-url", &url]);
-                    if let Some(fp) = faults::failpoint_for("relay", &mut rng) {
+                    if let Some(fp) = failpoint_for("relay", &mut rng) {
                         cmd.args(["--failpoint", &fp]);
                     }
                     cmd
@@ -136,4 +145,38 @@ pub fn start(
         records,
         rolled_back,
     }
+}
+
+/// The fail points of signalbus a process of `role` passes.
+fn failpoints(role: &str) -> &'static [&'static str] {
+    match role {
+        "writer" => &[
+            "signalbus::after-commit",
+            "signalbus::mid-burst",
+            "signalbus::after-publish",
+        ],
+        "relay" => &[
+            "signalbus::mid-burst",
+            "signalbus::after-publish",
+            "signalbus::ordered-locks",
+        ],
+        _ => &[],
+    }
+}
+
+/// For a new process of `role`: with even odds, one fail point that crashes it after a
+/// random number of passes (`name=N*off->1*panic`, the `fail` crate's syntax).
+pub fn failpoint_for(role: &str, rng: &mut impl Rng) -> Option<String> {
+    let points = failpoints(role);
+    if points.is_empty() || !rng.random_bool(0.5) {
+        return None;
+    }
+    let name = points[rng.random_range(0..points.len())];
+    // The ordered lanes pass their fail point at every poll, the others once per burst.
+    let passes: u32 = if name.ends_with("ordered-locks") {
+        rng.random_range(100..3000)
+    } else {
+        rng.random_range(20..600)
+    };
+    Some(format!("{name}={passes}*off->1*panic"))
 }
