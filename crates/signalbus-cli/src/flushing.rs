@@ -1,7 +1,11 @@
 //! The three flush commands: counting what is pending, flushing with progress lines, and
 //! repeating until the caller's [`StopSignal`] fires.
 
-use crate::{CliError, DrainArgs, Outcome, report, select};
+use crate::args::DrainArgs;
+use crate::error::CliError;
+use crate::outcome::Outcome;
+use crate::report;
+use crate::selection::select;
 use signalbus::{Backend, FlushProgress, Selection, SignalBus};
 use std::ops::ControlFlow;
 use std::sync::Arc;

@@ -6,7 +6,10 @@
 //! command fails naming them and changes nothing, not even for the ids that are.
 
 use crate::report::{self, seconds, unreadable};
-use crate::{CliError, Outcome, ParkedArgs, PurgeArgs, SettleArgs, select};
+use crate::args::{ParkedArgs, PurgeArgs, SettleArgs};
+use crate::error::CliError;
+use crate::outcome::Outcome;
+use crate::selection::select;
 use signalbus::{Backend, ParkedRows, ParkedSignal, Selection, SignalBus};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

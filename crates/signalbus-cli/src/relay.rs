@@ -1,7 +1,11 @@
 //! `signalbus relay`: the always-on sender, and its HTTP endpoints (`/metrics`, `/healthz`,
 //! `/readyz`).
 
-use crate::{CliError, Outcome, RelayArgs, StopSignal, select};
+use crate::args::RelayArgs;
+use crate::error::CliError;
+use crate::flushing::StopSignal;
+use crate::outcome::Outcome;
+use crate::selection::select;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;

@@ -1,6 +1,6 @@
 //! What `signals` and `pending` print, and the errors of unreadable tables.
 
-use crate::CliError;
+use crate::error::CliError;
 use signalbus::{Backend, PendingStats, Selection, SignalBus, SignalType};
 use std::fmt::Write as _;
 use std::time::Duration;
