@@ -142,10 +142,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     let mut workloads = BTreeMap::new();
     for &bus in &buses {
-        workloads.insert(
-            bus,
-            workload::start(&world, bus, spec, seed, &dir, &events),
-        );
+        workloads.insert(bus, workload::start(&world, bus, spec, seed, &dir, &events));
     }
     eprintln!("chaos: {} s of faults on {:?}", args.seconds, buses);
 

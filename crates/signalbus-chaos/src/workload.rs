@@ -4,8 +4,8 @@
 use crate::signals::Bus;
 use crate::supervisor::Slot;
 use crate::world::World;
-use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
 /// What a bus' workload is made of (from the run's arguments).

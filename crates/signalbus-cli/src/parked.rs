@@ -5,10 +5,10 @@
 //! checked first against the parked rows of that type: if any is not one of them, the
 //! command fails naming them and changes nothing, not even for the ids that are.
 
-use crate::report::{self, seconds, unreadable};
 use crate::args::{ParkedArgs, PurgeArgs, SettleArgs};
 use crate::error::CliError;
 use crate::outcome::Outcome;
+use crate::report::{self, seconds, unreadable};
 use crate::selection::select;
 use signalbus::{Backend, ParkedRows, ParkedSignal, Selection, SignalBus};
 use std::collections::BTreeSet;

@@ -86,13 +86,18 @@ mod sqlite;
 pub use crate::contract::{Holdback, ParkedRows, ParkedSignal, PendingStats};
 pub use crate::signal::ORDERABLE_COLUMNS;
 pub use backend::Backend;
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "inbox"
+))]
+pub(crate) use backend::Param;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use backend::store;
 pub(crate) use backend::{NewRow, StoredRow};
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use backend::{ParkedRow, sealed};
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite", feature = "inbox"))]
-pub(crate) use backend::Param;
 pub(crate) use repository::millis;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use repository::{json_ids, json_texts};
