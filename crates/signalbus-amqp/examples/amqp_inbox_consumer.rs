@@ -21,6 +21,7 @@
 use signalbus_amqp::consumer::{ConsumerOptions, consume};
 use signalbus_core::Backend;
 use signalbus_core::inbox::{Inbox, Receipt};
+use signalbus_core::storage::{PoolSettings, open_pool};
 use std::io::Write;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -50,23 +51,12 @@ async fn main() -> Result<(), Failure> {
         return Err("usage: amqp_inbox_consumer AMQP_URL QUEUE DATABASE_URL".into());
     };
     let pause = std::env::var_os("INBOX_EXAMPLE_PAUSE_BEFORE_ACK").is_some();
-    match db.split_once(':').map(|(scheme, _)| scheme) {
-        Some("sqlite") => {
-            let options = std::str::FromStr::from_str(&db)
-                .map(|o: sqlx::sqlite::SqliteConnectOptions| o.create_if_missing(true))?;
-            let pool = sqlx::SqlitePool::connect_with(options).await?;
-            run(&url, &queue, pool, pause).await
-        }
-        Some("postgres" | "postgresql") => {
-            run(&url, &queue, sqlx::PgPool::connect(&db).await?, pause).await
-        }
-        Some("mysql" | "mariadb") => {
-            run(&url, &queue, sqlx::MySqlPool::connect(&db).await?, pause).await
-        }
-        _ => Err(
-            format!("unsupported database URL `{db}`: sqlite://, postgres:// or mysql://").into(),
-        ),
-    }
+    // An SQLite file is created on first use.
+    let settings = PoolSettings::new().create_sqlite_file(true);
+    signalbus_core::with_database!(&db, |DB| {
+        let pool = open_pool::<DB>(&db, &settings).await?;
+        run(&url, &queue, pool, pause).await
+    })?
 }
 
 async fn run<DB>(url: &str, queue: &str, pool: sqlx::Pool<DB>, pause: bool) -> Result<(), Failure>

@@ -7,6 +7,7 @@ use lapin::options::{
     BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
+use signalbus_testkit::database::{TestDb, TestServer};
 use signalbus_testkit::example;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -22,54 +23,22 @@ async fn credits(db: &str) -> i64 {
     n
 }
 
-/// A database of its own on a server (`postgres://…` or `mysql://…` without a path), or an
-/// SQLite file in `dir`; and the statement that drops it.
-async fn database(
-    server: Option<&str>,
-    dir: &std::path::Path,
-) -> (String, Option<(String, String)>) {
-    let Some(server) = server else {
-        return (
-            format!("sqlite://{}", dir.join("credits.db").display()),
-            None,
-        );
-    };
-    let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
-    let admin_url = if server.starts_with("postgres") {
-        format!("{server}/postgres")
-    } else {
-        format!("{server}/test")
-    };
-    let admin = sqlx::AnyPool::connect(&admin_url)
-        .await
-        .unwrap_or_else(|e| panic!("the test database server {server} must run: {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    (
-        format!("{server}/{name}"),
-        Some((admin_url, format!("DROP DATABASE {name}"))),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_commit_and_ack_sqlite() {
-    killed_between_commit_and_ack(None).await;
+    killed_between_commit_and_ack::<sqlx::Sqlite>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_commit_and_ack_postgres() {
-    killed_between_commit_and_ack(Some("postgres://postgres@127.0.0.1:5432")).await;
+    killed_between_commit_and_ack::<sqlx::Postgres>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_commit_and_ack_mariadb() {
-    killed_between_commit_and_ack(Some("mysql://root@127.0.0.1:3306")).await;
+    killed_between_commit_and_ack::<sqlx::MySql>().await;
 }
 
-async fn killed_between_commit_and_ack(server: Option<&str>) {
+async fn killed_between_commit_and_ack<DB: TestServer>() {
     sqlx::any::install_default_drivers();
     let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
         .await
@@ -100,11 +69,10 @@ async fn killed_between_commit_and_ack(server: Option<&str>) {
         .unwrap()
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (db, drop_db) = database(server, dir.path()).await;
+    let db = TestDb::<DB>::new(1).await;
 
     // Committed, not acknowledged: SIGKILL.
-    let args = [URL, queue.as_str(), db.as_str()];
+    let args = [URL, queue.as_str(), db.url.as_str()];
     example::kill(example::start_until(
         "amqp_inbox_consumer",
         &args,
@@ -113,7 +81,7 @@ async fn killed_between_commit_and_ack(server: Option<&str>) {
         &id,
     ));
     assert_eq!(
-        credits(&db).await,
+        credits(&db.url).await,
         1,
         "the effect committed before the crash"
     );
@@ -126,7 +94,7 @@ async fn killed_between_commit_and_ack(server: Option<&str>) {
         "duplicate",
         &id,
     ));
-    assert_eq!(credits(&db).await, 1, "applied once");
+    assert_eq!(credits(&db.url).await, 1, "applied once");
     let left = channel
         .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
         .await
@@ -136,11 +104,5 @@ async fn killed_between_commit_and_ack(server: Option<&str>) {
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
-    if let Some((admin, drop)) = drop_db {
-        let admin = sqlx::AnyPool::connect(&admin).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-            .execute(&admin)
-            .await
-            .unwrap();
-    }
+    db.cleanup().await;
 }

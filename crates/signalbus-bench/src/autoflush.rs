@@ -1,7 +1,7 @@
 //! `autoflush`: transactions per second and commit latency, business row alone vs business
 //! row + one signal with auto-flush (commit waits for delivery, as the original does).
 
-use crate::setup::{self, Kind};
+use crate::setup;
 use crate::stats::{Latencies, emit, round2};
 use serde::Serialize;
 use signalbus::{Backend, Signal, SignalBus};
@@ -75,12 +75,11 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(u32::MAX)
         .saturating_add(4)
         .min(90);
-    let url = &args.database_url;
-    match setup::kind(url)? {
-        Kind::Postgres => bench::<Postgres>(setup::pool(url, pool_size).await?, &args).await,
-        Kind::MySql => bench::<MySql>(setup::pool(url, pool_size).await?, &args).await,
-        Kind::Sqlite => bench::<Sqlite>(setup::sqlite_pool(url, pool_size).await?, &args).await,
-    }
+    let (url, settings) = (&args.database_url, setup::pool_settings(pool_size));
+    signalbus::with_database!(url, |DB| {
+        let pool = signalbus::storage::open_pool::<DB>(url, &settings).await?;
+        bench::<DB>(pool, &args).await
+    })?
 }
 
 async fn bench<DB: BenchDb>(pool: Pool<DB>, args: &Args) -> Result<(), Box<dyn std::error::Error>>

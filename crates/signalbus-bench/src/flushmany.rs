@@ -9,7 +9,7 @@
 //! * `bus_ceiling`: synthetic batches of the same messages published through the bus alone,
 //!   no database, so that broker runs can be compared.
 
-use crate::setup::{self, Kind};
+use crate::setup;
 use crate::stats::{emit, round2};
 use signalbus::{Backend, Ident, Message, Publisher, Selection, SignalBus, SignalType};
 use sqlx::{MySql, Pool, Postgres, Sqlite};
@@ -49,12 +49,11 @@ const TABLE: &str = "bench_flush";
 const RAW: &str = "bench_raw";
 
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let url = &args.database_url;
-    match setup::kind(url)? {
-        Kind::Postgres => bench::<Postgres>(setup::pool(url, 4).await?, &args).await,
-        Kind::MySql => bench::<MySql>(setup::pool(url, 4).await?, &args).await,
-        Kind::Sqlite => bench::<Sqlite>(setup::sqlite_pool(url, 4).await?, &args).await,
-    }
+    let (url, settings) = (&args.database_url, setup::pool_settings(4));
+    signalbus::with_database!(url, |DB| {
+        let pool = signalbus::storage::open_pool::<DB>(url, &settings).await?;
+        bench::<DB>(pool, &args).await
+    })?
 }
 
 fn signal_type(burst: usize) -> SignalType {

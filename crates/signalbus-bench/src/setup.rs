@@ -1,6 +1,8 @@
 //! Connecting to the database named by URL, with a bench table, on any backend.
 
+use signalbus::storage::{DatabaseKind, PoolSettings};
 use signalbus::{BoxPublisher, PublisherExt, publisher::MemoryPublisher};
+use std::time::Duration;
 
 /// The bus chosen by `--bus`: `memory` keeps messages in memory (and counts them).
 pub async fn publisher(url: &str) -> signalbus::Result<(BoxPublisher, Option<MemoryPublisher>)> {
@@ -11,45 +13,22 @@ pub async fn publisher(url: &str) -> signalbus::Result<(BoxPublisher, Option<Mem
     Ok((signalbus::connect_bus(url).await?, None))
 }
 
-/// Which database a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Postgres,
-    MySql,
-    Sqlite,
+/// A pool of `size` connections on the database a URL names (`signalbus::storage::open_pool`);
+/// on SQLite a file created when missing, WAL, normal sync, a long busy timeout for many
+/// writers.
+pub fn pool_settings(size: u32) -> PoolSettings {
+    PoolSettings::new()
+        .max_connections(size)
+        .create_sqlite_file(true)
+        .sqlite_wal(true)
+        .busy_timeout(Duration::from_secs(60))
 }
 
-pub fn kind(url: &str) -> Result<Kind, String> {
-    match url.split(':').next() {
-        Some("postgres" | "postgresql") => Ok(Kind::Postgres),
-        Some("mysql" | "mariadb") => Ok(Kind::MySql),
-        Some("sqlite") => Ok(Kind::Sqlite),
-        _ => Err(format!(
-            "unsupported database URL `{}`: use postgres://, mysql:// or sqlite:",
-            signalbus::redact::redact_url(url)
-        )),
-    }
-}
-
-/// A pool of `size` connections to a PostgreSQL or MySQL URL.
+/// A pool of `size` connections to a PostgreSQL URL.
 pub async fn pool<DB: sqlx::Database>(url: &str, size: u32) -> Result<sqlx::Pool<DB>, sqlx::Error> {
     sqlx::pool::PoolOptions::<DB>::new()
         .max_connections(size)
         .connect(url)
-        .await
-}
-
-/// A pool on a SQLite file: WAL, normal sync, a long busy timeout for many writers.
-pub async fn sqlite_pool(url: &str, size: u32) -> Result<sqlx::SqlitePool, sqlx::Error> {
-    let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
-    let options = options
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-        .busy_timeout(std::time::Duration::from_secs(60));
-    sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(size)
-        .connect_with(options)
         .await
 }
 
@@ -60,7 +39,7 @@ pub async fn postgres_only(
     size: u32,
     what: &str,
 ) -> Result<sqlx::PgPool, Box<dyn std::error::Error>> {
-    if kind(url)? != Kind::Postgres {
+    if DatabaseKind::of(url)? != DatabaseKind::Postgres {
         return Err(format!("{what} runs on PostgreSQL").into());
     }
     Ok(pool(url, size).await?)

@@ -7,14 +7,18 @@
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use signalbus::redact::redact_url;
-use signalbus::{Backend, BoxPublisher, PublisherExt, SignalBus, publisher::MemoryPublisher};
+use signalbus::storage::{PoolSettings, open_pool};
+use signalbus::{
+    Backend, BoxPublisher, PublisherExt, Relay, SignalBus, publisher::MemoryPublisher,
+};
 use signalbus_cli::config::Config;
 use signalbus_cli::{
     CliError, Command, Outcome, RelayServer, SignalbusArgs, StopSignal, positive_seconds,
     start_relay,
 };
-use sqlx::{MySql, Postgres, Sqlite};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -277,11 +281,12 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
             if urls.len() > 1 {
                 eprintln!("signalbus: database `{}`", redact_url(url));
             }
-            let pool = AnyPool::open(url, &cli, lazy).await?;
-            let done = on_pool!(pool, |pool| {
+            let done = signalbus::with_database!(url, |DB| {
+                let pool = open::<DB>(url, &cli, lazy).await?;
                 let bus = settings.bus(pool, &config, publisher.clone(), url)?;
                 signalbus_cli::run(&bus, &cli.signalbus.command, &stop).await
-            })?;
+            })
+            .map_err(|e| CliError::msg(e.to_string()))??;
             match done {
                 Outcome::Stopped => return Ok(Outcome::Stopped),
                 Outcome::Refused => outcome = Outcome::Refused,
@@ -295,20 +300,25 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
     let publisher = settings.publisher(&cli, true).await?;
     // Every database is reached before any relay starts: one that is down fails the start
     // with nothing sent anywhere.
-    let mut pools = Vec::with_capacity(urls.len());
+    let mut starts: Vec<Starting<'_>> = Vec::with_capacity(urls.len());
     for url in &urls {
-        pools.push((AnyPool::open(url, &cli, false).await?, url));
+        let start = signalbus::with_database!(url, |DB| {
+            let pool = open::<DB>(url, &cli, false).await?;
+            let bus = settings.bus(pool, &config, publisher.clone(), url)?;
+            Box::pin(async move { start_relay(&bus, args).await }) as Starting<'_>
+        })
+        .map_err(|e| CliError::msg(e.to_string()))?;
+        starts.push(start);
     }
     let mut relays = Vec::with_capacity(urls.len());
-    for (pool, url) in pools {
-        let relay = on_pool!(pool, |pool| {
-            let bus = settings.bus(pool, &config, publisher.clone(), url)?;
-            start_relay(&bus, args).await
-        })?;
-        relays.push(relay);
+    for start in starts {
+        relays.push(start.await?);
     }
     server.run(relays, args, &stop).await
 }
+
+/// A relay about to start, on whichever database (one type for all of them).
+type Starting<'a> = Pin<Box<dyn Future<Output = Result<Relay, CliError>> + 'a>>;
 
 fn cannot_connect(url: &str, e: sqlx::Error) -> CliError {
     CliError::caused(
@@ -317,80 +327,26 @@ fn cannot_connect(url: &str, e: sqlx::Error) -> CliError {
     )
 }
 
-/// A pool of whichever database a URL names.
-enum AnyPool {
-    Postgres(sqlx::Pool<Postgres>),
-    MySql(sqlx::Pool<MySql>),
-    Sqlite(sqlx::Pool<Sqlite>),
-}
-
-/// Run `$body` with `$pool` bound to the typed pool inside an [`AnyPool`].
-macro_rules! on_pool {
-    ($any:expr, |$pool:ident| $body:expr) => {
-        match $any {
-            AnyPool::Postgres($pool) => $body,
-            AnyPool::MySql($pool) => $body,
-            AnyPool::Sqlite($pool) => $body,
-        }
-    };
-}
-use on_pool;
-
-impl AnyPool {
-    async fn open(url: &str, cli: &Cli, lazy: bool) -> Result<Self, CliError> {
-        match url.split(':').next().unwrap_or_default() {
-            "postgres" | "postgresql" => Ok(AnyPool::Postgres(
-                connect(url, lazy, cli.max_connections).await?,
-            )),
-            "mysql" | "mariadb" => Ok(AnyPool::MySql(
-                connect(url, lazy, cli.max_connections).await?,
-            )),
-            "sqlite" => {
-                let options: sqlx::sqlite::SqliteConnectOptions = url.parse().map_err(|e| {
-                    CliError::caused(format!("bad database URL `{}`", redact_url(url)), e)
-                })?;
-                let options = options
-                    .create_if_missing(matches!(cli.signalbus.command, Command::Migrate))
-                    .busy_timeout(Duration::from_secs(30));
-                let pool = sqlx::sqlite::SqlitePoolOptions::new()
-                    .max_connections(cli.max_connections)
-                    .acquire_timeout(Duration::from_secs(30));
-                Ok(AnyPool::Sqlite(if lazy {
-                    pool.connect_lazy_with(options)
-                } else {
-                    pool.connect_with(options)
-                        .await
-                        .map_err(|e| cannot_connect(url, e))?
-                }))
-            }
-            _ => Err(CliError::msg(format!(
-                "unsupported database URL `{}`: use postgres://, mysql:// or sqlite:PATH",
-                redact_url(url)
-            ))),
-        }
+/// A pool on the database `url` names (`DB`). On a server, one connection first, alone: the
+/// pool would retry a refused connection until its acquire timeout and then report only that
+/// it timed out, not why.
+async fn open<DB: Backend>(url: &str, cli: &Cli, lazy: bool) -> Result<sqlx::Pool<DB>, CliError> {
+    // SQLite has no server to ask, and `migrate` may create its file.
+    if !lazy && DB::NAME != "SQLite" {
+        first_connection::<DB>(url).await?;
     }
-}
-
-async fn connect<DB: sqlx::Database>(
-    url: &str,
-    lazy: bool,
-    max_connections: u32,
-) -> Result<sqlx::Pool<DB>, CliError> {
-    let options = sqlx::pool::PoolOptions::<DB>::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(30));
-    if lazy {
-        return options
-            .connect_lazy(url)
-            .map_err(|e| cannot_connect(url, e));
-    }
-    // One connection first, alone: the pool would retry a refused connection until its
-    // acquire timeout and then report only that it timed out, not why.
-    first_connection::<DB>(url).await?;
-    options
-        .connect(url)
-        .await
-        .map_err(|e| cannot_connect(url, e))
+    let settings = PoolSettings::new()
+        .max_connections(cli.max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .lazy(lazy)
+        .create_sqlite_file(matches!(cli.signalbus.command, Command::Migrate))
+        .busy_timeout(Duration::from_secs(30));
+    open_pool::<DB>(url, &settings).await.map_err(|e| match e {
+        sqlx::Error::Configuration(_) => {
+            CliError::caused(format!("bad database URL `{}`", redact_url(url)), e)
+        }
+        e => cannot_connect(url, e),
+    })
 }
 
 /// How long the first connection to a database may take before the command gives up.

@@ -1,9 +1,12 @@
 //! Test support shared by the workspace's broker tests (the publisher crates' own tests, the
 //! facade's end-to-end tests and the fault-injection harness), so that each helper exists
-//! once: private servers to stop and restart, a fault-injecting TCP proxy. Not published.
+//! once: private servers to stop and restart, a fault-injecting TCP proxy, a database of its
+//! own per test (feature `databases`). Not published.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "databases")]
+pub mod database;
 pub mod example;
 pub mod kafka;
 pub mod nats;

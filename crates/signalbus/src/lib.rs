@@ -76,6 +76,8 @@ pub use signalbus_core::{
     SignalType, TableRow, Transaction, json_body,
 };
 pub use signalbus_core::{atomic, locking, metrics, prepared, publisher, relay, storage};
+// The database a URL names, chosen once for the command line, the benchmarks and tools.
+pub use signalbus_core::with_database;
 
 #[cfg(feature = "inbox")]
 #[cfg_attr(docsrs, doc(cfg(feature = "inbox")))]

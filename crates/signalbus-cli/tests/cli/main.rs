@@ -107,15 +107,3 @@ pub async fn insert_sqlite(pool: &sqlx::SqlitePool, table: &str, bodies: &[&str]
         .unwrap();
     }
 }
-
-/// The URL of a test server: `var` from the environment, or `default`.
-pub fn server(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
-
-/// `server` with its database replaced by `db`.
-pub fn with_database(server: &str, db: &str) -> String {
-    let mut url = url::Url::parse(server).unwrap();
-    url.set_path(db);
-    url.to_string()
-}

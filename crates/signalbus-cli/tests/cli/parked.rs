@@ -2,7 +2,8 @@
 //! parked by a real flush (a row that is not a valid signal is parked at once) on SQLite, and
 //! parked by hand on PostgreSQL.
 
-use crate::{Scratch, TWO_TYPES, insert_sqlite, received, server, text, with_database};
+use crate::{Scratch, TWO_TYPES, insert_sqlite, received, text};
+use signalbus_testkit::database::TestDb;
 use std::process::Output;
 
 /// Exit status 1 and one line on standard error that contains `expect`; returns that line.
@@ -300,22 +301,10 @@ fn parked_count(s: &Scratch, url: &str) -> u64 {
 /// attempt): listed, counted, unparked and sent; a purge by id.
 #[tokio::test]
 async fn parked_signals_on_postgres() {
-    let server = server(
-        "SIGNALBUS_TEST_POSTGRES_URL",
-        "postgres://postgres@127.0.0.1:5432/postgres",
-    );
-    let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&server)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL (SIGNALBUS_TEST_POSTGRES_URL) must run: {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let url = with_database(&server, &name);
+    let db = TestDb::<sqlx::Postgres>::new(2).await;
+    let (url, pool) = (db.url.clone(), db.pool.clone());
     let s = Scratch::new(TWO_TYPES);
     succeeds(&s.run(&url, &["migrate"]));
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO alpha_signal (topic, body) VALUES ('t', 'one'), ('t', 'two') RETURNING id",
     )
@@ -376,11 +365,5 @@ async fn parked_signals_on_postgres() {
         .unwrap();
     assert_eq!(left, 0);
 
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    db.cleanup().await;
 }

@@ -1,6 +1,7 @@
 //! Several `signalbus flushmany` processes on one backlog: every row sent exactly once.
 
-use crate::{Scratch, received, server, text, with_database};
+use crate::{Scratch, received, text};
+use signalbus_testkit::database::{TestDb, TestServer};
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Instant;
@@ -50,56 +51,33 @@ fn drain_with_processes(s: &Scratch, db_url: &str, rows: usize, processes: usize
     assert!((1..=rows).all(|n| counts.contains_key(&n.to_string())));
 }
 
-/// A fresh database on a server, `migrate`d, filled with 100,000 rows by `fill`, drained by
-/// four processes, then dropped (`DROP DATABASE … drop_suffix`).
-async fn drain_100k_on_server<DB: sqlx::Database>(
-    var: &str,
-    default: &str,
-    fill: &'static str,
-    drop_suffix: &str,
-) where
+/// A fresh database on a server (the test kit's), `migrate`d, filled with 100,000 rows by
+/// `fill`, drained by four processes, then dropped.
+async fn drain_100k_on_server<DB: TestServer>(fill: &'static str)
+where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     DB::Arguments: sqlx::IntoArguments<DB>,
     i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
-    let server = server(var, default);
-    let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::Pool::<DB>::connect(&server)
-        .await
-        .unwrap_or_else(|e| panic!("the database server of {var} must run: {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let url = with_database(&server, &name);
+    let db = TestDb::<DB>::new(2).await;
     let s = Scratch::new(BULK);
-    assert!(s.run(&url, &["migrate"]).status.success());
-    let pool = sqlx::Pool::<DB>::connect(&url).await.unwrap();
-    sqlx::query(fill).execute(&pool).await.unwrap();
-    drain_with_processes(&s, &url, 100_000, 4);
+    assert!(s.run(&db.url, &["migrate"]).status.success());
+    sqlx::query(fill).execute(&db.pool).await.unwrap();
+    drain_with_processes(&s, &db.url, 100_000, 4);
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bulk")
-        .fetch_one(&pool)
+        .fetch_one(&db.pool)
         .await
         .unwrap();
     assert_eq!(left, 0, "table empty");
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} {drop_suffix}"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    db.cleanup().await;
 }
 
 #[tokio::test]
 async fn four_flushmany_processes_drain_100k_postgres() {
     drain_100k_on_server::<sqlx::Postgres>(
-        "SIGNALBUS_TEST_POSTGRES_URL",
-        "postgres://postgres@127.0.0.1:5432/postgres",
         "INSERT INTO bulk (topic, body) SELECT 'bulk', convert_to(g::text, 'UTF8') \
          FROM generate_series(1, 100000) AS g",
-        "WITH (FORCE)",
     )
     .await;
 }
@@ -107,10 +85,7 @@ async fn four_flushmany_processes_drain_100k_postgres() {
 #[tokio::test]
 async fn four_flushmany_processes_drain_100k_mariadb() {
     drain_100k_on_server::<sqlx::MySql>(
-        "SIGNALBUS_TEST_MYSQL_URL",
-        "mysql://root@127.0.0.1:3306/test",
         "INSERT INTO bulk (topic, body) SELECT 'bulk', CAST(seq AS CHAR) FROM seq_1_to_100000",
-        "",
     )
     .await;
 }

@@ -3,42 +3,37 @@
 //! two databases and one going down does not stop the other, `/metrics` and `/readyz` read
 //! with a real HTTP client, and bad input is one clear line.
 
-use crate::{Scratch, TWO_TYPES, received, server, text, with_database};
+use crate::{Scratch, TWO_TYPES, received, text};
+use signalbus_testkit::database::TestDb;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BULK: &str = "[[signal]]\nname = \"bulk\"\n";
-const PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// A fresh PostgreSQL database, dropped by [`PgDb::drop`].
+/// A fresh PostgreSQL database (the test kit's), dropped by [`PgDb::drop`].
 struct PgDb {
+    db: TestDb<sqlx::Postgres>,
+    /// The server's own database, to refuse and allow connections to this one.
     admin: sqlx::PgPool,
-    name: String,
-    url: String,
-    pool: sqlx::PgPool,
+}
+
+impl std::ops::Deref for PgDb {
+    type Target = TestDb<sqlx::Postgres>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.db
+    }
 }
 
 impl PgDb {
     async fn new() -> Self {
-        let server = server("SIGNALBUS_TEST_POSTGRES_URL", PG);
-        let admin = sqlx::PgPool::connect(&server)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL must run: {e}"));
-        let name = format!("sbtest_{}", uuid::Uuid::new_v4().simple());
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
+        let db = TestDb::<sqlx::Postgres>::new(4).await;
+        let admin = sqlx::PgPool::connect(db.server().expect("a server database"))
             .await
             .unwrap();
-        let url = with_database(&server, &name);
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        PgDb {
-            admin,
-            name,
-            url,
-            pool,
-        }
+        PgDb { db, admin }
     }
 
     async fn fill(&self, table: &str, from: i64, to: i64) {
@@ -93,14 +88,8 @@ impl PgDb {
     }
 
     async fn drop(self) {
-        self.pool.close().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&self.admin)
-        .await
-        .unwrap();
+        self.admin.close().await;
+        self.db.cleanup().await;
     }
 }
 
@@ -251,10 +240,8 @@ async fn one_relay_serves_two_databases_and_one_down_does_not_stop_the_other() {
     two.until_empty("bulk", Duration::from_secs(20)).await;
     // And the first is served again once it is back.
     one.allow_connections().await;
-    let one = PgDb {
-        pool: sqlx::PgPool::connect(&one.url).await.unwrap(),
-        ..one
-    };
+    let mut one = one;
+    one.db.pool = sqlx::PgPool::connect(&one.url).await.unwrap();
     one.fill("bulk", 301, 400).await;
     one.until_empty("bulk", Duration::from_secs(30)).await;
     let got = bodies(&[&s.path("out.jsonl")]);

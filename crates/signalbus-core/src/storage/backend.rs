@@ -177,6 +177,13 @@ pub(crate) mod sealed {
             pool: &sqlx::Pool<Self>,
         ) -> impl Future<Output = Result<Option<Box<dyn crate::storage::listen::Listen>>>> + Send;
 
+        /// The connect options of `url` with `settings` ([`crate::storage::open_pool`]):
+        /// what differs per database is SQLite's file.
+        fn connect_options(
+            url: &str,
+            settings: &crate::storage::PoolSettings,
+        ) -> std::result::Result<<Self::Connection as sqlx::Connection>::Options, sqlx::Error>;
+
         /// Run `sql` with `args` and decode the first row, if any (the row helpers).
         fn fetch_optional_with<R>(
             conn: &mut Self::Connection,
@@ -190,9 +197,10 @@ pub(crate) mod sealed {
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 /// Implements [`sealed::Store`] and [`Backend`] for one database; `$ids` turns a `&[i64]` into
-/// the value bound for [`Param::Ids`], `$insert` is `returning` or `last_insert_id`.
+/// the value bound for [`Param::Ids`], `$insert` is `returning` or `last_insert_id`,
+/// `$connect` makes the connect options of a URL.
 macro_rules! store {
-    ($db:ty, $dialect:expr, ids: $ids:expr, texts: $texts:expr, insert: $insert:ident, listen: $listen:path, feature: $feature:literal) => {
+    ($db:ty, $dialect:expr, ids: $ids:expr, texts: $texts:expr, insert: $insert:ident, listen: $listen:path, connect: $connect:path, feature: $feature:literal) => {
         #[allow(private_interfaces)]
         impl $crate::storage::sealed::Store for $db {
             const DIALECT: &'static $crate::storage::dialect::Dialect = &$dialect;
@@ -292,6 +300,16 @@ macro_rules! store {
                 pool: &sqlx::Pool<$db>,
             ) -> $crate::error::Result<Option<Box<dyn $crate::storage::listen::Listen>>> {
                 $listen(pool).await
+            }
+
+            fn connect_options(
+                url: &str,
+                settings: &$crate::storage::PoolSettings,
+            ) -> ::std::result::Result<
+                <<$db as sqlx::Database>::Connection as sqlx::Connection>::Options,
+                sqlx::Error,
+            > {
+                $connect(url, settings)
             }
 
             async fn fetch_optional_with<R>(

@@ -70,6 +70,7 @@
 //!   ordered type from one transaction at a time.
 
 mod backend;
+pub(crate) mod database_url;
 pub(crate) mod dialect;
 pub(crate) mod listen;
 mod repository;
@@ -98,6 +99,9 @@ pub(crate) use backend::store;
 pub(crate) use backend::{NewRow, StoredRow};
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use backend::{ParkedRow, sealed};
+#[doc(hidden)]
+pub use database_url::__backends;
+pub use database_url::{DatabaseKind, PoolSettings, UnknownDatabase, open_pool};
 pub(crate) use repository::millis;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use repository::{json_ids, json_texts};

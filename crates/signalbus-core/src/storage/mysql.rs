@@ -136,4 +136,4 @@ fn begin_atomic(level: Isolation, _: SqliteBegin) -> Option<&'static str> {
     }
 }
 
-super::store!(MySql, DIALECT, ids: json_ids, texts: super::json_texts, insert: last_insert_id, listen: crate::storage::listen::no_listener, feature: "mysql");
+super::store!(MySql, DIALECT, ids: json_ids, texts: super::json_texts, insert: last_insert_id, listen: crate::storage::listen::no_listener, connect: crate::storage::database_url::server_options, feature: "mysql");

@@ -161,4 +161,4 @@ fn ids(ids: &[i64]) -> &[i64] {
     ids
 }
 
-super::store!(Postgres, DIALECT, ids: ids, texts: texts, insert: returning, listen: crate::storage::listen::postgres::listener, feature: "postgres");
+super::store!(Postgres, DIALECT, ids: ids, texts: texts, insert: returning, listen: crate::storage::listen::postgres::listener, connect: crate::storage::database_url::server_options, feature: "postgres");

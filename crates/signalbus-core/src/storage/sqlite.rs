@@ -107,4 +107,4 @@ fn begin_atomic(_: Isolation, begin: SqliteBegin) -> Option<&'static str> {
     })
 }
 
-super::store!(Sqlite, DIALECT, ids: json_ids, texts: super::json_texts, insert: returning, listen: crate::storage::listen::no_listener, feature: "sqlite");
+super::store!(Sqlite, DIALECT, ids: json_ids, texts: super::json_texts, insert: returning, listen: crate::storage::listen::no_listener, connect: crate::storage::database_url::sqlite_options, feature: "sqlite");

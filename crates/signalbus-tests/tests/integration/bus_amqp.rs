@@ -11,7 +11,8 @@ use signalbus_testkit::rabbitmq::close_connection_named;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-struct Amqp {
+/// The RabbitMQ fixture; the relay's tests use it too (`relay.rs`, `relay_keyed_brokers.rs`).
+pub struct Amqp {
     _conn: Connection,
     channel: Channel,
     exchange: String,
@@ -19,7 +20,7 @@ struct Amqp {
 }
 
 impl Amqp {
-    async fn new() -> Amqp {
+    pub async fn new() -> Amqp {
         let conn = Connection::connect(URL, ConnectionProperties::default())
             .await
             .expect("RabbitMQ must run on 127.0.0.1:5672 (rabbitmq-server -detached)");
@@ -158,27 +159,6 @@ on_every_database!(amqp_end_to_end);
 
 async fn amqp_end_to_end<DB: TestBackend>() {
     end_to_end::<DB, _>(Amqp::new().await).await;
-}
-
-on_every_database!(amqp_relay);
-
-async fn amqp_relay<DB: TestBackend>()
-where
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-{
-    crate::relay::relayed::<DB, _>(Amqp::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn amqp_keyed_order_postgres() {
-    use crate::keyed_brokers::{Relays, keyed_relayed};
-    keyed_relayed(Amqp::new().await, Relays::InProcess).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn amqp_keyed_order_postgres_relay_processes() {
-    use crate::keyed_brokers::{Relays, keyed_relayed};
-    keyed_relayed(Amqp::new().await, Relays::Processes).await;
 }
 
 #[tokio::test]

@@ -7,12 +7,13 @@ use crate::on_every_database;
 use rdkafka::message::Message as _;
 use signalbus_testkit::kafka::{SERVERS, create_topic, delete_topic, header, read_topic};
 
-struct Kafka {
+/// The Kafka fixture; the relay's tests use it too (`relay.rs`, `relay_keyed_brokers.rs`).
+pub struct Kafka {
     suffix: String,
 }
 
 impl Kafka {
-    async fn new() -> Kafka {
+    pub async fn new() -> Kafka {
         let fx = Kafka {
             suffix: uuid::Uuid::new_v4().simple().to_string(),
         };
@@ -63,27 +64,6 @@ on_every_database!(kafka_end_to_end);
 
 async fn kafka_end_to_end<DB: TestBackend>() {
     end_to_end::<DB, _>(Kafka::new().await).await;
-}
-
-on_every_database!(kafka_relay);
-
-async fn kafka_relay<DB: TestBackend>()
-where
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-{
-    crate::relay::relayed::<DB, _>(Kafka::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kafka_keyed_order_postgres() {
-    use crate::keyed_brokers::{Relays, keyed_relayed};
-    keyed_relayed(Kafka::new().await, Relays::InProcess).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kafka_keyed_order_postgres_relay_processes() {
-    use crate::keyed_brokers::{Relays, keyed_relayed};
-    keyed_relayed(Kafka::new().await, Relays::Processes).await;
 }
 
 #[tokio::test]

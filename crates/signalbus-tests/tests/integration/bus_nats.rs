@@ -8,13 +8,14 @@ use async_nats::jetstream::{self, stream};
 
 const URL: &str = "nats://127.0.0.1:4222";
 
-struct Nats {
+/// The NATS fixture; the relay's tests use it too (`relay.rs`, `relay_keyed_brokers.rs`).
+pub struct Nats {
     js: jetstream::Context,
     suffix: String,
 }
 
 impl Nats {
-    async fn new() -> Nats {
+    pub async fn new() -> Nats {
         let client = async_nats::connect(URL)
             .await
             .expect("NATS must run on 127.0.0.1:4222 with -js");
@@ -93,27 +94,6 @@ on_every_database!(nats_end_to_end);
 
 async fn nats_end_to_end<DB: TestBackend>() {
     end_to_end::<DB, _>(Nats::new().await).await;
-}
-
-on_every_database!(nats_relay);
-
-async fn nats_relay<DB: TestBackend>()
-where
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-{
-    crate::relay::relayed::<DB, _>(Nats::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nats_keyed_order_postgres() {
-    use crate::keyed_brokers::{Relays, keyed_relayed};
-    keyed_relayed(Nats::new().await, Relays::InProcess).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nats_keyed_order_postgres_relay_processes() {
-    use crate::keyed_brokers::{Relays, keyed_relayed};
-    keyed_relayed(Nats::new().await, Relays::Processes).await;
 }
 
 #[tokio::test]

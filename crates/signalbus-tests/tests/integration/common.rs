@@ -1,28 +1,19 @@
-//! Test databases: every test gets its own PostgreSQL / MariaDB database or SQLite file, so
-//! runs never collide. Servers come from SIGNALBUS_TEST_POSTGRES_URL and
-//! SIGNALBUS_TEST_MYSQL_URL (defaults: the local servers); a server that is not reachable
-//! fails the test with a message that says how to start it, never skips it.
+//! What the tests need of each database beyond a database of their own (the test kit's
+//! [`TestDb`], one per test on PostgreSQL, MariaDB or SQLite): a business table, row counts,
+//! the order key of a transaction.
 
 use signalbus::Backend;
+pub use signalbus_testkit::database::{TestDb, TestServer};
 use sqlx::{MySql, Pool, Postgres, Sqlite};
 use std::future::Future;
 use std::time::Duration;
 
-pub fn unique_name(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
-}
-
-/// A database of one test, dropped by [`TestDb::cleanup`].
-pub struct TestDb<DB: sqlx::Database> {
-    pub pool: Pool<DB>,
-    pub url: String,
-    admin: Option<(String, String)>,
-    _dir: Option<tempfile::TempDir>,
-}
-
 /// What the tests need from each database beyond the signal tables: a business table.
-pub trait TestBackend: Backend {
-    fn create(max_connections: u32) -> impl Future<Output = TestDb<Self>> + Send;
+pub trait TestBackend: Backend + TestServer {
+    /// A fresh database of this test (the test kit's [`TestServer`]).
+    fn create(max_connections: u32) -> impl Future<Output = TestDb<Self>> + Send {
+        Self::fresh(max_connections)
+    }
     fn create_business_table(pool: &Pool<Self>) -> impl Future<Output = ()> + Send;
     fn insert_business(
         conn: &mut Self::Connection,
@@ -40,95 +31,7 @@ pub trait TestBackend: Backend {
     fn order_key(conn: &mut Self::Connection) -> impl Future<Output = i64> + Send;
 }
 
-fn server_url(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let mut parsed = url::Url::parse(url).expect("valid test server URL");
-    parsed.set_path(db);
-    parsed.to_string()
-}
-
-async fn admin<DB: sqlx::Database>(url: &str, var: &str, start: &str) -> Pool<DB> {
-    sqlx::pool::PoolOptions::<DB>::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot reach the test database server at {} ({e}); start it ({start}) or point {var} at one",
-                signalbus::redact::redact_url(url)
-            )
-        })
-}
-
-impl<DB: sqlx::Database> TestDb<DB> {
-    pub async fn cleanup(self) {
-        self.pool.close().await;
-        if let Some((url, stmt)) = self.admin {
-            if url.starts_with("postgres") {
-                let admin: Pool<Postgres> = admin(&url, "", "").await;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(stmt))
-                    .execute(&admin)
-                    .await
-                    .expect("drop test database");
-            } else {
-                let admin: Pool<MySql> = admin(&url, "", "").await;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(stmt))
-                    .execute(&admin)
-                    .await
-                    .expect("drop test database");
-            }
-        }
-    }
-}
-
-/// A fresh database on a server: created through `admin_pool`, dropped (with `drop_suffix`)
-/// by [`TestDb::cleanup`].
-async fn server_db<DB: sqlx::Database>(
-    admin_pool: Pool<DB>,
-    server: String,
-    max_connections: u32,
-    drop_suffix: &str,
-) -> TestDb<DB>
-where
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-{
-    let name = unique_name("sbtest");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
-    admin_pool.close().await;
-    let url = with_database(&server, &name);
-    let pool = sqlx::pool::PoolOptions::<DB>::new()
-        .max_connections(max_connections)
-        .connect(&url)
-        .await
-        .unwrap();
-    let drop = format!("DROP DATABASE IF EXISTS {name} {drop_suffix}");
-    TestDb {
-        pool,
-        url,
-        admin: Some((server, drop)),
-        _dir: None,
-    }
-}
-
-const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const PG_START: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
-const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
-const MYSQL_START: &str =
-    "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd";
-
 impl TestBackend for Postgres {
-    async fn create(max_connections: u32) -> TestDb<Self> {
-        let server = server_url("SIGNALBUS_TEST_POSTGRES_URL", PG_DEFAULT);
-        let admin_pool = admin(&server, "SIGNALBUS_TEST_POSTGRES_URL", PG_START).await;
-        server_db(admin_pool, server, max_connections, "WITH (FORCE)").await
-    }
     async fn create_business_table(pool: &Pool<Self>) {
         sqlx::query("CREATE TABLE orders (id BIGINT PRIMARY KEY, note TEXT)")
             .execute(pool)
@@ -167,11 +70,6 @@ impl TestBackend for Postgres {
 }
 
 impl TestBackend for MySql {
-    async fn create(max_connections: u32) -> TestDb<Self> {
-        let server = server_url("SIGNALBUS_TEST_MYSQL_URL", MYSQL_DEFAULT);
-        let admin_pool = admin(&server, "SIGNALBUS_TEST_MYSQL_URL", MYSQL_START).await;
-        server_db(admin_pool, server, max_connections, "").await
-    }
     async fn create_business_table(pool: &Pool<Self>) {
         sqlx::query("CREATE TABLE orders (id BIGINT PRIMARY KEY, note TEXT)")
             .execute(pool)
@@ -213,27 +111,6 @@ impl TestBackend for MySql {
 }
 
 impl TestBackend for Sqlite {
-    async fn create(max_connections: u32) -> TestDb<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("test.db");
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30));
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .connect_with(options)
-            .await
-            .unwrap();
-        TestDb {
-            pool,
-            url: format!("sqlite:{}", path.display()),
-            admin: None,
-            _dir: Some(dir),
-        }
-    }
     async fn create_business_table(pool: &Pool<Self>) {
         sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT)")
             .execute(pool)

@@ -75,11 +75,7 @@ async fn crash_child() {
     let Ok(url) = std::env::var(CHILD_URL) else {
         return;
     };
-    match url.split(':').next() {
-        Some("postgres") => child::<sqlx::Postgres>(&url).await,
-        Some("mysql") => child::<sqlx::MySql>(&url).await,
-        _ => child::<sqlx::Sqlite>(&url).await,
-    }
+    signalbus::with_database!(&url, |DB| child::<DB>(&url).await).unwrap();
 }
 
 async fn killed_after_commit_loses_nothing<DB: TestBackend>() {

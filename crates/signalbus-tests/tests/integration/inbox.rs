@@ -1,10 +1,12 @@
 //! The consumer inbox on every database: a message delivered three times, and to two
 //! consumers at once, has its effects applied once; a rolled-back first attempt leaves the
-//! message to the next copy; consumer names are independent; old ids are pruned in batches.
+//! message to the next copy; consumer names are independent; old ids are pruned in batches
+//! (each statement deletes at most the batch).
 
-use crate::common::TestBackend;
+use crate::common::{TestBackend, TestDb};
 use crate::on_every_database;
-use signalbus::inbox::{Inbox, Receipt};
+use signalbus::inbox::{DEFAULT_INBOX_TABLE, Inbox, Receipt};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One delivery: record the id and, the first time, apply the effect (an `orders` row with a
@@ -22,6 +24,41 @@ async fn deliver<DB: TestBackend>(
     }
     tx.commit().await.unwrap();
     receipt
+}
+
+/// `inbox.prune(pool, Duration::ZERO, batch)` on a pool of its own, whose one connection
+/// notes how many ids the table holds each time prune takes it for its next statement: prune's
+/// total, and the rows each statement deleted, in order.
+async fn prune_batches<DB: TestBackend>(
+    db: &TestDb<DB>,
+    inbox: &Inbox<DB>,
+    batch: u32,
+) -> (u64, Vec<i64>) {
+    let counts = Arc::new(Mutex::new(Vec::new()));
+    let (main, log) = (db.pool.clone(), counts.clone());
+    let pool = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(1)
+        .before_acquire(move |_, _| {
+            let (main, log) = (main.clone(), log.clone());
+            Box::pin(async move {
+                let left = DB::count_rows(&main, DEFAULT_INBOX_TABLE).await;
+                log.lock().unwrap().push(left);
+                Ok::<_, sqlx::Error>(true)
+            })
+        })
+        .connect(&db.url)
+        .await
+        .unwrap();
+    // `before_acquire` runs when a connection is taken from the idle ones, not when it is
+    // opened: open the one connection now (and forget what this acquire noted, if anything),
+    // so that each of prune's statements is noted once.
+    drop(pool.acquire().await.unwrap());
+    counts.lock().unwrap().clear();
+    let total = inbox.prune(&pool, Duration::ZERO, batch).await.unwrap();
+    pool.close().await;
+    let mut left = counts.lock().unwrap().clone();
+    left.push(DB::count_rows(&db.pool, DEFAULT_INBOX_TABLE).await);
+    (total, left.windows(2).map(|w| w[0] - w[1]).collect())
 }
 
 async fn inbox_applies_effects_once<DB: TestBackend>() {
@@ -80,8 +117,8 @@ async fn inbox_applies_effects_once<DB: TestBackend>() {
     assert!(Inbox::<DB>::with_table("billing", "bad name; drop").is_err());
     drop(conn);
 
-    // Retention: nothing is old yet; with none, billing's 3 ids go in batches of 2, audit's
-    // stays.
+    // Retention: nothing is old yet; with none, billing's 3 ids go in batches of 2 (two
+    // statements: 2 ids, then 1), audit's stays.
     assert_eq!(
         inbox
             .prune(&db.pool, Duration::from_secs(3600), 2)
@@ -90,11 +127,10 @@ async fn inbox_applies_effects_once<DB: TestBackend>() {
         0
     );
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(inbox.prune(&db.pool, Duration::ZERO, 2).await.unwrap(), 3);
-    assert_eq!(
-        DB::count_rows(&db.pool, signalbus::inbox::DEFAULT_INBOX_TABLE).await,
-        1
-    );
+    let (pruned, batches) = prune_batches(&db, &inbox, 2).await;
+    assert_eq!(pruned, 3);
+    assert_eq!(batches, [2, 1], "ids deleted per statement");
+    assert_eq!(DB::count_rows(&db.pool, DEFAULT_INBOX_TABLE).await, 1);
     db.cleanup().await;
 }
 

@@ -1,9 +1,9 @@
 //! Poison messages on every database (memory bus; the broker versions are in `buses.rs` and
 //! the CLI tests): a refused message never holds the good ones hostage, is retried with
 //! growing delays, then parked; nothing is re-sent; unpark sends it once; invalid rows are
-//! parked; a bus failure spends no attempt; two flushers never send a claimed row; a flusher
-//! that dies holding a lease delays its rows only until the lease expires; `migrate` upgrades
-//! a table of the first contract.
+//! parked; a bus failure spends no attempt; flushers started together split a backlog and
+//! never send a claimed row; a flusher that dies holding a lease delays its rows only until
+//! the lease expires; `migrate` upgrades a table of the first contract.
 
 use crate::common::{TestBackend, TestDb};
 use crate::on_every_database;
@@ -14,6 +14,8 @@ use signalbus::{
 };
 use sqlx::AssertSqlSafe;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const TABLE: &str = "poison_signal";
@@ -244,28 +246,65 @@ where
     db.cleanup().await;
 }
 
-/// Four flushers draining one backlog at once never send a row twice.
+/// The memory bus, whose first publish call waits (at most 2 s) for a second one: while one
+/// flusher holds its first burst, another must claim and send a burst of its own. So one
+/// flusher cannot drain the backlog before the others start, however the machine schedules
+/// them.
+struct Meeting {
+    outbox: MemoryPublisher,
+    calls: Arc<AtomicUsize>,
+    second: Arc<tokio::sync::Barrier>,
+}
+
+impl Publisher for Meeting {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < 2 {
+            // Bounded, and within SQLite's 3 s publish timeout: flushers that cannot work at
+            // once fail the shares below instead of hanging.
+            let wait = self.second.wait();
+            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+        }
+        self.outbox.publish(batch).await
+    }
+}
+
+/// Four flushers started together on one backlog split it: at least two of them send
+/// bursts of their own, and no row goes out twice.
 async fn concurrent_flushers_split_the_work<DB: TestBackend>()
 where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
+    const ROWS: usize = 4000;
     let db = DB::create(10).await;
     let outbox = MemoryPublisher::new();
-    let bus = bus(&db, outbox.clone(), 3).await;
-    insert(&db, "good", 4000, None).await;
+    let meeting = Meeting {
+        outbox: outbox.clone(),
+        calls: Arc::default(),
+        second: Arc::new(tokio::sync::Barrier::new(2)),
+    };
+    let bus = bus(&db, meeting, 3).await;
+    insert(&db, "good", ROWS, None).await;
+    let start = Arc::new(tokio::sync::Barrier::new(4));
     let tasks: Vec<_> = (0..4)
         .map(|_| {
-            let bus = bus.clone();
-            tokio::spawn(async move { bus.flush_many(&Selection::all()).await.unwrap() })
+            let (bus, start) = (bus.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                bus.flush_many(&Selection::all()).await.unwrap()
+            })
         })
         .collect();
-    let mut sent = 0;
+    let mut shares = Vec::new();
     for t in tasks {
-        sent += t.await.unwrap();
+        shares.push(t.await.unwrap());
     }
-    assert_eq!(sent, 4000);
+    assert_eq!(shares.iter().sum::<usize>(), ROWS, "{shares:?}");
+    // A burst (100 rows) is the unit of the split. A flusher that took every row leaves the
+    // others at 0, and fails this however fast it was.
+    let working = shares.iter().filter(|&&sent| sent >= 100).count();
+    assert!(working >= 2, "the backlog was not split: {shares:?}");
     let seen = per_id(&outbox.messages());
-    assert_eq!(seen.len(), 4000);
+    assert_eq!(seen.len(), ROWS);
     assert!(seen.values().all(|&n| n == 1), "no row sent twice");
     db.cleanup().await;
 }

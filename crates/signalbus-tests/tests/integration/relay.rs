@@ -1,12 +1,16 @@
-//! The relay in-process on every database and every broker (the fixtures of `buses.rs`):
-//! rows written by plain SQL (no signalbus in the writer) are picked up without waiting for
-//! a poll on PostgreSQL (the poll is set to 30 s there, so only the wake-up notification can
-//! deliver in time) and within the adaptive poll elsewhere; a message the broker refuses
-//! neither stops the relay nor holds back the others, and goes out once its route exists;
-//! shutdown ends cleanly.
+//! The relay in-process on every database and every broker (the fixtures of `bus_amqp.rs`,
+//! `bus_nats.rs`, `bus_kafka.rs`): rows written by plain SQL (no signalbus in the writer) are
+//! picked up without waiting for a poll on PostgreSQL (the poll is set to 30 s there, so only
+//! the wake-up notification can deliver in time) and within the adaptive poll elsewhere; a
+//! message the broker refuses neither stops the relay nor holds back the others, and goes
+//! out once its route exists; shutdown ends cleanly.
 
+use crate::bus_amqp::Amqp;
+use crate::bus_kafka::Kafka;
+use crate::bus_nats::Nats;
 use crate::buses::{BusEvent, BusFixture, Route};
 use crate::common::TestBackend;
+use crate::on_every_database;
 use signalbus::{Signal, SignalBus};
 use std::time::{Duration, Instant};
 
@@ -58,7 +62,7 @@ async fn until_rows<DB: TestBackend>(
     }
 }
 
-pub async fn relayed<DB: TestBackend, F: BusFixture>(fx: F)
+async fn relayed<DB: TestBackend, F: BusFixture>(fx: F)
 where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
@@ -145,6 +149,29 @@ where
     db.cleanup().await;
 }
 
+on_every_database!(amqp_relay, nats_relay, kafka_relay);
+
+async fn amqp_relay<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    relayed::<DB, _>(Amqp::new().await).await;
+}
+
+async fn nats_relay<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    relayed::<DB, _>(Nats::new().await).await;
+}
+
+async fn kafka_relay<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    relayed::<DB, _>(Kafka::new().await).await;
+}
+
 /// A database that takes connections but refuses every write (read-only) is not ready: the
 /// ping alone said "database ok" while every burst failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -161,9 +188,9 @@ async fn a_read_only_database_is_not_ready() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let name = db.url.rsplit('/').next().unwrap().to_owned();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE {name} SET default_transaction_read_only = on"
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        db.name
     )))
     .execute(&db.pool)
     .await

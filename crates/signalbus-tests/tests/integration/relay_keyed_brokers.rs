@@ -1,9 +1,13 @@
-//! Per-key order through real brokers: 200 keys × 50 signals written by 16 writers whose
-//! transactions interleave (PostgreSQL), drained by four ordered relays — in-process (four
-//! buses with broker connections of their own, one dropped mid-run) and as four `signalbus
-//! relay --ordered` processes (one killed with SIGKILL mid-run); the broker's own order, read
-//! back, has every key's first deliveries in write order, and nothing is missing.
+//! The relay's per-key order through real brokers (RabbitMQ, NATS, Kafka): 200 keys × 50
+//! signals written by 16 writers whose transactions interleave (PostgreSQL), drained by four
+//! ordered relays — in-process (four buses with broker connections of their own, one dropped
+//! mid-run) and as four `signalbus relay --ordered` processes (one killed with SIGKILL
+//! mid-run); the broker's own order, read back, has every key's first deliveries in write
+//! order, and nothing is missing.
 
+use crate::bus_amqp::Amqp;
+use crate::bus_kafka::Kafka;
+use crate::bus_nats::Nats;
 use crate::buses::BusFixture;
 use crate::common::TestBackend;
 use signalbus::SignalBus;
@@ -34,7 +38,7 @@ const WRITERS: usize = 16;
 
 /// Who drains the backlog.
 #[derive(Debug, Clone, Copy)]
-pub enum Relays {
+enum Relays {
     /// Four relays in this process, on buses of their own; one dropped mid-run.
     InProcess,
     /// Four `signalbus relay --ordered` processes; one killed with SIGKILL mid-run.
@@ -58,7 +62,7 @@ fn signalbus_binary() -> PathBuf {
     bin
 }
 
-pub async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
+async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
     let db = <sqlx::Postgres as TestBackend>::create(60).await;
     let route = fx.ready();
     let mut buses = Vec::new();
@@ -202,6 +206,36 @@ pub async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
     }
     fx.cleanup().await;
     db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_keyed_order_postgres() {
+    keyed_relayed(Amqp::new().await, Relays::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_keyed_order_postgres_relay_processes() {
+    keyed_relayed(Amqp::new().await, Relays::Processes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_keyed_order_postgres() {
+    keyed_relayed(Nats::new().await, Relays::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_keyed_order_postgres_relay_processes() {
+    keyed_relayed(Nats::new().await, Relays::Processes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_keyed_order_postgres() {
+    keyed_relayed(Kafka::new().await, Relays::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_keyed_order_postgres_relay_processes() {
+    keyed_relayed(Kafka::new().await, Relays::Processes).await;
 }
 
 async fn until_keyed_empty(pool: &sqlx::PgPool, limit: Duration) -> i64 {
