@@ -21,6 +21,52 @@ use std::time::Duration;
 ///
 /// Cheap to clone; clones share everything. Create it with [`SignalBus::builder`] inside a
 /// tokio runtime (it starts the auto-flush task).
+///
+/// ```
+/// use signalbus_core::publisher::MemoryPublisher;
+/// use signalbus_core::{Result, Selection, Signal, SignalBus, SignalType};
+/// use std::sync::OnceLock;
+///
+/// #[derive(serde::Serialize)]
+/// struct OrderPlaced { id: i64 }
+///
+/// impl Signal for OrderPlaced {
+///     fn signal_type() -> &'static SignalType {
+///         static TYPE: OnceLock<SignalType> = OnceLock::new();
+///         TYPE.get_or_init(|| SignalType::new("order_placed").destination("orders"))
+///     }
+///     fn body(&self) -> Result<Vec<u8>> {
+///         signalbus_core::json_body(self)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<()> {
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// let outbox = MemoryPublisher::new(); // a broker publisher in a service
+/// let bus = SignalBus::builder(pool)
+///     .publisher(outbox.clone())
+///     .register::<OrderPlaced>()
+///     .build()?;
+/// bus.migrate().await?;
+///
+/// // The signal is a row of the business transaction: committed with it, or not at all.
+/// let mut tx = bus.begin().await?;
+/// sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY)").execute(&mut *tx).await?;
+/// sqlx::query("INSERT INTO orders (id) VALUES (1)").execute(&mut *tx).await?;
+/// tx.send(&OrderPlaced { id: 1 }).await?;
+/// let report = tx.commit_and_wait().await?; // auto-flushed right after the commit
+/// assert_eq!((report.sent, outbox.len()), (1, 1));
+///
+/// // With auto-flush off (a broker incident), signals stay pending until a flush.
+/// bus.set_autoflush(false);
+/// let mut tx = bus.begin().await?;
+/// tx.send(&OrderPlaced { id: 2 }).await?;
+/// tx.commit().await?.await;
+/// assert_eq!(bus.pending(&Selection::all()).await?[0].1.count, 1);
+/// assert_eq!(bus.flush_many(&Selection::all()).await?, 1);
+/// # Ok(()) }
+/// ```
 pub struct SignalBus<DB: Backend> {
     engine: Engine<DB>,
 }
@@ -122,6 +168,14 @@ impl<DB: Backend> SignalBus<DB> {
     /// passes are given up (their transactions roll back, their rows stay pending). Returns
     /// how many signals the auto-flush left pending; an explicit flush or the relay sends
     /// them. Explicit flushes keep working after a close. Closing again returns 0.
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: signalbus_core::SignalBus<sqlx::Sqlite>) {
+    /// // On shutdown: no new auto-flush work, 5 s for what is in flight.
+    /// let left = bus.close(std::time::Duration::from_secs(5)).await;
+    /// // Those `left` stay pending: the relay or `signalbus flushmany` sends them.
+    /// # let _ = left; }
+    /// ```
     pub async fn close(&self, deadline: Duration) -> usize {
         self.engine.close(deadline).await
     }
@@ -134,6 +188,19 @@ impl<DB: Backend> SignalBus<DB> {
     /// The parked signals of the selected types (at most `limit` per type), lowest ids first:
     /// messages the bus refused `max_attempts` times, or rows that are not valid signals.
     /// They stay in their tables and are never sent again until [`SignalBus::unpark`].
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: signalbus_core::SignalBus<sqlx::Sqlite>) -> signalbus_core::Result<()> {
+    /// use signalbus_core::{ParkedRows, Selection};
+    /// for (signal, parked) in bus.parked(&Selection::all(), 100).await? {
+    ///     for p in &parked {
+    ///         println!("{signal} #{}: {:?}", p.id, p.last_error);
+    ///     }
+    /// }
+    /// // Once the cause is fixed (the queue exists, the consumer accepts them): send again.
+    /// bus.unpark(&Selection::all(), ParkedRows::All).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn parked(
         &self,
         selection: &Selection,

@@ -110,6 +110,18 @@ impl Registry {
 }
 
 /// Which signal types an explicit flush or a pending count covers.
+///
+/// ```
+/// use signalbus_core::Selection;
+///
+/// let everything = Selection::all();
+/// let two = Selection::only(["order_placed", "payment_made"]);
+/// let all_but_audit = Selection::all().exclude(["audit_event"]);
+/// # let _ = (everything, two, all_but_audit);
+/// ```
+///
+/// Typed signals select themselves: `Selection::of::<OrderPlaced>().and::<PaymentMade>()`.
+/// A name no registered type has is an error of the call that gets the selection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
     only: Option<Vec<String>>,

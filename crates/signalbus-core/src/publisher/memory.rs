@@ -8,6 +8,30 @@ use std::sync::{Arc, Mutex};
 ///
 /// Clones share the same store. [`MemoryPublisher::fail_next`] and
 /// [`MemoryPublisher::set_down`] simulate a broker that fails.
+///
+/// ```
+/// use signalbus_core::publisher::MemoryPublisher;
+/// use signalbus_core::{Message, Publisher};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let outbox = MemoryPublisher::new();
+/// let message = Message {
+///     id: "0190b6c4-0000-7000-8000-000000000000".into(),
+///     signal: "order_placed".into(),
+///     destination: "orders".into(),
+///     routing_key: None,
+///     headers: Default::default(),
+///     body: b"{}".to_vec(),
+///     content_type: Some("application/json".into()),
+/// };
+/// let outcome = outbox.publish(std::slice::from_ref(&message)).await.unwrap();
+/// assert!(outcome.is_all_stored());
+/// outbox.set_down(true); // the broker is down: the whole call fails, nothing is stored
+/// assert!(outbox.publish(&[message]).await.is_err());
+/// assert_eq!(outbox.len(), 1);
+/// # }
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct MemoryPublisher {
     state: Arc<Mutex<State>>,

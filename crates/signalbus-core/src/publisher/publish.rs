@@ -26,7 +26,19 @@ pub trait Publisher: Send + Sync + 'static {
     }
 }
 
-/// Composable layers on any publisher.
+/// Composable layers on any publisher, as in tower: each wraps the one inside it.
+///
+/// ```
+/// use signalbus_core::publisher::{Backoff, MemoryPublisher};
+/// use signalbus_core::PublisherExt;
+/// use std::time::Duration;
+///
+/// let publisher = MemoryPublisher::new()
+///     .retry(Backoff::default()) // calls that fail as a whole are tried again …
+///     .timeout(Duration::from_secs(5)) // … within 5 s in all
+///     .boxed();
+/// # let _ = publisher;
+/// ```
 pub trait PublisherExt: Publisher + Sized {
     /// Fail a publish call that takes longer than `limit` (the rows stay pending).
     fn timeout(self, limit: Duration) -> Timeout<Self> {
