@@ -93,7 +93,8 @@ impl Delivery {
     }
 
     /// A delivery that resolves with what `rx` reports for `count` signals, plus the
-    /// pending ones of `extra` (`count` of them are reported stopped if `rx` is dropped).
+    /// pending ones of `extra` (`count` of them are reported stopped if the sender is dropped: the auto-flush task is
+    /// gone).
     pub(crate) fn waiting(
         rx: oneshot::Receiver<DeliveryReport>,
         extra: DeliveryReport,

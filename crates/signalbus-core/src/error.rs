@@ -87,7 +87,9 @@ pub enum Error {
     RetriesExhausted {
         /// How many attempts were made.
         attempts: u32,
-        /// The error of the last attempt (the block's own error type).
+        /// The last attempt's error: the block's own error when signalbus can hold it as a
+        /// standard error (its own and sqlx's errors, boxed errors, anyhow and eyre with their
+        /// features), otherwise its message and database code ([`InnerError`]).
         #[source]
         last: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -320,16 +322,34 @@ impl fmt::Display for DatabaseText<'_> {
     }
 }
 
-/// The database error `error` carries: itself or one of its sources.
+/// The database error `error` carries: itself or one of its sources — a signalbus or sqlx
+/// error, or the database error inside one (which an `#[error(transparent)]` wrapper of a
+/// `sqlx::Error` gives as its source, skipping the `sqlx::Error` itself).
 pub(crate) fn database_error<'e>(
     error: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e sqlx::Error> {
+) -> Option<&'e dyn sqlx::error::DatabaseError> {
     let mut current = Some(error);
     while let Some(e) = current {
-        if let Some(Error::Database(db)) = e.downcast_ref::<Error>() {
+        if let Some(Error::Database(sqlx::Error::Database(db))) = e.downcast_ref::<Error>() {
+            return Some(&**db);
+        }
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+            return Some(&**db);
+        }
+        // What `sqlx::Error::Database` gives as its source.
+        if let Some(db) = e.downcast_ref::<Box<dyn sqlx::error::DatabaseError>>() {
+            return Some(&**db);
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(db) = e.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
             return Some(db);
         }
-        if let Some(db) = e.downcast_ref::<sqlx::Error>() {
+        #[cfg(feature = "mysql")]
+        if let Some(db) = e.downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+            return Some(db);
+        }
+        #[cfg(feature = "sqlite")]
+        if let Some(db) = e.downcast_ref::<sqlx::sqlite::SqliteError>() {
             return Some(db);
         }
         current = e.source();

@@ -42,10 +42,13 @@ pub(crate) fn note(error: &sqlx::Error) {
     });
 }
 
-/// Run `future` under a watch of its own; what it saw is also noted in the enclosing block's
-/// watch, so that an outer block knows of a conflict an inner one met.
+/// Run `future` under a watch of its own. With `nested` (a block inside the caller's
+/// transaction), what it saw is also noted in the enclosing block's watch, so that the outer
+/// block knows of a conflict an inner one met; an outermost block (its own transaction, which
+/// retries and commits by itself) is a boundary.
 pub(crate) async fn watching<F: Future>(
     is_conflict: fn(&dyn DatabaseError) -> bool,
+    nested: bool,
     future: F,
 ) -> (F::Output, Seen) {
     let watch = Arc::new(Watch {
@@ -54,6 +57,9 @@ pub(crate) async fn watching<F: Future>(
     });
     let output = WATCH.scope(watch.clone(), future).await;
     let seen = watch.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if !nested {
+        return (output, seen);
+    }
     let _ = WATCH.try_with(|outer| {
         let mut outer = outer.seen.lock().unwrap_or_else(|p| p.into_inner());
         outer.conflict |= seen.conflict;

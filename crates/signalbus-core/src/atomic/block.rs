@@ -98,8 +98,13 @@ pub struct Atomic<'b, 'a, DB: Backend, T, E, F> {
     engine: &'b Engine<DB>,
     block: F,
     options: AtomicOptions,
+    /// How to find a conflict in the block's error, when its sources are walked.
+    sources: Option<Sources<E>>,
     _types: PhantomData<Types<'a, T, E>>,
 }
+
+/// Whether a block's error (with integrity races counted or not) is a conflict.
+type Sources<E> = fn(&E, bool) -> bool;
 
 impl<'b, 'a, DB, T, E, F> Atomic<'b, 'a, DB, T, E, F>
 where
@@ -154,9 +159,10 @@ where
             engine,
             mut block,
             options,
+            sources,
             ..
         } = self;
-        run(engine, &options, &mut block).await
+        run(engine, &options, sources, &mut block).await
     }
 
     /// Commit, then wait until the signals are sent or known to stay pending (as
@@ -198,8 +204,46 @@ where
             engine,
             block,
             options: AtomicOptions::default(),
+            sources: None,
             _types: PhantomData,
         }
+    }
+}
+
+impl<'b, 'a, DB, T, E, F> Atomic<'b, 'a, DB, T, E, F>
+where
+    DB: Backend,
+    T: Send + 'b,
+    E: BlockError + std::error::Error,
+    F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E> + Send + 'b,
+    'a: 'b,
+{
+    /// Find conflicts by walking the block's error down its
+    /// [sources](std::error::Error::source) to the database error: for an error type that
+    /// holds `sqlx::Error` itself (`#[from] sqlx::Error`), whose conflicts signalbus does not
+    /// see otherwise (see [`BlockError`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: signalbus_core::SignalBus<sqlx::Sqlite>) {
+    /// #[derive(Debug, thiserror::Error)]
+    /// enum AppError {
+    ///     #[error(transparent)]
+    ///     Sql(#[from] sqlx::Error),
+    ///     #[error(transparent)]
+    ///     Bus(#[from] signalbus_core::Error),
+    /// }
+    ///
+    /// let n: Result<i64, AppError> = bus
+    ///     .atomic(|tx| Box::pin(async move {
+    ///         Ok(sqlx::query_scalar("SELECT 1").fetch_one(&mut **tx).await?)
+    ///     }))
+    ///     .conflicts_in_sources()
+    ///     .await;
+    /// # let _ = n; }
+    /// ```
+    pub fn conflicts_in_sources(mut self) -> Self {
+        self.sources = Some(retryable::walk_sources::<DB, E>);
+        self
     }
 }
 
@@ -215,6 +259,7 @@ struct Failed<E> {
 async fn run<'a, DB, T, E, F>(
     engine: &Engine<DB>,
     options: &AtomicOptions,
+    sources: Option<Sources<E>>,
     block: &mut F,
 ) -> Result<(T, Delivery), E>
 where
@@ -226,7 +271,10 @@ where
     let mut attempt = 1;
     loop {
         let span = tracing::debug_span!("atomic", attempt);
-        let failed = match attempt_once(engine, options, block).instrument(span).await {
+        let failed = match attempt_once(engine, options, sources, block)
+            .instrument(span)
+            .await
+        {
             Ok(done) => {
                 if attempt > 1 {
                     tracing::debug!(attempts = attempt, "atomic block committed");
@@ -254,6 +302,7 @@ where
 async fn attempt_once<'a, DB, T, E, F>(
     engine: &Engine<DB>,
     options: &AtomicOptions,
+    sources: Option<Sources<E>>,
     block: &mut F,
 ) -> Result<(T, Delivery), Failed<E>>
 where
@@ -262,10 +311,18 @@ where
     F: for<'t> FnMut(&'t mut Transaction<'a, DB>) -> AtomicFuture<'t, T, E>,
 {
     // signalbus' own failures (begin, commit) are judged before they become `E`.
-    let fail = |e: Error| Failed {
-        conflict: retryable::classify::<DB>(&e, options.integrity_races),
-        error: E::from(e),
-        seen: Seen::default(),
+    let fail = |e: Error| {
+        let conflict = retryable::classify::<DB>(&e, options.integrity_races);
+        let seen = Seen {
+            conflict,
+            integrity: false,
+            code: e.database_code(),
+        };
+        Failed {
+            conflict,
+            error: E::from(e),
+            seen,
+        }
     };
     let begin_sql = (DB::DIALECT.begin_atomic)(options.isolation, options.sqlite_begin);
     let tx = begin(engine.shared().pool(), begin_sql)
@@ -276,6 +333,7 @@ where
     tx.atomic.in_block = true;
     let (outcome, seen) = seen::watching(
         DB::DIALECT.is_conflict,
+        false,
         AssertUnwindSafe(block(&mut tx)).catch_unwind(),
     )
     .await;
@@ -303,9 +361,12 @@ where
             // Rolling back is best effort: the connection may be gone, and dropping an
             // open sqlx transaction rolls it back anyway.
             let _ = tx.rollback().await;
-            let conflict =
-                retryable::is_block_conflict::<DB, E>(&error, &seen, options.integrity_races)
-                    || inner.is_some_and(|i| i.conflict);
+            let conflict = match sources {
+                Some(walk) => walk(&error, options.integrity_races),
+                None => {
+                    retryable::is_block_conflict::<DB, E>(&error, &seen, options.integrity_races)
+                }
+            } || inner.is_some_and(|i| i.conflict);
             Err(Failed {
                 error,
                 conflict,
@@ -324,7 +385,7 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
         E: BlockError,
         F: for<'t> FnOnce(&'t mut Transaction<'c, DB>) -> AtomicFuture<'t, T, E>,
     {
-        let (result, seen) = seen::watching(DB::DIALECT.is_conflict, block(self)).await;
+        let (result, seen) = seen::watching(DB::DIALECT.is_conflict, true, block(self)).await;
         if let Err(e) = &result {
             let conflict = retryable::is_block_conflict::<DB, E>(e, &seen, false);
             self.atomic
@@ -348,7 +409,7 @@ impl<'c, DB: Backend> Transaction<'c, DB> {
         if !self.atomic.in_block {
             return Err(E::from(Error::NotInAtomicBlock));
         }
-        let (result, seen) = seen::watching(DB::DIALECT.is_conflict, block(self)).await;
+        let (result, seen) = seen::watching(DB::DIALECT.is_conflict, true, block(self)).await;
         if let Err(e) = &result {
             let conflict = retryable::is_block_conflict::<DB, E>(e, &seen, true);
             self.atomic

@@ -12,8 +12,9 @@ use std::fmt;
 /// block, and a failed commit or an exhausted retry reaches the caller as `E`).
 ///
 /// Implemented for every `E: From<signalbus::Error> + Debug + Send + Sync + 'static`:
-/// [`Error`] itself, `anyhow::Error`, `eyre::Report`, `Box<dyn std::error::Error + Send +
-/// Sync>`, a `thiserror` enum, or a plain domain enum:
+/// [`Error`] itself, `anyhow::Error` and `eyre::Report` (enable the features `anyhow` /
+/// `eyre`: without them a conflict in the caller's own query is not recognised in them),
+/// `Box<dyn std::error::Error + Send + Sync>`, a `thiserror` enum, or a plain domain enum:
 ///
 /// ```
 /// #[derive(Debug)]
@@ -43,9 +44,15 @@ use std::fmt;
 ///   error);
 /// * otherwise, where signalbus saw the database error: in its own calls in the block, and
 ///   in every [`sqlx::Error`] converted into a signalbus [`Error`] there (what `?` does when
-///   the error type converts sqlx errors through signalbus' error, as above). A type that
-///   wraps `sqlx::Error` directly hides the conflicts of the caller's own queries: convert
-///   through `signalbus::Error`.
+///   the error type converts sqlx errors through signalbus' error, as above). A block whose
+///   error has no cause to show runs again when it met a conflict on its way, even one it
+///   handled: after a conflict, PostgreSQL and MySQL have aborted or rolled back the
+///   transaction anyway.
+///
+/// A type that holds `sqlx::Error` itself (`#[from] sqlx::Error` with `thiserror`) hides the
+/// conflicts of the caller's own queries from both: hold `signalbus::Error` instead (it
+/// converts from `sqlx::Error`), or, when the type implements `std::error::Error`, have its
+/// sources walked with [`Atomic::conflicts_in_sources`](super::Atomic::conflicts_in_sources).
 pub trait BlockError: From<Error> + fmt::Debug + Send + Sync + 'static {}
 
 impl<E> BlockError for E where E: From<Error> + fmt::Debug + Send + Sync + 'static {}
@@ -96,15 +103,20 @@ pub(crate) fn is_block_conflict<DB: Backend, E: BlockError>(
     }
 }
 
+/// Whether `error` is a conflict, found by walking its sources ([`Atomic::conflicts_in_sources`](super::Atomic::conflicts_in_sources)).
+pub(crate) fn walk_sources<DB: Backend, E: std::error::Error + 'static>(
+    error: &E,
+    integrity_races: bool,
+) -> bool {
+    classify::<DB>(error, integrity_races)
+}
+
 /// The block's error kept in another error: the message and database code of a nested
 /// block's failure.
 pub(crate) fn inner_error<E: BlockError>(error: &E, seen: &Seen) -> InnerError {
     let code = as_std_error(error).map_or_else(
         || seen.code.clone(),
-        |e| match database_error(e) {
-            Some(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
-            _ => None,
-        },
+        |e| database_error(e).and_then(|db| db.code().map(|c| c.into_owned())),
     );
     InnerError::new(describe(error), code)
 }
@@ -123,6 +135,10 @@ pub(crate) fn last_error<E: BlockError>(
     };
     let any = match any.downcast::<sqlx::Error>() {
         Ok(e) => return e,
+        Err(other) => other,
+    };
+    let any = match any.downcast::<Box<dyn std::error::Error + Send + Sync>>() {
+        Ok(e) => return *e,
         Err(other) => other,
     };
     #[cfg(feature = "anyhow")]
@@ -163,11 +179,8 @@ pub(crate) fn classify<DB: Backend>(
     error: &(dyn std::error::Error + 'static),
     integrity_races: bool,
 ) -> bool {
-    match database_error(error) {
-        Some(sqlx::Error::Database(e)) => {
-            (integrity_races && (e.is_unique_violation() || e.is_foreign_key_violation()))
-                || (DB::DIALECT.is_conflict)(&**e)
-        }
-        _ => false,
-    }
+    database_error(error).is_some_and(|e| {
+        (integrity_races && (e.is_unique_violation() || e.is_foreign_key_violation()))
+            || (DB::DIALECT.is_conflict)(e)
+    })
 }

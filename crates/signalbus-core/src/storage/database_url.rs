@@ -236,7 +236,8 @@ pub(crate) fn sqlite_options(
 /// The body is compiled once per database this build has, with `$db` a concrete type: it may
 /// call code that needs more of the database than [`Backend`](crate::Backend) (a trait of the
 /// caller's own, implemented for each), which a generic closure or a trait with a generic
-/// method cannot express. `?` and `return` in it leave the caller's function.
+/// method cannot express. `?` and `return` in it leave the caller's function; an unlabeled
+/// `break` or `continue` cannot reach a loop around it (the body is inside a labeled block).
 ///
 /// ```
 /// # #[cfg(feature = "sqlite")]

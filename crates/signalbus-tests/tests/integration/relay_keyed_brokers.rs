@@ -88,7 +88,7 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
     std::fs::write(&config, "[[signal]]\nname = \"keyed_event\"\nburst = 100\n").unwrap();
     let mut in_process = Vec::new();
     let mut processes = Vec::new();
-    for bus in &buses {
+    for (n, bus) in buses.iter().enumerate() {
         match relays {
             Relays::InProcess => in_process.push(
                 bus.relay()
@@ -114,7 +114,10 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
                         "0.2",
                     ])
                     .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
+                    // Kept, so that a relay that ends badly says why in the test's failure.
+                    .stderr(
+                        std::fs::File::create(dir.path().join(format!("relay-{n}.log"))).unwrap(),
+                    )
                     .spawn()
                     .unwrap(),
             ),
@@ -174,7 +177,15 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
             .status()
             .unwrap();
         assert!(status.success());
-        assert!(child.wait().unwrap().success(), "SIGTERM: exit 0");
+        let exit = child.wait().unwrap();
+        if !exit.success() {
+            let logs: Vec<String> = (0..buses.len())
+                .filter_map(|n| {
+                    std::fs::read_to_string(dir.path().join(format!("relay-{n}.log"))).ok()
+                })
+                .collect();
+            panic!("SIGTERM: {exit}, not exit 0; the relays' logs: {logs:#?}");
+        }
     }
     let got = fx.received(&route, total).await;
     let mut next: std::collections::HashMap<String, u32> = std::collections::HashMap::new();

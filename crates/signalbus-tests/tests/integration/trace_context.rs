@@ -32,6 +32,10 @@ pub async fn trace_travels<F: BusFixture>(fx: F) {
         .unwrap();
     bus.migrate().await.unwrap();
     let route = fx.ready();
+    // tracing caches per call site whether anyone listens; a call site first met by another
+    // test's thread while this subscriber was being registered may have cached "nobody" (a
+    // race of tracing-core's cache between threads): computed again, with this subscriber.
+    tracing::callsite::rebuild_interest_cache();
 
     let writer = tracing::info_span!("place order");
     let trace_id = writer.context().span().span_context().trace_id();

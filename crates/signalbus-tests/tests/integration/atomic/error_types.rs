@@ -145,4 +145,63 @@ async fn plain_enum_errors<DB: AtomicDb>() {
     conflicts_retried_domain_errors_not::<DB, Plain>().await
 }
 
-on_every_database!(anyhow_errors, eyre_errors, plain_enum_errors);
+/// An error type that holds `sqlx::Error` itself (as `thiserror` users write it): signalbus
+/// never sees its queries' errors, so its sources are walked when the block asks for it.
+#[derive(Debug, thiserror::Error)]
+enum Holding {
+    #[error("insufficient funds: balance {0}")]
+    Insufficient(i64),
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Bus(#[from] signalbus::Error),
+}
+
+async fn sqlx_holding_errors_with_sources_walked<DB: AtomicDb>() {
+    let (db, bus, _) = setup::<DB>(2).await;
+    DB::add_accounts(&db.pool, 1, 30).await;
+    let attempts = AtomicU32::new(0);
+    let (attempts, pool) = (&attempts, &db.pool);
+    let value: Result<i64, Holding> = bus
+        .atomic(|tx| {
+            Box::pin(async move {
+                if attempts.fetch_add(1, SeqCst) == 0 {
+                    DB::raise_conflict(tx, pool).await?;
+                }
+                DB::add_balance(tx, 1, -10).await?;
+                Ok(DB::balances_in(tx).await?[0].1)
+            })
+        })
+        .options(fast(5))
+        .conflicts_in_sources()
+        .await;
+    assert_eq!(value.unwrap(), 20);
+    assert_eq!(attempts.load(SeqCst), 2, "the conflict ran the block again");
+
+    attempts.store(0, SeqCst);
+    let result: Result<i64, Holding> = bus
+        .atomic(|tx| {
+            Box::pin(async move {
+                attempts.fetch_add(1, SeqCst);
+                DB::add_balance(tx, 1, -50).await?;
+                Err(Holding::Insufficient(20))
+            })
+        })
+        .options(fast(5))
+        .conflicts_in_sources()
+        .await;
+    assert!(
+        matches!(result, Err(Holding::Insufficient(20))),
+        "{result:?}"
+    );
+    assert_eq!(attempts.load(SeqCst), 1, "a domain error is not retried");
+    let _ = Holding::Bus(signalbus::Error::Closed);
+    db.cleanup().await;
+}
+
+on_every_database!(
+    anyhow_errors,
+    eyre_errors,
+    plain_enum_errors,
+    sqlx_holding_errors_with_sources_walked
+);
