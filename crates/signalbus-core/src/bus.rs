@@ -355,6 +355,26 @@ impl<DB: Backend> SignalBus<DB> {
 }
 
 /// Builds a [`SignalBus`].
+///
+/// ```
+/// use signalbus_core::publisher::MemoryPublisher;
+/// use signalbus_core::{SignalBus, SignalType};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> signalbus_core::Result<()> {
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// let bus = SignalBus::builder(pool)
+///     .publisher(MemoryPublisher::new())
+///     // a type described at run time, e.g. from a configuration file
+///     .register_type(SignalType::new("audit_event").destination("audit").burst(500))
+///     .name("billing") // the `bus` label of its metrics
+///     .publish_timeout(Duration::from_secs(10))
+///     .max_batch(500)
+///     .build()?;
+/// assert_eq!(bus.name(), "billing");
+/// # Ok(()) }
+/// ```
 pub struct SignalBusBuilder<DB: Backend> {
     pool: Pool<DB>,
     publisher: Option<BoxPublisher>,

@@ -24,6 +24,21 @@ pub struct SignalId {
 pub const DEFAULT_FLUSH_WAIT: Duration = Duration::from_secs(3);
 
 /// One settled burst of an explicit flush, as handed to a progress callback.
+///
+/// ```no_run
+/// # async fn demo(bus: signalbus_core::SignalBus<sqlx::Postgres>) -> signalbus_core::Result<()> {
+/// use signalbus_core::Selection;
+/// use std::ops::ControlFlow;
+///
+/// let sent = bus
+///     .flush_many_with(&Selection::all(), &mut |p| {
+///         eprintln!("{}: {} sent ({} in all), {} refused", p.signal, p.burst, p.sent, p.refused);
+///         // stop after a million, e.g. to yield to other work
+///         if p.sent >= 1_000_000 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+///     })
+///     .await?;
+/// # let _ = sent; Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FlushProgress<'a> {

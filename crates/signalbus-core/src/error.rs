@@ -148,6 +148,18 @@ impl Error {
     ///
     /// Found through the error's sources too, so the code of the last attempt of an atomic
     /// block that gave up, or of a nested block that failed, is seen here.
+    ///
+    /// ```no_run
+    /// # fn demo(result: signalbus_core::Result<()>) {
+    /// match result {
+    ///     Err(e) if e.database_code().as_deref() == Some("23505") => {
+    ///         // PostgreSQL unique violation: the order was placed already
+    ///     }
+    ///     Err(e) => eprintln!("{e}"), // the database's message, code, detail and hint
+    ///     Ok(()) => {}
+    /// }
+    /// # }
+    /// ```
     pub fn database_code(&self) -> Option<String> {
         if let Error::InnerBlockFailed { source } = self {
             return source.database_code().map(str::to_owned);

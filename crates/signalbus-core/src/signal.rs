@@ -16,6 +16,17 @@ pub const DEFAULT_BURST: usize = 1000;
 ///
 /// Built by `#[derive(Signal)]` for typed signals, or by hand (the command line builds them
 /// from its configuration file). Validated when it is registered with a bus.
+///
+/// ```
+/// use signalbus_core::SignalType;
+///
+/// let ty = SignalType::new("order_placed") // its table is `order_placed` too
+///     .destination("orders") // exchange, subject or topic
+///     .routing_key("order.placed")
+///     .burst(500) // signals per burst of an explicit flush
+///     .ordered(true); // the relay sends it in order (per ordering key)
+/// assert!(ty.validate().is_ok());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignalType {
     name: Cow<'static, str>,
@@ -32,6 +43,19 @@ pub struct SignalType {
 
 /// How a signal type's messages are retried when the bus refuses them: exponential backoff
 /// with jitter, then parking.
+///
+/// ```
+/// use signalbus_core::{RetryPolicy, SignalType};
+/// use std::time::Duration;
+///
+/// // 5 attempts, 2 s doubling to at most a minute, then parked for an operator.
+/// let ty = SignalType::new("payment_made").retry(RetryPolicy {
+///     max_attempts: 5,
+///     base: Duration::from_secs(2),
+///     max: Duration::from_secs(60),
+/// });
+/// assert_eq!(ty.retry_policy().max_attempts, 5);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Refusals after which a message is parked (kept, never sent again until unparked).

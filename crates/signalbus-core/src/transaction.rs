@@ -145,6 +145,22 @@ impl<DB: Backend> Recorder<DB> {
 /// A database transaction of the signal bus. Business queries run in it through `&mut *tx`;
 /// signals are added with [`Transaction::send`]. After [`Transaction::commit`], the signals
 /// added here, and only those, are sent and deleted. A rollback or a drop sends nothing.
+///
+/// ```no_run
+/// # async fn demo(bus: signalbus_core::SignalBus<sqlx::Postgres>, placed: impl signalbus_core::Signal) -> signalbus_core::Result<()> {
+/// let mut tx = bus.begin().await?;
+/// sqlx::query("UPDATE stock SET n = n - 1 WHERE sku = $1")
+///     .bind("A-1")
+///     .execute(&mut *tx) // business queries run in the same transaction
+///     .await?;
+/// tx.send(&placed).await?;
+/// let delivery = tx.commit().await?; // durable now; sending happens after
+/// let report = delivery.await; // optional: when (and whether) it went out
+/// if !report.is_complete() {
+///     // left pending (a broker incident): the relay or `signalbus flushmany` sends it
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Transaction<'c, DB: Backend> {
     tx: sqlx::Transaction<'c, DB>,
     recorder: Recorder<DB>,

@@ -37,3 +37,29 @@ pub async fn wait_for_port(port: u16, limit: Duration) -> bool {
     }
     false
 }
+
+/// A child process killed (and reaped) when this is dropped: a test that fails before it
+/// stops its children leaves none running, holding ports and database connections, for the
+/// tests after it.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

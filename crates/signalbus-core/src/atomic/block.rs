@@ -22,6 +22,16 @@ pub type AtomicFuture<'t, T, E = Error> = BoxFuture<'t, Result<T, E>>;
 
 /// How an atomic block runs: isolation, retries, which errors are retried. The methods of
 /// [`Atomic`] set the same; pass a prepared value with [`Atomic::options`].
+///
+/// ```
+/// use signalbus_core::{AtomicOptions, Isolation};
+///
+/// // Shared by every block of a service: SERIALIZABLE, up to 10 attempts.
+/// let options = AtomicOptions::new()
+///     .isolation(Isolation::Serializable)
+///     .max_attempts(10);
+/// # let _ = options;
+/// ```
 #[derive(Debug, Clone)]
 pub struct AtomicOptions {
     pub(crate) isolation: Isolation,

@@ -254,6 +254,15 @@ impl std::fmt::Debug for Relay {
 }
 
 /// Whether a relay can work: its database and its bus answer.
+///
+/// ```no_run
+/// # async fn demo(relay: signalbus_core::Relay) {
+/// let readiness = relay.ready().await; // e.g. from a /readyz handler
+/// if !readiness.is_ready() {
+///     eprintln!("not ready: database {:?}, broker {:?}", readiness.database, readiness.broker);
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Readiness {

@@ -7,6 +7,15 @@
 /// A refusal belongs to one message (unroutable, too large, no such stream, invalid). A
 /// failure of the whole call (connection lost, timeout, broker down) is a
 /// [`PublishError`](crate::PublishError) instead: then nothing counts as stored.
+///
+/// ```
+/// use signalbus_core::BatchOutcome;
+///
+/// let mut outcome = BatchOutcome::all_stored();
+/// outcome.refuse(2, "HTTP 429: slow down"); // tried again after its backoff delay
+/// outcome.refuse_permanently(5, "HTTP 422: schema mismatch"); // parked at once
+/// assert_eq!(outcome.refused().len(), 2);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
     refused: Vec<Refused>,

@@ -89,7 +89,7 @@ async fn killed_after_commit_loses_nothing<DB: TestBackend>() {
         .unwrap();
     bus.migrate().await.unwrap();
 
-    let mut child = KillOnDrop(
+    let mut child = signalbus_testkit::process::KillOnDrop(
         Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -165,13 +165,3 @@ async fn killed_after_commit_loses_nothing<DB: TestBackend>() {
 }
 
 crate::on_every_database!(killed_after_commit_loses_nothing);
-
-/// Kills the child when the test fails before it does.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}

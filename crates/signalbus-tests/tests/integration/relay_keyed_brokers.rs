@@ -99,7 +99,7 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
                     .await
                     .unwrap(),
             ),
-            Relays::Processes => processes.push(
+            Relays::Processes => processes.push(signalbus_testkit::process::KillOnDrop(
                 std::process::Command::new(signalbus_binary())
                     .env_remove("RUST_LOG")
                     .args(["--config", config.to_str().unwrap()])
@@ -120,7 +120,7 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
                     )
                     .spawn()
                     .unwrap(),
-            ),
+            )),
         }
     }
     let started = Instant::now();
