@@ -7,7 +7,7 @@
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use signalbus::redact::redact_url;
-use signalbus::storage::{PoolSettings, open_pool};
+use signalbus::storage::{DatabaseKind, PoolSettings, open_pool};
 use signalbus::{
     Backend, BoxPublisher, PublisherExt, Relay, SignalBus, publisher::MemoryPublisher,
 };
@@ -332,7 +332,7 @@ fn cannot_connect(url: &str, e: sqlx::Error) -> CliError {
 /// it timed out, not why.
 async fn open<DB: Backend>(url: &str, cli: &Cli, lazy: bool) -> Result<sqlx::Pool<DB>, CliError> {
     // SQLite has no server to ask, and `migrate` may create its file.
-    if !lazy && DB::NAME != "SQLite" {
+    if !lazy && !matches!(DatabaseKind::of(url), Ok(DatabaseKind::Sqlite)) {
         first_connection::<DB>(url).await?;
     }
     let settings = PoolSettings::new()
