@@ -37,6 +37,10 @@ pub struct Args {
     /// notification costs each commit.
     #[arg(long)]
     no_wake_trigger: bool,
+    /// Run a relay (in this process) while the "auto-flush off" writers write: what waking it
+    /// costs them.
+    #[arg(long)]
+    relay: bool,
 }
 
 /// A publisher that takes `delay` longer per call.
@@ -113,6 +117,11 @@ where
         Mode::SignalInsertOnly,
     ] {
         bus.set_autoflush(mode != Mode::SignalInsertOnly);
+        let relay = if args.relay && mode == Mode::SignalInsertOnly {
+            Some(bus.relay().start().await?)
+        } else {
+            None
+        };
         let started = Instant::now();
         let deadline = started + duration;
         let mut tasks = Vec::with_capacity(args.concurrency);
@@ -182,6 +191,9 @@ where
             ),
             Mode::SignalInsertOnly => (None, None),
         };
+        if let Some(relay) = relay {
+            relay.shutdown(Duration::from_secs(30)).await;
+        }
         if mode == Mode::SignalInsertOnly {
             bus.set_autoflush(true);
             bus.flush_many(&signalbus::Selection::all()).await?; // the backlog, untimed
@@ -194,6 +206,7 @@ where
             "flush_workers": args.flush_workers,
             "publish_delay_ms": args.publish_delay_ms,
             "wake_trigger": DB::NAME == "PostgreSQL" && !args.no_wake_trigger,
+            "relay": args.relay && mode == Mode::SignalInsertOnly,
             "mode": mode.label(),
             "transactions": latencies.len(),
             "seconds": round2(secs),

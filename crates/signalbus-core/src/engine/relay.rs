@@ -36,7 +36,7 @@
 
 use super::bursts::{LaneHold, claimed_burst, ordered_burst};
 use super::context::{Engine, Shared};
-use super::wake::{self, Wakers, stopped_within};
+use super::wake::{self, IdleGate, Wakers, stopped_within};
 use crate::error::{Error, Result};
 use crate::publisher::{Backoff, Publisher};
 use crate::registry::{Selection, TypeIdx};
@@ -185,6 +185,7 @@ impl<DB: Backend> RelayBuilder<DB> {
                 .map(|_| std::sync::Mutex::new(None))
                 .collect(),
         );
+        let gate = IdleGate::start(&shared, &types, &mut tasks);
         for (slot, (idx, notify)) in lanes.into_iter().enumerate() {
             tasks.spawn(lane(
                 shared.clone(),
@@ -197,6 +198,7 @@ impl<DB: Backend> RelayBuilder<DB> {
                     poll_max: self.poll_max,
                     notify,
                     wakers: wakers.clone(),
+                    gate: gate.clone(),
                 },
                 stop_rx.clone(),
             ));
@@ -362,9 +364,21 @@ struct Lane {
     poll_max: Duration,
     notify: Arc<Notify>,
     wakers: Arc<Wakers>,
+    /// The relay's idle locks (PostgreSQL): while no lane of a table is idle, its writers do
+    /// not notify.
+    gate: Option<Arc<IdleGate>>,
 }
 
 impl Lane {
+    /// Tell the gate this lane is busy again, if it had said it was idle.
+    fn busy(&self, registered: &mut bool) {
+        if std::mem::take(registered)
+            && let Some(gate) = &self.gate
+        {
+            gate.busy(self.idx);
+        }
+    }
+
     fn set_failing(&self, why: Option<String>) {
         if let Some(slot) = self.failing.get(self.slot)
             && let Ok(mut failing) = slot.lock()
@@ -383,6 +397,9 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
     // not at the next poll.
     let mut retry_due: Option<tokio::time::Instant> = None;
     let mut hold = LaneHold::new();
+    // Whether this lane told the gate it is idle, and whether a notification will then wake
+    // it (else it polls, as on databases without notifications).
+    let (mut registered, mut covered) = (false, false);
     while !*stop.borrow() {
         let round = tokio::time::Instant::now();
         let burst = if lane.ordered {
@@ -392,6 +409,7 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
         };
         let wait = match burst {
             Ok(Some(settled)) => {
+                lane.busy(&mut registered);
                 lane.set_failing(None);
                 if let Some(delay) = settled.next_retry {
                     let due = tokio::time::Instant::now() + delay;
@@ -408,12 +426,23 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
             Ok(None) => {
                 failures = 0;
                 lane.set_failing(None);
+                if let Some(gate) = &lane.gate
+                    && !registered
+                    && lane.wakers.is_listening()
+                {
+                    // Idle: the writers notify from now on. Those that skipped it have
+                    // committed once the lock is taken: one more look finds their rows.
+                    covered = gate.idle(lane.idx).await;
+                    registered = true;
+                    continue;
+                }
                 // Notified lanes wait for the next notification (the poll is only a fallback)
                 // — except ordered ones: a row just committed may still be held back by the
                 // gap-safe watermark (an older transaction still running: another writer's,
                 // another lane's claim), and no notification comes when that one ends, so
                 // an ordered lane looks again soon after a wake-up, backing off to the poll.
-                let wait = if lane.wakers.is_listening() && !lane.ordered {
+                let notified = lane.wakers.is_listening() && (lane.gate.is_none() || covered);
+                let wait = if notified && !lane.ordered {
                     lane.poll_max
                 } else {
                     idle
@@ -422,6 +451,7 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
                 wait
             }
             Err(e) => {
+                lane.busy(&mut registered);
                 failures += 1;
                 // The bus' failures show in its own readiness check; the database's here (a
                 // publish failure means the database steps before it worked).
@@ -445,6 +475,8 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
             _ = lane.notify.notified() => idle = lane.poll_min,
             _ = stop.changed() => break,
         }
+        // Awake: busy until it finds nothing again (writers stop notifying meanwhile).
+        lane.busy(&mut registered);
     }
 }
 

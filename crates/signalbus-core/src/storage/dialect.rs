@@ -180,6 +180,9 @@ pub(crate) struct Dialect {
     /// Wakes the relays of table `{name}` (its name without schema, as the insert trigger
     /// sends it): for rows that become sendable by an update (a lease lifted).
     pub wake_relays: Option<&'static str>,
+    /// Where the insert trigger notifies only while a relay is idle: the statements of the
+    /// relay's idle lock ([`IdleGateSql`]).
+    pub idle_gate: Option<IdleGateSql>,
     /// How a flush transaction begins.
     pub begin_flush: &'static str,
     /// Where the database lets one transaction commit without waiting for its log to reach
@@ -225,4 +228,20 @@ pub(crate) fn lock_clause(lock: RowLock, share: [&'static str; 3]) -> &'static s
         (true, LockWait::NoWait) => share[1],
         (true, LockWait::SkipLocked) => share[2],
     }
+}
+
+/// The idle lock of a table, on a relay's connection of its own. An idle relay holds it;
+/// the insert trigger notifies only when it cannot take its shared side (a relay is idle), so
+/// that busy writers do not pay for a notification nobody waits for. `{t}` is the quoted
+/// table.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleGateSql {
+    /// Run once per connection: how long taking the lock may wait.
+    pub setup: &'static str,
+    /// Take the lock: waits for the writers that skipped notifying to commit.
+    pub lock: &'static str,
+    /// Give it up.
+    pub unlock: &'static str,
+    /// How many other sessions hold it (another relay is idle: its notifications come).
+    pub held_elsewhere: &'static str,
 }

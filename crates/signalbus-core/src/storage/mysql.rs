@@ -81,6 +81,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     watermark_held: None,
     watermark_holder: None,
     wake_relays: None,
+    idle_gate: None,
     begin_flush: "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),

@@ -2,7 +2,7 @@
 //! transaction's id in `txid` for gap-safe ordering.
 
 use super::dialect::{
-    ColumnTypes, Dialect, InboxSql, Lanes, OrderedRead, Placeholders, lock_clause,
+    ColumnTypes, Dialect, IdleGateSql, InboxSql, Lanes, OrderedRead, Placeholders, lock_clause,
 };
 use crate::locking::{Isolation, SqliteBegin};
 use sqlx::Postgres;
@@ -67,6 +67,14 @@ pub(crate) const DIALECT: Dialect = Dialect {
     watermark_held: Some(WATERMARK_HELD),
     watermark_holder: Some(WATERMARK_HOLDER),
     wake_relays: Some("SELECT pg_notify('signalbus', '{name}')"),
+    idle_gate: Some(IdleGateSql {
+        setup: "SET lock_timeout = '200ms'",
+        lock: "SELECT pg_advisory_lock(1397309772, '{t}'::regclass::oid::int4)",
+        unlock: "SELECT pg_advisory_unlock(1397309772, '{t}'::regclass::oid::int4)",
+        held_elsewhere: "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+            AND classid = 1397309772 AND objid = '{t}'::regclass::oid AND objsubid = 2 \
+            AND mode = 'ExclusiveLock' AND granted AND pid <> pg_backend_pid()",
+    }),
     begin_flush: BEGIN_FLUSH,
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),
@@ -123,13 +131,23 @@ const WATERMARK_HOLDER: &str = "SELECT format('pid %s on database %s (%s, open f
 /// docs/benchmarks.md), so only the rows that need a relay pay for it. Rows an auto-flush
 /// gives back later (a failed publish) are found by the relay's poll.
 ///
+/// It notifies only while a relay is idle: an idle relay holds the table's idle lock
+/// ([`IdleGateSql`]), exclusive, and the trigger notifies when it cannot take the lock's shared
+/// side. While relays are busy (under load) writers skip the notification and its lock; the
+/// shared lock they hold until they commit makes a relay that goes idle wait for them, then
+/// look once more. Advisory locks are not MVCC: the trigger sees whether a relay is idle now,
+/// not in its snapshot.
+///
 /// Concurrent migrations take turns (an advisory lock held for the statement), as
 /// `CREATE OR REPLACE` of one function or trigger at the same time fails with "tuple
 /// concurrently updated".
 const NOTIFY_TRIGGER: &str = "DO $signalbus$ BEGIN \
      PERFORM pg_advisory_xact_lock(4212889371); \
      CREATE OR REPLACE FUNCTION signalbus_notify() RETURNS trigger LANGUAGE plpgsql AS \
-     $fn$ BEGIN PERFORM pg_notify('signalbus', TG_TABLE_NAME); RETURN NULL; END $fn$; \
+     $fn$ BEGIN \
+     IF NOT pg_try_advisory_xact_lock_shared(1397309772, TG_RELID::int4) THEN \
+     PERFORM pg_notify('signalbus', TG_TABLE_NAME); END IF; \
+     RETURN NULL; END $fn$; \
      CREATE OR REPLACE TRIGGER signalbus_notify AFTER INSERT ON {t} \
      FOR EACH ROW WHEN (NEW.next_attempt_at IS NULL) EXECUTE FUNCTION signalbus_notify(); \
      END $signalbus$";

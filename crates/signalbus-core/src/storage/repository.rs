@@ -519,6 +519,50 @@ impl Statements {
         Ok(())
     }
 
+    /// Whether this table has an idle lock (PostgreSQL): then its insert trigger notifies
+    /// only while a relay holds it.
+    pub fn has_idle_gate(&self) -> bool {
+        self.idle_gate.is_some()
+    }
+
+    /// Prepare a connection of its own for the idle lock (the bound of a lock wait).
+    pub async fn idle_gate_setup<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<()> {
+        self.idle_gate_step::<DB>(conn, 0).await
+    }
+
+    /// Take the table's idle lock: waits (up to the setup's bound, then fails with a lock
+    /// timeout) for the writers that skipped notifying to commit.
+    pub async fn idle_lock<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<()> {
+        self.idle_gate_step::<DB>(conn, 1).await
+    }
+
+    /// Give the table's idle lock up.
+    pub async fn idle_unlock<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<()> {
+        self.idle_gate_step::<DB>(conn, 2).await
+    }
+
+    /// Whether another session (another relay, idle) holds the table's idle lock.
+    pub async fn idle_held_elsewhere<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+    ) -> Result<bool> {
+        match &self.idle_gate {
+            Some(gate) => Ok(DB::fetch_ids(conn, &gate[3], &[]).await?.first() > Some(&0)),
+            None => Ok(false),
+        }
+    }
+
+    async fn idle_gate_step<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        step: usize,
+    ) -> Result<()> {
+        if let Some(gate) = &self.idle_gate {
+            DB::execute_script(conn, &gate[step]).await?;
+        }
+        Ok(())
+    }
+
     /// Up to `limit` parked rows, lowest ids first.
     pub async fn parked<DB: Backend>(
         &self,

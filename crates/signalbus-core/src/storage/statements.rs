@@ -161,6 +161,8 @@ pub(crate) struct Statements {
     pub watermark_held: Option<SqlStr>,
     /// Wake the relays of this table ([`Dialect::wake_relays`]).
     pub wake_relays: Option<SqlStr>,
+    /// The table's idle lock ([`Dialect::idle_gate`]): setup, lock, unlock, held elsewhere.
+    pub idle_gate: Option<[SqlStr; 4]>,
 }
 
 /// `flushordered`'s statements.
@@ -612,6 +614,11 @@ impl Statements {
             wake_relays: d
                 .wake_relays
                 .map(|text| shared(text.replace("{name}", table.name()))),
+            // The quoted name inside a literal: validated identifiers hold no `'`.
+            idle_gate: d.idle_gate.map(|g| {
+                [g.setup, g.lock, g.unlock, g.held_elsewhere]
+                    .map(|text| shared(text.replace("{t}", &t)))
+            }),
         }
     }
 }

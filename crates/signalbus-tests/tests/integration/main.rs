@@ -24,5 +24,6 @@ mod poison;
 mod relay;
 mod relay_keyed;
 mod relay_keyed_brokers;
+mod relay_wakeup;
 mod signals;
 mod trace_context;

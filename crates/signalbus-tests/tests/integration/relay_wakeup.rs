@@ -1,0 +1,130 @@
+//! The relay's wake-up on PostgreSQL without NOTIFY in busy writers' commits: the insert
+//! trigger notifies only while a relay is idle (holds the table's idle lock), so writers that
+//! commit while every relay is busy skip the notification and the database-wide lock it takes
+//! at commit; an idle relay still wakes at once (its poll is 30 s here), and nothing is lost.
+
+use crate::common::TestBackend;
+use signalbus::publisher::MemoryPublisher;
+use signalbus::{BatchOutcome, Message, PublishError, Publisher, SignalBus, SignalType};
+use sqlx::postgres::PgListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const TABLE: &str = "wake_event";
+
+/// A broker that takes 20 ms per call: the relay is busy while writers go on.
+#[derive(Clone)]
+struct Slow(MemoryPublisher);
+
+impl Publisher for Slow {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.0.publish(batch).await
+    }
+}
+
+async fn insert_one(pool: &sqlx::PgPool, n: usize) {
+    sqlx::query(
+        "INSERT INTO wake_event (topic, body) VALUES ('wake', convert_to($1::text, 'UTF8'))",
+    )
+    .bind(n.to_string())
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn until_sent(outbox: &MemoryPublisher, n: usize, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while outbox.len() < n {
+        assert!(
+            started.elapsed() < limit,
+            "{} of {n} sent after {limit:?}",
+            outbox.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn busy_writers_skip_notifying_and_an_idle_relay_still_wakes_at_once() {
+    let db = <sqlx::Postgres as TestBackend>::create(16).await;
+    let outbox = MemoryPublisher::new();
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(Slow(outbox.clone()))
+        .register_type(SignalType::new(TABLE).autoflush(false).burst(50))
+        .autoflush(false)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    // Every notification the writers send.
+    let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen("signalbus").await.unwrap();
+    let heard = Arc::new(AtomicUsize::new(0));
+    let counting = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            while listener.recv().await.is_ok() {
+                heard.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let relay = bus
+        .relay()
+        .poll(Duration::from_millis(10), Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+
+    // Idle: one row is sent at once (the poll would take 30 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    insert_one(&db.pool, 0).await;
+    let took = until_sent(&outbox, 1, Duration::from_secs(10)).await;
+    assert!(
+        took < Duration::from_secs(3),
+        "an idle relay woke after {took:?}"
+    );
+
+    // Busy: 8 writers, one row per transaction, while the relay publishes slowly.
+    heard.store(0, Ordering::SeqCst);
+    let (writers, per_writer) = (8, 150);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..writers {
+        let pool = db.pool.clone();
+        tasks.spawn(async move {
+            for i in 0..per_writer {
+                insert_one(&pool, 1 + w * per_writer + i).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let transactions = writers * per_writer;
+    until_sent(&outbox, 1 + transactions, Duration::from_secs(60)).await;
+    let notified = heard.load(Ordering::SeqCst);
+    println!("{notified} notifications for {transactions} transactions");
+    assert!(
+        notified * 4 < transactions,
+        "writers notified {notified} times for {transactions} transactions while the relay was busy"
+    );
+
+    // Idle again: the next row is sent at once, and nothing was lost or sent twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    insert_one(&db.pool, 1 + transactions).await;
+    let took = until_sent(&outbox, 2 + transactions, Duration::from_secs(10)).await;
+    assert!(
+        took < Duration::from_secs(3),
+        "an idle relay woke after {took:?}"
+    );
+    let mut bodies: Vec<String> = outbox
+        .messages()
+        .iter()
+        .map(|m| m.body_str().unwrap().to_owned())
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 2 + transactions, "each signal once");
+    assert!(relay.shutdown(Duration::from_secs(10)).await);
+    counting.abort();
+    db.cleanup().await;
+}
