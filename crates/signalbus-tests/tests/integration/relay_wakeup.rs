@@ -128,3 +128,49 @@ async fn busy_writers_skip_notifying_and_an_idle_relay_still_wakes_at_once() {
     counting.abort();
     db.cleanup().await;
 }
+
+/// A writer that skipped notifying (the relay was busy when it inserted) and commits just
+/// after the relay went idle: the relay's lock waits for its commit, and the look after it
+/// finds the row, long before the 30 s poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_that_skipped_notifying_is_found_when_the_relay_goes_idle() {
+    let db = <sqlx::Postgres as TestBackend>::create(8).await;
+    let outbox = MemoryPublisher::new();
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(Slow(outbox.clone()))
+        .register_type(SignalType::new(TABLE).autoflush(false).burst(50))
+        .autoflush(false)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    let relay = bus
+        .relay()
+        .poll(Duration::from_millis(10), Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 0..5 {
+        let sent = outbox.len();
+        // Busy for about 4 publish calls of 20 ms.
+        for n in 0..200 {
+            insert_one(&db.pool, 10_000 * round + n).await;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let mut late = db.pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO wake_event (topic, body) VALUES ('wake', 'late')")
+            .execute(&mut *late)
+            .await
+            .unwrap();
+        // Past the relay's last burst, within its 200 ms wait for the lock.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        late.commit().await.unwrap();
+        let took = until_sent(&outbox, sent + 201, Duration::from_secs(40)).await;
+        assert!(
+            took < Duration::from_secs(5),
+            "round {round}: the late writer's row was sent after {took:?}"
+        );
+    }
+    assert!(relay.shutdown(Duration::from_secs(10)).await);
+    db.cleanup().await;
+}
