@@ -335,8 +335,8 @@ impl fmt::Display for DatabaseText<'_> {
 }
 
 /// The database error `error` carries: itself or one of its sources — a signalbus or sqlx
-/// error, or the database error inside one (which an `#[error(transparent)]` wrapper of a
-/// `sqlx::Error` gives as its source, skipping the `sqlx::Error` itself).
+/// error, or the boxed database error inside one (which an `#[error(transparent)]` wrapper of
+/// a `sqlx::Error` gives as its source, skipping the `sqlx::Error` itself).
 pub(crate) fn database_error<'e>(
     error: &'e (dyn std::error::Error + 'static),
 ) -> Option<&'e dyn sqlx::error::DatabaseError> {
@@ -351,18 +351,6 @@ pub(crate) fn database_error<'e>(
         // What `sqlx::Error::Database` gives as its source.
         if let Some(db) = e.downcast_ref::<Box<dyn sqlx::error::DatabaseError>>() {
             return Some(&**db);
-        }
-        #[cfg(feature = "postgres")]
-        if let Some(db) = e.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-            return Some(db);
-        }
-        #[cfg(feature = "mysql")]
-        if let Some(db) = e.downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-            return Some(db);
-        }
-        #[cfg(feature = "sqlite")]
-        if let Some(db) = e.downcast_ref::<sqlx::sqlite::SqliteError>() {
-            return Some(db);
         }
         current = e.source();
     }

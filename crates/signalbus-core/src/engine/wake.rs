@@ -5,7 +5,7 @@ use super::context::Shared;
 use crate::registry::TypeIdx;
 use crate::storage::Backend;
 use crate::storage::listen::Heard;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -168,40 +168,47 @@ async fn gate<DB: Backend>(
     mut commands: mpsc::UnboundedReceiver<GateCommand>,
 ) {
     let mut conn: Option<DB::Connection> = None;
-    let mut idle: HashMap<TypeIdx, (usize, bool)> = HashMap::new();
-    let mut held: HashSet<TypeIdx> = HashSet::new();
+    let mut idle: HashMap<TypeIdx, Idle> = HashMap::new();
     while let Some(command) = commands.recv().await {
         match command {
             GateCommand::Idle { idx, reply } => {
-                let (lanes, covered) = idle.entry(idx).or_insert((0, false));
-                *lanes += 1;
-                if *lanes == 1 {
-                    let (took, sure) = take(&shared, &mut conn, idx).await;
-                    if took {
-                        held.insert(idx);
-                    }
-                    *covered = sure;
+                let state = idle.entry(idx).or_default();
+                state.lanes += 1;
+                if state.lanes == 1 {
+                    (state.held, state.covered) = take(&shared, &mut conn, idx).await;
                 }
-                let _ = reply.send(*covered);
+                let _ = reply.send(state.covered);
             }
             GateCommand::Busy { idx } => {
-                let Some((lanes, _)) = idle.get_mut(&idx) else {
+                let Some(state) = idle.get_mut(&idx) else {
                     continue;
                 };
-                *lanes = lanes.saturating_sub(1);
-                if *lanes == 0 && held.remove(&idx) {
-                    let sql = &shared.registry().get(idx).sql;
-                    if let Some(c) = conn.as_mut()
-                        && let Err(e) = sql.idle_unlock::<DB>(c).await
-                    {
-                        tracing::warn!(bus = %shared.name(), error = %e, "relay: cannot give up an idle lock; its connection is closed");
-                        conn = None;
-                        held.clear();
-                    }
+                state.lanes = state.lanes.saturating_sub(1);
+                if state.lanes > 0 || !std::mem::take(&mut state.held) {
+                    continue;
+                }
+                let sql = &shared.registry().get(idx).sql;
+                if let Some(c) = conn.as_mut()
+                    && let Err(e) = sql.idle_unlock::<DB>(c).await
+                {
+                    tracing::warn!(bus = %shared.name(), error = %e, "relay: cannot give up an idle lock; its connection is closed");
+                    // Its locks went with it.
+                    conn = None;
+                    idle.values_mut().for_each(|s| s.held = false);
                 }
             }
         }
     }
+}
+
+/// The idle lanes of one type, and its lock.
+#[derive(Default)]
+struct Idle {
+    lanes: usize,
+    /// This relay holds the lock.
+    held: bool,
+    /// A notification will come: the lock is held here or by another idle relay.
+    covered: bool,
 }
 
 /// Take type `idx`'s idle lock on the gate's connection (opened when needed): whether it was

@@ -4,7 +4,7 @@
 use super::backend::{Backend, NewRow, Param, StoredRow};
 use super::dialect;
 use super::session::owned_sql;
-use super::statements::{Arg, Ordered, OrderedRead, Statements, Stmt};
+use super::statements::{Arg, IdleGate, Ordered, OrderedRead, Statements, Stmt};
 use crate::contract::{Holdback, ParkedRows, ParkedSignal, PendingStats};
 use crate::error::{Error, Result};
 use sqlx::Connection as _;
@@ -527,18 +527,18 @@ impl Statements {
 
     /// Prepare a connection of its own for the idle lock (the bound of a lock wait).
     pub async fn idle_gate_setup<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<()> {
-        self.idle_gate_step::<DB>(conn, 0).await
+        self.idle_gate_step::<DB>(conn, |g| &g.setup).await
     }
 
     /// Take the table's idle lock: waits (up to the setup's bound, then fails with a lock
     /// timeout) for the writers that skipped notifying to commit.
     pub async fn idle_lock<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<()> {
-        self.idle_gate_step::<DB>(conn, 1).await
+        self.idle_gate_step::<DB>(conn, |g| &g.lock).await
     }
 
     /// Give the table's idle lock up.
     pub async fn idle_unlock<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<()> {
-        self.idle_gate_step::<DB>(conn, 2).await
+        self.idle_gate_step::<DB>(conn, |g| &g.unlock).await
     }
 
     /// Whether another session (another relay, idle) holds the table's idle lock.
@@ -547,7 +547,10 @@ impl Statements {
         conn: &mut DB::Connection,
     ) -> Result<bool> {
         match &self.idle_gate {
-            Some(gate) => Ok(DB::fetch_ids(conn, &gate[3], &[]).await?.first() > Some(&0)),
+            Some(gate) => {
+                let holders = DB::fetch_ids(conn, &gate.held_elsewhere, &[]).await?;
+                Ok(holders.first().is_some_and(|&n| n > 0))
+            }
             None => Ok(false),
         }
     }
@@ -555,10 +558,10 @@ impl Statements {
     async fn idle_gate_step<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
-        step: usize,
+        step: fn(&IdleGate) -> &sqlx::SqlStr,
     ) -> Result<()> {
         if let Some(gate) = &self.idle_gate {
-            DB::execute_script(conn, &gate[step]).await?;
+            DB::execute_script(conn, step(gate)).await?;
         }
         Ok(())
     }

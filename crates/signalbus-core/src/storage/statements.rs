@@ -161,8 +161,17 @@ pub(crate) struct Statements {
     pub watermark_held: Option<SqlStr>,
     /// Wake the relays of this table ([`Dialect::wake_relays`]).
     pub wake_relays: Option<SqlStr>,
-    /// The table's idle lock ([`Dialect::idle_gate`]): setup, lock, unlock, held elsewhere.
-    pub idle_gate: Option<[SqlStr; 4]>,
+    /// The table's idle lock ([`Dialect::idle_gate`]).
+    pub idle_gate: Option<IdleGate>,
+}
+
+/// The statements of a table's idle lock ([`crate::storage::dialect::IdleGateSql`]).
+#[derive(Debug, Clone)]
+pub(crate) struct IdleGate {
+    pub setup: SqlStr,
+    pub lock: SqlStr,
+    pub unlock: SqlStr,
+    pub held_elsewhere: SqlStr,
 }
 
 /// `flushordered`'s statements.
@@ -616,8 +625,13 @@ impl Statements {
                 .map(|text| shared(text.replace("{name}", table.name()))),
             // The quoted name inside a literal: validated identifiers hold no `'`.
             idle_gate: d.idle_gate.map(|g| {
-                [g.setup, g.lock, g.unlock, g.held_elsewhere]
-                    .map(|text| shared(text.replace("{t}", &t)))
+                let on_table = |text: &str| shared(text.replace("{t}", &t));
+                IdleGate {
+                    setup: on_table(g.setup),
+                    lock: on_table(g.lock),
+                    unlock: on_table(g.unlock),
+                    held_elsewhere: on_table(g.held_elsewhere),
+                }
             }),
         }
     }

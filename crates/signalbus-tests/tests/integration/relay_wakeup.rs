@@ -3,9 +3,10 @@
 //! commit while every relay is busy skip the notification and the database-wide lock it takes
 //! at commit; an idle relay still wakes at once (its poll is 30 s here), and nothing is lost.
 
-use crate::common::TestBackend;
+use crate::common::{TestBackend, TestDb};
 use signalbus::publisher::MemoryPublisher;
-use signalbus::{BatchOutcome, Message, PublishError, Publisher, SignalBus, SignalType};
+use signalbus::{BatchOutcome, Message, PublishError, Publisher, Relay, SignalBus, SignalType};
+use sqlx::Postgres;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,29 @@ impl Publisher for Slow {
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.0.publish(batch).await
     }
+}
+
+/// A database of its own, and a bus on it (auto-flush off) whose broker is [`Slow`].
+async fn setup(connections: u32) -> (TestDb<Postgres>, SignalBus<Postgres>, MemoryPublisher) {
+    let db = <Postgres as TestBackend>::create(connections).await;
+    let outbox = MemoryPublisher::new();
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(Slow(outbox.clone()))
+        .register_type(SignalType::new(TABLE).autoflush(false).burst(50))
+        .autoflush(false)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    (db, bus, outbox)
+}
+
+/// A relay whose poll (30 s) is far longer than any test waits: only a wake-up is in time.
+async fn start_relay(bus: &SignalBus<Postgres>) -> Relay {
+    bus.relay()
+        .poll(Duration::from_millis(10), Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap()
 }
 
 async fn insert_one(pool: &sqlx::PgPool, n: usize) {
@@ -49,15 +73,7 @@ async fn until_sent(outbox: &MemoryPublisher, n: usize, limit: Duration) -> Dura
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn busy_writers_skip_notifying_and_an_idle_relay_still_wakes_at_once() {
-    let db = <sqlx::Postgres as TestBackend>::create(16).await;
-    let outbox = MemoryPublisher::new();
-    let bus = SignalBus::builder(db.pool.clone())
-        .publisher(Slow(outbox.clone()))
-        .register_type(SignalType::new(TABLE).autoflush(false).burst(50))
-        .autoflush(false)
-        .build()
-        .unwrap();
-    bus.migrate().await.unwrap();
+    let (db, bus, outbox) = setup(16).await;
     // Every notification the writers send.
     let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
     listener.listen("signalbus").await.unwrap();
@@ -70,12 +86,7 @@ async fn busy_writers_skip_notifying_and_an_idle_relay_still_wakes_at_once() {
             }
         })
     };
-    let relay = bus
-        .relay()
-        .poll(Duration::from_millis(10), Duration::from_secs(30))
-        .start()
-        .await
-        .unwrap();
+    let relay = start_relay(&bus).await;
 
     // Idle: one row is sent at once (the poll would take 30 s).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -134,21 +145,8 @@ async fn busy_writers_skip_notifying_and_an_idle_relay_still_wakes_at_once() {
 /// finds the row, long before the 30 s poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_writer_that_skipped_notifying_is_found_when_the_relay_goes_idle() {
-    let db = <sqlx::Postgres as TestBackend>::create(8).await;
-    let outbox = MemoryPublisher::new();
-    let bus = SignalBus::builder(db.pool.clone())
-        .publisher(Slow(outbox.clone()))
-        .register_type(SignalType::new(TABLE).autoflush(false).burst(50))
-        .autoflush(false)
-        .build()
-        .unwrap();
-    bus.migrate().await.unwrap();
-    let relay = bus
-        .relay()
-        .poll(Duration::from_millis(10), Duration::from_secs(30))
-        .start()
-        .await
-        .unwrap();
+    let (db, bus, outbox) = setup(8).await;
+    let relay = start_relay(&bus).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for round in 0..5 {
         let sent = outbox.len();

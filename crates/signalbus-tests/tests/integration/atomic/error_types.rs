@@ -195,7 +195,6 @@ async fn sqlx_holding_errors_with_sources_walked<DB: AtomicDb>() {
         "{result:?}"
     );
     assert_eq!(attempts.load(SeqCst), 1, "a domain error is not retried");
-    let _ = Holding::Bus(signalbus::Error::Closed);
     db.cleanup().await;
 }
 
