@@ -54,7 +54,7 @@ pub(crate) async fn flush_listed<DB: Backend>(
     for (idx, ids) in listed {
         let reg = shared.registry().get(idx);
         for chunk in ids.chunks(reg.ty.burst_size()) {
-            let Some(settled) = claimed_burst(shared, idx, Some(chunk)).await? else {
+            let Some(settled) = claimed_burst(shared, idx, Pick::Listed(chunk)).await? else {
                 continue;
             };
             total += settled.count();
@@ -77,16 +77,66 @@ pub(crate) async fn drain_selected<DB: Backend>(
     drain(shared, selection, mode, progress).await
 }
 
-/// Claim rows of type `idx` (those among `ids`, or the next burst), publish and settle them;
-/// `None` when there was nothing to claim. A failure of the bus as a whole gives the claimed
-/// rows back at once, without spending an attempt.
+/// Which rows a claimed burst takes.
+#[derive(Clone, Copy)]
+pub(crate) enum Pick<'a> {
+    /// The sendable rows among these ids.
+    Listed(&'a [i64]),
+    /// The next burst of sendable rows, lowest ids first, claimed through this slot where
+    /// the database claims ranges.
+    Next(&'a ClaimSlot),
+}
+
+/// What a draining loop (a `flush_many`, a relay lane) keeps across its bursts where bursts
+/// claim ranges of ids (PostgreSQL, [`crate::storage`]'s `signalbus_claims`): the token of
+/// its slot. Each claim overwrites the slot's range (a claim that finds nothing frees it);
+/// [`ClaimSlot::free`] when the loop stops early, else the range keeps the rows of its last
+/// burst that committed late away from other flushers until its lease ends.
+pub(crate) struct ClaimSlot {
+    token: String,
+}
+
+impl ClaimSlot {
+    pub fn new() -> Self {
+        ClaimSlot {
+            token: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// Free the slot (best effort: its lease ends anyway).
+    pub async fn free<DB: Backend>(&self, shared: &Shared<DB>, idx: TypeIdx) {
+        let reg = shared.registry().get(idx);
+        if !reg.sql.claims_ranges() {
+            return;
+        }
+        let freed = match shared.pool().acquire().await {
+            Ok(mut conn) => reg.sql.free_range::<DB>(&mut conn, &self.token).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = freed {
+            tracing::warn!(signal = %reg.name, error = %e, "could not free a claim; it ends with its lease");
+        }
+    }
+}
+
+/// Claim rows of type `idx` (see [`Pick`]), publish and settle them; `None` when there was
+/// nothing to claim. A failure of the bus as a whole gives the claimed rows back at once,
+/// without spending an attempt.
 pub(crate) async fn claimed_burst<DB: Backend>(
     shared: &Shared<DB>,
     idx: TypeIdx,
-    ids: Option<&[i64]>,
+    pick: Pick<'_>,
 ) -> Result<Option<Settled>> {
     let reg = shared.registry().get(idx);
-    let token = uuid::Uuid::new_v4().to_string();
+    let (ids, slot) = match pick {
+        Pick::Listed(ids) => (Some(ids), None),
+        Pick::Next(slot) => (None, Some(slot).filter(|_| reg.sql.claims_ranges())),
+    };
+    // A row claim's token is the burst's own; a range claim's, its slot's.
+    let token = match slot {
+        Some(slot) => slot.token.clone(),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
     let lease = shared.config().lease();
     let rows = retry_db!({
         let mut conn = shared.pool().acquire().await?;
@@ -102,7 +152,10 @@ pub(crate) async fn claimed_burst<DB: Backend>(
     match publish_and_settle(shared, &mut conn, vec![(idx, rows)], false).await {
         Ok(settled) => Ok(Some(settled)),
         Err(e) => {
-            give_back::<DB>(reg, &mut conn, &claimed).await;
+            match slot {
+                Some(slot) => slot.free(shared, idx).await,
+                None => give_back::<DB>(reg, &mut conn, &claimed).await,
+            }
             Err(e)
         }
     }
@@ -126,23 +179,53 @@ async fn drain<DB: Backend>(
     let mut total = 0;
     let mut hold = LaneHold::new();
     for idx in shared.registry().select(selection)? {
-        let reg = shared.registry().get(idx);
-        loop {
-            let settled = match mode {
-                Drain::Many => claimed_burst(shared, idx, None).await?,
-                Drain::Ordered => ordered_burst(shared, idx, true, &mut hold).await?,
-            };
-            let Some(settled) = settled else {
-                break;
-            };
-            total += settled.count();
-            tracing::debug!(signal = %reg.name, burst = settled.count(), refused = settled.refused, total, ?mode, "flushed a burst");
-            if report(progress, &reg.name, &settled, total).is_break() {
-                return Ok(total);
-            }
+        let slot = ClaimSlot::new();
+        let drained = drain_type(shared, idx, mode, &slot, &mut hold, progress, &mut total).await;
+        if !matches!(drained, Ok(ControlFlow::Continue(()))) {
+            // Stopped early: the last burst's range goes now, not when its lease ends.
+            slot.free(shared, idx).await;
+        }
+        if drained?.is_break() {
+            return Ok(total);
         }
     }
     Ok(total)
+}
+
+/// [`drain`] of one type; `Break` when the progress callback says stop.
+async fn drain_type<DB: Backend>(
+    shared: &Shared<DB>,
+    idx: TypeIdx,
+    mode: Drain,
+    slot: &ClaimSlot,
+    hold: &mut LaneHold<DB>,
+    progress: OnProgress<'_>,
+    total: &mut usize,
+) -> Result<ControlFlow<()>> {
+    let reg = shared.registry().get(idx);
+    // Whether the last claim of this type took rows (`Some`), and whether one was made.
+    let mut took: Option<bool> = None;
+    loop {
+        let settled = match mode {
+            Drain::Many => claimed_burst(shared, idx, Pick::Next(slot)).await?,
+            Drain::Ordered => ordered_burst(shared, idx, true, hold).await?,
+        };
+        let Some(settled) = settled else {
+            // A range claim that finds nothing frees the slot; rows that committed late
+            // inside the last burst's range were hidden by it until then: one more look.
+            if matches!(mode, Drain::Many) && reg.sql.claims_ranges() && took == Some(true) {
+                took = Some(false);
+                continue;
+            }
+            return Ok(ControlFlow::Continue(()));
+        };
+        took = Some(true);
+        *total += settled.count();
+        tracing::debug!(signal = %reg.name, burst = settled.count(), refused = settled.refused, total = *total, ?mode, "flushed a burst");
+        if report(progress, &reg.name, &settled, *total).is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+    }
 }
 
 /// What an ordered flusher holds between bursts: a connection of its own whose session

@@ -34,7 +34,7 @@
 //!
 //! The gauges it keeps are listed in [`crate::metrics`].
 
-use super::bursts::{LaneHold, claimed_burst, ordered_burst};
+use super::bursts::{ClaimSlot, LaneHold, Pick, claimed_burst, ordered_burst};
 use super::context::{Engine, Shared};
 use super::wake::{self, IdleGate, Wakers, stopped_within};
 use crate::error::{Error, Result};
@@ -397,6 +397,7 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
     // not at the next poll.
     let mut retry_due: Option<tokio::time::Instant> = None;
     let mut hold = LaneHold::new();
+    let slot = ClaimSlot::new();
     // Whether this lane told the gate it is idle, and whether a notification will then wake
     // it (else it polls, as on databases without notifications).
     let (mut registered, mut covered) = (false, false);
@@ -405,7 +406,7 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
         let burst = if lane.ordered {
             ordered_burst(&shared, lane.idx, false, &mut hold).await
         } else {
-            claimed_burst(&shared, lane.idx, None).await
+            claimed_burst(&shared, lane.idx, Pick::Next(&slot)).await
         };
         let wait = match burst {
             Ok(Some(settled)) => {
@@ -477,6 +478,9 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
         }
         // Awake: busy until it finds nothing again (writers stop notifying meanwhile).
         lane.busy(&mut registered);
+    }
+    if !lane.ordered {
+        slot.free(&shared, lane.idx).await;
     }
 }
 

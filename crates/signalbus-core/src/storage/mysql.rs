@@ -82,6 +82,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     watermark_holder: None,
     wake_relays: None,
     idle_gate: None,
+    range_claims: None,
     begin_flush: "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),

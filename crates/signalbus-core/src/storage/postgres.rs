@@ -2,7 +2,8 @@
 //! transaction's id in `txid` for gap-safe ordering.
 
 use super::dialect::{
-    ColumnTypes, Dialect, IdleGateSql, InboxSql, Lanes, OrderedRead, Placeholders, lock_clause,
+    ColumnTypes, Dialect, IdleGateSql, InboxSql, Lanes, OrderedRead, Placeholders, RangeClaimSql,
+    lock_clause,
 };
 use crate::locking::{Isolation, SqliteBegin};
 use sqlx::Postgres;
@@ -67,6 +68,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     watermark_held: Some(WATERMARK_HELD),
     watermark_holder: Some(WATERMARK_HOLDER),
     wake_relays: Some("SELECT pg_notify('signalbus', '{name}')"),
+    range_claims: Some(RANGE_CLAIMS),
     idle_gate: Some(IdleGateSql {
         setup: "SET lock_timeout = '200ms'",
         lock: "SELECT pg_advisory_lock(1397309772, '{t}'::regclass::oid::int4)",
@@ -151,6 +153,53 @@ const NOTIFY_TRIGGER: &str = "DO $signalbus$ BEGIN \
      CREATE OR REPLACE TRIGGER signalbus_notify AFTER INSERT ON {t} \
      FOR EACH ROW WHEN (NEW.next_attempt_at IS NULL) EXECUTE FUNCTION signalbus_notify(); \
      END $signalbus$";
+
+/// Claims of id ranges ([`RangeClaimSql`]). The slot table is written with HOT updates only
+/// (no indexed column changes, half of each page left free): its dead versions are pruned
+/// within their page, with or without autovacuum. The claim turn is advisory lock
+/// (1397309773, the table's oid): a burst's range claim takes it exclusive; the claims of
+/// single rows (an explicit `flush` of listed rows, the auto-flush of a caller's own
+/// transaction, an ordered burst) take it shared, so that they run side by side but never
+/// read in a snapshot taken before a range claim committed. Both plan their read on indexes
+/// only: the planner cannot estimate the range check and, with any statistics, then prefers
+/// a scan of the whole table and a sort (measured: 24 ms instead of 1 ms per burst of 1,000
+/// rows at 80,000 rows).
+const RANGE_CLAIMS: RangeClaimSql = RangeClaimSql {
+    create: "DO $signalbus$ BEGIN PERFORM pg_advisory_xact_lock(4212889371); \
+        CREATE TABLE IF NOT EXISTS signalbus_claims (table_name TEXT NOT NULL, \
+        slot INTEGER NOT NULL, token TEXT NULL, lo BIGINT NOT NULL, hi BIGINT NOT NULL, \
+        until TIMESTAMPTZ NULL, PRIMARY KEY (table_name, slot)) WITH (fillfactor = 50); \
+        END $signalbus$",
+    live: "COALESCE((SELECT array_agg(int8range(c.lo, c.hi, '[]')) FROM signalbus_claims AS c \
+        WHERE c.table_name = '{name}' AND c.until > {now}), '{}'::int8range[])",
+    outside: "NOT ({p}id <@ ANY({live}))",
+    turn: "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+        SET LOCAL max_parallel_workers_per_gather = 0; \
+        SELECT pg_advisory_xact_lock(1397309773, '{t}'::regclass::oid::int4)",
+    shared_turn: "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+        SET LOCAL max_parallel_workers_per_gather = 0; \
+        SELECT pg_advisory_xact_lock_shared(1397309773, '{t}'::regclass::oid::int4)",
+    claim: "WITH picked AS ({picked}), \
+        r AS (SELECT min(p.id) AS lo, max(p.id) AS hi FROM picked AS p), \
+        mine AS (UPDATE signalbus_claims AS c SET lo = COALESCE(r.lo, 0), hi = COALESCE(r.hi, -1), \
+            until = CASE WHEN r.lo IS NULL THEN NULL ELSE {lease} END, \
+            token = CASE WHEN r.lo IS NULL THEN NULL ELSE c.token END \
+            FROM r WHERE c.table_name = '{name}' AND c.token = {Token} RETURNING c.slot), \
+        free AS (SELECT c.slot FROM signalbus_claims AS c WHERE c.table_name = '{name}' \
+            AND (c.until IS NULL OR c.until <= {now}) ORDER BY c.slot LIMIT 1), \
+        taken AS (UPDATE signalbus_claims AS c SET token = {Token}, lo = r.lo, hi = r.hi, \
+            until = {lease} FROM r WHERE c.table_name = '{name}' \
+            AND c.slot = (SELECT f.slot FROM free AS f) AND r.lo IS NOT NULL \
+            AND NOT EXISTS (SELECT 1 FROM mine) RETURNING c.slot), \
+        added AS (INSERT INTO signalbus_claims (table_name, slot, token, lo, hi, until) \
+            SELECT '{name}', COALESCE((SELECT max(c.slot) + 1 FROM signalbus_claims AS c \
+            WHERE c.table_name = '{name}'), 0), {Token}, r.lo, r.hi, {lease} FROM r \
+            WHERE r.lo IS NOT NULL AND NOT EXISTS (SELECT 1 FROM mine) \
+            AND NOT EXISTS (SELECT 1 FROM free) RETURNING slot) \
+        SELECT * FROM picked",
+    free: "UPDATE signalbus_claims SET until = NULL, token = NULL \
+        WHERE table_name = '{name}' AND token = {Token}",
+};
 
 /// 40001 serialization failure, 40P01 deadlock, and 55P03 lock not available (raised by
 /// `lock_timeout` and `NOWAIT`: the counterpart of MySQL's 1205).

@@ -228,15 +228,58 @@ impl Statements {
     ) -> Result<Vec<StoredRow>> {
         match DB::DIALECT.begin_async {
             Some(begin) => {
-                let mut tx = conn.begin_with(begin).await?;
+                let mut tx = conn.begin_with(sqlx::SqlSafeStr::into_sql_str(begin)).await?;
+                self.take_claim_turn::<DB>(&mut tx, ids.is_none()).await?;
                 let rows = self
                     .claim_in::<DB>(&mut tx, ids, limit, lease, token)
-                    .await?;
+                    .await
+                    .map_err(missing_claims_table)?;
                 tx.commit().await?;
                 Ok(rows)
             }
             None => self.claim_in::<DB>(conn, ids, limit, lease, token).await,
         }
+    }
+
+    /// Where bursts claim ranges: take the claim turn in the open transaction, exclusive for
+    /// a range claim (`range`), shared for a claim of single rows (see
+    /// [`dialect::RangeClaimSql`]).
+    async fn take_claim_turn<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        range: bool,
+    ) -> Result<()> {
+        if let Some(ranges) = &self.range_claims {
+            let turn = if range {
+                &ranges.turn
+            } else {
+                &ranges.shared_turn
+            };
+            DB::execute_script(conn, turn).await?;
+        }
+        Ok(())
+    }
+
+    /// Free the range claim slot that `token` holds (a burst given back, a draining loop
+    /// that ends); nothing where bursts claim rows.
+    pub async fn free_range<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        token: &str,
+    ) -> Result<()> {
+        if let Some(ranges) = &self.range_claims {
+            let values = Values {
+                token,
+                ..Values::default()
+            };
+            Self::run::<DB>(conn, &ranges.free, values).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a burst's claim is a range claim (the rows themselves are not written).
+    pub fn claims_ranges(&self) -> bool {
+        self.range_claims.is_some()
     }
 
     /// Claim the sendable rows among `ids` in the caller's open transaction (an ordered
@@ -346,6 +389,19 @@ impl Statements {
             token,
             ..Values::default()
         };
+        if self.range_claims.is_some()
+            && let Some(begin) = DB::DIALECT.begin_async
+        {
+            // Read after the claim turn's shared side: never in a snapshot taken before a
+            // range claim committed.
+            let mut tx = conn.begin_with(sqlx::SqlSafeStr::into_sql_str(begin)).await?;
+            self.take_claim_turn::<DB>(&mut tx, false).await?;
+            let ids = DB::fetch_ids(&mut tx, &self.claim_own.sql, &values.bind(&self.claim_own))
+                .await
+                .map_err(missing_claims_table)?;
+            tx.commit().await?;
+            return Ok(ids);
+        }
         match &self.read_claimed_ids {
             None => DB::fetch_ids(conn, &self.claim_own.sql, &values.bind(&self.claim_own)).await,
             Some(read) => {
@@ -423,7 +479,9 @@ impl Statements {
             } => {
                 // Rows restored from another cluster first (usually none: an index probe),
                 // then the settled ones.
-                let rows = Self::run_rows::<DB>(conn, restored, values).await?;
+                let rows = Self::run_rows::<DB>(conn, restored, values)
+                    .await
+                    .map_err(missing_claims_table)?;
                 if !rows.is_empty() {
                     return Ok(rows);
                 }
@@ -453,7 +511,7 @@ impl Statements {
         };
         match DB::DIALECT.begin_async.filter(|_| alone) {
             Some(begin) => {
-                let mut tx = conn.begin_with(begin).await?;
+                let mut tx = conn.begin_with(sqlx::SqlSafeStr::into_sql_str(begin)).await?;
                 let deleted = Self::run::<DB>(&mut tx, &self.delete_ids, values).await?;
                 tx.commit().await?;
                 Ok(deleted)
@@ -464,7 +522,9 @@ impl Statements {
 
     /// The ids of the rows that can be sent now, ascending.
     pub async fn pending_ids<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<Vec<i64>> {
-        DB::fetch_ids(conn, &self.pending_ids, &[]).await
+        DB::fetch_ids(conn, &self.pending_ids, &[])
+            .await
+            .map_err(missing_claims_table)
     }
 
     /// Counts and ages of all, backing-off and parked rows.
@@ -616,6 +676,23 @@ impl Statements {
                 Self::run::<DB>(conn, stmt, values).await
             }
         }
+    }
+}
+
+/// PostgreSQL's "relation does not exist" (SQLSTATE 42P01) on the table of range claims, as
+/// an error that says what to do.
+fn missing_claims_table(e: Error) -> Error {
+    let missing = matches!(&e, Error::Database(sqlx::Error::Database(db))
+        if db.code().is_some_and(|code| code == "42P01")
+            && db.message().contains("signalbus_claims"));
+    if missing {
+        Error::Config(
+            "table `signalbus_claims` is missing (this version of signalbus claims ranges of \
+             ids there): run `SignalBus::migrate` (or `signalbus migrate`) once on this database"
+                .into(),
+        )
+    } else {
+        e
     }
 }
 

@@ -69,6 +69,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     watermark_holder: None,
     wake_relays: None,
     idle_gate: None,
+    range_claims: None,
     begin_flush: "BEGIN IMMEDIATE",
     // A signalbus transaction writes anyway, and taking the write lock up front waits
     // (busy_timeout) instead of failing with SQLITE_BUSY_SNAPSHOT when a flush committed

@@ -163,6 +163,20 @@ pub(crate) struct Statements {
     pub wake_relays: Option<SqlStr>,
     /// The table's idle lock ([`Dialect::idle_gate`]).
     pub idle_gate: Option<IdleGate>,
+    /// Where bursts claim ranges of ids ([`Dialect::range_claims`]); `claim_burst` is then a
+    /// range claim.
+    pub range_claims: Option<RangeClaims>,
+}
+
+/// The statements of range claims ([`super::dialect::RangeClaimSql`]) besides the claim itself.
+#[derive(Debug, Clone)]
+pub(crate) struct RangeClaims {
+    /// The claim turn, exclusive: a range claim.
+    pub turn: SqlStr,
+    /// Its shared side: the claims of single rows.
+    pub shared_turn: SqlStr,
+    /// Free the slot of the bound token.
+    pub free: Stmt,
 }
 
 /// The statements of a table's idle lock ([`crate::storage::dialect::IdleGateSql`]).
@@ -265,9 +279,26 @@ impl Statements {
         let t = table.quoted(d.quote);
         let now = d.now;
         let now_plus = |ms: &str| d.now_plus_ms.replace("{ms}", ms);
-        // A row can be sent now: not parked, and neither leased nor backing off.
+        // Range claims ([`super::dialect::RangeClaimSql`]): `outside` is "not in a live range" for `{p}`.
+        let name = table.to_string();
+        let ranges = d.range_claims.map(|r| {
+            let on_table = |text: &str| {
+                text.replace("{t}", &t)
+                    .replace("{name}", &name)
+                    .replace("{now}", now)
+            };
+            let live = on_table(r.live);
+            (r, on_table, r.outside.replace("{live}", &live))
+        });
+        let outside = |prefix: &str| match &ranges {
+            Some((_, _, outside)) => format!(" AND {}", outside.replace("{p}", prefix)),
+            None => String::new(),
+        };
+        // A row can be sent now: not parked, and neither leased (a row lease or a live range
+        // claim) nor backing off.
         let ready = format!(
-            "t.parked_at IS NULL AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= {now})"
+            "t.parked_at IS NULL AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= {now}){}",
+            outside("t.")
         );
         // Held back by a refusal: parked, or backing off (no claim: a row in flight with
         // another flusher has one, and is met in order by the read, not found by this).
@@ -313,6 +344,9 @@ impl Statements {
             c.extra_columns,
             c.table_options,
         ))];
+        if let Some((r, ..)) = &ranges {
+            create.push(shared(r.create.to_owned()));
+        }
         if d.ordered_read == ReadKind::TxidWatermark {
             // flushordered reads in (txid, id) order: an index scan instead of a sort of the
             // whole table per burst.
@@ -437,10 +471,25 @@ impl Statements {
             }
         };
         let claim_ids = claim(id_in, "");
-        let claim_burst = claim("1 = 1", " ORDER BY t.id LIMIT {Limit}");
+        let claim_burst = match &ranges {
+            // One slot row per flusher records the burst's range; the rows are only read.
+            Some((r, on_table, _)) => {
+                let picked = format!(
+                    "SELECT {} FROM {t} AS t WHERE {ready} ORDER BY t.id LIMIT {{Limit}}",
+                    select_columns(d, "t.", "1 = 1")
+                );
+                stmt(
+                    on_table(r.claim)
+                        .replace("{lease}", &lease)
+                        .replace("{picked}", &picked),
+                )
+            }
+            None => claim("1 = 1", " ORDER BY t.id LIMIT {Limit}"),
+        };
         let free = format!(
             "t.parked_at IS NULL AND (t.claim IS NULL OR t.next_attempt_at IS NULL \
-             OR t.next_attempt_at <= {now})"
+             OR t.next_attempt_at <= {now}){}",
+            outside("t.")
         );
         let claim_own = if d.update_returning {
             let pick = format!(
@@ -521,12 +570,18 @@ impl Statements {
                      '1s', true); EXCEPTION WHEN OTHERS THEN NULL; END $check$",
                     ms + 30_000
                 );
+                // The ordered burst claims single rows: the claim turn's shared side, taken
+                // before the read's snapshot (see [`super::dialect::RangeClaimSql`]).
+                let claim_turn = match &ranges {
+                    Some((r, on_table, _)) => format!("; {}", on_table(r.shared_turn)),
+                    None => String::new(),
+                };
                 let turn = shared(if d.lanes.is_some() {
-                    format!("SET LOCAL lock_timeout = {ms}; {plan}")
+                    format!("SET LOCAL lock_timeout = {ms}; {plan}{claim_turn}")
                 } else {
                     format!(
                         "SET LOCAL lock_timeout = {ms}; {plan}; \
-                         SELECT pg_advisory_xact_lock(hashtextextended('signalbus.ordered.{table}', 0))"
+                         SELECT pg_advisory_xact_lock(hashtextextended('signalbus.ordered.{table}', 0)){claim_turn}"
                     )
                 });
                 let read = |condition: &str| {
@@ -585,9 +640,21 @@ impl Statements {
             lane_locks,
 
             pending_ids: shared(format!("SELECT id FROM {t} AS t WHERE {ready} ORDER BY id")),
-            in_flight: shared(format!(
-                "SELECT COUNT(*) FROM {t} AS t WHERE t.claim IS NOT NULL AND t.next_attempt_at > {now}"
-            )),
+            in_flight: shared(match &ranges {
+                Some((r, on_table, _)) => format!(
+                    "SELECT (SELECT COUNT(*) FROM {t} AS t WHERE t.claim IS NOT NULL \
+                     AND t.next_attempt_at > {now}) + cardinality({})",
+                    on_table(r.live)
+                ),
+                None => format!(
+                    "SELECT COUNT(*) FROM {t} AS t WHERE t.claim IS NOT NULL AND t.next_attempt_at > {now}"
+                ),
+            }),
+            range_claims: ranges.as_ref().map(|(r, on_table, _)| RangeClaims {
+                turn: shared(on_table(r.turn)),
+                shared_turn: shared(on_table(r.shared_turn)),
+                free: stmt(on_table(r.free)),
+            }),
             pending_stats,
             parked: stmt(format!(
                 "SELECT t.id, t.message_id, t.attempts, t.last_error, {}, t.ordering_key \

@@ -21,6 +21,7 @@ mod orm_diesel;
 mod orm_seaorm;
 mod outage;
 mod poison;
+mod range_claims;
 mod relay;
 mod relay_keyed;
 mod relay_keyed_brokers;

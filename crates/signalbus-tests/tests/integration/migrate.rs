@@ -109,7 +109,7 @@ async fn postgres_errors_say_what_and_which_code_not_a_source_line() {
         .unwrap();
     bus.migrate().await.unwrap();
     // A signal table someone broke by hand.
-    sqlx::query("ALTER TABLE audit_signal DROP COLUMN claim")
+    sqlx::query("ALTER TABLE audit_signal DROP COLUMN attempts")
         .execute(&db.pool)
         .await
         .unwrap();
@@ -123,7 +123,7 @@ async fn postgres_errors_say_what_and_which_code_not_a_source_line() {
         .unwrap_err();
     let text = error.to_string();
     assert!(
-        text.contains("column \"claim\"") && text.contains("(code 42703)"),
+        text.contains("column t.attempts") && text.contains("(code 42703)"),
         "{text}"
     );
     assert!(!text.contains(" at line "), "{text}");
