@@ -143,6 +143,33 @@ async fn concurrent_drains_send_each_row_once_and_reuse_their_slots() {
     db.cleanup().await;
 }
 
+/// The futures of a bus of a concrete database type can be spawned (a compile-time check:
+/// the transaction-beginning statements once made them not provably `Send`).
+#[tokio::test]
+async fn the_futures_of_a_postgres_bus_can_be_spawned() {
+    let db = <Postgres as TestBackend>::create(4).await;
+    let bus = bus(&db, MemoryPublisher::new(), 1000);
+    bus.migrate().await.unwrap();
+    let tasks = vec![
+        tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.flush(&Selection::all(), std::time::Duration::ZERO).await }
+        }),
+        tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.flush_ordered(&Selection::all()).await }
+        }),
+        tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.begin().await?.commit().await.map(|_| 0) }
+        }),
+    ];
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_database_not_migrated_for_range_claims_says_to_migrate() {
     let db = <Postgres as TestBackend>::create(2).await;
