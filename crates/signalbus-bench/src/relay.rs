@@ -46,6 +46,14 @@ pub struct Args {
     /// Where published messages go: exchange / subject / topic.
     #[arg(long, default_value = "bench")]
     destination: String,
+    /// Instead of the other phases: writers at `--rate` and one relay for this many seconds,
+    /// with a sample of the table's size, dead tuples and vacuums every `--sample-every`
+    /// seconds (bloat under steady load).
+    #[arg(long, default_value_t = 0)]
+    steady_seconds: u64,
+    /// Seconds between two samples of `--steady-seconds`.
+    #[arg(long, default_value_t = 60)]
+    sample_every: u64,
 }
 
 const TABLE: &str = "bench_relay";
@@ -67,6 +75,9 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     Postgres::reset(&pool, &table).await?;
 
+    if args.steady_seconds > 0 {
+        return steady(&args, &pool, &bus, &timed).await;
+    }
     latency(&args, &pool, &bus, &timed).await?;
     if args.backlog > 0 {
         backlog(&args, &pool, &table, &bus).await?;
@@ -144,10 +155,15 @@ fn rss_mib() -> f64 {
 
 /// Commit one signal per transaction at `rate` for `seconds`; returns how many committed.
 async fn write_at_rate(args: &Args, pool: &PgPool, timed: &Timed) -> usize {
+    write_for(args, pool, timed, Duration::from_secs(args.seconds)).await
+}
+
+/// [`write_at_rate`] for `length`.
+async fn write_for(args: &Args, pool: &PgPool, timed: &Timed, length: Duration) -> usize {
     let period = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let until = Instant::now() + length;
     let mut writers = tokio::task::JoinSet::new();
     let mut n = 0usize;
     let sql = format!("INSERT INTO {TABLE} (message_id, topic, body) VALUES ($1, $2, 'x')");
@@ -237,6 +253,53 @@ async fn latency(
         "writers_cpu_s": round2(writers_cpu),
         "total_cpu_s": round2(total_cpu),
     }));
+    Ok(())
+}
+
+/// Writers and a relay for `--steady-seconds`; a sample of the table every `--sample-every`.
+async fn steady(
+    args: &Args,
+    pool: &PgPool,
+    bus: &SignalBus<Postgres>,
+    timed: &Timed,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let relay = bus.relay().start().await?;
+    let length = Duration::from_secs(args.steady_seconds);
+    let started = Instant::now();
+    let writers = write_for(args, pool, timed, length);
+    let sampler = async {
+        let every = Duration::from_secs(args.sample_every.max(1));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        while started.elapsed() < length {
+            ticks.tick().await;
+            let mut window = std::mem::take(&mut *timed.latencies.lock().unwrap());
+            let table: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+                "SELECT n_live_tup, n_dead_tup, pg_table_size(relid), pg_indexes_size(relid), \
+                 autovacuum_count, (SELECT COUNT(*) FROM bench_relay) \
+                 FROM pg_stat_user_tables WHERE relname = 'bench_relay'",
+            )
+            .fetch_one(pool)
+            .await?;
+            emit(serde_json::json!({
+                "bench": "relay",
+                "mode": "steady",
+                "rate": args.rate,
+                "at_s": started.elapsed().as_secs(),
+                "pending": table.5,
+                "n_live_tup": table.0,
+                "n_dead_tup": table.1,
+                "table_kib": table.2 / 1024,
+                "indexes_kib": table.3 / 1024,
+                "autovacuums": table.4,
+                "acknowledged": window.len(),
+                "p99_ms": round2(window.percentile_ms(99.0)),
+            }));
+        }
+        Ok::<(), sqlx::Error>(())
+    };
+    let (_, sampled) = tokio::join!(writers, sampler);
+    relay.shutdown(Duration::from_secs(10)).await;
+    sampled?;
     Ok(())
 }
 

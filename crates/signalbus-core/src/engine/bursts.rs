@@ -148,17 +148,22 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         return Ok(None);
     }
     let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let mut conn = shared.pool().acquire().await?;
-    match publish_and_settle(shared, &mut conn, vec![(idx, rows)], false).await {
-        Ok(settled) => Ok(Some(settled)),
-        Err(e) => {
-            match slot {
-                Some(slot) => slot.free(shared, idx).await,
-                None => give_back::<DB>(reg, &mut conn, &claimed).await,
-            }
-            Err(e)
+    let published = async {
+        let mut conn = shared.pool().acquire().await?;
+        let result = publish_and_settle(shared, &mut conn, vec![(idx, rows)], false).await;
+        if result.is_err() && slot.is_none() {
+            give_back::<DB>(reg, &mut conn, &claimed).await;
         }
+        result
     }
+    .await;
+    // A range is given back whatever failed (the connection above is back in the pool).
+    if published.is_err()
+        && let Some(slot) = slot
+    {
+        slot.free(shared, idx).await;
+    }
+    published.map(Some)
 }
 
 /// Give claimed rows back after a failure of the bus (best effort: if it fails too, their
@@ -234,6 +239,8 @@ async fn drain_type<DB: Backend>(
 pub(crate) struct LaneHold<DB: Backend> {
     conn: Option<DB::Connection>,
     next: u32,
+    /// The flusher's claim slot, where bursts claim ranges.
+    slot: ClaimSlot,
 }
 
 impl<DB: Backend> LaneHold<DB> {
@@ -242,6 +249,7 @@ impl<DB: Backend> LaneHold<DB> {
             conn: None,
             // Flushers start at different lanes, so that they meet less.
             next: rand::random::<u32>(),
+            slot: ClaimSlot::new(),
         }
     }
 
@@ -298,7 +306,7 @@ pub(crate) async fn ordered_burst<DB: Backend>(
                     }
                 }
             }
-            let result = lane_burst(shared, idx, lane).await;
+            let result = lane_burst(shared, idx, lane, &hold.slot).await;
             if lanes > 1
                 && let Some(conn) = hold.conn.as_mut()
                 && reg.sql.free_lane::<DB>(conn, lane).await.is_err()
@@ -329,9 +337,17 @@ async fn lane_burst<DB: Backend>(
     shared: &Shared<DB>,
     idx: TypeIdx,
     lane: u32,
+    slot: &ClaimSlot,
 ) -> Result<Option<Settled>> {
     let reg = shared.registry().get(idx);
-    let token = uuid::Uuid::new_v4().to_string();
+    // A range claim goes in the flusher's slot, freed once the burst is settled (a row of the
+    // lane that commits late inside the range must not wait for the lease).
+    let ranges = reg.sql.claims_ranges();
+    let token = if ranges {
+        slot.token.clone()
+    } else {
+        uuid::Uuid::new_v4().to_string()
+    };
     let lease = shared.config().lease();
     let burst = reg.ty.burst_size();
     let mut held = CloseOnDrop::acquire(shared.pool()).await?;
@@ -347,7 +363,7 @@ async fn lane_burst<DB: Backend>(
         }
         let claimed = reg
             .sql
-            .claim_in_tx::<DB>(tx, &picked, lease, &token)
+            .claim_in_tx::<DB>(tx, &picked, lane, lease, &token)
             .await?;
         // Claimed in the order read; stop at a row that was not claimable after all.
         let mut by_id: std::collections::HashMap<i64, crate::storage::StoredRow> =
@@ -360,6 +376,23 @@ async fn lane_burst<DB: Backend>(
     if rows.is_empty() {
         return Ok(None);
     }
+    let result = publish_in_rounds(shared, idx, rows, !ranges).await;
+    if ranges {
+        slot.free(shared, idx).await;
+    }
+    result.map(Some)
+}
+
+/// Publish an ordered burst's rows round after round, then settle them. On a failure of the
+/// bus the rounds that went out are settled and the others given back (`give_back`: row
+/// leases; a range is freed by the caller).
+async fn publish_in_rounds<DB: Backend>(
+    shared: &Shared<DB>,
+    idx: TypeIdx,
+    rows: Vec<crate::storage::StoredRow>,
+    give_back_rows: bool,
+) -> Result<Settled> {
+    let reg = shared.registry().get(idx);
     // Published round after round (each waits for the broker's answer to the one before),
     // settled once.
     let mut conn = shared.pool().acquire().await?;
@@ -404,14 +437,14 @@ async fn lane_burst<DB: Backend>(
                 if !entries.is_empty() {
                     settle(shared, &mut conn, &entries, &fates, true).await?;
                 }
-                give_back::<DB>(reg, &mut conn, &ids).await;
+                if give_back_rows {
+                    give_back::<DB>(reg, &mut conn, &ids).await;
+                }
                 return Err(e);
             }
         }
     }
-    Ok(Some(
-        settle(shared, &mut conn, &entries, &fates, true).await?,
-    ))
+    settle(shared, &mut conn, &entries, &fates, true).await
 }
 
 /// Rows in order as publish rounds: the n-th row of each key in round n; the rows without a

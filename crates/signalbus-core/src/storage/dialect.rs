@@ -183,6 +183,9 @@ pub(crate) struct Dialect {
     /// Where the insert trigger notifies only while a relay is idle: the statements of the
     /// relay's idle lock ([`IdleGateSql`]).
     pub idle_gate: Option<IdleGateSql>,
+    /// Run by `migrate` on each signal table: per-table vacuum settings (`{t}` the table),
+    /// where the database has them.
+    pub vacuum_settings: Option<&'static str>,
     /// Where a burst claims a range of ids (one row of its own) instead of writing a lease
     /// into every row it takes ([`RangeClaimSql`]); `None`: row leases.
     pub range_claims: Option<RangeClaimSql>,
@@ -268,14 +271,18 @@ pub struct RangeClaimSql {
     /// The live ranges of the table, as one array (an uncorrelated subquery: evaluated once
     /// per statement, whatever the number of rows it checks).
     pub live: &'static str,
+    /// Added to `live` (as `{of_lane}`) for an ordered read: only the ranges of all lanes
+    /// and those of the bound `{Lane}`.
+    pub of_lane: &'static str,
     /// "row `{p}id` is in no live range", given the array `{live}`.
     pub outside: &'static str,
     /// Take the table's claim turn (held until the claim's transaction ends).
     pub turn: &'static str,
     /// Take its shared side: the claims of single rows, which run side by side.
     pub shared_turn: &'static str,
-    /// The claim: `{picked}` is the query of the rows taken (ascending ids); the statement
-    /// records their range in the flusher's slot (the one its `{Token}` holds, else a free
+    /// The claim: `{picked}` is the query of the rows taken (ascending ids), `{lane}` the
+    /// lane of an ordered burst (NULL: all); the statement records their range in the
+    /// flusher's slot (the one its `{Token}` holds, else a free
     /// one, else a new one; a claim that takes nothing frees the flusher's slot) and returns
     /// the rows.
     pub claim: &'static str,

@@ -83,6 +83,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     wake_relays: None,
     idle_gate: None,
     range_claims: None,
+    vacuum_settings: None,
     begin_flush: "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
     begin_write: None,
     default_publish_timeout: Duration::from_secs(30),

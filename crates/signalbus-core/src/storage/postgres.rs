@@ -69,6 +69,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     watermark_holder: Some(WATERMARK_HOLDER),
     wake_relays: Some("SELECT pg_notify('signalbus', '{name}')"),
     range_claims: Some(RANGE_CLAIMS),
+    vacuum_settings: Some(VACUUM_SETTINGS),
     idle_gate: Some(IdleGateSql {
         setup: "SET lock_timeout = '200ms'",
         lock: "SELECT pg_advisory_lock(1397309772, '{t}'::regclass::oid::int4)",
@@ -154,13 +155,15 @@ const NOTIFY_TRIGGER: &str = "DO $signalbus$ BEGIN \
      FOR EACH ROW WHEN (NEW.next_attempt_at IS NULL) EXECUTE FUNCTION signalbus_notify(); \
      END $signalbus$";
 
-/// Claims of id ranges ([`RangeClaimSql`]). The slot table is written with HOT updates only
+/// Claims of id ranges ([`RangeClaimSql`]). An ordered burst's range is of its lane: it
+/// keeps the ordered flushers of other lanes away from nothing (unordered readers skip it
+/// whole). The slot table is written with HOT updates only
 /// (no indexed column changes, half of each page left free): its dead versions are pruned
 /// within their page, with or without autovacuum. The claim turn is advisory lock
-/// (1397309773, the table's oid): a burst's range claim takes it exclusive; the claims of
-/// single rows (an explicit `flush` of listed rows, the auto-flush of a caller's own
-/// transaction, an ordered burst) take it shared, so that they run side by side but never
-/// read in a snapshot taken before a range claim committed. Both plan their read on indexes
+/// (1397309773, the table's oid): a range claim (a burst, an ordered burst with its read)
+/// takes it exclusive; the claims of single rows (an explicit `flush` of listed rows, the
+/// auto-flush of a caller's own transaction) take it shared, so that they run side by side
+/// but never read in a snapshot taken before a range claim committed. Both plan their read on indexes
 /// only: the planner cannot estimate the range check and, with any statistics, then prefers
 /// a scan of the whole table and a sort (measured: 24 ms instead of 1 ms per burst of 1,000
 /// rows at 80,000 rows).
@@ -168,10 +171,12 @@ const RANGE_CLAIMS: RangeClaimSql = RangeClaimSql {
     create: "DO $signalbus$ BEGIN PERFORM pg_advisory_xact_lock(4212889371); \
         CREATE TABLE IF NOT EXISTS signalbus_claims (table_name TEXT NOT NULL, \
         slot INTEGER NOT NULL, token TEXT NULL, lo BIGINT NOT NULL, hi BIGINT NOT NULL, \
-        until TIMESTAMPTZ NULL, PRIMARY KEY (table_name, slot)) WITH (fillfactor = 50); \
+        lane INTEGER NULL, until TIMESTAMPTZ NULL, PRIMARY KEY (table_name, slot)) \
+        WITH (fillfactor = 50); \
         END $signalbus$",
     live: "COALESCE((SELECT array_agg(int8range(c.lo, c.hi, '[]')) FROM signalbus_claims AS c \
-        WHERE c.table_name = '{name}' AND c.until > {now}), '{}'::int8range[])",
+        WHERE c.table_name = '{name}' AND c.until > {now}{of_lane}), '{}'::int8range[])",
+    of_lane: " AND (c.lane IS NULL OR c.lane = CAST({Lane} AS integer))",
     outside: "NOT ({p}id <@ ANY({live}))",
     turn: "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
         SET LOCAL max_parallel_workers_per_gather = 0; \
@@ -182,24 +187,38 @@ const RANGE_CLAIMS: RangeClaimSql = RangeClaimSql {
     claim: "WITH picked AS ({picked}), \
         r AS (SELECT min(p.id) AS lo, max(p.id) AS hi FROM picked AS p), \
         mine AS (UPDATE signalbus_claims AS c SET lo = COALESCE(r.lo, 0), hi = COALESCE(r.hi, -1), \
-            until = CASE WHEN r.lo IS NULL THEN NULL ELSE {lease} END, \
+            lane = {lane}, until = CASE WHEN r.lo IS NULL THEN NULL ELSE {lease} END, \
             token = CASE WHEN r.lo IS NULL THEN NULL ELSE c.token END \
             FROM r WHERE c.table_name = '{name}' AND c.token = {Token} RETURNING c.slot), \
         free AS (SELECT c.slot FROM signalbus_claims AS c WHERE c.table_name = '{name}' \
             AND (c.until IS NULL OR c.until <= {now}) ORDER BY c.slot LIMIT 1), \
         taken AS (UPDATE signalbus_claims AS c SET token = {Token}, lo = r.lo, hi = r.hi, \
-            until = {lease} FROM r WHERE c.table_name = '{name}' \
+            lane = {lane}, until = {lease} FROM r WHERE c.table_name = '{name}' \
             AND c.slot = (SELECT f.slot FROM free AS f) AND r.lo IS NOT NULL \
             AND NOT EXISTS (SELECT 1 FROM mine) RETURNING c.slot), \
-        added AS (INSERT INTO signalbus_claims (table_name, slot, token, lo, hi, until) \
+        added AS (INSERT INTO signalbus_claims (table_name, slot, token, lo, hi, lane, until) \
             SELECT '{name}', COALESCE((SELECT max(c.slot) + 1 FROM signalbus_claims AS c \
-            WHERE c.table_name = '{name}'), 0), {Token}, r.lo, r.hi, {lease} FROM r \
+            WHERE c.table_name = '{name}'), 0), {Token}, r.lo, r.hi, {lane}, {lease} FROM r \
             WHERE r.lo IS NOT NULL AND NOT EXISTS (SELECT 1 FROM mine) \
             AND NOT EXISTS (SELECT 1 FROM free) RETURNING slot) \
         SELECT * FROM picked",
     free: "UPDATE signalbus_claims SET until = NULL, token = NULL \
         WHERE table_name = '{name}' AND token = {Token}",
 };
+
+/// A signal table is a queue: few live rows, and a dead one for every signal sent. With
+/// PostgreSQL's defaults autovacuum waits for dead rows to reach a fifth of the rows the
+/// statistics last counted, which after a large backlog is a large number, and then vacuums
+/// throttled. So each signal table is vacuumed once 10,000 rows died, whatever its size, at
+/// full speed (it is small when it is steady). Set only where the table has no autovacuum
+/// setting of its own: an operator's tuning is kept. (Nothing signalbus runs depends on
+/// vacuum or on fresh statistics; this keeps the table small.)
+const VACUUM_SETTINGS: &str = "DO $signalbus$ BEGIN \
+     IF NOT EXISTS (SELECT 1 FROM pg_class AS c, unnest(c.reloptions) AS o \
+     WHERE c.oid = '{t}'::regclass AND o LIKE 'autovacuum%') THEN \
+     ALTER TABLE {t} SET (autovacuum_vacuum_scale_factor = 0, \
+     autovacuum_vacuum_threshold = 10000, autovacuum_vacuum_cost_delay = 0); \
+     END IF; END $signalbus$";
 
 /// 40001 serialization failure, 40P01 deadlock, and 55P03 lock not available (raised by
 /// `lock_timeout` and `NOWAIT`: the counterpart of MySQL's 1205).

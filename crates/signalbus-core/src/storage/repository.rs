@@ -228,7 +228,9 @@ impl Statements {
     ) -> Result<Vec<StoredRow>> {
         match DB::DIALECT.begin_async {
             Some(begin) => {
-                let mut tx = conn.begin_with(sqlx::SqlSafeStr::into_sql_str(begin)).await?;
+                let mut tx = conn
+                    .begin_with(sqlx::SqlSafeStr::into_sql_str(begin))
+                    .await?;
                 self.take_claim_turn::<DB>(&mut tx, ids.is_none()).await?;
                 let rows = self
                     .claim_in::<DB>(&mut tx, ids, limit, lease, token)
@@ -272,7 +274,20 @@ impl Statements {
                 token,
                 ..Values::default()
             };
-            Self::run::<DB>(conn, &ranges.free, values).await?;
+            // Lost in a crash, a freed range only waits for its lease: no need to wait for
+            // the disk.
+            match DB::DIALECT.begin_async {
+                Some(begin) => {
+                    let mut tx = conn
+                        .begin_with(sqlx::SqlSafeStr::into_sql_str(begin))
+                        .await?;
+                    Self::run::<DB>(&mut tx, &ranges.free, values).await?;
+                    tx.commit().await?;
+                }
+                None => {
+                    Self::run::<DB>(conn, &ranges.free, values).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -283,14 +298,29 @@ impl Statements {
     }
 
     /// Claim the sendable rows among `ids` in the caller's open transaction (an ordered
-    /// burst's short read-and-claim step).
+    /// burst's short read-and-claim step, which read them in `lane`). Where bursts claim
+    /// ranges, the range of `ids` in `lane`, recorded in the slot of `token` (the read took
+    /// the claim turn: the rows it found sendable still are).
     pub async fn claim_in_tx<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
         ids: &[i64],
+        lane: u32,
         lease: Duration,
         token: &str,
     ) -> Result<Vec<StoredRow>> {
+        if let Some(ranges) = &self.range_claims {
+            let values = Values {
+                ids,
+                lane,
+                lease_ms: millis(lease),
+                token,
+                ..Values::default()
+            };
+            let mut rows = Self::run_rows::<DB>(conn, &ranges.claim_lane, values).await?;
+            rows.sort_unstable_by_key(|r| r.id);
+            return Ok(rows);
+        }
         self.claim_in::<DB>(conn, Some(ids), ids.len(), lease, token)
             .await
     }
@@ -394,7 +424,9 @@ impl Statements {
         {
             // Read after the claim turn's shared side: never in a snapshot taken before a
             // range claim committed.
-            let mut tx = conn.begin_with(sqlx::SqlSafeStr::into_sql_str(begin)).await?;
+            let mut tx = conn
+                .begin_with(sqlx::SqlSafeStr::into_sql_str(begin))
+                .await?;
             self.take_claim_turn::<DB>(&mut tx, false).await?;
             let ids = DB::fetch_ids(&mut tx, &self.claim_own.sql, &values.bind(&self.claim_own))
                 .await
@@ -511,7 +543,9 @@ impl Statements {
         };
         match DB::DIALECT.begin_async.filter(|_| alone) {
             Some(begin) => {
-                let mut tx = conn.begin_with(sqlx::SqlSafeStr::into_sql_str(begin)).await?;
+                let mut tx = conn
+                    .begin_with(sqlx::SqlSafeStr::into_sql_str(begin))
+                    .await?;
                 let deleted = Self::run::<DB>(&mut tx, &self.delete_ids, values).await?;
                 tx.commit().await?;
                 Ok(deleted)

@@ -10,7 +10,10 @@ pub(crate) async fn begin<DB: Backend>(
     begin: Option<&'static str>,
 ) -> Result<sqlx::Transaction<'static, DB>> {
     Ok(match begin {
-        Some(statement) => pool.begin_with(sqlx::SqlSafeStr::into_sql_str(statement)).await?,
+        Some(statement) => {
+            pool.begin_with(sqlx::SqlSafeStr::into_sql_str(statement))
+                .await?
+        }
         None => pool.begin().await?,
     })
 }

@@ -70,6 +70,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     wake_relays: None,
     idle_gate: None,
     range_claims: None,
+    vacuum_settings: None,
     begin_flush: "BEGIN IMMEDIATE",
     // A signalbus transaction writes anyway, and taking the write lock up front waits
     // (busy_timeout) instead of failing with SQLITE_BUSY_SNAPSHOT when a flush committed

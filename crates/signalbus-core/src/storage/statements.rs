@@ -175,6 +175,9 @@ pub(crate) struct RangeClaims {
     pub turn: SqlStr,
     /// Its shared side: the claims of single rows.
     pub shared_turn: SqlStr,
+    /// An ordered burst's claim of the bound ids for the bound lane, in the transaction of
+    /// its read (which took the turn).
+    pub claim_lane: Stmt,
     /// Free the slot of the bound token.
     pub free: Stmt,
 }
@@ -287,19 +290,28 @@ impl Statements {
                     .replace("{name}", &name)
                     .replace("{now}", now)
             };
-            let live = on_table(r.live);
-            (r, on_table, r.outside.replace("{live}", &live))
+            (r, on_table)
         });
-        let outside = |prefix: &str| match &ranges {
-            Some((_, _, outside)) => format!(" AND {}", outside.replace("{p}", prefix)),
+        // "Not in a live range" (of any lane, or — `of_lane` — of the bound lane and of all).
+        let outside = |prefix: &str, of_lane: bool| match &ranges {
+            Some((r, on_table)) => {
+                let live =
+                    on_table(r.live).replace("{of_lane}", if of_lane { r.of_lane } else { "" });
+                format!(
+                    " AND {}",
+                    r.outside.replace("{live}", &live).replace("{p}", prefix)
+                )
+            }
             None => String::new(),
         };
         // A row can be sent now: not parked, and neither leased (a row lease or a live range
         // claim) nor backing off.
-        let ready = format!(
-            "t.parked_at IS NULL AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= {now}){}",
-            outside("t.")
+        let sendable = format!(
+            "t.parked_at IS NULL AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= {now})"
         );
+        let ready = format!("{sendable}{}", outside("t.", false));
+        // The same for an ordered read of one lane.
+        let ready_in_lane = format!("{sendable}{}", outside("t.", true));
         // Held back by a refusal: parked, or backing off (no claim: a row in flight with
         // another flusher has one, and is met in order by the read, not found by this).
         let held =
@@ -344,7 +356,7 @@ impl Statements {
             c.extra_columns,
             c.table_options,
         ))];
-        if let Some((r, ..)) = &ranges {
+        if let Some((r, _)) = &ranges {
             create.push(shared(r.create.to_owned()));
         }
         if d.ordered_read == ReadKind::TxidWatermark {
@@ -394,6 +406,10 @@ impl Statements {
             )));
         }
         after_columns.extend(d.notify_trigger.map(|text| shared(text.replace("{t}", &t))));
+        after_columns.extend(
+            d.vacuum_settings
+                .map(|text| shared(text.replace("{t}", &t))),
+        );
         // The table's name is a validated identifier (letters, digits, `_`, `.`): safe in
         // the literal.
         let lane_locks = d.lanes.as_ref().map(|lanes| {
@@ -471,26 +487,44 @@ impl Statements {
             }
         };
         let claim_ids = claim(id_in, "");
-        let claim_burst = match &ranges {
-            // One slot row per flusher records the burst's range; the rows are only read.
-            Some((r, on_table, _)) => {
-                let picked = format!(
-                    "SELECT {} FROM {t} AS t WHERE {ready} ORDER BY t.id LIMIT {{Limit}}",
-                    select_columns(d, "t.", "1 = 1")
-                );
+        // One slot row per flusher records a burst's range; the rows are only read.
+        let range_claim = |picked: &str, lane: &str| {
+            ranges.as_ref().map(|(r, on_table)| {
                 stmt(
                     on_table(r.claim)
                         .replace("{lease}", &lease)
-                        .replace("{picked}", &picked),
+                        .replace("{lane}", lane)
+                        .replace("{picked}", picked),
                 )
-            }
-            None => claim("1 = 1", " ORDER BY t.id LIMIT {Limit}"),
+            })
         };
-        let free = format!(
-            "t.parked_at IS NULL AND (t.claim IS NULL OR t.next_attempt_at IS NULL \
-             OR t.next_attempt_at <= {now}){}",
-            outside("t.")
+        let claimed_all = select_columns(d, "t.", "1 = 1");
+        let claim_burst = range_claim(
+            &format!(
+                "SELECT {claimed_all} FROM {t} AS t WHERE {ready} ORDER BY t.id LIMIT {{Limit}}"
+            ),
+            "NULL",
+        )
+        .unwrap_or_else(|| claim("1 = 1", " ORDER BY t.id LIMIT {Limit}"));
+        // An ordered burst's rows, read in the same transaction under the claim turn.
+        let claim_lane = range_claim(
+            &format!("SELECT {claimed_all} FROM {t} AS t WHERE {id_in} ORDER BY t.id"),
+            "CAST({Lane} AS integer)",
         );
+        // Free for the auto-flush: its own leased rows (no claim token), and rows no lease
+        // holds; a live range matters only for a row that was sendable (a range claim takes
+        // only those: a row the auto-flush wrote leased is never in one).
+        let free = match &ranges {
+            Some(_) => format!(
+                "t.parked_at IS NULL AND (t.claim IS NULL OR t.next_attempt_at IS NULL \
+                 OR t.next_attempt_at <= {now}) AND (t.next_attempt_at > {now}{})",
+                outside("t.", false).replacen(" AND ", " OR ", 1)
+            ),
+            None => format!(
+                "t.parked_at IS NULL AND (t.claim IS NULL OR t.next_attempt_at IS NULL \
+                 OR t.next_attempt_at <= {now})"
+            ),
+        };
         let claim_own = if d.update_returning {
             let pick = format!(
                 "SELECT t.id FROM {t} AS t WHERE {id_in} AND {free}{}",
@@ -570,12 +604,15 @@ impl Statements {
                      '1s', true); EXCEPTION WHEN OTHERS THEN NULL; END $check$",
                     ms + 30_000
                 );
-                // The ordered burst claims single rows: the claim turn's shared side, taken
-                // before the read's snapshot (see [`super::dialect::RangeClaimSql`]).
+                // An ordered burst claims a range of its lane: the claim turn, taken before
+                // the read's snapshot and held until the claim commits (see
+                // [`super::dialect::RangeClaimSql`]); no other claim runs meanwhile, so the
+                // read locks no row.
                 let claim_turn = match &ranges {
-                    Some((r, on_table, _)) => format!("; {}", on_table(r.shared_turn)),
+                    Some((r, on_table)) => format!("; {}", on_table(r.turn)),
                     None => String::new(),
                 };
+                let row_locks = if ranges.is_some() { "" } else { d.ordered_lock };
                 let turn = shared(if d.lanes.is_some() {
                     format!("SET LOCAL lock_timeout = {ms}; {plan}{claim_turn}")
                 } else {
@@ -584,11 +621,12 @@ impl Statements {
                          SELECT pg_advisory_xact_lock(hashtextextended('signalbus.ordered.{table}', 0)){claim_turn}"
                     )
                 });
+                // Whether each row can be sent: ranges of its lane count (the read is of one).
+                let cols = select_columns(d, "t.", &ready_in_lane);
                 let read = |condition: &str| {
                     stmt(format!(
                         "SELECT {cols} FROM {t} AS t WHERE {condition} \
-                         ORDER BY t.txid, {order_sql} LIMIT {{Limit}}{}",
-                        d.ordered_lock
+                         ORDER BY t.txid, {order_sql} LIMIT {{Limit}}{row_locks}"
                     ))
                 };
                 Ordered::Watermark {
@@ -641,20 +679,24 @@ impl Statements {
 
             pending_ids: shared(format!("SELECT id FROM {t} AS t WHERE {ready} ORDER BY id")),
             in_flight: shared(match &ranges {
-                Some((r, on_table, _)) => format!(
+                Some((r, on_table)) => format!(
                     "SELECT (SELECT COUNT(*) FROM {t} AS t WHERE t.claim IS NOT NULL \
                      AND t.next_attempt_at > {now}) + cardinality({})",
-                    on_table(r.live)
+                    on_table(r.live).replace("{of_lane}", "")
                 ),
                 None => format!(
                     "SELECT COUNT(*) FROM {t} AS t WHERE t.claim IS NOT NULL AND t.next_attempt_at > {now}"
                 ),
             }),
-            range_claims: ranges.as_ref().map(|(r, on_table, _)| RangeClaims {
-                turn: shared(on_table(r.turn)),
-                shared_turn: shared(on_table(r.shared_turn)),
-                free: stmt(on_table(r.free)),
-            }),
+            range_claims: ranges
+                .as_ref()
+                .zip(claim_lane)
+                .map(|((r, on_table), claim_lane)| RangeClaims {
+                    turn: shared(on_table(r.turn)),
+                    shared_turn: shared(on_table(r.shared_turn)),
+                    claim_lane,
+                    free: stmt(on_table(r.free)),
+                }),
             pending_stats,
             parked: stmt(format!(
                 "SELECT t.id, t.message_id, t.attempts, t.last_error, {}, t.ordering_key \

@@ -156,15 +156,17 @@ where
 
 on_every_database!(an_ordered_flush_of_a_fresh_backlog_is_linear);
 
-/// A flush stopped while its ordered read waits (a dropped future, as SIGTERM or a timeout
-/// does) leaves no statement running on the server: before, the connection went back to the
+/// A flush stopped while its ordered read waits (for the claim turn on PostgreSQL, for a row
+/// lock on MariaDB; a dropped future, as SIGTERM or a timeout does) leaves no statement running on the server: before, the connection went back to the
 /// pool and the read went on waiting for the lock for the whole lock timeout, holding its
 /// snapshot (and so every ordered flush of the cluster) back. `running` counts the
 /// statements on `backlog_signal` still running on the server, other than its own. PostgreSQL
 /// notices the closed connection; MariaDB, where closing the socket does not stop a
 /// statement, gets `KILL QUERY`.
-async fn a_stopped_ordered_flush_leaves_no_statement_running<DB: TestBackend>(running: &str)
-where
+async fn a_stopped_ordered_flush_leaves_no_statement_running<DB: TestBackend>(
+    running: &str,
+    blocker_sql: &str,
+) where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
@@ -184,7 +186,7 @@ where
         .await
         .unwrap();
     let mut blocker = db.pool.begin().await.unwrap();
-    sqlx::raw_sql("SELECT id FROM backlog_signal FOR UPDATE")
+    sqlx::raw_sql(sqlx::AssertSqlSafe(blocker_sql.to_owned()))
         .execute(&mut *blocker)
         .await
         .unwrap();
@@ -230,6 +232,8 @@ async fn a_stopped_ordered_flush_leaves_no_statement_running_postgres() {
     a_stopped_ordered_flush_leaves_no_statement_running::<sqlx::Postgres>(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
          AND state = 'active' AND query LIKE '%backlog_signal%' AND pid <> pg_backend_pid()",
+        // The claim turn, which an ordered read takes before it reads (it locks no row).
+        "SELECT pg_advisory_xact_lock(1397309773, 'backlog_signal'::regclass::oid::int4)",
     )
     .await;
 }
@@ -239,6 +243,7 @@ async fn a_stopped_ordered_flush_leaves_no_statement_running_mariadb() {
     a_stopped_ordered_flush_leaves_no_statement_running::<sqlx::MySql>(
         "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() \
          AND command <> 'Sleep' AND info LIKE '%backlog_signal%' AND id <> CONNECTION_ID()",
+        "SELECT id FROM backlog_signal FOR UPDATE",
     )
     .await;
 }
