@@ -173,6 +173,7 @@ const RANGE_CLAIMS: RangeClaimSql = RangeClaimSql {
         slot INTEGER NOT NULL, token TEXT NULL, lo BIGINT NOT NULL, hi BIGINT NOT NULL, \
         lane INTEGER NULL, until TIMESTAMPTZ NULL, PRIMARY KEY (table_name, slot)) \
         WITH (fillfactor = 50); \
+        ALTER TABLE signalbus_claims ADD COLUMN IF NOT EXISTS lane INTEGER NULL; \
         END $signalbus$",
     live: "COALESCE((SELECT array_agg(int8range(c.lo, c.hi, '[]')) FROM signalbus_claims AS c \
         WHERE c.table_name = '{name}' AND c.until > {now}{of_lane}), '{}'::int8range[])",
