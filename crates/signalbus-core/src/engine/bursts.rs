@@ -103,6 +103,15 @@ impl ClaimSlot {
         }
     }
 
+    /// The token of a claim: the slot's for a range claim, a burst's own for row leases.
+    fn token(&self, range: bool) -> String {
+        if range {
+            self.token.clone()
+        } else {
+            uuid::Uuid::new_v4().to_string()
+        }
+    }
+
     /// Free the slot (best effort: its lease ends anyway).
     pub async fn free<DB: Backend>(&self, shared: &Shared<DB>, idx: TypeIdx) {
         let reg = shared.registry().get(idx);
@@ -132,9 +141,8 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         Pick::Listed(ids) => (Some(ids), None),
         Pick::Next(slot) => (None, Some(slot).filter(|_| reg.sql.claims_ranges())),
     };
-    // A row claim's token is the burst's own; a range claim's, its slot's.
     let token = match slot {
-        Some(slot) => slot.token.clone(),
+        Some(slot) => slot.token(true),
         None => uuid::Uuid::new_v4().to_string(),
     };
     let lease = shared.config().lease();
@@ -208,8 +216,8 @@ async fn drain_type<DB: Backend>(
     total: &mut usize,
 ) -> Result<ControlFlow<()>> {
     let reg = shared.registry().get(idx);
-    // Whether the last claim of this type took rows (`Some`), and whether one was made.
-    let mut took: Option<bool> = None;
+    // Whether the last claim of this type took rows.
+    let mut took = false;
     loop {
         let settled = match mode {
             Drain::Many => claimed_burst(shared, idx, Pick::Next(slot)).await?,
@@ -218,13 +226,13 @@ async fn drain_type<DB: Backend>(
         let Some(settled) = settled else {
             // A range claim that finds nothing frees the slot; rows that committed late
             // inside the last burst's range were hidden by it until then: one more look.
-            if matches!(mode, Drain::Many) && reg.sql.claims_ranges() && took == Some(true) {
-                took = Some(false);
+            if matches!(mode, Drain::Many) && reg.sql.claims_ranges() && took {
+                took = false;
                 continue;
             }
             return Ok(ControlFlow::Continue(()));
         };
-        took = Some(true);
+        took = true;
         *total += settled.count();
         tracing::debug!(signal = %reg.name, burst = settled.count(), refused = settled.refused, total = *total, ?mode, "flushed a burst");
         if report(progress, &reg.name, &settled, *total).is_break() {
@@ -343,11 +351,7 @@ async fn lane_burst<DB: Backend>(
     // A range claim goes in the flusher's slot, freed once the burst is settled (a row of the
     // lane that commits late inside the range must not wait for the lease).
     let ranges = reg.sql.claims_ranges();
-    let token = if ranges {
-        slot.token.clone()
-    } else {
-        uuid::Uuid::new_v4().to_string()
-    };
+    let token = slot.token(ranges);
     let lease = shared.config().lease();
     let burst = reg.ty.burst_size();
     let mut held = CloseOnDrop::acquire(shared.pool()).await?;

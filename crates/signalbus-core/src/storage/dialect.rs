@@ -276,6 +276,8 @@ pub struct RangeClaimSql {
     pub of_lane: &'static str,
     /// "row `{p}id` is in no live range", given the array `{live}`.
     pub outside: &'static str,
+    /// Run first in a claim's transaction: its read planned on indexes only.
+    pub plan: &'static str,
     /// Take the table's claim turn (held until the claim's transaction ends).
     pub turn: &'static str,
     /// Take its shared side: the claims of single rows, which run side by side.

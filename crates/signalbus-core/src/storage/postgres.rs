@@ -179,12 +179,10 @@ const RANGE_CLAIMS: RangeClaimSql = RangeClaimSql {
         WHERE c.table_name = '{name}' AND c.until > {now}{of_lane}), '{}'::int8range[])",
     of_lane: " AND (c.lane IS NULL OR c.lane = CAST({Lane} AS integer))",
     outside: "NOT ({p}id <@ ANY({live}))",
-    turn: "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
-        SET LOCAL max_parallel_workers_per_gather = 0; \
-        SELECT pg_advisory_xact_lock(1397309773, '{t}'::regclass::oid::int4)",
-    shared_turn: "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
-        SET LOCAL max_parallel_workers_per_gather = 0; \
-        SELECT pg_advisory_xact_lock_shared(1397309773, '{t}'::regclass::oid::int4)",
+    plan: "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+        SET LOCAL max_parallel_workers_per_gather = 0",
+    turn: "SELECT pg_advisory_xact_lock(1397309773, '{t}'::regclass::oid::int4)",
+    shared_turn: "SELECT pg_advisory_xact_lock_shared(1397309773, '{t}'::regclass::oid::int4)",
     claim: "WITH picked AS ({picked}), \
         r AS (SELECT min(p.id) AS lo, max(p.id) AS hi FROM picked AS p), \
         mine AS (UPDATE signalbus_claims AS c SET lo = COALESCE(r.lo, 0), hi = COALESCE(r.hi, -1), \

@@ -226,11 +226,9 @@ impl Statements {
         lease: Duration,
         token: &str,
     ) -> Result<Vec<StoredRow>> {
-        match DB::DIALECT.begin_async {
+        match begin_async::<DB>() {
             Some(begin) => {
-                let mut tx = conn
-                    .begin_with(sqlx::SqlSafeStr::into_sql_str(begin))
-                    .await?;
+                let mut tx = conn.begin_with(begin).await?;
                 self.take_claim_turn::<DB>(&mut tx, ids.is_none()).await?;
                 let rows = self
                     .claim_in::<DB>(&mut tx, ids, limit, lease, token)
@@ -276,11 +274,9 @@ impl Statements {
             };
             // Lost in a crash, a freed range only waits for its lease: no need to wait for
             // the disk.
-            match DB::DIALECT.begin_async {
+            match begin_async::<DB>() {
                 Some(begin) => {
-                    let mut tx = conn
-                        .begin_with(sqlx::SqlSafeStr::into_sql_str(begin))
-                        .await?;
+                    let mut tx = conn.begin_with(begin).await?;
                     Self::run::<DB>(&mut tx, &ranges.free, values).await?;
                     tx.commit().await?;
                 }
@@ -420,13 +416,11 @@ impl Statements {
             ..Values::default()
         };
         if self.range_claims.is_some()
-            && let Some(begin) = DB::DIALECT.begin_async
+            && let Some(begin) = begin_async::<DB>()
         {
+            let mut tx = conn.begin_with(begin).await?;
             // Read after the claim turn's shared side: never in a snapshot taken before a
             // range claim committed.
-            let mut tx = conn
-                .begin_with(sqlx::SqlSafeStr::into_sql_str(begin))
-                .await?;
             self.take_claim_turn::<DB>(&mut tx, false).await?;
             let ids = DB::fetch_ids(&mut tx, &self.claim_own.sql, &values.bind(&self.claim_own))
                 .await
@@ -541,11 +535,12 @@ impl Statements {
             ids,
             ..Values::default()
         };
-        match DB::DIALECT.begin_async.filter(|_| alone) {
+        if !alone {
+            return Self::run::<DB>(conn, &self.delete_ids, values).await;
+        }
+        match begin_async::<DB>() {
             Some(begin) => {
-                let mut tx = conn
-                    .begin_with(sqlx::SqlSafeStr::into_sql_str(begin))
-                    .await?;
+                let mut tx = conn.begin_with(begin).await?;
                 let deleted = Self::run::<DB>(&mut tx, &self.delete_ids, values).await?;
                 tx.commit().await?;
                 Ok(deleted)
@@ -711,6 +706,14 @@ impl Statements {
             }
         }
     }
+}
+
+/// How a transaction begins that commits without waiting for the disk
+/// ([`dialect::Dialect::begin_async`]), where the database has one. Owned: a `&'static str`
+/// held across `begin_with`'s await made the futures of a concrete database type fail
+/// rustc's `Send` check.
+fn begin_async<DB: Backend>() -> Option<sqlx::SqlStr> {
+    DB::DIALECT.begin_async.map(sqlx::SqlSafeStr::into_sql_str)
 }
 
 /// PostgreSQL's "relation does not exist" (SQLSTATE 42P01) on the table of range claims, as

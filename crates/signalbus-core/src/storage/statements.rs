@@ -292,26 +292,28 @@ impl Statements {
             };
             (r, on_table)
         });
-        // "Not in a live range" (of any lane, or — `of_lane` — of the bound lane and of all).
-        let outside = |prefix: &str, of_lane: bool| match &ranges {
-            Some((r, on_table)) => {
+        // "Row `t` is not in a live range" (of any lane, or — `of_lane` — of the bound lane
+        // and of all), where there are range claims.
+        let outside = |of_lane: bool| {
+            ranges.as_ref().map(|(r, on_table)| {
                 let live =
                     on_table(r.live).replace("{of_lane}", if of_lane { r.of_lane } else { "" });
-                format!(
-                    " AND {}",
-                    r.outside.replace("{live}", &live).replace("{p}", prefix)
-                )
-            }
-            None => String::new(),
+                r.outside.replace("{live}", &live).replace("{p}", "t.")
+            })
+        };
+        let and_outside = |of_lane: bool| {
+            outside(of_lane)
+                .map(|c| format!(" AND {c}"))
+                .unwrap_or_default()
         };
         // A row can be sent now: not parked, and neither leased (a row lease or a live range
         // claim) nor backing off.
         let sendable = format!(
             "t.parked_at IS NULL AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= {now})"
         );
-        let ready = format!("{sendable}{}", outside("t.", false));
+        let ready = format!("{sendable}{}", and_outside(false));
         // The same for an ordered read of one lane.
-        let ready_in_lane = format!("{sendable}{}", outside("t.", true));
+        let ready_in_lane = format!("{sendable}{}", and_outside(true));
         // Held back by a refusal: parked, or backing off (no claim: a row in flight with
         // another flusher has one, and is met in order by the read, not found by this).
         let held =
@@ -514,17 +516,13 @@ impl Statements {
         // Free for the auto-flush: its own leased rows (no claim token), and rows no lease
         // holds; a live range matters only for a row that was sendable (a range claim takes
         // only those: a row the auto-flush wrote leased is never in one).
-        let free = match &ranges {
-            Some(_) => format!(
-                "t.parked_at IS NULL AND (t.claim IS NULL OR t.next_attempt_at IS NULL \
-                 OR t.next_attempt_at <= {now}) AND (t.next_attempt_at > {now}{})",
-                outside("t.", false).replacen(" AND ", " OR ", 1)
-            ),
-            None => format!(
-                "t.parked_at IS NULL AND (t.claim IS NULL OR t.next_attempt_at IS NULL \
-                 OR t.next_attempt_at <= {now})"
-            ),
-        };
+        let free = format!(
+            "t.parked_at IS NULL AND (t.claim IS NULL OR t.next_attempt_at IS NULL \
+             OR t.next_attempt_at <= {now}){}",
+            outside(false)
+                .map(|c| format!(" AND (t.next_attempt_at > {now} OR {c})"))
+                .unwrap_or_default()
+        );
         let claim_own = if d.update_returning {
             let pick = format!(
                 "SELECT t.id FROM {t} AS t WHERE {id_in} AND {free}{}",
@@ -612,6 +610,8 @@ impl Statements {
                     Some((r, on_table)) => format!("; {}", on_table(r.turn)),
                     None => String::new(),
                 };
+                // (`plan` already plans the read on indexes, as the range claims' own `plan`
+                // does.)
                 let row_locks = if ranges.is_some() { "" } else { d.ordered_lock };
                 let turn = shared(if d.lanes.is_some() {
                     format!("SET LOCAL lock_timeout = {ms}; {plan}{claim_turn}")
@@ -692,8 +692,8 @@ impl Statements {
                 .as_ref()
                 .zip(claim_lane)
                 .map(|((r, on_table), claim_lane)| RangeClaims {
-                    turn: shared(on_table(r.turn)),
-                    shared_turn: shared(on_table(r.shared_turn)),
+                    turn: shared(format!("{}; {}", r.plan, on_table(r.turn))),
+                    shared_turn: shared(format!("{}; {}", r.plan, on_table(r.shared_turn))),
                     claim_lane,
                     free: stmt(on_table(r.free)),
                 }),

@@ -198,8 +198,7 @@ async fn a_stopped_ordered_flush_leaves_no_statement_running<DB: TestBackend>(
             .unwrap();
         row.try_get::<i64, _>(0).unwrap()
     };
-    // An ordered flush in a task of its own (generic over the database: spawned on a
-    // concrete one, its future trips rustc's `Send` check, rust-lang/rust#96865).
+    // An ordered flush in a task of its own.
     let flush = tokio::spawn({
         let bus = bus.clone();
         async move { bus.flush_ordered(&Selection::all()).await }

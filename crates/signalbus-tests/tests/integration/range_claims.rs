@@ -44,6 +44,16 @@ fn bodies(outbox: &MemoryPublisher) -> Vec<String> {
     bodies
 }
 
+/// Rows of the table a claim wrote (a token or a lease): none, where bursts claim ranges.
+async fn rows_written(db: &TestDb<Postgres>) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM range_event WHERE claim IS NOT NULL OR next_attempt_at IS NOT NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
 /// (live slots, all slots) of the table in `signalbus_claims`.
 async fn slots(db: &TestDb<Postgres>) -> (i64, i64) {
     sqlx::query_as(
@@ -80,13 +90,7 @@ async fn a_claimed_range_keeps_others_away_and_its_late_rows_are_sent_by_its_hol
     let mut held: Vec<String> = gated.held();
     held.sort();
     assert_eq!(held.len(), 2, "{held:?}");
-    let written: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM range_event WHERE claim IS NOT NULL OR next_attempt_at IS NOT NULL",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(written, 0, "a range claim writes no row");
+    assert_eq!(rows_written(&db).await, 0, "a range claim writes no row");
     assert_eq!(slots(&db).await.0, 1);
 
     // "late" commits inside the claimed range: another flusher leaves it, and the claimed rows.
@@ -251,13 +255,11 @@ async fn an_ordered_burst_claims_its_lane_only_and_writes_no_row() {
     });
     within("the first burst to reach the broker", gated.entered()).await;
     let in_flight: Vec<String> = gated.held();
-    let written: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM range_event WHERE claim IS NOT NULL OR next_attempt_at IS NOT NULL",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(written, 0, "an ordered range claim writes no row");
+    assert_eq!(
+        rows_written(&db).await,
+        0,
+        "an ordered range claim writes no row"
+    );
     let lanes: Vec<Option<i32>> = sqlx::query_scalar(
         "SELECT lane FROM signalbus_claims WHERE table_name = $1 AND until > clock_timestamp()",
     )
