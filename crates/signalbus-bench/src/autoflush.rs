@@ -41,6 +41,10 @@ pub struct Args {
     /// costs them.
     #[arg(long)]
     relay: bool,
+    /// With `--relay` on PostgreSQL: `wal` runs it with WAL capture (no trigger notifies; the
+    /// server needs wal_level = logical).
+    #[arg(long, default_value = "table")]
+    capture: setup::Capture,
 }
 
 /// A publisher that takes `delay` longer per call.
@@ -118,7 +122,7 @@ where
     ] {
         bus.set_autoflush(mode != Mode::SignalInsertOnly);
         let relay = if args.relay && mode == Mode::SignalInsertOnly {
-            Some(bus.relay().start().await?)
+            Some(setup::relay(&bus, &args.database_url, args.capture).await?)
         } else {
             None
         };
@@ -207,6 +211,7 @@ where
             "publish_delay_ms": args.publish_delay_ms,
             "wake_trigger": DB::NAME == "PostgreSQL" && !args.no_wake_trigger,
             "relay": args.relay && mode == Mode::SignalInsertOnly,
+            "capture": args.capture,
             "mode": mode.label(),
             "transactions": latencies.len(),
             "seconds": round2(secs),

@@ -54,6 +54,10 @@ pub struct Args {
     /// Seconds between two samples of `--steady-seconds`.
     #[arg(long, default_value_t = 60)]
     sample_every: u64,
+    /// The relays run with WAL capture (`wal`; the server needs wal_level = logical) or
+    /// look in the table (`table`).
+    #[arg(long, default_value = "table")]
+    capture: setup::Capture,
 }
 
 const TABLE: &str = "bench_relay";
@@ -125,7 +129,13 @@ impl Publisher for Timed {
 
 /// CPU seconds this process used so far (user + system).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    process_cpu_seconds("self")
+}
+
+/// CPU seconds the process `pid` (`self`: this one) used so far, when it runs on this
+/// machine (the WAL sender of a server on loopback); 0 otherwise.
+fn process_cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): state is field 3; utime and
     // stime are fields 14 and 15, in clock ticks (100 per second on Linux).
     let after = stat
@@ -227,12 +237,24 @@ async fn latency(
         .await?;
     timed.commits.lock().unwrap().clear();
 
-    let relay = bus.relay().start().await?;
+    let relay = setup::relay(bus, &args.database_url, args.capture).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // WAL capture: the server's WAL sender decodes for the relay; its CPU is reported too.
+    let walsender: Option<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_replication WHERE application_name LIKE 'signalbus relay%'",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let walsender = walsender.map(|pid| pid.to_string());
+    let sender_cpu = walsender.as_deref().map(process_cpu_seconds);
     let cpu = cpu_seconds();
     let written = write_at_rate(args, pool, timed).await;
     until_empty(pool).await;
     let total_cpu = cpu_seconds() - cpu;
+    let sender_cpu = walsender
+        .as_deref()
+        .zip(sender_cpu)
+        .map(|(pid, before)| process_cpu_seconds(pid) - before);
     relay.shutdown(Duration::from_secs(10)).await;
     let mut latencies = std::mem::take(&mut *timed.latencies.lock().unwrap());
     #[allow(clippy::cast_precision_loss)]
@@ -240,6 +262,7 @@ async fn latency(
     emit(serde_json::json!({
         "bench": "relay",
         "mode": "latency",
+        "capture": args.capture,
         "database": "PostgreSQL",
         "bus": signalbus::redact::redact_url(&args.bus),
         "rate": args.rate,
@@ -250,6 +273,7 @@ async fn latency(
         "p99_ms": round2(latencies.percentile_ms(99.0)),
         "max_ms": round2(latencies.percentile_ms(100.0)),
         "relay_cpu_us_per_msg": round2(per_message_us),
+        "walsender_cpu_us_per_msg": sender_cpu.map(|s| round2(s / written.max(1) as f64 * 1e6)),
         "writers_cpu_s": round2(writers_cpu),
         "total_cpu_s": round2(total_cpu),
     }));
@@ -263,7 +287,7 @@ async fn steady(
     bus: &SignalBus<Postgres>,
     timed: &Timed,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let relay = bus.relay().start().await?;
+    let relay = setup::relay(bus, &args.database_url, args.capture).await?;
     let length = Duration::from_secs(args.steady_seconds);
     let started = Instant::now();
     let writers = write_for(args, pool, timed, length);
@@ -283,6 +307,7 @@ async fn steady(
             emit(serde_json::json!({
                 "bench": "relay",
                 "mode": "steady",
+                "capture": args.capture,
                 "rate": args.rate,
                 "at_s": started.elapsed().as_secs(),
                 "pending": table.5,
@@ -322,7 +347,7 @@ async fn backlog(
         }
         Postgres::fill(pool, table, n).await?;
         let started = Instant::now();
-        let relay = bus.relay().start().await?;
+        let relay = setup::relay(bus, &args.database_url, args.capture).await?;
         until_empty(pool).await;
         relayed = relayed.min(started.elapsed().as_secs_f64());
         relay.shutdown(Duration::from_secs(10)).await;
@@ -352,7 +377,7 @@ async fn memory(
     Postgres::fill(pool, table, n).await?;
     let before = rss_mib();
     let started = Instant::now();
-    let relay = bus.relay().start().await?;
+    let relay = setup::relay(bus, &args.database_url, args.capture).await?;
     let mut peak = before;
     let mut samples = Vec::new();
     loop {

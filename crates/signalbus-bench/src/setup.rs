@@ -44,3 +44,53 @@ pub async fn postgres_only(
     }
     Ok(pool(url, size).await?)
 }
+
+/// Where a benchmark's relay learns of new signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capture {
+    /// From the table (woken by notifications on PostgreSQL).
+    Table,
+    /// From PostgreSQL's write-ahead log (wal_level = logical).
+    Wal,
+}
+
+/// Start a relay of `bus` (on the database at `url`); with WAL capture, once it streams
+/// (an error if it falls back to the table: that would measure the wrong thing).
+pub async fn relay<DB: signalbus::Backend>(
+    bus: &signalbus::SignalBus<DB>,
+    url: &str,
+    capture: Capture,
+) -> Result<signalbus::Relay, Box<dyn std::error::Error>> {
+    let builder = bus.relay();
+    if capture == Capture::Table {
+        return Ok(builder.start().await?);
+    }
+    // A slot left by an earlier phase would make this relay first decode the WAL of every
+    // phase since: each measurement starts from a slot made now.
+    let admin = sqlx::PgPool::connect(url).await?;
+    sqlx::query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_name = 'signalbus_bench' AND NOT active",
+    )
+    .execute(&admin)
+    .await?;
+    admin.close().await;
+    let relay = builder
+        .capture_wal(signalbus::WalCapture::from_url(url)?.slot("signalbus_bench"))
+        .start()
+        .await?;
+    let started = std::time::Instant::now();
+    loop {
+        match relay.capture() {
+            Some(signalbus::CaptureState::Streaming) => return Ok(relay),
+            Some(signalbus::CaptureState::TableMode(why)) => {
+                return Err(format!("WAL capture cannot work: {why}").into());
+            }
+            _ if started.elapsed() > Duration::from_secs(60) => {
+                return Err("WAL capture did not start streaming within 60 s".into());
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}

@@ -174,10 +174,35 @@ pub struct RelayArgs {
     #[arg(long, env = "SIGNALBUS_POLL_MAX", value_name = "SECONDS",
           value_parser = positive_seconds, default_value = "1", allow_negative_numbers = true)]
     pub poll_max: std::time::Duration,
+    /// Where the relay learns of new signals: `table` (it looks in the tables, woken by
+    /// notifications on PostgreSQL) or `wal` (PostgreSQL only: it streams committed inserts
+    /// from a logical replication slot, in commit order, and falls back to `table`, saying
+    /// why, when the server cannot stream: wal_level must be logical).
+    #[arg(long, env = "SIGNALBUS_CAPTURE", value_enum, default_value_t = Capture::Table)]
+    pub capture: Capture,
+    /// With --capture wal: the replication slot and publication (default
+    /// signalbus_<bus name>); relays with the same slot are one group, one streams, the
+    /// others stand by.
+    #[arg(long, env = "SIGNALBUS_SLOT", value_name = "NAME")]
+    pub slot: Option<String>,
+    /// With --capture wal: seconds between scans of the tables for what the stream does not
+    /// bring (rows written before the slot, retries, leases an auto-flush gave up).
+    #[arg(long, env = "SIGNALBUS_CAPTURE_SCAN", value_name = "SECONDS",
+          value_parser = positive_seconds, default_value = "2", allow_negative_numbers = true)]
+    pub capture_scan: std::time::Duration,
     /// Seconds between refreshes of the pending, backing-off and parked gauges.
     #[arg(long, env = "SIGNALBUS_STATS_INTERVAL", value_name = "SECONDS",
           value_parser = positive_seconds, default_value = "5", allow_negative_numbers = true)]
     pub stats_interval: std::time::Duration,
+}
+
+/// Where a relay learns of new signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Capture {
+    /// From the tables (every database).
+    Table,
+    /// From PostgreSQL's write-ahead log.
+    Wal,
 }
 
 /// Options of `flush`.

@@ -139,7 +139,7 @@ pub async fn run<DB: Backend>(
         }
         Command::Relay(args) => {
             let server = RelayServer::bind(args).await?;
-            let relay = start_relay(bus, args).await?;
+            let relay = start_relay(bus, args, None).await?;
             server.run(vec![relay], args, stop).await
         }
         Command::Parked(args) => parked::list(bus, args).await,

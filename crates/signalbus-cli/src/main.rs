@@ -305,7 +305,7 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
         let start = signalbus::with_database!(url, |DB| {
             let pool = open::<DB>(url, &cli, false).await?;
             let bus = settings.bus(pool, &config, publisher.clone(), url)?;
-            Box::pin(async move { start_relay(&bus, args).await }) as Starting<'_>
+            Box::pin(async move { start_relay(&bus, args, Some(url)).await }) as Starting<'_>
         })
         .map_err(|e| CliError::msg(e.to_string()))?;
         starts.push(start);

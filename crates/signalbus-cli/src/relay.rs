@@ -1,7 +1,7 @@
 //! `signalbus relay`: the always-on sender, and its HTTP endpoints (`/metrics`, `/healthz`,
 //! `/readyz`).
 
-use crate::args::RelayArgs;
+use crate::args::{Capture, RelayArgs};
 use crate::error::CliError;
 use crate::flushing::StopSignal;
 use crate::outcome::Outcome;
@@ -10,7 +10,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use signalbus::{Backend, ReadinessCheck, Relay, Selection, SignalBus};
+use signalbus::{Backend, ReadinessCheck, Relay, Selection, SignalBus, WalCapture};
 use std::time::Duration;
 
 /// Histogram buckets of the `*_seconds` metrics: from a millisecond to a minute.
@@ -156,21 +156,38 @@ async fn ready(checks: Vec<ReadinessCheck>) -> (StatusCode, String) {
     (status, lines.join("\n") + "\n")
 }
 
-/// Start a relay on `bus` for the types `args` selects.
+/// Start a relay on `bus` for the types `args` selects; `url` is the database's (WAL capture
+/// opens a replication connection of its own: without it, `--capture wal` is refused).
 pub async fn start_relay<DB: Backend>(
     bus: &SignalBus<DB>,
     args: &RelayArgs,
+    url: Option<&str>,
 ) -> Result<Relay, CliError> {
     let types = select(bus, &args.names, &args.exclude)?;
-    bus.relay()
+    let cannot = |e| CliError::caused(format!("cannot start the relay on `{}`", bus.name()), e);
+    let mut relay = bus
+        .relay()
         .select(Selection::only(types))
         .ordered(args.ordered)
         .ordered_lanes(args.ordered_lanes)
         .poll(args.poll_min, args.poll_max)
-        .stats_interval(args.stats_interval)
-        .start()
-        .await
-        .map_err(|e| CliError::caused(format!("cannot start the relay on `{}`", bus.name()), e))
+        .stats_interval(args.stats_interval);
+    if args.capture == Capture::Wal {
+        let Some(url) = url else {
+            return Err(CliError::msg(
+                "--capture wal needs the database URL, which an embedded command does not have: \
+                 start the relay with RelayBuilder::capture_wal instead",
+            ));
+        };
+        let mut wal = WalCapture::from_url(url)
+            .map_err(cannot)?
+            .scan_every(args.capture_scan);
+        if let Some(slot) = &args.slot {
+            wal = wal.slot(slot);
+        }
+        relay = relay.capture_wal(wal);
+    }
+    relay.start().await.map_err(cannot)
 }
 
 fn describe_metrics() {
@@ -221,6 +238,19 @@ fn describe_metrics() {
         "signalbus_oldest_pending_seconds",
         metrics::Unit::Seconds,
         "Age of the oldest pending signal: the relay's lag."
+    );
+    describe_gauge!(
+        "signalbus_capture_streaming",
+        "WAL capture: 1 while this relay streams from the slot, else 0."
+    );
+    describe_gauge!(
+        "signalbus_capture_lag_bytes",
+        "WAL capture: WAL the server keeps for the slot."
+    );
+    describe_gauge!(
+        "signalbus_capture_lag_seconds",
+        metrics::Unit::Seconds,
+        "WAL capture: age of the oldest transaction streamed but not yet confirmed."
     );
     describe_gauge!(
         "signalbus_ordered_held_back",

@@ -61,6 +61,8 @@ pub use contract::{Holdback, ParkedRows, ParkedSignal, PendingStats};
 pub use delivery::{
     DEFAULT_FLUSH_WAIT, Delivery, DeliveryReport, FlushProgress, OnProgress, SignalId,
 };
+#[cfg(feature = "wal")]
+pub use engine::capture::{self, CaptureState, WalCapture};
 pub use engine::relay::{self, Readiness, ReadinessCheck, Relay, RelayBuilder};
 pub use error::{Error, InnerError, PublishError, PublishErrorKind, Result};
 #[doc(hidden)]

@@ -27,3 +27,6 @@
 //! | `signalbus_oldest_pending_seconds` | gauge | `bus`, `signal` | age of the oldest pending signal: the lag to alert on |
 //! | `signalbus_ordered_held_back` | gauge | `bus`, `signal` | ordered relay on PostgreSQL: rows the gap-safe watermark holds back behind a transaction still open on the server |
 //! | `signalbus_ordered_holder_age_seconds` | gauge | `bus`, `signal` | how long that transaction has been open |
+//! | `signalbus_capture_streaming` | gauge | `bus`, `slot` | WAL capture: 1 while this relay streams from the slot, else 0 |
+//! | `signalbus_capture_lag_bytes` | gauge | `bus`, `slot` | WAL capture: WAL the server keeps for the slot (its position behind the server's) |
+//! | `signalbus_capture_lag_seconds` | gauge | `bus`, `slot` | WAL capture: age of the oldest transaction streamed but not yet confirmed (0 when caught up) |

@@ -14,6 +14,8 @@ pub struct PrivatePostgres {
     /// Its port on 127.0.0.1.
     pub port: u16,
     as_postgres: bool,
+    /// Server settings given at every start (`name=value`).
+    settings: Vec<String>,
 }
 
 /// The newest installed PostgreSQL's binaries (Debian keeps them out of PATH).
@@ -46,11 +48,22 @@ fn is_root() -> bool {
 impl PrivatePostgres {
     /// Create a cluster in `dir` (which must not exist yet) and start it on `port`.
     pub fn start(dir: &Path, port: u16) -> std::io::Result<PrivatePostgres> {
+        Self::start_with(dir, port, &[])
+    }
+
+    /// [`PrivatePostgres::start`] with server settings (`name=value`, e.g.
+    /// `wal_level=logical`, which only a start can change).
+    pub fn start_with(
+        dir: &Path,
+        port: u16,
+        settings: &[&str],
+    ) -> std::io::Result<PrivatePostgres> {
         let pg = PrivatePostgres {
             bin: bin_dir(),
             dir: dir.to_owned(),
             port,
             as_postgres: is_root(),
+            settings: settings.iter().map(|s| format!(" -c {s}")).collect(),
         };
         std::fs::create_dir_all(dir)?;
         if pg.as_postgres {
@@ -91,9 +104,10 @@ impl PrivatePostgres {
 
     fn pg_ctl(&self, args: &[&str]) -> std::io::Result<()> {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=400",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=400{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings.concat()
         );
         check(
             self.command("pg_ctl")

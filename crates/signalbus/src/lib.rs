@@ -87,6 +87,10 @@ pub use signalbus_core::inbox;
 #[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
 pub use signalbus_core::otel;
 
+#[cfg(feature = "wal")]
+#[cfg_attr(docsrs, doc(cfg(feature = "wal")))]
+pub use signalbus_core::{CaptureState, WalCapture, capture};
+
 /// Hides passwords in URLs before they reach logs and errors (for the command line and
 /// tools built on signalbus).
 #[doc(hidden)]

@@ -176,7 +176,11 @@ pub(crate) async fn claimed_burst<DB: Backend>(
 
 /// Give claimed rows back after a failure of the bus (best effort: if it fails too, their
 /// lease expires and they come back then).
-async fn give_back<DB: Backend>(reg: &Registered, conn: &mut DB::Connection, ids: &[i64]) {
+pub(crate) async fn give_back<DB: Backend>(
+    reg: &Registered,
+    conn: &mut DB::Connection,
+    ids: &[i64],
+) {
     if let Err(e) = reg.sql.release::<DB>(conn, ids).await {
         tracing::warn!(signal = %reg.name, error = %e, "could not give claimed signals back; they come back when their lease expires");
     }
@@ -390,7 +394,7 @@ async fn lane_burst<DB: Backend>(
 /// Publish an ordered burst's rows round after round, then settle them. On a failure of the
 /// bus the rounds that went out are settled and the others given back (`give_back`: row
 /// leases; a range is freed by the caller).
-async fn publish_in_rounds<DB: Backend>(
+pub(crate) async fn publish_in_rounds<DB: Backend>(
     shared: &Shared<DB>,
     idx: TypeIdx,
     rows: Vec<crate::storage::StoredRow>,

@@ -7,6 +7,8 @@
 
 pub(crate) mod auto;
 pub(crate) mod bursts;
+#[cfg(feature = "wal")]
+pub mod capture;
 pub(crate) mod context;
 pub(crate) mod operator;
 pub mod relay;

@@ -74,6 +74,8 @@ pub struct RelayBuilder<DB: Backend> {
     poll_max: Duration,
     stats_interval: Duration,
     ordered_lanes: usize,
+    #[cfg(feature = "wal")]
+    capture: Option<super::capture::WalCapture>,
 }
 
 impl<DB: Backend> RelayBuilder<DB> {
@@ -87,6 +89,8 @@ impl<DB: Backend> RelayBuilder<DB> {
             poll_max: Duration::from_secs(1),
             stats_interval: Duration::from_secs(5),
             ordered_lanes: 4,
+            #[cfg(feature = "wal")]
+            capture: None,
         }
     }
 
@@ -120,6 +124,23 @@ impl<DB: Backend> RelayBuilder<DB> {
         self
     }
 
+    /// Learn of new signals from PostgreSQL's write-ahead log instead of the tables (see
+    /// [`crate::capture`]): the table mode stays the fallback, and [`RelayBuilder::start`]
+    /// fails on another database.
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: signalbus_core::SignalBus<sqlx::Postgres>) -> signalbus_core::Result<()> {
+    /// use signalbus_core::capture::WalCapture;
+    /// let wal = WalCapture::from_url("postgres://relay:secret@db.internal/shop")?.slot("shop_relay");
+    /// let relay = bus.relay().ordered(true).capture_wal(wal).start().await?;
+    /// # let _ = relay; Ok(()) }
+    /// ```
+    #[cfg(feature = "wal")]
+    pub fn capture_wal(mut self, wal: super::capture::WalCapture) -> Self {
+        self.capture = Some(wal);
+        self
+    }
+
     /// How often the pending, backing-off and parked gauges are refreshed (default 5 s).
     pub fn stats_interval(mut self, every: Duration) -> Self {
         self.stats_interval = every;
@@ -144,6 +165,10 @@ impl<DB: Backend> RelayBuilder<DB> {
         let types = shared.registry().select(&self.selection)?;
         if types.is_empty() {
             return bad("no signal types selected");
+        }
+        #[cfg(feature = "wal")]
+        if let Some(wal) = &self.capture {
+            wal.validate()?;
         }
         // Every table must be there: a relay that starts must be able to work.
         super::operator::pending(&shared, &self.selection).await?;
@@ -186,6 +211,26 @@ impl<DB: Backend> RelayBuilder<DB> {
                 .collect(),
         );
         let gate = IdleGate::start(&shared, &types, &mut tasks);
+        #[cfg(feature = "wal")]
+        let (capture, capture_scan) = match self.capture {
+            Some(wal) => {
+                let scan = wal.scan_interval();
+                let (state, watching) = watch::channel(super::capture::CaptureState::Starting);
+                let run = super::capture::start(
+                    wal,
+                    super::capture::Capture {
+                        shared: shared.clone(),
+                        types: types.clone(),
+                        ordered: types.iter().map(|&i| ordered(i)).collect(),
+                        state,
+                        stop: stop_rx.clone(),
+                    },
+                )?;
+                tasks.spawn(run);
+                (Some(watching), scan)
+            }
+            None => (None, self.poll_max),
+        };
         for (slot, (idx, notify)) in lanes.into_iter().enumerate() {
             tasks.spawn(lane(
                 shared.clone(),
@@ -199,6 +244,10 @@ impl<DB: Backend> RelayBuilder<DB> {
                     notify,
                     wakers: wakers.clone(),
                     gate: gate.clone(),
+                    #[cfg(feature = "wal")]
+                    capture: capture.clone(),
+                    #[cfg(feature = "wal")]
+                    capture_scan,
                 },
                 stop_rx.clone(),
             ));
@@ -220,6 +269,8 @@ impl<DB: Backend> RelayBuilder<DB> {
             stop: stop_tx,
             tasks,
             check,
+            #[cfg(feature = "wal")]
+            capture,
         })
     }
 }
@@ -244,6 +295,8 @@ pub struct Relay {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     check: Check,
+    #[cfg(feature = "wal")]
+    capture: Option<watch::Receiver<super::capture::CaptureState>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -332,6 +385,12 @@ impl Relay {
         (self.check)().await
     }
 
+    /// What its WAL capture is doing (`None`: the relay does not capture).
+    #[cfg(feature = "wal")]
+    pub fn capture(&self) -> Option<super::capture::CaptureState> {
+        self.capture.as_ref().map(|state| state.borrow().clone())
+    }
+
     /// A function that checks readiness, to hand to an HTTP server.
     pub fn readiness_check(&self) -> ReadinessCheck {
         self.check.clone()
@@ -367,6 +426,12 @@ struct Lane {
     /// The relay's idle locks (PostgreSQL): while no lane of a table is idle, its writers do
     /// not notify.
     gate: Option<Arc<IdleGate>>,
+    /// What the relay's WAL capture is doing: while it captures, an ordered lane rests and
+    /// an unordered one only scans every `capture_scan` for what the stream does not bring.
+    #[cfg(feature = "wal")]
+    capture: Option<watch::Receiver<super::capture::CaptureState>>,
+    #[cfg(feature = "wal")]
+    capture_scan: Duration,
 }
 
 impl Lane {
@@ -389,7 +454,11 @@ impl Lane {
 }
 
 /// Drain one signal type until `stop` fires.
-async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch::Receiver<bool>) {
+async fn lane<DB: Backend>(
+    shared: Arc<Shared<DB>>,
+    #[allow(unused_mut)] mut lane: Lane,
+    mut stop: watch::Receiver<bool>,
+) {
     let reg = shared.registry().get(lane.idx);
     let mut idle = lane.poll_min;
     let mut failures = 0u32;
@@ -402,6 +471,18 @@ async fn lane<DB: Backend>(shared: Arc<Shared<DB>>, lane: Lane, mut stop: watch:
     // it (else it polls, as on databases without notifications).
     let (mut registered, mut covered) = (false, false);
     while !*stop.borrow() {
+        #[cfg(feature = "wal")]
+        if let Some(capture) = &mut lane.capture
+            && capture.borrow().capturing()
+        {
+            match captured_scan(&shared, &lane, &slot, &mut stop).await {
+                Scan::Again => {}
+                Scan::Stop => break,
+                // A capture that ended without a word (a panic): table mode from now on.
+                Scan::Gone => lane.capture = None,
+            }
+            continue;
+        }
         let round = tokio::time::Instant::now();
         let burst = if lane.ordered {
             ordered_burst(&shared, lane.idx, false, &mut hold).await
@@ -547,4 +628,53 @@ async fn gauges<DB: Backend>(
             return;
         }
     }
+}
+
+/// A lane's round while WAL capture works: an ordered lane rests (the capturing task scans
+/// ordered tables itself, so that nothing races the stream on a key); an unordered lane takes
+/// what the stream does not bring, a burst every `capture_scan` (again at once after a full
+/// burst).
+#[cfg(feature = "wal")]
+async fn captured_scan<DB: Backend>(
+    shared: &Shared<DB>,
+    lane: &Lane,
+    slot: &ClaimSlot,
+    stop: &mut watch::Receiver<bool>,
+) -> Scan {
+    let Some(mut capture) = lane.capture.clone() else {
+        return Scan::Gone;
+    };
+    if !lane.ordered {
+        let reg = shared.registry().get(lane.idx);
+        match claimed_burst(shared, lane.idx, Pick::Next(slot)).await {
+            Ok(Some(settled)) if settled.count() >= reg.ty.burst_size() => return Scan::Again,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(bus = %shared.name(), signal = %reg.name, error = %e, "relay: the table scan beside WAL capture failed; trying again");
+            }
+        }
+    }
+    let wait = if lane.ordered {
+        Duration::MAX
+    } else {
+        lane.capture_scan
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => Scan::Again,
+        changed = capture.changed() => match changed {
+            Ok(()) => Scan::Again,
+            Err(_) if *stop.borrow() => Scan::Stop,
+            Err(_) => Scan::Gone,
+        },
+        _ = stop.changed() => Scan::Stop,
+    }
+}
+
+/// What a lane does after a round beside WAL capture.
+#[cfg(feature = "wal")]
+enum Scan {
+    Again,
+    Stop,
+    /// The capturing task is gone.
+    Gone,
 }

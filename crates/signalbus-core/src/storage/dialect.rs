@@ -274,6 +274,9 @@ pub struct RangeClaimSql {
     /// Added to `live` (as `{of_lane}`) for an ordered read: only the ranges of all lanes
     /// and those of the bound `{Lane}`.
     pub of_lane: &'static str,
+    /// Added to `live` (as `{of_lane}`) for a claim that may take rows of its own slot's
+    /// range: the ranges of other tokens than the bound `{Token}`.
+    pub not_token: &'static str,
     /// "row `{p}id` is in no live range", given the array `{live}`.
     pub outside: &'static str,
     /// Run first in a claim's transaction: its read planned on indexes only.

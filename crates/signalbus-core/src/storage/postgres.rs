@@ -178,6 +178,7 @@ const RANGE_CLAIMS: RangeClaimSql = RangeClaimSql {
     live: "COALESCE((SELECT array_agg(int8range(c.lo, c.hi, '[]')) FROM signalbus_claims AS c \
         WHERE c.table_name = '{name}' AND c.until > {now}{of_lane}), '{}'::int8range[])",
     of_lane: " AND (c.lane IS NULL OR c.lane = CAST({Lane} AS integer))",
+    not_token: " AND c.token IS DISTINCT FROM {Token}",
     outside: "NOT ({p}id <@ ANY({live}))",
     plan: "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
         SET LOCAL max_parallel_workers_per_gather = 0",

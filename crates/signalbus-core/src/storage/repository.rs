@@ -321,6 +321,38 @@ impl Statements {
             .await
     }
 
+    /// Claim the sendable rows among `ids` as a range in the slot of `token` (WAL capture's
+    /// bursts: the rows are not written; the slot's own earlier range does not keep them
+    /// away). Where bursts claim rows (no range claims), a row lease with `token`.
+    #[cfg_attr(not(feature = "wal"), allow(dead_code))]
+    pub async fn claim_listed<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        ids: &[i64],
+        lease: Duration,
+        token: &str,
+    ) -> Result<Vec<StoredRow>> {
+        let (Some(ranges), Some(begin)) = (&self.range_claims, begin_async::<DB>()) else {
+            return self
+                .claim::<DB>(conn, Some(ids), ids.len(), lease, token)
+                .await;
+        };
+        let mut tx = conn.begin_with(begin).await?;
+        self.take_claim_turn::<DB>(&mut tx, true).await?;
+        let values = Values {
+            ids,
+            lease_ms: millis(lease),
+            token,
+            ..Values::default()
+        };
+        let mut rows = Self::run_rows::<DB>(&mut tx, &ranges.claim_listed, values)
+            .await
+            .map_err(missing_claims_table)?;
+        tx.commit().await?;
+        rows.sort_unstable_by_key(|r| r.id);
+        Ok(rows)
+    }
+
     /// Whether a flusher holds a live claim on rows of this table.
     /// Ordered lanes of the table: ordering keys are hashed into this many lanes, and one
     /// ordered flusher at a time sends a lane ([`Self::try_lane`]); 1 where the database

@@ -178,6 +178,11 @@ pub(crate) struct RangeClaims {
     /// An ordered burst's claim of the bound ids for the bound lane, in the transaction of
     /// its read (which took the turn).
     pub claim_lane: Stmt,
+    /// A claim of the sendable rows among the bound ids (WAL capture's bursts): the range of
+    /// those found, recorded in the slot of the bound token, whose own earlier range does not
+    /// keep them away (run under the exclusive turn).
+    #[cfg_attr(not(feature = "wal"), allow(dead_code))]
+    pub claim_listed: Stmt,
     /// Free the slot of the bound token.
     pub free: Stmt,
 }
@@ -298,6 +303,12 @@ impl Statements {
             ranges.as_ref().map(|(r, on_table)| {
                 let live =
                     on_table(r.live).replace("{of_lane}", if of_lane { r.of_lane } else { "" });
+                r.outside.replace("{live}", &live).replace("{p}", "t.")
+            })
+        };
+        let outside_of_others = || {
+            ranges.as_ref().map(|(r, on_table)| {
+                let live = on_table(r.live).replace("{of_lane}", r.not_token);
                 r.outside.replace("{live}", &live).replace("{p}", "t.")
             })
         };
@@ -509,6 +520,16 @@ impl Statements {
         )
         .unwrap_or_else(|| claim("1 = 1", " ORDER BY t.id LIMIT {Limit}"));
         // An ordered burst's rows, read in the same transaction under the claim turn.
+        // Sendable and outside every live range but the claimer's own.
+        let ready_for_token = outside_of_others().map(|c| format!("{sendable} AND {c}"));
+        let claim_listed = ready_for_token.as_ref().and_then(|ready| {
+            range_claim(
+                &format!(
+                    "SELECT {claimed_all} FROM {t} AS t WHERE {id_in} AND {ready} ORDER BY t.id"
+                ),
+                "NULL",
+            )
+        });
         let claim_lane = range_claim(
             &format!("SELECT {claimed_all} FROM {t} AS t WHERE {id_in} ORDER BY t.id"),
             "CAST({Lane} AS integer)",
@@ -688,15 +709,15 @@ impl Statements {
                     "SELECT COUNT(*) FROM {t} AS t WHERE t.claim IS NOT NULL AND t.next_attempt_at > {now}"
                 ),
             }),
-            range_claims: ranges
-                .as_ref()
-                .zip(claim_lane)
-                .map(|((r, on_table), claim_lane)| RangeClaims {
+            range_claims: ranges.as_ref().zip(claim_lane.zip(claim_listed)).map(
+                |((r, on_table), (claim_lane, claim_listed))| RangeClaims {
                     turn: shared(format!("{}; {}", r.plan, on_table(r.turn))),
                     shared_turn: shared(format!("{}; {}", r.plan, on_table(r.shared_turn))),
                     claim_lane,
+                    claim_listed,
                     free: stmt(on_table(r.free)),
-                }),
+                },
+            ),
             pending_stats,
             parked: stmt(format!(
                 "SELECT t.id, t.message_id, t.attempts, t.last_error, {}, t.ordering_key \

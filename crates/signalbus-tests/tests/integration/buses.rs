@@ -170,3 +170,24 @@ pub async fn end_to_end<DB: TestBackend, F: BusFixture>(fx: F) {
     fx.cleanup().await;
     db.cleanup().await;
 }
+
+/// Keyed messages (JSON bodies with `account` and `seq`) in the order they arrived: every
+/// key's numbers from 0 in order, a number seen again counted as a duplicate. Returns how
+/// many arrived in order per key, and the duplicates.
+pub fn key_order(got: &[Received]) -> (std::collections::HashMap<String, u32>, usize) {
+    let mut next: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    let mut duplicates = 0;
+    for message in got {
+        let body: serde_json::Value = serde_json::from_slice(&message.body).unwrap();
+        let account = body["account"].as_str().unwrap().to_owned();
+        let seq = u32::try_from(body["seq"].as_u64().unwrap()).unwrap();
+        let expected = next.entry(account.clone()).or_insert(0);
+        if seq < *expected {
+            duplicates += 1;
+            continue;
+        }
+        assert_eq!(seq, *expected, "{account}: {seq} arrived before {expected}");
+        *expected += 1;
+    }
+    (next, duplicates)
+}

@@ -28,3 +28,4 @@ mod relay_keyed_brokers;
 mod relay_wakeup;
 mod signals;
 mod trace_context;
+mod wal_capture;

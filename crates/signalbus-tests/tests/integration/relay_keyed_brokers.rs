@@ -46,7 +46,7 @@ enum Relays {
 }
 
 /// The `signalbus` binary of this workspace build (next to the test binary's `deps`).
-fn signalbus_binary() -> PathBuf {
+pub(crate) fn signalbus_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -188,20 +188,7 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
         }
     }
     let got = fx.received(&route, total).await;
-    let mut next: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-    let mut duplicates = 0;
-    for message in &got {
-        let body: serde_json::Value = serde_json::from_slice(&message.body).unwrap();
-        let account = body["account"].as_str().unwrap().to_owned();
-        let seq = u32::try_from(body["seq"].as_u64().unwrap()).unwrap();
-        let expected = next.entry(account.clone()).or_insert(0);
-        if seq < *expected {
-            duplicates += 1;
-            continue;
-        }
-        assert_eq!(seq, *expected, "{account}: {seq} arrived before {expected}");
-        *expected += 1;
-    }
+    let (next, duplicates) = crate::buses::key_order(&got);
     eprintln!(
         "{total} keyed signals through 4 relays ({relays:?}, one killed) in {drained:?}: {} read \
          back, {duplicates} duplicates",

@@ -1,0 +1,194 @@
+//! Held keys of ordered types: a key whose signal could not go out at once (refused, held by
+//! another flusher, or pending when the stream started) waits, with its later signals, in
+//! the table; the capturing task sends those rows itself, in the order it learnt of them,
+//! and releases the key when none is left.
+
+use super::send::Keyed;
+use super::stream::Streamer;
+use crate::engine::bursts::drain_selected;
+use crate::engine::context::Shared;
+use crate::error::Result;
+use crate::registry::{Selection, TypeIdx};
+use sqlx::Postgres;
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+
+/// Rows of held keys remembered at most, per type: beyond it, capture gives way to table
+/// mode (memory stays bounded; the rows are in the table).
+pub(super) const MOST_HELD: usize = 100_000;
+
+/// The held keys of one type: each key's waiting rows, in the order they were learnt of.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    keys: HashMap<Option<String>, Vec<i64>>,
+    ids: HashSet<i64>,
+}
+
+/// Why capture gives way when too much waits.
+pub(super) fn too_many(signal: &str) -> String {
+    format!(
+        "more than {MOST_HELD} signals of `{signal}` wait behind refused or held keys (a broker \
+         refusing them?); the relay goes on from the tables, in table order (restart it to \
+         capture again)"
+    )
+}
+
+impl Streamer {
+    pub(super) fn is_held(&self, idx: TypeIdx, key: &Option<String>) -> bool {
+        self.held
+            .get(&idx)
+            .is_some_and(|held| held.keys.contains_key(key))
+    }
+
+    pub(super) fn hold(&mut self, idx: TypeIdx, key: Option<String>, id: i64) {
+        let held = self.held.entry(idx).or_default();
+        if held.ids.insert(id) {
+            held.keys.entry(key).or_default().push(id);
+            if held.ids.len() > MOST_HELD {
+                self.overflow = Some(idx);
+            }
+        }
+    }
+
+    pub(super) fn holds_any(&self) -> bool {
+        self.held.values().any(|held| !held.keys.is_empty())
+    }
+
+    /// When streaming starts: every row of an ordered type already in its table holds its
+    /// key (it predates the stream's position, or the stream brings it again and finds it
+    /// held), in id order, as table mode sends them. Beyond [`MOST_HELD`] rows, the oldest
+    /// are first drained from the table in table order; `Some(why)` when more than that are
+    /// left (capture gives way to table mode).
+    pub(super) async fn seed(
+        &mut self,
+        shared: &Shared<Postgres>,
+        types: &[TypeIdx],
+    ) -> Result<Option<String>> {
+        self.held.clear();
+        let ordered: Vec<TypeIdx> = types
+            .iter()
+            .copied()
+            .filter(|&i| self.is_ordered(i))
+            .collect();
+        for idx in ordered {
+            let reg = shared.registry().get(idx);
+            let table = reg.table.quoted('"');
+            let count: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(shared.pool())
+                    .await?;
+            let over = usize::try_from(count)
+                .unwrap_or(0)
+                .saturating_sub(MOST_HELD);
+            if over > 0 {
+                let mut enough = |p: &crate::delivery::FlushProgress<'_>| {
+                    if p.sent >= over {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                };
+                let only = Selection::only([reg.name.to_string()]);
+                drain_selected(shared, &only, true, &mut enough).await?;
+            }
+            // One more than the bound: whether more are left than can be remembered.
+            let rows: Vec<Keyed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id, ordering_key FROM {table} ORDER BY id LIMIT {}",
+                MOST_HELD + 1
+            )))
+            .fetch_all(shared.pool())
+            .await?;
+            for (id, key) in rows {
+                self.hold(idx, key, id);
+            }
+            if self.overflow.take().is_some() {
+                return Ok(Some(too_many(&reg.name)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Send the held keys' rows that can go, each key's in order up to its first that
+    /// cannot; forget rows that are gone; release keys with none left. Whether anything
+    /// moved (then it is worth running again at once).
+    pub(super) async fn drain_held(&mut self, shared: &Shared<Postgres>) -> Result<bool> {
+        let mut moved = false;
+        let types: Vec<TypeIdx> = self.held.keys().copied().collect();
+        for idx in types {
+            let reg = shared.registry().get(idx);
+            let table = reg.table.quoted('"');
+            let Some(held) = self.held.get_mut(&idx) else {
+                continue;
+            };
+            let ids: Vec<i64> = held.keys.values().flatten().copied().collect();
+            let ready = {
+                let mut conn = shared.pool().acquire().await?;
+                ready_states(&mut conn, &table, &ids).await?
+            };
+            // Each key's rows up to its first that waits (backing off, parked, leased).
+            let mut sendable: Vec<Keyed> = Vec::new();
+            held.keys.retain(|key, ids| {
+                let before = ids.len();
+                ids.retain(|id| ready.contains_key(id));
+                moved |= ids.len() < before;
+                for id in ids.iter() {
+                    if ready.get(id) != Some(&true) {
+                        break;
+                    }
+                    sendable.push((*id, key.clone()));
+                }
+                !ids.is_empty()
+            });
+            held.ids = held.keys.values().flatten().copied().collect();
+            let burst = reg.ty.burst_size();
+            let mut blocked: HashSet<Option<String>> = HashSet::new();
+            let mut rest = sendable.into_iter().peekable();
+            while rest.peek().is_some() {
+                let chunk: Vec<Keyed> = rest
+                    .by_ref()
+                    .filter(|(_, key)| !blocked.contains(key))
+                    .take(burst)
+                    .collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let tried = chunk.len();
+                let left = self.burst(shared, idx, chunk, true).await?;
+                moved |= left.len() < tried;
+                blocked.extend(left.into_iter().map(|(_, key)| key));
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// Which of `ids` are still rows of `table`, and whether each can be sent now.
+async fn ready_states(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    ids: &[i64],
+) -> Result<HashMap<i64, bool>> {
+    let sql = format!(
+        "SELECT id, parked_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= now()) \
+         FROM {table} WHERE id = ANY($1)"
+    );
+    let rows: Vec<(i64, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Which of `ids` are still rows of `table`.
+pub(super) async fn existing(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    ids: &[i64],
+) -> Result<HashSet<i64>> {
+    let sql = format!("SELECT id FROM {table} WHERE id = ANY($1)");
+    let rows: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}

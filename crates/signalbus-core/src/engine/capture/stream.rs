@@ -1,0 +1,473 @@
+//! The capturing task: hold the slot, stream committed inserts, send them in commit order,
+//! confirm what is settled; reconnect, stand by, or fall back to table mode.
+
+use super::decode::{Change, Columns, Relations, decode};
+use super::slot::{self, Problem, Stream};
+use super::{CaptureState, WalCapture};
+
+use crate::engine::context::Shared;
+use crate::engine::relay::failure_wait;
+
+use crate::engine::wake::stopped_within;
+use crate::error::Result;
+use crate::registry::TypeIdx;
+use futures_util::FutureExt as _;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use sqlx::Postgres;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Everything the task is given.
+pub(super) struct Setup {
+    pub shared: Arc<Shared<Postgres>>,
+    pub wal: WalCapture,
+    pub slot: String,
+    pub types: Vec<TypeIdx>,
+    pub ordered: Vec<bool>,
+    pub state: watch::Sender<CaptureState>,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// How one attempt at streaming ended.
+enum Ended {
+    Stopped,
+    /// Another relay holds the slot.
+    Busy,
+    Retry(String),
+    Fatal(String),
+}
+
+impl From<Problem> for Ended {
+    fn from(p: Problem) -> Self {
+        match p {
+            Problem::Fatal(why) => Ended::Fatal(why),
+            Problem::Retry(why) => Ended::Retry(why),
+        }
+    }
+}
+
+/// How often a standby asks for the slot.
+const STANDBY_RETRY: Duration = Duration::from_secs(1);
+/// How soon held keys are looked at again after none of their rows could move (doubling
+/// up to `scan_every` while nothing moves).
+const HELD_RETRY: Duration = Duration::from_millis(200);
+
+/// Run until the relay stops, or capture falls back to table mode.
+pub(super) async fn run(mut setup: Setup) {
+    let bus = setup.shared.name().to_owned();
+    let labels = [("bus", bus.clone()), ("slot", setup.slot.clone())];
+    let streaming = metrics::gauge!("signalbus_capture_streaming", &labels);
+    let mut streamer = Streamer::new(&setup);
+    let (mut known, mut failures, mut standby) = (false, 0u32, false);
+    loop {
+        if *setup.stop.borrow() {
+            return;
+        }
+        let ended = attempt(&mut setup, &mut streamer, &mut known, &mut failures).await;
+        streaming.set(0.0);
+        let wait = match ended {
+            Ended::Stopped => return,
+            Ended::Fatal(why) => {
+                tracing::error!(bus = %bus, slot = %setup.slot, "WAL capture cannot work; sending from the tables instead: {why}");
+                setup.state.send_replace(CaptureState::TableMode(why));
+                return;
+            }
+            Ended::Busy => {
+                if !standby {
+                    tracing::info!(bus = %bus, slot = %setup.slot, "another relay streams from the slot; standing by to take over");
+                }
+                standby = true;
+                setup.state.send_replace(CaptureState::Standby);
+                STANDBY_RETRY
+            }
+            Ended::Retry(why) => {
+                failures += 1;
+                let wait = failure_wait(failures);
+                tracing::warn!(bus = %bus, slot = %setup.slot, error = %why, retry_in = ?wait, "WAL capture: cannot stream; trying again (the table scan goes on)");
+                setup.state.send_replace(CaptureState::Starting);
+                wait
+            }
+        };
+        if stopped_within(&mut setup.stop, wait).await {
+            return;
+        }
+    }
+}
+
+/// Prepare the slot, take it, catch up from the tables, then stream until something ends it.
+async fn attempt(
+    setup: &mut Setup,
+    streamer: &mut Streamer,
+    known: &mut bool,
+    failures: &mut u32,
+) -> Ended {
+    let shared = setup.shared.clone();
+    let tables: Vec<String> = setup
+        .types
+        .iter()
+        .map(|&i| shared.registry().get(i).table.quoted('"'))
+        .collect();
+    if let Err(p) = slot::prepare(shared.pool(), &setup.slot, &tables, *known).await {
+        return p.into();
+    }
+    let wal = &setup.wal;
+    let config = ReplicationConfig::new(
+        wal.host.clone(),
+        wal.user.clone(),
+        wal.password.clone(),
+        wal.database.clone(),
+        setup.slot.clone(),
+        setup.slot.clone(),
+    )
+    .with_port(wal.port)
+    .with_status_interval(Duration::from_secs(1))
+    .with_wakeup_interval(Duration::from_secs(5))
+    .with_max_message_size(64 << 20)
+    .with_application_name(format!("signalbus relay {}", shared.name()));
+    let mut repl = match ReplicationClient::connect(config).await {
+        Ok(repl) => repl,
+        Err(e) => return stream_error(&shared, &setup.slot, *known, &e).await,
+    };
+    match tokio::time::timeout(slot::START_TIMEOUT, repl.wait_started()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return stream_error(&shared, &setup.slot, *known, &e).await,
+        Err(_) => {
+            return Ended::Retry(format!(
+                "the server did not start streaming within {:?}",
+                slot::START_TIMEOUT
+            ));
+        }
+    }
+    // The slot is ours: no other relay streams it now.
+    *known = true;
+    streamer.reset();
+    // What the tables hold now goes first, key by key (the unordered lanes scan for the
+    // rest).
+    match streamer.seed(&shared, &setup.types).await {
+        Ok(None) => {}
+        Ok(Some(why)) => {
+            let _ = repl.shutdown().await;
+            return Ended::Fatal(why);
+        }
+        Err(e) => {
+            let _ = repl.shutdown().await;
+            return Ended::Retry(format!(
+                "cannot read the signals already in the tables: {e}"
+            ));
+        }
+    }
+    *failures = 0;
+    setup.state.send_replace(CaptureState::Streaming);
+    let labels = [
+        ("bus", shared.name().to_owned()),
+        ("slot", setup.slot.clone()),
+    ];
+    metrics::gauge!("signalbus_capture_streaming", &labels).set(1.0);
+    tracing::info!(bus = %shared.name(), slot = %setup.slot, "WAL capture: streaming");
+    let ended = streamer.stream(&shared, setup, &mut repl).await;
+    streamer.free_ranges(&shared).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), repl.shutdown()).await;
+    ended
+}
+
+/// What a failed replication connection means: stand by, retry, or (with the reason the
+/// slot's state gives) fall back.
+async fn stream_error(
+    shared: &Shared<Postgres>,
+    slot: &str,
+    known: bool,
+    e: &pgwire_replication::PgWireError,
+) -> Ended {
+    match slot::classify(e) {
+        Stream::Busy => Ended::Busy,
+        Stream::Transient => Ended::Retry(e.to_string()),
+        Stream::Fatal => match slot::explain(shared.pool(), slot, known).await {
+            Some(why) => Ended::Fatal(why),
+            None => Ended::Fatal(format!("the server refused to stream: {e}")),
+        },
+    }
+}
+
+/// A row the stream brought.
+pub(super) struct Row {
+    pub idx: TypeIdx,
+    pub id: i64,
+    pub key: Option<String>,
+}
+
+/// The state of one relay's stream.
+pub(super) struct Streamer {
+    /// Which selected type each table is: (schema if given, name).
+    tables: Vec<(TypeIdx, Option<String>, String)>,
+    ordered: HashMap<TypeIdx, bool>,
+    relations: Relations<Option<(TypeIdx, Columns)>>,
+    pub(super) batch: Vec<Row>,
+    /// Rows at most in one batch.
+    limit: usize,
+    in_txn: bool,
+    /// The end of the last transaction seen, and of the last before the open one.
+    last_commit: Lsn,
+    before_txn: Lsn,
+    /// Commit time (µs since 2000) of the oldest transaction not confirmed yet.
+    unconfirmed_since: Option<i64>,
+    /// Ordered types: keys whose later rows wait in the table, with the rows known to wait.
+    pub(super) held: HashMap<TypeIdx, super::held::Held>,
+    /// A type whose held rows passed [`super::held::MOST_HELD`].
+    pub(super) overflow: Option<TypeIdx>,
+    /// Per type, the token of its claim slot.
+    pub(super) tokens: HashMap<TypeIdx, String>,
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl Streamer {
+    fn new(setup: &Setup) -> Self {
+        let registry = setup.shared.registry();
+        Streamer {
+            tables: setup
+                .types
+                .iter()
+                .map(|&i| {
+                    let t = &registry.get(i).table;
+                    (i, t.schema().map(str::to_owned), t.name().to_owned())
+                })
+                .collect(),
+            ordered: setup
+                .types
+                .iter()
+                .copied()
+                .zip(setup.ordered.iter().copied())
+                .collect(),
+            relations: Relations::new(),
+            batch: Vec::new(),
+            limit: setup
+                .types
+                .iter()
+                .map(|&i| registry.get(i).ty.burst_size())
+                .max()
+                .unwrap_or(100),
+            in_txn: false,
+            last_commit: Lsn(0),
+            before_txn: Lsn(0),
+            unconfirmed_since: None,
+            held: HashMap::new(),
+            overflow: None,
+            tokens: HashMap::new(),
+        }
+    }
+
+    /// A new connection: Relation messages come again; nothing is half-read.
+    fn reset(&mut self) {
+        self.relations.clear();
+        self.batch.clear();
+        self.in_txn = false;
+        self.unconfirmed_since = None;
+    }
+
+    pub(super) fn is_ordered(&self, idx: TypeIdx) -> bool {
+        self.ordered.get(&idx).copied().unwrap_or(false)
+    }
+
+    /// Read events, send them batch by batch, confirm; between batches, the held keys' rows
+    /// (at once while they move, else every [`HELD_RETRY`]) and the gauges (every
+    /// `scan_every`).
+    async fn stream(
+        &mut self,
+        shared: &Shared<Postgres>,
+        setup: &mut Setup,
+        repl: &mut ReplicationClient,
+    ) -> Ended {
+        let scan_every = setup.wal.scan_every;
+        let mut next_scan = tokio::time::Instant::now() + scan_every;
+        let mut next_held = tokio::time::Instant::now();
+        let mut held_wait = HELD_RETRY;
+        let labels = [
+            ("bus", shared.name().to_owned()),
+            ("slot", setup.slot.clone()),
+        ];
+        let lag_seconds = metrics::gauge!("signalbus_capture_lag_seconds", &labels);
+        let lag_bytes = metrics::gauge!("signalbus_capture_lag_bytes", &labels);
+        loop {
+            let now = tokio::time::Instant::now();
+            if self.holds_any() && now >= next_held {
+                next_held = match self.drain_held(shared).await {
+                    Ok(true) => {
+                        held_wait = HELD_RETRY;
+                        now
+                    }
+                    Ok(false) => {
+                        // Nothing moved: look again later and later, up to `scan_every`.
+                        let wait = held_wait;
+                        held_wait = (held_wait * 2).min(scan_every.max(HELD_RETRY));
+                        now + wait
+                    }
+                    Err(e) => {
+                        tracing::warn!(bus = %shared.name(), error = %e, "WAL capture: cannot send the held keys' signals; trying again");
+                        now + scan_every
+                    }
+                };
+            }
+            if now >= next_scan {
+                next_scan = now + scan_every;
+                if let Ok(Some(bytes)) = lag(shared, &setup.slot).await {
+                    #[allow(clippy::cast_precision_loss)] // far below 2^52
+                    lag_bytes.set(bytes as f64);
+                }
+                lag_seconds.set(self.lag_seconds());
+            }
+            let tick = if self.holds_any() {
+                next_scan.min(next_held)
+            } else {
+                next_scan
+            };
+            let event = tokio::select! {
+                biased;
+                _ = setup.stop.changed() => return Ended::Stopped,
+                event = repl.recv() => event,
+                _ = tokio::time::sleep_until(tick) => continue,
+            };
+            let mut event = match event {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ended::Retry("the server ended the stream".into()),
+                Err(e) => return stream_error(shared, &setup.slot, true, &e).await,
+            };
+            // Take whatever else is already here, up to a batch.
+            loop {
+                if let Err(why) = self.on_event(event, repl) {
+                    return Ended::Fatal(why);
+                }
+                if self.batch.len() >= self.limit {
+                    break;
+                }
+                match repl.recv().now_or_never() {
+                    Some(Ok(Some(next))) => event = next,
+                    Some(Ok(None)) => return Ended::Retry("the server ended the stream".into()),
+                    Some(Err(e)) => return stream_error(shared, &setup.slot, true, &e).await,
+                    None => break,
+                }
+            }
+            if self.batch.is_empty() {
+                continue;
+            }
+            // Send; a failure of the bus or the database keeps the batch and tries again.
+            let mut failures = 0u32;
+            loop {
+                match self.flush(shared).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        failures += 1;
+                        let wait = failure_wait(failures);
+                        tracing::warn!(bus = %shared.name(), error = %e, failures, retry_in = ?wait, "WAL capture: cannot send; the signals stay pending, trying again");
+                        if stopped_within(&mut setup.stop, wait).await {
+                            return Ended::Stopped;
+                        }
+                    }
+                }
+            }
+            self.batch.clear();
+            let upto = if self.in_txn {
+                self.before_txn
+            } else {
+                self.unconfirmed_since = None;
+                self.last_commit
+            };
+            repl.update_applied_lsn(upto);
+            lag_seconds.set(self.lag_seconds());
+            if let Some(idx) = self.overflow.take() {
+                return Ended::Fatal(super::held::too_many(&shared.registry().get(idx).name));
+            }
+        }
+    }
+
+    fn lag_seconds(&self) -> f64 {
+        self.unconfirmed_since.map_or(0.0, |since| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            #[allow(clippy::cast_precision_loss)] // a lag in µs, far below 2^52
+            let lag = (now - PG_EPOCH_MICROS - since).max(0) as f64;
+            lag / 1e6
+        })
+    }
+
+    /// Take in one event; an error is a stream that cannot be read (a bug to report).
+    fn on_event(
+        &mut self,
+        event: ReplicationEvent,
+        repl: &ReplicationClient,
+    ) -> std::result::Result<(), String> {
+        match event {
+            ReplicationEvent::Begin { .. } => {
+                self.in_txn = true;
+                self.before_txn = self.last_commit;
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let malformed = |m: super::decode::Malformed| {
+                    format!(
+                        "the WAL stream has a message signalbus cannot read ({}); please report it",
+                        m.0
+                    )
+                };
+                match decode(&data).map_err(malformed)? {
+                    Change::Relation(rel) => {
+                        let idx = self.tables.iter().find_map(|(i, schema, name)| {
+                            (*name == rel.name && schema.as_ref().is_none_or(|s| *s == rel.schema))
+                                .then_some(*i)
+                        });
+                        let known = idx.and_then(|i| Columns::of(&rel).map(|c| (i, c)));
+                        self.relations.insert(rel.oid, known);
+                    }
+                    Change::Insert { relid, values } => match self.relations.get(&relid) {
+                        Some(Some((idx, columns))) => {
+                            let (id, key) = columns.read(&values).map_err(malformed)?;
+                            self.batch.push(Row {
+                                idx: *idx,
+                                id,
+                                key,
+                            });
+                        }
+                        Some(None) => {}
+                        None => return Err("the WAL stream sent a row of a table it had not described; please report it".into()),
+                    },
+                    Change::Other => {}
+                }
+            }
+            ReplicationEvent::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.in_txn = false;
+                self.last_commit = end_lsn;
+                self.unconfirmed_since.get_or_insert(commit_time_micros);
+            }
+            // Everything committed below the server's position was sent before this; with
+            // nothing open or unsent, the slot may move there (also while the signal tables
+            // are idle, so the server can recycle its WAL).
+            ReplicationEvent::KeepAlive { wal_end, .. }
+                if !self.in_txn && self.batch.is_empty() && wal_end > self.last_commit =>
+            {
+                self.last_commit = wal_end;
+                self.unconfirmed_since = None;
+                repl.update_applied_lsn(wal_end);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// How many bytes of WAL the slot keeps on the server.
+async fn lag(shared: &Shared<Postgres>, slot: &str) -> Result<Option<i64>> {
+    let bytes: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots \
+         WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_optional(shared.pool())
+    .await?;
+    Ok(bytes.flatten())
+}
