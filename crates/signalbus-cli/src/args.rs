@@ -181,8 +181,8 @@ pub struct RelayArgs {
     #[arg(long, env = "SIGNALBUS_CAPTURE", value_enum, default_value_t = Capture::Table)]
     pub capture: Capture,
     /// With --capture wal: the replication slot and publication (default
-    /// signalbus_<bus name>); relays with the same slot are one group, one streams, the
-    /// others stand by.
+    /// signalbus_<database>_<hash of the relayed tables>); relays with the same slot are one
+    /// group (they must relay the same signal types): one streams, the others stand by.
     #[arg(long, env = "SIGNALBUS_SLOT", value_name = "NAME")]
     pub slot: Option<String>,
     /// With --capture wal: seconds between scans of the tables for what the stream does not

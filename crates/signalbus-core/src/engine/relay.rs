@@ -473,9 +473,11 @@ async fn lane<DB: Backend>(
     while !*stop.borrow() {
         #[cfg(feature = "wal")]
         if let Some(capture) = &mut lane.capture
-            && capture.borrow().capturing()
+            // Marks the state seen: the wait below ends on the next change only.
+            && capture.borrow_and_update().capturing()
         {
-            match captured_scan(&shared, &lane, &slot, &mut stop).await {
+            let (idx, ordered, every) = (lane.idx, lane.ordered, lane.capture_scan);
+            match captured_scan(&shared, idx, ordered, every, capture, &slot, &mut stop).await {
                 Scan::Again => {}
                 Scan::Stop => break,
                 // A capture that ended without a word (a panic): table mode from now on.
@@ -630,23 +632,23 @@ async fn gauges<DB: Backend>(
     }
 }
 
-/// A lane's round while WAL capture works: an ordered lane rests (the capturing task scans
-/// ordered tables itself, so that nothing races the stream on a key); an unordered lane takes
+/// A lane's round while WAL capture works: an ordered lane rests (the capturing task alone
+/// sends ordered types, so that nothing races the stream on a key); an unordered lane takes
 /// what the stream does not bring, a burst every `capture_scan` (again at once after a full
 /// burst).
 #[cfg(feature = "wal")]
 async fn captured_scan<DB: Backend>(
     shared: &Shared<DB>,
-    lane: &Lane,
+    idx: TypeIdx,
+    ordered: bool,
+    every: Duration,
+    capture: &mut watch::Receiver<super::capture::CaptureState>,
     slot: &ClaimSlot,
     stop: &mut watch::Receiver<bool>,
 ) -> Scan {
-    let Some(mut capture) = lane.capture.clone() else {
-        return Scan::Gone;
-    };
-    if !lane.ordered {
-        let reg = shared.registry().get(lane.idx);
-        match claimed_burst(shared, lane.idx, Pick::Next(slot)).await {
+    if !ordered {
+        let reg = shared.registry().get(idx);
+        match claimed_burst(shared, idx, Pick::Next(slot)).await {
             Ok(Some(settled)) if settled.count() >= reg.ty.burst_size() => return Scan::Again,
             Ok(_) => {}
             Err(e) => {
@@ -654,11 +656,7 @@ async fn captured_scan<DB: Backend>(
             }
         }
     }
-    let wait = if lane.ordered {
-        Duration::MAX
-    } else {
-        lane.capture_scan
-    };
+    let wait = if ordered { Duration::MAX } else { every };
     tokio::select! {
         _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => Scan::Again,
         changed = capture.changed() => match changed {

@@ -56,7 +56,8 @@ impl Streamer {
 
     /// When streaming starts: every row of an ordered type already in its table holds its
     /// key (it predates the stream's position, or the stream brings it again and finds it
-    /// held), in id order, as table mode sends them. Beyond [`MOST_HELD`] rows, the oldest
+    /// held), in table-mode order (by writing transaction, then id): a key's transactions that
+    /// overlapped may go out in another order than they committed. Beyond [`MOST_HELD`] rows, the oldest
     /// are first drained from the table in table order; `Some(why)` when more than that are
     /// left (capture gives way to table mode).
     pub(super) async fn seed(
@@ -93,7 +94,7 @@ impl Streamer {
             }
             // One more than the bound: whether more are left than can be remembered.
             let rows: Vec<Keyed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id, ordering_key FROM {table} ORDER BY id LIMIT {}",
+                "SELECT id, ordering_key FROM {table} ORDER BY txid, id LIMIT {}",
                 MOST_HELD + 1
             )))
             .fetch_all(shared.pool())
@@ -120,7 +121,16 @@ impl Streamer {
             let Some(held) = self.held.get_mut(&idx) else {
                 continue;
             };
-            let ids: Vec<i64> = held.keys.values().flatten().copied().collect();
+            let mut gone = Vec::new();
+            // Each key's first rows only: a key waiting on a parked row costs one id, not all
+            // of its rows.
+            let burst = reg.ty.burst_size();
+            let ids: Vec<i64> = held
+                .keys
+                .values()
+                .flat_map(|ids| ids.iter().take(burst))
+                .copied()
+                .collect();
             let ready = {
                 let mut conn = shared.pool().acquire().await?;
                 ready_states(&mut conn, &table, &ids).await?
@@ -128,10 +138,20 @@ impl Streamer {
             // Each key's rows up to its first that waits (backing off, parked, leased).
             let mut sendable: Vec<Keyed> = Vec::new();
             held.keys.retain(|key, ids| {
+                // Of the rows looked at, those gone are forgotten.
+                let looked = ids.len().min(burst);
                 let before = ids.len();
-                ids.retain(|id| ready.contains_key(id));
+                let mut at = 0;
+                ids.retain(|id| {
+                    at += 1;
+                    let keep = at > looked || ready.contains_key(id);
+                    if !keep {
+                        gone.push(*id);
+                    }
+                    keep
+                });
                 moved |= ids.len() < before;
-                for id in ids.iter() {
+                for id in ids.iter().take(looked) {
                     if ready.get(id) != Some(&true) {
                         break;
                     }
@@ -139,8 +159,9 @@ impl Streamer {
                 }
                 !ids.is_empty()
             });
-            held.ids = held.keys.values().flatten().copied().collect();
-            let burst = reg.ty.burst_size();
+            for id in gone {
+                held.ids.remove(&id);
+            }
             let mut blocked: HashSet<Option<String>> = HashSet::new();
             let mut rest = sendable.into_iter().peekable();
             while rest.peek().is_some() {

@@ -124,10 +124,11 @@ impl WalCapture {
         })
     }
 
-    /// The name of the replication slot and of the publication (default `signalbus_<database
-    /// name>`, lowercased, other characters as `_`, cut to 63): lowercase letters, digits and
-    /// `_`, at most 63. Slots are the server's, not a database's: relays with the same slot
-    /// are one group, one streams and the others stand by.
+    /// The name of the replication slot and of the publication: lowercase letters, digits and
+    /// `_`, at most 63. The default, `signalbus_<database>_<hash of the relayed tables>`, is
+    /// the same for relays of the same signal types on the same database: they are one group,
+    /// one streams and the others stand by. Relays given the same slot must relay the same
+    /// types (another set of tables is refused, with a message).
     pub fn slot(mut self, name: &str) -> Self {
         self.slot = Some(name.to_owned());
         self
@@ -139,10 +140,10 @@ impl WalCapture {
         self
     }
 
-    /// The slot's name, checked.
-    fn slot_name(&self) -> Result<String> {
+    /// The slot's name for a relay of `tables`, checked.
+    fn slot_name(&self, tables: &[String]) -> Result<String> {
         let name = self.slot.clone().unwrap_or_else(|| {
-            let db: String = self
+            let mut db: String = self
                 .database
                 .chars()
                 .map(|c| {
@@ -153,9 +154,8 @@ impl WalCapture {
                     }
                 })
                 .collect();
-            let mut name = format!("signalbus_{db}");
-            name.truncate(63);
-            name
+            db.truncate(63 - "signalbus__".len() - 8);
+            format!("signalbus_{db}_{:08x}", table_set_hash(tables))
         });
         let ok = !name.is_empty()
             && name.len() <= 63
@@ -181,8 +181,24 @@ impl WalCapture {
                 "WAL capture: scan_every must be longer than zero".into(),
             ));
         }
-        self.slot_name().map(|_| ())
+        match &self.slot {
+            Some(name) => self.slot_name(std::slice::from_ref(name)).map(|_| ()),
+            None => Ok(()),
+        }
     }
+}
+
+/// A stable hash of a set of table names (FNV-1a, 32 bits, over the sorted names): the same
+/// in every build and process, so relays of the same tables find the same slot.
+fn table_set_hash(tables: &[String]) -> u32 {
+    let mut sorted: Vec<&str> = tables.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in sorted.join(",").bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
 }
 
 /// What a relay's WAL capture is doing ([`Relay::capture`](crate::Relay::capture)).
@@ -221,7 +237,12 @@ pub(crate) fn start<DB: Backend>(
     wal: WalCapture,
     capture: Capture<DB>,
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    let slot = wal.slot_name()?;
+    let quoted: Vec<String> = capture
+        .types
+        .iter()
+        .map(|&i| capture.shared.registry().get(i).table.quoted('"'))
+        .collect();
+    let slot = wal.slot_name(&quoted)?;
     // The relay is generic over the database; capture is PostgreSQL's alone.
     let any: Arc<dyn std::any::Any + Send + Sync> = capture.shared.clone();
     let Ok(shared) = any.downcast::<Shared<sqlx::Postgres>>() else {

@@ -162,7 +162,8 @@ impl Streamer {
             .collect();
         // Refused (backing off, parked) or left untouched behind a refusal: the key waits.
         left.extend(keys.into_iter().filter(|(id, _)| !sent.contains(id)));
-        left.sort_by_key(|(id, _)| ids.iter().position(|i| i == id));
+        let at: HashMap<i64, usize> = ids.iter().enumerate().map(|(n, id)| (*id, n)).collect();
+        left.sort_by_key(|(id, _)| at.get(id).copied());
         Ok(left)
     }
 

@@ -22,13 +22,23 @@ fn retry(what: &str, e: &sqlx::Error) -> Problem {
     Problem::Retry(format!("{what}: {e}"))
 }
 
+/// A signal table: its schema when given, its name (validated identifiers).
+pub(super) type Table = (Option<String>, String);
+
+fn quoted((schema, name): &Table) -> String {
+    match schema {
+        Some(schema) => format!("\"{schema}\".\"{name}\""),
+        None => format!("\"{name}\""),
+    }
+}
+
 /// Check the server, then make sure the publication over `tables` and the slot exist (both
 /// named `slot`). `known` says whether this relay streamed from the slot before: a slot that
 /// is gone then was dropped by someone else, which is reported, not silently repaired.
 pub(super) async fn prepare(
     pool: &PgPool,
     slot: &str,
-    tables: &[String],
+    tables: &[Table],
     known: bool,
 ) -> Result<(), Problem> {
     let mut tx = pool
@@ -40,10 +50,11 @@ pub(super) async fn prepare(
         .execute(&mut *tx)
         .await
         .map_err(|e| retry("cannot set a statement timeout", &e))?;
-    let (wal_level, can, keep): (String, Option<bool>, String) = sqlx::query_as(
+    let (wal_level, can, keep, version): (String, Option<bool>, String, i32) = sqlx::query_as(
         "SELECT current_setting('wal_level'), \
          (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user), \
-         current_setting('max_slot_wal_keep_size')",
+         current_setting('max_slot_wal_keep_size'), \
+         current_setting('server_version_num')::int",
     )
     .fetch_one(&mut *tx)
     .await
@@ -69,48 +80,76 @@ pub(super) async fn prepare(
             "max_slot_wal_keep_size is unlimited: a relay stopped for long makes the server keep WAL until its disk fills; set a bound (ALTER SYSTEM SET max_slot_wal_keep_size = '10GB') — the signals stay in their tables whatever happens to the slot"
         );
     }
-    ensure_publication(&mut tx, slot, tables).await?;
+    ensure_publication(&mut tx, slot, tables, version >= 150_000).await?;
     tx.commit()
         .await
         .map_err(|e| retry("cannot create the publication", &e))?;
     ensure_slot(pool, slot, known).await
 }
 
+/// The publication of the slot: created over `tables` (with only the columns the relay reads
+/// when `columns`: PostgreSQL 15 and later) when missing; one that exists must cover the same
+/// tables, else relays of other signal types share the slot, and this one says so.
 async fn ensure_publication(
     tx: &mut sqlx::PgConnection,
     name: &str,
-    tables: &[String],
+    tables: &[Table],
+    columns: bool,
 ) -> Result<(), Problem> {
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_publication WHERE pubname = $1")
         .bind(name)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| retry("cannot read the publications", &e))?;
+    if exists.is_some() {
+        let covered: Vec<(String, String)> = sqlx::query_as(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| retry("cannot read the publication's tables", &e))?;
+        let same = covered.len() == tables.len()
+            && tables.iter().all(|(schema, table)| {
+                covered
+                    .iter()
+                    .any(|(s, t)| t == table && schema.as_ref().is_none_or(|x| x == s))
+            });
+        if same {
+            return Ok(());
+        }
+        let covered: Vec<String> = covered.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        return Err(Problem::Fatal(format!(
+            "the publication `{name}` of this slot covers other tables ({}): relays that share \
+             a slot must relay the same signal types; give this relay a slot of its own \
+             (--slot), or drop the publication if nothing uses it any more",
+            covered.join(", ")
+        )));
+    }
     // Names are validated identifiers (the slot name) and quoted tables.
-    let sql = if exists.is_some() {
-        format!(
-            "ALTER PUBLICATION \"{name}\" SET TABLE {}",
-            tables.join(", ")
-        )
-    } else {
-        format!(
-            "CREATE PUBLICATION \"{name}\" FOR TABLE {} WITH (publish = 'insert')",
-            tables.join(", ")
-        )
-    };
+    let list: Vec<String> = tables
+        .iter()
+        .map(|t| {
+            if columns {
+                format!("{} (id, ordering_key)", quoted(t))
+            } else {
+                quoted(t)
+            }
+        })
+        .collect();
+    let sql = format!(
+        "CREATE PUBLICATION \"{name}\" FOR TABLE {} WITH (publish = 'insert')",
+        list.join(", ")
+    );
     sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
         .execute(&mut *tx)
         .await
-        .map_err(|e| {
-            let code = sqlstate(&e);
-            if code.as_deref() == Some("42501") {
-                Problem::Fatal(format!(
-                    "cannot create the publication `{name}`: the role must own the signal tables \
+        .map_err(|e| match sqlstate(&e).as_deref() {
+            Some("42501") => Problem::Fatal(format!(
+                "cannot create the publication `{name}`: the role must own the signal tables \
                  (or be a superuser), or an administrator runs: {sql}"
-                ))
-            } else {
-                retry("cannot create the publication", &e)
-            }
+            )),
+            _ => retry("cannot create the publication", &e),
         })?;
     Ok(())
 }
@@ -163,7 +202,20 @@ async fn ensure_slot(pool: &PgPool, slot: &str, known: bool) -> Result<(), Probl
             "a replication slot named `{slot}` exists for another database or plugin: give this \
              relay a slot of its own (--slot)"
         ))),
-        None if known => Err(Problem::Fatal(dropped(slot))),
+        None if known => {
+            // Made anew by another relay of the group (it was far behind)? Look once more.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let back: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1")
+                    .bind(slot)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(|e| retry("cannot read the replication slots", &e))?;
+            match back {
+                Some(_) => Ok(()),
+                None => Err(Problem::Fatal(dropped(slot))),
+            }
+        }
         None => create_slot(pool, slot).await,
     }
 }
@@ -272,7 +324,11 @@ pub(super) fn classify(e: &pgwire_replication::PgWireError) -> Stream {
         .map(|(_, rest)| rest.chars().take(5).collect::<String>());
     match code.as_deref() {
         Some("55006") => Stream::Busy,
-        Some(c) if c.starts_with("57P") || c.starts_with("08") || c == "53300" => Stream::Transient,
+        // Shut down or restarting, connection trouble, insufficient resources (connections,
+        // disk, memory): all pass.
+        Some(c) if c.starts_with("57P") || c.starts_with("08") || c.starts_with("53") => {
+            Stream::Transient
+        }
         // The server going away mid-message, or a connection refused while it restarts.
         None if matches!(e, pgwire_replication::PgWireError::Protocol(_)) => Stream::Transient,
         _ => Stream::Fatal,

@@ -48,6 +48,10 @@ impl From<Problem> for Ended {
     }
 }
 
+/// How long attempts may fail one after the other before capture gives way to table mode
+/// (ordered types wait while it tries).
+const GIVE_UP: Duration = Duration::from_secs(60);
+
 /// How often a standby asks for the slot.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
 /// How soon held keys are looked at again after none of their rows could move (doubling
@@ -61,6 +65,8 @@ pub(super) async fn run(mut setup: Setup) {
     let streaming = metrics::gauge!("signalbus_capture_streaming", &labels);
     let mut streamer = Streamer::new(&setup);
     let (mut known, mut failures, mut standby) = (false, 0u32, false);
+    // Since when attempts fail one after the other (ordered types wait meanwhile).
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
         if *setup.stop.borrow() {
             return;
@@ -79,13 +85,25 @@ pub(super) async fn run(mut setup: Setup) {
                     tracing::info!(bus = %bus, slot = %setup.slot, "another relay streams from the slot; standing by to take over");
                 }
                 standby = true;
+                failing_since = None;
                 setup.state.send_replace(CaptureState::Standby);
                 STANDBY_RETRY
             }
             Ended::Retry(why) => {
+                if failures == 0 {
+                    failing_since = Some(tokio::time::Instant::now());
+                }
+                if failing_since.is_some_and(|since| since.elapsed() > GIVE_UP) {
+                    let why = format!(
+                        "cannot stream for {GIVE_UP:?} ({why}); restart the relay to try again"
+                    );
+                    tracing::error!(bus = %bus, slot = %setup.slot, "WAL capture cannot work; sending from the tables instead: {why}");
+                    setup.state.send_replace(CaptureState::TableMode(why));
+                    return;
+                }
                 failures += 1;
                 let wait = failure_wait(failures);
-                tracing::warn!(bus = %bus, slot = %setup.slot, error = %why, retry_in = ?wait, "WAL capture: cannot stream; trying again (the table scan goes on)");
+                tracing::warn!(bus = %bus, slot = %setup.slot, error = %why, retry_in = ?wait, "WAL capture: cannot stream; trying again (unordered types are scanned meanwhile, ordered ones wait)");
                 setup.state.send_replace(CaptureState::Starting);
                 wait
             }
@@ -104,10 +122,13 @@ async fn attempt(
     failures: &mut u32,
 ) -> Ended {
     let shared = setup.shared.clone();
-    let tables: Vec<String> = setup
+    let tables: Vec<slot::Table> = setup
         .types
         .iter()
-        .map(|&i| shared.registry().get(i).table.quoted('"'))
+        .map(|&i| {
+            let t = &shared.registry().get(i).table;
+            (t.schema().map(str::to_owned), t.name().to_owned())
+        })
         .collect();
     if let Err(p) = slot::prepare(shared.pool(), &setup.slot, &tables, *known).await {
         return p.into();
@@ -265,6 +286,10 @@ impl Streamer {
         self.batch.clear();
         self.in_txn = false;
         self.unconfirmed_since = None;
+        // Positions of the stream before: the new one may start earlier (what the server
+        // confirmed), and nothing of it is settled yet.
+        self.last_commit = Lsn(0);
+        self.before_txn = Lsn(0);
     }
 
     pub(super) fn is_ordered(&self, idx: TypeIdx) -> bool {
