@@ -75,6 +75,9 @@ pub async fn relay<DB: signalbus::Backend>(
     )
     .execute(&admin)
     .await?;
+    sqlx::query("DROP PUBLICATION IF EXISTS signalbus_bench")
+        .execute(&admin)
+        .await?;
     admin.close().await;
     let relay = builder
         .capture_wal(signalbus::WalCapture::from_url(url)?.slot("signalbus_bench"))

@@ -648,7 +648,13 @@ async fn captured_scan<DB: Backend>(
 ) -> Scan {
     if !ordered {
         let reg = shared.registry().get(idx);
-        match claimed_burst(shared, idx, Pick::Next(slot)).await {
+        let scanned = claimed_burst(shared, idx, Pick::Next(slot)).await;
+        // The burst's range would keep rows committed late inside it from the stream until
+        // the next scan: free it now.
+        if matches!(scanned, Ok(Some(_))) {
+            slot.free(shared, idx).await;
+        }
+        match scanned {
             Ok(Some(settled)) if settled.count() >= reg.ty.burst_size() => return Scan::Again,
             Ok(_) => {}
             Err(e) => {

@@ -1,7 +1,8 @@
-//! Held keys of ordered types: a key whose signal could not go out at once (refused, held by
-//! another flusher, or pending when the stream started) waits, with its later signals, in
-//! the table; the capturing task sends those rows itself, in the order it learnt of them,
-//! and releases the key when none is left.
+//! Held rows. In an ordered type, a key whose signal could not go out at once (refused, held
+//! by another flusher, or pending when the stream started) waits, with its later signals, in
+//! the table; the capturing task sends those rows itself, in the order it learnt of them, and
+//! releases the key when none is left. In an unordered type, rows the stream brought that
+//! another flusher held are tried again the same way, holding nothing back.
 
 use super::send::Keyed;
 use super::stream::Streamer;
@@ -44,6 +45,7 @@ impl Streamer {
         let held = self.held.entry(idx).or_default();
         if held.ids.insert(id) {
             held.keys.entry(key).or_default().push(id);
+            self.newly_held = true;
             if held.ids.len() > MOST_HELD {
                 self.overflow = Some(idx);
             }
@@ -118,6 +120,7 @@ impl Streamer {
         for idx in types {
             let reg = shared.registry().get(idx);
             let table = reg.table.quoted('"');
+            let ordered = self.is_ordered(idx);
             let Some(held) = self.held.get_mut(&idx) else {
                 continue;
             };
@@ -153,7 +156,10 @@ impl Streamer {
                 moved |= ids.len() < before;
                 for id in ids.iter().take(looked) {
                     if ready.get(id) != Some(&true) {
-                        break;
+                        if ordered {
+                            break;
+                        }
+                        continue;
                     }
                     sendable.push((*id, key.clone()));
                 }
@@ -174,9 +180,11 @@ impl Streamer {
                     break;
                 }
                 let tried = chunk.len();
-                let left = self.burst(shared, idx, chunk, true).await?;
+                let left = self.burst(shared, idx, chunk, ordered).await?;
                 moved |= left.len() < tried;
-                blocked.extend(left.into_iter().map(|(_, key)| key));
+                if ordered {
+                    blocked.extend(left.into_iter().map(|(_, key)| key));
+                }
             }
         }
         Ok(moved)

@@ -34,9 +34,10 @@ impl Streamer {
                     let rows: Vec<Keyed> = rows.map(|r| (r.id, r.key.clone())).collect();
                     let burst = shared.registry().get(idx).ty.burst_size();
                     for chunk in rows.chunks(burst) {
-                        // Rows another flusher holds (or that are gone) are not claimed:
-                        // the table lanes see to them.
-                        self.burst(shared, idx, chunk.to_vec(), false).await?;
+                        // Rows another flusher holds are tried again (as held rows, which
+                        // hold back nothing in an unordered type); gone ones are forgotten.
+                        let waiting = self.burst(shared, idx, chunk.to_vec(), false).await?;
+                        self.hold_all(idx, waiting);
                     }
                 }
             }
@@ -85,7 +86,8 @@ impl Streamer {
 
     /// Claim the chunk's rows (a range in the type's slot), publish and settle them; in
     /// order (`ordered`), each key's rows only up to its first that cannot go. Returns the
-    /// rows that did not go and are still there (ordered only), in order.
+    /// rows that did not go and are still there, in order (unordered: those not claimed;
+    /// refused ones are retried by the table lanes).
     pub(super) async fn burst(
         &mut self,
         shared: &Shared<Postgres>,
@@ -103,30 +105,37 @@ impl Streamer {
                 .claim_listed::<DB>(&mut conn, &ids, lease, &token)
                 .await
         )?;
+        // Of the rows not claimed, those still there wait (in a range of another flusher, or
+        // leased by an auto-flush): they are tried again, and in order they hold their key.
+        // The others are gone (sent already: a stream read again after a restart).
+        let missing: Vec<i64> = {
+            let claimed: HashSet<i64> = claimed.iter().map(|r| r.id).collect();
+            ids.iter()
+                .copied()
+                .filter(|id| !claimed.contains(id))
+                .collect()
+        };
+        let still: HashSet<i64> = if missing.is_empty() {
+            HashSet::new()
+        } else {
+            super::held::existing(&mut conn, &reg.table.quoted('"'), &missing).await?
+        };
         if !ordered {
+            let waiting: Vec<Keyed> = chunk
+                .into_iter()
+                .filter(|(id, _)| still.contains(id))
+                .collect();
             if claimed.is_empty() {
-                return Ok(Vec::new());
+                return Ok(waiting);
             }
             let sending: Vec<i64> = claimed.iter().map(|r| r.id).collect();
             let settled = publish_and_settle(shared, &mut conn, vec![(idx, claimed)], false).await;
             if settled.is_err() && !reg.sql.claims_ranges() {
                 give_back::<DB>(reg, &mut conn, &sending).await;
             }
-            return settled.map(|_| Vec::new());
+            return settled.map(|_| waiting);
         }
         let mut claimed: HashMap<i64, _> = claimed.into_iter().map(|r| (r.id, r)).collect();
-        // Of the rows not claimed, those still there hold their key; the others are gone
-        // (sent already: a stream read again after a restart, an auto-flush).
-        let missing: Vec<i64> = ids
-            .iter()
-            .copied()
-            .filter(|id| !claimed.contains_key(id))
-            .collect();
-        let still: HashSet<i64> = if missing.is_empty() {
-            HashSet::new()
-        } else {
-            super::held::existing(&mut conn, &reg.table.quoted('"'), &missing).await?
-        };
         let mut blocked: HashSet<Option<String>> = HashSet::new();
         let (mut send, mut keys, mut left) = (Vec::new(), Vec::new(), Vec::new());
         let mut blocked_rows = Vec::new();

@@ -88,8 +88,9 @@ pub(super) async fn prepare(
 }
 
 /// The publication of the slot: created over `tables` (with only the columns the relay reads
-/// when `columns`: PostgreSQL 15 and later) when missing; one that exists must cover the same
-/// tables, else relays of other signal types share the slot, and this one says so.
+/// when `columns`: PostgreSQL 15 and later) when missing. One that exists gets the tables it
+/// lacks (a table dropped and made again leaves its publications); one that covers other
+/// tables belongs to relays of other signal types sharing the slot, and this one says so.
 async fn ensure_publication(
     tx: &mut sqlx::PgConnection,
     name: &str,
@@ -109,38 +110,67 @@ async fn ensure_publication(
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| retry("cannot read the publication's tables", &e))?;
-        let same = covered.len() == tables.len()
-            && tables.iter().all(|(schema, table)| {
-                covered
+        let ours = |(s, t): &(String, String)| {
+            tables
+                .iter()
+                .any(|(schema, table)| t == table && schema.as_ref().is_none_or(|x| x == s))
+        };
+        let foreign: Vec<String> = covered
+            .iter()
+            .filter(|c| !ours(c))
+            .map(|(s, t)| format!("{s}.{t}"))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(Problem::Fatal(format!(
+                "the publication `{name}` of this slot covers other tables ({}): relays that \
+                 share a slot must relay the same signal types; give this relay a slot of its \
+                 own (--slot), or drop the publication if nothing uses it any more",
+                foreign.join(", ")
+            )));
+        }
+        let missing: Vec<&Table> = tables
+            .iter()
+            .filter(|(schema, table)| {
+                !covered
                     .iter()
                     .any(|(s, t)| t == table && schema.as_ref().is_none_or(|x| x == s))
-            });
-        if same {
+            })
+            .collect();
+        if missing.is_empty() {
             return Ok(());
         }
-        let covered: Vec<String> = covered.iter().map(|(s, t)| format!("{s}.{t}")).collect();
-        return Err(Problem::Fatal(format!(
-            "the publication `{name}` of this slot covers other tables ({}): relays that share \
-             a slot must relay the same signal types; give this relay a slot of its own \
-             (--slot), or drop the publication if nothing uses it any more",
-            covered.join(", ")
-        )));
+        let list: Vec<String> = missing.into_iter().map(|t| listed(t, columns)).collect();
+        return publication_ddl(
+            tx,
+            name,
+            format!("ALTER PUBLICATION \"{name}\" ADD TABLE {}", list.join(", ")),
+        )
+        .await;
     }
-    // Names are validated identifiers (the slot name) and quoted tables.
-    let list: Vec<String> = tables
-        .iter()
-        .map(|t| {
-            if columns {
-                format!("{} (id, ordering_key)", quoted(t))
-            } else {
-                quoted(t)
-            }
-        })
-        .collect();
+    let list: Vec<String> = tables.iter().map(|t| listed(t, columns)).collect();
     let sql = format!(
         "CREATE PUBLICATION \"{name}\" FOR TABLE {} WITH (publish = 'insert')",
         list.join(", ")
     );
+    publication_ddl(tx, name, sql).await
+}
+
+/// A table in a publication's list: quoted (validated identifiers), with the columns the
+/// relay reads where the server takes column lists.
+fn listed(table: &Table, columns: bool) -> String {
+    if columns {
+        format!("{} (id, ordering_key)", quoted(table))
+    } else {
+        quoted(table)
+    }
+}
+
+/// Create or extend the publication `name` with `sql`.
+async fn publication_ddl(
+    tx: &mut sqlx::PgConnection,
+    name: &str,
+    sql: String,
+) -> Result<(), Problem> {
     sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
         .execute(&mut *tx)
         .await

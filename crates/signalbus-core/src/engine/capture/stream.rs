@@ -237,6 +237,8 @@ pub(super) struct Streamer {
     pub(super) held: HashMap<TypeIdx, super::held::Held>,
     /// A type whose held rows passed [`super::held::MOST_HELD`].
     pub(super) overflow: Option<TypeIdx>,
+    /// Rows were held since the held rows were last looked at: look again soon.
+    pub(super) newly_held: bool,
     /// Per type, the token of its claim slot.
     pub(super) tokens: HashMap<TypeIdx, String>,
 }
@@ -276,6 +278,7 @@ impl Streamer {
             unconfirmed_since: None,
             held: HashMap::new(),
             overflow: None,
+            newly_held: false,
             tokens: HashMap::new(),
         }
     }
@@ -317,6 +320,11 @@ impl Streamer {
         let lag_bytes = metrics::gauge!("signalbus_capture_lag_bytes", &labels);
         loop {
             let now = tokio::time::Instant::now();
+            if std::mem::take(&mut self.newly_held) {
+                // New rows wait: the backoff of the old ones is not theirs.
+                held_wait = HELD_RETRY;
+                next_held = next_held.min(now + HELD_RETRY);
+            }
             if self.holds_any() && now >= next_held {
                 next_held = match self.drain_held(shared).await {
                     Ok(true) => {
