@@ -495,6 +495,15 @@ async fn wal_capture_a_refused_signal_holds_back_only_its_key() {
             tx.commit().await.unwrap();
         }
     }
+    // The free key's signals leave the table; the held key's stay.
+    let started = Instant::now();
+    while <sqlx::Postgres as TestBackend>::count_rows(&c.pool, "wal_event").await > 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the free key's signals went out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let free = fx.received(&ready, 10).await;
     let accounts = |got: &[crate::buses::Received]| -> Vec<(String, u64)> {
         got.iter()
