@@ -58,8 +58,10 @@ impl Streamer {
 
     /// When streaming starts: every row of an ordered type already in its table holds its
     /// key (it predates the stream's position, or the stream brings it again and finds it
-    /// held), in table-mode order (by writing transaction, then id): a key's transactions that
-    /// overlapped may go out in another order than they committed. Beyond [`MOST_HELD`] rows, the oldest
+    /// held), in id order: the order of the inserts, which is the commit order when a key's
+    /// writers take a lock before they write its signal (transaction ids are not: one is given
+    /// before the lock is waited for). Overlapping writers of a key without such a lock may go
+    /// out in another order than they committed. Beyond [`MOST_HELD`] rows, the oldest
     /// are first drained from the table in table order; `Some(why)` when more than that are
     /// left (capture gives way to table mode).
     pub(super) async fn seed(
@@ -96,7 +98,7 @@ impl Streamer {
             }
             // One more than the bound: whether more are left than can be remembered.
             let rows: Vec<Keyed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id, ordering_key FROM {table} ORDER BY txid, id LIMIT {}",
+                "SELECT id, ordering_key FROM {table} ORDER BY id LIMIT {}",
                 MOST_HELD + 1
             )))
             .fetch_all(shared.pool())
