@@ -104,7 +104,7 @@ impl ClaimSlot {
     }
 
     /// The token of a claim: the slot's for a range claim, a burst's own for row leases.
-    fn token(&self, range: bool) -> String {
+    pub(crate) fn token(&self, range: bool) -> String {
         if range {
             self.token.clone()
         } else {

@@ -2,7 +2,7 @@
 //! key's rows in commit order in ordered mode.
 
 use super::stream::{Row, Streamer};
-use crate::engine::bursts::{give_back, publish_in_rounds};
+use crate::engine::bursts::{ClaimSlot, give_back, publish_in_rounds};
 use crate::engine::context::Shared;
 use crate::engine::settle::{publish_and_settle, retry_db};
 use crate::error::Result;
@@ -178,27 +178,17 @@ impl Streamer {
 
     /// The token of the type's claim slot: each claim moves its range to the new burst.
     fn token(&mut self, idx: TypeIdx) -> String {
-        self.tokens
+        self.slots
             .entry(idx)
-            .or_insert_with(|| uuid::Uuid::new_v4().to_string())
-            .clone()
+            .or_insert_with(ClaimSlot::new)
+            .token(true)
     }
 
     /// Free the claim slots (at the end): the rows of the last ranges are free for the
     /// others at once, not when the lease ends.
     pub(super) async fn free_ranges(&self, shared: &Shared<Postgres>) {
-        for (&idx, token) in &self.tokens {
-            let reg = shared.registry().get(idx);
-            if !reg.sql.claims_ranges() {
-                continue;
-            }
-            let freed = match shared.pool().acquire().await {
-                Ok(mut conn) => reg.sql.free_range::<DB>(&mut conn, token).await,
-                Err(e) => Err(e.into()),
-            };
-            if let Err(e) = freed {
-                tracing::warn!(signal = %reg.name, error = %e, "could not free a claim; it ends with its lease");
-            }
+        for (&idx, slot) in &self.slots {
+            slot.free(shared, idx).await;
         }
     }
 }

@@ -240,7 +240,7 @@ pub(super) struct Streamer {
     /// Rows were held since the held rows were last looked at: look again soon.
     pub(super) newly_held: bool,
     /// Per type, the token of its claim slot.
-    pub(super) tokens: HashMap<TypeIdx, String>,
+    pub(super) slots: HashMap<TypeIdx, crate::engine::bursts::ClaimSlot>,
 }
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
@@ -279,7 +279,7 @@ impl Streamer {
             held: HashMap::new(),
             overflow: None,
             newly_held: false,
-            tokens: HashMap::new(),
+            slots: HashMap::new(),
         }
     }
 
