@@ -36,4 +36,12 @@ ensure_core_services() {
     ensure MariaDB 127.0.0.1 3306 start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
     ensure RabbitMQ 127.0.0.1 5672 rabbitmq-server -detached
     ensure NATS 127.0.0.1 4222 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server
+    # Redis: the shared server for the Redis Streams tests; the outage tests start private
+    # redis-server processes of their own, so the binary must be there either way.
+    command -v redis-server >/dev/null || {
+        log "redis-server is missing; installing the Debian package redis-server"
+        apt-get install -y redis-server >/dev/null || { apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; } ||
+            { echo "ERROR: could not install redis-server (apt-get install redis-server)" >&2; return 1; }
+    }
+    ensure Redis 127.0.0.1 6379 start-stop-daemon --start --oknodo --background --exec /usr/bin/redis-server -- --bind 127.0.0.1 --port 6379
 }

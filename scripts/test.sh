@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: starts any local service the tests need that is down (PostgreSQL, MariaDB,
-# RabbitMQ, NATS, and a Kafka-protocol broker, tansu, installed on first use), then runs the
+# RabbitMQ, NATS, Redis, and a Kafka-protocol broker, tansu, installed on first use), then runs the
 # whole test suite. Fails loudly when a service cannot be reached: no test is ever skipped for
 # a missing server.
 set -euo pipefail

@@ -15,3 +15,4 @@ pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod rabbitmq;
+pub mod redis;

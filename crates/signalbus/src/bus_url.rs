@@ -11,6 +11,7 @@ use signalbus_core::{BoxPublisher, Error, PublisherExt, Result};
 /// | `amqp://user:password@host:5672/vhost`, `amqps://…` | `amqp` | RabbitMQ with publisher confirms |
 /// | `nats://user:password@host:4222` | `nats` | NATS JetStream, acks awaited |
 /// | `kafka://host:9092[,host:port…]` | `kafka` | Kafka, idempotent producer, `acks=all` |
+/// | `redis://user:password@host:6379/db`, `rediss://…` | `redis` | Redis Streams, pipelined `XADD` |
 /// | `stdout:` | always | JSON lines on standard output ([`StdoutPublisher`]) |
 /// | `file:PATH` | always | JSON lines appended to PATH ([`FilePublisher`]) |
 /// | `memory:` | always | kept in memory, for tests and benchmarks ([`MemoryPublisher`]) |
@@ -43,10 +44,12 @@ pub async fn connect_bus(url: &str) -> Result<BoxPublisher> {
         "nats" => Ok(signalbus_nats::NatsPublisher::connect(url).await?.boxed()),
         #[cfg(feature = "kafka")]
         "kafka" => Ok(signalbus_kafka::KafkaPublisher::connect(url).await?.boxed()),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(signalbus_redis::RedisPublisher::connect(url).await?.boxed()),
         scheme if broker_feature(scheme).is_some() => Err(missing_feature(url, scheme)),
         other => Err(Error::Config(format!(
             "unsupported bus URL scheme `{other}:` in `{}`; known: `stdout:`, `file:PATH`, \
-             `memory:`, and with their features `amqp://`, `amqps://`, `nats://`, `kafka://`",
+             `memory:`, and with their features `amqp://`, `amqps://`, `nats://`, `kafka://`, `redis://`, `rediss://`",
             redact_url(url)
         ))),
     }
@@ -58,6 +61,7 @@ fn broker_feature(scheme: &str) -> Option<&'static str> {
         "amqp" | "amqps" => Some("amqp"),
         "nats" => Some("nats"),
         "kafka" => Some("kafka"),
+        "redis" | "rediss" => Some("redis"),
         _ => None,
     }
 }
@@ -86,6 +90,7 @@ mod tests {
             ("amqps://u:hunter2@h/%2f", "amqps", "amqp"),
             ("nats://u:hunter2@h:4222", "nats", "nats"),
             ("kafka://h:9092", "kafka", "kafka"),
+            ("rediss://u:hunter2@h:6380", "rediss", "redis"),
         ] {
             let e = missing_feature(url, scheme).to_string();
             assert!(e.contains(&format!("the `{feature}` feature")), "{e}");
@@ -120,6 +125,22 @@ mod tests {
         {
             let e = connect_bus("kafka://h").await.unwrap_err().to_string();
             assert!(e.contains("the `kafka` feature"), "{e}");
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let e = connect_bus("redis://h").await.unwrap_err().to_string();
+            assert!(e.contains("the `redis` feature"), "{e}");
+        }
+        #[cfg(feature = "redis")]
+        {
+            let e = connect_bus("redis://u:hunter2@127.0.0.1:1?timeout_ms=1000")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("cannot reach Redis") && !e.contains("hunter2"),
+                "{e}"
+            );
         }
         #[cfg(feature = "amqp")]
         {

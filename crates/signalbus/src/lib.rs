@@ -53,8 +53,8 @@
 //!
 //! ## Features
 //! `sqlite` (default), `postgres`, `mysql` choose the databases; `derive` (default) gives
-//! `#[derive(Signal)]`. `amqp` (RabbitMQ), `nats` (NATS JetStream) and `kafka` add the
-//! publishers of those buses, chosen by URL with [`connect_bus`]; each confirms delivery
+//! `#[derive(Signal)]`. `amqp` (RabbitMQ), `nats` (NATS JetStream), `kafka` and `redis`
+//! (Redis Streams) add the publishers of those buses, chosen by URL with [`connect_bus`]; each confirms delivery
 //! before a row is deleted. Any other bus is a [`Publisher`] of your own: see the
 //! `webhook` example.
 #![forbid(unsafe_code)]
@@ -119,6 +119,12 @@ pub use signalbus_nats as nats;
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub use signalbus_kafka as kafka;
+
+/// The Redis Streams publisher (pipelined `XADD`, an outcome per entry) and its
+/// consumer-group runner.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use signalbus_redis as redis;
 
 #[cfg(feature = "sea-orm")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sea-orm")))]

@@ -1,7 +1,7 @@
 //! RabbitMQ end to end (127.0.0.1:5672, guest/guest): mandatory publishing, so a routing key
 //! without a bound queue is refused until a queue is bound.
 
-use crate::buses::{BusFixture, Received, Route, end_to_end};
+use crate::buses::{BusFixture, Received, Route, end_to_end, poison_scenario};
 use crate::common::TestBackend;
 use crate::on_every_database;
 use lapin::options::*;
@@ -164,4 +164,9 @@ async fn amqp_end_to_end<DB: TestBackend>() {
 #[tokio::test]
 async fn amqp_trace_context() {
     crate::trace_context::trace_travels(Amqp::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_one_poison_among_a_thousand() {
+    poison_scenario::<sqlx::Postgres, _>(Amqp::new().await).await;
 }

@@ -1,7 +1,7 @@
 //! NATS JetStream end to end (127.0.0.1:4222 with -js): a subject no stream captures is
 //! refused until its stream is created.
 
-use crate::buses::{BusFixture, Received, Route, end_to_end};
+use crate::buses::{BusFixture, Received, Route, end_to_end, poison_scenario};
 use crate::common::TestBackend;
 use crate::on_every_database;
 use async_nats::jetstream::{self, stream};
@@ -99,4 +99,9 @@ async fn nats_end_to_end<DB: TestBackend>() {
 #[tokio::test]
 async fn nats_trace_context() {
     crate::trace_context::trace_travels(Nats::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_one_poison_among_a_thousand() {
+    poison_scenario::<sqlx::Postgres, _>(Nats::new().await).await;
 }

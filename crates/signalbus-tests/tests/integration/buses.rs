@@ -191,3 +191,86 @@ pub fn key_order(got: &[Received]) -> (std::collections::HashMap<String, u32>, u
     }
     (next, duplicates)
 }
+
+/// [`BusEvent`]'s twin for the poison scenario: three attempts, short backoff, flushed by hand.
+#[derive(Debug, Clone, Serialize, Signal)]
+#[signal(
+    name = "bus_poison",
+    table = "bus_poison",
+    autoflush = false,
+    max_attempts = 3,
+    retry_base_ms = 50,
+    retry_max_ms = 200
+)]
+pub struct PoisonEvent {
+    #[signal(destination)]
+    pub destination: String,
+    #[signal(routing_key)]
+    pub key: String,
+    pub n: i64,
+    #[signal(header)]
+    pub customer: String,
+}
+
+/// One message the broker refuses among 1,000 (to the fixture's `later` route, never
+/// opened): the 999 others arrive exactly once, in order; the refused one is tried three
+/// times and parked, with the broker's reason; nothing is sent twice.
+pub async fn poison_scenario<DB: TestBackend, F: BusFixture>(fx: F) {
+    let db = DB::create(5).await;
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(signalbus::connect_bus(&fx.url()).await.unwrap())
+        .register::<PoisonEvent>()
+        .publish_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    let (ready, later) = (fx.ready(), fx.later());
+    let mut ids = Vec::new();
+    let mut tx = bus.begin().await.unwrap();
+    for n in 0..1000 {
+        let route = if n == 500 { &later } else { &ready };
+        let e = PoisonEvent {
+            destination: route.0.clone(),
+            key: route.1.clone(),
+            n,
+            customer: format!("c{n}"),
+        };
+        let id = tx.send(&e).await.unwrap().message_id;
+        if n != 500 {
+            ids.push(id);
+        }
+    }
+    tx.commit_and_wait().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut sent = 0;
+    let stats = loop {
+        sent += bus.flush_many(&Selection::all()).await.unwrap_or(0);
+        let stats = bus.pending(&Selection::all()).await.unwrap()[0].1;
+        if stats.parked == 1 && stats.count == 1 {
+            break stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not parked in time: sent {sent}, {stats:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(sent, 999, "{stats:?}");
+    let got = fx.received(&ready, 999).await;
+    let got_ids: Vec<&String> = got.iter().map(|r| &r.id).collect();
+    assert_eq!(
+        got_ids,
+        ids.iter().collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    let parked = bus.parked(&Selection::all(), 10).await.unwrap();
+    let parked = &parked[0].1[0];
+    assert_eq!(parked.attempts, 3, "{parked:?}");
+    let reason = parked.last_error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains(&later.0),
+        "the reason names the route: {reason}"
+    );
+    fx.cleanup().await;
+    db.cleanup().await;
+}

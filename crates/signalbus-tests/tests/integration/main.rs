@@ -6,6 +6,7 @@ mod backpressure;
 mod bus_amqp;
 mod bus_kafka;
 mod bus_nats;
+mod bus_redis;
 mod buses;
 mod common;
 mod crash;

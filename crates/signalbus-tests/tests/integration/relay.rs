@@ -149,7 +149,7 @@ where
     db.cleanup().await;
 }
 
-on_every_database!(amqp_relay, nats_relay, kafka_relay);
+on_every_database!(amqp_relay, nats_relay, kafka_relay, redis_relay);
 
 async fn amqp_relay<DB: TestBackend>()
 where
@@ -170,6 +170,13 @@ where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
     relayed::<DB, _>(Kafka::new().await).await;
+}
+
+async fn redis_relay<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    relayed::<DB, _>(crate::bus_redis::Redis::new().await).await;
 }
 
 /// A database that takes connections but refuses every write (read-only) is not ready: the
