@@ -1,7 +1,8 @@
 //! `raw`: the broker's own ceiling, measured with the same client, batch size and durability
 //! as signalbus' publisher but without signalbus (nor a database) in between: lapin with
 //! persistent messages and pipelined confirms, async-nats awaiting every JetStream ack,
-//! rdkafka with an idempotent `acks=all` producer. Also declares the topology the other
+//! rdkafka with an idempotent `acks=all` producer, redis-rs with one pipeline of `XADD`s per
+//! batch (the fields signalbus writes, `MAXLEN ~ 200000`). Also declares the topology the other
 //! benchmarks publish to (destination `bench`, routing key `order.placed`).
 
 use crate::stats::{Latencies, emit, round2};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `amqp://…`, `nats://…` or `kafka://host:port`.
+    /// `amqp://…`, `nats://…`, `kafka://host:port` or `redis://host:port`.
     #[arg(long, env = "SIGNALBUS_BUS_URL")]
     bus: String,
     /// Messages per batch (one wait for all confirms per batch).
@@ -37,9 +38,11 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "amqp" | "amqps" => amqp(&args).await,
         "nats" => nats(&args).await,
         "kafka" => kafka(&args).await,
-        other => {
-            Err(format!("raw needs an amqp://, nats:// or kafka:// bus, not `{other}:`").into())
-        }
+        "redis" | "rediss" => redis(&args).await,
+        other => Err(format!(
+            "raw needs an amqp://, nats://, kafka:// or redis:// bus, not `{other}:`"
+        )
+        .into()),
     };
     result.map_err(|e| e as Box<dyn std::error::Error>)
 }
@@ -245,4 +248,52 @@ async fn kafka(args: &Args) -> Result<(), BoxError> {
         }
     })
     .await
+}
+
+/// Bound of the `bench` stream (`MAXLEN ~`): give the other benchmarks' Redis bus URL
+/// `?maxlen=200000` too, so that both trim alike and runs never fill the server's memory.
+pub const REDIS_MAXLEN: u64 = 200_000;
+
+async fn redis(args: &Args) -> Result<(), BoxError> {
+    let url = args.bus.split('?').next().unwrap_or_default();
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    if args.setup_only {
+        return Ok(());
+    }
+    measure(args, "redis", || {
+        let mut connection = connection.clone();
+        async move {
+            let mut pipe = redis::pipe();
+            for _ in 0..args.batch {
+                pipe.cmd("XADD")
+                    .arg(DESTINATION)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(REDIS_MAXLEN)
+                    .arg("*")
+                    .arg("id")
+                    .arg(uuid::Uuid::now_v7().to_string())
+                    .arg("signal")
+                    .arg("order_placed")
+                    .arg("routing-key")
+                    .arg(ROUTING_KEY)
+                    .arg("content-type")
+                    .arg("application/json")
+                    .arg("body")
+                    .arg(BODY);
+            }
+            let ids: Vec<String> = pipe.query_async(&mut connection).await?;
+            if ids.len() != args.batch {
+                return Err("Redis did not answer every XADD".into());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let _: i64 = redis::cmd("DEL")
+        .arg(DESTINATION)
+        .query_async(&mut connection)
+        .await?;
+    Ok(())
 }
