@@ -209,6 +209,10 @@ fn describe_metrics() {
         "Refused signals parked for an operator."
     );
     describe_counter!(
+        "signalbus_signals_deferred_total",
+        "Signals not stored because their part of the bus was out (one endpoint); no attempt spent."
+    );
+    describe_counter!(
         "signalbus_publish_failures_total",
         "Publish calls that failed as a whole (broker down, timeout)."
     );

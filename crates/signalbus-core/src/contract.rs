@@ -10,7 +10,8 @@ pub struct PendingStats {
     pub count: u64,
     /// Age of the oldest pending signal, by the database's clock.
     pub oldest_age: Option<Duration>,
-    /// Signals the bus refused at least once, waiting for their next attempt.
+    /// Signals the bus refused at least once, or deferred (their part of the bus was out),
+    /// waiting for their next attempt.
     pub backing_off: u64,
     /// Age of the oldest backing-off signal.
     pub oldest_backing_off_age: Option<Duration>,

@@ -69,7 +69,7 @@ pub use error::{Error, InnerError, PublishError, PublishErrorKind, Result};
 pub use ident::Ident;
 pub use message::{Headers, Message, ORDERING_KEY_HEADER};
 pub use prepared::{InsertParam, PreparedSignal};
-pub use publisher::{BatchOutcome, BoxPublisher, Publisher, PublisherExt, Refused};
+pub use publisher::{BatchOutcome, BoxPublisher, Deferred, Publisher, PublisherExt, Refused};
 pub use registry::Selection;
 pub use signal::{DEFAULT_BURST, OrderColumn, RetryPolicy, Signal, SignalType, json_body};
 pub use storage::Backend;

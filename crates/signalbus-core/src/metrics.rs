@@ -12,6 +12,7 @@
 //! | `signalbus_signals_refused_total` | counter | `bus`, `signal` | signals the broker refused, of which: |
 //! | `signalbus_signals_retried_total` | counter | `bus`, `signal` | … will be tried again after their backoff delay |
 //! | `signalbus_signals_parked_total` | counter | `bus`, `signal` | … were parked (refused `max_attempts` times, or not valid signals) |
+//! | `signalbus_signals_deferred_total` | counter | `bus`, `signal` | signals not stored because their part of the bus was out (one webhook endpoint down or rate-limiting): no attempt spent, sent again after the publisher's delay |
 //! | `signalbus_publish_failures_total` | counter | `bus` | publish calls that failed as a whole (broker down, connection lost, timeout) |
 //! | `signalbus_publish_seconds` | histogram | `bus` | one publish step |
 //! | `signalbus_delivery_seconds` | histogram | `bus`, `signal` | from the commit (the row's `created_at`) to the broker's acknowledgement |

@@ -7,7 +7,9 @@
 //! → one more attempt, the next one after a backoff delay, or parked after the type's
 //! `max_attempts` ([`crate::RetryPolicy`]); a row that is not a valid signal → parked at once.
 //! A failure of the publish call as a whole (broker down, connection lost, timeout) settles
-//! nothing and spends no attempt: the rows are given back for the next flush. A crash after
+//! nothing and spends no attempt: the rows are given back for the next flush. A message the
+//! publisher *deferred* (its part of the bus is out: one webhook endpoint of several) spends
+//! no attempt either; its row waits for the delay the publisher gave. A crash after
 //! publishing and before settling leaves the rows too: they are sent again later
 //! (at-least-once; the stable message id lets consumers drop the duplicate).
 
@@ -34,7 +36,9 @@ pub(crate) struct Settled {
     pub parked: usize,
     /// The last refusal's reason, for reports.
     pub last_refusal: Option<String>,
-    /// The shortest backoff delay of the refused rows that will be tried again.
+    /// Rows deferred (not stored, no attempt spent: their part of the bus is out).
+    pub deferred: usize,
+    /// The shortest backoff delay of the refused or deferred rows that will be tried again.
     pub next_retry: Option<Duration>,
 }
 
@@ -66,6 +70,9 @@ pub(crate) enum Fate {
     Refused(String),
     /// Not a valid signal: parked at once, it can never be sent.
     Invalid(String),
+    /// Not stored because its part of the bus is out: given back, no attempt spent, not
+    /// sent again before the delay.
+    Deferred(String, Duration),
     /// Not published (ordered mode, after a refusal): left as it was.
     Untouched,
 }
@@ -208,13 +215,20 @@ async fn call<DB: Backend>(
                     .await
                 {
                     Ok(one) if one.is_all_stored() => {}
-                    Ok(one) => outcome.refuse(n, reason(&one)),
+                    Ok(one) => match one.deferred().first() {
+                        Some(d) if one.refused().is_empty() => {
+                            outcome.defer(n, d.reason.clone(), d.retry_after)
+                        }
+                        _ => outcome.refuse(n, reason(&one)),
+                    },
                     Err(e) if e.kind() == PublishErrorKind::Rejected => {
                         outcome.refuse(n, e.to_string())
                     }
                     Err(e) => return Err(e),
                 }
-                if ordered && outcome.is_refused(n) {
+                if ordered
+                    && (outcome.is_refused(n) || outcome.deferred().iter().any(|d| d.index == n))
+                {
                     for i in &at[n + 1..] {
                         fates[*i] = Fate::Untouched;
                     }
@@ -228,6 +242,11 @@ async fn call<DB: Backend>(
         }
         Err(e) => return Err(e),
     };
+    for deferred in outcome.deferred() {
+        if let Some(i) = at.get(deferred.index) {
+            fates[*i] = Fate::Deferred(deferred.reason.clone(), deferred.retry_after);
+        }
+    }
     for refused in outcome.refused() {
         if let Some(i) = at.get(refused.index) {
             let why = refused.reason.clone();
@@ -264,6 +283,7 @@ pub(crate) async fn settle<DB: Backend>(
     let mut untouched: BTreeMap<TypeIdx, Vec<i64>> = BTreeMap::new();
     // Refusals of one type with the same attempts and reason share one UPDATE.
     let mut refused: BTreeMap<(TypeIdx, i64, &str, bool), Vec<i64>> = BTreeMap::new();
+    let mut deferred: BTreeMap<(TypeIdx, Duration, &str), Vec<i64>> = BTreeMap::new();
     // When each stored signal's transaction committed, per type, and when the broker had
     // answered for them: the delivery latency.
     let acknowledged = std::time::Instant::now();
@@ -281,8 +301,25 @@ pub(crate) async fn settle<DB: Backend>(
                     .or_default()
                     .push(entry.id);
             }
+            Fate::Deferred(why, delay) => deferred
+                .entry((entry.idx, *delay, why.as_str()))
+                .or_default()
+                .push(entry.id),
             Fate::Untouched => untouched.entry(entry.idx).or_default().push(entry.id),
         }
+    }
+    // Not stored, their part of the bus out: back, due after the publisher's delay.
+    for ((idx, delay, why), ids) in deferred {
+        let reg = shared.registry().get(idx);
+        retry_db!(reg.sql.defer::<DB>(conn, &ids, delay, why).await)?;
+        let labels = [
+            ("bus", shared.name().to_owned()),
+            ("signal", reg.name.to_string()),
+        ];
+        metrics::counter!("signalbus_signals_deferred_total", &labels).increment(ids.len() as u64);
+        tracing::warn!(signal = %reg.name, ids = ?ids, retry_in = ?delay, reason = why, "not sent: their part of the bus is out; no attempt spent, sent again later");
+        settled.deferred += ids.len();
+        settled.next_retry = Some(settled.next_retry.map_or(delay, |d| d.min(delay)));
     }
     // Not published (behind a refusal, in order): given back as they were.
     for (idx, ids) in untouched {

@@ -45,7 +45,7 @@ mod timeout;
 
 pub use file::FilePublisher;
 pub use memory::MemoryPublisher;
-pub use outcome::{BatchOutcome, Refused};
+pub use outcome::{BatchOutcome, Deferred, Refused};
 pub use publish::{BoxPublisher, Publisher, PublisherExt};
 pub use retry::{Backoff, Retry};
 pub use stdout::StdoutPublisher;

@@ -502,6 +502,24 @@ impl Statements {
         Self::run::<DB>(conn, &self.release, values).await
     }
 
+    /// Give claimed rows back, not to be sent again before `delay`, without spending an
+    /// attempt: their part of the bus is out (`error` says why).
+    pub async fn defer<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        ids: &[i64],
+        delay: Duration,
+        error: &str,
+    ) -> Result<u64> {
+        let values = Values {
+            ids,
+            delay_ms: millis(delay),
+            error,
+            ..Values::default()
+        };
+        Self::run::<DB>(conn, &self.defer, values).await
+    }
+
     /// Lock and read the next up to `n` rows in `flushordered` order (the type's `order_by`,
     /// then `id`), gap-safe as far as the database allows (see the module docs), whether
     /// they can be sent now or not (the caller stops at the first that cannot). It waits for

@@ -135,6 +135,9 @@ pub(crate) struct Statements {
     pub refuse: Stmt,
     /// Give claimed rows back at once (the bus failed as a whole: no attempt is spent).
     pub release: Stmt,
+    /// Give claimed rows back, not to be sent before the bound delay, with the bound reason
+    /// (their part of the bus is out: no attempt is spent).
+    pub defer: Stmt,
 
     /// The statements of `flushordered`.
     pub ordered: OrderedRead,
@@ -579,6 +582,13 @@ impl Statements {
             &format!("{s}next_attempt_at = NULL, {s}claim = NULL"),
             "1 = 1",
         ));
+        let defer = stmt(by_ids(
+            &format!(
+                "{s}next_attempt_at = {}, {s}last_error = {{Error}}, {s}claim = NULL",
+                now_plus("{Delay}")
+            ),
+            "1 = 1",
+        ));
         // A key with a row held back by a refusal is skipped whole: nothing of it may overtake
         // that row, while the other keys go on. (A key with a row in flight is read, and
         // skipped from there on, by the burst's pick.) Rows without a key are one sequence.
@@ -671,7 +681,9 @@ impl Statements {
                 &format!("MIN(CASE WHEN {condition} THEN t.created_at END)"),
             )
         };
-        let backing_off = "t.parked_at IS NULL AND t.attempts > 0";
+        // Refused at least once, or deferred (given back with a due time, no attempt spent).
+        let backing_off = "t.parked_at IS NULL AND (t.attempts > 0 OR \
+                           (t.claim IS NULL AND t.next_attempt_at IS NOT NULL))";
         let parked = "t.parked_at IS NOT NULL";
         let pending_stats = shared(format!(
             "SELECT COUNT(*), {}, COUNT(CASE WHEN {backing_off} THEN 1 END), {}, \
@@ -692,6 +704,7 @@ impl Statements {
             read_claimed_ids,
             refuse,
             release,
+            defer,
             ordered: OrderedRead { held_keys, read },
             delete_ids: stmt(d.delete_by_ids.replace("{t}", &t)),
             after_columns,

@@ -403,6 +403,7 @@ on_every_database!(
     invalid_rows_are_parked,
     a_bus_failure_spends_no_attempt,
     a_permanent_refusal_is_parked_at_once,
+    a_deferred_message_spends_no_attempt,
     concurrent_flushers_split_the_work,
     a_dead_flushers_lease_expires,
     migrate_upgrades_an_old_table,
@@ -455,5 +456,67 @@ where
         row.last_error.as_deref(),
         Some("larger than the server allows")
     );
+    db.cleanup().await;
+}
+
+/// A bus with one part out (a webhook endpoint answering 503, say): messages to `down` are
+/// deferred for 300 ms while `up` is open, the others stored.
+#[derive(Clone)]
+struct PartlyDown {
+    stored: MemoryPublisher,
+    up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Publisher for PartlyDown {
+    async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+        let mut outcome = BatchOutcome::all_stored();
+        let mut good = Vec::new();
+        let up = self.up.load(Ordering::SeqCst);
+        for (i, message) in batch.iter().enumerate() {
+            if message.destination == "down" && !up {
+                outcome.defer(i, "HTTP 503 from down", Duration::from_millis(300));
+            } else {
+                good.push(message.clone());
+            }
+        }
+        self.stored.publish(&good).await?;
+        Ok(outcome)
+    }
+}
+
+/// A deferred message stays pending with no attempt spent (however often it is deferred),
+/// is not sent again before its delay, and never holds the others back; it goes out once its
+/// part of the bus is back.
+async fn a_deferred_message_spends_no_attempt<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(4).await;
+    let outbox = MemoryPublisher::new();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let partly = PartlyDown {
+        stored: outbox.clone(),
+        up: up.clone(),
+    };
+    let bus = bus(&db, partly, 2).await;
+    insert(&db, "down", 3, None).await;
+    insert(&db, "good", 100, None).await;
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 100);
+    let s = stats(&bus).await;
+    assert_eq!((s.count, s.backing_off, s.parked), (3, 3, 0), "{s:?}");
+    // Not tried again before the delay.
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 0);
+    // Deferred again and again: more often than max_attempts (2), still never parked.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 0);
+        let s = stats(&bus).await;
+        assert_eq!((s.count, s.parked), (3, 0), "{s:?}");
+    }
+    up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 3);
+    assert_eq!(outbox.len(), 103);
+    assert_eq!(DB::count_rows(&db.pool, TABLE).await, 0);
     db.cleanup().await;
 }
