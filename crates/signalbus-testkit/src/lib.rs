@@ -16,3 +16,4 @@ pub mod process;
 pub mod proxy;
 pub mod rabbitmq;
 pub mod redis;
+pub mod webhook;

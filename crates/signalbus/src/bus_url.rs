@@ -12,6 +12,7 @@ use signalbus_core::{BoxPublisher, Error, PublisherExt, Result};
 /// | `nats://user:password@host:4222` | `nats` | NATS JetStream, acks awaited |
 /// | `kafka://host:9092[,host:port…]` | `kafka` | Kafka, idempotent producer, `acks=all` |
 /// | `redis://user:password@host:6379/db`, `rediss://…` | `redis` | Redis Streams, pipelined `XADD` |
+/// | `https://host/path?allow=…`, `http://…` | `webhook` | signed HTTP POSTs (Standard Webhooks), allow-listed hosts |
 /// | `stdout:` | always | JSON lines on standard output ([`StdoutPublisher`]) |
 /// | `file:PATH` | always | JSON lines appended to PATH ([`FilePublisher`]) |
 /// | `memory:` | always | kept in memory, for tests and benchmarks ([`MemoryPublisher`]) |
@@ -46,10 +47,12 @@ pub async fn connect_bus(url: &str) -> Result<BoxPublisher> {
         "kafka" => Ok(signalbus_kafka::KafkaPublisher::connect(url).await?.boxed()),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(signalbus_redis::RedisPublisher::connect(url).await?.boxed()),
+        #[cfg(feature = "webhook")]
+        "http" | "https" => Ok(signalbus_webhook::WebhookPublisher::connect(url)?.boxed()),
         scheme if broker_feature(scheme).is_some() => Err(missing_feature(url, scheme)),
         other => Err(Error::Config(format!(
             "unsupported bus URL scheme `{other}:` in `{}`; known: `stdout:`, `file:PATH`, \
-             `memory:`, and with their features `amqp://`, `amqps://`, `nats://`, `kafka://`, `redis://`, `rediss://`",
+             `memory:`, and with their features `amqp://`, `amqps://`, `nats://`, `kafka://`, `redis://`, `rediss://`, `https://`, `http://`",
             redact_url(url)
         ))),
     }
@@ -62,6 +65,7 @@ fn broker_feature(scheme: &str) -> Option<&'static str> {
         "nats" => Some("nats"),
         "kafka" => Some("kafka"),
         "redis" | "rediss" => Some("redis"),
+        "http" | "https" => Some("webhook"),
         _ => None,
     }
 }
@@ -91,6 +95,7 @@ mod tests {
             ("nats://u:hunter2@h:4222", "nats", "nats"),
             ("kafka://h:9092", "kafka", "kafka"),
             ("rediss://u:hunter2@h:6380", "rediss", "redis"),
+            ("https://h/in?secret=hunter2", "https", "webhook"),
         ] {
             let e = missing_feature(url, scheme).to_string();
             assert!(e.contains(&format!("the `{feature}` feature")), "{e}");
@@ -141,6 +146,19 @@ mod tests {
                 e.contains("cannot reach Redis") && !e.contains("hunter2"),
                 "{e}"
             );
+        }
+        #[cfg(not(feature = "webhook"))]
+        {
+            let e = connect_bus("https://h/in").await.unwrap_err().to_string();
+            assert!(e.contains("the `webhook` feature"), "{e}");
+        }
+        #[cfg(feature = "webhook")]
+        {
+            let e = connect_bus("https://h/in?secret=whsec_hunter2")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`secret`") && !e.contains("hunter2"), "{e}");
         }
         #[cfg(feature = "amqp")]
         {

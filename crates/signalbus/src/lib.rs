@@ -53,8 +53,8 @@
 //!
 //! ## Features
 //! `sqlite` (default), `postgres`, `mysql` choose the databases; `derive` (default) gives
-//! `#[derive(Signal)]`. `amqp` (RabbitMQ), `nats` (NATS JetStream), `kafka` and `redis`
-//! (Redis Streams) add the publishers of those buses, chosen by URL with [`connect_bus`]; each confirms delivery
+//! `#[derive(Signal)]`. `amqp` (RabbitMQ), `nats` (NATS JetStream), `kafka`, `redis`
+//! (Redis Streams) and `webhook` (signed HTTP) add the publishers of those buses, chosen by URL with [`connect_bus`]; each confirms delivery
 //! before a row is deleted. Any other bus is a [`Publisher`] of your own: see the
 //! `webhook` example.
 #![forbid(unsafe_code)]
@@ -125,6 +125,12 @@ pub use signalbus_kafka as kafka;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use signalbus_redis as redis;
+
+/// The webhook publisher: signed HTTP POSTs (Standard Webhooks), allow-listed hosts, an
+/// outcome per endpoint.
+#[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+pub use signalbus_webhook as webhook;
 
 #[cfg(feature = "sea-orm")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sea-orm")))]

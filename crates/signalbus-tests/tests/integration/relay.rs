@@ -149,7 +149,13 @@ where
     db.cleanup().await;
 }
 
-on_every_database!(amqp_relay, nats_relay, kafka_relay, redis_relay);
+on_every_database!(
+    amqp_relay,
+    nats_relay,
+    kafka_relay,
+    redis_relay,
+    webhook_relay
+);
 
 async fn amqp_relay<DB: TestBackend>()
 where
@@ -177,6 +183,13 @@ where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
     relayed::<DB, _>(crate::bus_redis::Redis::new().await).await;
+}
+
+async fn webhook_relay<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    relayed::<DB, _>(crate::bus_webhook::Webhook::new().await).await;
 }
 
 /// A database that takes connections but refuses every write (read-only) is not ready: the

@@ -1,4 +1,4 @@
-//! The relay's per-key order through real brokers (RabbitMQ, NATS, Kafka, Redis Streams): 200 keys × 50
+//! The relay's per-key order through real brokers (RabbitMQ, NATS, Kafka, Redis Streams, webhooks): 200 keys × 50
 //! signals written by 16 writers whose transactions interleave (PostgreSQL), drained by four
 //! ordered relays — in-process (four buses with broker connections of their own, one dropped
 //! mid-run) and as four `signalbus relay --ordered` processes (one killed with SIGKILL
@@ -229,6 +229,11 @@ async fn nats_keyed_order_postgres_relay_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_keyed_order_postgres_relay_processes() {
     keyed_relayed(crate::bus_redis::Redis::new().await, Relays::Processes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_keyed_order_postgres_relay_processes() {
+    keyed_relayed(crate::bus_webhook::Webhook::new().await, Relays::Processes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
