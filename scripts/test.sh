@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: starts any local service the tests need that is down (PostgreSQL, MariaDB,
-# RabbitMQ, NATS, Redis, and a Kafka-protocol broker, tansu, installed on first use), then runs the
-# whole test suite. Fails loudly when a service cannot be reached: no test is ever skipped for
-# a missing server.
+# RabbitMQ, NATS, Redis, a Kafka-protocol broker (tansu) and moto's SQS/SNS server, the last
+# two installed on first use), then runs the whole test suite. Fails loudly when a service
+# cannot be reached: no test is ever skipped for a missing server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -13,4 +13,7 @@ ensure_core_services
 # stopping it at exit would pull it from under a concurrent run (`scripts/kafka.sh stop`).
 bash scripts/kafka.sh start
 wait_for Kafka 127.0.0.1 9092
+# SQS and SNS: moto's server, installed into a virtual environment on first use.
+bash scripts/moto.sh start
+wait_for moto 127.0.0.1 "${SIGNALBUS_MOTO_PORT:-4577}"
 cargo test --workspace --all-features "$@"

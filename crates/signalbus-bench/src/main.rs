@@ -9,6 +9,7 @@ mod autoflush;
 mod flushmany;
 mod ordered;
 mod raw;
+mod raw_sinks;
 mod relay;
 mod setup;
 mod stats;
@@ -48,6 +49,12 @@ enum Command {
     Relay(relay::Args),
     /// The broker's raw ceiling: the same client, batch size and durability, no signalbus.
     Raw(raw::Args),
+    /// An HTTP endpoint that answers every POST with 204, for the webhook benchmarks.
+    Receiver {
+        /// Its port on 127.0.0.1.
+        #[arg(long, default_value_t = 8099)]
+        port: u16,
+    },
 }
 
 fn main() {
@@ -75,6 +82,7 @@ async fn run(command: Command) {
         Command::Autoflush(args) => autoflush::run(args).await,
         Command::Flushmany(args) => flushmany::run(args).await,
         Command::Raw(args) => raw::run(args).await,
+        Command::Receiver { port } => raw_sinks::receiver(port).await,
         Command::Relay(args) => relay::run(args).await,
         Command::Ordered(args) => ordered::run(args).await,
     };

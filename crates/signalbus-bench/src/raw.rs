@@ -11,21 +11,26 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `amqp://…`, `nats://…`, `kafka://host:port` or `redis://host:port`.
+    /// `amqp://…`, `nats://…`, `kafka://host:port`, `redis://host:port`, `http://host:port/`
+    /// (a `receiver`) or `sqs://REGION?endpoint=…`.
     #[arg(long, env = "SIGNALBUS_BUS_URL")]
-    bus: String,
+    pub bus: String,
     /// Messages per batch (one wait for all confirms per batch).
     #[arg(long, default_value_t = 1000)]
-    batch: usize,
+    pub batch: usize,
     /// Seconds to run.
     #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
+    pub seconds: f64,
     /// Only declare the `bench` exchange/queue, stream or topic, then exit.
     #[arg(long)]
-    setup_only: bool,
+    pub setup_only: bool,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The signing key of the webhook benchmarks (`?secret=` of their bus URL): fixed, as the
+/// receiver does not check it.
+pub const WEBHOOK_SECRET: &str = "whsec_YmVuY2gtb25seS1zaWduYWxidXMtd2ViaG9vaw==";
 
 /// Destination, routing key and body size of the other benchmarks' signal.
 pub const DESTINATION: &str = "bench";
@@ -39,8 +44,11 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "nats" => nats(&args).await,
         "kafka" => kafka(&args).await,
         "redis" | "rediss" => redis(&args).await,
+        "http" | "https" => crate::raw_sinks::webhook(&args).await,
+        "sqs" => crate::raw_sinks::sqs(&args).await,
         other => Err(format!(
-            "raw needs an amqp://, nats://, kafka:// or redis:// bus, not `{other}:`"
+            "raw needs an amqp://, nats://, kafka://, redis://, http:// or sqs:// bus, not \
+             `{other}:`"
         )
         .into()),
     };
@@ -48,7 +56,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Publish batches until the time is up; `publish` sends one batch and waits for it.
-async fn measure<F, Fut>(args: &Args, bus: &str, mut publish: F) -> Result<(), BoxError>
+pub async fn measure<F, Fut>(args: &Args, bus: &str, mut publish: F) -> Result<(), BoxError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), BoxError>>,

@@ -43,7 +43,7 @@ struct Cli {
         value_name = "URL"
     )]
     database_url: Vec<String>,
-    /// Where flushed signals go: amqp://, nats://, kafka://, redis://, https://, stdout:, file:PATH.
+    /// Where flushed signals go: amqp://, nats://, kafka://, redis://, https://, sqs://, sns://, stdout:, file:PATH.
     #[arg(
         long,
         env = "SIGNALBUS_BUS_URL",

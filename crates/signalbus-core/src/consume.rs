@@ -46,6 +46,11 @@ impl<E: Send + 'static> Handlers<E> {
             .expect("the semaphore is never closed")
     }
 
+    /// A free slot if there is one now (does not wait).
+    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
     /// Run `handler` (which drops its slot when it is done), and count those finished
     /// meanwhile; the first broker error of one of them.
     pub fn spawn(

@@ -28,8 +28,21 @@ pub fn binary(name: &str) -> PathBuf {
 /// (`INBOX_EXAMPLE_PAUSE_BEFORE_ACK`); return once it printed `{what} {id}`. Fails, rather
 /// than waits, when it prints nothing for 60 s or applies a message it should skip.
 pub fn start_until(name: &str, args: &[&str], pause: bool, what: &str, id: &str) -> Child {
+    start_until_with(name, args, &[], pause, what, id)
+}
+
+/// [`start_until`] with these environment variables (credentials, say).
+pub fn start_until_with(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    pause: bool,
+    what: &str,
+    id: &str,
+) -> Child {
     let mut cmd = Command::new(binary(name));
     cmd.args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if pause {

@@ -13,6 +13,8 @@ use signalbus_core::{BoxPublisher, Error, PublisherExt, Result};
 /// | `kafka://host:9092[,host:port…]` | `kafka` | Kafka, idempotent producer, `acks=all` |
 /// | `redis://user:password@host:6379/db`, `rediss://…` | `redis` | Redis Streams, pipelined `XADD` |
 /// | `https://host/path?allow=…`, `http://…` | `webhook` | signed HTTP POSTs (Standard Webhooks), allow-listed hosts |
+/// | `sqs://REGION` | `sqs` | Amazon SQS (standard and FIFO), `SendMessageBatch` |
+/// | `sns://REGION` | `sns` | Amazon SNS (standard and FIFO), `PublishBatch` |
 /// | `stdout:` | always | JSON lines on standard output ([`StdoutPublisher`]) |
 /// | `file:PATH` | always | JSON lines appended to PATH ([`FilePublisher`]) |
 /// | `memory:` | always | kept in memory, for tests and benchmarks ([`MemoryPublisher`]) |
@@ -49,10 +51,14 @@ pub async fn connect_bus(url: &str) -> Result<BoxPublisher> {
         "redis" | "rediss" => Ok(signalbus_redis::RedisPublisher::connect(url).await?.boxed()),
         #[cfg(feature = "webhook")]
         "http" | "https" => Ok(signalbus_webhook::WebhookPublisher::connect(url)?.boxed()),
+        #[cfg(feature = "sqs")]
+        "sqs" => Ok(signalbus_aws::SqsPublisher::connect(url).await?.boxed()),
+        #[cfg(feature = "sns")]
+        "sns" => Ok(signalbus_aws::SnsPublisher::connect(url).await?.boxed()),
         scheme if broker_feature(scheme).is_some() => Err(missing_feature(url, scheme)),
         other => Err(Error::Config(format!(
             "unsupported bus URL scheme `{other}:` in `{}`; known: `stdout:`, `file:PATH`, \
-             `memory:`, and with their features `amqp://`, `amqps://`, `nats://`, `kafka://`, `redis://`, `rediss://`, `https://`, `http://`",
+             `memory:`, and with their features `amqp://`, `amqps://`, `nats://`, `kafka://`, `redis://`, `rediss://`, `https://`, `http://`, `sqs://`, `sns://`",
             redact_url(url)
         ))),
     }
@@ -66,6 +72,8 @@ fn broker_feature(scheme: &str) -> Option<&'static str> {
         "kafka" => Some("kafka"),
         "redis" | "rediss" => Some("redis"),
         "http" | "https" => Some("webhook"),
+        "sqs" => Some("sqs"),
+        "sns" => Some("sns"),
         _ => None,
     }
 }
@@ -96,6 +104,8 @@ mod tests {
             ("kafka://h:9092", "kafka", "kafka"),
             ("rediss://u:hunter2@h:6380", "rediss", "redis"),
             ("https://h/in?secret=hunter2", "https", "webhook"),
+            ("sqs://eu-west-1", "sqs", "sqs"),
+            ("sns://eu-west-1", "sns", "sns"),
         ] {
             let e = missing_feature(url, scheme).to_string();
             assert!(e.contains(&format!("the `{feature}` feature")), "{e}");
@@ -159,6 +169,25 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("`secret`") && !e.contains("hunter2"), "{e}");
+        }
+        #[cfg(not(feature = "sqs"))]
+        {
+            let e = connect_bus("sqs://eu-west-1")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("the `sqs` feature"), "{e}");
+        }
+        #[cfg(feature = "sqs")]
+        {
+            let e = connect_bus("sqs://u:hunter2@eu-west-1")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("no credentials in the URL") && !e.contains("hunter2"),
+                "{e}"
+            );
         }
         #[cfg(feature = "amqp")]
         {

@@ -54,7 +54,8 @@
 //! ## Features
 //! `sqlite` (default), `postgres`, `mysql` choose the databases; `derive` (default) gives
 //! `#[derive(Signal)]`. `amqp` (RabbitMQ), `nats` (NATS JetStream), `kafka`, `redis`
-//! (Redis Streams) and `webhook` (signed HTTP) add the publishers of those buses, chosen by URL with [`connect_bus`]; each confirms delivery
+//! (Redis Streams), `webhook` (signed HTTP), `sqs` and `sns` (Amazon) add the publishers of
+//! those buses, chosen by URL with [`connect_bus`]; each confirms delivery
 //! before a row is deleted. Any other bus is a [`Publisher`] of your own: see the
 //! `webhook` example.
 #![forbid(unsafe_code)]
@@ -131,6 +132,12 @@ pub use signalbus_redis as redis;
 #[cfg(feature = "webhook")]
 #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
 pub use signalbus_webhook as webhook;
+
+/// The Amazon SQS and SNS publishers (batches of 10, FIFO per ordering key) and the SQS
+/// consumer runner.
+#[cfg(any(feature = "sqs", feature = "sns"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqs", feature = "sns"))))]
+pub use signalbus_aws as aws;
 
 #[cfg(feature = "sea-orm")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sea-orm")))]

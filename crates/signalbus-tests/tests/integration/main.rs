@@ -7,6 +7,7 @@ mod bus_amqp;
 mod bus_kafka;
 mod bus_nats;
 mod bus_redis;
+mod bus_sqs;
 mod bus_webhook;
 mod buses;
 mod common;

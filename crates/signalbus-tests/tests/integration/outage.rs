@@ -1,5 +1,5 @@
 //! A broker outage spends no attempt: a private server (the test's own: nats-server,
-//! redis-server) is stopped while signals are pending; flushes fail as a whole, nothing is
+//! redis-server, moto for SQS) is stopped while signals are pending; flushes fail as a whole, nothing is
 //! refused, parked or lost; once the server is back, everything is delivered, each once.
 
 use crate::common::TestBackend;
@@ -19,6 +19,10 @@ trait PrivateBroker: Sized {
     fn url(&self) -> String;
     /// Where the signals go.
     fn destination(&self) -> String;
+    /// The publisher: `connect_bus(url)` unless the broker needs more (given credentials).
+    async fn publisher(&self) -> signalbus::BoxPublisher {
+        signalbus::connect_bus(&self.url()).await.unwrap()
+    }
     /// Stop the server (SIGKILL); what it takes to start it again.
     fn stop(self) -> Stopped;
     async fn restart(stopped: Stopped) -> Self;
@@ -178,13 +182,92 @@ impl PrivateBroker for Redis {
     }
 }
 
+struct Sqs {
+    server: signalbus_testkit::moto::PrivateMoto,
+    queue: String,
+    dir: tempfile::TempDir,
+}
+
+impl Sqs {
+    async fn client(&self) -> signalbus::aws::SqsPublisher {
+        crate::bus_sqs::sqs_client(&self.server.endpoint()).await
+    }
+}
+
+impl PrivateBroker for Sqs {
+    async fn start() -> Self {
+        let server = signalbus_testkit::moto::PrivateMoto::start(free_port()).await;
+        let fx = Sqs {
+            server,
+            queue: format!("outage-{}", uuid::Uuid::new_v4().simple()),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        crate::bus_sqs::create_queue(&fx.client().await, &fx.queue).await;
+        fx
+    }
+    fn url(&self) -> String {
+        format!(
+            "sqs://us-east-1?endpoint={}&timeout_ms=1000",
+            self.server.endpoint()
+        )
+    }
+    fn destination(&self) -> String {
+        self.queue.clone()
+    }
+    async fn publisher(&self) -> signalbus::BoxPublisher {
+        use signalbus::PublisherExt;
+        let mut options = crate::bus_sqs::options("sqs", &self.server.endpoint());
+        options.timeout = Duration::from_millis(1000);
+        signalbus::aws::SqsPublisher::with_options(options)
+            .await
+            .unwrap()
+            .boxed()
+    }
+    fn stop(self) -> Stopped {
+        let port = self.server.stop();
+        Stopped {
+            port,
+            dir: self.dir.path().to_owned(),
+            destination: self.queue,
+            _keep: self.dir,
+        }
+    }
+    /// moto keeps nothing over a restart: the queue is made again, as an operator would.
+    async fn restart(stopped: Stopped) -> Self {
+        let server = signalbus_testkit::moto::PrivateMoto::start(stopped.port).await;
+        let fx = Sqs {
+            server,
+            queue: stopped.destination,
+            dir: stopped._keep,
+        };
+        crate::bus_sqs::create_queue(&fx.client().await, &fx.queue).await;
+        fx
+    }
+    async fn stored_ids(&self) -> Vec<String> {
+        let sqs = self.client().await;
+        let url = sqs
+            .client()
+            .get_queue_url()
+            .queue_name(&self.queue)
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_owned();
+        let reader = crate::bus_sqs::QueueReader::default();
+        let got = reader.read(&sqs, &url, 20).await;
+        got.into_iter().map(|r| r.id).collect()
+    }
+}
+
 async fn an_outage_spends_no_attempt<DB: TestBackend, B: PrivateBroker>()
 where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
     let broker = B::start().await;
     let db = DB::create(3).await;
-    let publisher = signalbus::connect_bus(&broker.url()).await.unwrap();
+    let publisher = broker.publisher().await;
     let bus = SignalBus::builder(db.pool.clone())
         .publisher(publisher)
         .register_type(SignalType::new("outage").autoflush(false).burst(5))
@@ -257,4 +340,4 @@ macro_rules! on_every_database_and_broker {
     )*};
 }
 
-on_every_database_and_broker!(nats: Nats, redis_streams: Redis);
+on_every_database_and_broker!(nats: Nats, redis_streams: Redis, sqs: Sqs);

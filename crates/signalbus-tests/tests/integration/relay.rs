@@ -67,7 +67,7 @@ where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
     let db = DB::create(5).await;
-    let publisher = signalbus::connect_bus(&fx.url()).await.unwrap();
+    let publisher = fx.publisher().await;
     let bus = SignalBus::builder(db.pool.clone())
         .publisher(publisher)
         .register_type(
@@ -154,7 +154,8 @@ on_every_database!(
     nats_relay,
     kafka_relay,
     redis_relay,
-    webhook_relay
+    webhook_relay,
+    sqs_relay
 );
 
 async fn amqp_relay<DB: TestBackend>()
@@ -190,6 +191,13 @@ where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
     relayed::<DB, _>(crate::bus_webhook::Webhook::new().await).await;
+}
+
+async fn sqs_relay<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    relayed::<DB, _>(crate::bus_sqs::Sqs::new().await).await;
 }
 
 /// A database that takes connections but refuses every write (read-only) is not ready: the

@@ -1,4 +1,4 @@
-//! The relay's per-key order through real brokers (RabbitMQ, NATS, Kafka, Redis Streams, webhooks): 200 keys × 50
+//! The relay's per-key order through real brokers (RabbitMQ, NATS, Kafka, Redis Streams, webhooks, SQS and SNS FIFO): 200 keys × 50
 //! signals written by 16 writers whose transactions interleave (PostgreSQL), drained by four
 //! ordered relays — in-process (four buses with broker connections of their own, one dropped
 //! mid-run) and as four `signalbus relay --ordered` processes (one killed with SIGKILL
@@ -32,8 +32,6 @@ struct KeyedEvent {
     seq: u32,
 }
 
-const KEYS: usize = 200;
-const PER_KEY: u32 = 50;
 const WRITERS: usize = 16;
 
 /// Who drains the backlog.
@@ -63,6 +61,7 @@ pub(crate) fn signalbus_binary() -> PathBuf {
 }
 
 async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
+    let (keys_n, per_key) = fx.keyed_scale();
     let db = <sqlx::Postgres as TestBackend>::create(60).await;
     let route = fx.ready();
     let mut buses = Vec::new();
@@ -73,7 +72,7 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
         pools.push(pool.clone());
         let bus = SignalBus::builder(pool)
-            .publisher(signalbus::connect_bus(&fx.url()).await.unwrap())
+            .publisher(fx.publisher().await)
             .register::<KeyedEvent>()
             .publish_timeout(Duration::from_secs(10))
             .lease(Duration::from_secs(12))
@@ -102,6 +101,7 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
             Relays::Processes => processes.push(signalbus_testkit::process::KillOnDrop(
                 std::process::Command::new(signalbus_binary())
                     .env_remove("RUST_LOG")
+                    .envs(fx.process_env())
                     .args(["--config", config.to_str().unwrap()])
                     .args(["--database-url", &db.url, "--bus-url", &fx.url()])
                     .args(["--publish-timeout", "10", "--lease", "12"])
@@ -128,11 +128,11 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
     for w in 0..WRITERS {
         let (bus, route) = (buses[1 + w % 3].clone(), route.clone());
         writers.spawn(async move {
-            let keys: Vec<String> = (w..KEYS)
+            let keys: Vec<String> = (w..keys_n)
                 .step_by(WRITERS)
                 .map(|k| format!("a{k}"))
                 .collect();
-            for seq in 0..PER_KEY {
+            for seq in 0..per_key {
                 for chunk in keys.chunks(4) {
                     let mut tx = bus.begin().await.unwrap();
                     for account in chunk {
@@ -164,7 +164,7 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
         }
     }
     while writers.join_next().await.is_some() {}
-    let total = KEYS * PER_KEY as usize;
+    let total = keys_n * per_key as usize;
     let left = until_keyed_empty(&db.pool, Duration::from_secs(180)).await;
     assert_eq!(left, 0, "drained");
     let drained = started.elapsed();
@@ -194,11 +194,11 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
          back, {duplicates} duplicates",
         got.len()
     );
-    assert_eq!(next.len(), KEYS, "every key arrived");
+    assert_eq!(next.len(), keys_n, "every key arrived");
     if duplicates == 0 {
         // (With duplicates, reading `total` messages stops short of the last ones.)
         assert!(
-            next.values().all(|&n| n == PER_KEY),
+            next.values().all(|&n| n == per_key),
             "every key complete, in order"
         );
     }
@@ -234,6 +234,16 @@ async fn redis_keyed_order_postgres_relay_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhook_keyed_order_postgres_relay_processes() {
     keyed_relayed(crate::bus_webhook::Webhook::new().await, Relays::Processes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqs_fifo_keyed_order_postgres_relay_processes() {
+    keyed_relayed(crate::bus_sqs::Sqs::new().await, Relays::Processes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sns_fifo_keyed_order_postgres() {
+    keyed_relayed(crate::bus_sqs::Sns::new().await, Relays::InProcess).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

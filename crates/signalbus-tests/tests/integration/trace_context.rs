@@ -25,7 +25,7 @@ pub async fn trace_travels<F: BusFixture>(fx: F) {
 
     let db = <sqlx::Sqlite as TestBackend>::create(2).await;
     let bus = SignalBus::builder(db.pool.clone())
-        .publisher(signalbus::connect_bus(&fx.url()).await.unwrap())
+        .publisher(fx.publisher().await)
         .register::<BusEvent>()
         .publish_timeout(std::time::Duration::from_secs(30))
         .build()
