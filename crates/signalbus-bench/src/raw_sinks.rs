@@ -18,7 +18,12 @@ pub async fn webhook(args: &Args) -> Result<(), BoxError> {
         .unwrap_or_default()
         .trim_end_matches('/');
     let url = format!("{base}/{DESTINATION}");
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    // The publisher's own client (rustls on ring, no redirects, no proxy).
+    let publisher = signalbus::webhook::WebhookPublisher::connect(&format!(
+        "{base}/?secret={}",
+        crate::raw::WEBHOOK_SECRET
+    ))?;
+    let client = publisher.client().clone();
     let secrets = signalbus::webhook::Secrets::parse(crate::raw::WEBHOOK_SECRET)?;
     if args.setup_only {
         return Ok(());

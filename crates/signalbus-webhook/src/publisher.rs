@@ -91,6 +91,11 @@ impl WebhookPublisher {
         })
     }
 
+    /// The HTTP client (rustls on ring, no redirects, no proxy, the timeouts of the URL).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// The request headers of `message`, signed; or why they cannot be sent (refused at once).
     fn headers(&self, message: &Message) -> Result<HeaderMap, String> {
         let mut headers = HeaderMap::new();
