@@ -104,11 +104,12 @@ impl Received {
     }
 
     /// The body as the signal had it: decoded when the publisher had to encode it
-    /// (`signalbus-content-encoding: base64`).
+    /// (`signalbus-content-encoding: base64`, or `empty`).
     pub fn body(&self) -> Result<Vec<u8>, base64::DecodeError> {
         let text = self.message.body().unwrap_or_default();
         match self.attribute(CONTENT_ENCODING) {
             Some("base64") => base64::engine::general_purpose::STANDARD.decode(text),
+            Some("empty") => Ok(Vec::new()),
             _ => Ok(text.as_bytes().to_vec()),
         }
     }
@@ -178,6 +179,15 @@ where
             .visibility_timeout(seconds(config.visibility))
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            // The long poll outlasts the client's own call timeout (`timeout_ms`).
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Builder::default().timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .operation_timeout(config.wait + Duration::from_secs(10))
+                        .build(),
+                ),
+            )
             .send();
         let mut receive = std::pin::pin!(receive);
         let received = tokio::select! {

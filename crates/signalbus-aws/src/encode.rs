@@ -10,7 +10,8 @@ pub const MESSAGE_ID: &str = "signalbus-message-id";
 pub const SIGNAL: &str = "signalbus-signal";
 /// The body's MIME type.
 pub const CONTENT_TYPE: &str = "content-type";
-/// `base64` when the body was encoded (it was not text SQS and SNS can carry).
+/// `base64` when the body was encoded (it was not text SQS and SNS can carry); `empty` for
+/// an empty body, sent as `-`.
 pub const CONTENT_ENCODING: &str = "signalbus-content-encoding";
 /// The routing key, carried like a header.
 pub const ROUTING_KEY: &str = "signalbus-routing-key";
@@ -45,7 +46,11 @@ pub(crate) fn encode(message: &Message) -> Encoded {
         attributes.push((CONTENT_TYPE.to_owned(), ct.to_owned()));
     }
     let body = match std::str::from_utf8(&message.body) {
-        Ok(text) if text.chars().all(allowed) && !text.is_empty() => text.to_owned(),
+        Ok("") => {
+            attributes.push((CONTENT_ENCODING.to_owned(), "empty".to_owned()));
+            "-".to_owned()
+        }
+        Ok(text) if text.chars().all(allowed) => text.to_owned(),
         _ => {
             attributes.push((CONTENT_ENCODING.to_owned(), "base64".to_owned()));
             STANDARD.encode(&message.body)
@@ -59,10 +64,13 @@ pub(crate) fn encode(message: &Message) -> Encoded {
     if let Some(key) = &message.routing_key {
         headers.push((ROUTING_KEY.to_owned(), key.clone()));
     }
+    const RESERVED: [&str; 5] = [MESSAGE_ID, SIGNAL, CONTENT_TYPE, CONTENT_ENCODING, HEADERS];
     let fit = attributes.len() + headers.len() <= MAX_ATTRIBUTES
-        && headers
-            .iter()
-            .all(|(name, value)| attribute_name(name) && carried(value));
+        && headers.iter().all(|(name, value)| {
+            attribute_name(name)
+                && carried(value)
+                && !RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name))
+        });
     if fit {
         attributes.extend(headers);
     } else if !headers.is_empty() {
@@ -162,8 +170,8 @@ mod tests {
         let e = encode(&message(br#"{"n":1}"#, 2));
         assert_eq!(e.body, r#"{"n":1}"#);
         assert!(e.attributes.iter().any(|(k, v)| k == "h1" && v == "v1"));
-        // Binary, invalid UTF-8, a character SQS refuses, and the empty body: base64.
-        for body in [&[0u8, 159, 146][..], b"\xFF", "a\u{1}b".as_bytes(), b""] {
+        // Binary, invalid UTF-8, a character SQS refuses: base64.
+        for body in [&[0u8, 159, 146][..], b"\xFF", "a\u{1}b".as_bytes()] {
             let e = encode(&message(body, 0));
             assert_eq!(STANDARD.decode(&e.body).unwrap(), body);
             assert!(
@@ -179,6 +187,19 @@ mod tests {
         let mut odd = message(b"x", 0);
         odd.headers.insert("has space".into(), "v".into());
         assert_eq!(encode(&odd).attributes.last().unwrap().0, HEADERS);
+        // A header named like an attribute of ours cannot replace it.
+        let mut sly = message(b"x", 0);
+        sly.headers
+            .insert("Signalbus-Message-Id".into(), "forged".into());
+        let e = encode(&sly);
+        assert!(e.attributes.contains(&(MESSAGE_ID.into(), "id-1".into())));
+        assert_eq!(e.attributes.last().unwrap().0, HEADERS);
+        let e = encode(&message(b"", 0));
+        assert_eq!(e.body, "-");
+        assert!(
+            e.attributes
+                .contains(&(CONTENT_ENCODING.into(), "empty".into()))
+        );
     }
 
     #[test]

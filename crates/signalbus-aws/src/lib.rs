@@ -10,9 +10,10 @@
 //!
 //! # The message
 //! The body travels as it is when it is text SQS and SNS accept (valid UTF-8 of the allowed
-//! characters, not empty); any other body (binary, invalid UTF-8, control characters, empty)
-//! travels base64-encoded, with the attribute `signalbus-content-encoding: base64`
-//! ([`consumer::Received::body`] decodes it). Message attributes (strings):
+//! characters, not empty); any other body (binary, invalid UTF-8, control characters) travels
+//! base64-encoded, with the attribute `signalbus-content-encoding: base64`, and an empty body
+//! as `-` with `signalbus-content-encoding: empty` (SQS and SNS take no empty message);
+//! [`consumer::Received::body`] undoes both. Message attributes (strings):
 //!
 //! | attribute | value |
 //! |---|---|
@@ -23,7 +24,8 @@
 //! | each header, and `signalbus-routing-key` | as they are, when they all fit |
 //!
 //! SQS and SNS allow 10 attributes a message. When the headers (with the routing key) do not
-//! fit in what is left, or one has a name or value SQS does not take, *all* of them travel as
+//! fit in what is left, or one has a name or value SQS does not take or a name of the
+//! attributes above, *all* of them travel as
 //! one attribute `signalbus-headers` holding a JSON object ([`consumer::Received::header`]
 //! reads both forms). Nothing is dropped.
 //!
@@ -52,7 +54,11 @@
 //!   a whole (the burst is given back, no attempt spent); else the messages that met it are
 //!   deferred.
 //!
-//! The SDK retries a failed request once within `timeout_ms` (its standard retry policy).
+//! The SDK retries a failed request once within `timeout_ms` (its standard retry policy). A
+//! publish call starts no request after `budget_ms` (2.5 s): the messages not sent by then
+//! are deferred (no attempt spent); requests in flight finish, within `timeout_ms` (keep the
+//! two below the bus's publish timeout). On a FIFO queue or topic, nothing more of the call is
+//! sent after a message that was not stored.
 //!
 //! # URL query parameters
 //! | parameter | default | meaning |
@@ -63,6 +69,7 @@
 //! | `timeout_ms` | `10000` | limit of one API call, its retry included |
 //! | `fifo_group` | `signalbus` | the `MessageGroupId` of FIFO messages without an ordering key |
 //! | `max_bytes` | `262144` | larger messages are parked instead of sent |
+//! | `budget_ms` | `2500` | no request of a publish call starts after this; with `timeout_ms`, keep it below the bus's publish timeout |
 //!
 //! The consumer side for SQS is [`consumer::consume`] (feature `sqs`). SNS delivers to its
 //! subscribers; subscribe an SQS queue with `RawMessageDelivery` so that the attributes above

@@ -30,6 +30,10 @@ pub struct AwsOptions {
     pub fifo_group: String,
     /// Messages larger than this (body and attributes) are parked instead of sent.
     pub max_bytes: usize,
+    /// No request of a publish call starts after this: the messages not sent by then are
+    /// deferred (no attempt spent). Requests in flight finish (within `timeout`): keep the
+    /// two together below the bus's publish timeout (3 s on SQLite, 30 s else).
+    pub budget: Duration,
     /// Credentials given in code instead of the default chain's.
     credentials: Option<aws_credential_types::Credentials>,
 }
@@ -89,6 +93,7 @@ impl AwsOptions {
             timeout: Duration::from_secs(10),
             fifo_group: DEFAULT_FIFO_GROUP.to_owned(),
             max_bytes: DEFAULT_MAX_BYTES,
+            budget: Duration::from_millis(2500),
             credentials: None,
         };
         let positive = |key: &str, value: &str| -> Result<u64> {
@@ -117,6 +122,9 @@ impl AwsOptions {
                     options.timeout = Duration::from_millis(positive("timeout_ms", &value)?);
                 }
                 "fifo_group" => options.fifo_group = value.into_owned(),
+                "budget_ms" => {
+                    options.budget = Duration::from_millis(positive("budget_ms", &value)?);
+                }
                 "max_bytes" => {
                     options.max_bytes =
                         usize::try_from(positive("max_bytes", &value)?).unwrap_or(usize::MAX);
@@ -124,7 +132,7 @@ impl AwsOptions {
                 other => {
                     return Err(Error::Config(format!(
                         "bus URL `{display}`: unknown query parameter `{other}`; known: region, \
-                         endpoint, profile, timeout_ms, fifo_group, max_bytes"
+                         endpoint, profile, timeout_ms, fifo_group, max_bytes, budget_ms"
                     )));
                 }
             }

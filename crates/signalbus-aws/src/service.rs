@@ -10,13 +10,13 @@ use futures_util::future::join_all;
 use signalbus_core::{BatchOutcome, Message, ORDERING_KEY_HEADER, PublishError};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an entry the service failed on its side (`SenderFault: false`), or that met an
 /// outage while others of the call were stored, waits before it is sent again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Requests in flight at once to one standard queue or topic (FIFO ones get one at a time,
-/// in order).
+/// in order, and stop at the first message not stored).
 const IN_FLIGHT: usize = 4;
 
 /// One entry of a batch request.
@@ -48,6 +48,9 @@ enum Fate {
     Refused(String),
     Permanent(String),
     Retry(String),
+    /// Not sent in this call (its budget spent, or behind an unsent message of its FIFO
+    /// queue): deferred as briefly as the engine allows.
+    Later(String),
     Outage(String),
 }
 
@@ -76,8 +79,9 @@ pub(crate) async fn publish<S: Service>(
             .or_default()
             .push(index);
     }
+    let deadline = Instant::now() + options.budget;
     let fates = join_all(per_destination.into_iter().map(|(destination, indices)| {
-        one_destination(service, options, batch, destination, indices)
+        one_destination(service, options, batch, destination, indices, deadline)
     }))
     .await;
     let mut outcome = BatchOutcome::all_stored();
@@ -89,6 +93,7 @@ pub(crate) async fn publish<S: Service>(
             Fate::Refused(reason) => outcome.refuse(index, reason),
             Fate::Permanent(reason) => outcome.refuse_permanently(index, reason),
             Fate::Retry(reason) => outcome.defer(index, reason, RETRY_AFTER),
+            Fate::Later(reason) => outcome.defer(index, reason, Duration::ZERO),
             Fate::Outage(reason) => outages.push((index, reason)),
         }
     }
@@ -115,6 +120,7 @@ async fn one_destination<S: Service>(
     batch: &[Message],
     destination: &str,
     indices: Vec<usize>,
+    deadline: Instant,
 ) -> Vec<(usize, Fate)> {
     let failed = |failure: &Failure, indices: &[usize]| -> Vec<(usize, Fate)> {
         indices
@@ -189,10 +195,26 @@ async fn one_destination<S: Service>(
                 .collect()
         })
         .collect();
+    let later = |indices: &[usize], why: &str| -> Vec<(usize, Fate)> {
+        indices
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    Fate::Later(format!("`{destination}`: {why}; no attempt spent")),
+                )
+            })
+            .collect()
+    };
     let send = |request: Vec<Entry>| {
         let target = target.as_str();
         async move {
             let indices: Vec<usize> = request.iter().map(|e| e.index).collect();
+            // No request starts after the budget; one in flight is never cut short (it may
+            // have been stored, and would be sent twice).
+            if Instant::now() >= deadline {
+                return later(&indices, "not sent within this call's budget (`budget_ms`)");
+            }
             match service.send(target, &request).await {
                 Ok(answers) => indices
                     .into_iter()
@@ -213,16 +235,34 @@ async fn one_destination<S: Service>(
                         };
                         (i, fate)
                     })
-                    .collect(),
+                    .collect::<Vec<_>>(),
                 Err(failure) => failed(&failure, &indices),
             }
         }
     };
-    // FIFO: one request at a time, in order (a group's order holds across requests).
-    let in_flight = if fifo { 1 } else { IN_FLIGHT };
+    if fifo {
+        // One request at a time, in order; after a message that was not stored, nothing
+        // more goes to this queue or topic in this call: a later message of its group would
+        // overtake it.
+        let mut stopped = false;
+        for request in requests {
+            if stopped {
+                let indices: Vec<usize> = request.iter().map(|e| e.index).collect();
+                fates.extend(later(
+                    &indices,
+                    "sent after an earlier message of this FIFO queue or topic that was not stored",
+                ));
+                continue;
+            }
+            let sent = send(request).await;
+            stopped = sent.iter().any(|(_, fate)| !matches!(fate, Fate::Stored));
+            fates.extend(sent);
+        }
+        return fates;
+    }
     let sent: Vec<Vec<(usize, Fate)>> = futures_util::stream::iter(requests)
         .map(send)
-        .buffered(in_flight)
+        .buffered(IN_FLIGHT)
         .collect()
         .await;
     fates.extend(sent.into_iter().flatten());

@@ -50,7 +50,8 @@ pub struct ConsumerConfig {
     /// This consumer's name in the group: keep it across restarts, so that a restart reads
     /// the entries the previous run left unacknowledged at once.
     pub consumer: String,
-    /// Entries read at once (`COUNT`); 100 by default.
+    /// Entries read at once at most (`COUNT`; never more than there are free handler slots);
+    /// 100 by default.
     pub batch: usize,
     /// How long one read waits for new entries (`BLOCK`); 1 s by default.
     pub block: Duration,
@@ -127,7 +128,12 @@ where
     let mut reader = client
         .get_multiplexed_async_connection_with_config(&reads)
         .await?;
-    let writer = client.get_multiplexed_async_connection().await?;
+    // Acknowledgements wait up to 10 s for an answer (the client's default is 0.5 s).
+    let writes =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    let writer = client
+        .get_multiplexed_async_connection_with_config(&writes)
+        .await?;
     create_group(&mut reader.clone(), config).await?;
 
     let held: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -136,20 +142,39 @@ where
     // `Some(cursor)` while this consumer's own unacknowledged entries are read back.
     let mut own = Some("0".to_owned());
     let mut claim_cursor = "0-0".to_owned();
-    let (claim_every, refresh_every) = (config.claim_idle / 2, config.claim_idle / 3);
+    let min = Duration::from_millis(50);
+    let (claim_every, refresh_every) = (
+        (config.claim_idle / 2).max(min),
+        (config.claim_idle / 3).max(min),
+    );
     let mut next_claim = Instant::now();
     let mut next_refresh = Instant::now() + refresh_every;
-    let failure = loop {
-        let mut batch = Vec::new();
-        let now = Instant::now();
-        if now >= next_refresh {
-            next_refresh = now + refresh_every;
-            if let Err(e) = refresh(&mut writer.clone(), config, &held).await {
-                break Some(e);
+    let failure = 'run: loop {
+        // A free handler slot first, keeping the entries held here fresh meanwhile; then as
+        // many entries as there are free slots (an entry waiting for a slot would go idle).
+        let first = loop {
+            tokio::select! {
+                slot = handlers.slot() => break slot,
+                () = tokio::time::sleep_until(next_refresh.into()) => {
+                    next_refresh = Instant::now() + refresh_every;
+                    if let Err(e) = refresh(&mut writer.clone(), config, &held).await {
+                        break 'run Some(e);
+                    }
+                }
+                _ = &mut shutdown => break 'run None,
+            }
+        };
+        let mut slots = vec![first];
+        while slots.len() < config.batch {
+            match handlers.try_slot() {
+                Some(slot) => slots.push(slot),
+                None => break,
             }
         }
+        let mut batch = Vec::new();
+        let now = Instant::now();
         if now >= next_claim {
-            match claim(&mut writer.clone(), config, &claim_cursor).await {
+            match claim(&mut writer.clone(), config, &claim_cursor, slots.len()).await {
                 Ok((cursor, entries)) => {
                     if cursor == "0-0" {
                         next_claim = now + claim_every;
@@ -163,7 +188,7 @@ where
         if batch.is_empty() {
             let from = own.as_deref().unwrap_or(">");
             let read = tokio::select! {
-                read = read_group(&mut reader, config, from) => read,
+                read = read_group(&mut reader, config, from, slots.len()) => read,
                 _ = &mut shutdown => break None,
             };
             match read {
@@ -176,7 +201,7 @@ where
                 Err(e) => break Some(e),
             }
         }
-        let (mut stopped, mut failed) = (false, None);
+        let mut failed = None;
         for (entry_id, fields) in batch {
             let Some(fields) = fields else {
                 tracing::warn!(
@@ -194,9 +219,10 @@ where
             if !held.lock().expect("not poisoned").insert(entry_id.clone()) {
                 continue; // claimed back while its handler still runs here
             }
-            let slot = tokio::select! {
-                slot = handlers.slot() => slot,
-                _ = &mut shutdown => { stopped = true; break }
+            let Some(slot) = slots.pop() else {
+                // Never: no more entries are asked for than there are slots.
+                held.lock().expect("not poisoned").remove(&entry_id);
+                continue;
             };
             let work = handler(Entry::new(&config.stream, entry_id.clone(), fields));
             let (mut writer, config, held) = (writer.clone(), config.clone(), held.clone());
@@ -219,9 +245,6 @@ where
         }
         if failed.is_some() {
             break failed;
-        }
-        if stopped {
-            break None;
         }
     };
     let report = handlers.finish().await?;
@@ -258,6 +281,7 @@ async fn read_group(
     connection: &mut MultiplexedConnection,
     config: &ConsumerConfig,
     from: &str,
+    count: usize,
 ) -> Result<Vec<RawEntry>, ConsumeError> {
     let block = u64::try_from(config.block.as_millis()).unwrap_or(u64::MAX);
     let reply: Value = redis::cmd("XREADGROUP")
@@ -265,7 +289,7 @@ async fn read_group(
         .arg(&config.group)
         .arg(&config.consumer)
         .arg("COUNT")
-        .arg(config.batch)
+        .arg(count)
         .arg("BLOCK")
         .arg(block)
         .arg("STREAMS")
@@ -294,6 +318,7 @@ async fn claim(
     connection: &mut MultiplexedConnection,
     config: &ConsumerConfig,
     cursor: &str,
+    count: usize,
 ) -> Result<(String, Vec<RawEntry>), ConsumeError> {
     let idle = u64::try_from(config.claim_idle.as_millis()).unwrap_or(u64::MAX);
     let reply: Value = redis::cmd("XAUTOCLAIM")
@@ -303,7 +328,7 @@ async fn claim(
         .arg(idle)
         .arg(cursor)
         .arg("COUNT")
-        .arg(config.batch)
+        .arg(count)
         .query_async(connection)
         .await?;
     let Value::Array(mut parts) = reply else {

@@ -69,7 +69,10 @@ impl Endpoints {
         }
         h.failures = h.failures.saturating_add(1);
         let doubled = FIRST_PAUSE.saturating_mul(1 << (h.failures - 1).min(20));
-        let pause = asked.unwrap_or(doubled).min(self.max_pause);
+        // A `Retry-After` of 0 (or a date past) still pauses a little: never a hot loop.
+        let pause = asked
+            .map_or(doubled, |a| a.max(FIRST_PAUSE))
+            .min(self.max_pause);
         h.until = now + pause;
         h.reason = reason.to_owned();
         pause
@@ -104,5 +107,10 @@ mod tests {
         );
         endpoints.succeeded(&url);
         assert!(endpoints.paused(&url).is_none());
+        // `Retry-After: 0` still pauses: never a hot loop.
+        assert_eq!(
+            endpoints.failed(&url, "429", Some(Duration::ZERO)),
+            Duration::from_secs(1)
+        );
     }
 }

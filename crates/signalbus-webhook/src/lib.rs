@@ -38,8 +38,13 @@
 //!   failure in a row, at most `max_pause_s`. Messages to it wait without a request until
 //!   then; the other endpoints go on.
 //!
-//! A publish call never fails as a whole. A request that timed out may still have reached
-//! the receiver: the message is sent again with the same `webhook-id` (at-least-once).
+//! A publish call never fails as a whole, and starts no request after `budget_ms` (2.5 s):
+//! messages not sent by then are deferred (no attempt spent), so that a slow endpoint makes
+//! progress call after call (requests in flight finish, within `timeout_ms`; keep the sum
+//! below the bus's publish timeout). A request that timed out may still have reached the receiver: the message is
+//! sent again with the same `webhook-id` (at-least-once). Each request is signed when it is
+//! sent. A 5xx is the endpoint's: a message an endpoint answers 500 for every time is never
+//! parked; it waits, with the endpoint paused, until the endpoint takes it.
 //!
 //! # URL query parameters
 //! | parameter | default | meaning |
@@ -49,7 +54,8 @@
 //! | `secret` | none | the secret(s) themselves, instead of `secret_env` |
 //! | `timeout_ms` | `10000` | limit of one request, from connect to the end of the answer |
 //! | `concurrency` | `8` | requests in flight at once per endpoint |
-//! | `max_pause_s` | `300` | the longest an endpoint is paused (also caps `Retry-After`) |
+//! | `max_pause_s` | `300` | the longest an endpoint is paused (also caps `Retry-After`; at most a day) |
+//! | `budget_ms` | `2500` | no request of a publish call starts after this; with `timeout_ms`, keep it below the bus's publish timeout |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -58,6 +64,6 @@ mod options;
 mod publisher;
 mod sign;
 
-pub use options::{DEFAULT_SECRET_ENV, WebhookOptions};
+pub use options::{DEFAULT_BUDGET, DEFAULT_SECRET_ENV, WebhookOptions};
 pub use publisher::WebhookPublisher;
 pub use sign::Secrets;

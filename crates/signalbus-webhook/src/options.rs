@@ -10,6 +10,9 @@ use url::Url;
 /// another.
 pub const DEFAULT_SECRET_ENV: &str = "SIGNALBUS_WEBHOOK_SECRET";
 
+/// How long one publish call may take by default (below SQLite's 3 s publish timeout).
+pub const DEFAULT_BUDGET: Duration = Duration::from_millis(2500);
+
 /// How the webhook publisher sends; usually parsed from the bus URL.
 #[derive(Clone)]
 pub struct WebhookOptions {
@@ -26,6 +29,11 @@ pub struct WebhookOptions {
     pub concurrency: usize,
     /// The longest an endpoint is paused: after repeated failures, or by a `Retry-After`.
     pub max_pause: Duration,
+    /// No request of a publish call starts after this: messages not sent by then are deferred
+    /// (no attempt spent), so that a slow endpoint makes progress call after call instead of
+    /// the whole call timing out. Requests in flight finish (within `timeout`): keep the two
+    /// together below the bus's publish timeout (3 s on SQLite, 30 s else).
+    pub budget: Duration,
 }
 
 impl std::fmt::Debug for WebhookOptions {
@@ -37,6 +45,7 @@ impl std::fmt::Debug for WebhookOptions {
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
             .field("max_pause", &self.max_pause)
+            .field("budget", &self.budget)
             .finish()
     }
 }
@@ -55,6 +64,7 @@ impl WebhookOptions {
         let mut timeout = Duration::from_secs(10);
         let mut concurrency = 8;
         let mut max_pause = Duration::from_secs(300);
+        let mut budget = DEFAULT_BUDGET;
         let positive = |key: &str, value: &str| -> Result<u64> {
             value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                 Error::Config(format!(
@@ -78,11 +88,15 @@ impl WebhookOptions {
                     concurrency =
                         usize::try_from(positive("concurrency", &value)?).unwrap_or(usize::MAX)
                 }
-                "max_pause_s" => max_pause = Duration::from_secs(positive("max_pause_s", &value)?),
+                // At most a day: a pause is added to the clock and stored as milliseconds.
+                "max_pause_s" => {
+                    max_pause = Duration::from_secs(positive("max_pause_s", &value)?.min(86_400))
+                }
+                "budget_ms" => budget = Duration::from_millis(positive("budget_ms", &value)?),
                 other => {
                     return Err(Error::Config(format!(
                         "bus URL `{display}`: unknown query parameter `{other}`; known: allow, \
-                         secret, secret_env, timeout_ms, concurrency, max_pause_s"
+                         secret, secret_env, timeout_ms, concurrency, max_pause_s, budget_ms"
                     )));
                 }
             }
@@ -116,6 +130,7 @@ impl WebhookOptions {
         options.timeout = timeout;
         options.concurrency = concurrency;
         options.max_pause = max_pause;
+        options.budget = budget;
         Ok(options)
     }
 
@@ -153,6 +168,7 @@ impl WebhookOptions {
             timeout: Duration::from_secs(10),
             concurrency: 8,
             max_pause: Duration::from_secs(300),
+            budget: DEFAULT_BUDGET,
         })
     }
 

@@ -9,7 +9,7 @@ use signalbus_core::redact::redact_url;
 use signalbus_core::{BatchOutcome, Error, Message, PublishError, Publisher};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use url::Url;
 
 /// Headers a message's own headers may not set: the signature's, and HTTP's framing.
@@ -96,7 +96,8 @@ impl WebhookPublisher {
         &self.client
     }
 
-    /// The request headers of `message`, signed; or why they cannot be sent (refused at once).
+    /// The request headers of `message` but the timestamp and signature (added when it is
+    /// sent); or why they cannot be sent (refused at once).
     fn headers(&self, message: &Message) -> Result<HeaderMap, String> {
         let mut headers = HeaderMap::new();
         for (name, value) in &message.headers {
@@ -113,18 +114,9 @@ impl WebhookPublisher {
             let value = HeaderValue::from_str(value).map_err(|e| invalid(&e))?;
             headers.insert(key, value);
         }
-        let timestamp = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let signature = self
-            .options
-            .secrets
-            .sign(&message.id, timestamp, &message.body);
         let text =
             |v: &str| HeaderValue::from_str(v).map_err(|e| format!("message {}: {e}", message.id));
         headers.insert("webhook-id", text(&message.id)?);
-        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
-        headers.insert("webhook-signature", text(&signature)?);
         headers.insert("signalbus-signal", text(&message.signal)?);
         let content_type = message
             .content_type
@@ -134,9 +126,21 @@ impl WebhookPublisher {
         Ok(headers)
     }
 
-    /// POST one message and sort the answer.
-    async fn deliver(&self, url: &Url, message: &Message, headers: HeaderMap) -> Delivery {
+    /// POST one message, signed now, and sort the answer.
+    async fn deliver(&self, url: &Url, message: &Message, mut headers: HeaderMap) -> Delivery {
         let shown = redact_url(url.as_str());
+        let timestamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let signature = self
+            .options
+            .secrets
+            .sign(&message.id, timestamp, &message.body);
+        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+        match HeaderValue::from_str(&signature) {
+            Ok(value) => headers.insert("webhook-signature", value),
+            Err(e) => return Delivery::Refused(format!("message {}: {e}", message.id)),
+        };
         let sent = self
             .client
             .post(url.clone())
@@ -147,6 +151,8 @@ impl WebhookPublisher {
         let response = match sent {
             Ok(response) => response,
             Err(e) => {
+                // reqwest's own text ends with the full URL: left out, it may hold a token.
+                let e = e.without_url();
                 let what = if e.is_timeout() {
                     format!("no answer from {shown} within {:?}", self.options.timeout)
                 } else if e.is_connect() {
@@ -209,11 +215,28 @@ impl WebhookPublisher {
     }
 
     /// Deliver the messages of one endpoint, `concurrency` at a time; once the endpoint
-    /// fails, the rest of its messages are deferred without a request.
-    async fn endpoint(&self, url: &Url, items: Vec<Ready<'_>>) -> Vec<(usize, Delivery)> {
+    /// fails, or the call's budget is spent, the rest of its messages are deferred without a
+    /// request. Requests in flight are never cut short by the budget (a request cut short may
+    /// have been taken, and would be sent twice).
+    async fn endpoint(
+        &self,
+        url: &Url,
+        items: Vec<Ready<'_>>,
+        deadline: Instant,
+    ) -> Vec<(usize, Delivery)> {
         let mut done = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
+            if Instant::now() >= deadline {
+                let reason = format!(
+                    "not sent within this call's budget ({:?}, `budget_ms`); no attempt spent",
+                    self.options.budget
+                );
+                done.extend(
+                    items.map(|(i, _, _)| (i, Delivery::Deferred(reason.clone(), Duration::ZERO))),
+                );
+                break;
+            }
             if let Some(Failure { reason, remaining }) = self.endpoints.paused(url) {
                 done.extend(items.map(|(i, _, _)| {
                     (
@@ -276,10 +299,11 @@ impl Publisher for WebhookPublisher {
                 Err(reason) => outcome.refuse_permanently(index, reason),
             }
         }
+        let deadline = Instant::now() + self.options.budget;
         let answers = join_all(
             per_endpoint
                 .into_values()
-                .map(|(url, items)| async move { self.endpoint(&url, items).await }),
+                .map(|(url, items)| async move { self.endpoint(&url, items, deadline).await }),
         )
         .await;
         for (index, delivery) in answers.into_iter().flatten() {

@@ -210,3 +210,33 @@ async fn a_dead_or_slow_endpoint_holds_up_no_other() {
     );
     drop(receiver);
 }
+
+/// A slow endpoint makes progress call after call: a call ends within `budget_ms`, the
+/// messages it had no time for are deferred (no attempt spent), not failed as a whole.
+#[tokio::test]
+async fn a_call_ends_within_its_budget() {
+    let receiver = Receiver::start(SECRET).await;
+    receiver.set("/slow", Answer::Slow(Duration::from_millis(300)));
+    let publisher = publisher(&receiver, "budget_ms=700&concurrency=1");
+    let batch: Vec<_> = (0..10).map(|n| message("slow", n)).collect();
+    let started = Instant::now();
+    let outcome = publisher.publish(&batch).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+    let deferred = outcome.deferred().len();
+    assert!((7..=9).contains(&deferred), "{outcome:?}");
+    assert!(
+        outcome
+            .deferred()
+            .iter()
+            .all(|d| d.reason.contains("budget"))
+    );
+    assert!(outcome.refused().is_empty());
+    assert!(
+        publisher.check().await.is_ok(),
+        "the endpoint is not paused for it"
+    );
+}

@@ -48,6 +48,9 @@ impl Settled {
     }
 }
 
+/// The shortest wait of a deferred row.
+const MIN_DEFERRAL: Duration = Duration::from_millis(100);
+
 /// One message on its way, and the row it came from.
 pub(crate) struct Entry {
     pub idx: TypeIdx,
@@ -301,8 +304,10 @@ pub(crate) async fn settle<DB: Backend>(
                     .or_default()
                     .push(entry.id);
             }
+            // At least 100 ms: a deferral of 0 (a `Retry-After: 0`) must not make a drain
+            // claim the same rows again and again.
             Fate::Deferred(why, delay) => deferred
-                .entry((entry.idx, *delay, why.as_str()))
+                .entry((entry.idx, (*delay).max(MIN_DEFERRAL), why.as_str()))
                 .or_default()
                 .push(entry.id),
             Fate::Untouched => untouched.entry(entry.idx).or_default().push(entry.id),

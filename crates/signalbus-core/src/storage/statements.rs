@@ -682,8 +682,9 @@ impl Statements {
             )
         };
         // Refused at least once, or deferred (given back with a due time, no attempt spent).
-        let backing_off = "t.parked_at IS NULL AND (t.attempts > 0 OR \
-                           (t.claim IS NULL AND t.next_attempt_at IS NOT NULL))";
+        // (`last_error` tells a deferred row from one written with the auto-flush's lease.)
+        let backing_off = "t.parked_at IS NULL AND (t.attempts > 0 OR (t.claim IS NULL AND \
+                           t.next_attempt_at IS NOT NULL AND t.last_error IS NOT NULL))";
         let parked = "t.parked_at IS NOT NULL";
         let pending_stats = shared(format!(
             "SELECT COUNT(*), {}, COUNT(CASE WHEN {backing_off} THEN 1 END), {}, \

@@ -60,7 +60,12 @@ pub(crate) fn signalbus_binary() -> PathBuf {
     bin
 }
 
+/// One keyed run at a time in this binary: each holds up to ~80 PostgreSQL connections (its
+/// writers and four relays), and two together would pass the server's 100.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let (keys_n, per_key) = fx.keyed_scale();
     let db = <sqlx::Postgres as TestBackend>::create(60).await;
     let route = fx.ready();
