@@ -1,5 +1,5 @@
-//! `raw` for the sinks of plain requests: signed HTTP POSTs with reqwest (8 in flight, as the
-//! webhook publisher does per endpoint) and SQS `SendMessageBatch` with the AWS SDK (10
+//! `raw` for the sinks of plain requests: signed HTTP/1.1 POSTs with reqwest (8 in flight, as
+//! the webhook publisher does per endpoint) and SQS `SendMessageBatch` with the AWS SDK (10
 //! entries a request, 4 requests in flight), without signalbus. `receiver` is the HTTP
 //! endpoint both the raw run and the webhook publisher post to.
 
@@ -18,12 +18,7 @@ pub async fn webhook(args: &Args) -> Result<(), BoxError> {
         .unwrap_or_default()
         .trim_end_matches('/');
     let url = format!("{base}/{DESTINATION}");
-    // The publisher's own client (rustls on ring, no redirects, no proxy).
-    let publisher = signalbus::webhook::WebhookPublisher::connect(&format!(
-        "{base}/?secret={}",
-        crate::raw::WEBHOOK_SECRET
-    ))?;
-    let client = publisher.client().clone();
+    let client = reqwest::Client::builder().no_proxy().build()?;
     let secrets = signalbus::webhook::Secrets::parse(crate::raw::WEBHOOK_SECRET)?;
     if args.setup_only {
         return Ok(());

@@ -3,8 +3,13 @@
 
 use crate::endpoints::{Endpoints, Failure};
 use crate::options::WebhookOptions;
+use bytes::Bytes;
 use futures_util::future::join_all;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use signalbus_core::redact::redact_url;
 use signalbus_core::{BatchOutcome, Error, Message, PublishError, Publisher};
 use std::collections::BTreeMap;
@@ -25,11 +30,16 @@ const RESERVED: [&str; 9] = [
     "signalbus-signal",
 ];
 
+/// The HTTP/1.1 client: hyper over rustls on ring (hyper, not reqwest: a TLS backend
+/// compiled into reqwest without a provider would make every other `reqwest::Client` of the
+/// application panic). It follows no redirect and uses no proxy.
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// Sends each message as a signed HTTP POST (see the crate docs). Cheap to clone; clones
 /// share the connection pool and what is known of each endpoint's health.
 #[derive(Clone)]
 pub struct WebhookPublisher {
-    client: reqwest::Client,
+    client: HttpClient,
     options: Arc<WebhookOptions>,
     endpoints: Endpoints,
 }
@@ -74,26 +84,20 @@ impl WebhookPublisher {
                 ))
             })?
             .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            // A redirect is answered, not followed: following it could lead off the allow-list.
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(options.timeout)
-            .connect_timeout(options.timeout)
-            .user_agent(concat!("signalbus/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Config(format!("cannot make the HTTP client: {e}")))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(options.timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).build(https);
         Ok(WebhookPublisher {
             client,
             endpoints: Endpoints::new(options.max_pause),
             options: Arc::new(options),
         })
-    }
-
-    /// The HTTP client (rustls on ring, no redirects, no proxy, the timeouts of the URL).
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
     }
 
     /// The request headers of `message` but the timestamp and signature (added when it is
@@ -122,7 +126,11 @@ impl WebhookPublisher {
             .content_type
             .as_deref()
             .unwrap_or("application/octet-stream");
-        headers.insert(reqwest::header::CONTENT_TYPE, text(content_type)?);
+        headers.insert(header::CONTENT_TYPE, text(content_type)?);
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("signalbus/", env!("CARGO_PKG_VERSION"))),
+        );
         Ok(headers)
     }
 
@@ -141,21 +149,26 @@ impl WebhookPublisher {
             Ok(value) => headers.insert("webhook-signature", value),
             Err(e) => return Delivery::Refused(format!("message {}: {e}", message.id)),
         };
-        let sent = self
-            .client
-            .post(url.clone())
-            .headers(headers)
-            .body(message.body.clone())
-            .send()
-            .await;
+        let request = http::Request::post(url.as_str())
+            .body(Full::new(Bytes::from(message.body.clone())))
+            .map(|mut request| {
+                *request.headers_mut() = headers;
+                request
+            });
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return Delivery::Refused(format!("{shown}: not a request URL: {e}")),
+        };
+        let sent = tokio::time::timeout(self.options.timeout, self.client.request(request)).await;
         let response = match sent {
-            Ok(response) => response,
-            Err(e) => {
-                // reqwest's own text ends with the full URL: left out, it may hold a token.
-                let e = e.without_url();
-                let what = if e.is_timeout() {
-                    format!("no answer from {shown} within {:?}", self.options.timeout)
-                } else if e.is_connect() {
+            Ok(Ok(response)) => response,
+            Err(_) => {
+                let what = format!("no answer from {shown} within {:?}", self.options.timeout);
+                return self.failed(url, what, None);
+            }
+            Ok(Err(e)) => {
+                // hyper's errors name no URL (it may hold a token).
+                let what = if e.is_connect() {
                     format!("cannot connect to {shown}: {}", source_chain(&e))
                 } else {
                     format!("the request to {shown} failed: {}", source_chain(&e))
@@ -178,7 +191,7 @@ impl WebhookPublisher {
             429 => {
                 let asked = response
                     .headers()
-                    .get(reqwest::header::RETRY_AFTER)
+                    .get(header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(retry_after);
                 self.failed(url, said, asked)
@@ -188,7 +201,7 @@ impl WebhookPublisher {
             300..=399 => {
                 let to = response
                     .headers()
-                    .get(reqwest::header::LOCATION)
+                    .get(header::LOCATION)
                     .and_then(|v| v.to_str().ok())
                     .map(redact_url)
                     .unwrap_or_default();
