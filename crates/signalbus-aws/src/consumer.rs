@@ -9,7 +9,8 @@
 //!   (long polling, `WaitTimeSeconds` = [`ConsumerConfig::wait`]);
 //! - keeps each message invisible to other consumers while its handler runs
 //!   (`ChangeMessageVisibility` every half [`ConsumerConfig::visibility`]);
-//! - deletes it when the handler returns `Ok`, after its commit;
+//! - deletes it when the handler returns `Ok`, after its commit (a delete that fails is logged
+//!   and counted as rejected: the message comes back, and the inbox skips it);
 //! - makes it visible again after [`ConsumerConfig::retry_after`] when the handler returns
 //!   `Err` (a queue's redrive policy moves it to a dead-letter queue after its
 //!   `maxReceiveCount`);
@@ -245,20 +246,26 @@ where
                 };
                 drop(slot);
                 match outcome {
+                    // A delete that fails ends nothing: the message comes back after its
+                    // visibility timeout, and the inbox skips it then.
                     Ok(()) => {
-                        client
+                        let deleted = client
                             .delete_message()
                             .queue_url(&config.queue_url)
                             .receipt_handle(&receipt)
                             .send()
-                            .await
-                            .map_err(|e| {
-                                ConsumeError::from(format!(
-                                    "cannot delete a handled message: {}",
-                                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                                ))
-                            })?;
-                        Ok(true)
+                            .await;
+                        match deleted {
+                            Ok(_) => Ok(true),
+                            Err(e) => {
+                                tracing::warn!(
+                                    error = %aws_smithy_types::error::display::DisplayErrorContext(&e),
+                                    queue = %config.queue_url,
+                                    "could not delete a handled message; SQS delivers it again"
+                                );
+                                Ok(false)
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, queue = %config.queue_url, "the handler failed; SQS delivers the message again");

@@ -9,7 +9,8 @@
 //!   [`ConsumerConfig::start`]);
 //! - first reads the entries this consumer name was given and never acknowledged (a restart
 //!   after a crash), then new ones (`XREADGROUP … >`);
-//! - acknowledges an entry when the handler returns `Ok`, after its commit;
+//! - acknowledges an entry when the handler returns `Ok`, after its commit (an `XACK` that
+//!   fails is logged and counted as rejected: the entry comes back, and the inbox skips it);
 //! - leaves it pending when the handler returns `Err`: it is claimed again, by this consumer
 //!   or another, once it has been idle for [`ConsumerConfig::claim_idle`];
 //! - claims entries that another consumer of the group took and left idle that long (it
@@ -230,7 +231,18 @@ where
                 let outcome = work.await;
                 drop(slot);
                 let acked = match outcome {
-                    Ok(()) => ack(&mut writer, &config, &entry_id).await.map(|()| true),
+                    // An acknowledgement that fails ends nothing: the entry stays pending and
+                    // comes back after `claim_idle`, and the inbox skips it then.
+                    Ok(()) => match ack(&mut writer, &config, &entry_id).await {
+                        Ok(()) => Ok(true),
+                        Err(e) => {
+                            tracing::warn!(
+                                error = %e, stream = %config.stream, entry_id,
+                                "could not acknowledge a handled entry; it comes back after claim_idle"
+                            );
+                            Ok(false)
+                        }
+                    },
                     Err(e) => {
                         tracing::warn!(
                             error = %e, stream = %config.stream, entry_id,
