@@ -42,6 +42,52 @@ pub(crate) enum Answer {
     Retry(String),
 }
 
+/// One failed entry of a batch answer, as SQS and SNS report it.
+pub(crate) struct FailedEntry<'a> {
+    pub id: &'a str,
+    pub sender_fault: bool,
+    pub code: &'a str,
+    pub message: Option<&'a str>,
+}
+
+/// The answers to a request of `n` entries (ids `0`..`n`) from the ids the service stored and
+/// the entries it failed (`SenderFault: true` refused, else retried); an entry in neither is
+/// retried. `service` (`SQS`, `SNS`) is named in the reasons.
+pub(crate) fn answers<'a>(
+    what: &str,
+    service: &str,
+    n: usize,
+    stored: impl Iterator<Item = &'a str>,
+    failed: impl Iterator<Item = FailedEntry<'a>>,
+) -> Vec<Answer> {
+    let mut answers: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
+    let slot = |id: &str| id.parse::<usize>().ok().filter(|&i| i < n);
+    for id in stored {
+        if let Some(i) = slot(id) {
+            answers[i] = Some(Answer::Stored);
+        }
+    }
+    for entry in failed {
+        let Some(i) = slot(entry.id) else {
+            continue;
+        };
+        let said = format!(
+            "{what}: {service} refused the entry: {}: {}",
+            entry.code,
+            entry.message.unwrap_or("")
+        );
+        answers[i] = Some(if entry.sender_fault {
+            Answer::Refused(said)
+        } else {
+            Answer::Retry(said)
+        });
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Answer::Retry(format!("{what}: no answer for the entry"))))
+        .collect()
+}
+
 /// What became of one message, before it is written into the outcome.
 enum Fate {
     Stored,

@@ -2,7 +2,7 @@
 
 use crate::errors::{Failure, classify};
 use crate::options::AwsOptions;
-use crate::service::{self, Answer, Entry, Service};
+use crate::service::{self, Answer, Entry, FailedEntry, Service};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use signalbus_core::{BatchOutcome, Message, PublishError, Publisher};
 use std::collections::HashMap;
@@ -123,41 +123,18 @@ impl Service for SqsPublisher {
             .send()
             .await
             .map_err(|e| classify(&e, &what))?;
-        let mut answers: Vec<Option<Answer>> = entries.iter().map(|_| None).collect();
-        for ok in output.successful() {
-            if let Some(slot) = ok
-                .id()
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| answers.get_mut(n))
-            {
-                *slot = Some(Answer::Stored);
-            }
-        }
-        for failed in output.failed() {
-            let Some(slot) = failed
-                .id()
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| answers.get_mut(n))
-            else {
-                continue;
-            };
-            let said = format!(
-                "{what}: SQS refused the entry: {}: {}",
-                failed.code(),
-                failed.message().unwrap_or("")
-            );
-            *slot = Some(if failed.sender_fault() {
-                Answer::Refused(said)
-            } else {
-                Answer::Retry(said)
-            });
-        }
-        Ok(answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Answer::Retry(format!("{what}: no answer for the entry"))))
-            .collect())
+        Ok(service::answers(
+            &what,
+            "SQS",
+            entries.len(),
+            output.successful().iter().map(|ok| ok.id()),
+            output.failed().iter().map(|f| FailedEntry {
+                id: f.id(),
+                sender_fault: f.sender_fault(),
+                code: f.code(),
+                message: f.message(),
+            }),
+        ))
     }
 }
 

@@ -1,6 +1,7 @@
 //! What the broker crates' consumer runners share (`signalbus_amqp::consumer`,
-//! `signalbus_nats::consumer`, `signalbus_kafka::consumer`): the report of what became of the
-//! messages, and the handlers running at once, bounded by a number of slots.
+//! `signalbus_nats::consumer`, `signalbus_kafka::consumer`, `signalbus_redis::consumer`,
+//! `signalbus_aws::consumer`): the report of what became of the messages, and the handlers
+//! running at once, bounded by a number of slots.
 
 use std::future::Future;
 use std::sync::Arc;

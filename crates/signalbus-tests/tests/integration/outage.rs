@@ -9,7 +9,6 @@ use signalbus_testkit::nats::{PrivateServer, free_port};
 use signalbus_testkit::redis::PrivateRedis;
 use sqlx::AssertSqlSafe;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// A broker of the test's own that it may stop and start again.
@@ -32,9 +31,9 @@ trait PrivateBroker: Sized {
 
 struct Stopped {
     port: u16,
-    dir: PathBuf,
+    /// The server's data directory (moto keeps none: an empty one).
+    dir: tempfile::TempDir,
     destination: String,
-    _keep: tempfile::TempDir,
 }
 
 struct Nats {
@@ -75,21 +74,20 @@ impl PrivateBroker for Nats {
         self.subject.clone()
     }
     fn stop(self) -> Stopped {
-        let (port, dir) = self.server.stop();
+        let (port, _) = self.server.stop();
         Stopped {
             port,
-            dir,
+            dir: self.dir,
             destination: self.subject,
-            _keep: self.dir,
         }
     }
     async fn restart(stopped: Stopped) -> Self {
-        let server = PrivateServer::start(stopped.port, &stopped.dir);
+        let server = PrivateServer::start(stopped.port, stopped.dir.path());
         server.wait_ready().await;
         Nats {
             server,
             subject: stopped.destination,
-            dir: stopped._keep,
+            dir: stopped.dir,
         }
     }
     async fn stored_ids(&self) -> Vec<String> {
@@ -151,21 +149,20 @@ impl PrivateBroker for Redis {
         self.stream.clone()
     }
     fn stop(self) -> Stopped {
-        let (port, dir) = self.server.stop();
+        let (port, _) = self.server.stop();
         Stopped {
             port,
-            dir,
+            dir: self.dir,
             destination: self.stream,
-            _keep: self.dir,
         }
     }
     async fn restart(stopped: Stopped) -> Self {
-        let server = PrivateRedis::start(stopped.port, &stopped.dir);
+        let server = PrivateRedis::start(stopped.port, stopped.dir.path());
         server.wait_ready().await;
         Redis {
             server,
             stream: stopped.destination,
-            dir: stopped._keep,
+            dir: stopped.dir,
         }
     }
     async fn stored_ids(&self) -> Vec<String> {
@@ -227,9 +224,8 @@ impl PrivateBroker for Sqs {
         let port = self.server.stop();
         Stopped {
             port,
-            dir: self.dir.path().to_owned(),
+            dir: self.dir,
             destination: self.queue,
-            _keep: self.dir,
         }
     }
     /// moto keeps nothing over a restart: the queue is made again, as an operator would.
@@ -238,7 +234,7 @@ impl PrivateBroker for Sqs {
         let fx = Sqs {
             server,
             queue: stopped.destination,
-            dir: stopped._keep,
+            dir: stopped.dir,
         };
         crate::bus_sqs::create_queue(&fx.client().await, &fx.queue).await;
         fx
