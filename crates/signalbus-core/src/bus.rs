@@ -5,7 +5,11 @@ use crate::atomic::{Atomic, AtomicFuture, BlockError};
 use crate::contract::{Holdback, ParkedRows, ParkedSignal, PendingStats};
 use crate::delivery::OnProgress;
 use crate::engine::relay::RelayBuilder;
-use crate::engine::{Config, Engine, bursts, operator};
+use crate::engine::{Config, Engine, bursts, inspect, operator};
+use crate::inspection::{
+    AuditEntry, AuditRecord, BulkAction, FailureGroup, Matched, SignalDetail, SignalFilter,
+    SignalPage, TypeOverview,
+};
 use crate::error::{Error, Result};
 use crate::publisher::{BoxPublisher, Publisher, PublisherExt};
 use crate::registry::Selection;
@@ -227,6 +231,98 @@ impl<DB: Backend> SignalBus<DB> {
     /// ordered flush that sent nothing while rows are pending should tell its operator.
     pub async fn ordered_holdback(&self, selection: &Selection) -> Result<Vec<(String, Holdback)>> {
         operator::holdback(self.engine.shared(), selection).await
+    }
+
+    /// Counts and ages of one signal type, and how many of its rows are in flight: a row of
+    /// the console's overview.
+    pub async fn overview(&self, signal: &str) -> Result<TypeOverview> {
+        inspect::overview(self.engine.shared(), signal).await
+    }
+
+    /// A page of the signals of type `signal` that `filter` matches, lowest ids first, after
+    /// the row id `after` (`None`: from the start); at most `limit` (1 to 500) of them.
+    /// Paged by id, so every page costs the same whatever the table's size.
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: signalbus_core::SignalBus<sqlx::Sqlite>) -> signalbus_core::Result<()> {
+    /// use signalbus_core::inspection::{SignalFilter, SignalState};
+    /// let parked = SignalFilter::new().state(SignalState::Parked).error_contains("no route");
+    /// let mut after = None;
+    /// loop {
+    ///     let page = bus.list_signals("order_placed", &parked, after, 100).await?;
+    ///     for s in &page.signals {
+    ///         println!("#{} {:?}", s.id, s.last_error);
+    ///     }
+    ///     match page.next_after {
+    ///         Some(id) => after = Some(id),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_signals(
+        &self,
+        signal: &str,
+        filter: &SignalFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<SignalPage> {
+        inspect::list(self.engine.shared(), signal, filter, after, limit).await
+    }
+
+    /// How many signals of type `signal` `filter` matches now (a bulk action's dry run), and
+    /// the highest id among them.
+    pub async fn count_signals(&self, signal: &str, filter: &SignalFilter) -> Result<Matched> {
+        inspect::count(self.engine.shared(), signal, filter).await
+    }
+
+    /// The failure groups of the signals of type `signal` that `filter` matches: held
+    /// signals whose last errors have the same fingerprint
+    /// ([`error_fingerprint`](crate::inspection::error_fingerprint)), largest first.
+    pub async fn failure_groups(
+        &self,
+        signal: &str,
+        filter: &SignalFilter,
+    ) -> Result<Vec<FailureGroup>> {
+        inspect::failure_groups(self.engine.shared(), signal, filter).await
+    }
+
+    /// One signal of type `signal` in full, its body cut at `body_cap` bytes (0: no body);
+    /// `None` when there is no row `id` (sent, or purged).
+    pub async fn signal_detail(
+        &self,
+        signal: &str,
+        id: i64,
+        body_cap: usize,
+    ) -> Result<Option<SignalDetail>> {
+        inspect::detail(self.engine.shared(), signal, id, body_cap).await
+    }
+
+    /// Unpark or purge the parked signals of type `signal` that `filter` matches, with ids up
+    /// to `through_id` (the dry run's [`Matched::through_id`], so that signals parked after
+    /// the operator saw the count are left alone; `None`: no bound), `batch` rows per
+    /// transaction, lowest ids first. Returns how many it changed. Unparking a key's signals
+    /// keeps their order: a key's later signals wait while an earlier one is still parked.
+    pub async fn act_on_parked(
+        &self,
+        signal: &str,
+        filter: &SignalFilter,
+        action: BulkAction,
+        through_id: Option<i64>,
+        batch: usize,
+    ) -> Result<u64> {
+        inspect::act(self.engine.shared(), signal, filter, action, through_id, batch).await
+    }
+
+    /// Write a line to the audit log (the table `signalbus_console_audit`, created on first
+    /// use).
+    pub async fn record_audit(&self, record: &AuditRecord<'_>) -> Result<()> {
+        inspect::record_audit(self.engine.shared(), record).await
+    }
+
+    /// The newest `limit` lines of the audit log.
+    pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        inspect::audit_log(self.engine.shared(), limit).await
     }
 
     /// Pending signals per selected type: how many, and how old the oldest is.

@@ -27,6 +27,7 @@ mod contract;
 mod delivery;
 mod error;
 mod ident;
+pub mod inspection;
 pub mod locking;
 mod message;
 pub mod metrics;

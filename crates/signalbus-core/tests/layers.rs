@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // model: plain types and errors
     &[
-        "contract", "delivery", "error", "ident", "locking", "message", "metrics", "redact",
+        "contract", "delivery", "error", "ident", "inspection", "locking", "message", "metrics", "redact",
         "seen", "signal",
     ],
     // what talks to the outside: brokers, databases, the consumer side's plumbing

@@ -10,6 +10,7 @@ pub(crate) mod bursts;
 #[cfg(feature = "wal")]
 pub mod capture;
 pub(crate) mod context;
+pub(crate) mod inspect;
 pub(crate) mod operator;
 pub mod relay;
 pub(crate) mod settle;

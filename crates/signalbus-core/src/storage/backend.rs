@@ -21,6 +21,55 @@ pub(crate) type ParkedRow = (
     Option<String>,
 );
 
+/// A signal row as an operator sees it ([`super::inspect::Inspect::list`]): id, message id,
+/// destination, routing key, ordering key, content type, attempts, last error, the ages (in
+/// microseconds) of `created_at`, `parked_at` and `next_attempt_at` (negative: in the
+/// future), in flight (0/1), body size, headers.
+pub(crate) type InspectedRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    Option<String>,
+);
+
+/// One failure-group aggregate ([`super::inspect::Inspect::groups`]): last error,
+/// destination, routing key, rows, parked rows, highest id, ages (microseconds) of the
+/// oldest and newest row.
+pub(crate) type GroupRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// One line of the audit log: id, actor, role, action, signal, filter, matched, changed,
+/// age in microseconds.
+pub(crate) type AuditRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+);
+
 // The sealed trait's signatures use crate-private types on purpose: nobody outside can name
 // or implement it.
 #[allow(private_interfaces, private_bounds)]
@@ -150,6 +199,27 @@ pub(crate) mod sealed {
             params: &[Param<'_>],
         ) -> impl Future<Output = Result<Vec<super::ParkedRow>>> + Send;
 
+        /// Run `sql`, reading rows as an operator sees them.
+        fn fetch_inspected(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<Vec<super::InspectedRow>>> + Send;
+
+        /// Run `sql`, reading failure-group aggregates.
+        fn fetch_groups(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<Vec<super::GroupRow>>> + Send;
+
+        /// Run `sql`, reading audit lines.
+        fn fetch_audit(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+        ) -> impl Future<Output = Result<Vec<super::AuditRow>>> + Send;
+
         /// Run `sql`; returns the number of rows affected.
         fn execute(
             conn: &mut Self::Connection,
@@ -256,6 +326,30 @@ macro_rules! store {
                 sql: &sqlx::SqlStr,
                 params: &[$crate::storage::Param<'_>],
             ) -> $crate::error::Result<Vec<$crate::storage::ParkedRow>> {
+                fetch_all_as(conn, sql, params).await
+            }
+
+            async fn fetch_inspected(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<Vec<$crate::storage::InspectedRow>> {
+                fetch_all_as(conn, sql, params).await
+            }
+
+            async fn fetch_groups(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<Vec<$crate::storage::GroupRow>> {
+                fetch_all_as(conn, sql, params).await
+            }
+
+            async fn fetch_audit(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+            ) -> $crate::error::Result<Vec<$crate::storage::AuditRow>> {
                 fetch_all_as(conn, sql, params).await
             }
 

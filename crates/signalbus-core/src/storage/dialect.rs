@@ -111,6 +111,13 @@ pub(crate) struct Dialect {
     pub now_plus_ms: &'static str,
     /// A 64-bit integer of a boolean condition (`{c}`).
     pub flag: &'static str,
+    /// An integer expression (`{e}`) as a 64-bit integer.
+    pub int8: &'static str,
+    /// The text value of a header of `t.headers` (a JSON object), `{name}` the bound key
+    /// (PostgreSQL) or JSON path (`$."name"`, where [`Self::header_by_path`]).
+    pub header_value: &'static str,
+    /// Whether [`Self::header_value`] takes a JSON path rather than the key.
+    pub header_by_path: bool,
     /// The condition "`t.id` is one of the bound ids" (`{Ids}`: the parameter's token).
     pub id_in: &'static str,
     /// Where an `UPDATE` of the rows among the bound ids names its table as a join of the

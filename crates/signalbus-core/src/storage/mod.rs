@@ -72,6 +72,7 @@
 mod backend;
 pub(crate) mod database_url;
 pub(crate) mod dialect;
+pub(crate) mod inspect;
 pub(crate) mod listen;
 mod repository;
 mod session;
@@ -96,7 +97,7 @@ pub use backend::Backend;
 pub(crate) use backend::Param;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use backend::store;
-pub(crate) use backend::{NewRow, StoredRow};
+pub(crate) use backend::{AuditRow, GroupRow, InspectedRow, NewRow, StoredRow};
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use backend::{ParkedRow, sealed};
 #[doc(hidden)]
@@ -105,4 +106,4 @@ pub use database_url::{DatabaseKind, PoolSettings, UnknownDatabase, open_pool};
 pub(crate) use repository::millis;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use repository::{json_ids, json_texts};
-pub(crate) use session::{CloseOnDrop, begin, begin_write};
+pub(crate) use session::{CloseOnDrop, begin, begin_write, owned_sql};

@@ -396,6 +396,12 @@ impl Statements {
         Ok(answer.first().copied() == Some(1))
     }
 
+    /// Rows being sent right now (leased rows and, on PostgreSQL, the rows of live ranges).
+    pub async fn in_flight<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<u64> {
+        let n = DB::fetch_ids(conn, &self.in_flight, &[]).await?;
+        Ok(count(n.first().copied()))
+    }
+
     pub async fn claimed_now<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<bool> {
         let n = DB::fetch_ids(conn, &self.in_flight, &[]).await?;
         Ok(n.first().copied().unwrap_or(0) > 0)

@@ -15,6 +15,7 @@ mod crash;
 mod explicit;
 mod gated;
 mod inbox;
+mod inspection;
 mod keyed;
 mod message_ids;
 mod migrate;
