@@ -57,6 +57,7 @@ pub const MAX_FILTER_TEXT: usize = 512;
 /// Which signals of one type an operator looks at or acts on. Every field narrows the
 /// selection; the default is every held (backing-off or parked) signal.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SignalFilter {
     /// Which rows.

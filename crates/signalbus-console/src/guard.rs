@@ -1,0 +1,126 @@
+//! Who is asking, and whether they may: credentials from the bearer header, the session
+//! cookie or (with no tokens configured) nobody; the checks of every POST (same origin,
+//! CSRF token, role); the headers every answer carries.
+
+use crate::access::{COOKIE, Caller, Role};
+use crate::error::ConsoleError;
+use crate::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+
+/// The caller of a request: a bearer token, else the session cookie, else the open
+/// console's operator; a wrong credential is refused, never passed over.
+pub(crate) fn caller(state: &State, headers: &HeaderMap) -> Result<Caller, ConsoleError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().unwrap_or("");
+        let Some(secret) = value.strip_prefix("Bearer ") else {
+            return Err(ConsoleError::Unauthorized);
+        };
+        return state.access.bearer(secret.trim()).ok_or(ConsoleError::Unauthorized);
+    }
+    if let Some(session) = cookie(headers, COOKIE) {
+        return state.access.from_cookie(&session).ok_or(ConsoleError::Unauthorized);
+    }
+    state.access.anonymous().ok_or(ConsoleError::Unauthorized)
+}
+
+/// The value of cookie `name`.
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A POST from another site (its `Origin` is not this host) is refused: the browser says
+/// where a request comes from, and only the console's own pages may act.
+pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let own = ["http://", "https://"]
+        .iter()
+        .any(|scheme| origin.strip_prefix(scheme) == Some(host));
+    if own && !host.is_empty() {
+        Ok(())
+    } else {
+        Err(ConsoleError::Forbidden(format!(
+            "a request from another site ({origin}) cannot act on the console"
+        )))
+    }
+}
+
+/// How a POST proves it comes from the console's own pages or a script.
+pub(crate) enum Proof<'a> {
+    /// A form's CSRF token (if it had one).
+    Form(Option<&'a str>),
+    /// A JSON body (`Content-Type: application/json`): another site's page cannot send one
+    /// without a CORS preflight, which the console never grants.
+    Json,
+}
+
+/// What a POST that changes signals must pass: same origin, the CSRF token of the caller's
+/// session when the browser sent the credentials by itself, and the operator role.
+pub(crate) fn may_act(
+    state: &State,
+    caller: &Caller,
+    headers: &HeaderMap,
+    proof: Proof<'_>,
+) -> Result<(), ConsoleError> {
+    same_origin(headers)?;
+    let proven = match proof {
+        Proof::Json => true,
+        Proof::Form(csrf) => csrf.is_some_and(|t| state.access.csrf_ok(caller, t)),
+    };
+    if caller.ambient && !proven {
+        return Err(ConsoleError::Forbidden(
+            "the form's CSRF token is missing or wrong: reload the console's page and submit \
+             it from there"
+                .to_owned(),
+        ));
+    }
+    if caller.role < Role::Operator {
+        return Err(ConsoleError::Forbidden(format!(
+            "`{}` is a viewer: unparking and purging need an operator token",
+            caller.name
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the request's body is declared JSON.
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Every answer: not cached, not framed, no scripts, no referrer, forms only to itself.
+pub(crate) async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    let set = |h: &mut HeaderMap, name, value: &'static str| {
+        h.insert(name, HeaderValue::from_static(value));
+    };
+    set(h, header::CACHE_CONTROL, "no-store");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; \
+         frame-ancestors 'none'; base-uri 'none'",
+    );
+    response
+}
