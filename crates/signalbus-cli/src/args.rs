@@ -39,6 +39,35 @@ pub enum Command {
     Unpark(SettleArgs),
     /// Delete parked signals for good (needs --yes).
     PurgeParked(PurgeArgs),
+    /// Serve the operator console (pages and JSON API under /console) until SIGTERM/SIGINT:
+    /// what is held back and why, failure groups, unpark and purge with a dry run and an
+    /// audit log. Sends nothing itself: a relay or a flush sends what it unparks.
+    #[cfg(feature = "console")]
+    Console(ConsoleArgs),
+}
+
+/// Options of `console`.
+#[cfg(feature = "console")]
+#[derive(Debug, Clone, Args)]
+pub struct ConsoleArgs {
+    /// Serve on this address (HOST:PORT). Other than loopback only with console tokens
+    /// (SIGNALBUS_CONSOLE_OPERATOR_TOKEN, SIGNALBUS_CONSOLE_VIEWER_TOKEN, [[console.tokens]]).
+    #[arg(long, env = "SIGNALBUS_CONSOLE_LISTEN", value_name = "HOST:PORT",
+          default_value = "127.0.0.1:9187", value_parser = host_port)]
+    pub listen: String,
+    /// The console's options.
+    #[command(flatten)]
+    pub options: ConsoleOptions,
+}
+
+/// What the console shows, for `console` and `relay --console`.
+#[cfg(feature = "console")]
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConsoleOptions {
+    /// Never show signal bodies, not even to operators (also `hide_bodies = true` under
+    /// [console] in the configuration).
+    #[arg(long, env = "SIGNALBUS_CONSOLE_HIDE_BODIES")]
+    pub hide_bodies: bool,
 }
 
 /// Options of `signals`.
@@ -190,6 +219,15 @@ pub struct RelayArgs {
     #[arg(long, env = "SIGNALBUS_CAPTURE_SCAN", value_name = "SECONDS",
           value_parser = positive_seconds, default_value = "2", allow_negative_numbers = true)]
     pub capture_scan: std::time::Duration,
+    /// Serve the operator console under /console on the --listen address too (see
+    /// `signalbus console --help`).
+    #[cfg(feature = "console")]
+    #[arg(long, env = "SIGNALBUS_CONSOLE", requires = "listen")]
+    pub console: bool,
+    /// The console's options.
+    #[cfg(feature = "console")]
+    #[command(flatten)]
+    pub console_options: ConsoleOptions,
     /// Seconds between refreshes of the pending, backing-off and parked gauges.
     #[arg(long, env = "SIGNALBUS_STATS_INTERVAL", value_name = "SECONDS",
           value_parser = positive_seconds, default_value = "5", allow_negative_numbers = true)]

@@ -45,6 +45,43 @@ pub struct Config {
     /// The declared signal types.
     #[serde(rename = "signal", default)]
     pub signals: Vec<SignalConfig>,
+    /// The operator console (`signalbus console`, `signalbus relay --console`).
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// The `[console]` table.
+///
+/// ```toml
+/// [console]
+/// hide_bodies = true               # never show signal bodies (personal data)
+///
+/// [[console.tokens]]
+/// name = "alice"                   # who, in the audit log
+/// role = "operator"                # or "viewer"
+/// token_env = "ALICE_CONSOLE_TOKEN" # the variable that holds the secret (never the file)
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Never show signal bodies, not even to operators.
+    #[serde(default)]
+    pub hide_bodies: bool,
+    /// The tokens, besides SIGNALBUS_CONSOLE_OPERATOR_TOKEN and SIGNALBUS_CONSOLE_VIEWER_TOKEN.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One `[[console.tokens]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it.
+    pub name: String,
+    /// `viewer` or `operator`.
+    pub role: String,
+    /// The environment variable that holds the secret.
+    pub token_env: String,
 }
 
 /// One `[[signal]]` entry.

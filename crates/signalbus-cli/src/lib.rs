@@ -72,6 +72,8 @@
 
 mod args;
 pub mod config;
+#[cfg(feature = "console")]
+pub mod console;
 mod error;
 mod flushing;
 mod outcome;
@@ -87,6 +89,8 @@ pub use args::{
     Command, DrainArgs, FlushArgs, ParkedArgs, PendingArgs, PurgeArgs, RelayArgs, SettleArgs,
     SignalbusArgs, SignalsArgs, positive_seconds,
 };
+#[cfg(feature = "console")]
+pub use args::{ConsoleArgs, ConsoleOptions};
 pub use error::CliError;
 pub use flushing::StopSignal;
 pub use outcome::{EXIT_REFUSED, EXIT_STATUS_HELP, Outcome};
@@ -138,9 +142,20 @@ pub async fn run<DB: Backend>(
             flushing::repeat(bus, flushing::Mode::Ordered, args, stop).await
         }
         Command::Relay(args) => {
-            let server = RelayServer::bind(args).await?;
+            #[allow(unused_mut)]
+            let mut server = RelayServer::bind(args).await?;
+            #[cfg(feature = "console")]
+            if args.console {
+                let console = console::console(&args.console_options, None)?.database(bus.clone());
+                server = server.with_console(console)?;
+            }
             let relay = start_relay(bus, args, None).await?;
             server.run(vec![relay], args, stop).await
+        }
+        #[cfg(feature = "console")]
+        Command::Console(args) => {
+            let console = console::console(&args.options, None)?.database(bus.clone());
+            console::serve(console, &args.listen, stop).await
         }
         Command::Parked(args) => parked::list(bus, args).await,
         Command::Unpark(args) => parked::unpark(bus, args).await,

@@ -247,12 +247,31 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
         _ => None,
     };
     let stop = StopSignal::new();
-    // Only flushes stop after a burst; the other commands keep the default (end at once).
-    if cli.signalbus.command.is_flush() {
+    #[cfg(feature = "console")]
+    let serving_console = matches!(cli.signalbus.command, Command::Console(_));
+    #[cfg(not(feature = "console"))]
+    let serving_console = false;
+    // Only flushes stop after a burst, and the console after its requests; the other
+    // commands keep the default (end at once).
+    if cli.signalbus.command.is_flush() || serving_console {
         stop_on_terminate(&stop)
             .map_err(|e| CliError::caused("cannot handle SIGTERM and SIGINT", e))?;
     }
     let settings = Settings::of(&cli)?;
+    #[cfg(feature = "console")]
+    if let Command::Console(args) = &cli.signalbus.command {
+        // One console over every database; it sends nothing.
+        let publisher = settings.publisher(&cli, false).await?;
+        let mut console = signalbus_cli::console::console(&args.options, Some(&config.console))?;
+        for url in &urls {
+            console = signalbus::with_database!(url, |DB| {
+                let pool = open::<DB>(url, &cli, false).await?;
+                console.database(settings.bus(pool, &config, publisher.clone(), url)?)
+            })
+            .map_err(|e| CliError::msg(e.to_string()))?;
+        }
+        return signalbus_cli::console::serve(console, &args.listen, &stop).await;
+    }
     let Some(args) = relay else {
         // Every other command runs on each database in turn (the configuration's
         // `databases`, or several --database-url), stopping at the first failure.
@@ -296,8 +315,17 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
         return Ok(outcome);
     };
     // A bad --listen fails before anything connects.
-    let server = RelayServer::bind(args).await?;
+    #[allow(unused_mut)]
+    let mut server = RelayServer::bind(args).await?;
     let publisher = settings.publisher(&cli, true).await?;
+    #[cfg(feature = "console")]
+    let mut console = match args.console {
+        true => Some(signalbus_cli::console::console(
+            &args.console_options,
+            Some(&config.console),
+        )?),
+        false => None,
+    };
     // Every database is reached before any relay starts: one that is down fails the start
     // with nothing sent anywhere.
     let mut starts: Vec<Starting<'_>> = Vec::with_capacity(urls.len());
@@ -305,10 +333,18 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
         let start = signalbus::with_database!(url, |DB| {
             let pool = open::<DB>(url, &cli, false).await?;
             let bus = settings.bus(pool, &config, publisher.clone(), url)?;
+            #[cfg(feature = "console")]
+            {
+                console = console.map(|c| c.database(bus.clone()));
+            }
             Box::pin(async move { start_relay(&bus, args, Some(url)).await }) as Starting<'_>
         })
         .map_err(|e| CliError::msg(e.to_string()))?;
         starts.push(start);
+    }
+    #[cfg(feature = "console")]
+    if let Some(console) = console {
+        server = server.with_console(console)?;
     }
     let mut relays = Vec::with_capacity(urls.len());
     for start in starts {

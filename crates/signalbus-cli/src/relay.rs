@@ -23,6 +23,8 @@ const BUCKETS: &[f64] = &[
 #[derive(Debug)]
 pub struct RelayServer {
     http: Option<(tokio::net::TcpListener, PrometheusHandle)>,
+    /// The operator console's routes, served beside the others.
+    console: Option<Router>,
 }
 
 impl RelayServer {
@@ -30,7 +32,10 @@ impl RelayServer {
     /// it is not given.
     pub async fn bind(args: &RelayArgs) -> Result<Self, CliError> {
         let Some(addr) = args.listen.as_deref() else {
-            return Ok(RelayServer { http: None });
+            return Ok(RelayServer {
+                http: None,
+                console: None,
+            });
         };
         // A host name is resolved here (tokio binds the first address it resolves to).
         let listener = tokio::net::TcpListener::bind(addr)
@@ -50,7 +55,25 @@ impl RelayServer {
         describe_metrics();
         Ok(RelayServer {
             http: Some((listener, handle)),
+            console: None,
         })
+    }
+
+    /// Serve `console` under /console beside the relay's endpoints (`--console`); refused
+    /// without `--listen`, and on an address other than loopback without console tokens.
+    #[cfg(feature = "console")]
+    pub fn with_console(mut self, console: signalbus::console::Console) -> Result<Self, CliError> {
+        let Some((listener, _)) = &self.http else {
+            return Err(CliError::msg("--console needs --listen HOST:PORT"));
+        };
+        let addr = listener
+            .local_addr()
+            .map_err(|e| CliError::caused("cannot read the relay's address", e))?;
+        console
+            .check_address(&addr)
+            .map_err(|e| CliError::msg(e.to_string()))?;
+        self.console = Some(console.router().map_err(|e| CliError::msg(e.to_string()))?);
+        Ok(self)
     }
 
     /// Serve the endpoints while `relays` run, until `stop` fires; then shut the relays down
@@ -61,19 +84,24 @@ impl RelayServer {
         args: &RelayArgs,
         stop: &StopSignal,
     ) -> Result<Outcome, CliError> {
+        let console = self.console;
         let server = self.http.map(|(listener, handle)| {
             let checks: Vec<_> = relays.iter().map(|r| r.readiness_check()).collect();
             let local = listener.local_addr().ok();
             if let Some(addr) = local {
                 eprintln!(
-                    "signalbus relay: serving /metrics, /healthz and /readyz on http://{addr}"
+                    "signalbus relay: serving /metrics, /healthz and /readyz{} on http://{addr}",
+                    if console.is_some() { " and the console (/console)" } else { "" }
                 );
             }
             let upkeep = handle.clone();
-            let app = Router::new()
+            let mut app = Router::new()
                 .route("/metrics", get(move || async move { handle.render() }))
                 .route("/healthz", get(|| async { "ok\n" }))
                 .route("/readyz", get(move || ready(checks.clone())));
+            if let Some(console) = console {
+                app = app.merge(console);
+            }
             (
                 tokio::spawn(async move {
                     if let Err(e) = axum::serve(listener, app).await {

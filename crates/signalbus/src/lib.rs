@@ -57,7 +57,7 @@
 //! (Redis Streams), `webhook` (signed HTTP), `sqs` and `sns` (Amazon) add the publishers of
 //! those buses, chosen by URL with [`connect_bus`]; each confirms delivery
 //! before a row is deleted. Any other bus is a [`Publisher`] of your own: see the
-//! `webhook` example.
+//! `webhook` example. `console` adds the operator console (`signalbus::console`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -132,6 +132,13 @@ pub use signalbus_redis as redis;
 #[cfg(feature = "webhook")]
 #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
 pub use signalbus_webhook as webhook;
+
+/// The operator console: held signals, failure groups, bulk unpark and purge with a dry run
+/// and an audit log, as an axum `Router` to mount next to an in-process relay (the
+/// `signalbus` command serves it with `signalbus console` and `signalbus relay --console`).
+#[cfg(feature = "console")]
+#[cfg_attr(docsrs, doc(cfg(feature = "console")))]
+pub use signalbus_console as console;
 
 /// The Amazon SQS and SNS publishers (batches of 10, FIFO per ordering key) and the SQS
 /// consumer runner.

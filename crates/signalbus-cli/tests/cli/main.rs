@@ -3,6 +3,7 @@
 //! concurrent `flushmany` processes (processes.rs). Shared helpers here.
 
 mod commands;
+mod console;
 mod parked;
 mod processes;
 mod relay;
