@@ -106,7 +106,8 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Every answer: not cached, not framed, no scripts, no referrer, forms only to itself.
+/// Every answer: not cached, not framed, no scripts, no referrer to other sites, forms only
+/// to itself.
 pub(crate) async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
     let set = |h: &mut HeaderMap, name, value: &'static str| {
@@ -114,7 +115,9 @@ pub(crate) async fn security_headers(mut response: Response) -> Response {
     };
     set(h, header::CACHE_CONTROL, "no-store");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // `same-origin`, not `no-referrer`: with the latter a browser sends `Origin: null` on
+    // the console's own form POSTs, which the origin check would refuse.
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(
         h,

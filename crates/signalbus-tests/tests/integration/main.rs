@@ -11,6 +11,7 @@ mod bus_sqs;
 mod bus_webhook;
 mod buses;
 mod common;
+mod console_browser;
 mod crash;
 mod explicit;
 mod gated;
