@@ -95,6 +95,7 @@ impl RelayServer {
                 );
             }
             let upkeep = handle.clone();
+            let probes = checks.clone();
             let mut app = Router::new()
                 .route("/metrics", get(move || async move { handle.render() }))
                 .route("/healthz", get(|| async { "ok\n" }))
@@ -108,9 +109,11 @@ impl RelayServer {
                         tracing::error!(error = %e, "the relay's HTTP server stopped");
                     }
                 }),
-                // Histograms are kept in buckets that need draining now and then.
+                // Histograms are kept in buckets that need draining now and then; and the
+                // readiness gauge, for alerts, follows what /readyz would answer.
                 tokio::spawn(async move {
                     loop {
+                        record_readiness(&probes).await;
                         tokio::time::sleep(Duration::from_secs(5)).await;
                         upkeep.run_upkeep();
                     }
@@ -184,6 +187,15 @@ async fn ready(checks: Vec<ReadinessCheck>) -> (StatusCode, String) {
     (status, lines.join("\n") + "\n")
 }
 
+/// `signalbus_relay_ready{bus}`: 1 while the database and the broker answer, else 0.
+async fn record_readiness(checks: &[ReadinessCheck]) {
+    for check in checks {
+        let r = check().await;
+        metrics::gauge!("signalbus_relay_ready", "bus" => r.bus.clone())
+            .set(if r.is_ready() { 1.0 } else { 0.0 });
+    }
+}
+
 /// Start a relay on `bus` for the types `args` selects; `url` is the database's (WAL capture
 /// opens a replication connection of its own: without it, `--capture wal` is refused).
 pub async fn start_relay<DB: Backend>(
@@ -220,6 +232,10 @@ pub async fn start_relay<DB: Backend>(
 
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "signalbus_relay_ready",
+        "1 while the relay's database and broker answer (what /readyz says), else 0."
+    );
     describe_counter!(
         "signalbus_signals_sent_total",
         "Signals the broker stored (rows deleted)."

@@ -26,6 +26,7 @@
 //! | `signalbus_backing_off` | gauge | `bus`, `signal` | refused signals waiting for their next attempt |
 //! | `signalbus_parked` | gauge | `bus`, `signal` | parked signals, waiting for an operator |
 //! | `signalbus_oldest_pending_seconds` | gauge | `bus`, `signal` | age of the oldest pending signal: the lag to alert on |
+//! | `signalbus_relay_ready` | gauge | `bus` | the `signalbus relay` command (with `--listen`): 1 while the database and the broker answer (what `/readyz` says), else 0; checked every 5 s |
 //! | `signalbus_ordered_held_back` | gauge | `bus`, `signal` | ordered relay on PostgreSQL: rows the gap-safe watermark holds back behind a transaction still open on the server |
 //! | `signalbus_ordered_holder_age_seconds` | gauge | `bus`, `signal` | how long that transaction has been open |
 //! | `signalbus_capture_streaming` | gauge | `bus`, `slot` | WAL capture: 1 while this relay streams from the slot, else 0 |

@@ -2,6 +2,7 @@
 //! codes, errors, `--repeat` with SIGTERM (commands.rs), parked signals (parked.rs), and
 //! concurrent `flushmany` processes (processes.rs). Shared helpers here.
 
+mod alerts;
 mod commands;
 mod console;
 mod parked;
