@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: starts any local service the tests need that is down (PostgreSQL, MariaDB,
 # RabbitMQ, NATS, Redis, a Kafka-protocol broker (tansu) and moto's SQS/SNS server, the last
-# two installed on first use; Chromium, chromedriver and Prometheus for the console's tests), then runs the whole test suite. Fails loudly when a service
-# cannot be reached: no test is ever skipped for a missing server.
+# two installed on first use), installs what the console's tests run (Chromium, chromedriver,
+# Prometheus), then runs the whole test suite. Fails loudly when a service cannot be reached:
+# no test is ever skipped for a missing server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh

@@ -6,6 +6,7 @@
 //! `signalbus-bench ordered --database-url URL --bus memory --keys 1000 --processes 4`
 
 mod autoflush;
+mod console;
 mod flushmany;
 mod ordered;
 mod raw;
@@ -49,6 +50,8 @@ enum Command {
     Relay(relay::Args),
     /// The broker's raw ceiling: the same client, batch size and durability, no signalbus.
     Raw(raw::Args),
+    /// The operator console's reads on a million parked signals (PostgreSQL).
+    Console(console::Args),
     /// An HTTP endpoint that answers every POST with 204, for the webhook benchmarks.
     Receiver {
         /// Its port on 127.0.0.1.
@@ -82,6 +85,7 @@ async fn run(command: Command) {
         Command::Autoflush(args) => autoflush::run(args).await,
         Command::Flushmany(args) => flushmany::run(args).await,
         Command::Raw(args) => raw::run(args).await,
+        Command::Console(args) => console::run(args).await,
         Command::Receiver { port } => raw_sinks::receiver(port).await,
         Command::Relay(args) => relay::run(args).await,
         Command::Ordered(args) => ordered::run(args).await,

@@ -269,7 +269,11 @@ async fn list(
                 }
             }
         }
-        @if page_rows.signals.is_empty() { p.note { "Nothing matches." } }
+        @if page_rows.signals.is_empty() {
+            @if next.is_some() {
+                p.note { "None of the rows read for this page is in the group; the next page reads on." }
+            } @else { p.note { "Nothing matches." } }
+        }
         @if let Some(next) = next { p { a #next href=(next) { "Next page →" } } }
     };
     Ok(page(&state, &who, &signal, body))

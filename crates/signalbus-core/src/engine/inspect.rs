@@ -35,6 +35,9 @@ macro_rules! in_tx {
         let mut held = CloseOnDrop::acquire($shared.pool()).await?;
         let result = {
             let $conn = held.begin().await?;
+            if let Some(setup) = DB::DIALECT.inspect_setup {
+                DB::execute_script($conn, &crate::storage::owned_sql(setup)).await?;
+            }
             $body
         };
         held.end(result).await
@@ -240,17 +243,14 @@ pub(crate) async fn list<DB: Backend>(
     let inspect = Inspect::new::<DB>(&t);
     in_tx!(shared, |conn| {
         async {
-            let errors = match group_scope::<DB>(conn, &inspect, filter).await? {
-                GroupScope::Empty => return Ok(SignalPage::default()),
-                GroupScope::Any => None,
-                GroupScope::Errors(errors) => Some(errors),
-            };
+            // A group is matched row by row (its fingerprint), not looked up first: reading
+            // the groups aggregates the whole table, a page reads a few hundred rows.
             let mut page = SignalPage::default();
             let mut cursor = after;
             let batch = if filter.group.is_some() { SCAN_BATCH } else { limit };
             for _ in 0..SCAN_ROUNDS {
                 let rows = inspect
-                    .list(filter, errors.as_ref().and_then(|e| e.as_deref()), cursor, None, batch)
+                    .list(filter, None, cursor, None, batch)
                     .fetch_inspected::<DB>(conn)
                     .await?;
                 let full = rows.len() == batch;

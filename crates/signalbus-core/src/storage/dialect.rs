@@ -118,6 +118,10 @@ pub(crate) struct Dialect {
     pub header_value: &'static str,
     /// Whether [`Self::header_value`] takes a JSON path rather than the key.
     pub header_by_path: bool,
+    /// Run at the start of an operator's read ([`super::inspect`]): PostgreSQL gives the
+    /// failure-group aggregate the memory to hash its groups instead of sorting a million
+    /// rows on disk (4 MB of `work_mem` by default: 0.9 s against 0.35 s on a million rows).
+    pub inspect_setup: Option<&'static str>,
     /// The condition "`t.id` is one of the bound ids" (`{Ids}`: the parameter's token).
     pub id_in: &'static str,
     /// Where an `UPDATE` of the rows among the bound ids names its table as a join of the

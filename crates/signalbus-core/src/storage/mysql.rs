@@ -53,6 +53,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     int8: "CAST({e} AS SIGNED)",
     header_value: "JSON_VALUE(t.headers, {name})",
     header_by_path: true,
+    inspect_setup: None,
     id_in: "t.id IN (SELECT x.id FROM JSON_TABLE({Ids}, '$[*]' COLUMNS (id BIGINT PATH '$')) AS x)",
     picked: "id IN ({q})",
     update_by_ids: Some(by_ids!()),

@@ -42,6 +42,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     int8: "({e})",
     header_value: "json_extract(t.headers, {name})",
     header_by_path: true,
+    inspect_setup: None,
     id_in: "t.id IN (SELECT value FROM json_each({Ids}))",
     picked: "id IN ({q})",
     update_by_ids: None,
