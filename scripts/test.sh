@@ -2,7 +2,7 @@
 # The test command: starts any local service the tests need that is down (PostgreSQL, MariaDB,
 # RabbitMQ, NATS, Redis, a Kafka-protocol broker (tansu) and moto's SQS/SNS server, the last
 # two installed on first use), installs what the console's tests run (Chromium, chromedriver,
-# Prometheus), then runs the whole test suite. Fails loudly when a service cannot be reached:
+# Prometheus, schemathesis), then runs the whole test suite. Fails loudly when a service cannot be reached:
 # no test is ever skipped for a missing server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ wait_for Kafka 127.0.0.1 9092
 # The console's browser test and the alert rules' tests: Chromium, chromedriver and
 # Prometheus (promtool) from Debian, installed on first use.
 bash scripts/console-tools.sh
+bash scripts/schemathesis.sh install
 # SQS and SNS: moto's server, installed into a virtual environment on first use.
 bash scripts/moto.sh start
 wait_for moto 127.0.0.1 "${SIGNALBUS_MOTO_PORT:-4577}"

@@ -49,7 +49,10 @@ async fn fill(pool: &sqlx::PgPool, rows: u64) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-async fn measure<T, F, Fut>(repeat: usize, mut f: F) -> Result<(f64, f64, T), Box<dyn std::error::Error>>
+async fn measure<T, F, Fut>(
+    repeat: usize,
+    mut f: F,
+) -> Result<(f64, f64, T), Box<dyn std::error::Error>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = signalbus::Result<T>>,
@@ -86,7 +89,9 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     for statistics in ["none", "analyzed"] {
         if statistics == "analyzed" {
-            sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {TABLE}"))).execute(&pool).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {TABLE}")))
+                .execute(&pool)
+                .await?;
         }
         let emit_one = |op: &str, (median, max): (f64, f64), found: usize| {
             emit(serde_json::json!({
@@ -95,40 +100,81 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }));
         };
         let (a, b, o) = measure(args.repeat, || bus.overview(TABLE)).await?;
-        emit_one("overview", (a, b), usize::try_from(o.stats.parked).unwrap_or(usize::MAX));
+        emit_one(
+            "overview",
+            (a, b),
+            usize::try_from(o.stats.parked).unwrap_or(usize::MAX),
+        );
         let groups = bus.failure_groups(TABLE, &SignalFilter::new()).await?;
         let lists: Vec<(&str, SignalFilter, Option<i64>)> = vec![
             ("list first page", SignalFilter::new(), None),
             ("list page at id 900000", SignalFilter::new(), Some(900_000)),
-            ("list parked only", SignalFilter::new().state(SignalState::Parked), None),
-            ("list error contains", SignalFilter::new().error_contains("hooks.example/77"), None),
-            ("list header tenant=us", SignalFilter::new().header("tenant", "us"), None),
-            ("list ordering key", SignalFilter::new().ordering_key("customer-42"), None),
-            ("list older than 10 min", SignalFilter::new().older_than(std::time::Duration::from_secs(600)), None),
+            (
+                "list parked only",
+                SignalFilter::new().state(SignalState::Parked),
+                None,
+            ),
+            (
+                "list error contains",
+                SignalFilter::new().error_contains("hooks.example/77"),
+                None,
+            ),
+            (
+                "list header tenant=us",
+                SignalFilter::new().header("tenant", "us"),
+                None,
+            ),
+            (
+                "list ordering key",
+                SignalFilter::new().ordering_key("customer-42"),
+                None,
+            ),
+            (
+                "list older than 10 min",
+                SignalFilter::new().older_than(std::time::Duration::from_secs(600)),
+                None,
+            ),
         ];
         let by_group: Vec<(String, SignalFilter)> = groups
             .iter()
-            .map(|g| (format!("list group `{}`", g.fingerprint), SignalFilter::new().group(g.id.clone())))
+            .map(|g| {
+                (
+                    format!("list group `{}`", g.fingerprint),
+                    SignalFilter::new().group(g.id.clone()),
+                )
+            })
             .collect();
         for (op, filter, after) in &lists {
-            let (a, b, page) = measure(args.repeat, || bus.list_signals(TABLE, filter, *after, 50)).await?;
+            let (a, b, page) =
+                measure(args.repeat, || bus.list_signals(TABLE, filter, *after, 50)).await?;
             emit_one(op, (a, b), page.signals.len());
         }
         for (op, filter) in &by_group {
-            let (a, b, page) = measure(args.repeat, || bus.list_signals(TABLE, filter, None, 50)).await?;
+            let (a, b, page) =
+                measure(args.repeat, || bus.list_signals(TABLE, filter, None, 50)).await?;
             emit_one(op, (a, b), page.signals.len());
         }
         for (op, filter) in [
             ("count all (dry run)", SignalFilter::new()),
-            ("count error contains", SignalFilter::new().error_contains("hooks.example/77")),
-            ("count ordering key", SignalFilter::new().ordering_key("customer-42")),
+            (
+                "count error contains",
+                SignalFilter::new().error_contains("hooks.example/77"),
+            ),
+            (
+                "count ordering key",
+                SignalFilter::new().ordering_key("customer-42"),
+            ),
         ] {
             let (a, b, m) = measure(args.repeat, || bus.count_signals(TABLE, &filter)).await?;
             emit_one(op, (a, b), usize::try_from(m.signals).unwrap_or(usize::MAX));
         }
         if let Some((_, filter)) = by_group.first() {
             let (a, b, m) = measure(args.repeat, || bus.count_signals(TABLE, filter)).await?;
-            emit_one("count one group", (a, b), usize::try_from(m.signals).unwrap_or(usize::MAX));
+            emit_one(
+                "count one group",
+                (a, b),
+                usize::try_from(m.signals).unwrap_or(usize::MAX),
+            );
         }
         let everything = SignalFilter::new();
         let (a, b, g) = measure(args.repeat, || bus.failure_groups(TABLE, &everything)).await?;
@@ -136,6 +182,8 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let (a, b, d) = measure(args.repeat, || bus.signal_detail(TABLE, 500_000, 65_536)).await?;
         emit_one("detail", (a, b), usize::from(d.is_some()));
     }
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {TABLE}"))).execute(&pool).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {TABLE}")))
+        .execute(&pool)
+        .await?;
     Ok(())
 }

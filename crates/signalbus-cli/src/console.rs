@@ -19,8 +19,8 @@ pub fn console(
     config: Option<&ConsoleConfig>,
 ) -> Result<Console, CliError> {
     let bad = |e: signalbus::console::ConfigError| CliError::msg(e.to_string());
-    let mut console = Console::new()
-        .hide_bodies(options.hide_bodies || config.is_some_and(|c| c.hide_bodies));
+    let mut console =
+        Console::new().hide_bodies(options.hide_bodies || config.is_some_and(|c| c.hide_bodies));
     for (env, name, role) in [
         (OPERATOR_TOKEN_ENV, "operator", Role::Operator),
         (VIEWER_TOKEN_ENV, "viewer", Role::Viewer),

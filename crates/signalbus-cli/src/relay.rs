@@ -91,7 +91,11 @@ impl RelayServer {
             if let Some(addr) = local {
                 eprintln!(
                     "signalbus relay: serving /metrics, /healthz and /readyz{} on http://{addr}",
-                    if console.is_some() { " and the console (/console)" } else { "" }
+                    if console.is_some() {
+                        " and the console (/console)"
+                    } else {
+                        ""
+                    }
                 );
             }
             let upkeep = handle.clone();
@@ -191,8 +195,11 @@ async fn ready(checks: Vec<ReadinessCheck>) -> (StatusCode, String) {
 async fn record_readiness(checks: &[ReadinessCheck]) {
     for check in checks {
         let r = check().await;
-        metrics::gauge!("signalbus_relay_ready", "bus" => r.bus.clone())
-            .set(if r.is_ready() { 1.0 } else { 0.0 });
+        metrics::gauge!("signalbus_relay_ready", "bus" => r.bus.clone()).set(if r.is_ready() {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 

@@ -89,7 +89,11 @@ impl Access {
     }
 
     pub fn add(&mut self, name: &str, role: Role, secret: &str) -> Result<(), String> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)) {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        {
             return Err(format!(
                 "console token name {name:?}: use letters, digits, `-`, `_`, `.` or `@`"
             ));
@@ -141,7 +145,10 @@ impl Access {
 
     /// The token whose secret is `secret` (compared in constant time, through their MACs).
     pub fn by_secret(&self, secret: &str) -> Option<&Token> {
-        let given = self.mac(&[b"token", secret.as_bytes()]).finalize().into_bytes();
+        let given = self
+            .mac(&[b"token", secret.as_bytes()])
+            .finalize()
+            .into_bytes();
         self.tokens.iter().find(|t| {
             self.mac(&[b"token", t.secret.as_bytes()])
                 .verify_slice(&given)
@@ -160,7 +167,11 @@ impl Access {
     /// The session cookie's value for `token`.
     pub fn cookie_for(&self, token: &Token) -> String {
         let tag = self.mac(&[b"session", token.name.as_bytes(), token.secret.as_bytes()]);
-        format!("{}.{}", token.name, hex::encode(tag.finalize().into_bytes()))
+        format!(
+            "{}.{}",
+            token.name,
+            hex::encode(tag.finalize().into_bytes())
+        )
     }
 
     pub fn from_cookie(&self, value: &str) -> Option<Caller> {
@@ -203,11 +214,29 @@ mod tests {
     #[test]
     fn sessions_and_csrf_tokens_are_bound_to_the_key_and_the_name() {
         let mut access = Access::new();
-        access.add("alice", Role::Operator, "alice-secret-0123456789").unwrap();
-        access.add("bob", Role::Viewer, "bob-secret-0123456789ab").unwrap();
-        assert!(access.add("carol", Role::Viewer, "short").unwrap_err().contains("shorter"));
-        assert!(access.add("bob", Role::Viewer, "another-secret-0123456").unwrap_err().contains("two"));
-        assert!(access.add("bad name", Role::Viewer, "another-secret-0123456").is_err());
+        access
+            .add("alice", Role::Operator, "alice-secret-0123456789")
+            .unwrap();
+        access
+            .add("bob", Role::Viewer, "bob-secret-0123456789ab")
+            .unwrap();
+        assert!(
+            access
+                .add("carol", Role::Viewer, "short")
+                .unwrap_err()
+                .contains("shorter")
+        );
+        assert!(
+            access
+                .add("bob", Role::Viewer, "another-secret-0123456")
+                .unwrap_err()
+                .contains("two")
+        );
+        assert!(
+            access
+                .add("bad name", Role::Viewer, "another-secret-0123456")
+                .is_err()
+        );
 
         let alice = access.bearer("alice-secret-0123456789").unwrap();
         assert_eq!((alice.role, alice.ambient), (Role::Operator, false));
@@ -217,9 +246,16 @@ mod tests {
         let cookie = access.cookie_for(&token);
         assert!(!cookie.contains("secret"), "the cookie holds no secret");
         let bob = access.from_cookie(&cookie).unwrap();
-        assert_eq!((bob.name.as_str(), bob.role, bob.ambient), ("bob", Role::Viewer, true));
+        assert_eq!(
+            (bob.name.as_str(), bob.role, bob.ambient),
+            ("bob", Role::Viewer, true)
+        );
         // A cookie forged for another name, or made under another key, is refused.
-        assert!(access.from_cookie(&cookie.replace("bob.", "alice.")).is_none());
+        assert!(
+            access
+                .from_cookie(&cookie.replace("bob.", "alice."))
+                .is_none()
+        );
         let other = Access::new();
         assert!(other.from_cookie(&cookie).is_none());
 
@@ -227,7 +263,10 @@ mod tests {
         assert!(access.csrf_ok(&bob, &csrf));
         assert!(!access.csrf_ok(&alice, &csrf));
         assert!(!access.csrf_ok(&bob, "zz"));
-        assert!(access.anonymous().is_none(), "tokens configured: no open access");
+        assert!(
+            access.anonymous().is_none(),
+            "tokens configured: no open access"
+        );
         assert_eq!(Access::new().anonymous().unwrap().role, Role::Operator);
     }
 }

@@ -28,10 +28,22 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/console/api/overview", get(overview))
         .route("/console/api/audit", get(audit))
         .route("/console/api/databases/{db}/signals/{signal}", get(list))
-        .route("/console/api/databases/{db}/signals/{signal}/count", get(count))
-        .route("/console/api/databases/{db}/signals/{signal}/groups", get(groups))
-        .route("/console/api/databases/{db}/signals/{signal}/rows/{id}", get(detail))
-        .route("/console/api/databases/{db}/signals/{signal}/actions", post(act))
+        .route(
+            "/console/api/databases/{db}/signals/{signal}/count",
+            get(count),
+        )
+        .route(
+            "/console/api/databases/{db}/signals/{signal}/groups",
+            get(groups),
+        )
+        .route(
+            "/console/api/databases/{db}/signals/{signal}/rows/{id}",
+            get(detail),
+        )
+        .route(
+            "/console/api/databases/{db}/signals/{signal}/actions",
+            post(act),
+        )
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -366,7 +378,11 @@ pub(crate) async fn run_action(
         }
         Target::One(id) => {
             let changed = source.act_one(signal, *id, action).await.map_err(bus)?;
-            (changed, changed, serde_json::json!({ "id": id }).to_string())
+            (
+                changed,
+                changed,
+                serde_json::json!({ "id": id }).to_string(),
+            )
         }
     };
     tracing::info!(

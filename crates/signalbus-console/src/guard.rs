@@ -2,9 +2,9 @@
 //! cookie or (with no tokens configured) nobody; the checks of every POST (same origin,
 //! CSRF token, role); the headers every answer carries.
 
+use crate::State;
 use crate::access::{COOKIE, Caller, Role};
 use crate::error::ConsoleError;
-use crate::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 
@@ -16,10 +16,16 @@ pub(crate) fn caller(state: &State, headers: &HeaderMap) -> Result<Caller, Conso
         let Some(secret) = value.strip_prefix("Bearer ") else {
             return Err(ConsoleError::Unauthorized);
         };
-        return state.access.bearer(secret.trim()).ok_or(ConsoleError::Unauthorized);
+        return state
+            .access
+            .bearer(secret.trim())
+            .ok_or(ConsoleError::Unauthorized);
     }
     if let Some(session) = cookie(headers, COOKIE) {
-        return state.access.from_cookie(&session).ok_or(ConsoleError::Unauthorized);
+        return state
+            .access
+            .from_cookie(&session)
+            .ok_or(ConsoleError::Unauthorized);
     }
     state.access.anonymous().ok_or(ConsoleError::Unauthorized)
 }

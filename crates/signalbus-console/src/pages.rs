@@ -26,9 +26,18 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/console/logout", axum::routing::post(logout))
         .route("/console/audit", get(audit))
         .route("/console/databases/{db}/signals/{signal}", get(list))
-        .route("/console/databases/{db}/signals/{signal}/groups", get(groups))
-        .route("/console/databases/{db}/signals/{signal}/rows/{id}", get(detail))
-        .route("/console/databases/{db}/signals/{signal}/confirm", get(confirm))
+        .route(
+            "/console/databases/{db}/signals/{signal}/groups",
+            get(groups),
+        )
+        .route(
+            "/console/databases/{db}/signals/{signal}/rows/{id}",
+            get(detail),
+        )
+        .route(
+            "/console/databases/{db}/signals/{signal}/confirm",
+            get(confirm),
+        )
         .route(
             "/console/databases/{db}/signals/{signal}/act",
             axum::routing::post(act),
@@ -76,32 +85,34 @@ pre{background:#f6f8fa;padding:.8em;overflow:auto;max-width:100%}code{font-size:
 button{padding:.3em .8em}button.danger{background:#a40000;color:#fff;border:0}";
 
 fn layout(title: &str, who: Option<(&Caller, &str)>, body: Markup) -> Html<String> {
-    Html(html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { (title) " · signalbus console" }
-                style { (PreEscaped(STYLE)) }
-            }
-            body {
-                header {
-                    strong { "signalbus console" }
-                    a href="/console" { "Overview" }
-                    a href="/console/audit" { "Audit log" }
-                    @if let Some((who, csrf)) = who {
-                        form method="post" action="/console/logout" {
-                            span #who { (who.name) " (" (who.role.as_str()) ") " }
-                            input type="hidden" name="csrf" value=(csrf);
-                            button type="submit" { "Log out" }
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    title { (title) " · signalbus console" }
+                    style { (PreEscaped(STYLE)) }
+                }
+                body {
+                    header {
+                        strong { "signalbus console" }
+                        a href="/console" { "Overview" }
+                        a href="/console/audit" { "Audit log" }
+                        @if let Some((who, csrf)) = who {
+                            form method="post" action="/console/logout" {
+                                span #who { (who.name) " (" (who.role.as_str()) ") " }
+                                input type="hidden" name="csrf" value=(csrf);
+                                button type="submit" { "Log out" }
+                            }
                         }
                     }
+                    main { (body) }
                 }
-                main { (body) }
             }
         }
-    }
-    .into_string())
+        .into_string(),
+    )
 }
 
 fn page(state: &State, who: &Caller, title: &str, body: Markup) -> Response {
@@ -229,7 +240,10 @@ async fn list(
     } = query::list(raw.as_deref())?;
     let source = state.find(&db, &signal)?;
     let bus = |e| ConsoleError::from_bus(&db, e);
-    let page_rows = source.list(&signal, &filter, after, limit).await.map_err(bus)?;
+    let page_rows = source
+        .list(&signal, &filter, after, limit)
+        .await
+        .map_err(bus)?;
     let matched = source.count(&signal, &filter).await.map_err(bus)?;
     let base = signal_url(&db, &signal);
     let fq = filter_query(&filter);
@@ -350,7 +364,12 @@ async fn detail(
         Err(_) => d
             .body
             .chunks(32)
-            .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+            .map(|c| {
+                c.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .collect::<Vec<_>>()
             .join("\n"),
     };
@@ -578,9 +597,8 @@ async fn login(With(state): With<Shared>, headers: HeaderMap, body: Bytes) -> Pa
     let mut response = Redirect::to("/console").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(|_| {
-            ConsoleError::BadRequest("the session cookie cannot be set".to_owned())
-        })?,
+        HeaderValue::from_str(&cookie)
+            .map_err(|_| ConsoleError::BadRequest("the session cookie cannot be set".to_owned()))?,
     );
     Ok(response)
 }
@@ -588,7 +606,10 @@ async fn login(With(state): With<Shared>, headers: HeaderMap, body: Bytes) -> Pa
 async fn logout(With(state): With<Shared>, headers: HeaderMap, body: Bytes) -> PageResult {
     let who = caller(&state, &headers)?;
     let pairs = query::pairs(std::str::from_utf8(&body).ok())?;
-    let csrf = pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str());
+    let csrf = pairs
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.as_str());
     same_origin(&headers)?;
     if !csrf.is_some_and(|c| state.access.csrf_ok(&who, c)) {
         return Err(ConsoleError::Forbidden(
@@ -600,7 +621,9 @@ async fn logout(With(state): With<Shared>, headers: HeaderMap, body: Bytes) -> P
     let mut response = Redirect::to("/console/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("signalbus_console=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_static(
+            "signalbus_console=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
     );
     Ok(response)
 }

@@ -69,8 +69,8 @@ pub(crate) fn parse(
         }
         match name.as_str() {
             "state" => {
-                filter.state =
-                    SignalState::parse(value).map_err(|e| bad(e.to_string().replace("invalid configuration: ", "")))?
+                filter.state = SignalState::parse(value)
+                    .map_err(|e| bad(e.to_string().replace("invalid configuration: ", "")))?
             }
             "key" => filter.ordering_key = Some(value.to_owned()),
             "error" => filter.error_contains = Some(value.to_owned()),

@@ -22,8 +22,11 @@ pub(crate) trait Source: Send + Sync + 'static {
         after: Option<i64>,
         limit: usize,
     ) -> BoxFuture<'a, Result<SignalPage>>;
-    fn count<'a>(&'a self, signal: &'a str, filter: &'a SignalFilter)
-    -> BoxFuture<'a, Result<Matched>>;
+    fn count<'a>(
+        &'a self,
+        signal: &'a str,
+        filter: &'a SignalFilter,
+    ) -> BoxFuture<'a, Result<Matched>>;
     fn groups<'a>(
         &'a self,
         signal: &'a str,
@@ -44,8 +47,12 @@ pub(crate) trait Source: Send + Sync + 'static {
         batch: usize,
     ) -> BoxFuture<'a, Result<u64>>;
     /// Unpark or purge the one parked signal `id`; how many were changed (0 or 1).
-    fn act_one<'a>(&'a self, signal: &'a str, id: i64, action: BulkAction)
-    -> BoxFuture<'a, Result<u64>>;
+    fn act_one<'a>(
+        &'a self,
+        signal: &'a str,
+        id: i64,
+        action: BulkAction,
+    ) -> BoxFuture<'a, Result<u64>>;
     fn record_audit<'a>(&'a self, record: AuditRecord<'a>) -> BoxFuture<'a, Result<()>>;
     fn audit_log(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditEntry>>>;
 }

@@ -2,77 +2,11 @@
 //! browser journey with a real broker is in signalbus-tests' `console_browser.rs`): who may
 //! read and act, what a forged or malformed request gets, the API's actions and audit log.
 
-use signalbus::publisher::MemoryPublisher;
-use signalbus::{RetryPolicy, Selection, SignalBus, SignalType};
+mod common;
+
+use common::{OPERATOR, VIEWER, serve, with_tokens};
+use signalbus::Selection;
 use signalbus_console::{Console, Role};
-use std::time::Duration;
-
-const OPERATOR: &str = "alice-operator-token-0123";
-const VIEWER: &str = "bob-viewer-token-0123456";
-
-struct Served {
-    base: String,
-    bus: SignalBus<sqlx::Sqlite>,
-    outbox: MemoryPublisher,
-    _dir: tempfile::TempDir,
-}
-
-/// A bus with 12 signals parked (6 to `nowhere.eu`, 6 to `nowhere.us`) and 3 sent, and a
-/// console over it on a free loopback port.
-async fn serve(console: impl FnOnce(Console) -> Console) -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("console.db").display());
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let outbox = MemoryPublisher::new();
-    outbox.refuse_destination("nowhere.eu");
-    outbox.refuse_destination("nowhere.us");
-    let ty = SignalType::new("order_placed")
-        .autoflush(false)
-        .retry(RetryPolicy {
-            max_attempts: 1,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        });
-    let bus = SignalBus::builder(pool.clone())
-        .name("shop")
-        .publisher(outbox.clone())
-        .register_type(ty)
-        .build()
-        .unwrap();
-    bus.migrate().await.unwrap();
-    for (topic, n) in [("nowhere.eu", 6), ("nowhere.us", 6), ("good", 3)] {
-        for i in 0..n {
-            sqlx::query(
-                "INSERT INTO order_placed (topic, routing_key, body, headers) VALUES (?, ?, ?, ?)",
-            )
-            .bind(topic)
-            .bind(topic)
-            .bind(format!("{{\"secret-body\":{i}}}"))
-            .bind(r#"{"tenant":"eu"}"#)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-    }
-    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 3);
-    let router = console(Console::new().database(bus.clone())).router().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    Served {
-        base,
-        bus,
-        outbox,
-        _dir: dir,
-    }
-}
-
-fn with_tokens(c: Console) -> Console {
-    c.token("alice", Role::Operator, OPERATOR)
-        .unwrap()
-        .token("bob", Role::Viewer, VIEWER)
-        .unwrap()
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -100,7 +34,10 @@ async fn post_json(url: &str, token: Option<&str>, body: &str) -> (u16, serde_js
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
-    (status, serde_json::from_str(&response.text().await.unwrap()).unwrap())
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+    )
 }
 
 fn json(text: &str) -> serde_json::Value {
@@ -116,8 +53,16 @@ async fn viewers_read_operators_act_and_nobody_else_gets_in() {
     // No credentials, or wrong ones: 401 with what to do, for the API and the pages.
     let (status, body) = get(&format!("{api}/overview"), None).await;
     assert_eq!(status, 401);
-    assert!(json(&body)["error"].as_str().unwrap().contains("Bearer"), "{body}");
-    assert_eq!(get(&format!("{api}/overview"), Some("not-a-token-at-all-0000")).await.0, 401);
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("Bearer"),
+        "{body}"
+    );
+    assert_eq!(
+        get(&format!("{api}/overview"), Some("not-a-token-at-all-0000"))
+            .await
+            .0,
+        401
+    );
     let (status, page) = get(&format!("{}/console", s.base), None).await;
     assert_eq!(status, 401);
     assert!(page.contains("Console token"), "the login form: {page}");
@@ -126,18 +71,35 @@ async fn viewers_read_operators_act_and_nobody_else_gets_in() {
     let (status, body) = get(&format!("{api}/overview"), Some(VIEWER)).await;
     assert_eq!(status, 200, "{body}");
     let numbers = &json(&body)["databases"][0]["signals"][0];
-    assert_eq!((numbers["pending"].as_u64(), numbers["parked"].as_u64()), (Some(12), Some(12)));
+    assert_eq!(
+        (numbers["pending"].as_u64(), numbers["parked"].as_u64()),
+        (Some(12), Some(12))
+    );
     let (_, body) = get(&format!("{signals}/groups"), Some(VIEWER)).await;
     let groups = json(&body)["groups"].clone();
-    assert_eq!(groups.as_array().unwrap().len(), 1, "eu and us are one group: {groups}");
+    assert_eq!(
+        groups.as_array().unwrap().len(),
+        1,
+        "eu and us are one group: {groups}"
+    );
     let group = groups[0]["id"].as_str().unwrap().to_owned();
     let (_, body) = get(&format!("{signals}?state=parked&limit=1"), Some(VIEWER)).await;
     let id = json(&body)["signals"][0]["id"].as_i64().unwrap();
     let (status, body) = get(&format!("{signals}/rows/{id}"), Some(VIEWER)).await;
     assert_eq!(status, 200);
     assert!(!body.contains("secret-body"), "no body for viewers: {body}");
-    assert_eq!(json(&body)["body_hidden"], "bodies are shown to operators only");
-    let (status, page) = get(&format!("{}/console/databases/shop/signals/order_placed/rows/{id}", s.base), Some(VIEWER)).await;
+    assert_eq!(
+        json(&body)["body_hidden"],
+        "bodies are shown to operators only"
+    );
+    let (status, page) = get(
+        &format!(
+            "{}/console/databases/shop/signals/order_placed/rows/{id}",
+            s.base
+        ),
+        Some(VIEWER),
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(!page.contains("secret-body") && page.contains("operators only"));
     let action = format!(r#"{{"action": "unpark", "filter": {{"group": "{group}"}}}}"#);
@@ -147,21 +109,45 @@ async fn viewers_read_operators_act_and_nobody_else_gets_in() {
 
     // The operator sees the body, runs the dry run, then the action; the audit log has it.
     let (_, body) = get(&format!("{signals}/rows/{id}"), Some(OPERATOR)).await;
-    assert!(json(&body)["body_text"].as_str().unwrap().contains("secret-body"));
-    let dry = format!(r#"{{"action": "unpark", "filter": {{"group": "{group}", "header": ["tenant", "eu"]}}, "dry_run": true}}"#);
+    assert!(
+        json(&body)["body_text"]
+            .as_str()
+            .unwrap()
+            .contains("secret-body")
+    );
+    let dry = format!(
+        r#"{{"action": "unpark", "filter": {{"group": "{group}", "header": ["tenant", "eu"]}}, "dry_run": true}}"#
+    );
     let (status, body) = post_json(&format!("{signals}/actions"), Some(OPERATOR), &dry).await;
-    assert_eq!((status, body["matched"].as_u64()), (200, Some(12)), "{body}");
+    assert_eq!(
+        (status, body["matched"].as_u64()),
+        (200, Some(12)),
+        "{body}"
+    );
     let through = body["through_id"].as_i64().unwrap();
     s.outbox.accept_destination("nowhere.eu");
     s.outbox.accept_destination("nowhere.us");
-    let run = format!(r#"{{"action": "unpark", "filter": {{"group": "{group}"}}, "through_id": {through}}}"#);
+    let run = format!(
+        r#"{{"action": "unpark", "filter": {{"group": "{group}"}}, "through_id": {through}}}"#
+    );
     let (status, body) = post_json(&format!("{signals}/actions"), Some(OPERATOR), &run).await;
-    assert_eq!((status, body["changed"].as_u64()), (200, Some(12)), "{body}");
+    assert_eq!(
+        (status, body["changed"].as_u64()),
+        (200, Some(12)),
+        "{body}"
+    );
     assert_eq!(s.bus.flush_many(&Selection::all()).await.unwrap(), 12);
     assert_eq!(s.outbox.len(), 15);
     let (_, body) = get(&format!("{api}/audit"), Some(VIEWER)).await;
     let entry = &json(&body)["databases"][0]["entries"][0];
-    assert_eq!((entry["actor"].as_str(), entry["action"].as_str(), entry["changed"].as_u64()), (Some("alice"), Some("unpark"), Some(12)));
+    assert_eq!(
+        (
+            entry["actor"].as_str(),
+            entry["action"].as_str(),
+            entry["changed"].as_u64()
+        ),
+        (Some("alice"), Some("unpark"), Some(12))
+    );
     assert!(entry["filter"].as_str().unwrap().contains(&group));
 }
 
@@ -170,31 +156,59 @@ async fn bad_requests_get_a_reason_and_never_a_server_error() {
     let s = serve(with_tokens).await;
     let signals = format!("{}/console/api/databases/shop/signals/order_placed", s.base);
     for (url, says) in [
-        (format!("{signals}?older_than=an-hour"), "whole number of seconds"),
-        (format!("{signals}?colour=red"), "unknown parameter `colour`"),
+        (
+            format!("{signals}?older_than=an-hour"),
+            "whole number of seconds",
+        ),
+        (
+            format!("{signals}?colour=red"),
+            "unknown parameter `colour`",
+        ),
         (format!("{signals}?group=xyz"), "failure group id"),
         (format!("{signals}?header=tenant"), "name:value"),
         (format!("{signals}?limit=100000"), "from 1 to 500"),
         (format!("{signals}?state=stuck"), "unknown state"),
         (format!("{signals}/rows/abc"), "not a row id"),
         (format!("{signals}/groups?key=a&key=b"), "twice"),
-        (format!("{}/console/api/audit?limit=0", s.base), "from 1 to 1000"),
+        (
+            format!("{}/console/api/audit?limit=0", s.base),
+            "from 1 to 1000",
+        ),
     ] {
         let (status, body) = get(&url, Some(VIEWER)).await;
         assert_eq!(status, 400, "{url}: {body}");
-        assert!(json(&body)["error"].as_str().unwrap().contains(says), "{url}: {body}");
+        assert!(
+            json(&body)["error"].as_str().unwrap().contains(says),
+            "{url}: {body}"
+        );
     }
     for (url, says) in [
-        (format!("{}/console/api/databases/nope/signals/order_placed", s.base), "no database `nope`"),
-        (format!("{}/console/api/databases/shop/signals/nope/count", s.base), "no signal type `nope`"),
+        (
+            format!("{}/console/api/databases/nope/signals/order_placed", s.base),
+            "no database `nope`",
+        ),
+        (
+            format!("{}/console/api/databases/shop/signals/nope/count", s.base),
+            "no signal type `nope`",
+        ),
         (format!("{signals}/rows/999999"), "no row 999999"),
     ] {
         let (status, body) = get(&url, Some(VIEWER)).await;
         assert_eq!(status, 404, "{url}: {body}");
-        assert!(json(&body)["error"].as_str().unwrap().contains(says), "{url}: {body}");
+        assert!(
+            json(&body)["error"].as_str().unwrap().contains(says),
+            "{url}: {body}"
+        );
     }
     // Malformed pages are pages too, with the reason.
-    let (status, page) = get(&format!("{}/console/databases/shop/signals/order_placed?older_than=x", s.base), Some(VIEWER)).await;
+    let (status, page) = get(
+        &format!(
+            "{}/console/databases/shop/signals/order_placed?older_than=x",
+            s.base
+        ),
+        Some(VIEWER),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(page.contains("whole number of seconds"), "{page}");
     // Actions: bad JSON, a bad action, a filter field that does not exist, no JSON type.
@@ -202,12 +216,21 @@ async fn bad_requests_get_a_reason_and_never_a_server_error() {
     for (body, says) in [
         ("{", "must be JSON"),
         (r#"{"action": "delete"}"#, "unknown action"),
-        (r#"{"action": "purge", "filter": {"colour": "red"}}"#, "unknown field `colour`"),
-        (r#"{"action": "purge", "id": 1, "filter": {"state": "parked"}}"#, "either `id`"),
+        (
+            r#"{"action": "purge", "filter": {"colour": "red"}}"#,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"action": "purge", "id": 1, "filter": {"state": "parked"}}"#,
+            "either `id`",
+        ),
     ] {
         let (status, answer) = post_json(&actions, Some(OPERATOR), body).await;
         assert_eq!(status, 400, "{body}: {answer}");
-        assert!(answer["error"].as_str().unwrap().contains(says), "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
     }
     let response = client()
         .post(&actions)
@@ -217,7 +240,11 @@ async fn bad_requests_get_a_reason_and_never_a_server_error() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
-    assert_eq!(s.bus.pending(&Selection::all()).await.unwrap()[0].1.parked, 12, "nothing changed");
+    assert_eq!(
+        s.bus.pending(&Selection::all()).await.unwrap()[0].1.parked,
+        12,
+        "nothing changed"
+    );
 }
 
 /// The browser's way in: a login form, a session cookie without the token in it, a CSRF
@@ -234,9 +261,18 @@ async fn forms_need_the_session_and_its_csrf_token() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 303);
-    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
-    assert!(!cookie.contains(OPERATOR), "the cookie never holds the token");
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(OPERATOR),
+        "the cookie never holds the token"
+    );
     let session = cookie.split(';').next().unwrap().to_owned();
 
     let base = format!("{}/console/databases/shop/signals/order_placed", s.base);
@@ -248,7 +284,12 @@ async fn forms_need_the_session_and_its_csrf_token() {
         .unwrap();
     assert_eq!(page.status().as_u16(), 200);
     let headers = page.headers().clone();
-    assert!(headers["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
     let page = page.text().await.unwrap();
     assert!(page.contains("id=\"dry-run-count\">12<"), "{page}");
     let csrf = page
@@ -278,37 +319,82 @@ async fn forms_need_the_session_and_its_csrf_token() {
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
-    let (status, page) = act(format!("action=purge&state=parked&through_id={through}"), None).await;
+    let (status, page) = act(
+        format!("action=purge&state=parked&through_id={through}"),
+        None,
+    )
+    .await;
     assert_eq!(status, 403, "no CSRF token: {page}");
     assert!(page.contains("CSRF token"));
-    let (status, page) = act(format!("csrf={csrf}&action=purge&state=parked"), Some("https://evil.example")).await;
+    let (status, page) = act(
+        format!("csrf={csrf}&action=purge&state=parked"),
+        Some("https://evil.example"),
+    )
+    .await;
     assert_eq!(status, 403, "another site: {page}");
     assert!(page.contains("another site"));
     let (status, page) = act(format!("csrf=00{csrf}&action=purge&state=parked"), None).await;
     assert_eq!(status, 403, "a wrong token: {page}");
-    assert_eq!(s.bus.pending(&Selection::all()).await.unwrap()[0].1.parked, 12, "nothing changed");
+    assert_eq!(
+        s.bus.pending(&Selection::all()).await.unwrap()[0].1.parked,
+        12,
+        "nothing changed"
+    );
 
     let origin: &'static str = Box::leak(s.base.clone().into_boxed_str());
-    let (status, page) = act(format!("csrf={csrf}&action=purge&state=parked&through_id={through}"), Some(origin)).await;
+    let (status, page) = act(
+        format!("csrf={csrf}&action=purge&state=parked&through_id={through}"),
+        Some(origin),
+    )
+    .await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("id=\"changed\">12<"), "{page}");
-    assert_eq!(s.bus.pending(&Selection::all()).await.unwrap()[0].1.count, 0);
+    assert_eq!(
+        s.bus.pending(&Selection::all()).await.unwrap()[0].1.count,
+        0
+    );
     // A cookie made for one name does not pass for another.
     let forged = session.replace("alice.", "bob.");
-    let r = c.get(format!("{}/console", s.base)).header("cookie", forged).send().await.unwrap();
+    let r = c
+        .get(format!("{}/console", s.base))
+        .header("cookie", forged)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 }
 
 #[tokio::test]
 async fn an_open_console_stays_on_loopback() {
     let open = Console::new();
-    assert!(open.check_address(&"127.0.0.1:9187".parse().unwrap()).is_ok());
-    let e = open.check_address(&"0.0.0.0:9187".parse().unwrap()).unwrap_err();
+    assert!(
+        open.check_address(&"127.0.0.1:9187".parse().unwrap())
+            .is_ok()
+    );
+    let e = open
+        .check_address(&"0.0.0.0:9187".parse().unwrap())
+        .unwrap_err();
     assert!(e.to_string().contains("open to anyone"), "{e}");
     let closed = with_tokens(Console::new());
-    assert!(closed.check_address(&"0.0.0.0:9187".parse().unwrap()).is_ok());
-    assert!(Console::new().token("x", Role::Viewer, "short").unwrap_err().to_string().contains("shorter"));
-    assert!(Console::new().router().unwrap_err().to_string().contains("no database"));
+    assert!(
+        closed
+            .check_address(&"0.0.0.0:9187".parse().unwrap())
+            .is_ok()
+    );
+    assert!(
+        Console::new()
+            .token("x", Role::Viewer, "short")
+            .unwrap_err()
+            .to_string()
+            .contains("shorter")
+    );
+    assert!(
+        Console::new()
+            .router()
+            .unwrap_err()
+            .to_string()
+            .contains("no database")
+    );
 
     // Open on loopback: no login, but forms still need their CSRF token.
     let s = serve(|c| c).await;
@@ -316,7 +402,10 @@ async fn an_open_console_stays_on_loopback() {
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("order_placed"));
     let r = client()
-        .post(format!("{}/console/databases/shop/signals/order_placed/act", s.base))
+        .post(format!(
+            "{}/console/databases/shop/signals/order_placed/act",
+            s.base
+        ))
         .header("content-type", "application/x-www-form-urlencoded")
         .body("action=purge&state=parked")
         .send()

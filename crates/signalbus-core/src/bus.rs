@@ -6,11 +6,11 @@ use crate::contract::{Holdback, ParkedRows, ParkedSignal, PendingStats};
 use crate::delivery::OnProgress;
 use crate::engine::relay::RelayBuilder;
 use crate::engine::{Config, Engine, bursts, inspect, operator};
+use crate::error::{Error, Result};
 use crate::inspection::{
     AuditEntry, AuditRecord, BulkAction, FailureGroup, Matched, SignalDetail, SignalFilter,
     SignalPage, TypeOverview,
 };
-use crate::error::{Error, Result};
 use crate::publisher::{BoxPublisher, Publisher, PublisherExt};
 use crate::registry::Selection;
 use crate::signal::{Signal, SignalType};
@@ -311,7 +311,15 @@ impl<DB: Backend> SignalBus<DB> {
         through_id: Option<i64>,
         batch: usize,
     ) -> Result<u64> {
-        inspect::act(self.engine.shared(), signal, filter, action, through_id, batch).await
+        inspect::act(
+            self.engine.shared(),
+            signal,
+            filter,
+            action,
+            through_id,
+            batch,
+        )
+        .await
     }
 
     /// Write a line to the audit log (the table `signalbus_console_audit`, created on first

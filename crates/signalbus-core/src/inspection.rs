@@ -139,7 +139,10 @@ impl SignalFilter {
             ("ordering key", self.ordering_key.as_deref()),
             ("error text", self.error_contains.as_deref()),
             ("header name", self.header.as_ref().map(|(n, _)| n.as_str())),
-            ("header value", self.header.as_ref().map(|(_, v)| v.as_str())),
+            (
+                "header value",
+                self.header.as_ref().map(|(_, v)| v.as_str()),
+            ),
         ];
         for (what, text) in texts {
             if text.is_some_and(|t| t.len() > MAX_FILTER_TEXT) {
@@ -167,7 +170,9 @@ impl SignalFilter {
             ));
         }
         const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
-        if self.older_than.is_some_and(|d| d > CENTURY) || self.newer_than.is_some_and(|d| d > CENTURY) {
+        if self.older_than.is_some_and(|d| d > CENTURY)
+            || self.newer_than.is_some_and(|d| d > CENTURY)
+        {
             return bad("an age in the filter is over a century".to_owned());
         }
         Ok(())
@@ -175,7 +180,10 @@ impl SignalFilter {
 }
 
 fn is_group_id(text: &str) -> bool {
-    text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    text.len() == 16
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// Durations as whole seconds in JSON.

@@ -10,8 +10,17 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // model: plain types and errors
     &[
-        "contract", "delivery", "error", "ident", "inspection", "locking", "message", "metrics", "redact",
-        "seen", "signal",
+        "contract",
+        "delivery",
+        "error",
+        "ident",
+        "inspection",
+        "locking",
+        "message",
+        "metrics",
+        "redact",
+        "seen",
+        "signal",
     ],
     // what talks to the outside: brokers, databases, the consumer side's plumbing
     &["consume", "otel", "publisher", "storage"],

@@ -76,7 +76,9 @@ pub use signalbus_core::{
     RelayBuilder, Result, RetryPolicy, RowLock, Selection, Signal, SignalBus, SignalBusBuilder,
     SignalId, SignalType, TableRow, Transaction, json_body,
 };
-pub use signalbus_core::{atomic, inspection, locking, metrics, prepared, publisher, relay, storage};
+pub use signalbus_core::{
+    atomic, inspection, locking, metrics, prepared, publisher, relay, storage,
+};
 // The database a URL names, chosen once for the command line, the benchmarks and tools.
 pub use signalbus_core::with_database;
 

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 const CONFIG: &str = "[[signal]]\nname = \"bulk\"\n";
 
 fn ops(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../ops")
+        .join(path)
 }
 
 fn tool(name: &str) -> Command {
@@ -34,13 +36,23 @@ fn the_alert_rules_pass_promtool() {
         .arg(ops("prometheus/signalbus-alerts.yml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let out = tool("promtool")
         .args(["test", "rules"])
         .arg(ops("prometheus/signalbus-alerts.test.yml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 /// Stops the child when dropped.
@@ -84,7 +96,11 @@ async fn alerts(prometheus: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn until<F: std::future::Future<Output = bool>>(what: &str, limit: Duration, mut f: impl FnMut() -> F) {
+async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> F,
+) {
     let started = Instant::now();
     while !f().await {
         assert!(started.elapsed() < limit, "{what} within {limit:?}");
@@ -109,7 +125,12 @@ async fn prometheus_sees_the_lag_alert_fire_and_resolve() {
     let _relay = Stopping(
         s.cmd(&url)
             .args(["relay", "--bus-url", &s.bus("out.jsonl")])
-            .args(["--listen", &format!("127.0.0.1:{relay_port}"), "--stats-interval", "0.2"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{relay_port}"),
+                "--stats-interval",
+                "0.2",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -127,7 +148,10 @@ async fn prometheus_sees_the_lag_alert_fire_and_resolve() {
     let prom_port = signalbus_testkit::nats::free_port();
     let _prometheus = Stopping(
         tool("prometheus")
-            .arg(format!("--config.file={}", s.path("prometheus.yml").display()))
+            .arg(format!(
+                "--config.file={}",
+                s.path("prometheus.yml").display()
+            ))
             .arg(format!("--storage.tsdb.path={}", s.path("tsdb").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(Stdio::null())
@@ -147,9 +171,10 @@ async fn prometheus_sees_the_lag_alert_fire_and_resolve() {
     .await;
 
     // Every expression of the dashboard is valid PromQL, with its variables filled in.
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ops("grafana/signalbus-dashboard.json")).unwrap())
-            .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ops("grafana/signalbus-dashboard.json")).unwrap(),
+    )
+    .unwrap();
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {

@@ -23,7 +23,10 @@ async fn park_all(pool: &sqlx::SqlitePool) {
 async fn wait_listening(url: &str) {
     let started = Instant::now();
     while reqwest::get(url).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "never listened: {url}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never listened: {url}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -43,7 +46,10 @@ async fn api(url: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 fn stop(child: Child) -> (std::process::ExitStatus, String) {
@@ -85,12 +91,20 @@ async fn the_console_command_serves_the_tables_with_tokens() {
         Some(r#"{"action": "unpark", "filter": {"state": "parked"}}"#),
     )
     .await;
-    assert_eq!((status, answer["changed"].as_u64()), (200, Some(2)), "{answer}");
+    assert_eq!(
+        (status, answer["changed"].as_u64()),
+        (200, Some(2)),
+        "{answer}"
+    );
     let (status, stderr) = stop(child);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("serving http://"), "{stderr}");
     let out = s.run(&url, &["pending", "--json"]);
-    assert!(text(&out.stdout).contains("\"parked\":0"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("\"parked\":0"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[tokio::test]
@@ -100,7 +114,11 @@ async fn an_open_console_is_refused_off_loopback_and_bad_tokens_are_named() {
     let port = signalbus_testkit::nats::free_port();
     let out = s.run(&url, &["console", "--listen", &format!("0.0.0.0:{port}")]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("open to anyone"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("open to anyone"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = s
         .cmd(&url)
         .args(["console", "--listen", "127.0.0.1:0"])
@@ -108,14 +126,26 @@ async fn an_open_console_is_refused_off_loopback_and_bad_tokens_are_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("shorter than 16"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("shorter than 16"),
+        "{}",
+        text(&out.stderr)
+    );
     let with_tokens = Scratch::new(&format!(
         "{CONFIG}\n[[console.tokens]]\nname = \"alice\"\nrole = \"admin\"\ntoken_env = \"ALICE_TOKEN\"\n"
     ));
     let out = with_tokens.run(&url, &["console", "--listen", "127.0.0.1:0"]);
-    assert!(text(&out.stderr).contains("neither \"viewer\" nor \"operator\""), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("neither \"viewer\" nor \"operator\""),
+        "{}",
+        text(&out.stderr)
+    );
     let out = s.run(&url, &["relay", "--console", "--bus-url", "stdout:"]);
-    assert_eq!(out.status.code(), Some(2), "clap: --console requires --listen");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap: --console requires --listen"
+    );
     let _ = BIN;
 }
 
@@ -128,7 +158,14 @@ async fn a_relay_with_the_console_sends_what_is_unparked() {
     let listen = format!("127.0.0.1:{}", signalbus_testkit::nats::free_port());
     let child = s
         .cmd(&url)
-        .args(["relay", "--bus-url", &s.bus("out.jsonl"), "--listen", &listen, "--console"])
+        .args([
+            "relay",
+            "--bus-url",
+            &s.bus("out.jsonl"),
+            "--listen",
+            &listen,
+            "--console",
+        ])
         .env("SIGNALBUS_CONSOLE_OPERATOR_TOKEN", OPERATOR)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -136,8 +173,17 @@ async fn a_relay_with_the_console_sends_what_is_unparked() {
         .unwrap();
     let base = format!("http://{listen}");
     wait_listening(&format!("{base}/healthz")).await;
-    assert_eq!(api(&format!("{base}/metrics"), None, None).await.0, 200, "metrics stay open");
-    let (_, body) = api(&format!("{base}/console/api/overview"), Some(OPERATOR), None).await;
+    assert_eq!(
+        api(&format!("{base}/metrics"), None, None).await.0,
+        200,
+        "metrics stay open"
+    );
+    let (_, body) = api(
+        &format!("{base}/console/api/overview"),
+        Some(OPERATOR),
+        None,
+    )
+    .await;
     let db = body["databases"][0]["name"].as_str().unwrap().to_owned();
     let enc: String = url::form_urlencoded::byte_serialize(db.as_bytes()).collect();
     let (_, groups) = api(
@@ -148,17 +194,29 @@ async fn a_relay_with_the_console_sends_what_is_unparked() {
     .await;
     let group = groups["groups"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(groups["groups"][0]["parked"], 3, "{groups}");
-    assert!(received(&s.path("out.jsonl")).is_empty(), "parked: not sent");
+    assert!(
+        received(&s.path("out.jsonl")).is_empty(),
+        "parked: not sent"
+    );
     let (status, answer) = api(
         &format!("{base}/console/api/databases/{enc}/signals/bulk/actions"),
         Some(OPERATOR),
-        Some(&format!(r#"{{"action": "unpark", "filter": {{"group": "{group}"}}}}"#)),
+        Some(&format!(
+            r#"{{"action": "unpark", "filter": {{"group": "{group}"}}}}"#
+        )),
     )
     .await;
-    assert_eq!((status, answer["changed"].as_u64()), (200, Some(3)), "{answer}");
+    assert_eq!(
+        (status, answer["changed"].as_u64()),
+        (200, Some(3)),
+        "{answer}"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while received(&s.path("out.jsonl")).len() < 3 {
-        assert!(Instant::now() < deadline, "the relay never sent the unparked signals");
+        assert!(
+            Instant::now() < deadline,
+            "the relay never sent the unparked signals"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, stderr) = stop(child);

@@ -44,10 +44,7 @@ macro_rules! in_tx {
     }};
 }
 
-pub(crate) async fn overview<DB: Backend>(
-    shared: &Shared<DB>,
-    name: &str,
-) -> Result<TypeOverview> {
+pub(crate) async fn overview<DB: Backend>(shared: &Shared<DB>, name: &str) -> Result<TypeOverview> {
     let reg = registered(shared, name)?;
     in_tx!(shared, |conn| {
         async {
@@ -99,13 +96,9 @@ fn summary(row: InspectedRow) -> SignalSummary {
     } else {
         SignalState::Pending
     };
-    let group = last_error.as_deref().map(|e| {
-        group_id(&error_fingerprint(
-            e,
-            &destination,
-            routing_key.as_deref(),
-        ))
-    });
+    let group = last_error
+        .as_deref()
+        .map(|e| group_id(&error_fingerprint(e, &destination, routing_key.as_deref())));
     SignalSummary {
         id,
         message_id,
@@ -133,7 +126,10 @@ async fn read_groups<DB: Backend>(
 ) -> Result<Vec<(FailureGroup, Vec<String>)>> {
     let mut filter = filter.clone();
     filter.group = None;
-    let rows = inspect.groups(&filter, None, false).fetch_groups::<DB>(conn).await?;
+    let rows = inspect
+        .groups(&filter, None, false)
+        .fetch_groups::<DB>(conn)
+        .await?;
     if rows.len() > MAX_GROUP_ROWS {
         return Err(Error::Config(format!(
             "more than {MAX_GROUP_ROWS} distinct errors match: narrow the filter (signal \
@@ -196,7 +192,8 @@ pub(crate) async fn failure_groups<DB: Backend>(
     let reg = registered(shared, name)?;
     let t = reg.table.quoted(DB::DIALECT.quote);
     let inspect = Inspect::new::<DB>(&t);
-    let groups = in_tx!(shared, |conn| read_groups::<DB>(conn, &inspect, filter).await)?;
+    let groups = in_tx!(shared, |conn| read_groups::<DB>(conn, &inspect, filter)
+        .await)?;
     Ok(groups.into_iter().map(|(g, _)| g).collect())
 }
 
@@ -247,7 +244,11 @@ pub(crate) async fn list<DB: Backend>(
             // the groups aggregates the whole table, a page reads a few hundred rows.
             let mut page = SignalPage::default();
             let mut cursor = after;
-            let batch = if filter.group.is_some() { SCAN_BATCH } else { limit };
+            let batch = if filter.group.is_some() {
+                SCAN_BATCH
+            } else {
+                limit
+            };
             for _ in 0..SCAN_ROUNDS {
                 let rows = inspect
                     .list(filter, None, cursor, None, batch)
@@ -301,7 +302,10 @@ pub(crate) async fn count<DB: Backend>(
                     })
                     .unwrap_or_default());
             }
-            let rows = inspect.groups(filter, None, true).fetch_groups::<DB>(conn).await?;
+            let rows = inspect
+                .groups(filter, None, true)
+                .fetch_groups::<DB>(conn)
+                .await?;
             Ok(rows
                 .into_iter()
                 .next()
@@ -383,7 +387,9 @@ pub(crate) async fn act<DB: Backend>(
     let inspect = Inspect::new::<DB>(&t);
     let mut parked = filter.clone();
     parked.state = SignalState::Parked;
-    let errors = match in_tx!(shared, |conn| group_scope::<DB>(conn, &inspect, &parked).await)? {
+    let errors = match in_tx!(shared, |conn| group_scope::<DB>(conn, &inspect, &parked)
+        .await)?
+    {
         GroupScope::Empty => return Ok(0),
         GroupScope::Any => None,
         GroupScope::Errors(errors) => Some(errors),

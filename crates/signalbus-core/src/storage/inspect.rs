@@ -65,7 +65,10 @@ impl Query {
     /// `t.created_at` compared with now minus `ms`.
     fn created_vs_now(&mut self, op: &str, ms: i64) -> String {
         let p = self.bind(Bound::Int(-ms));
-        format!("t.created_at {op} {}", self.d.now_plus_ms.replace("{ms}", &p))
+        format!(
+            "t.created_at {op} {}",
+            self.d.now_plus_ms.replace("{ms}", &p)
+        )
     }
 
     /// The `WHERE` condition of `filter` (its group is checked by the caller), plus
@@ -95,7 +98,10 @@ impl Query {
             };
             let k = self.bind(Bound::Text(key));
             let v = self.bind(Bound::Text(value.clone()));
-            parts.push(format!("{} = {v}", self.d.header_value.replace("{name}", &k)));
+            parts.push(format!(
+                "{} = {v}",
+                self.d.header_value.replace("{name}", &k)
+            ));
         }
         if let Some(age) = filter.older_than {
             let c = self.created_vs_now("<=", super::millis(age));
@@ -233,7 +239,11 @@ impl<'t> Inspect<'t> {
     pub fn one(&self, id: i64) -> Query {
         let mut q = Query::new(self.d);
         let p = q.bind(Bound::Int(id));
-        q.sql = format!("SELECT {} FROM {} AS t WHERE t.id = {p}", self.columns(), self.t);
+        q.sql = format!(
+            "SELECT {} FROM {} AS t WHERE t.id = {p}",
+            self.columns(),
+            self.t
+        );
         q
     }
 

@@ -37,8 +37,14 @@ impl Driver {
                  scripts/console-tools.sh installs them)",
             );
         let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "chromedriver never listened");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "chromedriver never listened"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Driver { child, port }
@@ -78,19 +84,39 @@ async fn serve(router: axum::Router) -> String {
 }
 
 async fn text_of(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 async fn screenshot(c: &Client, name: &str) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("{name}.png")), c.screenshot().await.unwrap()).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.png")),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
 }
 
 async fn login(c: &Client, base: &str, token: &str) {
     c.goto(&format!("{base}/console/login")).await.unwrap();
-    c.find(Locator::Css("#token")).await.unwrap().send_keys(token).await.unwrap();
-    c.find(Locator::Css("#login")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let page = c.source().await.unwrap();
     assert!(page.contains("id=\"who\""), "logged in: {page}");
 }
@@ -103,11 +129,15 @@ async fn an_operator_unparks_a_failure_group_in_the_browser() {
     let bus = SignalBus::builder(db.pool.clone())
         .name("shop")
         .publisher(amqp.publisher().await)
-        .register_type(SignalType::new("order_placed").autoflush(false).retry(RetryPolicy {
-            max_attempts: 1,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        }))
+        .register_type(
+            SignalType::new("order_placed")
+                .autoflush(false)
+                .retry(RetryPolicy {
+                    max_attempts: 1,
+                    base: Duration::from_millis(100),
+                    max: Duration::from_secs(1),
+                }),
+        )
         .autoflush(false)
         .build()
         .unwrap();
@@ -149,25 +179,55 @@ async fn an_operator_unparks_a_failure_group_in_the_browser() {
     let overview = text_of(&c, "#overview").await;
     assert!(overview.contains("order_placed"), "{overview}");
     screenshot(&c, "overview").await;
-    c.find(Locator::LinkText("order_placed")).await.unwrap().click().await.unwrap();
-    assert!(text_of(&c, "#matched").await.starts_with("5 signal(s) match, 5 of them parked"));
+    c.find(Locator::LinkText("order_placed"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        text_of(&c, "#matched")
+            .await
+            .starts_with("5 signal(s) match, 5 of them parked")
+    );
     screenshot(&c, "list").await;
-    c.find(Locator::LinkText("Failure groups")).await.unwrap().click().await.unwrap();
+    c.find(Locator::LinkText("Failure groups"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let groups = text_of(&c, "#groups").await;
-    assert!(groups.contains("{routing_key}") || groups.contains("{destination}"), "{groups}");
+    assert!(
+        groups.contains("{routing_key}") || groups.contains("{destination}"),
+        "{groups}"
+    );
     screenshot(&c, "groups").await;
-    c.find(Locator::Css("a.unpark-group")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("a.unpark-group"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     assert_eq!(text_of(&c, "#dry-run-count").await, "5");
     screenshot(&c, "confirm").await;
     amqp.open_later().await; // the route exists now
-    c.find(Locator::Css("#confirm")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("#confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     assert_eq!(text_of(&c, "#changed").await, "5");
     assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 5);
     let got = amqp.received(&(exchange.clone(), later.clone()), 5).await;
     assert_eq!(got.len(), 5, "delivered to the real broker");
     c.goto(&format!("{base}/console/audit")).await.unwrap();
     let audit = c.source().await.unwrap();
-    assert!(audit.contains("olga") && audit.contains("unpark"), "{audit}");
+    assert!(
+        audit.contains("olga") && audit.contains("unpark"),
+        "{audit}"
+    );
     screenshot(&c, "audit").await;
 
     // A forged POST from another site (another port: another origin) is refused.
@@ -186,30 +246,50 @@ async fn an_operator_unparks_a_failure_group_in_the_browser() {
     ))
     .await;
     c.goto(&evil).await.unwrap();
-    c.find(Locator::Css("#go")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("#go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let refused = c.source().await.unwrap();
-    assert!(refused.contains("another site") || refused.contains("CSRF"), "{refused}");
+    assert!(
+        refused.contains("another site") || refused.contains("CSRF"),
+        "{refused}"
+    );
     // A malformed filter: a page that says what is wrong.
     let signals = format!("{base}/console/databases/shop/signals/order_placed");
-    c.goto(&format!("{signals}?older_than=yesterday")).await.unwrap();
-    assert!(c.source().await.unwrap().contains("whole number of seconds"));
+    c.goto(&format!("{signals}?older_than=yesterday"))
+        .await
+        .unwrap();
+    assert!(
+        c.source()
+            .await
+            .unwrap()
+            .contains("whole number of seconds")
+    );
     c.close().await.unwrap();
 
     // The viewer: the same pages, no actions, no bodies.
     for i in 0..2 {
-        sqlx::query("INSERT INTO order_placed (topic, routing_key, body) VALUES ($1, 'nowhere', $2)")
-            .bind(&exchange)
-            .bind(format!("{{\"private\":{i}}}").into_bytes())
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO order_placed (topic, routing_key, body) VALUES ($1, 'nowhere', $2)",
+        )
+        .bind(&exchange)
+        .bind(format!("{{\"private\":{i}}}").into_bytes())
+        .execute(&db.pool)
+        .await
+        .unwrap();
     }
     bus.flush_many(&Selection::all()).await.unwrap();
     let v = driver.browser().await;
     login(&v, &base, VIEWER).await;
     v.goto(&format!("{signals}/groups")).await.unwrap();
     let page = v.source().await.unwrap();
-    assert!(page.contains("nowhere") || page.contains("{routing_key}"), "{page}");
+    assert!(
+        page.contains("nowhere") || page.contains("{routing_key}"),
+        "{page}"
+    );
     assert!(!page.contains("Unpark…"), "no actions for viewers");
     let id = bus
         .list_signals("order_placed", &Default::default(), None, 1)
@@ -218,13 +298,22 @@ async fn an_operator_unparks_a_failure_group_in_the_browser() {
         .signals[0]
         .id;
     v.goto(&format!("{signals}/rows/{id}")).await.unwrap();
-    assert_eq!(text_of(&v, "#body-hidden").await, "bodies are shown to operators only");
+    assert_eq!(
+        text_of(&v, "#body-hidden").await,
+        "bodies are shown to operators only"
+    );
     assert!(!v.source().await.unwrap().contains("private"));
     screenshot(&v, "detail-viewer").await;
-    v.goto(&format!("{signals}/confirm?action=purge&state=parked")).await.unwrap();
+    v.goto(&format!("{signals}/confirm?action=purge&state=parked"))
+        .await
+        .unwrap();
     assert!(v.source().await.unwrap().contains("is a viewer"));
     v.close().await.unwrap();
-    assert_eq!(bus.pending(&Selection::all()).await.unwrap()[0].1.parked, 2, "nothing purged");
+    assert_eq!(
+        bus.pending(&Selection::all()).await.unwrap()[0].1.parked,
+        2,
+        "nothing purged"
+    );
     amqp.cleanup().await;
     db.cleanup().await;
 }

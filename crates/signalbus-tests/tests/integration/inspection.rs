@@ -72,15 +72,25 @@ where
     outbox.refuse_destination("nowhere.eu");
     outbox.refuse_destination("nowhere.us");
     let bus = bus(&db, &outbox).await;
-    insert(&db, "nowhere.eu", 30, r#"{"tenant":"eu"}"#, |i| format!("k{}", i % 3)).await;
-    insert(&db, "nowhere.us", 20, r#"{"tenant":"us"}"#, |i| format!("u{i}")).await;
+    insert(&db, "nowhere.eu", 30, r#"{"tenant":"eu"}"#, |i| {
+        format!("k{}", i % 3)
+    })
+    .await;
+    insert(&db, "nowhere.us", 20, r#"{"tenant":"us"}"#, |i| {
+        format!("u{i}")
+    })
+    .await;
     // Not valid signals (headers that are not an object): parked with another error.
     insert(&db, "good", 5, "[1]", |i| format!("bad{i}")).await;
     insert(&db, "good", 100, r#"{"tenant":"eu"}"#, |i| format!("g{i}")).await;
     assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 100);
 
     let o = bus.overview(NAME).await.unwrap();
-    assert_eq!((o.stats.count, o.stats.parked, o.in_flight), (55, 55, 0), "{o:?}");
+    assert_eq!(
+        (o.stats.count, o.stats.parked, o.in_flight),
+        (55, 55, 0),
+        "{o:?}"
+    );
 
     // Failure groups: "no route to `nowhere.eu`" and "… `nowhere.us`" are one.
     let held = SignalFilter::new();
@@ -99,8 +109,9 @@ where
         let page = bus.list_signals(NAME, &by_group, after, 20).await.unwrap();
         assert!(page.signals.len() <= 20);
         seen.extend(page.signals.iter().map(|s| s.id));
-        assert!(page.signals.iter().all(|s| s.state == SignalState::Parked
-            && s.group.as_deref() == Some(route.id.as_str())));
+        assert!(page.signals.iter().all(
+            |s| s.state == SignalState::Parked && s.group.as_deref() == Some(route.id.as_str())
+        ));
         match page.next_after {
             Some(id) => after = Some(id),
             None => break,
@@ -115,12 +126,28 @@ where
         async move { bus.count_signals(NAME, &f).await.unwrap().signals }
     };
     assert_eq!(count(SignalFilter::new().header("tenant", "eu")).await, 30);
-    assert_eq!(count(SignalFilter::new().error_contains("NO ROUTE")).await, 50);
-    assert_eq!(count(SignalFilter::new().error_contains("50%_")).await, 0, "wildcards are literal");
+    assert_eq!(
+        count(SignalFilter::new().error_contains("NO ROUTE")).await,
+        50
+    );
+    assert_eq!(
+        count(SignalFilter::new().error_contains("50%_")).await,
+        0,
+        "wildcards are literal"
+    );
     assert_eq!(count(SignalFilter::new().ordering_key("k1")).await, 10);
-    assert_eq!(count(SignalFilter::new().older_than(Duration::from_secs(3600))).await, 0);
-    assert_eq!(count(SignalFilter::new().newer_than(Duration::from_secs(3600))).await, 55);
-    assert_eq!(count(SignalFilter::new().state(SignalState::BackingOff)).await, 0);
+    assert_eq!(
+        count(SignalFilter::new().older_than(Duration::from_secs(3600))).await,
+        0
+    );
+    assert_eq!(
+        count(SignalFilter::new().newer_than(Duration::from_secs(3600))).await,
+        55
+    );
+    assert_eq!(
+        count(SignalFilter::new().state(SignalState::BackingOff)).await,
+        0
+    );
     assert_eq!(count(by_group.clone().header("tenant", "us")).await, 20);
     let page = bus
         .list_signals(NAME, &SignalFilter::new().header("tenant", "us"), None, 500)
@@ -138,11 +165,19 @@ where
     let d = bus.signal_detail(NAME, first_k1, 4).await.unwrap().unwrap();
     assert_eq!(d.summary.destination, "nowhere.eu");
     assert_eq!(d.headers.as_deref(), Some(r#"{"tenant":"eu"}"#));
-    assert_eq!((d.body.as_slice(), d.body_truncated), (&b"{\"n\""[..], true));
+    assert_eq!(
+        (d.body.as_slice(), d.body_truncated),
+        (&b"{\"n\""[..], true)
+    );
     assert_eq!(d.summary.body_bytes, 7);
     assert_eq!(d.held_behind, 9);
     assert!(d.summary.last_error.unwrap().contains("nowhere.eu"));
-    assert!(bus.signal_detail(NAME, 1_000_000, 4).await.unwrap().is_none());
+    assert!(
+        bus.signal_detail(NAME, 1_000_000, 4)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Unpark the route group's EU signals only, bounded by the dry run's highest id: the
     // signals parked after it are left alone.
@@ -169,7 +204,13 @@ where
     // Purging the invalid rows' group.
     let bad = &groups[1];
     let changed = bus
-        .act_on_parked(NAME, &SignalFilter::new().group(bad.id.clone()), BulkAction::Purge, Some(bad.through_id), 100)
+        .act_on_parked(
+            NAME,
+            &SignalFilter::new().group(bad.id.clone()),
+            BulkAction::Purge,
+            Some(bad.through_id),
+            100,
+        )
         .await
         .unwrap();
     assert_eq!(changed, 5);
@@ -200,7 +241,10 @@ where
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Config(_)), "{e}");
-    let e = bus.count_signals("nope", &SignalFilter::new()).await.unwrap_err();
+    let e = bus
+        .count_signals("nope", &SignalFilter::new())
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::UnknownSignal { .. }), "{e}");
     assert_eq!(DB::count_rows(&db.pool, TABLE).await, 20);
     db.cleanup().await;
