@@ -174,7 +174,7 @@ impl Access {
         )
     }
 
-    pub fn from_cookie(&self, value: &str) -> Option<Caller> {
+    pub fn caller_of_cookie(&self, value: &str) -> Option<Caller> {
         let (name, tag) = value.rsplit_once('.')?;
         let tag = hex::decode(tag).ok()?;
         let token = self.tokens.iter().find(|t| t.name == name)?;
@@ -245,7 +245,7 @@ mod tests {
         let token = access.by_secret("bob-secret-0123456789ab").unwrap().clone();
         let cookie = access.cookie_for(&token);
         assert!(!cookie.contains("secret"), "the cookie holds no secret");
-        let bob = access.from_cookie(&cookie).unwrap();
+        let bob = access.caller_of_cookie(&cookie).unwrap();
         assert_eq!(
             (bob.name.as_str(), bob.role, bob.ambient),
             ("bob", Role::Viewer, true)
@@ -253,11 +253,11 @@ mod tests {
         // A cookie forged for another name, or made under another key, is refused.
         assert!(
             access
-                .from_cookie(&cookie.replace("bob.", "alice."))
+                .caller_of_cookie(&cookie.replace("bob.", "alice."))
                 .is_none()
         );
         let other = Access::new();
-        assert!(other.from_cookie(&cookie).is_none());
+        assert!(other.caller_of_cookie(&cookie).is_none());
 
         let csrf = access.csrf(&bob);
         assert!(access.csrf_ok(&bob, &csrf));

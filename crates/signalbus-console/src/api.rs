@@ -288,7 +288,7 @@ async fn detail(
     let d = read_detail(&state, &who, &db, &signal, &id).await?;
     let hidden = body_hidden(&state, &who);
     let text = match hidden {
-        None => std::str::from_utf8(&d.body).ok().map(str::to_owned),
+        None => body_text(&d.body, d.body_truncated),
         Some(_) => None,
     };
     let hex = match (hidden, &text) {
@@ -334,6 +334,33 @@ struct ActionAnswer {
     changed: u64,
 }
 
+/// A body as text when it is UTF-8; a body cut at the cap may end inside a character, which
+/// does not make it binary.
+pub(crate) fn body_text(body: &[u8], truncated: bool) -> Option<String> {
+    match std::str::from_utf8(body) {
+        Ok(text) => Some(text.to_owned()),
+        Err(e) if truncated && e.error_len().is_none() => {
+            Some(String::from_utf8_lossy(&body[..e.valid_up_to()]).into_owned())
+        }
+        Err(_) => None,
+    }
+}
+
+/// The parked signals among those `filter` matches: what an action changes (a backing-off
+/// signal retries by itself). A filter of backing-off signals only is refused.
+pub(crate) fn parked_only(filter: &SignalFilter) -> Result<SignalFilter, ConsoleError> {
+    if filter.state == SignalState::BackingOff {
+        return Err(ConsoleError::BadRequest(
+            "actions unpark or purge parked signals; backing-off ones retry by themselves \
+             (choose state parked, held or pending)"
+                .to_owned(),
+        ));
+    }
+    let mut parked = filter.clone();
+    parked.state = SignalState::Parked;
+    Ok(parked)
+}
+
 /// What an action acts on.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
@@ -361,6 +388,7 @@ pub(crate) async fn run_action(
     let bus = |e| ConsoleError::from_bus(db, e);
     let (matched, changed, described) = match target {
         Target::Filter { filter, through_id } => {
+            let filter = &parked_only(filter)?;
             let matched = source.count(signal, filter).await.map_err(bus)?;
             let through = through_id.or(matched.through_id);
             let changed = match through {
@@ -457,7 +485,8 @@ async fn act(
                 (u64::from(parked), parked.then_some(id))
             }
             None => {
-                let m = source.count(&signal, &request.filter).await.map_err(bus)?;
+                let parked = parked_only(&request.filter)?;
+                let m = source.count(&signal, &parked).await.map_err(bus)?;
                 (m.parked, m.through_id)
             }
         };

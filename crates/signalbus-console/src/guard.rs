@@ -24,10 +24,35 @@ pub(crate) fn caller(state: &State, headers: &HeaderMap) -> Result<Caller, Conso
     if let Some(session) = cookie(headers, COOKIE) {
         return state
             .access
-            .from_cookie(&session)
+            .caller_of_cookie(&session)
             .ok_or(ConsoleError::Unauthorized);
     }
+    if !state.access.required() && !loopback_host(headers) {
+        // A page of another site whose name was made to point at 127.0.0.1 (DNS
+        // rebinding) sends its own name as Host: the open console answers loopback names
+        // only.
+        return Err(ConsoleError::Forbidden(
+            "this console has no tokens and answers only requests to localhost, 127.0.0.1 or \
+             [::1]; to reach it under another name, give it console tokens"
+                .to_owned(),
+        ));
+    }
     state.access.anonymous().ok_or(ConsoleError::Unauthorized)
+}
+
+/// Whether the request's Host is a loopback name or address (any port).
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The value of cookie `name`.
@@ -49,14 +74,19 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("");
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let own = ["http://", "https://"]
+    // The host the browser asked for: Host, or the one a proxy in front passed on (a header
+    // that a form on another site cannot set).
+    let hosts: Vec<&str> = [header::HOST.as_str(), "x-forwarded-host"]
         .iter()
-        .any(|scheme| origin.strip_prefix(scheme) == Some(host));
-    if own && !host.is_empty() {
+        .filter_map(|name| headers.get(*name).and_then(|h| h.to_str().ok()))
+        .filter(|h| !h.is_empty())
+        .collect();
+    let own = ["http://", "https://"].iter().any(|scheme| {
+        origin
+            .strip_prefix(scheme)
+            .is_some_and(|o| hosts.contains(&o))
+    });
+    if own {
         Ok(())
     } else {
         Err(ConsoleError::Forbidden(format!(

@@ -293,6 +293,12 @@ async fn list(
     Ok(page(&state, &who, &signal, body))
 }
 
+fn with_group(filter: &SignalFilter, group: &str) -> SignalFilter {
+    let mut f = filter.clone();
+    f.group = Some(group.to_owned());
+    f
+}
+
 fn join(a: &str, b: &str) -> String {
     match (a.is_empty(), b.is_empty()) {
         (true, _) => b.to_owned(),
@@ -325,9 +331,7 @@ async fn groups(
             tr { th { "Group" } th { "Error" } th { "Signals" } th { "Parked" } th { "First seen" }
                  th { "Last seen" } @if operator { th { "Act" } } }
             @for g in &groups {
-                @let mut f = filter.clone();
-                @let _ = { f.group = Some(g.id.clone()); };
-                @let q = filter_query(&f);
+                @let q = filter_query(&with_group(&filter, &g.id));
                 tr {
                     td { a href=(with_query(base.clone(), &q)) { code { (g.id) } } }
                     td { (g.fingerprint) br; span.note { "e.g. " (g.example) } }
@@ -358,10 +362,10 @@ async fn detail(
     let s = &d.summary;
     let base = signal_url(&db, &signal);
     let hidden = body_hidden(&state, &who);
-    let body_text = match std::str::from_utf8(&d.body) {
-        Ok(text) => text.to_owned(),
+    let body_text = match api::body_text(&d.body, d.body_truncated) {
+        Some(text) => text,
         // Binary: shown as hexadecimal, 32 bytes a line.
-        Err(_) => d
+        None => d
             .body
             .chunks(32)
             .map(|c| {
@@ -446,7 +450,10 @@ async fn confirm(
             (u64::from(parked), parked.then_some(id))
         }
         None => {
-            let m = source.count(&signal, &filter).await.map_err(bus)?;
+            let m = source
+                .count(&signal, &api::parked_only(&filter)?)
+                .await
+                .map_err(bus)?;
             (m.parked, m.through_id)
         }
     };
@@ -462,8 +469,9 @@ async fn confirm(
             code { (signal) } " in " code { (db) } @if id.is_none() { ", matching:" } }
         @if id.is_none() {
             pre { (serde_json::to_string_pretty(&filter).unwrap_or_default()) }
-            p.note { "Signals parked after this page was made are left alone (ids up to "
-                     (through.map(|t| t.to_string()).unwrap_or_else(|| "–".into())) ")." }
+            p.note { "Only parked signals change, and none with an id above "
+                     (through.map(|t| t.to_string()).unwrap_or_else(|| "–".into()))
+                     ": signals written after this page was made are left alone." }
         }
         @if count > 0 {
             form method="post" action=(format!("{base}/act")) {

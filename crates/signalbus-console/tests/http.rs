@@ -224,6 +224,10 @@ async fn bad_requests_get_a_reason_and_never_a_server_error() {
             r#"{"action": "purge", "id": 1, "filter": {"state": "parked"}}"#,
             "either `id`",
         ),
+        (
+            r#"{"action": "purge", "filter": {"state": "backing_off"}, "dry_run": true}"#,
+            "retry by themselves",
+        ),
     ] {
         let (status, answer) = post_json(&actions, Some(OPERATOR), body).await;
         assert_eq!(status, 400, "{body}: {answer}");
@@ -401,6 +405,21 @@ async fn an_open_console_stays_on_loopback() {
     let (status, page) = get(&format!("{}/console", s.base), None).await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("order_placed"));
+    // Another name for the same address (DNS rebinding: a site whose name points at
+    // 127.0.0.1) gets nothing from an open console.
+    let r = client()
+        .get(format!("{}/console/api/overview", s.base))
+        .header("host", "evil.example:9187")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("only requests to localhost")
+    );
     let r = client()
         .post(format!(
             "{}/console/databases/shop/signals/order_placed/act",

@@ -13,7 +13,7 @@ use crate::inspection::{
 use crate::registry::{Registered, Selection};
 use crate::storage::inspect::{Audit, Inspect, MAX_GROUP_ROWS};
 use crate::storage::{Backend, CloseOnDrop, GroupRow, InspectedRow};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Rows one list read takes while looking for a failure group's signals; a page stops after
@@ -29,12 +29,19 @@ fn registered<'s, DB: Backend>(shared: &'s Shared<DB>, name: &str) -> Result<&'s
     Ok(shared.registry().get(idx[0]))
 }
 
-/// Run `body` in a flush transaction of its own.
+/// Run `body` in a transaction of its own: an operator's read, or (`write`) a flush
+/// transaction for an action's batch.
 macro_rules! in_tx {
-    ($shared:expr, |$conn:ident| $body:expr) => {{
+    ($shared:expr, |$conn:ident| $body:expr) => {
+        in_tx!(@begin begin_read, $shared, |$conn| $body)
+    };
+    (write, $shared:expr, |$conn:ident| $body:expr) => {
+        in_tx!(@begin begin, $shared, |$conn| $body)
+    };
+    (@begin $begin:ident, $shared:expr, |$conn:ident| $body:expr) => {{
         let mut held = CloseOnDrop::acquire($shared.pool()).await?;
         let result = {
-            let $conn = held.begin().await?;
+            let $conn = held.$begin().await?;
             if let Some(setup) = DB::DIALECT.inspect_setup {
                 DB::execute_script($conn, &crate::storage::owned_sql(setup)).await?;
             }
@@ -141,7 +148,7 @@ async fn read_groups<DB: Backend>(
 
 /// Rows of the same fingerprint merged into one group, with their distinct error texts.
 fn merge_groups(rows: Vec<GroupRow>) -> Vec<(FailureGroup, Vec<String>)> {
-    let mut groups: BTreeMap<String, (FailureGroup, Vec<String>)> = BTreeMap::new();
+    let mut groups: BTreeMap<String, (FailureGroup, BTreeSet<String>)> = BTreeMap::new();
     for (error, destination, key, n, parked, max_id, oldest, newest) in rows {
         let Some(error) = error else { continue };
         let fingerprint =
@@ -162,7 +169,7 @@ fn merge_groups(rows: Vec<GroupRow>) -> Vec<(FailureGroup, Vec<String>)> {
                     oldest_age_s: None,
                     newest_age_s: None,
                 },
-                Vec::new(),
+                BTreeSet::new(),
             )
         });
         let g = &mut entry.0;
@@ -174,11 +181,12 @@ fn merge_groups(rows: Vec<GroupRow>) -> Vec<(FailureGroup, Vec<String>)> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if !entry.1.contains(&error) {
-            entry.1.push(error);
-        }
+        entry.1.insert(error);
     }
-    let mut out: Vec<_> = groups.into_values().collect();
+    let mut out: Vec<_> = groups
+        .into_values()
+        .map(|(g, errors)| (g, errors.into_iter().collect()))
+        .collect();
     out.sort_by(|a, b| b.0.signals.cmp(&a.0.signals).then(a.0.id.cmp(&b.0.id)));
     out
 }
@@ -398,7 +406,7 @@ pub(crate) async fn act<DB: Backend>(
     let mut cursor = None;
     let mut changed = 0;
     loop {
-        let (n, last, more) = in_tx!(shared, |conn| {
+        let (n, last, more) = in_tx!(write, shared, |conn| {
             async {
                 let rows = inspect
                     .list(&parked, errors, cursor, through, batch)
@@ -440,8 +448,13 @@ pub(crate) async fn record_audit<DB: Backend>(
     record: &AuditRecord<'_>,
 ) -> Result<()> {
     let mut conn = shared.pool().acquire().await?;
-    create_audit::<DB>(&mut conn).await?;
-    Audit::insert::<DB>(record).execute::<DB>(&mut conn).await?;
+    let insert = Audit::insert::<DB>(record);
+    if insert.execute::<DB>(&mut conn).await.is_err() {
+        // The first line of this database: the table is made now (only then: creating needs
+        // a right the console's role may lack once the table is there).
+        create_audit::<DB>(&mut conn).await?;
+        insert.execute::<DB>(&mut conn).await?;
+    }
     Ok(())
 }
 
@@ -450,10 +463,16 @@ pub(crate) async fn audit_log<DB: Backend>(
     limit: usize,
 ) -> Result<Vec<AuditEntry>> {
     let mut conn = shared.pool().acquire().await?;
-    create_audit::<DB>(&mut conn).await?;
-    let rows = Audit::newest::<DB>(limit.clamp(1, 1000))
-        .fetch_audit::<DB>(&mut conn)
-        .await?;
+    let newest = Audit::newest::<DB>(limit.clamp(1, 1000));
+    let rows = match newest.fetch_audit::<DB>(&mut conn).await {
+        Ok(rows) => rows,
+        // No table: nobody has acted on this database yet.
+        Err(e) if !audit_exists::<DB>(&mut conn).await => {
+            tracing::debug!(error = %e, "no console audit table yet");
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
     Ok(rows
         .into_iter()
         .map(
@@ -470,6 +489,11 @@ pub(crate) async fn audit_log<DB: Backend>(
             },
         )
         .collect())
+}
+
+/// Whether the audit table is there (a statement that reads no row of it).
+async fn audit_exists<DB: Backend>(conn: &mut DB::Connection) -> bool {
+    Audit::probe::<DB>().fetch_ids::<DB>(conn).await.is_ok()
 }
 
 /// The audit table, created on first use (outside any transaction: MySQL commits at DDL).

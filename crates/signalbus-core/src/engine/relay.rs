@@ -172,6 +172,26 @@ impl<DB: Backend> RelayBuilder<DB> {
         }
         // Every table must be there: a relay that starts must be able to work.
         super::operator::pending(&shared, &self.selection).await?;
+        // Every counter exists from the start, at 0: an alert on a rate or an increase sees
+        // the first refusal (a series born at its first value shows no increase) and a type
+        // whose every signal is refused (no `sent` series to divide by).
+        for &i in &types {
+            let labels = [
+                ("bus", shared.name().to_owned()),
+                ("signal", shared.registry().get(i).name.to_string()),
+            ];
+            for name in [
+                "signalbus_signals_sent_total",
+                "signalbus_signals_refused_total",
+                "signalbus_signals_retried_total",
+                "signalbus_signals_parked_total",
+                "signalbus_signals_deferred_total",
+            ] {
+                metrics::counter!(name, &labels).increment(0);
+            }
+        }
+        metrics::counter!("signalbus_publish_failures_total", "bus" => shared.name().to_owned())
+            .increment(0);
         // In order: every type when the relay is ordered, else the types that say so.
         let ordered = |i: TypeIdx| self.ordered || shared.registry().get(i).ty.is_ordered();
         let lanes: Vec<(TypeIdx, Arc<Notify>)> = types

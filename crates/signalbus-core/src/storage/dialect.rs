@@ -122,6 +122,10 @@ pub(crate) struct Dialect {
     /// failure-group aggregate the memory to hash its groups instead of sorting a million
     /// rows on disk (4 MB of `work_mem` by default: 0.9 s against 0.35 s on a million rows).
     pub inspect_setup: Option<&'static str>,
+    /// How an operator's read begins: bounded like a flush where the database bounds
+    /// statements, but without SQLite's write lock (`BEGIN IMMEDIATE` would stall the
+    /// application's writers for the length of a console page).
+    pub begin_read: &'static str,
     /// The condition "`t.id` is one of the bound ids" (`{Ids}`: the parameter's token).
     pub id_in: &'static str,
     /// Where an `UPDATE` of the rows among the bound ids names its table as a join of the

@@ -85,9 +85,11 @@ impl Query {
             parts.push(format!("t.ordering_key = {p}"));
         }
         if let Some(text) = &filter.error_contains {
-            let pattern = format!("%{}%", like_escaped(&text.to_lowercase()));
+            // Lowered by the database on both sides: Rust's lowercase of a non-ASCII letter
+            // is not what an ASCII-only LOWER (SQLite, PostgreSQL's C collation) makes.
+            let pattern = format!("%{}%", like_escaped(text));
             let p = self.bind(Bound::Text(pattern));
-            parts.push(format!("LOWER(t.last_error) LIKE {p} ESCAPE '!'"));
+            parts.push(format!("LOWER(t.last_error) LIKE LOWER({p}) ESCAPE '!'"));
         }
         if let Some((name, value)) = &filter.header {
             // Names were validated (letters, digits, `-_.:`): safe inside a quoted JSON path.
@@ -252,7 +254,7 @@ impl<'t> Inspect<'t> {
         let d = self.d;
         let mut q = Query::new(d);
         let body = d.read_body.replace("{p}", "t.");
-        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        let cap = cap.min(1 << 30);
         let p = q.bind(Bound::Int(id));
         q.sql = format!(
             "SELECT t.id, t.message_id, t.topic, t.routing_key, t.headers, SUBSTR({body}, 1, {cap}), \
@@ -349,6 +351,13 @@ impl Audit {
              matched, changed) VALUES ({})",
             values.join(", ")
         );
+        q
+    }
+
+    /// Reads no row; fails when the table is not there.
+    pub fn probe<DB: Backend>() -> Query {
+        let mut q = Query::new(DB::DIALECT);
+        q.sql = format!("SELECT id FROM {AUDIT_TABLE} WHERE 1 = 0");
         q
     }
 

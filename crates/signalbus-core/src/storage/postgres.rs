@@ -33,6 +33,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     header_value: "jsonb_extract_path_text(t.headers::jsonb, {name})",
     header_by_path: false,
     inspect_setup: Some("SET LOCAL work_mem = '64MB'"),
+    begin_read: BEGIN_FLUSH,
     id_in: "t.id = ANY({Ids})",
     picked: "id = ANY(ARRAY({q}))",
     update_by_ids: None,

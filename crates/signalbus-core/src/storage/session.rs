@@ -58,6 +58,13 @@ impl<DB: Backend> CloseOnDrop<DB> {
         Ok(&mut self.conn)
     }
 
+    /// Begin an operator's read ([`super::dialect::Dialect::begin_read`]) on this
+    /// connection; ended with [`Self::end`] like a flush transaction.
+    pub async fn begin_read(&mut self) -> Result<&mut DB::Connection> {
+        DB::execute_script(&mut self.conn, &owned_sql(DB::DIALECT.begin_read)).await?;
+        Ok(&mut self.conn)
+    }
+
     /// The connection, inside the transaction.
     pub fn conn(&mut self) -> &mut DB::Connection {
         &mut self.conn

@@ -83,10 +83,14 @@ async fn serve(router: axum::Router) -> String {
     base
 }
 
+/// The text of the element `css`, waiting for it (a click's navigation may still be under
+/// way).
 async fn text_of(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
         .text()
         .await
         .unwrap()
@@ -117,8 +121,8 @@ async fn login(c: &Client, base: &str, token: &str) {
         .click()
         .await
         .unwrap();
-    let page = c.source().await.unwrap();
-    assert!(page.contains("id=\"who\""), "logged in: {page}");
+    let who = text_of(c, "#who").await;
+    assert!(who.contains('('), "logged in: {who}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,11 +256,17 @@ async fn an_operator_unparks_a_failure_group_in_the_browser() {
         .click()
         .await
         .unwrap();
-    let refused = c.source().await.unwrap();
-    assert!(
-        refused.contains("another site") || refused.contains("CSRF"),
-        "{refused}"
-    );
+    // The form's navigation may still be under way when the click returns.
+    let started = Instant::now();
+    let refused = loop {
+        let page = c.source().await.unwrap();
+        if page.contains("another site") || page.contains("CSRF") {
+            break page;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused.contains("Error 403"), "{refused}");
     // A malformed filter: a page that says what is wrong.
     let signals = format!("{base}/console/databases/shop/signals/order_placed");
     c.goto(&format!("{signals}?older_than=yesterday"))
