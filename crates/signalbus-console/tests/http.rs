@@ -5,8 +5,8 @@
 mod common;
 
 use common::{OPERATOR, VIEWER, serve, with_tokens};
-use signalbus::Selection;
 use signalbus_console::{Console, Role};
+use signalbus_core::Selection;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -2,9 +2,9 @@
 //! free loopback port.
 #![allow(dead_code)]
 
-use signalbus::publisher::MemoryPublisher;
-use signalbus::{RetryPolicy, Selection, SignalBus, SignalType};
 use signalbus_console::{Console, Role};
+use signalbus_core::publisher::MemoryPublisher;
+use signalbus_core::{RetryPolicy, Selection, SignalBus, SignalType};
 use std::time::Duration;
 
 pub const OPERATOR: &str = "alice-operator-token-0123";
