@@ -5,6 +5,7 @@
 # ~/.cache/signalbus/moto, about a minute), starts it and waits until it listens;
 # `scripts/moto.sh stop` stops the one it started. Tests make their own queues and topics.
 set -euo pipefail
+source "$(dirname "$0")/venv.sh"
 
 HOST=127.0.0.1
 PORT=${SIGNALBUS_MOTO_PORT:-4577}
@@ -16,20 +17,8 @@ MOTO_VERSION=${MOTO_VERSION:-5.2.6}   # the version the tests were written again
 listening() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
 
 install() {
-    if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/pip" show moto 2>/dev/null | grep -qx "Version: $MOTO_VERSION"; then
-        return 0
-    fi
-    echo "== installing moto[server]==$MOTO_VERSION into $VENV"
-    if ! python3 -m venv --help >/dev/null 2>&1; then
-        apt-get install -y python3-venv >/dev/null 2>&1 ||
-            { apt-get update >/dev/null && apt-get install -y python3-venv >/dev/null; } ||
-            { echo "ERROR: python3 -m venv is missing and apt-get install python3-venv failed" >&2; exit 1; }
-    fi
-    rm -rf "$VENV"
-    python3 -m venv "$VENV" ||
-        { echo "ERROR: python3 -m venv $VENV failed; the SQS and SNS tests need moto" >&2; exit 1; }
-    "$VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" ||
-        { echo "ERROR: pip install moto[server]==$MOTO_VERSION failed; the SQS and SNS tests need it" >&2; exit 1; }
+    [ -x "$VENV/bin/moto_server" ] || rm -rf "$VENV"
+    venv_install "$VENV" moto "$MOTO_VERSION" "moto[server]==$MOTO_VERSION" "the SQS and SNS tests need moto"
 }
 
 start() {

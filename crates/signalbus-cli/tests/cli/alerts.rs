@@ -31,28 +31,18 @@ fn tool(name: &str) -> Command {
 
 #[test]
 fn the_alert_rules_pass_promtool() {
-    let out = tool("promtool")
-        .args(["check", "rules"])
-        .arg(ops("prometheus/signalbus-alerts.yml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let out = tool("promtool")
-        .args(["test", "rules"])
-        .arg(ops("prometheus/signalbus-alerts.test.yml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    for (command, file) in [
+        ("check", "prometheus/signalbus-alerts.yml"),
+        ("test", "prometheus/signalbus-alerts.test.yml"),
+    ] {
+        let out = tool("promtool")
+            .args([command, "rules"])
+            .arg(ops(file))
+            .output()
+            .unwrap();
+        let says = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "promtool {command} rules: {says}");
+    }
 }
 
 /// Stops the child when dropped.

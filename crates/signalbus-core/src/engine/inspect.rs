@@ -24,9 +24,14 @@ const SCAN_ROUNDS: usize = 20;
 /// (`last_error IN (…)`); a larger one by reading rows and comparing fingerprints.
 const GROUP_ERRORS_IN_SQL: usize = 50;
 
-fn registered<'s, DB: Backend>(shared: &'s Shared<DB>, name: &str) -> Result<&'s Registered> {
+/// The signal type `name` and the SQL of inspection of its table.
+fn registered<'s, DB: Backend>(
+    shared: &'s Shared<DB>,
+    name: &str,
+) -> Result<(&'s Registered, Inspect)> {
     let idx = shared.registry().select(&Selection::only([name]))?;
-    Ok(shared.registry().get(idx[0]))
+    let reg = shared.registry().get(idx[0]);
+    Ok((reg, Inspect::new::<DB>(&reg.table)))
 }
 
 /// Run `body` in a transaction of its own: an operator's read, or (`write`) a flush
@@ -52,7 +57,7 @@ macro_rules! in_tx {
 }
 
 pub(crate) async fn overview<DB: Backend>(shared: &Shared<DB>, name: &str) -> Result<TypeOverview> {
-    let reg = registered(shared, name)?;
+    let (reg, _) = registered(shared, name)?;
     in_tx!(shared, |conn| {
         async {
             Ok(TypeOverview {
@@ -128,7 +133,7 @@ fn summary(row: InspectedRow) -> SignalSummary {
 /// The failure groups of the rows `filter` matches (its group ignored), largest first.
 async fn read_groups<DB: Backend>(
     conn: &mut DB::Connection,
-    inspect: &Inspect<'_>,
+    inspect: &Inspect,
     filter: &SignalFilter,
 ) -> Result<Vec<(FailureGroup, Vec<String>)>> {
     let mut filter = filter.clone();
@@ -197,9 +202,7 @@ pub(crate) async fn failure_groups<DB: Backend>(
     filter: &SignalFilter,
 ) -> Result<Vec<FailureGroup>> {
     filter.validate()?;
-    let reg = registered(shared, name)?;
-    let t = reg.table.quoted(DB::DIALECT.quote);
-    let inspect = Inspect::new::<DB>(&t);
+    let (_, inspect) = registered(shared, name)?;
     let groups = in_tx!(shared, |conn| read_groups::<DB>(conn, &inspect, filter)
         .await)?;
     Ok(groups.into_iter().map(|(g, _)| g).collect())
@@ -218,7 +221,7 @@ enum GroupScope {
 
 async fn group_scope<DB: Backend>(
     conn: &mut DB::Connection,
-    inspect: &Inspect<'_>,
+    inspect: &Inspect,
     filter: &SignalFilter,
 ) -> Result<GroupScope> {
     let Some(wanted) = &filter.group else {
@@ -243,9 +246,7 @@ pub(crate) async fn list<DB: Backend>(
 ) -> Result<SignalPage> {
     filter.validate()?;
     let limit = limit.clamp(1, 500);
-    let reg = registered(shared, name)?;
-    let t = reg.table.quoted(DB::DIALECT.quote);
-    let inspect = Inspect::new::<DB>(&t);
+    let (_, inspect) = registered(shared, name)?;
     in_tx!(shared, |conn| {
         async {
             // A group is matched row by row (its fingerprint), not looked up first: reading
@@ -293,9 +294,7 @@ pub(crate) async fn count<DB: Backend>(
     filter: &SignalFilter,
 ) -> Result<Matched> {
     filter.validate()?;
-    let reg = registered(shared, name)?;
-    let t = reg.table.quoted(DB::DIALECT.quote);
-    let inspect = Inspect::new::<DB>(&t);
+    let (_, inspect) = registered(shared, name)?;
     in_tx!(shared, |conn| {
         async {
             if let Some(wanted) = &filter.group {
@@ -334,9 +333,7 @@ pub(crate) async fn detail<DB: Backend>(
     id: i64,
     body_cap: usize,
 ) -> Result<Option<SignalDetail>> {
-    let reg = registered(shared, name)?;
-    let t = reg.table.quoted(DB::DIALECT.quote);
-    let inspect = Inspect::new::<DB>(&t);
+    let (_, inspect) = registered(shared, name)?;
     in_tx!(shared, |conn| {
         async {
             let Some(row) = inspect.one(id).fetch_inspected::<DB>(conn).await?.pop() else {
@@ -390,9 +387,7 @@ pub(crate) async fn act<DB: Backend>(
 ) -> Result<u64> {
     filter.validate()?;
     let batch = batch.clamp(1, 10_000);
-    let reg = registered(shared, name)?;
-    let t = reg.table.quoted(DB::DIALECT.quote);
-    let inspect = Inspect::new::<DB>(&t);
+    let (reg, inspect) = registered(shared, name)?;
     let mut parked = filter.clone();
     parked.state = SignalState::Parked;
     let errors = match in_tx!(shared, |conn| group_scope::<DB>(conn, &inspect, &parked)

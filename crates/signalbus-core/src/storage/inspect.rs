@@ -173,16 +173,16 @@ fn like_escaped(text: &str) -> String {
 }
 
 /// The SQL of inspection for one signal table (`t`: its quoted name).
-pub(crate) struct Inspect<'t> {
+pub(crate) struct Inspect {
     d: &'static Dialect,
-    t: &'t str,
+    t: String,
 }
 
-impl<'t> Inspect<'t> {
-    pub fn new<DB: Backend>(quoted_table: &'t str) -> Self {
+impl Inspect {
+    pub fn new<DB: Backend>(table: &crate::ident::Ident) -> Self {
         Inspect {
             d: DB::DIALECT,
-            t: quoted_table,
+            t: table.quoted(DB::DIALECT.quote),
         }
     }
 
