@@ -63,9 +63,12 @@ impl RelayServer {
     /// without `--listen`, and on an address other than loopback without console tokens.
     #[cfg(feature = "console")]
     pub fn with_console(mut self, console: signalbus::console::Console) -> Result<Self, CliError> {
-        let Some((listener, _)) = &self.http else {
+        let Some((listener, handle)) = &self.http else {
             return Err(CliError::msg("--console needs --listen HOST:PORT"));
         };
+        // The overview's send and refuse rates come from this relay's own counters.
+        let metrics = handle.clone();
+        let console = console.metrics_text(move || metrics.render());
         let addr = listener
             .local_addr()
             .map_err(|e| CliError::caused("cannot read the relay's address", e))?;

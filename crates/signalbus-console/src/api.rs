@@ -68,6 +68,10 @@ pub(crate) struct TypeNumbers {
     pub oldest_pending_age_s: Option<u64>,
     pub oldest_backing_off_age_s: Option<u64>,
     pub oldest_parked_age_s: Option<u64>,
+    /// Signals sent a second over the last minute (beside a relay only).
+    pub sent_per_s: Option<f64>,
+    /// Signals refused a second over the last minute (beside a relay only).
+    pub refused_per_s: Option<f64>,
 }
 
 /// One database's numbers, or why it could not answer.
@@ -77,6 +81,17 @@ pub(crate) struct DatabaseNumbers {
     pub signals: Vec<TypeNumbers>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A rate of `signal` on `bus`, rounded to hundredths.
+fn rate(
+    state: &State,
+    bus: &str,
+    signal: &str,
+    which: impl Fn(crate::rates::TypeRates) -> f64,
+) -> Option<f64> {
+    let r = state.rates.as_ref()?.of(bus, signal)?;
+    Some((which(r) * 100.0).round() / 100.0)
 }
 
 /// The overview of every database, each read on its own (one that cannot answer says so
@@ -92,6 +107,8 @@ pub(crate) async fn read_overview(state: &State) -> Vec<DatabaseNumbers> {
         for signal in source.signals() {
             match source.overview(&signal).await {
                 Ok(o) => db.signals.push(TypeNumbers {
+                    sent_per_s: rate(state, source.name(), &signal, |r| r.sent),
+                    refused_per_s: rate(state, source.name(), &signal, |r| r.refused),
                     name: signal,
                     pending: o.stats.count,
                     in_flight: o.in_flight,

@@ -1,8 +1,9 @@
 //! The operator console of [signalbus](https://docs.rs/signalbus): what is stuck, since
 //! when and why, and acting on it, in a browser and through a JSON API.
 //!
-//! * **Overview** per database and signal type: pending, in flight, backing off, parked, and
-//!   the age of the oldest of each.
+//! * **Overview** per database and signal type: pending, in flight, backing off, parked, the
+//!   age of the oldest of each, and (beside a relay: [`Console::metrics_text`]) the send and
+//!   refuse rates.
 //! * **Lists** of held signals with filters (state, ordering key, header value, error text,
 //!   age range, failure group), paged by row id on the server.
 //! * **Failure groups**: held signals grouped by a normalised fingerprint of their last error
@@ -40,6 +41,7 @@ mod error;
 mod guard;
 mod pages;
 mod query;
+mod rates;
 mod source;
 
 pub use access::{MIN_TOKEN_LEN, Role};
@@ -63,6 +65,7 @@ pub struct Console {
     hide_bodies: bool,
     body_cap: usize,
     batch: usize,
+    metrics: Option<rates::MetricsText>,
     errors: Vec<String>,
 }
 
@@ -97,6 +100,7 @@ impl Console {
             hide_bodies: false,
             body_cap: DEFAULT_BODY_CAP,
             batch: DEFAULT_BATCH,
+            metrics: None,
             errors: Vec::new(),
         }
     }
@@ -138,6 +142,16 @@ impl Console {
         self
     }
 
+    /// Where the overview's send and refuse rates come from: the Prometheus text of this
+    /// process' metrics (`PrometheusHandle::render` of a relay's recorder), read every 5 s;
+    /// a rate is the change of `signalbus_signals_sent_total` and
+    /// `signalbus_signals_refused_total` over the last minute. Without it (a console on its
+    /// own) the overview has no rates: the database keeps no trace of what was sent.
+    pub fn metrics_text(mut self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.metrics = Some(Box::new(render));
+        self
+    }
+
     /// Whether any token was added.
     pub fn has_tokens(&self) -> bool {
         self.access.required()
@@ -167,12 +181,31 @@ impl Console {
                 "the console has no database: add one with Console::database".to_owned(),
             ));
         }
+        let rates = self.metrics.map(|text| Arc::new(rates::Rates::new(text)));
+        if let Some(rates) = &rates {
+            rates.sample();
+            // Sampled while the console is served; the task ends with the last clone of the
+            // router (its state).
+            let weak = Arc::downgrade(rates);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    loop {
+                        tokio::time::sleep(rates::SAMPLE_EVERY).await;
+                        match weak.upgrade() {
+                            Some(rates) => rates.sample(),
+                            None => return,
+                        }
+                    }
+                });
+            }
+        }
         let state = Arc::new(State {
             sources: self.sources,
             access: self.access,
             hide_bodies: self.hide_bodies,
             body_cap: self.body_cap,
             batch: self.batch,
+            rates,
         });
         Ok(Router::new()
             .merge(api::routes())
@@ -189,6 +222,8 @@ pub(crate) struct State {
     pub hide_bodies: bool,
     pub body_cap: usize,
     pub batch: usize,
+    /// The send and refuse rates, beside a relay.
+    pub rates: Option<Arc<rates::Rates>>,
 }
 
 pub(crate) type Shared = Arc<State>;

@@ -131,6 +131,11 @@ fn age(seconds: Option<u64>) -> String {
     }
 }
 
+/// A rate, or a dash where there is none (a console without a relay's metrics).
+fn per_second(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}"))
+}
+
 fn secs(d: Option<Duration>) -> Option<u64> {
     d.map(|d| d.as_secs())
 }
@@ -159,6 +164,10 @@ async fn overview(With(state): With<Shared>, headers: HeaderMap) -> PageResult {
     let databases = api::read_overview(&state).await;
     let body = html! {
         h1 { "Overview" }
+        @if state.rates.is_none() {
+            p.note { "Send and refuse rates show beside a relay (signalbus relay --console); \
+                      the Grafana dashboard has them too." }
+        }
         p.note { "Pending: every row waiting to be sent. Backing off: refused or deferred, \
                   waiting for the next attempt. Parked: refused too often, never sent again \
                   until unparked." }
@@ -167,7 +176,8 @@ async fn overview(With(state): With<Shared>, headers: HeaderMap) -> PageResult {
             @if let Some(e) = &db.error { p.error { (e) } }
             table #overview {
                 tr { th { "Signal type" } th { "Pending" } th { "In flight" } th { "Backing off" }
-                     th { "Parked" } th { "Oldest pending" } th { "Oldest backing off" } th { "Oldest parked" } }
+                     th { "Parked" } th { "Oldest pending" } th { "Oldest backing off" } th { "Oldest parked" }
+                     th { "Sent/s" } th { "Refused/s" } }
                 @for t in &db.signals {
                     tr {
                         td { a href=(signal_url(&db.name, &t.name)) { (t.name) } }
@@ -178,6 +188,8 @@ async fn overview(With(state): With<Shared>, headers: HeaderMap) -> PageResult {
                         td.n { (age(t.oldest_pending_age_s)) }
                         td.n { (age(t.oldest_backing_off_age_s)) }
                         td.n { (age(t.oldest_parked_age_s)) }
+                        td.n { (per_second(t.sent_per_s)) }
+                        td.n { (per_second(t.refused_per_s)) }
                     }
                 }
             }

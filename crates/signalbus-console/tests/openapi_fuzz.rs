@@ -67,6 +67,8 @@ async fn the_api_keeps_to_its_openapi_description_under_fuzzing() {
     let base = s.base.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(tool)
+            // Its cache (.schemathesis/) goes to the scratch directory, not the crate.
+            .current_dir(file.parent().expect("a file in a directory"))
             .arg("run")
             .arg(&file)
             .args(["--url", &base])

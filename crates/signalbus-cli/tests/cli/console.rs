@@ -82,6 +82,10 @@ async fn the_console_command_serves_the_tables_with_tokens() {
     let (status, body) = api(&format!("{base}/overview"), Some(OPERATOR), None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["databases"][0]["signals"][0]["parked"], 2, "{body}");
+    assert!(
+        body["databases"][0]["signals"][0]["sent_per_s"].is_null(),
+        "no rates without a relay: {body}"
+    );
     // It sends nothing: unparked signals wait for a relay or a flush.
     let db = body["databases"][0]["name"].as_str().unwrap().to_owned();
     let enc: String = url::form_urlencoded::byte_serialize(db.as_bytes()).collect();
@@ -218,6 +222,23 @@ async fn a_relay_with_the_console_sends_what_is_unparked() {
             "the relay never sent the unparked signals"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Beside a relay, the overview has the send rate, from the relay's counters (sampled
+    // every 5 s: the rate shows once the sample after the sending is taken).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = api(
+            &format!("{base}/console/api/overview"),
+            Some(OPERATOR),
+            None,
+        )
+        .await;
+        let sent = body["databases"][0]["signals"][0]["sent_per_s"].as_f64();
+        if sent.is_some_and(|r| r > 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no send rate: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (status, stderr) = stop(child);
     assert!(status.success(), "{stderr}");
