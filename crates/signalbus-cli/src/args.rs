@@ -232,6 +232,27 @@ pub struct RelayArgs {
     #[arg(long, env = "SIGNALBUS_STATS_INTERVAL", value_name = "SECONDS",
           value_parser = positive_seconds, default_value = "5", allow_negative_numbers = true)]
     pub stats_interval: std::time::Duration,
+    /// When /readyz says ready: `all` databases and the bus answer, `any` does, or a
+    /// percentage such as `90%` (default: the configuration's `[fleet] ready`, else `all`).
+    #[arg(long, env = "SIGNALBUS_READY_POLICY", value_name = "POLICY")]
+    pub ready_policy: Option<signalbus::fleet::ReadyPolicy>,
+    /// Seconds between reads of the list of databases (`[fleet]` file and catalog; also on
+    /// SIGHUP). Default: the configuration's `reload_every`, else 30.
+    #[arg(long, env = "SIGNALBUS_RELOAD_EVERY", value_name = "SECONDS",
+          value_parser = positive_seconds, allow_negative_numbers = true)]
+    pub reload_every: Option<std::time::Duration>,
+    /// Bursts in flight at once across every database, taken in turns (first come, first
+    /// served), so that one database's backlog never delays another's new signals by more
+    /// than a burst each. Default: the configuration's `[fleet] bursts_at_once`; else 16 when
+    /// the list comes from a file or a catalog, unlimited otherwise.
+    #[arg(long, env = "SIGNALBUS_BURSTS_AT_ONCE", value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub bursts_at_once: Option<usize>,
+    /// The longest wait, in seconds, between two attempts to start the relay of a database
+    /// that cannot be reached (or is not migrated); attempts begin 1 s apart and double.
+    #[arg(long, env = "SIGNALBUS_DATABASE_RETRY_MAX", value_name = "SECONDS", default_value = "60",
+          value_parser = positive_seconds, allow_negative_numbers = true)]
+    pub database_retry_max: std::time::Duration,
 }
 
 /// Where a relay learns of new signals.

@@ -48,6 +48,40 @@ pub struct Config {
     /// The operator console (`signalbus console`, `signalbus relay --console`).
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Fleet mode: where `relay` reads its list of databases while it runs.
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+/// The `[fleet]` table: the databases of a fleet (a database per tenant or shard), read at
+/// the start and again on SIGHUP and every `reload_every` seconds, besides `databases`.
+///
+/// ```toml
+/// [fleet]
+/// databases_file = "tenants.txt"   # one URL per line (# comments); relative to this file
+/// catalog_url_env = "CATALOG_URL"  # the variable that holds the catalog database's URL
+/// catalog_query = "SELECT url FROM tenants WHERE active"  # one text column: the URLs
+/// reload_every = 30                # seconds (default 30 when a file or catalog is set)
+/// ready = "90%"                    # /readyz: `all`, `any` or a percentage (default all)
+/// bursts_at_once = 16              # bursts in flight across all databases, taking turns
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// A file listing database URLs, one per line.
+    pub databases_file: Option<PathBuf>,
+    /// The catalog database's URL (prefer `catalog_url_env`: URLs hold passwords).
+    pub catalog_url: Option<String>,
+    /// The environment variable holding the catalog database's URL.
+    pub catalog_url_env: Option<String>,
+    /// The query that returns the databases' URLs (one text column).
+    pub catalog_query: Option<String>,
+    /// Seconds between reloads of the file and the catalog.
+    pub reload_every: Option<u64>,
+    /// When `/readyz` says ready: `all`, `any`, or a percentage such as `90%`.
+    pub ready: Option<String>,
+    /// Bursts in flight at once across every database (fair turns).
+    pub bursts_at_once: Option<usize>,
 }
 
 /// The `[console]` table.
@@ -70,6 +104,39 @@ pub struct ConsoleConfig {
     /// The tokens, besides SIGNALBUS_CONSOLE_OPERATOR_TOKEN and SIGNALBUS_CONSOLE_VIEWER_TOKEN.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+}
+
+impl FleetConfig {
+    /// Whether the settings fit together.
+    fn check(&self) -> Result<(), String> {
+        let url = self.catalog_url.is_some() || self.catalog_url_env.is_some();
+        if self.catalog_url.is_some() && self.catalog_url_env.is_some() {
+            return Err("give `catalog_url` or `catalog_url_env`, not both".into());
+        }
+        if url != self.catalog_query.is_some() {
+            return Err(
+                "a catalog needs both its database (`catalog_url_env` or `catalog_url`) \
+                 and `catalog_query`"
+                    .into(),
+            );
+        }
+        if self.reload_every == Some(0) {
+            return Err("`reload_every` must be at least 1 (seconds)".into());
+        }
+        if self.bursts_at_once == Some(0) {
+            return Err("`bursts_at_once` must be at least 1".into());
+        }
+        if let Some(ready) = &self.ready {
+            ready.parse::<signalbus::fleet::ReadyPolicy>()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the list of databases comes from a file or a catalog (it may change while the
+    /// relay runs).
+    pub fn is_dynamic(&self) -> bool {
+        self.databases_file.is_some() || self.catalog_query.is_some()
+    }
 }
 
 /// One `[[console.tokens]]` entry.
@@ -244,6 +311,13 @@ impl Config {
                 });
             }
         }
+        if let Err(message) = config.fleet.check() {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                location: None,
+                message: format!("[fleet]: {message}"),
+            });
+        }
         Ok(config)
     }
 
@@ -253,7 +327,15 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &format!("`{}`", path.display()))
+        let mut config = Self::parse(&text, &format!("`{}`", path.display()))?;
+        // A relative list file is beside the configuration, wherever the relay runs from.
+        if let Some(file) = &config.fleet.databases_file
+            && file.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            config.fleet.databases_file = Some(dir.join(file));
+        }
+        Ok(config)
     }
 
     /// The signal types, to register with a bus (which validates them).

@@ -72,6 +72,7 @@
 
 mod args;
 pub mod config;
+mod connect;
 #[cfg(feature = "console")]
 pub mod console;
 mod error;
@@ -84,6 +85,7 @@ mod selection;
 
 use selection::select;
 use signalbus::{Backend, SignalBus};
+use std::time::Duration;
 
 pub use args::{
     Command, DrainArgs, FlushArgs, ParkedArgs, PendingArgs, PurgeArgs, RelayArgs, SettleArgs,
@@ -91,10 +93,18 @@ pub use args::{
 };
 #[cfg(feature = "console")]
 pub use args::{ConsoleArgs, ConsoleOptions};
+pub use connect::Connect;
 pub use error::CliError;
 pub use flushing::StopSignal;
 pub use outcome::{EXIT_REFUSED, EXIT_STATUS_HELP, Outcome};
-pub use relay::{RelayServer, start_relay};
+pub use relay::{RelayServer, Reload, Sources, Tenants, start_relay};
+
+/// Check a relay's signal names against `bus`' types: fails when none of the names given is
+/// known or every type is excluded (the relay would have nothing to do), before any database
+/// is reached.
+pub fn check_selection<DB: Backend>(bus: &SignalBus<DB>, args: &RelayArgs) -> Result<(), CliError> {
+    select(bus, &args.names, &args.exclude).map(drop)
+}
 
 /// Run `command` against `bus`. Flushes stop after their current burst, and `--repeat` loops
 /// end, when `stop` fires.
@@ -149,8 +159,20 @@ pub async fn run<DB: Backend>(
                 let console = console::console(&args.console_options, None)?.database(bus.clone());
                 server = server.with_console(console)?;
             }
-            let relay = start_relay(bus, args, None).await?;
-            server.run(vec![relay], args, stop).await
+            // A fleet of one: a relay that cannot start (the database down, the tables not
+            // there yet) is tried again until it can, as in the binary.
+            select(bus, &args.names, &args.exclude)?;
+            let (one, relay_args) = (bus.clone(), args.clone());
+            let fleet = signalbus::fleet::Fleet::builder(move |_: String| {
+                let (bus, args) = (one.clone(), relay_args.clone());
+                async move { start_relay(&bus, &args, None, None).await }
+            })
+            .retry(Duration::from_secs(1), args.database_retry_max)
+            .shutdown_timeout(args.shutdown_timeout)
+            .build();
+            fleet.update([bus.name().to_owned()]);
+            let policy = args.ready_policy.unwrap_or_default();
+            server.run(fleet, None, policy, args, stop).await
         }
         #[cfg(feature = "console")]
         Command::Console(args) => {

@@ -6,19 +6,16 @@
 #![forbid(unsafe_code)]
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use signalbus::fleet::ReadyPolicy;
 use signalbus::redact::redact_url;
-use signalbus::storage::{DatabaseKind, PoolSettings, open_pool};
-use signalbus::{
-    Backend, BoxPublisher, PublisherExt, Relay, SignalBus, publisher::MemoryPublisher,
-};
+use signalbus::storage::DatabaseKind;
+use signalbus::{BoxPublisher, BurstShare, PublisherExt, SignalBus, publisher::MemoryPublisher};
 use signalbus_cli::config::Config;
 use signalbus_cli::{
-    CliError, Command, Outcome, RelayServer, SignalbusArgs, StopSignal, positive_seconds,
-    start_relay,
+    CliError, Command, Connect, Outcome, RelayServer, Reload, SignalbusArgs, Sources, StopSignal,
+    Tenants, positive_seconds,
 };
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -234,7 +231,9 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
             path.display()
         );
     }
-    if urls.is_empty() {
+    // A fleet's relay may start with no database yet: its file or catalog lists them.
+    let listed = matches!(cli.signalbus.command, Command::Relay(_)) && config.fleet.is_dynamic();
+    if urls.is_empty() && !listed {
         if !lazy {
             return Err(CliError::msg(
                 "no database: pass --database-url URL or set DATABASE_URL",
@@ -264,9 +263,10 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
         let publisher = settings.publisher(&cli, false).await?;
         let mut console = signalbus_cli::console::console(&args.options, Some(&config.console))?;
         for url in &urls {
+            let connect = settings.connect(&cli, false);
             console = signalbus::with_database!(url, |DB| {
-                let pool = open::<DB>(url, &cli, false).await?;
-                console.database(settings.bus(pool, &config, publisher.clone(), url)?)
+                let pool = connect.pool::<DB>(url).await?;
+                console.database(connect.bus(pool, &config, publisher.clone(), url)?)
             })
             .map_err(|e| CliError::msg(e.to_string()))?;
         }
@@ -296,13 +296,14 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
             urls.truncate(1);
         }
         let mut outcome = Outcome::Completed;
+        let connect = settings.connect(&cli, lazy);
         for url in &urls {
             if urls.len() > 1 {
                 eprintln!("signalbus: database `{}`", redact_url(url));
             }
             let done = signalbus::with_database!(url, |DB| {
-                let pool = open::<DB>(url, &cli, lazy).await?;
-                let bus = settings.bus(pool, &config, publisher.clone(), url)?;
+                let pool = connect.pool::<DB>(url).await?;
+                let bus = connect.bus(pool, &config, publisher.clone(), url)?;
                 signalbus_cli::run(&bus, &cli.signalbus.command, &stop).await
             })
             .map_err(|e| CliError::msg(e.to_string()))??;
@@ -318,6 +319,22 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
     #[allow(unused_mut)]
     let mut server = RelayServer::bind(args).await?;
     let publisher = settings.publisher(&cli, true).await?;
+    // Every URL given is checked at once; a database that cannot be reached is not fatal
+    // (its relay starts when it can), a URL that is not one is.
+    for url in &urls {
+        DatabaseKind::of(url)
+            .map_err(|e| CliError::caused(format!("bad database URL `{}`", redact_url(url)), e))?;
+    }
+    // The relay's names and settings are checked before any database is reached.
+    config_check(&config, args, &settings, &publisher)?;
+    // The configuration's own list is read again on SIGHUP; one given on the command line
+    // stays as given.
+    let from_config = cli.database_url.is_empty().then(|| path.clone());
+    let mut sources = Sources::new(urls.clone(), from_config, &config.fleet)?;
+    let dynamic = sources.is_dynamic();
+    let mut connect = settings.connect(&cli, false);
+    // A quiet database of a fleet keeps the connection its polls use, no more.
+    connect.idle_timeout = Some(Duration::from_secs(60));
     #[cfg(feature = "console")]
     let mut console = match args.console {
         true => Some(signalbus_cli::console::console(
@@ -326,84 +343,56 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
         )?),
         false => None,
     };
-    // Every database is reached before any relay starts: one that is down fails the start
-    // with nothing sent anywhere.
-    let mut starts: Vec<Starting<'_>> = Vec::with_capacity(urls.len());
-    for url in &urls {
-        let start = signalbus::with_database!(url, |DB| {
-            let pool = open::<DB>(url, &cli, false).await?;
-            let bus = settings.bus(pool, &config, publisher.clone(), url)?;
-            #[cfg(feature = "console")]
-            {
-                console = console.map(|c| c.database(bus.clone()));
-            }
-            Box::pin(async move { start_relay(&bus, args, Some(url)).await }) as Starting<'_>
-        })
-        .map_err(|e| CliError::msg(e.to_string()))?;
-        starts.push(start);
-    }
+    // The console shows the databases of the command line and the configuration (opened
+    // lazily: one that is down shows as such); those of a file or catalog are not in it yet.
     #[cfg(feature = "console")]
-    if let Some(console) = console {
-        server = server.with_console(console)?;
-    }
-    let mut relays = Vec::with_capacity(urls.len());
-    for start in starts {
-        relays.push(start.await?);
-    }
-    server.run(relays, args, &stop).await
-}
-
-/// A relay about to start, on whichever database (one type for all of them).
-type Starting<'a> = Pin<Box<dyn Future<Output = Result<Relay, CliError>> + 'a>>;
-
-fn cannot_connect(url: &str, e: sqlx::Error) -> CliError {
-    CliError::caused(
-        format!("cannot connect to the database at `{}`", redact_url(url)),
-        e,
-    )
-}
-
-/// A pool on the database `url` names (`DB`). On a server, one connection first, alone: the
-/// pool would retry a refused connection until its acquire timeout and then report only that
-/// it timed out, not why.
-async fn open<DB: Backend>(url: &str, cli: &Cli, lazy: bool) -> Result<sqlx::Pool<DB>, CliError> {
-    // SQLite has no server to ask, and `migrate` may create its file.
-    if !lazy && !matches!(DatabaseKind::of(url), Ok(DatabaseKind::Sqlite)) {
-        first_connection::<DB>(url).await?;
-    }
-    let settings = PoolSettings::new()
-        .max_connections(cli.max_connections)
-        .acquire_timeout(Duration::from_secs(30))
-        .lazy(lazy)
-        .create_sqlite_file(matches!(cli.signalbus.command, Command::Migrate))
-        .busy_timeout(Duration::from_secs(30));
-    open_pool::<DB>(url, &settings).await.map_err(|e| match e {
-        sqlx::Error::Configuration(_) => {
-            CliError::caused(format!("bad database URL `{}`", redact_url(url)), e)
+    if let Some(mut with) = console.take() {
+        let lazy = Connect {
+            lazy: true,
+            ..connect.clone()
+        };
+        for url in &urls {
+            with = signalbus::with_database!(url, |DB| {
+                let pool = lazy.pool::<DB>(url).await?;
+                with.database(lazy.bus(pool, &config, publisher.clone(), url)?)
+            })
+            .map_err(|e| CliError::msg(e.to_string()))?;
         }
-        e => cannot_connect(url, e),
-    })
-}
-
-/// How long the first connection to a database may take before the command gives up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Open and close one connection to `url`: its error, if any, is the database's (connection
-/// refused, authentication failed, no such database), at once.
-async fn first_connection<DB: sqlx::Database>(url: &str) -> Result<(), CliError> {
-    use sqlx::Connection as _;
-    match tokio::time::timeout(CONNECT_TIMEOUT, DB::Connection::connect(url)).await {
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-            Ok(())
-        }
-        Ok(Err(e)) => Err(cannot_connect(url, e)),
-        Err(_) => Err(CliError::msg(format!(
-            "cannot connect to the database at `{}`: no answer within {} s",
-            redact_url(url),
-            CONNECT_TIMEOUT.as_secs()
-        ))),
+        server = server.with_console(with)?;
     }
+    let share = args
+        .bursts_at_once
+        .or(config.fleet.bursts_at_once)
+        .or(dynamic.then_some(16))
+        .map(BurstShare::new);
+    let policy = match (&args.ready_policy, &config.fleet.ready) {
+        (Some(policy), _) => *policy,
+        (None, Some(text)) => text.parse().map_err(CliError::msg)?,
+        (None, None) => ReadyPolicy::All,
+    };
+    let every = args
+        .reload_every
+        .or(config.fleet.reload_every.map(Duration::from_secs))
+        .unwrap_or(Duration::from_secs(30));
+    let fleet = Tenants {
+        connect,
+        config: config.clone(),
+        publisher,
+        args: args.clone(),
+        share,
+    }
+    .fleet(args.database_retry_max)
+    .build();
+    let list = sources.load().await;
+    if let Some(e) = sources.last_error() {
+        eprintln!("signalbus relay: warning: {e}; trying again on the next reload");
+    }
+    fleet.update(list);
+    let reload = Reload {
+        sources,
+        every: dynamic.then_some(every),
+    };
+    server.run(fleet, Some(reload), policy, args, &stop).await
 }
 
 /// The bus settings of the command line, checked once.
@@ -430,6 +419,18 @@ impl Settings {
         })
     }
 
+    /// How this command reaches its databases; `lazy` for commands that need none.
+    fn connect(&self, cli: &Cli, lazy: bool) -> Connect {
+        Connect {
+            max_connections: cli.max_connections,
+            idle_timeout: None,
+            lazy,
+            create_sqlite_file: matches!(cli.signalbus.command, Command::Migrate),
+            publish_timeout: self.publish_timeout,
+            lease: self.lease,
+        }
+    }
+
     /// The bus of `--bus-url` for commands that send; a stand-in for the others.
     async fn publisher(&self, cli: &Cli, sending: bool) -> Result<BoxPublisher, CliError> {
         if !sending {
@@ -454,31 +455,28 @@ impl Settings {
             ))),
         }
     }
+}
 
-    /// A bus over `pool` with the configuration's signal types, named after its database.
-    fn bus<DB: Backend>(
-        &self,
-        pool: sqlx::Pool<DB>,
-        config: &Config,
-        publisher: BoxPublisher,
-        url: &str,
-    ) -> Result<SignalBus<DB>, CliError> {
-        let mut builder = SignalBus::builder(pool)
-            .name(redact_url(url))
-            .publisher(publisher)
-            .publish_timeout(self.publish_timeout)
-            .autoflush(false);
-        if let Some(lease) = self.lease {
-            builder = builder.lease(lease);
-        }
-        for ty in config.signal_types() {
-            builder = builder.register_type(ty);
-        }
-        builder.build().map_err(|e| {
-            CliError::caused(
-                "the configuration declares invalid signal types or settings",
-                e,
-            )
-        })
-    }
+/// Fail at once on what no database can mend: signal names the configuration does not
+/// declare, invalid settings (checked on a bus over no database).
+fn config_check(
+    config: &Config,
+    args: &signalbus_cli::RelayArgs,
+    settings: &Settings,
+    publisher: &BoxPublisher,
+) -> Result<(), CliError> {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect_lazy("sqlite::memory:")
+        .map_err(|e| CliError::caused("cannot check the configuration", e))?;
+    let connect = Connect {
+        max_connections: 1,
+        idle_timeout: None,
+        lazy: true,
+        create_sqlite_file: false,
+        publish_timeout: settings.publish_timeout,
+        lease: settings.lease,
+    };
+    let bus: SignalBus<sqlx::Sqlite> =
+        connect.bus(pool, config, publisher.clone(), "sqlite::memory:")?;
+    signalbus_cli::check_selection(&bus, args)
 }

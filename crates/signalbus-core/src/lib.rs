@@ -55,6 +55,8 @@ mod transaction;
 pub mod atomic;
 // 7. the handle users hold
 mod bus;
+// 8. many databases' relays
+pub mod fleet;
 
 pub use atomic::{Atomic, AtomicOptions, BlockError, Isolation, RowLock, TableRow};
 pub use bus::{SignalBus, SignalBusBuilder};
@@ -64,7 +66,7 @@ pub use delivery::{
 };
 #[cfg(feature = "wal")]
 pub use engine::capture::{self, CaptureState, WalCapture};
-pub use engine::relay::{self, Readiness, ReadinessCheck, Relay, RelayBuilder};
+pub use engine::relay::{self, BurstShare, Readiness, ReadinessCheck, Relay, RelayBuilder};
 pub use error::{Error, InnerError, PublishError, PublishErrorKind, Result};
 #[doc(hidden)]
 pub use ident::Ident;

@@ -34,6 +34,8 @@ const LAYERS: &[&[&str]] = &[
     &["atomic"],
     // the handle users hold
     &["bus"],
+    // many databases' relays
+    &["fleet"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -68,16 +68,16 @@ pub use bus_url::connect_bus;
 // The public API, by name: what users touch. The core crate's other public items serve the
 // broker crates and are not part of it.
 pub use signalbus_core::{
-    Atomic, AtomicOptions, Backend, BatchOutcome, BlockError, BoxPublisher, DEFAULT_BURST,
-    DEFAULT_FLUSH_WAIT, Deferred, Delivery, DeliveryReport, Error, FlushProgress, Headers,
-    Holdback, InnerError, InsertParam, Isolation, Message, ORDERING_KEY_HEADER, OnProgress,
-    OrderColumn, ParkedRows, ParkedSignal, PendingStats, PreparedSignal, PublishError,
+    Atomic, AtomicOptions, Backend, BatchOutcome, BlockError, BoxPublisher, BurstShare,
+    DEFAULT_BURST, DEFAULT_FLUSH_WAIT, Deferred, Delivery, DeliveryReport, Error, FlushProgress,
+    Headers, Holdback, InnerError, InsertParam, Isolation, Message, ORDERING_KEY_HEADER,
+    OnProgress, OrderColumn, ParkedRows, ParkedSignal, PendingStats, PreparedSignal, PublishError,
     PublishErrorKind, Publisher, PublisherExt, Readiness, ReadinessCheck, Recorder, Refused, Relay,
     RelayBuilder, Result, RetryPolicy, RowLock, Selection, Signal, SignalBus, SignalBusBuilder,
     SignalId, SignalType, TableRow, Transaction, json_body,
 };
 pub use signalbus_core::{
-    atomic, inspection, locking, metrics, prepared, publisher, relay, storage,
+    atomic, fleet, inspection, locking, metrics, prepared, publisher, relay, storage,
 };
 // The database a URL names, chosen once for the command line, the benchmarks and tools.
 pub use signalbus_core::with_database;

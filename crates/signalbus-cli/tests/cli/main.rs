@@ -5,6 +5,7 @@
 mod alerts;
 mod commands;
 mod console;
+mod fleet;
 mod parked;
 mod processes;
 mod relay;

@@ -452,25 +452,7 @@ async fn bad_relay_input_is_one_clear_line_and_loses_nothing() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = s.run(&url, &["relay", "--bus-url", &bus, "--listen", &addr]);
     one_line(&out, 1, &format!("cannot listen on {addr}"));
-    let down = "postgres://postgres:secret@127.0.0.1:1/nowhere";
-    let out = s.run(
-        &url,
-        &[
-            "--database-url",
-            &url,
-            "--database-url",
-            down,
-            "relay",
-            "--bus-url",
-            &bus,
-        ],
-    );
-    one_line(
-        &out,
-        1,
-        "cannot connect to the database at `postgres://postgres:***@127.0.0.1:1/nowhere`",
-    );
-    assert!(!text(&out.stderr).contains("secret"));
+    // A database that cannot be reached is not fatal (fleet.rs): the relay retries it.
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bulk")
         .fetch_one(&pool)
         .await

@@ -55,10 +55,15 @@ const MAX_FAILURE_WAIT: Duration = Duration::from_secs(10);
 
 /// The wait after `failures` failures in a row: 100 ms, doubling up to 10 s (with jitter).
 pub(crate) fn failure_wait(failures: u32) -> Duration {
+    failure_wait_between(failures, Duration::from_millis(100), MAX_FAILURE_WAIT)
+}
+
+/// The wait after `failures` failures in a row: `base`, doubling up to `max` (with jitter).
+pub(crate) fn failure_wait_between(failures: u32, base: Duration, max: Duration) -> Duration {
     Backoff {
         max_attempts: u32::MAX,
-        base: Duration::from_millis(100),
-        max: MAX_FAILURE_WAIT,
+        base,
+        max,
         wait_before_first_retry: true,
     }
     .delay(failures.max(1))
@@ -74,8 +79,43 @@ pub struct RelayBuilder<DB: Backend> {
     poll_max: Duration,
     stats_interval: Duration,
     ordered_lanes: usize,
+    share: Option<BurstShare>,
     #[cfg(feature = "wal")]
     capture: Option<super::capture::WalCapture>,
+}
+
+/// Bursts in flight at once across every relay that holds a clone of it (a fleet of relays,
+/// one per database): each burst waits its turn, first come first served, so that a database
+/// draining a large backlog takes one turn in the queue at a time and a quiet database's new
+/// signals go out after at most one burst of each database ahead of them.
+///
+/// ```no_run
+/// # async fn demo(a: signalbus_core::SignalBus<sqlx::Postgres>, b: signalbus_core::SignalBus<sqlx::Postgres>) -> signalbus_core::Result<()> {
+/// use signalbus_core::relay::BurstShare;
+/// let share = BurstShare::new(4);
+/// let ra = a.relay().share(share.clone()).start().await?;
+/// let rb = b.relay().share(share).start().await?;
+/// # let _ = (ra, rb); Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BurstShare(Arc<tokio::sync::Semaphore>);
+
+impl BurstShare {
+    /// At most `bursts` bursts at once (at least 1).
+    pub fn new(bursts: usize) -> Self {
+        BurstShare(Arc::new(tokio::sync::Semaphore::new(bursts.max(1))))
+    }
+
+    /// Wait for a turn (tokio's semaphore queues waiters in order); `None` when `stop` fires.
+    async fn turn(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::select! {
+            permit = self.0.clone().acquire_owned() => permit.ok(),
+            _ = stop.changed() => None,
+        }
+    }
 }
 
 impl<DB: Backend> RelayBuilder<DB> {
@@ -89,6 +129,7 @@ impl<DB: Backend> RelayBuilder<DB> {
             poll_max: Duration::from_secs(1),
             stats_interval: Duration::from_secs(5),
             ordered_lanes: 4,
+            share: None,
             #[cfg(feature = "wal")]
             capture: None,
         }
@@ -113,6 +154,13 @@ impl<DB: Backend> RelayBuilder<DB> {
     /// sequence: one burst of them at a time.
     pub fn ordered_lanes(mut self, n: usize) -> Self {
         self.ordered_lanes = n;
+        self
+    }
+
+    /// Take turns for bursts with the other relays that hold `share` (see [`BurstShare`]);
+    /// default: none, every lane sends as soon as it finds signals.
+    pub fn share(mut self, share: BurstShare) -> Self {
+        self.share = Some(share);
         self
     }
 
@@ -264,6 +312,7 @@ impl<DB: Backend> RelayBuilder<DB> {
                     notify,
                     wakers: wakers.clone(),
                     gate: gate.clone(),
+                    share: self.share.clone(),
                     #[cfg(feature = "wal")]
                     capture: capture.clone(),
                     #[cfg(feature = "wal")]
@@ -446,6 +495,8 @@ struct Lane {
     /// The relay's idle locks (PostgreSQL): while no lane of a table is idle, its writers do
     /// not notify.
     gate: Option<Arc<IdleGate>>,
+    /// Turns shared with other relays, taken for each burst.
+    share: Option<BurstShare>,
     /// What the relay's WAL capture is doing: while it captures, an ordered lane rests and
     /// an unordered one only scans every `capture_scan` for what the stream does not bring.
     #[cfg(feature = "wal")]
@@ -506,11 +557,19 @@ async fn lane<DB: Backend>(
             continue;
         }
         let round = tokio::time::Instant::now();
+        let turn = match &lane.share {
+            Some(share) => match share.turn(&mut stop).await {
+                Some(turn) => Some(turn),
+                None => break,
+            },
+            None => None,
+        };
         let burst = if lane.ordered {
             ordered_burst(&shared, lane.idx, false, &mut hold).await
         } else {
             claimed_burst(&shared, lane.idx, Pick::Next(&slot)).await
         };
+        drop(turn);
         let wait = match burst {
             Ok(Some(settled)) => {
                 lane.busy(&mut registered);

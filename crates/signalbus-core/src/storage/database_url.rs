@@ -109,6 +109,7 @@ impl From<UnknownDatabase> for crate::error::Error {
 pub struct PoolSettings {
     max_connections: u32,
     acquire_timeout: Duration,
+    idle_timeout: Option<Duration>,
     lazy: bool,
     // Read by SQLite's connect options alone.
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
@@ -124,6 +125,7 @@ impl Default for PoolSettings {
         PoolSettings {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
             lazy: false,
             create_sqlite_file: false,
             busy_timeout: Duration::from_secs(5),
@@ -147,6 +149,14 @@ impl PoolSettings {
     /// How long taking a connection from the pool may wait (default 30 s).
     pub fn acquire_timeout(mut self, limit: Duration) -> Self {
         self.acquire_timeout = limit;
+        self
+    }
+
+    /// Close a connection that stayed idle in the pool this long (default 10 minutes, as
+    /// sqlx; `None`: never). A relay over many databases closes the connections of quiet
+    /// ones sooner.
+    pub fn idle_timeout(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.idle_timeout = limit.into();
         self
     }
 
@@ -182,6 +192,7 @@ impl PoolSettings {
         sqlx::pool::PoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
+            .idle_timeout(self.idle_timeout)
     }
 }
 
