@@ -99,8 +99,54 @@ enum LogFormat {
     Json,
 }
 
+/// The binary's whole command line: the commands, and `completions` and `manpage`, which
+/// print what packagers install from the same definition.
+fn command_line() -> clap::Command {
+    Cli::command()
+        .subcommand(
+            clap::Command::new("completions")
+                .about("Print the shell completions of this command (e.g. `signalbus completions bash > /usr/share/bash-completion/completions/signalbus`)")
+                .arg(
+                    clap::Arg::new("shell")
+                        .required(true)
+                        .value_parser(clap::value_parser!(clap_complete::Shell)),
+                ),
+        )
+        .subcommand(
+            clap::Command::new("manpage")
+                .about("Print the manual page of this command, in roff (e.g. `signalbus manpage > /usr/share/man/man1/signalbus.1`)"),
+        )
+}
+
+/// `completions` and `manpage`: print, and the exit status; `None` for every other command.
+fn print_generated(matches: &clap::ArgMatches) -> Option<ExitCode> {
+    let mut out = std::io::stdout();
+    match matches.subcommand() {
+        Some(("completions", args)) => {
+            let shell = *args
+                .get_one::<clap_complete::Shell>("shell")
+                .expect("a required argument");
+            clap_complete::generate(shell, &mut command_line(), "signalbus", &mut out);
+            Some(ExitCode::SUCCESS)
+        }
+        Some(("manpage", _)) => Some(
+            match clap_mangen::Man::new(command_line()).render(&mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot print the manual page: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+        ),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = command_line().get_matches();
+    if let Some(done) = print_generated(&matches) {
+        return done;
+    }
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli.database_url_from_env =
         matches.value_source("database_url") == Some(clap::parser::ValueSource::EnvVariable);

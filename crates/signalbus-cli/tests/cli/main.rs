@@ -6,6 +6,7 @@ mod alerts;
 mod commands;
 mod console;
 mod fleet;
+mod operating;
 mod parked;
 mod processes;
 mod relay;
