@@ -14,9 +14,9 @@ ensure_core_services
 # stopping it at exit would pull it from under a concurrent run (`scripts/kafka.sh stop`).
 bash scripts/kafka.sh start
 wait_for Kafka 127.0.0.1 9092
-# The console's browser test and the alert rules' tests: Chromium, chromedriver and
-# Prometheus (promtool) from Debian, installed on first use.
-bash scripts/console-tools.sh
+# The tools the tests run (Chromium and chromedriver, Prometheus, PgBouncer, systemd-analyze)
+# from Debian, installed on first use.
+bash scripts/test-tools.sh
 bash scripts/schemathesis.sh install
 # SQS and SNS: moto's server, installed into a virtual environment on first use.
 bash scripts/moto.sh start

@@ -27,6 +27,8 @@ pub struct Connect {
     pub publish_timeout: Duration,
     /// How long a claim keeps other flushers away (default: the library's).
     pub lease: Option<Duration>,
+    /// The databases are reached through a pooler in transaction mode (PgBouncer).
+    pub transaction_pooler: bool,
 }
 
 impl Connect {
@@ -67,6 +69,7 @@ impl Connect {
             .name(redact_url(url))
             .publisher(publisher)
             .publish_timeout(self.publish_timeout)
+            .transaction_pooler(self.transaction_pooler)
             .autoflush(false);
         if let Some(lease) = self.lease {
             builder = builder.lease(lease);

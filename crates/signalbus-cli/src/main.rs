@@ -78,6 +78,11 @@ struct Cli {
     #[arg(long, env = "SIGNALBUS_LEASE", global = true, value_name = "SECONDS",
           value_parser = positive_seconds, allow_negative_numbers = true)]
     lease: Option<Duration>,
+    /// The databases are reached through a pooler in transaction mode (PgBouncer's
+    /// `pool_mode = transaction`): no session state is relied on (relays poll, ordered
+    /// flushers take turns per burst, statements are unnamed).
+    #[arg(long, env = "SIGNALBUS_TRANSACTION_POOLER", global = true)]
+    transaction_pooler: bool,
     /// Log lines as text or as JSON objects (standard error); text is coloured only on a
     /// terminal.
     #[arg(long, env = "SIGNALBUS_LOG_FORMAT", global = true, value_enum,
@@ -474,6 +479,7 @@ impl Settings {
             create_sqlite_file: matches!(cli.signalbus.command, Command::Migrate),
             publish_timeout: self.publish_timeout,
             lease: self.lease,
+            transaction_pooler: cli.transaction_pooler,
         }
     }
 
@@ -521,6 +527,7 @@ fn config_check(
         create_sqlite_file: false,
         publish_timeout: settings.publish_timeout,
         lease: settings.lease,
+        transaction_pooler: false,
     };
     let bus: SignalBus<sqlx::Sqlite> =
         connect.bus(pool, config, publisher.clone(), "sqlite::memory:")?;

@@ -539,6 +539,19 @@ impl<DB: Backend> SignalBusBuilder<DB> {
         self
     }
 
+    /// The database is reached through a pooler in transaction mode, such as PgBouncer with
+    /// `pool_mode = transaction` (default: off). Each transaction may then run on another
+    /// server session, so nothing relies on one: statements are sent unnamed (prepared anew
+    /// each time, never cached on the server), relays poll instead of listening for
+    /// notifications (`poll_max` bounds a new signal's wait) and take no idle locks, and
+    /// ordered flushers take turns per burst instead of holding lanes by session locks
+    /// (order per key and no double send hold as without the pooler). Give the pool's
+    /// connections the same URL as the writers'.
+    pub fn transaction_pooler(mut self, on: bool) -> Self {
+        self.config.transaction_pooler = on;
+        self
+    }
+
     /// The bus' name in metrics (the label `bus` of every `signalbus_*` metric) and in the
     /// relay's logs (default `default`): name each bus of a process that serves several
     /// databases, e.g. after its tenant.

@@ -30,7 +30,13 @@ pub(crate) struct Registry {
 impl Registry {
     /// Register `ty` on database `DB`; `lock_wait` bounds an ordered flush's waits for rows
     /// other flushers hold.
-    pub fn add<DB: Backend>(&mut self, ty: SignalType, lock_wait: Duration) -> Result<()> {
+    /// `transaction_pooler`: the database is reached through a pooler in transaction mode.
+    pub fn add<DB: Backend>(
+        &mut self,
+        ty: SignalType,
+        lock_wait: Duration,
+        transaction_pooler: bool,
+    ) -> Result<()> {
         let table = ty.validate()?;
         if let Some(&i) = self.by_name.get(ty.name()) {
             if self.types[i].ty == ty {
@@ -49,7 +55,13 @@ impl Registry {
             )));
         }
         self.by_name.insert(ty.name().to_owned(), self.types.len());
-        let sql = Statements::new(DB::DIALECT, &table, ty.order_columns(), lock_wait);
+        let sql = Statements::new(
+            DB::DIALECT,
+            &table,
+            ty.order_columns(),
+            lock_wait,
+            transaction_pooler,
+        );
         self.types.push(Registered {
             name: Arc::from(ty.name()),
             table,

@@ -12,6 +12,8 @@ pub mod kafka;
 pub mod moto;
 pub mod nats;
 pub mod outcome;
+#[cfg(feature = "databases")]
+pub mod pgbouncer;
 pub mod postgres;
 pub mod process;
 pub mod proxy;

@@ -1,5 +1,5 @@
 //! The operations kit (ops/): the alert rules pass `promtool check rules` and their unit
-//! tests, and a real Prometheus (Debian's, scripts/console-tools.sh installs it) on its own
+//! tests, and a real Prometheus (Debian's, scripts/test-tools.sh installs it) on its own
 //! loopback port scrapes a running relay: the lag alert fires while a signal is held back
 //! and resolves once it is sent; every expression of the Grafana dashboard is one that
 //! Prometheus accepts.
@@ -24,7 +24,7 @@ fn tool(name: &str) -> Command {
         .unwrap();
     assert!(
         found.status.success(),
-        "{name} is missing: install the Debian package prometheus (scripts/console-tools.sh)"
+        "{name} is missing: install the Debian package prometheus (scripts/test-tools.sh)"
     );
     Command::new(name)
 }

@@ -32,6 +32,9 @@ pub(crate) struct Config {
     pub lease: Option<Duration>,
     /// The bus' name in metrics (label `bus`) and logs.
     pub name: String,
+    /// The database is reached through a pooler in transaction mode (PgBouncer): no session
+    /// state is relied on.
+    pub transaction_pooler: bool,
 }
 
 impl Config {
@@ -83,6 +86,7 @@ impl Config {
             queue_capacity: 4096,
             lease: None,
             name: "default".to_owned(),
+            transaction_pooler: false,
         }
     }
 }
@@ -180,7 +184,7 @@ impl<DB: Backend> Engine<DB> {
         for ty in types {
             // A wait for another flusher's rows lasts at most one of its publish calls, plus
             // slack.
-            registry.add::<DB>(ty, config.publish_timeout * 2)?;
+            registry.add::<DB>(ty, config.publish_timeout * 2, config.transaction_pooler)?;
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Config("SignalBus::build must be called inside a tokio runtime".into())

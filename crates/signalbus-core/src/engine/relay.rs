@@ -259,12 +259,15 @@ impl<DB: Backend> RelayBuilder<DB> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let name = shared.name().to_owned();
-        tasks.spawn(wake::listen::<DB>(
-            shared.pool().clone(),
-            name.clone(),
-            wakers.clone(),
-            stop_rx.clone(),
-        ));
+        // Behind a pooler in transaction mode, a LISTEN would be lost with its session: poll.
+        if !shared.config().transaction_pooler {
+            tasks.spawn(wake::listen::<DB>(
+                shared.pool().clone(),
+                name.clone(),
+                wakers.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tasks.spawn(gauges(
             shared.clone(),
             types.clone(),

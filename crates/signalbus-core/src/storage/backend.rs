@@ -315,7 +315,10 @@ macro_rules! store {
                 sql: &sqlx::SqlStr,
             ) -> $crate::error::Result<Vec<Option<i64>>> {
                 use sqlx::Row as _;
-                let row = sqlx::query::<$db>(sql.clone()).fetch_one(conn).await?;
+                let row = $crate::storage::backend::run_unnamed!(conn, sql, |conn| sqlx::query::<$db>(sql.clone())
+                    .persistent(!$crate::storage::statements::is_unnamed(sql))
+                    .fetch_one(conn)
+                    .await)?;
                 (0..row.len())
                     .map(|i| row.try_get::<Option<i64>, _>(i).map_err(Into::into))
                     .collect()
@@ -358,11 +361,15 @@ macro_rules! store {
                 sql: &sqlx::SqlStr,
                 params: &[$crate::storage::Param<'_>],
             ) -> $crate::error::Result<u64> {
-                let mut query = sqlx::query::<$db>(sql.clone());
-                for param in params {
-                    query = $crate::storage::store!(@bind query, param, $ids, $texts);
-                }
-                Ok(query.execute(conn).await?.rows_affected())
+                let done = $crate::storage::backend::run_unnamed!(conn, sql, |c| {
+                    let mut query = sqlx::query::<$db>(sql.clone())
+                        .persistent(!$crate::storage::statements::is_unnamed(sql));
+                    for param in params {
+                        query = $crate::storage::store!(@bind query, param, $ids, $texts);
+                    }
+                    query.execute(c).await
+                })?;
+                Ok(done.rows_affected())
             }
 
             async fn execute_script(
@@ -379,6 +386,7 @@ macro_rules! store {
                 row: $crate::storage::NewRow<'_>,
             ) -> $crate::error::Result<i64> {
                 let query = sqlx::query::<$db>(sql.clone())
+                    .persistent(!$crate::storage::statements::is_unnamed(sql))
                     .bind(row.message_id)
                     .bind(row.topic)
                     .bind(row.routing_key)
@@ -432,11 +440,14 @@ macro_rules! store {
         where
             R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
         {
-            let mut query = sqlx::query_as::<$db, R>(sql.clone());
-            for param in params {
-                query = $crate::storage::store!(@bind query, param, $ids, $texts);
-            }
-            Ok(query.fetch_all(conn).await?)
+            Ok($crate::storage::backend::run_unnamed!(conn, sql, |c| {
+                let mut query = sqlx::query_as::<$db, R>(sql.clone())
+                    .persistent(!$crate::storage::statements::is_unnamed(sql));
+                for param in params {
+                    query = $crate::storage::store!(@bind query, param, $ids, $texts);
+                }
+                query.fetch_all(c).await
+            })?)
         }
     };
     (@bind $query:ident, $param:ident, $ids:expr, $texts:expr) => {
@@ -460,3 +471,35 @@ macro_rules! store {
 }
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use store;
+
+/// Run `$body` (a closure of the connection, `|conn| ... .await`, giving an sqlx result) on
+/// `$conn`. A statement sent unnamed ([`super::statements::is_unnamed`]: behind a pooler in
+/// transaction mode) is parsed in one exchange and executed in the next; outside a
+/// transaction the pooler may hand each exchange to another server session, whose unnamed
+/// statement is someone else's. So there it runs in a transaction of its own, which holds one
+/// session for both.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+macro_rules! run_unnamed {
+    ($conn:ident, $sql:ident, |$c:ident| $body:expr) => {{
+        use sqlx::Connection as _;
+        if $crate::storage::statements::is_unnamed($sql) && !$conn.is_in_transaction() {
+            let mut tx = $conn.begin().await?;
+            let result = {
+                let $c: &mut _ = &mut *tx;
+                $body
+            };
+            match result {
+                Ok(value) => {
+                    tx.commit().await?;
+                    Ok(value)
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            let $c = $conn;
+            $body
+        }
+    }};
+}
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) use run_unnamed;

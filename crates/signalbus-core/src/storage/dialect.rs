@@ -34,7 +34,7 @@ pub(crate) enum OrderedRead {
 
 /// Ordered lanes: ordering keys hashed into `count` lanes, each sent by one ordered flusher
 /// at a time, so that flushers (tasks, processes) split the keys.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Lanes {
     pub count: u32,
     /// The lane of a row, `{p}` the column prefix (a stable hash: the one hash
@@ -47,7 +47,7 @@ pub(crate) struct Lanes {
 }
 
 /// The SQL types of the table contract's columns, and what a new table gets besides.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ColumnTypes {
     /// `id`: an auto-increment 64-bit primary key.
     pub id: &'static str,
@@ -83,7 +83,7 @@ pub(crate) const INBOX_CREATE: &str = "CREATE TABLE IF NOT EXISTS {t} (consumer 
      message_id {key} NOT NULL, received_at {received}, PRIMARY KEY (consumer, message_id)); \
      CREATE INDEX IF NOT EXISTS {index} ON {t} (consumer, received_at)";
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "inbox"), allow(dead_code))]
 pub(crate) struct InboxSql {
     /// The type of the consumer and message id columns.
@@ -96,7 +96,7 @@ pub(crate) struct InboxSql {
     pub prune: &'static str,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Dialect {
     /// The character that quotes identifiers.
     pub quote: char,
@@ -168,6 +168,10 @@ pub(crate) struct Dialect {
     pub key_index: &'static str,
     /// Ordered lanes, where the database has session locks to hold them by.
     pub lanes: Option<Lanes>,
+    /// Statements are sent unnamed (prepared anew each time, never cached on the server's
+    /// session): behind a pooler in transaction mode, the next transaction may run on
+    /// another server session ([`Dialect::behind_transaction_pooler`]).
+    pub unnamed_statements: bool,
     /// The condition of the held-keys read ([`super::statements::OrderedRead::held_keys`]):
     /// `{held}` is the exact condition, `{index}` the predicate of the partial index of held
     /// rows, repeated where there is that index so that the read is planned on it.
@@ -308,4 +312,19 @@ pub struct RangeClaimSql {
     pub claim: &'static str,
     /// Free the slot the bound `{Token}` holds.
     pub free: &'static str,
+}
+
+impl Dialect {
+    /// This dialect behind a pooler in transaction mode (PgBouncer's `pool_mode =
+    /// transaction`), which keeps no session state between transactions: no session locks
+    /// (no ordered lanes: ordered flushers take turns per burst, as on databases without
+    /// them; no idle locks: relays poll), and statements unnamed.
+    pub fn behind_transaction_pooler(&self) -> Dialect {
+        Dialect {
+            lanes: None,
+            idle_gate: None,
+            unnamed_statements: true,
+            ..self.clone()
+        }
+    }
 }

@@ -72,6 +72,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     flush_lock_table: true,
     age_micros: "TIMESTAMPDIFF(MICROSECOND, {min}, NOW(6))",
     key_index: ", ADD INDEX signalbus_key (ordering_key)",
+    unnamed_statements: false,
     lanes: None,
     held_rows: "{held}",
     key_not_in: "CAST(t.ordering_key AS BINARY) NOT IN (SELECT CAST(h.k AS BINARY) FROM \

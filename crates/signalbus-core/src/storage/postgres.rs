@@ -51,6 +51,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     age_micros: "(EXTRACT(EPOCH FROM (now() - {min})) * 1000000)::bigint",
     claim_index: "",
     key_index: "",
+    unnamed_statements: false,
     lanes: Some(Lanes {
         count: 8,
         expr: "(hashtextextended(COALESCE({p}ordering_key, ''), 0) & 7)",

@@ -54,15 +54,26 @@ impl<DB: Backend> CloseOnDrop<DB> {
     /// and ended ([`Self::end`]) by statements of our own rather than an sqlx `Transaction`:
     /// the connection is ours, and a flush stopped half-way closes it whole.
     pub async fn begin(&mut self) -> Result<&mut DB::Connection> {
-        DB::execute_script(&mut self.conn, &owned_sql(DB::DIALECT.begin_flush)).await?;
+        self.begin_with(DB::DIALECT.begin_flush).await
+    }
+
+    /// Begin with `statement`, through sqlx's transaction manager: the driver then knows the
+    /// connection is in a transaction (statements that must run inside one when they are
+    /// sent unnamed begin none of their own, see `run_unnamed`).
+    async fn begin_with(&mut self, statement: &str) -> Result<&mut DB::Connection> {
+        use sqlx_core::transaction::TransactionManager as _;
+        <DB as sqlx::Database>::TransactionManager::begin(
+            &mut self.conn,
+            Some(owned_sql(statement)),
+        )
+        .await?;
         Ok(&mut self.conn)
     }
 
     /// Begin an operator's read ([`super::dialect::Dialect::begin_read`]) on this
     /// connection; ended with [`Self::end`] like a flush transaction.
     pub async fn begin_read(&mut self) -> Result<&mut DB::Connection> {
-        DB::execute_script(&mut self.conn, &owned_sql(DB::DIALECT.begin_read)).await?;
-        Ok(&mut self.conn)
+        self.begin_with(DB::DIALECT.begin_read).await
     }
 
     /// The connection, inside the transaction.
@@ -73,8 +84,14 @@ impl<DB: Backend> CloseOnDrop<DB> {
     /// End the transaction: commit when `result` is `Ok`, roll back at once otherwise (a
     /// dropped transaction would keep its locks until the connection is next used).
     pub async fn end<T>(&mut self, result: Result<T>) -> Result<T> {
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        let ended = DB::execute_script(&mut self.conn, &owned_sql(end)).await;
+        use sqlx_core::transaction::TransactionManager as _;
+        type Manager<DB> = <DB as sqlx::Database>::TransactionManager;
+        let ended = if result.is_ok() {
+            Manager::<DB>::commit(&mut self.conn).await
+        } else {
+            Manager::<DB>::rollback(&mut self.conn).await
+        }
+        .map_err(crate::error::Error::from);
         // Ended in doubt: the connection is closed on drop rather than reused.
         self.done = ended.is_ok();
         match (result, ended) {

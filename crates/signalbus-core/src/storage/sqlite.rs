@@ -60,6 +60,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     flush_lock_table: false,
     age_micros: concat!("(", now_ms!(), " - {min}) * 1000"),
     key_index: "",
+    unnamed_statements: false,
     lanes: None,
     held_rows: "({index}) AND {held}",
     key_not_in: "t.ordering_key NOT IN (SELECT value FROM json_each({Keys}))",

@@ -85,15 +85,34 @@ impl Stmt {
         }
         sql.push_str(rest);
         Stmt {
-            sql: shared(sql),
+            sql: shared_for(dialect, sql),
             args,
         }
     }
 }
 
+/// What starts the text of a statement that must be sent unnamed
+/// ([`Dialect::unnamed_statements`]): the drivers' helpers read it ([`is_unnamed`]).
+const UNNAMED: &str = "/* signalbus: unnamed */ ";
+
+/// Whether `sql` must be sent unnamed: prepared anew each time, never kept on the server's
+/// session (behind a pooler in transaction mode).
+pub(crate) fn is_unnamed(sql: &SqlStr) -> bool {
+    sql.as_str().starts_with(UNNAMED)
+}
+
 /// SQL text built once and shared by every call (cloning it is a reference-count increment).
 fn shared(text: String) -> SqlStr {
     sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(Arc::<str>::from(text)))
+}
+
+/// [`shared`], marked to be sent unnamed when `dialect` says so.
+fn shared_for(dialect: &Dialect, text: String) -> SqlStr {
+    if dialect.unnamed_statements {
+        shared(format!("{UNNAMED}{text}"))
+    } else {
+        shared(text)
+    }
 }
 
 /// The statements of one signal table.
@@ -279,14 +298,24 @@ fn select_columns(d: &Dialect, prefix: &str, ready: &str) -> String {
 
 impl Statements {
     /// Build the statements of `table` for `dialect`. `order` is the type's `order_by`,
-    /// `lock_wait` bounds the ordered flush's waits where the database lets us.
+    /// `lock_wait` bounds the ordered flush's waits where the database lets us;
+    /// `transaction_pooler`: the database is reached through a pooler in transaction mode
+    /// ([`Dialect::behind_transaction_pooler`]).
     pub fn new(
         dialect: &Dialect,
         table: &Ident,
         order: &[OrderColumn],
         lock_wait: Duration,
+        transaction_pooler: bool,
     ) -> Self {
-        let d = dialect;
+        let pooled;
+        let d = if transaction_pooler {
+            pooled = dialect.behind_transaction_pooler();
+            &pooled
+        } else {
+            dialect
+        };
+        let shared = |text: String| shared_for(d, text);
         let t = table.quoted(d.quote);
         let now = d.now;
         let now_plus = |ms: &str| d.now_plus_ms.replace("{ms}", ms);

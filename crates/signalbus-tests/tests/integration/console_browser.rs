@@ -1,5 +1,5 @@
 //! The operator console in a real browser (headless Chromium through chromedriver, both
-//! from Debian: scripts/console-tools.sh installs them), over PostgreSQL and RabbitMQ:
+//! from Debian: scripts/test-tools.sh installs them), over PostgreSQL and RabbitMQ:
 //! signals the broker refuses are parked; the operator logs in, finds their failure group,
 //! sees the dry run's count, unparks the group, and the signals reach their queue. A viewer
 //! sees the same pages without the actions; a request without a token, a forged POST from
@@ -34,7 +34,7 @@ impl Driver {
             .spawn()
             .expect(
                 "chromedriver must be installed (Debian packages chromium and chromium-driver: \
-                 scripts/console-tools.sh installs them)",
+                 scripts/test-tools.sh installs them)",
             );
         let started = Instant::now();
         while tokio::net::TcpStream::connect(("127.0.0.1", port))

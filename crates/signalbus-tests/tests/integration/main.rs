@@ -25,6 +25,7 @@ mod ordered_leases;
 mod orm_diesel;
 mod orm_seaorm;
 mod outage;
+mod pgbouncer;
 mod poison;
 mod range_claims;
 mod relay;

@@ -41,6 +41,10 @@ enum Relays {
     InProcess,
     /// Four `signalbus relay --ordered` processes; one killed with SIGKILL mid-run.
     Processes,
+    /// Four `signalbus relay --ordered --transaction-pooler` processes, and the writers,
+    /// through a private PgBouncer in transaction mode (three server connections handed out
+    /// round-robin); none killed: nothing may be sent twice.
+    BehindPgBouncer,
 }
 
 /// The `signalbus` binary of this workspace build (next to the test binary's `deps`).
@@ -69,18 +73,29 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
     let (keys_n, per_key) = fx.keyed_scale();
     let db = <sqlx::Postgres as TestBackend>::create(60).await;
     let route = fx.ready();
+    let pooler = matches!(relays, Relays::BehindPgBouncer).then(|| {
+        let port = signalbus_testkit::nats::free_port();
+        signalbus_testkit::pgbouncer::PrivatePgBouncer::start(5432, port, 3)
+            .expect("a private PgBouncer")
+    });
+    // Everyone reaches the database through the pooler, when there is one.
+    let url = match &pooler {
+        Some(pooler) => pooler.url(&db.name),
+        None => db.url.clone(),
+    };
     let mut buses = Vec::new();
     // Pools of their own, as processes have (the in-process relay that dies must not leave
     // cancelled connections to the others).
     let mut pools = Vec::new();
     for _ in 0..4 {
-        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
         pools.push(pool.clone());
         let bus = SignalBus::builder(pool)
             .publisher(fx.publisher().await)
             .register::<KeyedEvent>()
             .publish_timeout(Duration::from_secs(10))
             .lease(Duration::from_secs(12))
+            .transaction_pooler(pooler.is_some())
             .autoflush(false)
             .build()
             .unwrap();
@@ -103,29 +118,33 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
                     .await
                     .unwrap(),
             ),
-            Relays::Processes => processes.push(signalbus_testkit::process::KillOnDrop(
-                std::process::Command::new(signalbus_binary())
-                    .env_remove("RUST_LOG")
-                    .envs(fx.process_env())
-                    .args(["--config", config.to_str().unwrap()])
-                    .args(["--database-url", &db.url, "--bus-url", &fx.url()])
-                    .args(["--publish-timeout", "10", "--lease", "12"])
-                    .args([
-                        "relay",
-                        "--ordered",
-                        "--ordered-lanes",
-                        "4",
-                        "--poll-max",
-                        "0.2",
-                    ])
-                    .stdout(std::process::Stdio::null())
-                    // Kept, so that a relay that ends badly says why in the test's failure.
-                    .stderr(
-                        std::fs::File::create(dir.path().join(format!("relay-{n}.log"))).unwrap(),
-                    )
-                    .spawn()
-                    .unwrap(),
-            )),
+            Relays::Processes | Relays::BehindPgBouncer => {
+                processes.push(signalbus_testkit::process::KillOnDrop(
+                    std::process::Command::new(signalbus_binary())
+                        .env_remove("RUST_LOG")
+                        .envs(fx.process_env())
+                        .env("SIGNALBUS_TRANSACTION_POOLER", pooler.is_some().to_string())
+                        .args(["--config", config.to_str().unwrap()])
+                        .args(["--database-url", &url, "--bus-url", &fx.url()])
+                        .args(["--publish-timeout", "10", "--lease", "12"])
+                        .args([
+                            "relay",
+                            "--ordered",
+                            "--ordered-lanes",
+                            "4",
+                            "--poll-max",
+                            "0.2",
+                        ])
+                        .stdout(std::process::Stdio::null())
+                        // Kept, so that a relay that ends badly says why in the test's failure.
+                        .stderr(
+                            std::fs::File::create(dir.path().join(format!("relay-{n}.log")))
+                                .unwrap(),
+                        )
+                        .spawn()
+                        .unwrap(),
+                ))
+            }
         }
     }
     let started = Instant::now();
@@ -167,6 +186,7 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
             victim.kill().unwrap(); // SIGKILL
             victim.wait().unwrap();
         }
+        Relays::BehindPgBouncer => {}
     }
     while writers.join_next().await.is_some() {}
     let total = keys_n * per_key as usize;
@@ -200,6 +220,14 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
         got.len()
     );
     assert_eq!(next.len(), keys_n, "every key arrived");
+    if let Some(pooler) = &pooler {
+        assert_eq!(
+            duplicates,
+            0,
+            "nothing sent twice; PgBouncer's log:\n{}",
+            pooler.log()
+        );
+    }
     if duplicates == 0 {
         // (With duplicates, reading `total` messages stops short of the last ones.)
         assert!(
@@ -219,6 +247,11 @@ async fn amqp_keyed_order_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqp_keyed_order_postgres_relay_processes() {
     keyed_relayed(Amqp::new().await, Relays::Processes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_keyed_order_postgres_behind_pgbouncer() {
+    keyed_relayed(Amqp::new().await, Relays::BehindPgBouncer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
