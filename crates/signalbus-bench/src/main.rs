@@ -4,9 +4,11 @@
 //! `signalbus-bench flushmany --database-url URL --bus memory --signals 100000 --processes 4`
 //! `signalbus-bench relay --database-url URL --bus amqp://... --rate 500`
 //! `signalbus-bench ordered --database-url URL --bus memory --keys 1000 --processes 4`
+//! `signalbus-bench fleet --tenants 10,100,200 --backlog 1000000`
 
 mod autoflush;
 mod console;
+mod fleet;
 mod flushmany;
 mod ordered;
 mod raw;
@@ -50,6 +52,10 @@ enum Command {
     Relay(relay::Args),
     /// The broker's raw ceiling: the same client, batch size and durability, no signalbus.
     Raw(raw::Args),
+    /// One relay process over 10, 100, 200 tenant databases (a private PostgreSQL cluster):
+    /// memory, connections and CPU per tenant, and a quiet tenant's latency while another
+    /// drains a backlog.
+    Fleet(fleet::Args),
     /// The operator console's reads on a million parked signals (PostgreSQL).
     Console(console::Args),
     /// An HTTP endpoint that answers every POST with 204, for the webhook benchmarks.
@@ -86,6 +92,7 @@ async fn run(command: Command) {
         Command::Flushmany(args) => flushmany::run(args).await,
         Command::Raw(args) => raw::run(args).await,
         Command::Console(args) => console::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await,
         Command::Receiver { port } => raw_sinks::receiver(port).await,
         Command::Relay(args) => relay::run(args).await,
         Command::Ordered(args) => ordered::run(args).await,

@@ -600,3 +600,140 @@ async fn run_member(
         }
     }
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::publisher::MemoryPublisher;
+    use crate::{SignalBus, SignalType};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A bus over a fresh in-memory SQLite database with one migrated type.
+    async fn bus(name: &str) -> SignalBus<sqlx::Sqlite> {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let bus = SignalBus::builder(pool)
+            .name(name)
+            .publisher(MemoryPublisher::new())
+            .register_type(SignalType::new("fleet_test"))
+            .autoflush(false)
+            .build()
+            .unwrap();
+        bus.migrate().await.unwrap();
+        bus
+    }
+
+    async fn until(fleet: &Fleet, what: &str, holds: impl Fn(&[DatabaseStatus]) -> bool) {
+        let started = std::time::Instant::now();
+        while !holds(&fleet.status()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{what}: {:?}",
+                fleet.status()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[test]
+    fn a_ready_policy_reads_and_holds() {
+        assert_eq!("all".parse(), Ok(ReadyPolicy::All));
+        assert_eq!("any".parse(), Ok(ReadyPolicy::Any));
+        assert_eq!(" 90% ".parse(), Ok(ReadyPolicy::AtLeastPercent(90)));
+        assert!("101%".parse::<ReadyPolicy>().is_err());
+        assert!(
+            "most"
+                .parse::<ReadyPolicy>()
+                .unwrap_err()
+                .contains("`most`")
+        );
+        assert!(ReadyPolicy::All.holds(3, 3) && !ReadyPolicy::All.holds(2, 3));
+        assert!(ReadyPolicy::Any.holds(1, 3) && !ReadyPolicy::Any.holds(0, 3));
+        assert!(ReadyPolicy::Any.holds(0, 0), "an empty fleet is not down");
+        assert!(ReadyPolicy::AtLeastPercent(90).holds(9, 10));
+        assert!(!ReadyPolicy::AtLeastPercent(90).holds(8, 10));
+    }
+
+    #[tokio::test]
+    async fn a_database_that_cannot_start_is_retried_and_the_others_run() {
+        let failures = Arc::new(AtomicU32::new(0));
+        let buses: Arc<Mutex<BTreeMap<String, SignalBus<sqlx::Sqlite>>>> = Arc::default();
+        for name in ["a", "b", "c"] {
+            let made = bus(name).await;
+            buses.lock().unwrap().insert(name.into(), made);
+        }
+        let (seen, known) = (failures.clone(), buses.clone());
+        let fleet = Fleet::builder(move |url: String| {
+            let (seen, bus) = (seen.clone(), known.lock().unwrap().get(&url).cloned());
+            async move {
+                // `b` fails its first two starts, as a database down at the start would.
+                if url == "b" && seen.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return Err(crate::Error::Config("b is down".into()));
+                }
+                bus.expect("a known bus").relay().start().await
+            }
+        })
+        .retry(Duration::from_millis(300), Duration::from_millis(300))
+        .build();
+        let change = fleet.update(["a", "b"]);
+        assert_eq!(change.added, ["a", "b"]);
+        until(&fleet, "both relaying", |s| {
+            s.iter().all(DatabaseStatus::is_up)
+        })
+        .await;
+        assert_eq!(
+            failures.load(Ordering::SeqCst),
+            3,
+            "two failures, then a start"
+        );
+        let ready = fleet.readiness(ReadyPolicy::All).await;
+        assert!(ready.ready && ready.up == 2, "{ready:?}");
+        // c comes, a goes; b is left alone.
+        let change = fleet.update(["b".to_owned(), "c".to_owned(), "c".to_owned()]);
+        assert_eq!(
+            (change.added, change.removed, change.kept),
+            (vec!["c".to_owned()], vec!["a".to_owned()], 1)
+        );
+        until(&fleet, "c relaying", |s| {
+            s.len() == 2 && s.iter().all(DatabaseStatus::is_up)
+        })
+        .await;
+        assert_eq!(failures.load(Ordering::SeqCst), 3, "b was not restarted");
+        assert!(fleet.shutdown(Duration::from_secs(5)).await);
+        assert!(fleet.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_start_that_never_answers_times_out_and_is_retried() {
+        let fleet = Fleet::builder(|_: String| async {
+            std::future::pending::<()>().await;
+            Err::<Relay, crate::Error>(crate::Error::Config("unreachable".into()))
+        })
+        .start_timeout(Duration::from_millis(50))
+        .retry(Duration::from_millis(10), Duration::from_millis(10))
+        .build();
+        fleet.update(["x"]);
+        until(&fleet, "timed out twice", |s| s[0].failed_starts >= 2).await;
+        assert!(
+            fleet.status()[0]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("did not start within")
+        );
+        let ready = fleet.readiness(ReadyPolicy::All).await;
+        assert!(!ready.ready);
+        assert!(
+            ready.databases[0]
+                .1
+                .as_ref()
+                .unwrap_err()
+                .contains("not relaying")
+        );
+        // Stopping waits for no start.
+        assert!(fleet.shutdown(Duration::from_secs(1)).await);
+    }
+}

@@ -32,6 +32,7 @@ mod relay;
 mod relay_keyed;
 mod relay_keyed_brokers;
 mod relay_wakeup;
+mod rolling;
 mod signals;
 mod trace_context;
 mod wal_capture;
