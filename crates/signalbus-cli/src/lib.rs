@@ -97,7 +97,7 @@ pub use connect::Connect;
 pub use error::CliError;
 pub use flushing::StopSignal;
 pub use outcome::{EXIT_REFUSED, EXIT_STATUS_HELP, Outcome};
-pub use relay::{RelayServer, Reload, Sources, Tenants, start_relay};
+pub use relay::{Hangups, RelayServer, Reload, Sources, Tenants, start_relay};
 
 /// Check a relay's signal names against `bus`' types: fails when none of the names given is
 /// known or every type is excluded (the relay would have nothing to do), before any database

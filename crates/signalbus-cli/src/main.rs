@@ -366,6 +366,8 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
         }
         return Ok(outcome);
     };
+    // SIGHUP reads the list again: handled from the start (its default would end us).
+    let hangups = Reload::hangups();
     // A bad --listen fails before anything connects.
     #[allow(unused_mut)]
     let mut server = RelayServer::bind(args).await?;
@@ -386,6 +388,14 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
     let mut connect = settings.connect(&cli, false);
     // A quiet database of a fleet keeps the connection its polls use, no more.
     connect.idle_timeout = Some(Duration::from_secs(60));
+    #[cfg(feature = "console")]
+    if args.console && cli.transaction_pooler {
+        return Err(CliError::msg(
+            "--console does not work through a pooler in transaction mode yet (its reads use \
+             prepared statements): leave out --console, and run `signalbus console` with the \
+             databases' direct URLs",
+        ));
+    }
     #[cfg(feature = "console")]
     let mut console = match args.console {
         true => Some(signalbus_cli::console::console(
@@ -442,6 +452,7 @@ async fn main_async(cli: Cli) -> Result<Outcome, CliError> {
     let reload = Reload {
         sources,
         every: dynamic.then_some(every),
+        hangups,
     };
     server.run(fleet, Some(reload), policy, args, &stop).await
 }

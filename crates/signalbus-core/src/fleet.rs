@@ -118,7 +118,9 @@ impl FleetBuilder {
         self
     }
 
-    /// How many readiness checks [`Fleet::readiness`] runs at once (default 32).
+    /// How many readiness checks [`Fleet::readiness`] runs at once (default 256: each waits
+    /// at most 2 s, so that a probe over hundreds of databases that do not answer still gets
+    /// its answer within a few seconds).
     pub fn checks_at_once(mut self, n: usize) -> Self {
         self.checks_at_once = n.max(1);
         self
@@ -129,11 +131,13 @@ impl FleetBuilder {
     pub fn build(self) -> Fleet {
         Fleet {
             inner: Arc::new(Inner {
-                start: self.start,
-                retry_min: self.retry_min,
-                retry_max: self.retry_max,
-                shutdown_timeout: self.shutdown_timeout,
-                start_timeout: self.start_timeout,
+                settings: Arc::new(Settings {
+                    start: self.start,
+                    retry_min: self.retry_min,
+                    retry_max: self.retry_max,
+                    shutdown_timeout: self.shutdown_timeout,
+                    start_timeout: self.start_timeout,
+                }),
                 checks_at_once: self.checks_at_once,
                 members: Mutex::new(BTreeMap::new()),
                 leaving: Mutex::new(JoinSet::new()),
@@ -158,16 +162,23 @@ impl std::fmt::Debug for Fleet {
 }
 
 struct Inner {
-    start: Starter,
-    retry_min: Duration,
-    retry_max: Duration,
-    shutdown_timeout: Duration,
-    start_timeout: Duration,
+    /// What the members' tasks need (not the fleet itself: dropping the last handle of the
+    /// fleet drops the members' stop senders, which stops them).
+    settings: Arc<Settings>,
     checks_at_once: usize,
     /// The databases on the list, by URL.
     members: Mutex<BTreeMap<String, Member>>,
     /// Members removed from the list, finishing their bursts.
     leaving: Mutex<JoinSet<bool>>,
+}
+
+/// How a member starts, retries and stops.
+struct Settings {
+    start: Starter,
+    retry_min: Duration,
+    retry_max: Duration,
+    shutdown_timeout: Duration,
+    start_timeout: Duration,
 }
 
 /// One database of the fleet: the task that starts (and restarts) its relay.
@@ -326,7 +337,7 @@ impl Fleet {
             retry_max: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(60),
-            checks_at_once: 32,
+            checks_at_once: 256,
         }
     }
 
@@ -370,7 +381,7 @@ impl Fleet {
             }));
             let (stop, stopped) = watch::channel(false);
             let task = tokio::spawn(run_member(
-                self.inner.clone(),
+                self.inner.settings.clone(),
                 url.clone(),
                 name.clone(),
                 state.clone(),
@@ -461,14 +472,16 @@ impl Fleet {
             .filter(|(_, r)| r.as_ref().is_ok_and(Readiness::is_ready))
             .count();
         FleetReadiness {
-            ready: policy.holds(up, total),
+            // A fleet with no database sends nothing: not ready, whatever the policy.
+            ready: total > 0 && policy.holds(up, total),
             up,
             databases,
         }
     }
 
-    /// Let every database go: each relay finishes its bursts in flight within `timeout`.
-    /// Returns `true` when all finished in time (see [`Relay::shutdown`]).
+    /// Let every database go: each relay finishes its bursts in flight within the builder's
+    /// [`FleetBuilder::shutdown_timeout`], and this waits at most `timeout` (plus a second)
+    /// for all of them. Returns `true` when all finished in time (see [`Relay::shutdown`]).
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         let members: Vec<Member> = {
             let mut members = self.inner.members.lock().expect("fleet lock");
@@ -532,7 +545,7 @@ fn set(state: &Mutex<State>, to: State) {
 /// Start `url`'s relay, again after each failure (with a backoff), until `stop` fires; then
 /// shut it down. Returns whether the shutdown was clean.
 async fn run_member(
-    fleet: Arc<Inner>,
+    fleet: Arc<Settings>,
     url: String,
     name: String,
     state: Arc<Mutex<State>>,
@@ -542,13 +555,24 @@ async fn run_member(
     let mut failing_since = None;
     let up = metrics::gauge!("signalbus_database_up", "bus" => name.clone());
     loop {
-        let start = tokio::time::timeout(fleet.start_timeout, (fleet.start)(url.clone()));
+        // A task of its own: a start that panics is a failed start, tried again.
+        let mut start = tokio::spawn(tokio::time::timeout(
+            fleet.start_timeout,
+            (fleet.start)(url.clone()),
+        ));
         let started = tokio::select! {
-            started = start => started.unwrap_or_else(|_| Err(format!(
-                "the relay did not start within {:?} (the database takes connections but does not answer?)",
-                fleet.start_timeout
-            ))),
-            _ = stop.wait_for(|s| *s) => return true,
+            started = &mut start => match started {
+                Ok(Ok(started)) => started,
+                Ok(Err(_)) => Err(format!(
+                    "the relay did not start within {:?} (the database takes connections but does not answer?)",
+                    fleet.start_timeout
+                )),
+                Err(e) => Err(format!("the relay's start failed: {e}")),
+            },
+            _ = stop.wait_for(|s| *s) => {
+                start.abort();
+                return true;
+            }
         };
         match started {
             Ok(relay) => {

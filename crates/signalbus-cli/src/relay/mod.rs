@@ -16,7 +16,6 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics::{BUCKETS, describe_metrics};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use metrics_util::MetricKindMask;
 use signalbus::fleet::{Fleet, ReadyPolicy};
 use signalbus::{Backend, BurstShare, Relay, Selection, SignalBus, WalCapture};
 use std::sync::{Arc, Mutex};
@@ -51,9 +50,6 @@ impl RelayServer {
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
             .map_err(|e| CliError::caused("cannot set up the metrics", e))?
-            // Gauges are set again every few seconds while their database is served; those of
-            // a database a fleet let go disappear after a while instead of lying on.
-            .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(300)))
             .install_recorder()
             .map_err(|e| {
                 CliError::caused(
@@ -101,7 +97,14 @@ impl RelayServer {
         stop: &StopSignal,
     ) -> Result<Outcome, CliError> {
         let console = self.console;
-        let catalog = Arc::new(Mutex::new(None::<String>));
+        // Why the last read of the list failed (the first read's included), for /readyz.
+        let failed = sources
+            .as_ref()
+            .and_then(|r| r.sources.last_error().map(str::to_owned));
+        if sources.as_ref().is_some_and(|r| r.sources.is_dynamic()) {
+            gauge!("signalbus_fleet_catalog_ok").set(if failed.is_some() { 0.0 } else { 1.0 });
+        }
+        let catalog = Arc::new(Mutex::new(failed));
         let server = self.http.map(|(listener, handle)| {
             if let Ok(addr) = listener.local_addr() {
                 eprintln!(
@@ -192,13 +195,23 @@ pub struct Reload {
     pub sources: Sources,
     /// How often it is read again, besides SIGHUP.
     pub every: Option<Duration>,
+    /// SIGHUP, handled from [`Reload::hangups`] on (before it, SIGHUP would end the process).
+    pub hangups: Hangups,
+}
+
+impl Reload {
+    /// Handle SIGHUP from now on: call it first thing, so that a reload sent while the relay
+    /// starts (`systemctl reload`) is not the default action, which ends the process.
+    pub fn hangups() -> Hangups {
+        hangups()
+    }
 }
 
 impl Reload {
     /// Read the list on SIGHUP and every `every`, and hand it to `fleet`; runs until
     /// dropped. `catalog` keeps why the last read failed, for /readyz.
     async fn run(mut self, fleet: &Fleet, catalog: &Mutex<Option<String>>) {
-        let mut hangups = hangups();
+        let mut hangups = self.hangups.take();
         let mut ticks = self.every.map(|every| {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,25 +251,39 @@ impl Reload {
     }
 }
 
+/// The SIGHUP stream of a relay (none where the platform has no SIGHUP).
 #[cfg(unix)]
-type Hangups = Option<tokio::signal::unix::Signal>;
+#[derive(Debug, Default)]
+pub struct Hangups(Option<tokio::signal::unix::Signal>);
+/// The SIGHUP stream of a relay (none where the platform has no SIGHUP).
 #[cfg(not(unix))]
-type Hangups = ();
+#[derive(Debug, Default)]
+pub struct Hangups;
+
+impl Hangups {
+    fn take(&mut self) -> Hangups {
+        std::mem::take(self)
+    }
+}
 
 #[cfg(unix)]
 fn hangups() -> Hangups {
     use tokio::signal::unix::{SignalKind, signal};
-    signal(SignalKind::hangup())
-        .map_err(|e| tracing::warn!(error = %e, "cannot handle SIGHUP; the list is read again on its period only"))
-        .ok()
+    Hangups(
+        signal(SignalKind::hangup())
+            .map_err(|e| tracing::warn!(error = %e, "cannot handle SIGHUP; the list is read again on its period only"))
+            .ok(),
+    )
 }
 
 #[cfg(not(unix))]
-fn hangups() -> Hangups {}
+fn hangups() -> Hangups {
+    Hangups
+}
 
 #[cfg(unix)]
 async fn next_hangup(hangups: &mut Hangups) {
-    match hangups {
+    match &mut hangups.0 {
         Some(signal) => {
             signal.recv().await;
         }

@@ -99,7 +99,8 @@ impl Sources {
                     let text = config.databases.join("\n");
                     self.fixed = urls_of(&text, &format!("`{}`", path.display()));
                 }
-                Err(e) => errors.push(format!("{e}")),
+                // The error may quote a URL of the file, password and all.
+                Err(e) => errors.push(redact_urls_in(&e.to_string())),
             }
         }
         if let Some(path) = &self.file {
@@ -142,6 +143,30 @@ impl Sources {
     }
 }
 
+/// `text` with the password of every URL in it hidden (words split at spaces and quotes).
+fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains("://") {
+            out.push_str(&redact_url(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() || matches!(c, '"' | '\'' | '`' | ',' | '[' | ']') {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 /// The URLs of a list, one per line (blank lines and `#` comments skipped); entries that are
 /// not database URLs are left out with a warning (credentials hidden).
 fn urls_of(text: &str, origin: &str) -> Vec<String> {
@@ -164,26 +189,25 @@ impl Catalog {
     async fn read(&self) -> Result<Vec<String>, sqlx::Error> {
         use sqlx::Connection as _;
         let kind = DatabaseKind::of(&self.url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
+        // Sent as a plain query (no prepared statement): a catalog behind PgBouncer in
+        // transaction mode reads as well.
         let query = sqlx::AssertSqlSafe(self.query.clone());
+        macro_rules! read {
+            ($conn:ty) => {{
+                use sqlx::Row as _;
+                let mut conn = <$conn>::connect(&self.url).await?;
+                let rows = sqlx::raw_sql(query).fetch_all(&mut conn).await;
+                let _ = conn.close().await;
+                rows?
+                    .iter()
+                    .map(|row| row.try_get::<String, _>(0))
+                    .collect()
+            }};
+        }
         match kind {
-            DatabaseKind::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.url).await?;
-                let urls = sqlx::query_scalar(query).fetch_all(&mut conn).await;
-                let _ = conn.close().await;
-                urls
-            }
-            DatabaseKind::MySql => {
-                let mut conn = sqlx::MySqlConnection::connect(&self.url).await?;
-                let urls = sqlx::query_scalar(query).fetch_all(&mut conn).await;
-                let _ = conn.close().await;
-                urls
-            }
-            DatabaseKind::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
-                let urls = sqlx::query_scalar(query).fetch_all(&mut conn).await;
-                let _ = conn.close().await;
-                urls
-            }
+            DatabaseKind::Postgres => read!(sqlx::PgConnection),
+            DatabaseKind::MySql => read!(sqlx::MySqlConnection),
+            DatabaseKind::Sqlite => read!(sqlx::SqliteConnection),
         }
     }
 }
@@ -191,6 +215,15 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_in_an_error_lose_their_password() {
+        let said = redact_urls_in(
+            "invalid type: string \"postgres://u:pw@db/x\", expected a sequence at mysql://a:b@h/y",
+        );
+        assert!(!said.contains("pw") && !said.contains(":b@"), "{said}");
+        assert!(said.contains("postgres://u:***@db/x"), "{said}");
+    }
 
     #[test]
     fn a_list_skips_comments_blank_lines_and_what_is_not_a_database() {

@@ -335,7 +335,10 @@ async fn one_relay_serves_two_hundred_tenants_that_come_go_and_fail() {
     let log_text = std::fs::read_to_string(&log).unwrap();
     // The catalog was read every second while it changed: the changes may span reads.
     let (mut added, mut removed) = (0, 0);
-    for line in log_text.lines().filter(|l| l.contains("list of databases read again")) {
+    for line in log_text
+        .lines()
+        .filter(|l| l.contains("list of databases read again"))
+    {
         let count = |what: &str| -> usize {
             let before = line.split(what).next().unwrap_or_default();
             before

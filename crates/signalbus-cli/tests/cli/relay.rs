@@ -290,7 +290,15 @@ async fn metrics_move_and_health_answers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
-    let (status, body) = get(&format!("{base}/readyz")).await;
+    // Not ready while its relay starts (the endpoints are served from the start).
+    let (status, body) = loop {
+        let (status, body) = get(&format!("{base}/readyz")).await;
+        if status == 200 || started.elapsed() > Duration::from_secs(20) {
+            break (status, body);
+        }
+        assert!(body.contains("not relaying yet: starting"), "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("database ok, broker ok"), "{body}");
     crate::insert_sqlite(&pool, "bulk", &["1", "2", "3"]).await;

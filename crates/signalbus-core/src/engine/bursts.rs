@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::registry::{Registered, Selection, TypeIdx};
 use crate::storage::{Backend, CloseOnDrop};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Which rows a draining loop takes next.
@@ -92,14 +93,60 @@ pub(crate) enum Pick<'a> {
 /// its slot. Each claim overwrites the slot's range (a claim that finds nothing frees it);
 /// [`ClaimSlot::free`] when the loop stops early, else the range keeps the rows of its last
 /// burst that committed late away from other flushers until its lease ends.
+/// Bursts in flight at once across every relay that holds a clone of it (a fleet of relays,
+/// one per database): each burst, once it has claimed its rows, waits its turn to publish
+/// and settle them, first come first served. A database draining a large backlog holds one
+/// turn per lane (per signal type; ordered types: per ordered lane) and queues again after
+/// each burst, so a quiet database's new signals wait for at most a burst of each lane ahead
+/// of them; a lane that cannot reach its database holds no turn.
+///
+/// ```no_run
+/// # async fn demo(a: signalbus_core::SignalBus<sqlx::Postgres>, b: signalbus_core::SignalBus<sqlx::Postgres>) -> signalbus_core::Result<()> {
+/// use signalbus_core::relay::BurstShare;
+/// let share = BurstShare::new(4);
+/// let ra = a.relay().share(share.clone()).start().await?;
+/// let rb = b.relay().share(share).start().await?;
+/// # let _ = (ra, rb); Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BurstShare(Arc<tokio::sync::Semaphore>);
+
+impl BurstShare {
+    /// At most `bursts` bursts at once (at least 1).
+    pub fn new(bursts: usize) -> Self {
+        BurstShare(Arc::new(tokio::sync::Semaphore::new(bursts.max(1))))
+    }
+
+    /// Wait for a turn (tokio's semaphore queues waiters in order).
+    async fn turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.clone().acquire_owned().await.ok()
+    }
+}
+
 pub(crate) struct ClaimSlot {
     token: String,
+    /// Turns its bursts take (a relay's lane in a [`BurstShare`]).
+    turns: Option<BurstShare>,
 }
 
 impl ClaimSlot {
     pub fn new() -> Self {
+        Self::taking_turns(None)
+    }
+
+    /// A slot whose bursts take turns in `turns` (when given) between claim and publish.
+    pub fn taking_turns(turns: Option<BurstShare>) -> Self {
         ClaimSlot {
             token: uuid::Uuid::new_v4().to_string(),
+            turns,
+        }
+    }
+
+    /// Wait for this slot's turn to publish a claimed burst, if it takes turns.
+    async fn turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match &self.turns {
+            Some(turns) => turns.turn().await,
+            None => None,
         }
     }
 
@@ -156,6 +203,10 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         return Ok(None);
     }
     let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let _turn = match pick {
+        Pick::Next(slot) => slot.turn().await,
+        Pick::Listed(_) => None,
+    };
     let published = async {
         let mut conn = shared.pool().acquire().await?;
         let result = publish_and_settle(shared, &mut conn, vec![(idx, rows)], false).await;
@@ -257,11 +308,16 @@ pub(crate) struct LaneHold<DB: Backend> {
 
 impl<DB: Backend> LaneHold<DB> {
     pub fn new() -> Self {
+        Self::taking_turns(None)
+    }
+
+    /// A hold whose bursts take turns in `turns` (when given), see [`ClaimSlot`].
+    pub fn taking_turns(turns: Option<BurstShare>) -> Self {
         LaneHold {
             conn: None,
             // Flushers start at different lanes, so that they meet less.
             next: rand::random::<u32>(),
-            slot: ClaimSlot::new(),
+            slot: ClaimSlot::taking_turns(turns),
         }
     }
 
@@ -384,7 +440,9 @@ async fn lane_burst<DB: Backend>(
     if rows.is_empty() {
         return Ok(None);
     }
+    let turn = slot.turn().await;
     let result = publish_in_rounds(shared, idx, rows, !ranges).await;
+    drop(turn);
     if ranges {
         slot.free(shared, idx).await;
     }

@@ -34,6 +34,7 @@
 //!
 //! The gauges it keeps are listed in [`crate::metrics`].
 
+pub use super::bursts::BurstShare;
 use super::bursts::{ClaimSlot, LaneHold, Pick, claimed_burst, ordered_burst};
 use super::context::{Engine, Shared};
 use super::wake::{self, IdleGate, Wakers, stopped_within};
@@ -82,40 +83,6 @@ pub struct RelayBuilder<DB: Backend> {
     share: Option<BurstShare>,
     #[cfg(feature = "wal")]
     capture: Option<super::capture::WalCapture>,
-}
-
-/// Bursts in flight at once across every relay that holds a clone of it (a fleet of relays,
-/// one per database): each burst waits its turn, first come first served, so that a database
-/// draining a large backlog takes one turn in the queue at a time and a quiet database's new
-/// signals go out after at most one burst of each database ahead of them.
-///
-/// ```no_run
-/// # async fn demo(a: signalbus_core::SignalBus<sqlx::Postgres>, b: signalbus_core::SignalBus<sqlx::Postgres>) -> signalbus_core::Result<()> {
-/// use signalbus_core::relay::BurstShare;
-/// let share = BurstShare::new(4);
-/// let ra = a.relay().share(share.clone()).start().await?;
-/// let rb = b.relay().share(share).start().await?;
-/// # let _ = (ra, rb); Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct BurstShare(Arc<tokio::sync::Semaphore>);
-
-impl BurstShare {
-    /// At most `bursts` bursts at once (at least 1).
-    pub fn new(bursts: usize) -> Self {
-        BurstShare(Arc::new(tokio::sync::Semaphore::new(bursts.max(1))))
-    }
-
-    /// Wait for a turn (tokio's semaphore queues waiters in order); `None` when `stop` fires.
-    async fn turn(
-        &self,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        tokio::select! {
-            permit = self.0.clone().acquire_owned() => permit.ok(),
-            _ = stop.changed() => None,
-        }
-    }
 }
 
 impl<DB: Backend> RelayBuilder<DB> {
@@ -539,8 +506,10 @@ async fn lane<DB: Backend>(
     // When the earliest backoff of a row this lane saw refused ends: a retry goes out then,
     // not at the next poll.
     let mut retry_due: Option<tokio::time::Instant> = None;
-    let mut hold = LaneHold::new();
-    let slot = ClaimSlot::new();
+    // Bursts take turns with the other relays of the share, once they have claimed rows (a
+    // lane that cannot reach its database holds no turn meanwhile).
+    let mut hold = LaneHold::taking_turns(lane.share.clone());
+    let slot = ClaimSlot::taking_turns(lane.share.clone());
     // Whether this lane told the gate it is idle, and whether a notification will then wake
     // it (else it polls, as on databases without notifications).
     let (mut registered, mut covered) = (false, false);
@@ -560,19 +529,11 @@ async fn lane<DB: Backend>(
             continue;
         }
         let round = tokio::time::Instant::now();
-        let turn = match &lane.share {
-            Some(share) => match share.turn(&mut stop).await {
-                Some(turn) => Some(turn),
-                None => break,
-            },
-            None => None,
-        };
         let burst = if lane.ordered {
             ordered_burst(&shared, lane.idx, false, &mut hold).await
         } else {
             claimed_burst(&shared, lane.idx, Pick::Next(&slot)).await
         };
-        drop(turn);
         let wait = match burst {
             Ok(Some(settled)) => {
                 lane.busy(&mut registered);

@@ -385,17 +385,19 @@ macro_rules! store {
                 sql: &sqlx::SqlStr,
                 row: $crate::storage::NewRow<'_>,
             ) -> $crate::error::Result<i64> {
-                let query = sqlx::query::<$db>(sql.clone())
-                    .persistent(!$crate::storage::statements::is_unnamed(sql))
-                    .bind(row.message_id)
-                    .bind(row.topic)
-                    .bind(row.routing_key)
-                    .bind(row.headers)
-                    .bind(row.body)
-                    .bind(row.content_type)
-                    .bind(row.lease_ms)
-                    .bind(row.ordering_key);
-                $crate::storage::store!(@insert $insert, query, conn)
+                $crate::storage::backend::run_unnamed!(conn, sql, |c| {
+                    let query = sqlx::query::<$db>(sql.clone())
+                        .persistent(!$crate::storage::statements::is_unnamed(sql))
+                        .bind(row.message_id)
+                        .bind(row.topic)
+                        .bind(row.routing_key)
+                        .bind(row.headers)
+                        .bind(row.body)
+                        .bind(row.content_type)
+                        .bind(row.lease_ms)
+                        .bind(row.ordering_key);
+                    $crate::storage::store!(@insert $insert, query, c)
+                })
             }
 
             async fn listener(

@@ -3,7 +3,6 @@
 
 use super::backend::{Backend, NewRow, Param, StoredRow};
 use super::dialect;
-use super::session::owned_sql;
 use super::statements::{Arg, IdleGate, Ordered, OrderedRead, Statements, Stmt};
 use crate::contract::{Holdback, ParkedRows, ParkedSignal, PendingStats};
 use crate::error::{Error, Result};
@@ -641,8 +640,8 @@ impl Statements {
             .copied()
             .flatten()
             .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
-        let holder = match (rows, DB::DIALECT.watermark_holder) {
-            (1.., Some(who)) => DB::fetch_keys(conn, &owned_sql(who), &[])
+        let holder = match (rows, &self.watermark_holder) {
+            (1.., Some(who)) => DB::fetch_keys(conn, who, &[])
                 .await?
                 .into_iter()
                 .next()

@@ -181,6 +181,8 @@ pub(crate) struct Statements {
     /// The rows the ordered watermark holds back, and the age of the transaction holding it
     /// ([`Dialect::watermark_held`]).
     pub watermark_held: Option<SqlStr>,
+    /// Which transaction holds the watermark back ([`Dialect::watermark_holder`]).
+    pub watermark_holder: Option<SqlStr>,
     /// Wake the relays of this table ([`Dialect::wake_relays`]).
     pub wake_relays: Option<SqlStr>,
     /// The table's idle lock ([`Dialect::idle_gate`]).
@@ -792,6 +794,7 @@ impl Statements {
             purge_all: shared(format!("DELETE FROM {t} WHERE parked_at IS NOT NULL")),
             flush_lock,
             watermark_held: d.watermark_held.map(|text| shared(text.replace("{t}", &t))),
+            watermark_holder: d.watermark_holder.map(|text| shared(text.to_owned())),
             // The name is a validated identifier (letters, digits, `_`): safe in the literal.
             wake_relays: d
                 .wake_relays

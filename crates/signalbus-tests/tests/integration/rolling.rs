@@ -88,8 +88,15 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
     std::fs::write(&old_config, OLD).unwrap();
     std::fs::write(&new_config, format!("{OLD}\n{NEW}")).unwrap();
     let log = |name: &str| dir.path().join(name);
-    let out = signalbus(&old_config, &db.url, &fx).arg("migrate").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = signalbus(&old_config, &db.url, &fx)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let relay = |config: &Path, name: &str| {
         signalbus_testkit::process::KillOnDrop(
             signalbus(config, &db.url, &fx)
@@ -130,8 +137,15 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The new release's migration, while the old relay runs.
-    let out = signalbus(&new_config, &db.url, &fx).arg("migrate").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = signalbus(&new_config, &db.url, &fx)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Rows of a table the old relay does not know: left alone, no attempt spent.
     let new_events = |from: u32, to: u32| {
         let (bus, route) = (writers.clone(), route.clone());
@@ -154,13 +168,16 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
     };
     new_events(0, 5).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let untouched: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM rolling_new WHERE attempts = 0 AND claim IS NULL",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(i64::from(5 * KEYS), untouched, "the old relay leaves the new table alone");
+    let untouched: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rolling_new WHERE attempts = 0 AND claim IS NULL")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        i64::from(5 * KEYS),
+        untouched,
+        "the old relay leaves the new table alone"
+    );
     // The new relay beside the old one; then the old one is stopped.
     let mut b = relay(&new_config, "b.log");
     new_events(5, PER_KEY).await;
@@ -176,9 +193,15 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
     assert_eq!(duplicates, 0, "nothing sent twice");
     assert_eq!(got.len(), total, "everything arrived");
     assert_eq!(next.len(), 2 * KEYS as usize);
-    assert!(next.values().all(|&n| n == PER_KEY), "every key complete, in order");
+    assert!(
+        next.values().all(|&n| n == PER_KEY),
+        "every key complete, in order"
+    );
     let a_log = std::fs::read_to_string(log("a.log")).unwrap();
-    assert!(!a_log.contains("cannot send"), "the old relay failed: {a_log}");
+    assert!(
+        !a_log.contains("cannot send"),
+        "the old relay failed: {a_log}"
+    );
     fx.cleanup().await;
     db.cleanup().await;
 }
