@@ -97,6 +97,7 @@ const UNNAMED: &str = "/* signalbus: unnamed */ ";
 
 /// Whether `sql` must be sent unnamed: prepared anew each time, never kept on the server's
 /// session (behind a pooler in transaction mode).
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) fn is_unnamed(sql: &SqlStr) -> bool {
     sql.as_str().starts_with(UNNAMED)
 }
