@@ -88,11 +88,6 @@ pub(crate) enum Pick<'a> {
     Next(&'a ClaimSlot),
 }
 
-/// What a draining loop (a `flush_many`, a relay lane) keeps across its bursts where bursts
-/// claim ranges of ids (PostgreSQL, [`crate::storage`]'s `signalbus_claims`): the token of
-/// its slot. Each claim overwrites the slot's range (a claim that finds nothing frees it);
-/// [`ClaimSlot::free`] when the loop stops early, else the range keeps the rows of its last
-/// burst that committed late away from other flushers until its lease ends.
 /// Bursts in flight at once across every relay that holds a clone of it (a fleet of relays,
 /// one per database): each burst, once it has claimed its rows, waits its turn to publish
 /// and settle them, first come first served. A database draining a large backlog holds one
@@ -123,6 +118,11 @@ impl BurstShare {
     }
 }
 
+/// What a draining loop (a `flush_many`, a relay lane) keeps across its bursts where bursts
+/// claim ranges of ids (PostgreSQL, [`crate::storage`]'s `signalbus_claims`): the token of
+/// its slot. Each claim overwrites the slot's range (a claim that finds nothing frees it);
+/// [`ClaimSlot::free`] when the loop stops early, else the range keeps the rows of its last
+/// burst that committed late away from other flushers until its lease ends.
 pub(crate) struct ClaimSlot {
     token: String,
     /// Turns its bursts take (a relay's lane in a [`BurstShare`]).
