@@ -5,11 +5,11 @@
 //! runs, are served once they are back, without slowing the others. And on SQLite, a list
 //! file read again on SIGHUP, with a database that cannot be reached on it.
 
-use crate::{Scratch, text};
+use crate::{Scratch, signal, text};
 use signalbus_testkit::postgres::PrivatePostgres;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const BULK: &str = "[[signal]]\nname = \"bulk\"\n";
@@ -74,14 +74,6 @@ async fn until_ready(base: &str, limit: Duration, until: impl Fn(u16, &str) -> b
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 fn exited_within(mut child: Child, limit: Duration) -> std::process::ExitStatus {

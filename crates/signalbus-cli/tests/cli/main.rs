@@ -61,6 +61,15 @@ impl Scratch {
     }
 }
 
+/// Send `child` the signal `name` (`TERM`, `HUP`, ...) with kill(1).
+pub fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

@@ -3,11 +3,11 @@
 //! two databases and one going down does not stop the other, `/metrics` and `/readyz` read
 //! with a real HTTP client, and bad input is one clear line.
 
-use crate::{Scratch, TWO_TYPES, received, text};
+use crate::{Scratch, TWO_TYPES, received, signal, text};
 use signalbus_testkit::database::TestDb;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const BULK: &str = "[[signal]]\nname = \"bulk\"\n";
@@ -118,14 +118,6 @@ fn relay(s: &Scratch, db_url: &str, out: &str, extra: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// Waits for the child to exit, at most `limit`; its status and standard error.
