@@ -53,7 +53,8 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
-fn secs(d: Option<Duration>) -> Option<u64> {
+/// Whole seconds, as the API and the pages show ages.
+pub(crate) fn secs(d: Option<Duration>) -> Option<u64> {
     d.map(|d| d.as_secs())
 }
 

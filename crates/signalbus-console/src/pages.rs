@@ -3,7 +3,7 @@
 //! that shows the dry run's count.
 
 use crate::access::{COOKIE, Caller, Role};
-use crate::api::{self, Target, body_hidden};
+use crate::api::{self, Target, body_hidden, secs};
 use crate::error::ConsoleError;
 use crate::guard::{Proof, caller, may_act, same_origin};
 use crate::query::{self, ListQuery, filter_pairs, filter_query};
@@ -16,7 +16,6 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use signalbus_core::inspection::{BulkAction, SignalFilter, SignalState, SignalSummary};
-use std::time::Duration;
 
 pub(crate) fn routes() -> Router<Shared> {
     Router::new()
@@ -134,10 +133,6 @@ fn age(seconds: Option<u64>) -> String {
 /// A rate, or a dash where there is none (a console without a relay's metrics).
 fn per_second(rate: Option<f64>) -> String {
     rate.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}"))
-}
-
-fn secs(d: Option<Duration>) -> Option<u64> {
-    d.map(|d| d.as_secs())
 }
 
 fn signal_url(db: &str, signal: &str) -> String {

@@ -2,7 +2,7 @@
 //! environment and the configuration, an open console refused off loopback, and a relay
 //! that sends what the console unparks.
 
-use crate::{BIN, Scratch, received, text};
+use crate::{Scratch, received, text};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -150,7 +150,6 @@ async fn an_open_console_is_refused_off_loopback_and_bad_tokens_are_named() {
         Some(2),
         "clap: --console requires --listen"
     );
-    let _ = BIN;
 }
 
 #[tokio::test]

@@ -12,9 +12,8 @@ use crate::inspection::{
 };
 use crate::registry::{Registered, Selection};
 use crate::storage::inspect::{Audit, Inspect, MAX_GROUP_ROWS};
-use crate::storage::{Backend, CloseOnDrop, GroupRow, InspectedRow};
+use crate::storage::{Backend, CloseOnDrop, GroupRow, InspectedRow, age};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 /// Rows one list read takes while looking for a failure group's signals; a page stops after
 /// [`SCAN_ROUNDS`] of them and says where to go on.
@@ -69,13 +68,8 @@ pub(crate) async fn overview<DB: Backend>(shared: &Shared<DB>, name: &str) -> Re
     })
 }
 
-fn micros(us: Option<i64>) -> Option<Duration> {
-    us.and_then(|us| u64::try_from(us).ok())
-        .map(Duration::from_micros)
-}
-
 fn seconds(us: Option<i64>) -> Option<u64> {
-    micros(us).map(|d| d.as_secs())
+    age(us).map(|d| d.as_secs())
 }
 
 fn summary(row: InspectedRow) -> SignalSummary {
@@ -88,19 +82,19 @@ fn summary(row: InspectedRow) -> SignalSummary {
         content_type,
         attempts,
         last_error,
-        age,
+        written_age,
         parked_age,
         next_age,
         in_flight,
         body_len,
         _headers,
     ) = row;
-    let parked_for = micros(parked_age);
+    let parked_for = age(parked_age);
     // A negative age is a time still to come.
     let next_attempt_in = next_age
         .filter(|us| *us < 0)
         .and_then(|us| us.checked_neg())
-        .and_then(|us| micros(Some(us)));
+        .and_then(|us| age(Some(us)));
     let state = if parked_age.is_some() {
         SignalState::Parked
     } else if attempts > 0 || last_error.is_some() {
@@ -120,7 +114,7 @@ fn summary(row: InspectedRow) -> SignalSummary {
         content_type,
         attempts: u64::try_from(attempts).unwrap_or(0),
         last_error,
-        age: micros(age),
+        age: age(written_age),
         parked_for,
         next_attempt_in,
         in_flight: in_flight != 0,

@@ -103,7 +103,7 @@ pub(crate) use backend::{ParkedRow, sealed};
 #[doc(hidden)]
 pub use database_url::__backends;
 pub use database_url::{DatabaseKind, PoolSettings, UnknownDatabase, open_pool};
-pub(crate) use repository::millis;
+pub(crate) use repository::{age, millis};
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use repository::{json_ids, json_texts};
 pub(crate) use session::{CloseOnDrop, begin, begin_write, owned_sql};

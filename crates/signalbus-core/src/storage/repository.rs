@@ -87,7 +87,8 @@ pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn age(micros: Option<i64>) -> Option<Duration> {
+/// An age the database measured in microseconds (one in the future, by clock skew, is 0).
+pub(crate) fn age(micros: Option<i64>) -> Option<Duration> {
     micros.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0)))
 }
 

@@ -358,8 +358,10 @@ impl Statements {
             "t.parked_at IS NULL AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= {now})"
         );
         let ready = format!("{sendable}{}", and_outside(false));
-        // The same for an ordered read of one lane.
-        let ready_in_lane = format!("{sendable}{}", and_outside(true));
+        // The same for an ordered read of one lane. Without lanes (behind a transaction
+        // pooler) an ordered read is of every lane: every live range counts, the lanes' of
+        // direct flushers of the same table too.
+        let ready_in_lane = format!("{sendable}{}", and_outside(d.lanes.is_some()));
         // Held back by a refusal: parked, or backing off (no claim: a row in flight with
         // another flusher has one, and is met in order by the read, not found by this).
         let held =
@@ -565,9 +567,15 @@ impl Statements {
                 "NULL",
             )
         });
+        // Without lanes, an ordered burst's range is of all lanes (NULL), which every lane's
+        // read counts: a pooled flusher and direct ones with lanes may share the table.
         let claim_lane = range_claim(
             &format!("SELECT {claimed_all} FROM {t} AS t WHERE {id_in} ORDER BY t.id"),
-            "CAST({Lane} AS integer)",
+            if d.lanes.is_some() {
+                "CAST({Lane} AS integer)"
+            } else {
+                "NULL"
+            },
         );
         // Free for the auto-flush: its own leased rows (no claim token), and rows no lease
         // holds; a live range matters only for a row that was sendable (a range claim takes

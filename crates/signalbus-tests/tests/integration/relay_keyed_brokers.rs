@@ -45,6 +45,20 @@ enum Relays {
     /// through a private PgBouncer in transaction mode (three server connections handed out
     /// round-robin); none killed: nothing may be sent twice.
     BehindPgBouncer,
+    /// Two relays as in `BehindPgBouncer` (ordered bursts without lanes) and two direct ones
+    /// (with lanes) on the same table, at once; none killed: nothing may be sent twice.
+    Mixed,
+}
+
+impl Relays {
+    /// Whether relay `n` reaches the database through the pooler.
+    fn pooled(self, n: usize) -> bool {
+        match self {
+            Relays::BehindPgBouncer => true,
+            Relays::Mixed => n < 2,
+            Relays::InProcess | Relays::Processes => false,
+        }
+    }
 }
 
 /// The `signalbus` binary of this workspace build (next to the test binary's `deps`).
@@ -73,12 +87,12 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
     let (keys_n, per_key) = fx.keyed_scale();
     let db = <sqlx::Postgres as TestBackend>::create(60).await;
     let route = fx.ready();
-    let pooler = matches!(relays, Relays::BehindPgBouncer).then(|| {
+    let pooler = matches!(relays, Relays::BehindPgBouncer | Relays::Mixed).then(|| {
         let port = signalbus_testkit::nats::free_port();
         signalbus_testkit::pgbouncer::PrivatePgBouncer::start(5432, port, 3)
             .expect("a private PgBouncer")
     });
-    // Everyone reaches the database through the pooler, when there is one.
+    // The writers reach the database through the pooler, when there is one.
     let url = match &pooler {
         Some(pooler) => pooler.url(&db.name),
         None => db.url.clone(),
@@ -118,14 +132,16 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
                     .await
                     .unwrap(),
             ),
-            Relays::Processes | Relays::BehindPgBouncer => {
+            Relays::Processes | Relays::BehindPgBouncer | Relays::Mixed => {
+                let pooled = relays.pooled(n);
+                let url = if pooled { &url } else { &db.url };
                 processes.push(signalbus_testkit::process::KillOnDrop(
                     std::process::Command::new(signalbus_binary())
                         .env_remove("RUST_LOG")
                         .envs(fx.process_env())
-                        .env("SIGNALBUS_TRANSACTION_POOLER", pooler.is_some().to_string())
+                        .env("SIGNALBUS_TRANSACTION_POOLER", pooled.to_string())
                         .args(["--config", config.to_str().unwrap()])
-                        .args(["--database-url", &url, "--bus-url", &fx.url()])
+                        .args(["--database-url", url, "--bus-url", &fx.url()])
                         .args(["--publish-timeout", "10", "--lease", "12"])
                         .args([
                             "relay",
@@ -186,7 +202,7 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
             victim.kill().unwrap(); // SIGKILL
             victim.wait().unwrap();
         }
-        Relays::BehindPgBouncer => {}
+        Relays::BehindPgBouncer | Relays::Mixed => {}
     }
     while writers.join_next().await.is_some() {}
     let total = keys_n * per_key as usize;
@@ -215,7 +231,7 @@ async fn keyed_relayed<F: BusFixture>(fx: F, relays: Relays) {
     let got = fx.received(&route, total).await;
     let (next, duplicates) = crate::buses::key_order(&got);
     eprintln!(
-        "{total} keyed signals through 4 relays ({relays:?}, one killed) in {drained:?}: {} read \
+        "{total} keyed signals through 4 relays ({relays:?}) in {drained:?}: {} read \
          back, {duplicates} duplicates",
         got.len()
     );
@@ -252,6 +268,11 @@ async fn amqp_keyed_order_postgres_relay_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqp_keyed_order_postgres_behind_pgbouncer() {
     keyed_relayed(Amqp::new().await, Relays::BehindPgBouncer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_keyed_order_postgres_pooled_and_direct_relays_together() {
+    keyed_relayed(Amqp::new().await, Relays::Mixed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
