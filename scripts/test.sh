@@ -2,7 +2,8 @@
 # The test command: starts any local service the tests need that is down (PostgreSQL, MariaDB,
 # RabbitMQ, NATS, Redis, a Kafka-protocol broker (tansu) and moto's SQS/SNS server, the last
 # two installed on first use), installs what the console's tests run (Chromium, chromedriver,
-# Prometheus, schemathesis), then runs the whole test suite. Fails loudly when a service cannot be reached:
+# Prometheus, schemathesis) and builds the previous release's binary (the rolling-upgrade
+# test), then runs the whole test suite. Fails loudly when a service cannot be reached:
 # no test is ever skipped for a missing server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +22,7 @@ bash scripts/schemathesis.sh install
 # SQS and SNS: moto's server, installed into a virtual environment on first use.
 bash scripts/moto.sh start
 wait_for moto 127.0.0.1 "${SIGNALBUS_MOTO_PORT:-4577}"
+# The previous release's binary, for the rolling-upgrade test (before this tree's build: it
+# shares target/).
+bash scripts/previous-release.sh
 cargo test --workspace --all-features "$@"

@@ -1,16 +1,18 @@
 //! A rolling deploy on one PostgreSQL database, through RabbitMQ, while writers commit keyed
-//! signals: relay A runs the old configuration (one signal type); the new configuration's
-//! `signalbus migrate` adds a type's table while A runs; rows of that table are left alone by
-//! A (not claimed, no attempt spent); relay B (new configuration) starts beside A, they share
-//! the old type's backlog, then A is stopped (SIGTERM, exit 0) and B goes on. Every signal of
-//! both types arrives exactly once, each key in order, and A logs no failure.
+//! signals: relay A is the previous release's `signalbus` (built by
+//! scripts/previous-release.sh) with the old configuration (one signal type); this tree's
+//! `signalbus migrate`, with the new configuration, adds a type's table while A runs; rows of
+//! that table are left alone by A (not claimed, no attempt spent); relay B (this tree, new
+//! configuration) starts beside A, they share the old type's backlog, then A is stopped
+//! (SIGTERM, exit 0) and B goes on. Every signal of both types arrives exactly once, each key
+//! in order, and A logs no failure.
 
 use crate::bus_amqp::Amqp;
 use crate::buses::BusFixture;
 use crate::common::TestBackend;
 use crate::relay_keyed_brokers::signalbus_binary;
 use signalbus::SignalBus;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, serde::Serialize, signalbus::Signal)]
@@ -42,8 +44,35 @@ const NEW: &str = "[[signal]]\nname = \"rolling_new\"\nordered = true\nburst = 2
 const KEYS: u32 = 20;
 const PER_KEY: u32 = 40;
 
-fn signalbus(config: &Path, url: &str, fx: &Amqp) -> std::process::Command {
-    let mut cmd = std::process::Command::new(signalbus_binary());
+/// The previous release's `signalbus`, which scripts/previous-release.sh (run by
+/// scripts/test.sh) builds into `target/previous-release/`.
+fn previous_release() -> PathBuf {
+    let current = signalbus_binary();
+    let bin = current
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("previous-release").join("signalbus"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "the previous release's signalbus is not built at {}: run scripts/previous-release.sh \
+         (scripts/test.sh does)",
+        bin.display()
+    );
+    let version = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains("+previous"),
+        "{} is not the previous release's build",
+        bin.display()
+    );
+    bin
+}
+
+fn signalbus(bin: &Path, config: &Path, url: &str, fx: &Amqp) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
     cmd.env_remove("RUST_LOG")
         .env_remove("DATABASE_URL")
         .envs(fx.process_env())
@@ -88,7 +117,9 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
     std::fs::write(&old_config, OLD).unwrap();
     std::fs::write(&new_config, format!("{OLD}\n{NEW}")).unwrap();
     let log = |name: &str| dir.path().join(name);
-    let out = signalbus(&old_config, &db.url, &fx)
+    let (previous, current) = (previous_release(), signalbus_binary());
+    // The database as the previous release set it up.
+    let out = signalbus(&previous, &old_config, &db.url, &fx)
         .arg("migrate")
         .output()
         .unwrap();
@@ -97,9 +128,9 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let relay = |config: &Path, name: &str| {
+    let relay = |bin: &Path, config: &Path, name: &str| {
         signalbus_testkit::process::KillOnDrop(
-            signalbus(config, &db.url, &fx)
+            signalbus(bin, config, &db.url, &fx)
                 .args(["relay", "--poll-max", "0.2", "--shutdown-timeout", "20"])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::fs::File::create(log(name)).unwrap())
@@ -107,7 +138,7 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
                 .unwrap(),
         )
     };
-    let mut a = relay(&old_config, "a.log");
+    let mut a = relay(&previous, &old_config, "a.log");
     let writers = SignalBus::builder(db.pool.clone())
         .publisher(fx.publisher().await)
         .register::<OldEvent>()
@@ -137,7 +168,7 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The new release's migration, while the old relay runs.
-    let out = signalbus(&new_config, &db.url, &fx)
+    let out = signalbus(&current, &new_config, &db.url, &fx)
         .arg("migrate")
         .output()
         .unwrap();
@@ -179,7 +210,7 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
         "the old relay leaves the new table alone"
     );
     // The new relay beside the old one; then the old one is stopped.
-    let mut b = relay(&new_config, "b.log");
+    let mut b = relay(&current, &new_config, "b.log");
     new_events(5, PER_KEY).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     stop(&mut a, &log("a.log"));
