@@ -414,6 +414,14 @@ impl Fleet {
         self.len() == 0
     }
 
+    /// The names of the databases on the list (their buses' names), sorted.
+    pub fn names(&self) -> Vec<String> {
+        let members = self.inner.members.lock().expect("fleet lock");
+        let mut names: Vec<String> = members.values().map(|m| m.name.clone()).collect();
+        names.sort();
+        names
+    }
+
     /// Each database on the list, by name.
     pub fn status(&self) -> Vec<DatabaseStatus> {
         let members = self.inner.members.lock().expect("fleet lock");

@@ -1,4 +1,5 @@
-//! What the relay's `/metrics` says: the histograms' buckets and the metrics' descriptions.
+//! What the relay's `/metrics` says: the histograms' buckets, the metrics' descriptions, and
+//! only the series of the databases on the list.
 
 /// Histogram buckets of the `*_seconds` metrics: from a millisecond to a minute.
 pub(super) const BUCKETS: &[f64] = &[
@@ -104,4 +105,71 @@ pub(super) fn describe_metrics() {
         metrics::Unit::Seconds,
         "Ordered relays on PostgreSQL: how long the transaction holding signals back has been open (0 when none is held)."
     );
+}
+
+/// `text` (Prometheus' text format) without the series of a database no longer on the list:
+/// those whose `bus` label `is_member` refuses. The exporter cannot forget a series, and a
+/// removed tenant's last `signalbus_pending` would otherwise stay, and keep its alerts firing,
+/// until the relay restarts. Series without a `bus` label are kept.
+pub(super) fn only_members(text: &str, is_member: impl Fn(&str) -> bool) -> String {
+    let mut kept = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if line.starts_with('#') || bus_label(line).is_none_or(|bus| is_member(&bus)) {
+            kept.push_str(line);
+        }
+    }
+    kept
+}
+
+/// The value of a series line's `bus` label, unescaped (`\\`, `\"`, `\n`).
+fn bus_label(line: &str) -> Option<String> {
+    let labels = &line[line.find('{')? + 1..];
+    let mut rest = labels;
+    loop {
+        let (name, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        if name.trim_start_matches(',') == "bus" {
+            return Some(value);
+        }
+        rest = &after[end + 1..];
+        if rest.starts_with('}') {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::only_members;
+
+    #[test]
+    fn series_of_databases_off_the_list_are_left_out() {
+        let text = "# HELP signalbus_pending Rows waiting.\n\
+                    # TYPE signalbus_pending gauge\n\
+                    signalbus_pending{bus=\"t1\",signal=\"a\"} 3\n\
+                    signalbus_pending{signal=\"a\",bus=\"gone\"} 7\n\
+                    signalbus_pending{signal=\"b=\\\"x\\\"\",bus=\"t\\\"2\"} 1\n\
+                    signalbus_fleet_databases 2\n\
+                    signalbus_relay_ready{bus=\"gone\"} 1\n";
+        let kept = only_members(text, |bus| bus == "t1" || bus == "t\"2");
+        assert_eq!(
+            kept,
+            "# HELP signalbus_pending Rows waiting.\n\
+             # TYPE signalbus_pending gauge\n\
+             signalbus_pending{bus=\"t1\",signal=\"a\"} 3\n\
+             signalbus_pending{signal=\"b=\\\"x\\\"\",bus=\"t\\\"2\"} 1\n\
+             signalbus_fleet_databases 2\n"
+        );
+    }
 }

@@ -14,7 +14,7 @@ use ::metrics::gauge;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics::{BUCKETS, describe_metrics};
+use metrics::{BUCKETS, describe_metrics, only_members};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use signalbus::fleet::{Fleet, ReadyPolicy};
 use signalbus::{Backend, BurstShare, Relay, Selection, SignalBus, WalCapture};
@@ -117,10 +117,17 @@ impl RelayServer {
                 );
             }
             let upkeep = handle.clone();
-            let (probes, said) = (fleet.clone(), catalog.clone());
+            let (probes, said, listed) = (fleet.clone(), catalog.clone(), fleet.clone());
             let fleet = fleet.clone();
             let mut app = Router::new()
-                .route("/metrics", get(move || async move { handle.render() }))
+                .route(
+                    "/metrics",
+                    get(move || async move {
+                        let names: std::collections::HashSet<String> =
+                            listed.names().into_iter().collect();
+                        only_members(&handle.render(), |bus| names.contains(bus))
+                    }),
+                )
                 .route("/healthz", get(|| async { "ok\n" }))
                 .route(
                     "/readyz",

@@ -60,6 +60,15 @@ async fn readyz(base: &str) -> (u16, String) {
     }
 }
 
+async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Poll /readyz until `until` holds for its body.
 async fn until_ready(base: &str, limit: Duration, until: impl Fn(u16, &str) -> bool) -> String {
     let started = Instant::now();
@@ -402,6 +411,8 @@ async fn a_list_file_is_read_again_on_sighup_and_a_database_down_is_not_fatal() 
     crate::insert_sqlite(&pools[0], "bulk", &["a1"]).await;
     crate::insert_sqlite(&pools[2], "bulk", &["c1"]).await;
     until_delivered(&out, &["a1".to_owned()], Duration::from_secs(20), &log);
+    let series_of_a = format!("bus=\"{}\"", urls[0]);
+    assert!(metrics(&base).await.contains(&series_of_a));
     // c is not on the list yet; a SIGHUP after adding it (and dropping a) serves it.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -428,6 +439,12 @@ async fn a_list_file_is_read_again_on_sighup_and_a_database_down_is_not_fatal() 
     crate::insert_sqlite(&pools[0], "bulk", &["a2"]).await;
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(delivered(&out).len(), 2, "a is let go");
+    let text = metrics(&base).await;
+    assert!(
+        !text.contains(&series_of_a),
+        "a's series are gone from /metrics:\n{text}"
+    );
+    assert!(text.contains(&format!("bus=\"{}\"", urls[2])), "{text}");
     signal(&child, "TERM");
     let status = exited_within(child, Duration::from_secs(20));
     assert!(status.success(), "{}", tail(&log));
