@@ -8,91 +8,13 @@
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use signalbus_amqp::AmqpPublisher;
 use signalbus_core::{Message, Publisher};
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use signalbus_testkit::tls::{TestCa, proxy};
 use std::sync::Arc;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto::ring};
 
 const PLAIN: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const BROKER: &str = "127.0.0.1:5672";
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate: the CA and the client's
-/// files are written to `dir`; returns the proxy's TLS configuration, which requires a client
-/// certificate from that CA.
-fn make_pki(dir: &Path) -> ServerConfig {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "signalbus test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-
-    let server_key = KeyPair::generate().unwrap();
-    let mut server_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    server_params.subject_alt_names = vec![SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST))];
-    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
-
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "signalbus test client");
-    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = client_params.signed_by(&client_key, &ca).unwrap();
-
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("client.pem"), client_cert.pem()).unwrap();
-    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
-
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    let provider = Arc::new(ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .unwrap();
-    ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from(server_cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-        )
-        .unwrap()
-}
-
-/// Accept TLS on a free port of 127.0.0.1 and forward the plain stream to RabbitMQ.
-async fn start_proxy(config: ServerConfig) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                // A refused handshake (untrusted CA, no client certificate) just ends here.
-                let Ok(mut tls) = acceptor.accept(socket).await else {
-                    return;
-                };
-                let mut broker = tokio::net::TcpStream::connect(BROKER)
-                    .await
-                    .expect("RabbitMQ must run on 127.0.0.1:5672");
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
-            });
-        }
-    });
-    port
-}
 
 fn message(queue: &str, n: usize) -> Message {
     Message {
@@ -109,7 +31,8 @@ fn message(queue: &str, n: usize) -> Message {
 #[tokio::test]
 async fn amqps_verifies_the_broker_and_presents_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let port = start_proxy(make_pki(dir.path())).await;
+    // The proxy requires a client certificate of the test's CA.
+    let port = proxy(TestCa::new(dir.path()).server_requiring_clients(), BROKER).await;
     let d = dir.path().display();
 
     // The broker's certificate comes from a CA the system does not trust.

@@ -1,7 +1,7 @@
 //! Redis Streams publisher for [signalbus](https://docs.rs/signalbus), on redis-rs.
 //!
 //! `redis://[user:password@]host:6379[/db]`, or `rediss://` for TLS (the system's root
-//! certificates). Each message becomes one entry (`XADD stream * …`) of the stream named by its
+//! certificates; `SSL_CERT_FILE` or `SSL_CERT_DIR` replace them, for a private CA). Each message becomes one entry (`XADD stream * …`) of the stream named by its
 //! destination, with these fields, in this order:
 //!
 //! | field | value |

@@ -19,4 +19,6 @@ pub mod process;
 pub mod proxy;
 pub mod rabbitmq;
 pub mod redis;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod webhook;

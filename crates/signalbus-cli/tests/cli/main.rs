@@ -10,6 +10,7 @@ mod operating;
 mod parked;
 mod processes;
 mod relay;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
