@@ -9,7 +9,8 @@
 //! to make the relay call an arbitrary (internal) address: any other destination is parked at
 //! once with a reason that says so, and nothing is sent. Redirects are not followed (a 3xx
 //! is a refusal), no proxy is used, and `https://` uses the system's root certificates
-//! (rustls on ring; `SSL_CERT_FILE` or `SSL_CERT_DIR` replace them, for a private CA).
+//! (rustls on ring; on Linux, `SSL_CERT_FILE` or `SSL_CERT_DIR` replace them, for a private
+//! CA).
 //!
 //! # The request
 //! | header | value |

@@ -11,7 +11,7 @@ use crate::inspection::{
     SignalPage, SignalState, SignalSummary, TypeOverview, error_fingerprint, group_id,
 };
 use crate::registry::{Registered, Selection};
-use crate::storage::inspect::{Audit, Inspect, MAX_GROUP_ROWS};
+use crate::storage::inspect::{Audit, Inspect, MAX_GROUPS};
 use crate::storage::{Backend, CloseOnDrop, GroupRow, InspectedRow, age};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -124,7 +124,9 @@ fn summary(row: InspectedRow) -> SignalSummary {
     }
 }
 
-/// The failure groups of the rows `filter` matches (its group ignored), largest first.
+/// The failure groups of the rows `filter` matches (its group ignored), largest first, each
+/// with its distinct error texts (at most [`GROUP_ERRORS_IN_SQL`] + 1 kept: beyond that many,
+/// the group is matched row by row anyway).
 async fn read_groups<DB: Backend>(
     conn: &mut DB::Connection,
     inspect: &Inspect,
@@ -132,31 +134,38 @@ async fn read_groups<DB: Backend>(
 ) -> Result<Vec<(FailureGroup, Vec<String>)>> {
     let mut filter = filter.clone();
     filter.group = None;
-    let rows = inspect
+    let mut groups = GroupMerge::default();
+    inspect
         .groups(&filter, None, false)
-        .fetch_groups::<DB>(conn)
+        .each_group::<DB>(conn, &mut |row| groups.add(row))
         .await?;
-    if rows.len() > MAX_GROUP_ROWS {
-        return Err(Error::Config(format!(
-            "more than {MAX_GROUP_ROWS} distinct errors match: narrow the filter (signal \
-             type, state, error text, age) to see the failure groups"
-        )));
-    }
-    Ok(merge_groups(rows))
+    Ok(groups.finish())
 }
 
-/// Rows of the same fingerprint merged into one group, with their distinct error texts.
-fn merge_groups(rows: Vec<GroupRow>) -> Vec<(FailureGroup, Vec<String>)> {
-    let mut groups: BTreeMap<String, (FailureGroup, BTreeSet<String>)> = BTreeMap::new();
-    for (error, destination, key, n, parked, max_id, oldest, newest) in rows {
-        let Some(error) = error else { continue };
+/// Aggregates of (error, destination, routing key) merged by fingerprint as they are read:
+/// memory grows with the groups, not with the distinct errors behind them.
+#[derive(Default)]
+struct GroupMerge {
+    groups: BTreeMap<String, (FailureGroup, BTreeSet<String>)>,
+}
+
+impl GroupMerge {
+    fn add(&mut self, row: GroupRow) -> Result<()> {
+        let (error, destination, key, n, parked, max_id, oldest, newest) = row;
+        let Some(error) = error else { return Ok(()) };
         let fingerprint =
             error_fingerprint(&error, destination.as_deref().unwrap_or(""), key.as_deref());
         let id = group_id(&fingerprint);
+        if !self.groups.contains_key(&id) && self.groups.len() >= MAX_GROUPS {
+            return Err(Error::Config(format!(
+                "more than {MAX_GROUPS} failure groups match: narrow the filter (signal type, \
+                 state, error text, age) to see them"
+            )));
+        }
         let n = u64::try_from(n).unwrap_or(0);
         let parked = u64::try_from(parked).unwrap_or(0);
         let (oldest, newest) = (seconds(oldest), seconds(newest));
-        let entry = groups.entry(id.clone()).or_insert_with(|| {
+        let entry = self.groups.entry(id.clone()).or_insert_with(|| {
             (
                 FailureGroup {
                     id,
@@ -180,14 +189,22 @@ fn merge_groups(rows: Vec<GroupRow>) -> Vec<(FailureGroup, Vec<String>)> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        entry.1.insert(error);
+        if entry.1.len() <= GROUP_ERRORS_IN_SQL {
+            entry.1.insert(error);
+        }
+        Ok(())
     }
-    let mut out: Vec<_> = groups
-        .into_values()
-        .map(|(g, errors)| (g, errors.into_iter().collect()))
-        .collect();
-    out.sort_by(|a, b| b.0.signals.cmp(&a.0.signals).then(a.0.id.cmp(&b.0.id)));
-    out
+
+    /// The groups, largest first.
+    fn finish(self) -> Vec<(FailureGroup, Vec<String>)> {
+        let mut out: Vec<_> = self
+            .groups
+            .into_values()
+            .map(|(g, errors)| (g, errors.into_iter().collect()))
+            .collect();
+        out.sort_by(|a, b| b.0.signals.cmp(&a.0.signals).then(a.0.id.cmp(&b.0.id)));
+        out
+    }
 }
 
 pub(crate) async fn failure_groups<DB: Backend>(

@@ -213,6 +213,15 @@ pub(crate) mod sealed {
             params: &[Param<'_>],
         ) -> impl Future<Output = Result<Vec<super::GroupRow>>> + Send;
 
+        /// Run `sql`, handing each failure-group aggregate to `each` as it arrives (a read of
+        /// very many is never held whole); stops at the first error `each` returns.
+        fn each_group(
+            conn: &mut Self::Connection,
+            sql: &SqlStr,
+            params: &[Param<'_>],
+            each: &mut (dyn FnMut(super::GroupRow) -> Result<()> + Send),
+        ) -> impl Future<Output = Result<()>> + Send;
+
         /// Run `sql`, reading audit lines.
         fn fetch_audit(
             conn: &mut Self::Connection,
@@ -346,6 +355,36 @@ macro_rules! store {
                 params: &[$crate::storage::Param<'_>],
             ) -> $crate::error::Result<Vec<$crate::storage::GroupRow>> {
                 fetch_all_as(conn, sql, params).await
+            }
+
+            async fn each_group(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &sqlx::SqlStr,
+                params: &[$crate::storage::Param<'_>],
+                each: &mut (dyn FnMut($crate::storage::GroupRow) -> $crate::error::Result<()>
+                          + Send),
+            ) -> $crate::error::Result<()> {
+                use futures_util::TryStreamExt as _;
+                $crate::storage::backend::run_unnamed!(conn, sql, |c| {
+                    let mut query =
+                        sqlx::query_as::<$db, $crate::storage::GroupRow>(sql.clone())
+                            .persistent(!$crate::storage::statements::is_unnamed(sql));
+                    for param in params {
+                        query = $crate::storage::store!(@bind query, param, $ids, $texts);
+                    }
+                    let mut rows = query.fetch(c);
+                    loop {
+                        match rows.try_next().await {
+                            Ok(Some(row)) => {
+                                if let Err(e) = each(row) {
+                                    break Err(e);
+                                }
+                            }
+                            Ok(None) => break Ok(()),
+                            Err(e) => break Err($crate::error::Error::from(e)),
+                        }
+                    }
+                })
             }
 
             async fn fetch_audit(

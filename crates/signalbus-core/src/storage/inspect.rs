@@ -15,9 +15,10 @@ pub(crate) const BACKING_OFF: &str = "t.parked_at IS NULL AND (t.attempts > 0 OR
 /// Parked.
 pub(crate) const PARKED: &str = "t.parked_at IS NOT NULL";
 
-/// The most distinct (error, destination, routing key) triples a failure-group read takes:
-/// beyond it the operator is asked to narrow the filter.
-pub(crate) const MAX_GROUP_ROWS: usize = 10_000;
+/// The most failure groups (distinct fingerprints) a read of them keeps: beyond it the
+/// operator is asked to narrow the filter. The distinct (error, destination, routing key)
+/// triples behind them are streamed, however many (errors that name an id each are one group).
+pub(crate) const MAX_GROUPS: usize = 10_000;
 
 /// The audit log's table, in every database the console acts on.
 pub(crate) const AUDIT_TABLE: &str = "signalbus_console_audit";
@@ -135,6 +136,14 @@ impl Query {
         conn: &mut DB::Connection,
     ) -> Result<Vec<super::GroupRow>> {
         DB::fetch_groups(conn, &owned_sql(&self.sql), &self.params()).await
+    }
+
+    pub async fn each_group<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        each: &mut (dyn FnMut(super::GroupRow) -> Result<()> + Send),
+    ) -> Result<()> {
+        DB::each_group(conn, &owned_sql(&self.sql), &self.params(), each).await
     }
 
     pub async fn fetch_rows<DB: Backend>(
@@ -298,12 +307,9 @@ impl Inspect {
                 self.t
             )
         } else {
-            let limit = q.bind(Bound::Int(
-                i64::try_from(MAX_GROUP_ROWS + 1).unwrap_or(i64::MAX),
-            ));
             format!(
                 "SELECT t.last_error, t.topic, t.routing_key, {aggregates} FROM {} AS t \
-                 WHERE {cond} GROUP BY t.last_error, t.topic, t.routing_key LIMIT {limit}",
+                 WHERE {cond} GROUP BY t.last_error, t.topic, t.routing_key",
                 self.t
             )
         };

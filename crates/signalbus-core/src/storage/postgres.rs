@@ -162,8 +162,9 @@ const NOTIFY_TRIGGER: &str = "DO $signalbus$ BEGIN \
      END $signalbus$";
 
 /// Claims of id ranges ([`RangeClaimSql`]). An ordered burst's range is of its lane: it
-/// keeps the ordered flushers of other lanes away from nothing (unordered readers skip it
-/// whole). The slot table is written with HOT updates only
+/// keeps the ordered flushers of other lanes away from nothing (unordered readers, and
+/// ordered ones without lanes behind a pooler, skip it whole; a burst claimed without lanes
+/// is of every lane). The slot table is written with HOT updates only
 /// (no indexed column changes, half of each page left free): its dead versions are pruned
 /// within their page, with or without autovacuum. The claim turn is advisory lock
 /// (1397309773, the table's oid): a range claim (a burst, an ordered burst with its read)

@@ -692,7 +692,8 @@ impl Statements {
                          SELECT pg_advisory_xact_lock(hashtextextended('signalbus.ordered.{table}', 0)){claim_turn}"
                     )
                 });
-                // Whether each row can be sent: ranges of its lane count (the read is of one).
+                // Whether each row can be sent: ranges of its lane count (the read is of one),
+                // or every range without lanes (the read is of all).
                 let cols = select_columns(d, "t.", &ready_in_lane);
                 let read = |condition: &str| {
                     stmt(format!(

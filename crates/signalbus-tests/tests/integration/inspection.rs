@@ -251,3 +251,59 @@ where
 }
 
 on_every_database!(reads_and_acts_on_held_signals);
+
+/// A big incident whose errors each name the message's own destination: 10,050 distinct
+/// (error, destination) triples, one fingerprint. They are read as one failure group (streamed
+/// and merged, never "narrow the filter"), and the group's dry run and unpark work on it.
+async fn a_group_of_ten_thousand_distinct_errors_is_one<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    const N: usize = 10_050;
+    let db = DB::create(4).await;
+    let outbox = MemoryPublisher::new();
+    outbox.refuse_destination("gone");
+    let bus = bus(&db, &outbox).await;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(1_000) {
+        let values = vec!["('gone', '{}')"; chunk.len()];
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "INSERT INTO {TABLE} (topic, body) VALUES {}",
+            values.join(", ")
+        )))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 0);
+    // As if each had gone to a destination of its own, and been refused as such (one UPDATE
+    // per distinct reason would make the setup itself slow).
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "UPDATE {TABLE} SET topic = CONCAT('gone.', id), \
+         last_error = CONCAT('no route to `gone.', id, '`')"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let groups = bus
+        .failure_groups(NAME, &SignalFilter::new())
+        .await
+        .unwrap();
+    assert_eq!(groups.len(), 1, "{:?}", &groups[..groups.len().min(3)]);
+    let group = &groups[0];
+    assert_eq!((group.signals, group.parked), (N as u64, N as u64));
+    assert_eq!(group.fingerprint, "no route to `{destination}`");
+
+    let by_group = SignalFilter::new().group(group.id.clone());
+    let dry = bus.count_signals(NAME, &by_group).await.unwrap();
+    assert_eq!(dry.signals, N as u64);
+    let changed = bus
+        .act_on_parked(NAME, &by_group, BulkAction::Unpark, dry.through_id, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(changed, N as u64);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), N);
+    assert_eq!(DB::count_rows(&db.pool, TABLE).await, 0);
+    db.cleanup().await;
+}
+
+on_every_database!(a_group_of_ten_thousand_distinct_errors_is_one);
