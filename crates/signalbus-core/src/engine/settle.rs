@@ -352,18 +352,40 @@ pub(crate) async fn settle<DB: Backend>(
         }
         settled.sent.push((idx, ids));
     }
-    for ((idx, attempts, why, invalid), ids) in refused {
+    let refusals: Vec<Refusal<'_>> = refused
+        .into_iter()
+        .map(|((idx, attempts, why, invalid), ids)| {
+            let policy = shared.registry().get(idx).ty.retry_policy();
+            let refusals = u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX);
+            // An invalid row can never be sent: its next attempt is its last.
+            let max = if invalid {
+                refusals
+            } else {
+                policy.max_attempts
+            };
+            Refusal {
+                idx,
+                ids,
+                why,
+                invalid,
+                refusals,
+                max,
+                delay: policy.delay(refusals),
+            }
+        })
+        .collect();
+    retry_db!(write_refusals(shared, conn, &refusals).await)?;
+    for Refusal {
+        idx,
+        ids,
+        why,
+        invalid,
+        refusals,
+        max,
+        delay,
+    } in refusals
+    {
         let reg = shared.registry().get(idx);
-        let policy = reg.ty.retry_policy();
-        let refusals = u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX);
-        // An invalid row can never be sent: its next attempt is its last.
-        let max = if invalid {
-            refusals
-        } else {
-            policy.max_attempts
-        };
-        let delay = policy.delay(refusals);
-        retry_db!(reg.sql.refuse::<DB>(conn, &ids, delay, max, why).await)?;
         let parks = refusals >= max;
         let labels = [
             ("bus", shared.name().to_owned()),
@@ -391,6 +413,60 @@ pub(crate) async fn settle<DB: Backend>(
         settled.last_refusal = Some(why.to_owned());
     }
     Ok(settled)
+}
+
+/// The refusals of one type with the same attempts and reason: one UPDATE.
+struct Refusal<'a> {
+    idx: TypeIdx,
+    ids: Vec<i64>,
+    why: &'a str,
+    invalid: bool,
+    /// The refusals each row will have had.
+    refusals: u32,
+    max: u32,
+    delay: Duration,
+}
+
+/// Write `refusals`: several in one transaction, so that a poison incident whose messages are
+/// each refused with a reason of their own (a routing key, an id in it) costs one commit per
+/// burst, not one per message (measured: 10,050 such refusals took 80 s on MariaDB, one
+/// UPDATE and commit each).
+async fn write_refusals<DB: Backend>(
+    shared: &Shared<DB>,
+    conn: &mut DB::Connection,
+    refusals: &[Refusal<'_>],
+) -> Result<()> {
+    use sqlx::Connection as _;
+    async fn write<DB: Backend>(
+        shared: &Shared<DB>,
+        conn: &mut DB::Connection,
+        r: &Refusal<'_>,
+    ) -> Result<u64> {
+        let reg = shared.registry().get(r.idx);
+        reg.sql
+            .refuse::<DB>(conn, &r.ids, r.delay, r.max, r.refusals, r.why)
+            .await
+    }
+    if refusals.len() < 2 || conn.is_in_transaction() {
+        for r in refusals {
+            write(shared, &mut *conn, r).await?;
+        }
+        return Ok(());
+    }
+    // A refusal lost in a crash only makes its row go out again without spending an
+    // attempt: the commit need not wait for the disk where the database lets it.
+    // (An owned statement: a borrowed `&'static str` here makes the flush's future not
+    // `Send` for every lifetime, as the compiler sees it.)
+    let begin = DB::DIALECT.begin_async.map(sqlx::SqlSafeStr::into_sql_str);
+    let mut tx = match begin {
+        Some(begin) => conn.begin_with(begin).await?,
+        None => conn.begin().await?,
+    };
+    for r in refusals {
+        write(shared, &mut tx, r).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// How often a flush step runs after a database error that a retry cures (see [`curable`]).

@@ -58,6 +58,7 @@ pub(crate) struct Values<'a> {
     pub lane: u32,
     pub keys: &'a [String],
     pub null_held: bool,
+    pub refusals: u32,
 }
 
 impl<'a> Values<'a> {
@@ -77,6 +78,7 @@ impl<'a> Values<'a> {
                 Arg::Lane => Param::Int(i64::from(self.lane)),
                 Arg::Keys => Param::Texts(self.keys),
                 Arg::NullHeld => Param::Int(i64::from(self.null_held)),
+                Arg::Refusals => Param::Int(i64::from(self.refusals)),
             })
             .collect()
     }
@@ -476,19 +478,23 @@ impl Statements {
     }
 
     /// Count a refusal of the rows `ids`: one more attempt, the next after `delay`, or
-    /// parked once they reach `max_attempts`.
+    /// parked once they reach `max_attempts`. `refusals` is the attempts they will have had
+    /// (the claim read them, and nobody else writes a claimed row): where the statement
+    /// cannot read the old count reliably (MySQL's multi-table UPDATE), it decides.
     pub async fn refuse<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
         ids: &[i64],
         delay: Duration,
         max_attempts: u32,
+        refusals: u32,
         error: &str,
     ) -> Result<u64> {
         let values = Values {
             ids,
             delay_ms: millis(delay),
             max_attempts,
+            refusals,
             error,
             ..Values::default()
         };

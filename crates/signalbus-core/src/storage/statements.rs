@@ -39,9 +39,11 @@ pub(crate) enum Arg {
     Keys,
     /// 1 when the rows without a key are held back by a refusal, else 0.
     NullHeld,
+    /// The attempts refused rows will have had, this refusal counted.
+    Refusals,
 }
 
-const ARGS: [(&str, Arg); 11] = [
+const ARGS: [(&str, Arg); 12] = [
     ("{Ids}", Arg::Ids),
     ("{Lease}", Arg::Lease),
     ("{Token}", Arg::Token),
@@ -53,6 +55,7 @@ const ARGS: [(&str, Arg); 11] = [
     ("{Lane}", Arg::Lane),
     ("{Keys}", Arg::Keys),
     ("{NullHeld}", Arg::NullHeld),
+    ("{Refusals}", Arg::Refusals),
 ];
 
 /// A statement and the order of its parameters.
@@ -609,15 +612,32 @@ impl Statements {
                 "SELECT {claimed_cols} FROM {t} WHERE claim = {{Token}} ORDER BY id"
             ))
         });
-        // Assignments in this order: MySQL evaluates them left to right, so `attempts` comes
-        // last for the others to see its old value.
-        let refuse = stmt(format!(
-            "UPDATE {t} AS t SET \
-             next_attempt_at = CASE WHEN t.attempts + 1 >= {{Max}} THEN NULL ELSE {} END, \
-             parked_at = CASE WHEN t.attempts + 1 >= {{Max}} THEN {now} ELSE NULL END, \
-             last_error = {{Error}}, claim = NULL, attempts = t.attempts + 1 WHERE {id_in}",
-            now_plus("{Delay}")
-        ));
+        let refuse = if d.update_by_ids.is_some() {
+            // MySQL: by primary key (a single-table UPDATE with `id IN (SELECT … JSON_TABLE)`
+            // is run as a scan of the whole table per statement: quadratic in an incident).
+            // A multi-table UPDATE evaluates its assignments in no given order, so whether
+            // the rows park is decided by the bound `{Refusals}`, not by `t.attempts`.
+            stmt(by_ids(
+                &format!(
+                    "{s}next_attempt_at = CASE WHEN {{Refusals}} >= {{Max}} THEN NULL ELSE {} END, \
+                     {s}parked_at = CASE WHEN {{Refusals}} >= {{Max}} THEN {now} ELSE NULL END, \
+                     {s}last_error = {{Error}}, {s}claim = NULL, {s}attempts = t.attempts + 1",
+                    now_plus("{Delay}")
+                ),
+                "1 = 1",
+            ))
+        } else {
+            // Assignments in this order: a single-table UPDATE evaluates them left to right
+            // (MySQL's rule; the others see old values anyway), so `attempts` comes last for
+            // the others to see its old value.
+            stmt(format!(
+                "UPDATE {t} AS t SET \
+                 next_attempt_at = CASE WHEN t.attempts + 1 >= {{Max}} THEN NULL ELSE {} END, \
+                 parked_at = CASE WHEN t.attempts + 1 >= {{Max}} THEN {now} ELSE NULL END, \
+                 last_error = {{Error}}, claim = NULL, attempts = t.attempts + 1 WHERE {id_in}",
+                now_plus("{Delay}")
+            ))
+        };
         let release = stmt(by_ids(
             &format!("{s}next_attempt_at = NULL, {s}claim = NULL"),
             "1 = 1",
