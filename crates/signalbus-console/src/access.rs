@@ -1,15 +1,21 @@
 //! Who may do what: tokens with a role (viewer or operator), the browser's session cookie,
 //! and the CSRF token every form POST carries.
 //!
-//! A browser logs in once with its token; the cookie it gets holds the token's name and an
-//! HMAC of the token under a key made at start (never the token itself), `HttpOnly` and
-//! `SameSite=Strict`. Scripts send `Authorization: Bearer <token>` instead. A form POST must
+//! A browser logs in once with its token; the cookie it gets names a session of this process
+//! (a random id, the token's name and an HMAC of both and the token under a key made at
+//! start — never the token itself), `HttpOnly`, `SameSite=Strict`, and `Secure` when the login
+//! came over HTTPS. A session lasts [`SESSION_LIFETIME`] at most, and logging out ends it
+//! here, not only in the browser: its cookie is refused from then on, wherever it was copied.
+//! Scripts send `Authorization: Bearer <token>` instead. A form POST must
 //! carry the CSRF token of its session (an HMAC of the session's name), which only a page of
 //! the console can have read; a request whose `Origin` is another site is refused outright.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -63,10 +69,18 @@ pub(crate) struct Caller {
     pub ambient: bool,
 }
 
-/// The tokens, and the key of cookies and CSRF tokens.
+/// How long a browser session lasts: a working day, then log in again.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// The most sessions kept at once: logging in beyond it ends the oldest.
+const MAX_SESSIONS: usize = 10_000;
+
+/// The tokens, the key of cookies and CSRF tokens, and the live sessions (by id: whose, and
+/// until when).
 pub(crate) struct Access {
     tokens: Vec<Token>,
     key: [u8; 32],
+    sessions: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl fmt::Debug for Access {
@@ -85,6 +99,7 @@ impl Access {
         Access {
             tokens: Vec::new(),
             key: rand::random(),
+            sessions: Mutex::default(),
         }
     }
 
@@ -164,28 +179,68 @@ impl Access {
         })
     }
 
-    /// The session cookie's value for `token`.
+    /// A new session of `token`: the session cookie's value (`id.name.tag`).
     pub fn cookie_for(&self, token: &Token) -> String {
-        let tag = self.mac(&[b"session", token.name.as_bytes(), token.secret.as_bytes()]);
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        let now = Instant::now();
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        sessions.retain(|_, (_, until)| *until > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(id, _)| id.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(id.clone(), (token.name.clone(), now + SESSION_LIFETIME));
+        let tag = self.session_mac(token, &id);
         format!(
-            "{}.{}",
+            "{id}.{}.{}",
             token.name,
             hex::encode(tag.finalize().into_bytes())
         )
     }
 
+    fn session_mac(&self, token: &Token, id: &str) -> HmacSha256 {
+        self.mac(&[
+            b"session",
+            id.as_bytes(),
+            token.name.as_bytes(),
+            token.secret.as_bytes(),
+        ])
+    }
+
+    /// The caller of a session cookie: a session of this process, live, with a valid tag.
     pub fn caller_of_cookie(&self, value: &str) -> Option<Caller> {
-        let (name, tag) = value.rsplit_once('.')?;
+        let (id, rest) = value.split_once('.')?;
+        let (name, tag) = rest.rsplit_once('.')?;
         let tag = hex::decode(tag).ok()?;
         let token = self.tokens.iter().find(|t| t.name == name)?;
-        self.mac(&[b"session", token.name.as_bytes(), token.secret.as_bytes()])
-            .verify_slice(&tag)
-            .ok()?;
+        self.session_mac(token, id).verify_slice(&tag).ok()?;
+        let sessions = self.sessions.lock().expect("sessions lock");
+        let (whose, until) = sessions.get(id)?;
+        if whose != name || *until <= Instant::now() {
+            return None;
+        }
         Some(Caller {
             name: token.name.clone(),
             role: token.role,
             ambient: true,
         })
+    }
+
+    /// End the session of a cookie (logging out): refused from now on, wherever it was
+    /// copied. Whether there was one.
+    pub fn end_session(&self, value: &str) -> bool {
+        let Some((id, _)) = value.split_once('.') else {
+            return false;
+        };
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .remove(id)
+            .is_some()
     }
 
     /// The CSRF token of `caller`'s session.
@@ -253,11 +308,22 @@ mod tests {
         // A cookie forged for another name, or made under another key, is refused.
         assert!(
             access
-                .caller_of_cookie(&cookie.replace("bob.", "alice."))
+                .caller_of_cookie(&cookie.replace(".bob.", ".alice."))
                 .is_none()
         );
         let other = Access::new();
         assert!(other.caller_of_cookie(&cookie).is_none());
+        // Each login is a session of its own; logging out ends that one only.
+        let second = access.cookie_for(&token);
+        assert_ne!(cookie, second);
+        assert!(access.end_session(&cookie));
+        assert!(access.caller_of_cookie(&cookie).is_none(), "ended");
+        assert!(!access.end_session(&cookie));
+        assert!(access.caller_of_cookie(&second).is_some());
+        // An expired session is refused.
+        let (id, _) = second.split_once('.').unwrap();
+        access.sessions.lock().unwrap().get_mut(id).unwrap().1 = Instant::now();
+        assert!(access.caller_of_cookie(&second).is_none(), "expired");
 
         let csrf = access.csrf(&bob);
         assert!(access.csrf_ok(&bob, &csrf));

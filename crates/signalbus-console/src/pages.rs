@@ -605,9 +605,13 @@ async fn login(With(state): With<Shared>, headers: HeaderMap, body: Bytes) -> Pa
             .into_response());
     };
     tracing::info!(actor = %token.name, role = token.role.as_str(), "console login");
+    // `Secure` when the browser came over HTTPS (directly, or through a proxy that says so):
+    // the cookie then never travels in clear text.
+    let secure = if over_https(&headers) { "; Secure" } else { "" };
     let cookie = format!(
-        "{COOKIE}={}; Path=/console; HttpOnly; SameSite=Strict",
-        state.access.cookie_for(token)
+        "{COOKIE}={}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        state.access.cookie_for(token),
+        crate::access::SESSION_LIFETIME.as_secs()
     );
     let mut response = Redirect::to("/console").into_response();
     response.headers_mut().insert(
@@ -633,6 +637,10 @@ async fn logout(With(state): With<Shared>, headers: HeaderMap, body: Bytes) -> P
         )
         .into());
     }
+    if let Some(session) = crate::guard::cookie(&headers, COOKIE) {
+        state.access.end_session(&session);
+    }
+    tracing::info!(actor = %who.name, "console logout");
     let mut response = Redirect::to("/console/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -641,4 +649,22 @@ async fn logout(With(state): With<Shared>, headers: HeaderMap, body: Bytes) -> P
         ),
     );
     Ok(response)
+}
+
+/// Whether the request came over HTTPS: `X-Forwarded-Proto: https` or `Forwarded: …
+/// proto=https` from a proxy in front (the console itself serves plain HTTP).
+fn over_https(headers: &HeaderMap) -> bool {
+    let says = |name: &str, wants: &dyn Fn(&str) -> bool| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(wants)
+    };
+    says("x-forwarded-proto", &|v| {
+        v.split(',').any(|p| p.trim().eq_ignore_ascii_case("https"))
+    }) || says("forwarded", &|v| {
+        v.split([';', ','])
+            .any(|p| p.trim().eq_ignore_ascii_case("proto=https"))
+    })
 }

@@ -358,7 +358,7 @@ async fn forms_need_the_session_and_its_csrf_token() {
         0
     );
     // A cookie made for one name does not pass for another.
-    let forged = session.replace("alice.", "bob.");
+    let forged = session.replace(".alice.", ".bob.");
     let r = c
         .get(format!("{}/console", s.base))
         .header("cookie", forged)
@@ -366,6 +366,40 @@ async fn forms_need_the_session_and_its_csrf_token() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        cookie.contains("Max-Age=43200") && !cookie.contains("Secure"),
+        "{cookie}"
+    );
+
+    // Logging out ends the session here: a copy of its cookie is refused from then on.
+    let r = c
+        .post(format!("{}/console/logout", s.base))
+        .header("cookie", &session)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let r = c
+        .get(format!("{}/console", s.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "the ended session's cookie");
+
+    // Behind a proxy that says the browser came over HTTPS, the cookie is `Secure`.
+    let response = c
+        .post(format!("{}/console/login", s.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-forwarded-proto", "https")
+        .body(format!("token={OPERATOR}"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
 }
 
 #[tokio::test]
