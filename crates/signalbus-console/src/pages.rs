@@ -404,6 +404,8 @@ async fn detail(
             tr { th { "Failure group" } td { @if let Some(g) = &s.group {
                 a href=(with_query(base.clone(), &format!("group={g}"))) { code { (g) } } } } }
             (row("Written", format!("{} ago", age(secs(s.age)))))
+            (row("Last attempt", s.last_attempt.map(|d| format!("refused {} ago", age(Some(d.as_secs())))).unwrap_or_else(|| "–".to_owned())))
+            (row("In flight", if s.in_flight { "yes: a flusher holds it now" } else { "no" }.to_owned()))
             (row("Parked", s.parked_for.map(|d| format!("{} ago", age(Some(d.as_secs())))).unwrap_or_else(|| "no".to_owned())))
             (row("Next attempt", s.next_attempt_in.map(|d| format!("in {}", age(Some(d.as_secs())))).unwrap_or_else(|| "–".to_owned())))
             (row("Holds back", format!("{} later signal(s) of its ordering key", d.held_behind)))

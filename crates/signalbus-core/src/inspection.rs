@@ -235,6 +235,9 @@ pub struct SignalSummary {
     pub last_error: Option<String>,
     /// How long ago it was written.
     pub age: Option<Duration>,
+    /// How long ago the bus last refused it (`None`: never, or only before the table was
+    /// migrated to a release that records it).
+    pub last_attempt: Option<Duration>,
     /// How long it has been parked (`None`: not parked).
     pub parked_for: Option<Duration>,
     /// When its next attempt is due, from now (`None`: due now, or parked).

@@ -88,6 +88,7 @@ fn summary(row: InspectedRow) -> SignalSummary {
         in_flight,
         body_len,
         _headers,
+        attempted_age,
     ) = row;
     let parked_for = age(parked_age);
     // A negative age is a time still to come.
@@ -115,6 +116,7 @@ fn summary(row: InspectedRow) -> SignalSummary {
         attempts: u64::try_from(attempts).unwrap_or(0),
         last_error,
         age: age(written_age),
+        last_attempt: age(attempted_age),
         parked_for,
         next_attempt_in,
         in_flight: in_flight != 0,

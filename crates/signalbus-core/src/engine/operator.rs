@@ -87,6 +87,21 @@ pub(crate) async fn pending<DB: Backend>(
     Ok(out)
 }
 
+/// Refuse to start on a selected table that an older release made and nobody migrated
+/// since (`Statements::check_migrated`).
+pub(crate) async fn check_migrated<DB: Backend>(
+    shared: &Shared<DB>,
+    selection: &Selection,
+) -> Result<()> {
+    let (mut conn, types) = selected(shared, selection).await?;
+    for reg in types {
+        reg.sql
+            .check_migrated::<DB>(&mut conn, &reg.table.to_string())
+            .await?;
+    }
+    Ok(())
+}
+
 /// The selected types, in registration order, and a connection to read them through.
 async fn selected<'s, DB: Backend>(
     shared: &'s Shared<DB>,

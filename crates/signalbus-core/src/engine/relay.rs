@@ -185,8 +185,9 @@ impl<DB: Backend> RelayBuilder<DB> {
         if let Some(wal) = &self.capture {
             wal.validate()?;
         }
-        // Every table must be there: a relay that starts must be able to work.
+        // Every table must be there, migrated: a relay that starts must be able to work.
         super::operator::pending(&shared, &self.selection).await?;
+        super::operator::check_migrated(&shared, &self.selection).await?;
         // Every counter exists from the start, at 0: an alert on a rate or an increase sees
         // the first refusal (a series born at its first value shows no increase) and a type
         // whose every signal is refused (no `sent` series to divide by).

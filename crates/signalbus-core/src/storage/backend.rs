@@ -40,6 +40,7 @@ pub(crate) type InspectedRow = (
     i64,
     Option<i64>,
     Option<String>,
+    Option<i64>,
 );
 
 /// One failure-group aggregate ([`super::inspect::Inspect::groups`]): last error,

@@ -185,14 +185,28 @@ fn like_escaped(text: &str) -> String {
 pub(crate) struct Inspect {
     d: &'static Dialect,
     t: String,
+    /// Where bursts claim ranges of ids: "the row is in a live range" (the row's own lease
+    /// columns are not written then).
+    in_range: Option<String>,
 }
 
 impl Inspect {
     pub fn new<DB: Backend>(table: &crate::ident::Ident) -> Self {
-        Inspect {
-            d: DB::DIALECT,
-            t: table.quoted(DB::DIALECT.quote),
-        }
+        let d = DB::DIALECT;
+        let t = table.quoted(d.quote);
+        // The table's name is a validated identifier: safe inside the literal.
+        let in_range = d.range_claims.map(|r| {
+            let live = r
+                .live
+                .replace("{name}", &table.to_string())
+                .replace("{now}", d.now)
+                .replace("{of_lane}", "");
+            format!(
+                "NOT ({})",
+                r.outside.replace("{live}", &live).replace("{p}", "t.")
+            )
+        });
+        Inspect { d, t, in_range }
     }
 
     fn age(&self, column: &str) -> String {
@@ -203,19 +217,24 @@ impl Inspect {
     /// bytes of the body (the detail).
     fn columns(&self) -> String {
         let d = self.d;
+        let leased = format!("t.claim IS NOT NULL AND t.next_attempt_at > {}", d.now);
         let in_flight = d.flag.replace(
             "{c}",
-            &format!("t.claim IS NOT NULL AND t.next_attempt_at > {}", d.now),
+            &match &self.in_range {
+                Some(in_range) => format!("({leased}) OR {in_range}"),
+                None => leased,
+            },
         );
         let body = d.read_body.replace("{p}", "t.");
         format!(
             "t.id, t.message_id, t.topic, t.routing_key, t.ordering_key, t.content_type, \
-             {}, t.last_error, {}, {}, {}, {in_flight}, {}, t.headers",
+             {}, t.last_error, {}, {}, {}, {in_flight}, {}, t.headers, {}",
             d.int8.replace("{e}", "t.attempts"),
             self.age("t.created_at"),
             self.age("t.parked_at"),
             self.age("t.next_attempt_at"),
             d.int8.replace("{e}", &format!("LENGTH({body})")),
+            self.age("t.last_attempt_at"),
         )
     }
 

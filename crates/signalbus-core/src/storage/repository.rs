@@ -155,6 +155,33 @@ impl Statements {
         )))
     }
 
+    /// Refuse a signal table that lacks columns this release writes (made by an older release
+    /// and not migrated since): a relay on it would fail at its first refusal. A table that
+    /// is not there at all is left to the caller's read, which says so.
+    pub async fn check_migrated<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        table: &str,
+    ) -> Result<()> {
+        let present = DB::fetch_texts(conn, &self.columns, &[]).await?;
+        let missing: Vec<String> = self
+            .add_columns
+            .iter()
+            .map(|(column, _)| *column)
+            .filter(|column| !present.iter().any(|c| c.eq_ignore_ascii_case(column)))
+            .map(|column| format!("`{column}`"))
+            .collect();
+        if present.is_empty() || missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "signal table `{table}` lacks the column{} {} of this release: run `signalbus \
+             migrate` (`SignalBus::migrate`) first; it only adds, and older relays keep working",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", ")
+        )))
+    }
+
     /// Create the table (and what goes with it) if it does not exist, and add the columns of
     /// the contract an older table lacks. Outside any transaction: on MySQL DDL commits.
     /// [`Self::check_table`] first.

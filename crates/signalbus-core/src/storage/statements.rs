@@ -391,7 +391,7 @@ impl Statements {
              id {}, message_id {}, topic {} NOT NULL, routing_key {} NULL, headers {} NULL, \
              body {} NOT NULL, content_type {} NULL, created_at {}, attempts {}, \
              next_attempt_at {}, last_error {} NULL, parked_at {}, claim {} NULL, \
-             ordering_key {} NULL{}){}",
+             ordering_key {} NULL, last_attempt_at {}{}){}",
             c.id,
             c.message_id,
             c.short_text,
@@ -406,6 +406,7 @@ impl Statements {
             c.time,
             c.short_text,
             c.short_text,
+            c.time,
             c.extra_columns,
             c.table_options,
         ))];
@@ -436,6 +437,8 @@ impl Statements {
                 "ordering_key",
                 format!("{} NULL{}", c.short_text, d.key_index),
             ),
+            // When the bus last refused the row (the console's "last attempt").
+            add("last_attempt_at", c.time.to_owned()),
         ];
         // Ordered flushing looks up, per key, whether a row of it is held (parked, backing
         // off or in flight): an index of the held rows by key, where the database has
@@ -621,7 +624,8 @@ impl Statements {
                 &format!(
                     "{s}next_attempt_at = CASE WHEN {{Refusals}} >= {{Max}} THEN NULL ELSE {} END, \
                      {s}parked_at = CASE WHEN {{Refusals}} >= {{Max}} THEN {now} ELSE NULL END, \
-                     {s}last_error = {{Error}}, {s}claim = NULL, {s}attempts = t.attempts + 1",
+                     {s}last_error = {{Error}}, {s}last_attempt_at = {now}, {s}claim = NULL, \
+                     {s}attempts = t.attempts + 1",
                     now_plus("{Delay}")
                 ),
                 "1 = 1",
@@ -634,7 +638,8 @@ impl Statements {
                 "UPDATE {t} AS t SET \
                  next_attempt_at = CASE WHEN t.attempts + 1 >= {{Max}} THEN NULL ELSE {} END, \
                  parked_at = CASE WHEN t.attempts + 1 >= {{Max}} THEN {now} ELSE NULL END, \
-                 last_error = {{Error}}, claim = NULL, attempts = t.attempts + 1 WHERE {id_in}",
+                 last_error = {{Error}}, last_attempt_at = {now}, claim = NULL, \
+                 attempts = t.attempts + 1 WHERE {id_in}",
                 now_plus("{Delay}")
             ))
         };

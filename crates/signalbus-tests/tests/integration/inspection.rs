@@ -172,6 +172,26 @@ where
     assert_eq!(d.summary.body_bytes, 7);
     assert_eq!(d.held_behind, 9);
     assert!(d.summary.last_error.unwrap().contains("nowhere.eu"));
+    let refused_ago = d.summary.last_attempt.expect("when the bus refused it");
+    assert!(refused_ago < Duration::from_secs(60), "{refused_ago:?}");
+    assert!(!d.summary.in_flight);
+    if DB::NAME == "PostgreSQL" {
+        // A relay's burst claims a range of ids, writing none of its rows: still in flight.
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "INSERT INTO signalbus_claims (table_name, slot, token, lo, hi, lane, until) \
+             VALUES ('{TABLE}', 99, 'test', {first_k1}, {first_k1}, NULL, \
+             now() + interval '1 minute')"
+        )))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let d = bus.signal_detail(NAME, first_k1, 4).await.unwrap().unwrap();
+        assert!(d.summary.in_flight, "in a live range");
+        sqlx::raw_sql("DELETE FROM signalbus_claims WHERE token = 'test'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
     assert!(
         bus.signal_detail(NAME, 1_000_000, 4)
             .await

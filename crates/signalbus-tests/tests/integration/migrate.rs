@@ -130,3 +130,41 @@ async fn postgres_errors_say_what_and_which_code_not_a_source_line() {
     assert_eq!(error.database_code().as_deref(), Some("42703"));
     db.cleanup().await;
 }
+
+/// A table an older release made (without the columns added since) is refused by a relay of
+/// this release, with what to do; `migrate` adds the columns, and the relay starts. The
+/// relay would otherwise fail at its first refusal, which writes one of them.
+async fn a_relay_refuses_a_table_older_than_its_release<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(2).await;
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(MemoryPublisher::new())
+        .register::<Audited>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    // As the release before `last_attempt_at` made it.
+    sqlx::raw_sql("ALTER TABLE audit_signal DROP COLUMN last_attempt_at")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let e = bus.relay().start().await.unwrap_err().to_string();
+    assert!(
+        e.contains("`audit_signal` lacks the column `last_attempt_at`")
+            && e.contains("run `signalbus migrate`"),
+        "{e}"
+    );
+    bus.migrate().await.unwrap();
+    assert!(
+        columns(&db, "audit_signal")
+            .await
+            .contains(&"last_attempt_at".to_owned())
+    );
+    let relay = bus.relay().start().await.unwrap();
+    assert!(relay.shutdown(std::time::Duration::from_secs(5)).await);
+    db.cleanup().await;
+}
+
+on_every_database!(a_relay_refuses_a_table_older_than_its_release);
