@@ -280,6 +280,24 @@ async fn forms_need_the_session_and_its_csrf_token() {
     let session = cookie.split(';').next().unwrap().to_owned();
 
     let base = format!("{}/console/databases/shop/signals/order_placed", s.base);
+    // The first page of a list counts what matches; the next pages do not count again.
+    for (query, count_shown) in [("state=parked", true), ("state=parked&after=1", false)] {
+        let list = c
+            .get(format!("{base}?{query}"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(list.contains("signal(s) match"), count_shown, "{list}");
+        assert_eq!(list.contains("Signals after id 1."), !count_shown, "{list}");
+        assert!(
+            list.contains("id=\"purge-all\""),
+            "operators act from any page"
+        );
+    }
     let page = c
         .get(format!("{base}/confirm?action=purge&state=parked"))
         .header("cookie", &session)
