@@ -16,6 +16,7 @@
 
 use crate::stats::{Latencies, emit, round2};
 use futures_util::StreamExt as _;
+use signalbus_testkit::nats::free_port;
 use signalbus_testkit::postgres::PrivatePostgres;
 use sqlx::Connection as _;
 use std::collections::HashMap;
@@ -67,25 +68,13 @@ fn signalbus_binary() -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(bin)
 }
 
-/// `/proc/<pid>/status`'s VmRSS, in KiB.
-fn rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0)
+/// The relay process' CPU seconds and resident KiB ([`crate::relay`]'s readings of /proc).
+fn cpu_seconds(pid: u32) -> f64 {
+    crate::relay::process_cpu_seconds(&pid.to_string())
 }
 
-/// CPU seconds of the process `pid` (user + system).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<f64> = after
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+fn rss_kib(pid: u32) -> f64 {
+    crate::relay::rss_kib(&pid.to_string())
 }
 
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -352,11 +341,4 @@ async fn backlog(
         .execute(&mut quiet)
         .await?;
     Ok(())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
 }

@@ -134,7 +134,7 @@ fn cpu_seconds() -> f64 {
 
 /// CPU seconds the process `pid` (`self`: this one) used so far, when it runs on this
 /// machine (the WAL sender of a server on loopback); 0 otherwise.
-fn process_cpu_seconds(pid: &str) -> f64 {
+pub(crate) fn process_cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): state is field 3; utime and
     // stime are fields 14 and 15, in clock ticks (100 per second on Linux).
@@ -154,13 +154,17 @@ fn process_cpu_seconds(pid: &str) -> f64 {
 
 /// Resident memory of this process, in MiB.
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
+    rss_kib("self") / 1024.0
+}
+
+/// Resident memory of the process `pid` (`self`: this one), in KiB.
+pub(crate) fn rss_kib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .unwrap_or(0.0)
-        / 1024.0
 }
 
 /// Commit one signal per transaction at `rate` for `seconds`; returns how many committed.

@@ -212,13 +212,11 @@ impl Reload {
     pub fn hangups() -> Hangups {
         hangups()
     }
-}
 
-impl Reload {
     /// Read the list on SIGHUP and every `every`, and hand it to `fleet`; runs until
     /// dropped. `catalog` keeps why the last read failed, for /readyz.
     async fn run(mut self, fleet: &Fleet, catalog: &Mutex<Option<String>>) {
-        let mut hangups = self.hangups.take();
+        let mut hangups = self.hangups;
         let mut ticks = self.every.map(|every| {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -266,12 +264,6 @@ pub struct Hangups(Option<tokio::signal::unix::Signal>);
 #[cfg(not(unix))]
 #[derive(Debug, Default)]
 pub struct Hangups;
-
-impl Hangups {
-    fn take(&mut self) -> Hangups {
-        std::mem::take(self)
-    }
-}
 
 #[cfg(unix)]
 fn hangups() -> Hangups {

@@ -107,6 +107,37 @@ async fn until_empty(pool: &sqlx::PgPool, table: &str, limit: Duration) {
     }
 }
 
+/// For each `seq` of `seqs`: one signal per key (`signal(key, seq)`) in one transaction, then
+/// `pause`.
+async fn write_keyed<S: signalbus::Signal>(
+    bus: &SignalBus<sqlx::Postgres>,
+    seqs: std::ops::Range<u32>,
+    pause: Duration,
+    signal: impl Fn(u32, u32) -> S,
+) {
+    for seq in seqs {
+        let mut tx = bus.begin().await.unwrap();
+        for k in 0..KEYS {
+            tx.send(&signal(k, seq)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// `signalbus migrate` with `bin` and `config`, asserted to succeed.
+fn migrate(bin: &Path, config: &Path, url: &str, fx: &Amqp) {
+    let out = signalbus(bin, config, url, fx)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order() {
     let fx = Amqp::new().await;
@@ -119,15 +150,7 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
     let log = |name: &str| dir.path().join(name);
     let (previous, current) = (previous_release(), signalbus_binary());
     // The database as the previous release set it up.
-    let out = signalbus(&previous, &old_config, &db.url, &fx)
-        .arg("migrate")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    migrate(&previous, &old_config, &db.url, &fx);
     let relay = |bin: &Path, config: &Path, name: &str| {
         signalbus_testkit::process::KillOnDrop(
             signalbus(bin, config, &db.url, &fx)
@@ -149,55 +172,26 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
     let write_old = {
         let (bus, route) = (writers.clone(), route.clone());
         tokio::spawn(async move {
-            for seq in 0..PER_KEY {
-                let mut tx = bus.begin().await.unwrap();
-                for k in 0..KEYS {
-                    tx.send(&OldEvent {
-                        destination: route.0.clone(),
-                        route: route.1.clone(),
-                        account: format!("old{k}"),
-                        seq,
-                    })
-                    .await
-                    .unwrap();
-                }
-                tx.commit().await.unwrap();
-                tokio::time::sleep(Duration::from_millis(60)).await;
-            }
+            let old_event = |k, seq| OldEvent {
+                destination: route.0.clone(),
+                route: route.1.clone(),
+                account: format!("old{k}"),
+                seq,
+            };
+            write_keyed(&bus, 0..PER_KEY, Duration::from_millis(60), old_event).await;
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The new release's migration, while the old relay runs.
-    let out = signalbus(&current, &new_config, &db.url, &fx)
-        .arg("migrate")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    migrate(&current, &new_config, &db.url, &fx);
     // Rows of a table the old relay does not know: left alone, no attempt spent.
-    let new_events = |from: u32, to: u32| {
-        let (bus, route) = (writers.clone(), route.clone());
-        async move {
-            for seq in from..to {
-                let mut tx = bus.begin().await.unwrap();
-                for k in 0..KEYS {
-                    tx.send(&NewEvent {
-                        destination: route.0.clone(),
-                        route: route.1.clone(),
-                        account: format!("new{k}"),
-                        seq,
-                    })
-                    .await
-                    .unwrap();
-                }
-                tx.commit().await.unwrap();
-            }
-        }
+    let new_event = |k, seq| NewEvent {
+        destination: route.0.clone(),
+        route: route.1.clone(),
+        account: format!("new{k}"),
+        seq,
     };
-    new_events(0, 5).await;
+    write_keyed(&writers, 0..5, Duration::ZERO, &new_event).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let untouched: i64 =
         sqlx::query_scalar("SELECT count(*) FROM rolling_new WHERE attempts = 0 AND claim IS NULL")
@@ -211,7 +205,7 @@ async fn a_rolling_deploy_with_a_migration_between_loses_nothing_and_keeps_order
     );
     // The new relay beside the old one; then the old one is stopped.
     let mut b = relay(&current, &new_config, "b.log");
-    new_events(5, PER_KEY).await;
+    write_keyed(&writers, 5..PER_KEY, Duration::ZERO, &new_event).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     stop(&mut a, &log("a.log"));
     write_old.await.unwrap();
