@@ -15,6 +15,7 @@
 //! | `signalbus_signals_deferred_total` | counter | `bus`, `signal` | signals not stored because their part of the bus was out (one webhook endpoint down or rate-limiting): no attempt spent, sent again after the publisher's delay |
 //! | `signalbus_publish_failures_total` | counter | `bus` | publish calls that failed as a whole (broker down, connection lost, timeout) |
 //! | `signalbus_publish_seconds` | histogram | `bus` | one publish step |
+//! | `signalbus_turns_missed_total` | counter | `bus`, `signal` | relays sharing turns (`--bursts-at-once`): bursts that waited for a turn longer than their claim could safely last; their rows were given back, unsent, and claimed again later |
 //! | `signalbus_delivery_seconds` | histogram | `bus`, `signal` | from the commit (the row's `created_at`) to the broker's acknowledgement |
 //!
 //! A running [relay](crate::relay) adds gauges, refreshed every

@@ -4,12 +4,13 @@
 
 use super::context::Shared;
 use super::settle::{Entry, Fate, Settled, prepare, publish, publish_and_settle, retry_db, settle};
+pub(crate) use super::turns::ClaimSlot;
+use super::turns::{EarlyTurn, Turn, Turns, patience};
 use crate::delivery::{FlushProgress, OnProgress};
 use crate::error::Result;
 use crate::registry::{Registered, Selection, TypeIdx};
 use crate::storage::{Backend, CloseOnDrop};
 use std::ops::ControlFlow;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Which rows a draining loop takes next.
@@ -88,93 +89,6 @@ pub(crate) enum Pick<'a> {
     Next(&'a ClaimSlot),
 }
 
-/// Bursts in flight at once across every relay that holds a clone of it (a fleet of relays,
-/// one per database): each burst, once it has claimed its rows, waits its turn to publish
-/// and settle them, first come first served. A database draining a large backlog holds one
-/// turn per lane (per signal type; ordered types: per ordered lane) and queues again after
-/// each burst, so a quiet database's new signals wait for at most a burst of each lane ahead
-/// of them; a lane that cannot reach its database holds no turn.
-///
-/// ```no_run
-/// # async fn demo(a: signalbus_core::SignalBus<sqlx::Postgres>, b: signalbus_core::SignalBus<sqlx::Postgres>) -> signalbus_core::Result<()> {
-/// use signalbus_core::relay::BurstShare;
-/// let share = BurstShare::new(4);
-/// let ra = a.relay().share(share.clone()).start().await?;
-/// let rb = b.relay().share(share).start().await?;
-/// # let _ = (ra, rb); Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct BurstShare(Arc<tokio::sync::Semaphore>);
-
-impl BurstShare {
-    /// At most `bursts` bursts at once (at least 1).
-    pub fn new(bursts: usize) -> Self {
-        BurstShare(Arc::new(tokio::sync::Semaphore::new(bursts.max(1))))
-    }
-
-    /// Wait for a turn (tokio's semaphore queues waiters in order).
-    async fn turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.0.clone().acquire_owned().await.ok()
-    }
-}
-
-/// What a draining loop (a `flush_many`, a relay lane) keeps across its bursts where bursts
-/// claim ranges of ids (PostgreSQL, [`crate::storage`]'s `signalbus_claims`): the token of
-/// its slot. Each claim overwrites the slot's range (a claim that finds nothing frees it);
-/// [`ClaimSlot::free`] when the loop stops early, else the range keeps the rows of its last
-/// burst that committed late away from other flushers until its lease ends.
-pub(crate) struct ClaimSlot {
-    token: String,
-    /// Turns its bursts take (a relay's lane in a [`BurstShare`]).
-    turns: Option<BurstShare>,
-}
-
-impl ClaimSlot {
-    pub fn new() -> Self {
-        Self::taking_turns(None)
-    }
-
-    /// A slot whose bursts take turns in `turns` (when given) between claim and publish.
-    pub fn taking_turns(turns: Option<BurstShare>) -> Self {
-        ClaimSlot {
-            token: uuid::Uuid::new_v4().to_string(),
-            turns,
-        }
-    }
-
-    /// Wait for this slot's turn to publish a claimed burst, if it takes turns.
-    async fn turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        match &self.turns {
-            Some(turns) => turns.turn().await,
-            None => None,
-        }
-    }
-
-    /// The token of a claim: the slot's for a range claim, a burst's own for row leases.
-    pub(crate) fn token(&self, range: bool) -> String {
-        if range {
-            self.token.clone()
-        } else {
-            uuid::Uuid::new_v4().to_string()
-        }
-    }
-
-    /// Free the slot (best effort: its lease ends anyway).
-    pub async fn free<DB: Backend>(&self, shared: &Shared<DB>, idx: TypeIdx) {
-        let reg = shared.registry().get(idx);
-        if !reg.sql.claims_ranges() {
-            return;
-        }
-        let freed = match shared.pool().acquire().await {
-            Ok(mut conn) => reg.sql.free_range::<DB>(&mut conn, &self.token).await,
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = freed {
-            tracing::warn!(signal = %reg.name, error = %e, "could not free a claim; it ends with its lease");
-        }
-    }
-}
-
 /// Claim rows of type `idx` (see [`Pick`]), publish and settle them; `None` when there was
 /// nothing to claim. A failure of the bus as a whole gives the claimed rows back at once,
 /// without spending an attempt.
@@ -193,6 +107,13 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         None => uuid::Uuid::new_v4().to_string(),
     };
     let lease = shared.config().lease();
+    let mut early = match pick {
+        Pick::Next(slot) => match slot.before_claim().await {
+            Some(early) => early,
+            None => return Ok(None), // the relay stops
+        },
+        Pick::Listed(_) => EarlyTurn::none(),
+    };
     let rows = retry_db!({
         let mut conn = shared.pool().acquire().await?;
         reg.sql
@@ -204,7 +125,16 @@ pub(crate) async fn claimed_burst<DB: Backend>(
     }
     let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let _turn = match pick {
-        Pick::Next(slot) => slot.turn().await,
+        Pick::Next(turns) => match turns
+            .after_claim(&mut early, patience(lease, shared.config().publish_timeout))
+            .await
+        {
+            Turn::Go(permit) => permit,
+            Turn::Missed => {
+                missed_turn(shared, idx, slot, &claimed).await;
+                return Ok(Some(Settled::default()));
+            }
+        },
         Pick::Listed(_) => None,
     };
     let published = async {
@@ -223,6 +153,29 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         slot.free(shared, idx).await;
     }
     published.map(Some)
+}
+
+/// A claimed burst that missed its turn (waited past its patience, or its relay stops) gives
+/// its rows back unsent: its range (`slot`) or its rows' leases.
+async fn missed_turn<DB: Backend>(
+    shared: &Shared<DB>,
+    idx: TypeIdx,
+    slot: Option<&ClaimSlot>,
+    claimed: &[i64],
+) {
+    let reg = shared.registry().get(idx);
+    metrics::counter!("signalbus_turns_missed_total", "bus" => shared.name().to_owned(), "signal" => reg.name.to_string())
+        .increment(1);
+    tracing::debug!(bus = %shared.name(), signal = %reg.name, rows = claimed.len(), "no turn to publish in time; the claimed rows go back");
+    match slot {
+        Some(slot) => slot.free(shared, idx).await,
+        None => match shared.pool().acquire().await {
+            Ok(mut conn) => give_back::<DB>(reg, &mut conn, claimed).await,
+            Err(e) => {
+                tracing::warn!(signal = %reg.name, error = %e, "could not give claimed signals back; they come back when their lease expires")
+            }
+        },
+    }
 }
 
 /// Give claimed rows back after a failure of the bus (best effort: if it fails too, their
@@ -312,7 +265,7 @@ impl<DB: Backend> LaneHold<DB> {
     }
 
     /// A hold whose bursts take turns in `turns` (when given), see [`ClaimSlot`].
-    pub fn taking_turns(turns: Option<BurstShare>) -> Self {
+    pub fn taking_turns(turns: Option<Turns>) -> Self {
         LaneHold {
             conn: None,
             // Flushers start at different lanes, so that they meet less.
@@ -356,6 +309,9 @@ pub(crate) async fn ordered_burst<DB: Backend>(
     let lanes = reg.sql.lanes();
     // A burst of another ordered flusher in flight lasts at most one publish.
     let give_up = std::time::Instant::now() + shared.config().publish_timeout * 2;
+    let Some(mut early) = hold.slot.before_claim().await else {
+        return Ok(None); // the relay stops
+    };
     loop {
         let mut busy = false;
         for step in 0..lanes {
@@ -374,7 +330,7 @@ pub(crate) async fn ordered_burst<DB: Backend>(
                     }
                 }
             }
-            let result = lane_burst(shared, idx, lane, &hold.slot).await;
+            let result = lane_burst(shared, idx, lane, &hold.slot, &mut early).await;
             if lanes > 1
                 && let Some(conn) = hold.conn.as_mut()
                 && reg.sql.free_lane::<DB>(conn, lane).await.is_err()
@@ -406,6 +362,7 @@ async fn lane_burst<DB: Backend>(
     idx: TypeIdx,
     lane: u32,
     slot: &ClaimSlot,
+    early: &mut EarlyTurn,
 ) -> Result<Option<Settled>> {
     let reg = shared.registry().get(idx);
     // A range claim goes in the flusher's slot, freed once the burst is settled (a row of the
@@ -440,7 +397,15 @@ async fn lane_burst<DB: Backend>(
     if rows.is_empty() {
         return Ok(None);
     }
-    let turn = slot.turn().await;
+    let patience = patience(lease, shared.config().publish_timeout);
+    let turn = match slot.after_claim(early, patience).await {
+        Turn::Go(permit) => permit,
+        Turn::Missed => {
+            let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            missed_turn(shared, idx, Some(slot).filter(|_| ranges), &claimed).await;
+            return Ok(Some(Settled::default()));
+        }
+    };
     let result = publish_in_rounds(shared, idx, rows, !ranges).await;
     drop(turn);
     if ranges {

@@ -1,7 +1,8 @@
 //! The flushing engine: a private context shared by everything that sends ([`context`]),
 //! publish-and-settle ([`settle`]), the bursts of explicit flushes and of the relay
-//! ([`bursts`]), the auto-flush task and its admission ([`auto`]), the relay and its wake-up
-//! ([`relay`], [`wake`]), and what operators do to the tables ([`operator`]).
+//! ([`bursts`]) and the turns they take ([`turns`]), the auto-flush task and its admission
+//! ([`auto`]), the relay and its wake-up ([`relay`], [`wake`]), and what operators do to the
+//! tables ([`operator`]).
 //!
 //! Metrics are listed in [`crate::metrics`].
 
@@ -14,6 +15,7 @@ pub(crate) mod inspect;
 pub(crate) mod operator;
 pub mod relay;
 pub(crate) mod settle;
+pub(crate) mod turns;
 pub(crate) mod wake;
 
 pub(crate) use context::{Config, Engine};

@@ -34,9 +34,10 @@
 //!
 //! The gauges it keeps are listed in [`crate::metrics`].
 
-pub use super::bursts::BurstShare;
 use super::bursts::{ClaimSlot, LaneHold, Pick, claimed_burst, ordered_burst};
 use super::context::{Engine, Shared};
+pub use super::turns::BurstShare;
+use super::turns::Turns;
 use super::wake::{self, IdleGate, Wakers, stopped_within};
 use crate::error::{Error, Result};
 use crate::publisher::{Backoff, Publisher};
@@ -509,8 +510,12 @@ async fn lane<DB: Backend>(
     let mut retry_due: Option<tokio::time::Instant> = None;
     // Bursts take turns with the other relays of the share, once they have claimed rows (a
     // lane that cannot reach its database holds no turn meanwhile).
-    let mut hold = LaneHold::taking_turns(lane.share.clone());
-    let slot = ClaimSlot::taking_turns(lane.share.clone());
+    let turns = lane.share.clone().map(|share| Turns {
+        share,
+        stop: stop.clone(),
+    });
+    let mut hold = LaneHold::taking_turns(turns.clone());
+    let slot = ClaimSlot::taking_turns(turns);
     // Whether this lane told the gate it is idle, and whether a notification will then wake
     // it (else it polls, as on databases without notifications).
     let (mut registered, mut covered) = (false, false);

@@ -33,6 +33,7 @@ mod relay_keyed;
 mod relay_keyed_brokers;
 mod relay_wakeup;
 mod rolling;
+mod shared_turns;
 mod signals;
 mod trace_context;
 mod wal_capture;
