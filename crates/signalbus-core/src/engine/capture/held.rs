@@ -223,3 +223,92 @@ pub(super) async fn existing(
         .await?;
     Ok(rows.into_iter().collect())
 }
+
+/// Wait until the transactions `xids` (32-bit, as the stream's Begin messages give them) are
+/// visible to a new snapshot. PostgreSQL writes a commit to the WAL, where the stream reads
+/// it, before the committing session leaves the list of running transactions: for that
+/// moment its rows cannot be seen, and a row that cannot be seen must not be taken for one
+/// sent already. Fails when they stay invisible (a commit waiting for a synchronous standby):
+/// the batch is then sent again after a pause.
+pub(super) async fn until_visible(conn: &mut sqlx::PgConnection, xids: &[u32]) -> Result<()> {
+    visible_within(conn, xids, VISIBLE_WITHIN).await
+}
+
+async fn visible_within(
+    conn: &mut sqlx::PgConnection,
+    xids: &[u32],
+    within: std::time::Duration,
+) -> Result<()> {
+    if xids.is_empty() {
+        return Ok(());
+    }
+    let xids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
+    // The full (64-bit) id: the epoch of the next id, or the one before when the 32 bits
+    // are above the next id's (the counter wrapped since).
+    let sql = "WITH s AS (SELECT pg_current_snapshot() AS snap, \
+                 pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS next) \
+               SELECT COUNT(*) FROM s, unnest($1::int8[]) AS x(xid) \
+               WHERE NOT pg_visible_in_snapshot((GREATEST((s.next >> 32) \
+                 - CASE WHEN x.xid > (s.next & 4294967295) THEN 1 ELSE 0 END, 0) << 32 \
+                 | x.xid)::text::xid8, s.snap)";
+    let mut pause = std::time::Duration::from_millis(1);
+    let give_up = std::time::Instant::now() + within;
+    loop {
+        let invisible: i64 = sqlx::query_scalar(sql)
+            .bind(&xids)
+            .fetch_one(&mut *conn)
+            .await?;
+        if invisible == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= give_up {
+            return Err(crate::error::Error::Database(sqlx::Error::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{invisible} transaction(s) the WAL stream brought are still not visible \
+                     after {within:?} (a commit waiting for a synchronous standby?)"
+                    ),
+                ),
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+}
+
+/// How long a committed transaction may stay invisible before the stream is read again.
+const VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection as _;
+
+    /// The shared PostgreSQL the tests use (`SIGNALBUS_TEST_POSTGRES_URL`, else loopback).
+    async fn connect() -> sqlx::PgConnection {
+        let url = std::env::var("SIGNALBUS_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        sqlx::PgConnection::connect(&url)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (see DEVELOPERS.md)")
+    }
+
+    #[tokio::test]
+    async fn a_transaction_still_running_is_waited_for_until_it_is_visible() {
+        let (mut writer, mut reader) = (connect().await, connect().await);
+        let mut tx = writer.begin().await.unwrap();
+        let full: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::int8")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let xid = u32::try_from(full & 0xffff_ffff).unwrap();
+        let short = std::time::Duration::from_millis(100);
+        assert!(visible_within(&mut reader, &[xid], short).await.is_err());
+        tx.commit().await.unwrap();
+        visible_within(&mut reader, &[xid], short).await.unwrap();
+        // Long finished ones, and none at all, are visible at once.
+        visible_within(&mut reader, &[3, xid], short).await.unwrap();
+        visible_within(&mut reader, &[], short).await.unwrap();
+    }
+}

@@ -16,8 +16,13 @@
 //!   can go; then the stream takes the key again.
 //! * **The table scan keeps running**, at a low rate: rows written before the slot existed,
 //!   rows an auto-flush gave up, retries. Unordered types keep their table lanes, polling every
-//!   `scan_every` with no NOTIFY in writers' transactions; ordered types are scanned by the
-//!   capturing task itself when the stream is caught up, so the two never race on one key.
+//!   `scan_every` with no NOTIFY in writers' transactions; ordered types are read from the
+//!   table by the capturing task itself, so that the two never race on one key: every row in
+//!   the table when it starts streaming is held under its key, and held keys are looked at
+//!   again (soon after a change, then less often, up to `scan_every`).
+//! * **A row the stream brings but the table lacks was sent already** (by an auto-flush, or
+//!   before a restart): true only once the transaction that wrote it is visible, which comes
+//!   a moment after the stream has its commit; each batch waits for that first.
 //! * **One streaming relay per slot.** The slot is the lock: a second relay with the same slot
 //!   stands by and takes over within about a second of the first one's connection closing
 //!   (a killed process's socket closes at once; a network partition takes up to the server's

@@ -18,6 +18,12 @@ pub(super) type Keyed = (i64, Option<String>);
 impl Streamer {
     /// Send the batch, type by type, in stream order.
     pub(super) async fn flush(&mut self, shared: &Shared<Postgres>) -> Result<()> {
+        // Its rows are looked for in the tables, where a row not found counts as sent: first
+        // every transaction that wrote them must be visible (see `until_visible`).
+        if !self.batch.is_empty() {
+            let mut conn = shared.pool().acquire().await?;
+            super::held::until_visible(&mut conn, &self.batch_xids).await?;
+        }
         let mut order: Vec<TypeIdx> = Vec::new();
         for row in &self.batch {
             if !order.contains(&row.idx) {

@@ -225,6 +225,10 @@ pub(super) struct Streamer {
     ordered: HashMap<TypeIdx, bool>,
     relations: Relations<Option<(TypeIdx, Columns)>>,
     pub(super) batch: Vec<Row>,
+    /// The transactions (32-bit ids) whose rows are in the batch.
+    pub(super) batch_xids: Vec<u32>,
+    /// The transaction being read.
+    xid: u32,
     /// Rows at most in one batch.
     limit: usize,
     in_txn: bool,
@@ -266,6 +270,8 @@ impl Streamer {
                 .collect(),
             relations: Relations::new(),
             batch: Vec::new(),
+            batch_xids: Vec::new(),
+            xid: 0,
             limit: setup
                 .types
                 .iter()
@@ -287,6 +293,7 @@ impl Streamer {
     fn reset(&mut self) {
         self.relations.clear();
         self.batch.clear();
+        self.batch_xids.clear();
         self.in_txn = false;
         self.unconfirmed_since = None;
         // Positions of the stream before: the new one may start earlier (what the server
@@ -401,6 +408,7 @@ impl Streamer {
                 }
             }
             self.batch.clear();
+            self.batch_xids.clear();
             let upto = if self.in_txn {
                 self.before_txn
             } else {
@@ -433,7 +441,8 @@ impl Streamer {
         repl: &ReplicationClient,
     ) -> std::result::Result<(), String> {
         match event {
-            ReplicationEvent::Begin { .. } => {
+            ReplicationEvent::Begin { xid, .. } => {
+                self.xid = xid;
                 self.in_txn = true;
                 self.before_txn = self.last_commit;
             }
@@ -461,6 +470,9 @@ impl Streamer {
                                 id,
                                 key,
                             });
+                            if self.batch_xids.last() != Some(&self.xid) {
+                                self.batch_xids.push(self.xid);
+                            }
                         }
                         Some(None) => {}
                         None => return Err("the WAL stream sent a row of a table it had not described; please report it".into()),
