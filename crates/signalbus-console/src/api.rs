@@ -347,7 +347,8 @@ struct ActionRequest {
 struct ActionAnswer {
     action: BulkAction,
     dry_run: bool,
-    /// Parked signals the action matched (the dry run: would touch).
+    /// Signals the action matched (parked ones, or backing-off ones for `retry`; the dry
+    /// run: would touch).
     matched: u64,
     /// The highest id the dry run matched: pass it back as `through_id`.
     through_id: Option<i64>,
@@ -366,36 +367,47 @@ pub(crate) fn body_text(body: &[u8], truncated: bool) -> Option<String> {
     }
 }
 
-/// The parked signals among those `filter` matches: what an action changes (a backing-off
-/// signal retries by itself). A filter of backing-off signals only is refused.
-pub(crate) fn parked_only(filter: &SignalFilter) -> Result<SignalFilter, ConsoleError> {
-    if filter.state == SignalState::BackingOff {
-        return Err(ConsoleError::BadRequest(
-            "actions unpark or purge parked signals; backing-off ones retry by themselves \
-             (choose state parked, held or pending)"
-                .to_owned(),
-        ));
+/// The signals among those `filter` matches that `action` changes: parked ones (unpark,
+/// purge) or backing-off ones (retry). A filter of only the other kind is refused.
+pub(crate) fn scoped(
+    filter: &SignalFilter,
+    action: BulkAction,
+) -> Result<SignalFilter, ConsoleError> {
+    let acts_on = action.acts_on();
+    let other = match acts_on {
+        SignalState::Parked => SignalState::BackingOff,
+        _ => SignalState::Parked,
+    };
+    if filter.state == other {
+        return Err(ConsoleError::BadRequest(format!(
+            "`{}` acts on {} signals, and the filter selects {} ones only (choose state {}, \
+             held or pending)",
+            action.as_str(),
+            acts_on.as_str(),
+            other.as_str(),
+            acts_on.as_str()
+        )));
     }
-    let mut parked = filter.clone();
-    parked.state = SignalState::Parked;
-    Ok(parked)
+    let mut scoped = filter.clone();
+    scoped.state = acts_on;
+    Ok(scoped)
 }
 
 /// What an action acts on.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
-    /// The parked signals a filter matches, up to an id (the dry run's, taken at the time of
-    /// the action when `None`).
+    /// The signals a filter matches that the action changes, up to an id (the dry run's,
+    /// taken at the time of the action when `None`).
     Filter {
         filter: SignalFilter,
         through_id: Option<i64>,
     },
-    /// One parked signal.
+    /// One signal.
     One(i64),
 }
 
-/// Run `action` on `target`, write the audit line, and say how many parked signals matched
-/// and how many were changed.
+/// Run `action` on `target`, write the audit line, and say how many signals matched and how
+/// many were changed.
 pub(crate) async fn run_action(
     state: &State,
     who: &Caller,
@@ -408,7 +420,7 @@ pub(crate) async fn run_action(
     let bus = |e| ConsoleError::from_bus(db, e);
     let (matched, changed, described) = match target {
         Target::Filter { filter, through_id } => {
-            let filter = &parked_only(filter)?;
+            let filter = &scoped(filter, action)?;
             let matched = source.count(signal, filter).await.map_err(bus)?;
             let through = through_id.or(matched.through_id);
             let changed = match through {
@@ -422,7 +434,7 @@ pub(crate) async fn run_action(
             if let (Some(map), Some(through)) = (described.as_object_mut(), through) {
                 map.insert("through_id".to_owned(), through.into());
             }
-            (matched.parked, changed, described.to_string())
+            (matched.signals, changed, described.to_string())
         }
         Target::One(id) => {
             let changed = source.act_one(signal, *id, action).await.map_err(bus)?;
@@ -501,13 +513,13 @@ async fn act(
         let (matched, through_id) = match request.id {
             Some(id) => {
                 let d = source.detail(&signal, id, 0).await.map_err(bus)?;
-                let parked = d.is_some_and(|d| d.summary.state == SignalState::Parked);
-                (u64::from(parked), parked.then_some(id))
+                let acts = d.is_some_and(|d| d.summary.state == action.acts_on());
+                (u64::from(acts), acts.then_some(id))
             }
             None => {
-                let parked = parked_only(&request.filter)?;
-                let m = source.count(&signal, &parked).await.map_err(bus)?;
-                (m.parked, m.through_id)
+                let scoped = scoped(&request.filter, action)?;
+                let m = source.count(&signal, &scoped).await.map_err(bus)?;
+                (m.signals, m.through_id)
             }
         };
         return Ok(Json(ActionAnswer {

@@ -11,7 +11,8 @@
 //! * **A signal's detail**: headers, attempts, last error, ages, the signals of its key it
 //!   holds back, and its body (capped; hidden from viewers, or from everyone with
 //!   [`Console::hide_bodies`]).
-//! * **Actions** (operators only): unpark or purge one signal, a failure group, or everything
+//! * **Actions** (operators only): unpark or purge parked signals, or retry backing-off ones
+//!   now (their backoff cut short, attempts kept) — one signal, a failure group, or everything
 //!   a filter matches; each first shows how many it will touch (a dry run), then runs in
 //!   bounded batches up to the highest id the dry run saw, and is written to the audit log
 //!   (the table `signalbus_console_audit` of that database, and the log target

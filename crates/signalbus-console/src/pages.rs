@@ -277,11 +277,16 @@ async fn list(
                 a href=(with_query(base.clone(), &fq)) { "First page (with the count)" } " · "
                 a href=(with_query(format!("{base}/groups"), &fq)) { "Failure groups" } },
         }
-        @if operator && matched.as_ref().is_none_or(|m| m.parked > 0) {
+        @if operator && matched.as_ref().is_none_or(|m| m.parked > 0) && filter.state != SignalState::BackingOff {
             p {
                 a #unpark-all href=(with_query(format!("{base}/confirm"), &join(&fq, "action=unpark"))) { "Unpark the parked ones…" }
                 " · "
                 a #purge-all href=(with_query(format!("{base}/confirm"), &join(&fq, "action=purge"))) { "Purge the parked ones…" }
+            }
+        }
+        @if operator && matched.as_ref().is_none_or(|m| m.signals > m.parked) && filter.state != SignalState::Parked {
+            p {
+                a #retry-all href=(with_query(format!("{base}/confirm"), &join(&fq, "action=retry"))) { "Retry the backing-off ones now…" }
             }
         }
         table #signals {
@@ -359,6 +364,10 @@ async fn groups(
                             a.unpark-group href=(with_query(format!("{base}/confirm"), &join(&q, "action=unpark"))) { "Unpark…" }
                             " "
                             a href=(with_query(format!("{base}/confirm"), &join(&q, "action=purge"))) { "Purge…" }
+                        }
+                        @if g.signals > g.parked {
+                            " "
+                            a.retry-group href=(with_query(format!("{base}/confirm"), &join(&q, "action=retry"))) { "Retry now…" }
                         }
                     } }
                 }
@@ -438,11 +447,14 @@ async fn detail(
                 a href=(format!("{base}/confirm?action=purge&id={}", s.id)) { "Purge this signal…" }
             }
         }
+        @if who.role == Role::Operator && s.state == SignalState::BackingOff {
+            p { a #retry-one href=(format!("{base}/confirm?action=retry&id={}", s.id)) { "Retry this signal now…" } }
+        }
     };
     Ok(page(&state, &who, "Signal", body))
 }
 
-/// The dry run: how many parked signals the action would touch, and the form that runs it.
+/// The dry run: how many signals the action would touch, and the form that runs it.
 async fn confirm(
     With(state): With<Shared>,
     Path((db, signal)): Path<(String, String)>,
@@ -452,7 +464,7 @@ async fn confirm(
     let who = caller(&state, &headers)?;
     if who.role != Role::Operator {
         return Err(ConsoleError::Forbidden(format!(
-            "`{}` is a viewer: unparking and purging need an operator token",
+            "`{}` is a viewer: unparking, purging and retrying need an operator token",
             who.name
         ))
         .into());
@@ -465,30 +477,35 @@ async fn confirm(
     let (count, through) = match id {
         Some(id) => {
             let d = source.detail(&signal, id, 0).await.map_err(bus)?;
-            let parked = d.is_some_and(|d| d.summary.state == SignalState::Parked);
-            (u64::from(parked), parked.then_some(id))
+            let acts = d.is_some_and(|d| d.summary.state == action.acts_on());
+            (u64::from(acts), acts.then_some(id))
         }
         None => {
             let m = source
-                .count(&signal, &api::parked_only(&filter)?)
+                .count(&signal, &api::scoped(&filter, action)?)
                 .await
                 .map_err(bus)?;
-            (m.parked, m.through_id)
+            (m.signals, m.through_id)
         }
     };
     let csrf = state.access.csrf(&who);
     let verb = match action {
         BulkAction::Unpark => "unpark",
         BulkAction::Purge => "purge (delete for good)",
+        BulkAction::Retry => "retry now",
+    };
+    let which = match action.acts_on() {
+        SignalState::Parked => "parked",
+        _ => "backing-off",
     };
     let base = signal_url(&db, &signal);
     let body = html! {
         h1 { "Confirm: " (action.as_str()) }
-        p #dry-run { "This will " (verb) " " strong #dry-run-count { (count) } " parked signal(s) of "
+        p #dry-run { "This will " (verb) " " strong #dry-run-count { (count) } " " (which) " signal(s) of "
             code { (signal) } " in " code { (db) } @if id.is_none() { ", matching:" } }
         @if id.is_none() {
             pre { (serde_json::to_string_pretty(&filter).unwrap_or_default()) }
-            p.note { "Only parked signals change, and none with an id above "
+            p.note { "Only " (which) " signals change, and none with an id above "
                      (through.map(|t| t.to_string()).unwrap_or_else(|| "–".into()))
                      ": signals written after this page was made are left alone." }
         }
@@ -546,6 +563,7 @@ async fn act(
     let next = match action {
         BulkAction::Unpark => "the relay or the next flush sends them",
         BulkAction::Purge => "they are gone",
+        BulkAction::Retry => "the relay or the next flush sends them now",
     };
     let body = html! {
         h1 { "Done" }

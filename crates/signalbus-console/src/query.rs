@@ -132,13 +132,14 @@ pub(crate) fn list(raw: Option<&str>) -> Result<ListQuery, ConsoleError> {
     })
 }
 
-/// `unpark` or `purge`.
+/// `unpark`, `purge` or `retry`.
 pub(crate) fn action(value: &str) -> Result<BulkAction, ConsoleError> {
     match value {
         "unpark" => Ok(BulkAction::Unpark),
         "purge" => Ok(BulkAction::Purge),
+        "retry" => Ok(BulkAction::Retry),
         other => Err(bad(format!(
-            "unknown action {other:?}: use unpark or purge"
+            "unknown action {other:?}: use unpark, purge or retry"
         ))),
     }
 }

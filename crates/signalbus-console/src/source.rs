@@ -113,7 +113,7 @@ impl<DB: Backend> Source for SignalBus<DB> {
         through_id: Option<i64>,
         batch: usize,
     ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(self.act_on_parked(signal, filter, action, through_id, batch))
+        Box::pin(self.act_on_held(signal, filter, action, through_id, batch))
     }
 
     fn act_one<'a>(
@@ -128,6 +128,7 @@ impl<DB: Backend> Source for SignalBus<DB> {
             match action {
                 BulkAction::Unpark => self.unpark(&selection, ParkedRows::Ids(&ids)).await,
                 BulkAction::Purge => self.purge_parked(&selection, ParkedRows::Ids(&ids)).await,
+                BulkAction::Retry => self.retry_now(&selection, &ids).await,
             }
         })
     }

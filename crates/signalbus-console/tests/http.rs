@@ -125,6 +125,11 @@ async fn viewers_read_operators_act_and_nobody_else_gets_in() {
         "{body}"
     );
     let through = body["through_id"].as_i64().unwrap();
+    // Retry acts on backing-off signals: none here, all are parked.
+    let retry =
+        format!(r#"{{"action": "retry", "filter": {{"group": "{group}"}}, "dry_run": true}}"#);
+    let (status, body) = post_json(&format!("{signals}/actions"), Some(OPERATOR), &retry).await;
+    assert_eq!((status, body["matched"].as_u64()), (200, Some(0)), "{body}");
     s.outbox.accept_destination("nowhere.eu");
     s.outbox.accept_destination("nowhere.us");
     let run = format!(
@@ -226,7 +231,11 @@ async fn bad_requests_get_a_reason_and_never_a_server_error() {
         ),
         (
             r#"{"action": "purge", "filter": {"state": "backing_off"}, "dry_run": true}"#,
-            "retry by themselves",
+            "acts on parked signals",
+        ),
+        (
+            r#"{"action": "retry", "filter": {"state": "parked"}, "dry_run": true}"#,
+            "acts on backing_off signals",
         ),
     ] {
         let (status, answer) = post_json(&actions, Some(OPERATOR), body).await;

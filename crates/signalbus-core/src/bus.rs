@@ -220,6 +220,13 @@ impl<DB: Backend> SignalBus<DB> {
         operator::settle_parked(self.engine.shared(), selection, rows, false).await
     }
 
+    /// Send backing-off signals of the selected types now, not when their backoff ends (their
+    /// attempts are kept). Returns how many; ids of rows that are not backing off, or are in
+    /// flight, change nothing.
+    pub async fn retry_now(&self, selection: &Selection, ids: &[i64]) -> Result<u64> {
+        operator::retry_now(self.engine.shared(), selection, ids).await
+    }
+
     /// Delete parked signals of the selected types, for good. Returns how many.
     pub async fn purge_parked(&self, selection: &Selection, rows: ParkedRows<'_>) -> Result<u64> {
         operator::settle_parked(self.engine.shared(), selection, rows, true).await
@@ -298,12 +305,13 @@ impl<DB: Backend> SignalBus<DB> {
         inspect::detail(self.engine.shared(), signal, id, body_cap).await
     }
 
-    /// Unpark or purge the parked signals of type `signal` that `filter` matches, with ids up
-    /// to `through_id` (the dry run's [`Matched::through_id`], so that signals parked after
-    /// the operator saw the count are left alone; `None`: no bound), `batch` rows per
-    /// transaction, lowest ids first. Returns how many it changed. Unparking a key's signals
-    /// keeps their order: a key's later signals wait while an earlier one is still parked.
-    pub async fn act_on_parked(
+    /// Unpark or purge the parked signals of type `signal` that `filter` matches, or retry
+    /// the backing-off ones now ([`BulkAction::acts_on`]), with ids up to `through_id` (the
+    /// dry run's [`Matched::through_id`], so that signals held after the operator saw the
+    /// count are left alone; `None`: no bound), `batch` rows per transaction, lowest ids
+    /// first. Returns how many it changed. Unparking a key's signals keeps their order: a
+    /// key's later signals wait while an earlier one is still parked.
+    pub async fn act_on_held(
         &self,
         signal: &str,
         filter: &SignalFilter,

@@ -315,22 +315,37 @@ pub struct FailureGroup {
     pub newest_age_s: Option<u64>,
 }
 
-/// What a bulk action does to the parked signals it matches.
+/// What a bulk action does to the held signals it matches: parked ones (unpark, purge) or
+/// backing-off ones (retry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BulkAction {
-    /// Send them again: attempts from zero, the next flush or the relay takes them.
+    /// Parked signals: send them again, attempts from zero; the next flush or the relay
+    /// takes them.
     Unpark,
-    /// Delete them, for good.
+    /// Parked signals: delete them, for good.
     Purge,
+    /// Backing-off signals: send them now rather than when their backoff ends (their
+    /// attempts are kept: one more refusal may park them). Those in flight are left to
+    /// their flusher.
+    Retry,
 }
 
 impl BulkAction {
-    /// `unpark` or `purge`.
+    /// `unpark`, `purge` or `retry`.
     pub fn as_str(self) -> &'static str {
         match self {
             BulkAction::Unpark => "unpark",
             BulkAction::Purge => "purge",
+            BulkAction::Retry => "retry",
+        }
+    }
+
+    /// The signals it acts on: parked, or backing off.
+    pub fn acts_on(self) -> SignalState {
+        match self {
+            BulkAction::Unpark | BulkAction::Purge => SignalState::Parked,
+            BulkAction::Retry => SignalState::BackingOff,
         }
     }
 }

@@ -388,8 +388,9 @@ pub(crate) async fn detail<DB: Backend>(
     })
 }
 
-/// Unpark or purge the parked signals `filter` matches with ids up to `through` (`None`: no
-/// bound), `batch` rows per transaction, lowest ids first; how many were changed.
+/// Unpark or purge the parked signals `filter` matches, or retry the backing-off ones (see
+/// [`BulkAction::acts_on`]), with ids up to `through` (`None`: no bound), `batch` rows per
+/// transaction, lowest ids first; how many were changed. The relays are woken.
 pub(crate) async fn act<DB: Backend>(
     shared: &Shared<DB>,
     name: &str,
@@ -402,7 +403,7 @@ pub(crate) async fn act<DB: Backend>(
     let batch = batch.clamp(1, 10_000);
     let (reg, inspect) = registered(shared, name)?;
     let mut parked = filter.clone();
-    parked.state = SignalState::Parked;
+    parked.state = action.acts_on();
     let errors = match in_tx!(shared, |conn| group_scope::<DB>(conn, &inspect, &parked)
         .await)?
     {
@@ -428,16 +429,18 @@ pub(crate) async fn act<DB: Backend>(
                     .filter(|s| parked.group.is_none() || s.group == parked.group)
                     .map(|s| s.id)
                     .collect();
-                let n = if ids.is_empty() {
-                    0
-                } else {
-                    reg.sql
-                        .settle_parked::<DB>(
-                            conn,
-                            ParkedRows::Ids(&ids),
-                            action == BulkAction::Purge,
-                        )
-                        .await?
+                let n = match action {
+                    _ if ids.is_empty() => 0,
+                    BulkAction::Retry => reg.sql.retry_now::<DB>(conn, &ids).await?,
+                    _ => {
+                        reg.sql
+                            .settle_parked::<DB>(
+                                conn,
+                                ParkedRows::Ids(&ids),
+                                action == BulkAction::Purge,
+                            )
+                            .await?
+                    }
                 };
                 Ok((n, last, more))
             }
@@ -446,6 +449,10 @@ pub(crate) async fn act<DB: Backend>(
         changed += n;
         cursor = last;
         if !more {
+            if changed > 0 && action != BulkAction::Purge {
+                let mut conn = shared.pool().acquire().await?;
+                reg.sql.wake_relays::<DB>(&mut conn).await?;
+            }
             return Ok(changed);
         }
     }

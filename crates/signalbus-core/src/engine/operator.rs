@@ -55,6 +55,24 @@ pub(crate) async fn settle_parked<DB: Backend>(
     Ok(total)
 }
 
+/// Make the backing-off rows among `ids` due now, and wake the relays.
+pub(crate) async fn retry_now<DB: Backend>(
+    shared: &Shared<DB>,
+    selection: &Selection,
+    ids: &[i64],
+) -> Result<u64> {
+    let (mut conn, types) = selected(shared, selection).await?;
+    let mut total = 0;
+    for reg in types {
+        let n = reg.sql.retry_now::<DB>(&mut conn, ids).await?;
+        if n > 0 {
+            reg.sql.wake_relays::<DB>(&mut conn).await?;
+        }
+        total += n;
+    }
+    Ok(total)
+}
+
 /// What the gap-safe watermark holds back, per selected type.
 pub(crate) async fn holdback<DB: Backend>(
     shared: &Shared<DB>,

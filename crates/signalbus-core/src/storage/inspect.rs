@@ -101,10 +101,22 @@ impl Query {
             };
             let k = self.bind(Bound::Text(key));
             let v = self.bind(Bound::Text(value.clone()));
-            parts.push(format!(
-                "{} = {v}",
-                self.d.header_value.replace("{name}", &k)
-            ));
+            let header = self.d.header_value.replace("{name}", &k);
+            // Every JSON writer spells a value of plain characters the same way (others may
+            // be escaped differently: `\u00e9` for `é`, `\/` for `/`), so its JSON text can be
+            // looked for before the headers are parsed.
+            let plain = value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || " _-.:@+=,;#~".contains(c));
+            let header = match self.d.header_contains {
+                Some(contains) if plain => {
+                    let needle = self.bind(Bound::Text(format!("\"{value}\"")));
+                    let test = contains.replace("{needle}", &needle);
+                    format!("CASE WHEN {test} THEN {header} END")
+                }
+                _ => header,
+            };
+            parts.push(format!("{header} = {v}"));
         }
         if let Some(age) = filter.older_than {
             let c = self.created_vs_now("<=", super::millis(age));

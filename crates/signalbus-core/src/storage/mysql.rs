@@ -53,6 +53,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     int8: "CAST({e} AS SIGNED)",
     header_value: "CASE WHEN JSON_VALID(t.headers) THEN JSON_UNQUOTE(JSON_EXTRACT(t.headers, {name})) END",
     header_by_path: true,
+    header_contains: None,
     inspect_setup: None,
     begin_read: "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
     id_in: "t.id IN (SELECT x.id FROM JSON_TABLE({Ids}, '$[*]' COLUMNS (id BIGINT PATH '$')) AS x)",

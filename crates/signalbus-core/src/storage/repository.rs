@@ -772,6 +772,20 @@ impl Statements {
 
     /// Unpark (send again on the next pass, attempts reset) or delete parked rows; returns
     /// how many.
+    /// Make the backing-off rows among `ids` due now: the next flush sends them; their
+    /// attempts are kept. Returns how many.
+    pub async fn retry_now<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+        ids: &[i64],
+    ) -> Result<u64> {
+        let values = Values {
+            ids,
+            ..Values::default()
+        };
+        Self::run::<DB>(conn, &self.retry_ids, values).await
+    }
+
     pub async fn settle_parked<DB: Backend>(
         &self,
         conn: &mut DB::Connection,

@@ -42,6 +42,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     int8: "({e})",
     header_value: "CASE WHEN json_valid(t.headers) THEN json_extract(t.headers, {name}) END",
     header_by_path: true,
+    header_contains: None,
     inspect_setup: None,
     begin_read: "BEGIN",
     id_in: "t.id IN (SELECT value FROM json_each({Ids}))",

@@ -177,6 +177,8 @@ pub(crate) struct Statements {
     /// Unpark the parked rows among the bound ids, or every parked row.
     pub unpark_ids: Stmt,
     pub unpark_all: SqlStr,
+    /// Make the backing-off rows among the bound ids due now (not those in flight).
+    pub retry_ids: Stmt,
     /// Delete the parked rows among the bound ids, or every parked row.
     pub purge_ids: Stmt,
     pub purge_all: SqlStr,
@@ -814,6 +816,13 @@ impl Statements {
             unpark_all: shared(format!(
                 "UPDATE {t} AS t SET parked_at = NULL, next_attempt_at = NULL, last_error = NULL, \
                  claim = NULL, attempts = 0 WHERE {parked}"
+            )),
+            // A row claimed by a flusher (a lease in `claim`) is left to it: its settle
+            // decides. A row in a range claim has no `claim`: made due, it changes nothing
+            // that burst's settle does not overwrite.
+            retry_ids: stmt(by_ids(
+                &format!("{s}next_attempt_at = NULL"),
+                "t.parked_at IS NULL AND t.claim IS NULL AND t.next_attempt_at IS NOT NULL",
             )),
             purge_ids: stmt(match d.update_by_ids {
                 Some(target) => format!(

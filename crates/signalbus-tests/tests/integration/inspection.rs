@@ -207,7 +207,7 @@ where
     assert_eq!((dry.signals, dry.parked), (30, 30));
     let through = dry.through_id;
     let changed = bus
-        .act_on_parked(NAME, &eu, BulkAction::Unpark, through, 7)
+        .act_on_held(NAME, &eu, BulkAction::Unpark, through, 7)
         .await
         .unwrap();
     assert_eq!(changed, 30, "in batches of 7");
@@ -217,14 +217,14 @@ where
     // A bound below every match changes nothing.
     let us = SignalFilter::new().header("tenant", "us");
     let changed = bus
-        .act_on_parked(NAME, &us, BulkAction::Purge, Some(0), 100)
+        .act_on_held(NAME, &us, BulkAction::Purge, Some(0), 100)
         .await
         .unwrap();
     assert_eq!(changed, 0);
     // Purging the invalid rows' group.
     let bad = &groups[1];
     let changed = bus
-        .act_on_parked(
+        .act_on_held(
             NAME,
             &SignalFilter::new().group(bad.id.clone()),
             BulkAction::Purge,
@@ -317,7 +317,7 @@ where
     let dry = bus.count_signals(NAME, &by_group).await.unwrap();
     assert_eq!(dry.signals, N as u64);
     let changed = bus
-        .act_on_parked(NAME, &by_group, BulkAction::Unpark, dry.through_id, 1_000)
+        .act_on_held(NAME, &by_group, BulkAction::Unpark, dry.through_id, 1_000)
         .await
         .unwrap();
     assert_eq!(changed, N as u64);
@@ -327,3 +327,126 @@ where
 }
 
 on_every_database!(a_group_of_ten_thousand_distinct_errors_is_one);
+
+on_every_database!(a_header_filter_passes_over_headers_that_are_not_json);
+
+/// A writer in another language may put anything in the headers' text column: a header
+/// filter reads past what is not a JSON object of strings (here: not JSON, cut short, an
+/// escape PostgreSQL's jsonb refuses, nested values) instead of failing the whole query.
+async fn a_header_filter_passes_over_headers_that_are_not_json<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(4).await;
+    let outbox = MemoryPublisher::new();
+    let bus = bus(&db, &outbox).await;
+    for headers in [
+        "not json",
+        r#"{"tenant":"eu""#,
+        r#"{"tenant":"eu\u0000"}"#,
+        r#"{"tenant":{"eu":"eu"}}"#,
+        r#"{"region":"eu"}"#,
+        r#"{ "tenant" : "eu" , "region": "x" }"#,
+        r#"{"tenant":"eu/x"}"#,
+    ] {
+        insert(&db, "t", 2, headers, |i| format!("k{i}")).await;
+    }
+    let pending = SignalFilter::new().state(SignalState::Pending);
+    let eu = pending.clone().header("tenant", "eu");
+    assert_eq!(bus.count_signals(NAME, &pending).await.unwrap().signals, 14);
+    assert_eq!(bus.count_signals(NAME, &eu).await.unwrap().signals, 2);
+    let page = bus.list_signals(NAME, &eu, None, 10).await.unwrap();
+    assert_eq!(page.signals.len(), 2);
+    // A value JSON writers may escape differently is read from the parsed headers alone.
+    let slash = pending.clone().header("tenant", "eu/x");
+    assert_eq!(bus.count_signals(NAME, &slash).await.unwrap().signals, 2);
+}
+
+on_every_database!(backing_off_signals_are_retried_now);
+
+/// Retry: backing-off signals (an hour of backoff ahead) of one failure group are made due at
+/// once and go out at the next flush, their attempts kept; the other group's keep waiting;
+/// parked ones are not touched, and one signal can be retried by id.
+async fn backing_off_signals_are_retried_now<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(4).await;
+    let outbox = MemoryPublisher::new();
+    outbox.refuse_destination("nowhere.eu");
+    outbox.refuse_destination("nowhere.us");
+    let ty = SignalType::new(NAME)
+        .table(TABLE)
+        .autoflush(false)
+        .burst(100)
+        .retry(RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_secs(3600),
+            max: Duration::from_secs(3600),
+        });
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(outbox.clone())
+        .register_type(ty)
+        .autoflush(false)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    insert(&db, "nowhere.eu", 6, r#"{"tenant":"eu"}"#, |i| {
+        format!("e{i}")
+    })
+    .await;
+    insert(&db, "nowhere.us", 4, r#"{"tenant":"us"}"#, |i| {
+        format!("u{i}")
+    })
+    .await;
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 0);
+    let backing_off = SignalFilter::new().state(SignalState::BackingOff);
+    assert_eq!(
+        bus.count_signals(NAME, &backing_off).await.unwrap().signals,
+        10
+    );
+
+    // The broker takes them now; they would wait an hour.
+    outbox.accept_destination("nowhere.eu");
+    outbox.accept_destination("nowhere.us");
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 0);
+    let eu = SignalFilter::new().header("tenant", "eu");
+    let dry = bus
+        .count_signals(NAME, &eu.clone().state(SignalState::BackingOff))
+        .await
+        .unwrap();
+    assert_eq!(dry.signals, 6);
+    let retried = bus
+        .act_on_held(NAME, &eu, BulkAction::Retry, dry.through_id, 4)
+        .await
+        .unwrap();
+    assert_eq!(retried, 6);
+    // Unpark changes none of them: they are not parked.
+    assert_eq!(
+        bus.act_on_held(NAME, &SignalFilter::new(), BulkAction::Unpark, None, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 6);
+    let sent = outbox.take();
+    assert_eq!(sent.len(), 6);
+    assert!(sent.iter().all(|m| m.destination == "nowhere.eu"));
+
+    // One by id; a row that is not backing off (already sent) changes nothing.
+    let left = bus
+        .list_signals(NAME, &backing_off, None, 10)
+        .await
+        .unwrap()
+        .signals;
+    assert_eq!(left.len(), 4);
+    assert!(left.iter().all(|s| s.attempts == 1));
+    let only = Selection::only([NAME]);
+    assert_eq!(bus.retry_now(&only, &[left[0].id]).await.unwrap(), 1);
+    assert_eq!(bus.retry_now(&only, &[left[0].id]).await.unwrap(), 0);
+    assert_eq!(bus.flush_many(&Selection::all()).await.unwrap(), 1);
+    assert_eq!(
+        bus.count_signals(NAME, &backing_off).await.unwrap().signals,
+        3
+    );
+}
