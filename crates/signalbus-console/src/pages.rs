@@ -284,7 +284,7 @@ async fn list(
                 a #purge-all href=(with_query(format!("{base}/confirm"), &join(&fq, "action=purge"))) { "Purge the parked ones…" }
             }
         }
-        @if operator && matched.as_ref().is_none_or(|m| m.signals > m.parked) && filter.state != SignalState::Parked {
+        @if operator && matched.as_ref().is_none_or(|m| m.signals > m.parked) && matches!(filter.state, SignalState::Held | SignalState::BackingOff) {
             p {
                 a #retry-all href=(with_query(format!("{base}/confirm"), &join(&fq, "action=retry"))) { "Retry the backing-off ones now…" }
             }

@@ -46,7 +46,8 @@ pub(crate) trait Source: Send + Sync + 'static {
         through_id: Option<i64>,
         batch: usize,
     ) -> BoxFuture<'a, Result<u64>>;
-    /// Unpark or purge the one parked signal `id`; how many were changed (0 or 1).
+    /// Unpark or purge the one parked signal `id`, or retry it when it backs off; how many
+    /// were changed (0 or 1).
     fn act_one<'a>(
         &'a self,
         signal: &'a str,

@@ -114,12 +114,18 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         },
         Pick::Listed(_) => EarlyTurn::none(),
     };
-    let rows = retry_db!({
+    let token = token.as_str();
+    let claim = || async move {
         let mut conn = shared.pool().acquire().await?;
         reg.sql
             .claim::<DB>(&mut conn, ids, reg.ty.burst_size(), lease, &token)
             .await
-    })?;
+    };
+    let rows = if early.holds() {
+        claim().await?
+    } else {
+        retry_db!(claim().await)?
+    };
     if rows.is_empty() {
         return Ok(None);
     }
@@ -130,8 +136,8 @@ pub(crate) async fn claimed_burst<DB: Backend>(
             .await
         {
             Turn::Go(permit) => permit,
-            Turn::Missed => {
-                missed_turn(shared, idx, slot, &claimed).await;
+            Turn::Missed { stopping } => {
+                missed_turn(shared, idx, slot, &claimed, stopping).await;
                 return Ok(Some(Settled::default()));
             }
         },
@@ -162,10 +168,13 @@ async fn missed_turn<DB: Backend>(
     idx: TypeIdx,
     slot: Option<&ClaimSlot>,
     claimed: &[i64],
+    stopping: bool,
 ) {
     let reg = shared.registry().get(idx);
-    metrics::counter!("signalbus_turns_missed_total", "bus" => shared.name().to_owned(), "signal" => reg.name.to_string())
-        .increment(1);
+    if !stopping {
+        metrics::counter!("signalbus_turns_missed_total", "bus" => shared.name().to_owned(), "signal" => reg.name.to_string())
+            .increment(1);
+    }
     tracing::debug!(bus = %shared.name(), signal = %reg.name, rows = claimed.len(), "no turn to publish in time; the claimed rows go back");
     match slot {
         Some(slot) => slot.free(shared, idx).await,
@@ -400,9 +409,9 @@ async fn lane_burst<DB: Backend>(
     let patience = patience(lease, shared.config().publish_timeout);
     let turn = match slot.after_claim(early, patience).await {
         Turn::Go(permit) => permit,
-        Turn::Missed => {
+        Turn::Missed { stopping } => {
             let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            missed_turn(shared, idx, Some(slot).filter(|_| ranges), &claimed).await;
+            missed_turn(shared, idx, Some(slot).filter(|_| ranges), &claimed, stopping).await;
             return Ok(Some(Settled::default()));
         }
     };

@@ -65,8 +65,8 @@ impl Turns {
         let patience = tokio::time::sleep(patience.min(Duration::from_secs(86_400 * 365)));
         tokio::select! {
             permit = self.share.turn() => Turn::Go(permit),
-            () = patience => Turn::Missed,
-            () = stopping => Turn::Missed,
+            () = patience => Turn::Missed { stopping: false },
+            () = stopping => Turn::Missed { stopping: true },
         }
     }
 }
@@ -75,8 +75,9 @@ impl Turns {
 pub(crate) enum Turn {
     /// Publish now (holding the permit, if the burst takes turns).
     Go(Option<OwnedSemaphorePermit>),
-    /// No turn came in time, or the relay is stopping: give the claimed rows back.
-    Missed,
+    /// No turn came in time (`stopping` false), or the relay is stopping: give the claimed
+    /// rows back.
+    Missed { stopping: bool },
 }
 
 /// A turn taken before a claim, kept for the burst (see [`ClaimSlot::before_claim`]).
@@ -86,6 +87,12 @@ impl EarlyTurn {
     /// No turn taken early (a burst that takes no turns, or waits for one after its claim).
     pub fn none() -> Self {
         EarlyTurn(None)
+    }
+
+    /// Whether a turn is held: the claim then gets one attempt, not the retries of a
+    /// database step (a lane that cannot reach its database must not hold a turn).
+    pub fn holds(&self) -> bool {
+        self.0.is_some()
     }
 }
 
@@ -125,13 +132,14 @@ impl ClaimSlot {
 
     /// Before a claim: a slot whose last burst missed its turn takes one first, waiting until
     /// it comes (so that the next burst does not miss again and the rows given back are
-    /// left alone meanwhile); `None` when the relay stops.
+    /// left alone meanwhile); once only, whatever the claim finds. `None` when the relay
+    /// stops.
     pub(crate) async fn before_claim(&self) -> Option<EarlyTurn> {
         match &self.turns {
-            Some(turns) if self.missed.load(Ordering::Relaxed) => {
+            Some(turns) if self.missed.swap(false, Ordering::Relaxed) => {
                 match turns.wait(Duration::MAX).await {
                     Turn::Go(permit) => Some(EarlyTurn(permit)),
-                    Turn::Missed => None,
+                    Turn::Missed { .. } => None,
                 }
             }
             _ => Some(EarlyTurn::none()),
@@ -149,7 +157,7 @@ impl ClaimSlot {
             None => turns.wait(patience).await,
         };
         self.missed
-            .store(matches!(turn, Turn::Missed), Ordering::Relaxed);
+            .store(matches!(turn, Turn::Missed { .. }), Ordering::Relaxed);
         turn
     }
 
@@ -212,7 +220,7 @@ mod tests {
         let missed = slot
             .after_claim(&mut early, Duration::from_millis(50))
             .await;
-        assert!(matches!(missed, Turn::Missed));
+        assert!(matches!(missed, Turn::Missed { stopping: false }));
         assert!(started.elapsed() >= Duration::from_millis(50));
         // Missed: the next burst waits for its turn before it claims, as long as it takes …
         let freeing = async {
@@ -232,7 +240,7 @@ mod tests {
             stop_tx.send(true).unwrap();
         };
         let (stopped, ()) = tokio::join!(waiting, stopping);
-        assert!(matches!(stopped, Turn::Missed));
+        assert!(matches!(stopped, Turn::Missed { stopping: true }));
         assert!(slot.before_claim().await.is_none(), "stopping");
         drop(turn);
         // A slot without turns never waits.

@@ -103,11 +103,11 @@ impl Query {
             let v = self.bind(Bound::Text(value.clone()));
             let header = self.d.header_value.replace("{name}", &k);
             // Every JSON writer spells a value of plain characters the same way (others may
-            // be escaped differently: `\u00e9` for `é`, `\/` for `/`), so its JSON text can be
-            // looked for before the headers are parsed.
+            // be escaped differently: `\u00e9` for `é`, `\/` for `/`, `\u002B` for `+` by
+            // .NET), so its JSON text can be looked for before the headers are parsed.
             let plain = value
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || " _-.:@+=,;#~".contains(c));
+                .all(|c| c.is_ascii_alphanumeric() || " _-.:@=,;#~".contains(c));
             let header = match self.d.header_contains {
                 Some(contains) if plain => {
                     let needle = self.bind(Bound::Text(format!("\"{value}\"")));

@@ -33,9 +33,9 @@ pub(crate) const DIALECT: Dialect = Dialect {
     // Cast only what is sure to cast: a text column may hold anything a foreign writer put
     // there, and one row that is not JSON would fail the whole query. PostgreSQL 15 has no
     // `IS JSON`: patterns admit flat objects of strings (signalbus' headers) in JSON that
-    // jsonb takes (no `\u0000`, no lone surrogates), the compact form serde_json writes
+    // jsonb takes (no `\u0000`, surrogates in pairs only), the compact form serde_json writes
     // first (the full pattern is 5 times slower); other rows have no headers to match.
-    header_value: r#"CASE WHEN t.headers ~ '^\{("[^"\\\x01-\x1f]*":"[^"\\\x01-\x1f]*"(,"[^"\\\x01-\x1f]*":"[^"\\\x01-\x1f]*")*)?\}$' OR t.headers ~ '^[ \t\n\r]*\{[ \t\n\r]*("([^"\\\x01-\x1f]|\\(["\\/bfnrt]|u(?!0000)(?![dD][89a-fA-F])[0-9a-fA-F]{4}))*"[ \t\n\r]*:[ \t\n\r]*"([^"\\\x01-\x1f]|\\(["\\/bfnrt]|u(?!0000)(?![dD][89a-fA-F])[0-9a-fA-F]{4}))*"([ \t\n\r]*,[ \t\n\r]*"([^"\\\x01-\x1f]|\\(["\\/bfnrt]|u(?!0000)(?![dD][89a-fA-F])[0-9a-fA-F]{4}))*"[ \t\n\r]*:[ \t\n\r]*"([^"\\\x01-\x1f]|\\(["\\/bfnrt]|u(?!0000)(?![dD][89a-fA-F])[0-9a-fA-F]{4}))*")*)?[ \t\n\r]*\}[ \t\n\r]*$' THEN jsonb_extract_path_text(t.headers::jsonb, {name}) END"#,
+    header_value: r#"CASE WHEN t.headers ~ '^\{("[^"\\\x01-\x1f]*":"[^"\\\x01-\x1f]*"(,"[^"\\\x01-\x1f]*":"[^"\\\x01-\x1f]*")*)?\}$' OR t.headers ~ '^[ \t\n\r]*\{[ \t\n\r]*("([^"\\\x01-\x1f]|\\(["\\/bfnrt]|u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u(?!0000)(?![dD][89a-fA-F])[0-9a-fA-F]{4}))*"[ \t\n\r]*:[ \t\n\r]*"([^"\\\x01-\x1f]|\\(["\\/bfnrt]|u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u(?!0000)(?![dD][89a-fA-F])[0-9a-fA-F]{4}))*"([ \t\n\r]*,[ \t\n\r]*"([^"\\\x01-\x1f]|\\(["\\/bfnrt]|u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u(?!0000)(?![dD][89a-fA-F])[0-9a-fA-F]{4}))*"[ \t\n\r]*:[ \t\n\r]*"([^"\\\x01-\x1f]|\\(["\\/bfnrt]|u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u(?!0000)(?![dD][89a-fA-F])[0-9a-fA-F]{4}))*")*)?[ \t\n\r]*\}[ \t\n\r]*$' THEN jsonb_extract_path_text(t.headers::jsonb, {name}) END"#,
     header_contains: Some("strpos(t.headers, {needle}) > 0"),
     header_by_path: false,
     inspect_setup: Some("SET LOCAL work_mem = '64MB'"),

@@ -817,12 +817,15 @@ impl Statements {
                 "UPDATE {t} AS t SET parked_at = NULL, next_attempt_at = NULL, last_error = NULL, \
                  claim = NULL, attempts = 0 WHERE {parked}"
             )),
-            // A row claimed by a flusher (a lease in `claim`) is left to it: its settle
-            // decides. A row in a range claim has no `claim`: made due, it changes nothing
-            // that burst's settle does not overwrite.
+            // Backing off: refused before (an attempt or an error). A row claimed by a
+            // flusher (a token in `claim`) is left to it; so is one an auto-flush is sending
+            // (a lease in `next_attempt_at`, no attempt, no error). A row in a range claim
+            // has no `claim`: made due, it changes nothing its burst's settle does not
+            // overwrite.
             retry_ids: stmt(by_ids(
                 &format!("{s}next_attempt_at = NULL"),
-                "t.parked_at IS NULL AND t.claim IS NULL AND t.next_attempt_at IS NOT NULL",
+                "t.parked_at IS NULL AND t.claim IS NULL AND t.next_attempt_at IS NOT NULL \
+                 AND (t.attempts > 0 OR t.last_error IS NOT NULL)",
             )),
             purge_ids: stmt(match d.update_by_ids {
                 Some(target) => format!(

@@ -90,7 +90,12 @@ async fn gives_back<DB: TestBackend>(ordered: bool) {
     let quiet = on_pool(db.pool.clone(), waiting.clone()).await;
     write(&quiet, 0..PER_KEY).await;
     let relay = poll(quiet.relay()).start().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await; // its burst claims and waits
+    // Its burst claims, then waits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while quiet.overview("keyed").await.unwrap().in_flight == 0 {
+        assert!(Instant::now() < deadline, "the relay claimed nothing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let other = MemoryPublisher::new();
     let flusher = on_pool(db.pool.clone(), other.clone()).await;
     let started = Instant::now();

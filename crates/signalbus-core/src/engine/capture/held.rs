@@ -243,18 +243,17 @@ async fn visible_within(
         return Ok(());
     }
     let xids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
-    // The full (64-bit) id: the epoch of the next id, or the one before when the 32 bits
-    // are above the next id's (the counter wrapped since).
-    let sql = "WITH s AS (SELECT pg_current_snapshot() AS snap, \
-                 pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS next) \
-               SELECT COUNT(*) FROM s, unnest($1::int8[]) AS x(xid) \
-               WHERE NOT pg_visible_in_snapshot((GREATEST((s.next >> 32) \
-                 - CASE WHEN x.xid > (s.next & 4294967295) THEN 1 ELSE 0 END, 0) << 32 \
-                 | x.xid)::text::xid8, s.snap)";
+    let sql = format!(
+        "WITH s AS (SELECT pg_current_snapshot() AS snap, \
+           pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS next) \
+         SELECT COUNT(*) FROM s, unnest($1::int8[]) AS x(xid) \
+         WHERE NOT pg_visible_in_snapshot(({})::text::xid8, s.snap)",
+        FULL_XID.replace("{next}", "s.next").replace("{xid}", "x.xid")
+    );
     let mut pause = std::time::Duration::from_millis(1);
     let give_up = std::time::Instant::now() + within;
     loop {
-        let invisible: i64 = sqlx::query_scalar(sql)
+        let invisible: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(&xids)
             .fetch_one(&mut *conn)
             .await?;
@@ -277,7 +276,13 @@ async fn visible_within(
     }
 }
 
-/// How long a committed transaction may stay invisible before the stream is read again.
+/// The full (64-bit) id of the 32-bit transaction id `{xid}`, near `{next}` (the snapshot's
+/// xmax: one past the newest finished transaction, so a running one may be above it): the
+/// id within 2^31 of it whose low 32 bits are `{xid}`.
+const FULL_XID: &str = "GREATEST({next} + ((({xid} - ({next} & 4294967295) + 2147483648) \
+    & 4294967295) - 2147483648), 0)";
+
+/// How long a committed transaction may stay invisible before the batch is sent again.
 const VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[cfg(test)]
@@ -310,5 +315,33 @@ mod tests {
         // Long finished ones, and none at all, are visible at once.
         visible_within(&mut reader, &[3, xid], short).await.unwrap();
         visible_within(&mut reader, &[], short).await.unwrap();
+    }
+
+    /// 64-bit ids from 32 bits in any epoch: above the snapshot's xmax (a transaction still
+    /// running), below it, and across the wrap of the low 32 bits.
+    #[tokio::test]
+    async fn full_ids_are_found_in_the_right_epoch() {
+        let mut conn = connect().await;
+        let epoch = |e: i64| e << 32;
+        for (next, xid, full) in [
+            (epoch(5) + 100, 150, epoch(5) + 150),
+            (epoch(5) + 100, 40, epoch(5) + 40),
+            (epoch(5) + 100, 4_294_967_290, epoch(4) + 4_294_967_290),
+            (epoch(5) + 4_294_967_290, 3, epoch(6) + 3),
+            (epoch(0) + 100, 150, 150),
+            (epoch(0) + 100, 7, 7),
+        ] {
+            let sql = format!(
+                "SELECT {}",
+                FULL_XID
+                    .replace("{next}", &format!("{next}::int8"))
+                    .replace("{xid}", &format!("{xid}::int8"))
+            );
+            let got: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(got, full, "next {next}, xid {xid}");
+        }
     }
 }
