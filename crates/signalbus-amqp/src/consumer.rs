@@ -12,6 +12,10 @@
 //!   acknowledges what they finished. A message whose handler never ran stays with RabbitMQ,
 //!   which delivers it again.
 //!
+//! When the connection fails, [`consume`] returns the error; to run on, connecting again
+//! with backoff, run it in [`signalbus_core::consume::reconnecting`], which opens a new
+//! session (connection and all) after each failure and hands it the shutdown.
+//!
 //! ```no_run
 //! # async fn run(channel: lapin::Channel) -> Result<(), lapin::Error> {
 //! use signalbus_amqp::consumer::{ConsumerOptions, consume};

@@ -110,3 +110,147 @@ async fn acks_after_success_requeues_failures_bounds_concurrency_and_stops_clean
         .await
         .unwrap();
 }
+
+/// A consumer whose connection is cut twice mid-run (the test kit's proxy in front of the
+/// shared RabbitMQ) connects again by itself and handles every message; the deliveries it
+/// had not acknowledged come back, and the inbox (SQLite, in the handler's transaction)
+/// applies each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_cut_off_reconnects_and_applies_each_message_once() {
+    use signalbus_core::consume::{Reconnect, reconnecting};
+    use signalbus_core::inbox::{Inbox, Receipt};
+    const MESSAGES: usize = 300;
+    let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must run on 127.0.0.1:5672 (rabbitmq-server -detached)");
+    let channel = conn.create_channel().await.unwrap();
+    let queue = format!("sbtest-reconnect-{}", uuid::Uuid::new_v4().simple());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for n in 0..MESSAGES {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                format!("{n}").as_bytes(),
+                lapin::BasicProperties::default().with_message_id(format!("m{n}").into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let proxy = signalbus_testkit::proxy::Proxy::start(([127, 0, 0, 1], 5672).into())
+        .await
+        .unwrap();
+    let via_proxy = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port());
+
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("inbox.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("CREATE TABLE applied (n INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let inbox = Inbox::<sqlx::Sqlite>::new("reconnect").unwrap();
+    inbox.migrate(&pool).await.unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (pool, inbox, handled) = (pool.clone(), inbox.clone(), handled.clone());
+        move |delivery: lapin::message::Delivery| {
+            let (pool, inbox, handled) = (pool.clone(), inbox.clone(), handled.clone());
+            async move {
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .ok_or("no message id")?;
+                let n: i64 = String::from_utf8_lossy(&delivery.data).parse().unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+                if inbox.receive(&mut tx, &id).await.map_err(|e| e.to_string())? == Receipt::First {
+                    sqlx::query("INSERT INTO applied (n) VALUES (?)")
+                        .bind(n)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                tx.commit().await.map_err(|e| e.to_string())?;
+                handled.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), String>(())
+            }
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let consumer = tokio::spawn({
+        let (queue, handler) = (queue.clone(), handler.clone());
+        reconnecting(
+            move |stop| {
+                let (url, queue, handler) = (via_proxy.clone(), queue.clone(), handler.clone());
+                async move {
+                    let conn =
+                        lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+                            .await?;
+                    let channel = conn.create_channel().await?;
+                    let options = ConsumerOptions::default().prefetch(20).concurrency(4);
+                    consume(&channel, &queue, options, handler, stop).await
+                }
+            },
+            Reconnect::new(Duration::from_millis(50), Duration::from_millis(500)),
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+    });
+    // Cut at a third and at two thirds of the way.
+    for at in [MESSAGES / 3, 2 * MESSAGES / 3] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while handled.load(Ordering::SeqCst) < at {
+            assert!(std::time::Instant::now() < deadline, "stuck before {at}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.cut();
+    }
+    let applied = || async {
+        sqlx::query_as::<_, (i64, i64)>("SELECT COUNT(*), COUNT(DISTINCT n) FROM applied")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while applied().await.1 < MESSAGES as i64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "applied after the cuts: {:?}",
+            applied().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    let report = tokio::time::timeout(Duration::from_secs(30), consumer)
+        .await
+        .expect("the consumer stops when asked")
+        .unwrap();
+    assert!(report.reconnects >= 2, "{report:?}");
+    assert_eq!(
+        applied().await,
+        (MESSAGES as i64, MESSAGES as i64),
+        "each message applied once"
+    );
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}

@@ -20,6 +20,10 @@
 //!
 //! A consumer that dies between its commit and the delete leaves the message to come back
 //! after its visibility timeout: the inbox skips it.
+//!
+//! When the connection fails, [`consume`] returns the error; to run on, connecting again
+//! with backoff, run it in [`signalbus_core::consume::reconnecting`], which opens a new
+//! session (connection and all) after each failure and hands it the shutdown.
 
 use crate::encode::{CONTENT_ENCODING, HEADERS, MESSAGE_ID};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};

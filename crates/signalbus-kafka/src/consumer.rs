@@ -16,6 +16,11 @@
 //! group for more parallelism; each gets its own partitions. The consumer must have
 //! `enable.auto.commit=false`: an automatic commit would acknowledge records whose handler
 //! has not finished.
+//!
+//! rdkafka reconnects to the brokers by itself; when [`consume`] fails all the same (a
+//! commit refused, the group gone), it returns the error. To run on, with backoff, run it in
+//! [`signalbus_core::consume::reconnecting`], which opens a new session (a new consumer)
+//! after each failure and hands it the shutdown.
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message as _, OwnedMessage};

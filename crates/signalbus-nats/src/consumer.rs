@@ -14,6 +14,10 @@
 //!   `ack_wait`.
 //!
 //! Use an explicit-ack consumer (the default of `pull::Config`).
+//!
+//! When the connection fails, [`consume`] returns the error; to run on, connecting again
+//! with backoff, run it in [`signalbus_core::consume::reconnecting`], which opens a new
+//! session (connection and all) after each failure and hands it the shutdown.
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::{AckKind, Acker, Message};

@@ -25,6 +25,10 @@
 //!
 //! Entries trimmed from the stream while pending (`MAXLEN`) cannot be handled; they are
 //! acknowledged and logged with their entry id.
+//!
+//! When the connection fails, [`consume`] returns the error; to run on, connecting again
+//! with backoff, run it in [`signalbus_core::consume::reconnecting`], which opens a new
+//! session (connection and all) after each failure and hands it the shutdown.
 
 use crate::fields::Entry;
 use redis::Value;

@@ -77,7 +77,7 @@ pub use signalbus_core::{
     SignalId, SignalType, TableRow, Transaction, json_body,
 };
 pub use signalbus_core::{
-    atomic, fleet, inspection, locking, metrics, prepared, publisher, relay, storage,
+    atomic, consume, fleet, inspection, locking, metrics, prepared, publisher, relay, storage,
 };
 // The database a URL names, chosen once for the command line, the benchmarks and tools.
 pub use signalbus_core::with_database;
