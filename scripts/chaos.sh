@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The fault-injection harness (docs/reliability.md):
 #   scripts/chaos.sh --seconds N [--seed S] [--bus amqp|nats|kafka|all] [--dir D]
+#   scripts/chaos.sh --soak --minutes N [--bus …]   (a long steady run, sampled and plotted)
 # starts a world of its own — a private PostgreSQL cluster, RabbitMQ node, nats-server and
 # tansu, each behind a fault-injecting proxy; the machine's shared services are not touched —
 # runs writers, relays and a recording consumer per bus, injects faults drawn from the seed
@@ -16,6 +17,7 @@ pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || tr
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=("rabbitmq-server (Debian package rabbitmq-server)")
 command -v nats-server >/dev/null || missing+=("nats-server (Debian package nats-server)")
 command -v kill >/dev/null || missing+=("kill (Debian package procps)")
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=("the DejaVu font for the soak's plot (Debian package fonts-dejavu-core)")
 if [ ${#missing[@]} -gt 0 ]; then
     printf 'ERROR: the fault-injection harness needs %s\n' "${missing[@]}" >&2
     exit 1

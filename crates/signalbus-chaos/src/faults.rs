@@ -76,6 +76,14 @@ impl Fault {
         }
     }
 
+    /// Whether it kills a process of the workload (a soak keeps them alive).
+    pub fn kills_the_workload(self) -> bool {
+        matches!(
+            self,
+            Fault::KillWriter | Fault::KillRelay | Fault::KillConsumer
+        )
+    }
+
     /// Whether it hits the database, which every bus shares.
     pub fn everywhere(self) -> bool {
         matches!(

@@ -11,9 +11,11 @@
 mod check;
 mod database;
 mod faults;
+mod plot;
 mod roles;
 mod run;
 mod signals;
+mod soak;
 mod supervisor;
 mod workload;
 mod world;

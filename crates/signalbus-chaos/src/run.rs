@@ -54,6 +54,19 @@ pub struct RunArgs {
     /// Poison signals planted per bus (they must end parked, and only they).
     #[arg(long, default_value_t = 3)]
     pub poison: u32,
+    /// A soak: a steady load with a fault every 30–90 s (none that kills a writer, relay or
+    /// consumer, and no fail points: each process lives the whole run), sampled every
+    /// `--sample-every` seconds; fails when memory, descriptors, latency or the signal
+    /// tables grow without bound (see the summary's `soak`). The run's directory is kept,
+    /// with `samples.jsonl` and `soak.png`.
+    #[arg(long)]
+    pub soak: bool,
+    /// The run's length in minutes (instead of `--seconds`).
+    #[arg(long)]
+    pub minutes: Option<u64>,
+    /// Seconds between two samples of a soak.
+    #[arg(long, default_value_t = 10)]
+    pub sample_every: u64,
 }
 
 /// How long a bus may go without a new delivery, while it has signals to deliver, before
@@ -98,9 +111,15 @@ struct Summary {
     max_recovery_ms: i64,
     drain_ms: u128,
     per_bus: BTreeMap<Bus, BusVerdict>,
+    /// A soak's trends (`--soak`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    soak: Option<crate::soak::Verdict>,
 }
 
-pub async fn run(args: RunArgs) -> ExitCode {
+pub async fn run(mut args: RunArgs) -> ExitCode {
+    if let Some(minutes) = args.minutes {
+        args.seconds = minutes * 60;
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     eprintln!("chaos: seed {seed} (replay the same schedule with --seed {seed})");
     let buses: Vec<Bus> = match args.bus {
@@ -139,12 +158,22 @@ pub async fn run(args: RunArgs) -> ExitCode {
         writers: args.writers,
         relays: args.relays,
         rate: args.rate,
+        failpoints: !args.soak,
     };
     let mut workloads = BTreeMap::new();
     for &bus in &buses {
         workloads.insert(bus, workload::start(&world, bus, spec, seed, &dir, &events));
     }
     eprintln!("chaos: {} s of faults on {:?}", args.seconds, buses);
+    let sampler = args.soak.then(|| {
+        let databases = buses.iter().map(|&b| world.direct_db_url(b)).collect();
+        crate::soak::Sampler::start(
+            &workloads,
+            databases,
+            Duration::from_secs(args.sample_every.max(1)),
+            dir.join("samples.jsonl"),
+        )
+    });
 
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
@@ -165,7 +194,11 @@ pub async fn run(args: RunArgs) -> ExitCode {
         })
         .collect();
     loop {
-        let gap = Duration::from_millis(rng.random_range(1000..4000));
+        let gap = if args.soak {
+            Duration::from_secs(rng.random_range(30..90))
+        } else {
+            Duration::from_millis(rng.random_range(1000..4000))
+        };
         if Instant::now() + gap >= deadline {
             break;
         }
@@ -181,7 +214,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
             )
             .await;
         }
-        let fault = Fault::draw(&mut rng);
+        let fault = loop {
+            let fault = Fault::draw(&mut rng);
+            if !args.soak || !fault.kills_the_workload() {
+                break fault;
+            }
+        };
         let bus = faults::target(fault, &buses, &mut rng);
         let began = now_ms();
         faults::inject(fault, bus, &mut world, &workloads, &mut rng).await;
@@ -202,6 +240,19 @@ pub async fn run(args: RunArgs) -> ExitCode {
         });
     }
     tokio::time::sleep_until(deadline.into()).await;
+    let soak = match sampler {
+        Some(sampler) => {
+            let samples = sampler.finish().await;
+            let plot = dir.join("soak.png");
+            if let Err(e) = crate::plot::draw(&samples, &plot) {
+                eprintln!("chaos: cannot draw the soak's plot: {e}");
+            } else {
+                eprintln!("chaos: soak plot in {}", plot.display());
+            }
+            Some(crate::soak::judge(&samples))
+        }
+        None => None,
+    };
 
     // Heal, stop writing, drain.
     eprintln!("chaos: faults stop; draining");
@@ -299,7 +350,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
         );
     }
     let sum = |f: fn(&BusVerdict) -> usize| per_bus.values().map(f).sum::<usize>();
-    let passed = !per_bus.values().any(check::failed) && unexpected_panics == 0;
+    let passed = !per_bus.values().any(check::failed)
+        && unexpected_panics == 0
+        && soak.as_ref().is_none_or(|s| s.growing.is_empty());
     let summary = Summary {
         passed,
         seed,
@@ -333,6 +386,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             .unwrap_or(0),
         drain_ms,
         per_bus,
+        soak,
     };
     println!(
         "{}",
@@ -340,7 +394,11 @@ pub async fn run(args: RunArgs) -> ExitCode {
     );
     drop(world);
     if passed {
-        drop(temp);
+        if args.soak
+            && let Some(t) = temp
+        {
+            eprintln!("chaos: the soak's samples and plot are kept in {}", t.keep().display());
+        }
         ExitCode::SUCCESS
     } else {
         if let Some(t) = temp {

@@ -21,6 +21,8 @@ pub struct Slot {
     control: mpsc::UnboundedSender<Control>,
     /// Started incarnations.
     pub starts: Arc<AtomicU32>,
+    /// The running incarnation's process id (0 while none runs): what the soak samples.
+    pub pid: Arc<AtomicU32>,
     done: watch::Receiver<bool>,
 }
 
@@ -31,8 +33,10 @@ impl Slot {
     pub fn start(name: String, mut command: Command) -> Slot {
         let (control, mut rx) = mpsc::unbounded_channel();
         let starts = Arc::new(AtomicU32::new(0));
+        let pid = Arc::new(AtomicU32::new(0));
         let (done_tx, done) = watch::channel(false);
         let counter = starts.clone();
+        let running = pid.clone();
         let label = name.clone();
         tokio::spawn(async move {
             loop {
@@ -56,6 +60,7 @@ impl Slot {
                         continue;
                     }
                 };
+                running.store(child.id().unwrap_or(0), Ordering::Relaxed);
                 let mut stopping = false;
                 let status = loop {
                     tokio::select! {
@@ -73,6 +78,7 @@ impl Slot {
                         },
                     }
                 };
+                running.store(0, Ordering::Relaxed);
                 if let Ok(status) = status
                     && !stopping
                     && status.signal().is_none()
@@ -92,6 +98,7 @@ impl Slot {
         Slot {
             control,
             starts,
+            pid,
             done,
         }
     }

@@ -17,6 +17,9 @@ pub struct Spec {
     pub relays: u32,
     /// Transactions per second per writer.
     pub rate: u32,
+    /// Whether writers and relays start with a fail point (not in a soak: its processes
+    /// live the whole run, so that their memory is one process' history).
+    pub failpoints: bool,
 }
 
 /// The processes of one bus.
@@ -96,7 +99,7 @@ pub fn start(
                             "--seed",
                             &(seed ^ u64::from(n) ^ (u64::from(id) << 32)).to_string(),
                         ]);
-                    if let Some(fp) = failpoint_for("writer", &mut rng) {
+                    if let Some(fp) = failpoint_for("writer", &mut rng).filter(|_| spec.failpoints) {
                         cmd.args(["--failpoint", &fp]);
                     }
                     cmd
@@ -115,7 +118,7 @@ pub fn start(
                 Box::new(move |_| {
                     let mut cmd = new();
                     cmd.args(["relay", "--db-url", &db, "--bus-url", &url]);
-                    if let Some(fp) = failpoint_for("relay", &mut rng) {
+                    if let Some(fp) = failpoint_for("relay", &mut rng).filter(|_| spec.failpoints) {
                         cmd.args(["--failpoint", &fp]);
                     }
                     cmd
