@@ -119,7 +119,7 @@ async fn acks_after_success_requeues_failures_bounds_concurrency_and_stops_clean
 async fn a_consumer_cut_off_reconnects_and_applies_each_message_once() {
     use signalbus_core::consume::{Reconnect, reconnecting};
     use signalbus_core::inbox::{Inbox, Receipt};
-    const MESSAGES: usize = 300;
+    const MESSAGES: i64 = 300;
     let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
         .await
         .expect("RabbitMQ must run on 127.0.0.1:5672 (rabbitmq-server -detached)");
@@ -180,7 +180,12 @@ async fn a_consumer_cut_off_reconnects_and_applies_each_message_once() {
                 let n: i64 = String::from_utf8_lossy(&delivery.data).parse().unwrap();
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
-                if inbox.receive(&mut tx, &id).await.map_err(|e| e.to_string())? == Receipt::First {
+                if inbox
+                    .receive(&mut tx, &id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    == Receipt::First
+                {
                     sqlx::query("INSERT INTO applied (n) VALUES (?)")
                         .bind(n)
                         .execute(&mut *tx)
@@ -217,6 +222,7 @@ async fn a_consumer_cut_off_reconnects_and_applies_each_message_once() {
     // Cut at a third and at two thirds of the way.
     for at in [MESSAGES / 3, 2 * MESSAGES / 3] {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let at = usize::try_from(at).unwrap();
         while handled.load(Ordering::SeqCst) < at {
             assert!(std::time::Instant::now() < deadline, "stuck before {at}");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -230,7 +236,7 @@ async fn a_consumer_cut_off_reconnects_and_applies_each_message_once() {
             .unwrap()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while applied().await.1 < MESSAGES as i64 {
+    while applied().await.1 < MESSAGES {
         assert!(
             std::time::Instant::now() < deadline,
             "applied after the cuts: {:?}",
@@ -246,7 +252,7 @@ async fn a_consumer_cut_off_reconnects_and_applies_each_message_once() {
     assert!(report.reconnects >= 2, "{report:?}");
     assert_eq!(
         applied().await,
-        (MESSAGES as i64, MESSAGES as i64),
+        (MESSAGES, MESSAGES),
         "each message applied once"
     );
     channel

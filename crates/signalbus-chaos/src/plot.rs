@@ -31,7 +31,7 @@ const PANELS: [(&str, &str, &[Series]); 6] = [
         ],
     ),
     (
-        "Write-to-receipt latency",
+        "Commit-to-confirm latency",
         "ms",
         &[("p50", |s| s.p50_ms), ("p99", |s| s.p99_ms)],
     ),
@@ -58,8 +58,12 @@ pub fn draw(samples: &[Sample], path: &Path) -> Result<(), Failure> {
         format!("the plot needs the font {FONT} (Debian package fonts-dejavu-core): {e}")
     })?;
     // Registered once per process; plotters keeps the bytes for the run's length.
-    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
-        .map_err(|_| "the font could not be read")?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| "the font could not be read")?;
     let root = BitMapBackend::new(path, (1600, 1200)).into_drawing_area();
     root.fill(&WHITE)?;
     let minutes = samples.last().map_or(1.0, |s| s.t_s / 60.0).max(1.0 / 6.0);

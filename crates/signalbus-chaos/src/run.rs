@@ -397,7 +397,10 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
         if args.soak
             && let Some(t) = temp
         {
-            eprintln!("chaos: the soak's samples and plot are kept in {}", t.keep().display());
+            eprintln!(
+                "chaos: the soak's samples and plot are kept in {}",
+                t.keep().display()
+            );
         }
         ExitCode::SUCCESS
     } else {

@@ -29,7 +29,10 @@ pub struct Sample {
     pub writer_rss_mib: f64,
     pub relay_fds: f64,
     pub writer_fds: f64,
-    /// Write-to-receipt latency of the deliveries recorded since the last sample.
+    /// Commit-to-confirm latency of the deliveries recorded since the last sample: from the
+    /// signal's write to the broker's stored timestamp where the broker gives one (NATS,
+    /// Kafka), else to the consumer's receipt (RabbitMQ). The consumer's own delays stay out
+    /// where they can.
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub delivered: u64,
@@ -112,8 +115,9 @@ async fn take(sources: &Sources, offsets: &mut [u64], at: Duration) -> Sample {
     let mut latencies = Vec::new();
     for (path, offset) in sources.records.iter().zip(offsets.iter_mut()) {
         latencies.extend(new_deliveries(path, offset).iter().map(|d| {
+            let confirmed = d.stored_ms.unwrap_or(d.received_ms);
             #[allow(clippy::cast_precision_loss)] // milliseconds, far below 2^52
-            let ms = (d.received_ms - d.at_ms).max(0) as f64;
+            let ms = (confirmed - d.at_ms).max(0) as f64;
             ms
         }));
     }
@@ -224,8 +228,10 @@ async fn tables(databases: &[String]) -> Option<(f64, f64, f64, f64)> {
             let _ = conn.close().await;
             Ok::<_, sqlx::Error>((bytes, live, dead, oldest))
         };
-        let (bytes, live, dead, oldest) =
-            tokio::time::timeout(Duration::from_secs(5), read).await.ok()?.ok()?;
+        let (bytes, live, dead, oldest) = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .ok()?
+            .ok()?;
         #[allow(clippy::cast_precision_loss)] // sizes and counts far below 2^52
         {
             sum.0 += bytes as f64;
@@ -397,7 +403,7 @@ mod tests {
     fn new_lines_are_read_once_and_a_line_being_written_waits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("records");
-        let line = "1 0 k 0 1000 1030 - - m 0\n";
+        let line = "1 0 k 0 1000 1030 1020 - m 0\n";
         std::fs::write(&path, format!("{line}{line}1 1 k")).unwrap();
         let mut offset = 0;
         assert_eq!(new_deliveries(&path, &mut offset).len(), 2);
@@ -406,5 +412,6 @@ mod tests {
         let fresh = new_deliveries(&path, &mut offset);
         assert_eq!(fresh.len(), 1);
         assert_eq!(fresh[0].received_ms - fresh[0].at_ms, 50);
+        assert_eq!(new_deliveries(&path, &mut 0)[0].stored_ms, Some(1020));
     }
 }

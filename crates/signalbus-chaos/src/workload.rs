@@ -99,7 +99,8 @@ pub fn start(
                             "--seed",
                             &(seed ^ u64::from(n) ^ (u64::from(id) << 32)).to_string(),
                         ]);
-                    if let Some(fp) = failpoint_for("writer", &mut rng).filter(|_| spec.failpoints) {
+                    if let Some(fp) = failpoint_for("writer", &mut rng).filter(|_| spec.failpoints)
+                    {
                         cmd.args(["--failpoint", &fp]);
                     }
                     cmd

@@ -229,10 +229,20 @@ mod tests {
     #[test]
     fn waits_double_up_to_the_ceiling_with_jitter() {
         let policy = Reconnect::new(Duration::from_millis(100), Duration::from_secs(1));
-        for (failures, ceiling) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)] {
+        for (failures, ceiling) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
             let wait = policy.delay(failures);
             let ceiling = Duration::from_millis(ceiling);
-            assert!(wait <= ceiling && wait >= ceiling / 2, "{failures}: {wait:?}");
+            assert!(
+                wait <= ceiling && wait >= ceiling / 2,
+                "{failures}: {wait:?}"
+            );
         }
     }
 

@@ -118,7 +118,7 @@ pub(crate) async fn claimed_burst<DB: Backend>(
     let claim = || async move {
         let mut conn = shared.pool().acquire().await?;
         reg.sql
-            .claim::<DB>(&mut conn, ids, reg.ty.burst_size(), lease, &token)
+            .claim::<DB>(&mut conn, ids, reg.ty.burst_size(), lease, token)
             .await
     };
     let rows = if early.holds() {
@@ -411,7 +411,14 @@ async fn lane_burst<DB: Backend>(
         Turn::Go(permit) => permit,
         Turn::Missed { stopping } => {
             let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            missed_turn(shared, idx, Some(slot).filter(|_| ranges), &claimed, stopping).await;
+            missed_turn(
+                shared,
+                idx,
+                Some(slot).filter(|_| ranges),
+                &claimed,
+                stopping,
+            )
+            .await;
             return Ok(Some(Settled::default()));
         }
     };

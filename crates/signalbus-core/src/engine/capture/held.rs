@@ -248,7 +248,9 @@ async fn visible_within(
            pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS next) \
          SELECT COUNT(*) FROM s, unnest($1::int8[]) AS x(xid) \
          WHERE NOT pg_visible_in_snapshot(({})::text::xid8, s.snap)",
-        FULL_XID.replace("{next}", "s.next").replace("{xid}", "x.xid")
+        FULL_XID
+            .replace("{next}", "s.next")
+            .replace("{xid}", "x.xid")
     );
     let mut pause = std::time::Duration::from_millis(1);
     let give_up = std::time::Instant::now() + within;
@@ -324,7 +326,7 @@ mod tests {
         let mut conn = connect().await;
         let epoch = |e: i64| e << 32;
         for (next, xid, full) in [
-            (epoch(5) + 100, 150, epoch(5) + 150),
+            (epoch(5) + 100, 150_i64, epoch(5) + 150),
             (epoch(5) + 100, 40, epoch(5) + 40),
             (epoch(5) + 100, 4_294_967_290, epoch(4) + 4_294_967_290),
             (epoch(5) + 4_294_967_290, 3, epoch(6) + 3),
