@@ -76,11 +76,13 @@ impl Fault {
         }
     }
 
-    /// Whether it kills a process of the workload (a soak keeps them alive).
-    pub fn kills_the_workload(self) -> bool {
-        matches!(
+    /// Whether a soak injects it: not one that kills a process of the workload (each lives
+    /// the whole run), nor a database crash (crash recovery resets the table statistics the
+    /// soak samples).
+    pub fn fits_a_soak(self) -> bool {
+        !matches!(
             self,
-            Fault::KillWriter | Fault::KillRelay | Fault::KillConsumer
+            Fault::KillWriter | Fault::KillRelay | Fault::KillConsumer | Fault::DbCrash
         )
     }
 

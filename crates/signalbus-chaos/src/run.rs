@@ -55,7 +55,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 3)]
     pub poison: u32,
     /// A soak: a steady load with a fault every 30–90 s (none that kills a writer, relay or
-    /// consumer, and no fail points: each process lives the whole run), sampled every
+    /// consumer, no database crash, no fail points: each process lives the whole run, and a
+    /// writer or relay that starts again fails the soak), sampled every
     /// `--sample-every` seconds; fails when memory, descriptors, latency or the signal
     /// tables grow without bound (see the summary's `soak`). The run's directory is kept,
     /// with `samples.jsonl` and `soak.png`.
@@ -216,7 +217,7 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
         }
         let fault = loop {
             let fault = Fault::draw(&mut rng);
-            if !args.soak || !fault.kills_the_workload() {
+            if !args.soak || fault.fits_a_soak() {
                 break fault;
             }
         };
@@ -249,7 +250,19 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
             } else {
                 eprintln!("chaos: soak plot in {}", plot.display());
             }
-            Some(crate::soak::judge(&samples))
+            let mut verdict = crate::soak::judge(&samples);
+            verdict.restarted = workloads
+                .iter()
+                .flat_map(|(bus, w)| {
+                    let writers = w.writers.iter().enumerate().map(|(n, s)| (format!("writer {n}"), s));
+                    let relays = w.relays.iter().enumerate().map(|(n, s)| (format!("relay {n}"), s));
+                    writers
+                        .chain(relays)
+                        .filter(|(_, s)| s.starts.load(std::sync::atomic::Ordering::Relaxed) > 1)
+                        .map(move |(name, _)| format!("{} {name}", bus.name()))
+                })
+                .collect();
+            Some(verdict)
         }
         None => None,
     };
@@ -352,7 +365,7 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
     let sum = |f: fn(&BusVerdict) -> usize| per_bus.values().map(f).sum::<usize>();
     let passed = !per_bus.values().any(check::failed)
         && unexpected_panics == 0
-        && soak.as_ref().is_none_or(|s| s.growing.is_empty());
+        && soak.as_ref().is_none_or(crate::soak::Verdict::passed);
     let summary = Summary {
         passed,
         seed,

@@ -170,13 +170,13 @@ fn new_deliveries(path: &std::path::Path, offset: &mut u64) -> Vec<Delivery> {
     }
     let mut reader = std::io::BufReader::new(file);
     let mut out = Vec::new();
-    let mut line = String::new();
-    while let Ok(n) = reader.read_line(&mut line) {
-        if n == 0 || !line.ends_with('\n') {
+    let mut line = Vec::new();
+    while let Ok(n) = reader.read_until(b'\n', &mut line) {
+        if n == 0 || line.last() != Some(&b'\n') {
             break; // a line still being written is read next time
         }
         *offset += n as u64;
-        if let Some(d) = Delivery::parse(line.trim_end()) {
+        if let Some(d) = Delivery::parse(String::from_utf8_lossy(&line).trim_end()) {
             out.push(d);
         }
         line.clear();
@@ -269,14 +269,31 @@ pub struct Trend {
     pub grows: bool,
 }
 
-/// The soak's verdict: each metric's trend, and which grow beyond their allowance.
+/// The soak's verdict: each metric's trend, which grow beyond their allowance, and which
+/// could not be judged (too few samples with a value in the second half).
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
     pub samples: usize,
     pub minutes: f64,
     pub trends: BTreeMap<String, Trend>,
     pub growing: Vec<String>,
+    pub unjudged: Vec<String>,
+    /// Writers and relays started more than once (set by the run): a process that died
+    /// and came back fresh would hide its own leak.
+    pub restarted: Vec<String>,
 }
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.growing.is_empty() && self.unjudged.is_empty() && self.restarted.is_empty()
+    }
+}
+
+/// Points of a trend at most (evenly thinned beyond): Theil–Sen sorts every pair's slope.
+const MOST_POINTS: usize = 1_000;
+
+/// Samples with a value a judged metric needs in the second half.
+const FEWEST_POINTS: usize = 3;
 
 fn value(sample: &Sample, metric: &str) -> Option<f64> {
     match metric {
@@ -303,18 +320,26 @@ pub fn judge(samples: &[Sample]) -> Verdict {
     };
     let mut trends = BTreeMap::new();
     let mut growing = Vec::new();
+    let mut unjudged = Vec::new();
     let judged: Vec<(&str, Option<(f64, f64)>)> = ALLOWANCES
         .iter()
         .map(|(m, share, floor)| (*m, Some((*share, *floor))))
         .chain(["p50_ms", "live_tuples", "oldest_pending_s"].map(|m| (m, None)))
         .collect();
     for (metric, allowance) in judged {
-        let points: Vec<(f64, f64)> = half
+        let mut points: Vec<(f64, f64)> = half
             .iter()
             .filter_map(|s| value(s, metric).map(|v| (s.t_s / 3600.0, v)))
             .collect();
-        if points.len() < 3 {
+        if points.len() < FEWEST_POINTS {
+            if allowance.is_some() {
+                unjudged.push(metric.to_owned());
+            }
             continue;
+        }
+        if points.len() > MOST_POINTS {
+            let step = points.len().div_ceil(MOST_POINTS);
+            points = points.into_iter().step_by(step).collect();
         }
         let slope = theil_sen(&points);
         let mut values: Vec<f64> = points.iter().map(|p| p.1).collect();
@@ -342,6 +367,8 @@ pub fn judge(samples: &[Sample]) -> Verdict {
         minutes: samples.last().map_or(0.0, |s| s.t_s / 60.0),
         trends,
         growing,
+        unjudged,
+        restarted: Vec::new(),
     }
 }
 
@@ -393,8 +420,20 @@ mod tests {
         assert!(flat.growing.is_empty(), "{flat:?}");
         assert!(flat.trends["p99_ms"].slope_per_hour.abs() < 1e-9);
         // 1 MiB a minute: 30 MiB over the second half of an hour, against 8 allowed.
+        assert!(flat.passed() && flat.unjudged.is_empty());
         let leak = judge(&samples(|t| 60.0 + t / 60.0));
         assert_eq!(leak.growing, ["relay_rss_mib"]);
+        assert!(!leak.passed());
+        // Nothing to judge is no pass: too few samples, or a source never read.
+        assert!(!judge(&samples(|_| 60.0)[..4]).passed());
+        let blind: Vec<Sample> = samples(|_| 60.0)
+            .into_iter()
+            .map(|s| Sample {
+                dead_tuples: None,
+                ..s
+            })
+            .collect();
+        assert_eq!(judge(&blind).unjudged, ["dead_tuples"]);
         let trend = &leak.trends["relay_rss_mib"];
         assert!((trend.slope_per_hour - 60.0).abs() < 1e-6, "{trend:?}");
     }

@@ -107,6 +107,9 @@ pub struct Reconnect {
     pub max: Duration,
     /// A session that ran this long was a success: the next failure waits `base` again.
     pub healthy: Duration,
+    /// After the shutdown, how long a session may take to end (its handlers finishing)
+    /// before it is dropped: a session still connecting does not see the shutdown.
+    pub grace: Duration,
 }
 
 impl Default for Reconnect {
@@ -115,6 +118,7 @@ impl Default for Reconnect {
             base: Duration::from_millis(200),
             max: Duration::from_secs(30),
             healthy: Duration::from_secs(30),
+            grace: Duration::from_secs(30),
         }
     }
 }
@@ -129,15 +133,20 @@ impl Reconnect {
         }
     }
 
-    /// The wait before the `failures`-th reconnection in a row (1: the first).
+    /// The wait before the `failures`-th reconnection in a row (1: the first); at least
+    /// [`MIN_WAIT`], so that a session that fails at once never spins.
     pub fn delay(&self, failures: u32) -> Duration {
         let ceiling = self
             .base
+            .max(MIN_WAIT)
             .saturating_mul(1 << failures.saturating_sub(1).min(20))
-            .min(self.max);
+            .min(self.max.max(MIN_WAIT));
         ceiling.mul_f64(0.5 + rand::random::<f64>() / 2.0)
     }
 }
+
+/// The shortest ceiling of a wait between two sessions, whatever the policy says.
+pub const MIN_WAIT: Duration = Duration::from_millis(10);
 
 /// The shutdown each session of [`reconnecting`] is given: it resolves once the caller's
 /// shutdown has, and may be awaited by every session.
@@ -187,7 +196,20 @@ where
             return total;
         }
         let started = Instant::now();
-        let ended = session(stop.clone()).await;
+        let run = session(stop.clone());
+        let mut run = std::pin::pin!(run);
+        // A session ends by itself on the shutdown once it consumes; one still connecting
+        // does not see it, and is given `grace` before it is dropped.
+        let ended = tokio::select! {
+            ended = &mut run => ended,
+            () = stop.clone() => match tokio::time::timeout(policy.grace, &mut run).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    tracing::warn!(grace = ?policy.grace, "the consumer did not stop in time; dropped");
+                    return total;
+                }
+            },
+        };
         let stopped = stop.peek().is_some();
         match ended {
             Ok(report) => {
@@ -211,11 +233,10 @@ where
             failures = 0;
         }
         failures = failures.saturating_add(1);
-        total.reconnects += 1;
         let wait = policy.delay(failures);
         tracing::info!(retry_in = ?wait, failures, "consumer: reconnecting");
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(wait) => total.reconnects += 1,
             () = stop.clone() => return total,
         }
     }
@@ -299,6 +320,20 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(1)),
         )
         .await;
-        assert_eq!(report.reconnects, 1);
+        assert_eq!(report.reconnects, 0);
+
+        // A session that never sees the shutdown (stuck connecting) is dropped after the
+        // grace; one that fails at once never spins, whatever the policy.
+        let started = tokio::time::Instant::now();
+        let stuck = reconnecting(
+            |_stop| std::future::pending::<Result<ConsumeReport, &str>>(),
+            Reconnect::default(),
+            tokio::time::sleep(Duration::from_secs(1)),
+        )
+        .await;
+        assert_eq!(stuck.reconnects, 0);
+        assert_eq!(started.elapsed(), Duration::from_secs(31));
+        let zero = Reconnect::new(Duration::ZERO, Duration::ZERO);
+        assert!(zero.delay(1) >= MIN_WAIT / 2);
     }
 }

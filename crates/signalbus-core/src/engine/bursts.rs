@@ -121,10 +121,19 @@ pub(crate) async fn claimed_burst<DB: Backend>(
             .claim::<DB>(&mut conn, ids, reg.ty.burst_size(), lease, token)
             .await
     };
-    let rows = if early.holds() {
-        claim().await?
+    // With a turn taken early, one attempt: on a failure the turn goes (a lane that cannot
+    // reach its database holds none) and the step is retried as usual.
+    let first = if early.holds() {
+        Some(claim().await)
     } else {
-        retry_db!(claim().await)?
+        None
+    };
+    let rows = match first {
+        Some(Ok(rows)) => rows,
+        Some(Err(_)) | None => {
+            early = EarlyTurn::none();
+            retry_db!(claim().await)?
+        }
     };
     if rows.is_empty() {
         return Ok(None);
