@@ -254,8 +254,16 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
             verdict.restarted = workloads
                 .iter()
                 .flat_map(|(bus, w)| {
-                    let writers = w.writers.iter().enumerate().map(|(n, s)| (format!("writer {n}"), s));
-                    let relays = w.relays.iter().enumerate().map(|(n, s)| (format!("relay {n}"), s));
+                    let writers = w
+                        .writers
+                        .iter()
+                        .enumerate()
+                        .map(|(n, s)| (format!("writer {n}"), s));
+                    let relays = w
+                        .relays
+                        .iter()
+                        .enumerate()
+                        .map(|(n, s)| (format!("relay {n}"), s));
                     writers
                         .chain(relays)
                         .filter(|(_, s)| s.starts.load(std::sync::atomic::Ordering::Relaxed) > 1)
