@@ -15,15 +15,25 @@ const TABLE: &str = "inspected_signal";
 const NAME: &str = "inspected";
 
 async fn bus<DB: TestBackend>(db: &TestDb<DB>, outbox: &MemoryPublisher) -> SignalBus<DB> {
+    let once = RetryPolicy {
+        max_attempts: 1,
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    };
+    bus_retrying(db, outbox, once).await
+}
+
+/// The inspected type on `db`, refused signals retried by `retry`.
+async fn bus_retrying<DB: TestBackend>(
+    db: &TestDb<DB>,
+    outbox: &MemoryPublisher,
+    retry: RetryPolicy,
+) -> SignalBus<DB> {
     let ty = SignalType::new(NAME)
         .table(TABLE)
         .autoflush(false)
         .burst(100)
-        .retry(RetryPolicy {
-            max_attempts: 1,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        });
+        .retry(retry);
     let bus = SignalBus::builder(db.pool.clone())
         .publisher(outbox.clone())
         .register_type(ty)
@@ -375,22 +385,12 @@ where
     let outbox = MemoryPublisher::new();
     outbox.refuse_destination("nowhere.eu");
     outbox.refuse_destination("nowhere.us");
-    let ty = SignalType::new(NAME)
-        .table(TABLE)
-        .autoflush(false)
-        .burst(100)
-        .retry(RetryPolicy {
-            max_attempts: 5,
-            base: Duration::from_secs(3600),
-            max: Duration::from_secs(3600),
-        });
-    let bus = SignalBus::builder(db.pool.clone())
-        .publisher(outbox.clone())
-        .register_type(ty)
-        .autoflush(false)
-        .build()
-        .unwrap();
-    bus.migrate().await.unwrap();
+    let an_hour = RetryPolicy {
+        max_attempts: 5,
+        base: Duration::from_secs(3600),
+        max: Duration::from_secs(3600),
+    };
+    let bus = bus_retrying(&db, &outbox, an_hour).await;
     insert(&db, "nowhere.eu", 6, r#"{"tenant":"eu"}"#, |i| {
         format!("e{i}")
     })
