@@ -44,6 +44,9 @@ cli="$OUT/src/crates/signalbus-cli/Cargo.toml"
 sed -i 's/^name = "signalbus"$/name = "signalbus-previous"/' "$cli"
 grep -q '^name = "signalbus-previous"$' "$cli" ||
     { echo "ERROR: no [[bin]] signalbus found in $PREVIOUS's signalbus-cli" >&2; exit 1; }
+# This tree's build profiles (debug info), so that the dependencies built for it are the test
+# build's own artifacts, not a second copy with other settings.
+awk '/^\[profile/ {on = 1} on' Cargo.toml >> "$OUT/src/Cargo.toml"
 # --workspace --all-features: features unified as in the test build, so that most shared
 # dependencies are built once.
 cargo build --manifest-path "$OUT/src/Cargo.toml" --target-dir "$target" \
