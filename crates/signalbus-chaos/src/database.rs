@@ -2,28 +2,67 @@
 //! what its signal tables still hold.
 
 use crate::check::Committed;
-use crate::roles::writer;
-use crate::signals::{Bus, Poison, TABLES};
+use crate::db::{Db, HarnessDb, TxRow};
+use crate::signals::{Bus, Poison};
 use crate::workload::Workload;
 use crate::world::World;
+use signalbus::storage::{PoolSettings, open_pool};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 type Failure = Box<dyn std::error::Error>;
 
+/// Run the generic `$f::<DB>(args…)` for the world's database type.
+macro_rules! on_db {
+    ($db:expr, $f:ident($($arg:expr),*)) => {
+        match $db {
+            Db::Postgres => $f::<sqlx::Postgres>($($arg),*).await,
+            Db::Mysql => $f::<sqlx::MySql>($($arg),*).await,
+            Db::Sqlite => $f::<sqlx::Sqlite>($($arg),*).await,
+        }
+    };
+}
+pub(crate) use on_db;
+
+/// A small pool on `url` (creating an SQLite file that does not exist yet).
+pub async fn pool<D: HarnessDb>(url: &str, max: u32) -> Result<sqlx::Pool<D>, sqlx::Error> {
+    let settings = PoolSettings::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(5))
+        .create_sqlite_file(true)
+        .busy_timeout(Duration::from_secs(10));
+    open_pool::<D>(url, &settings).await
+}
+
 /// The bus' database: the business table, the signal tables, the planted poison.
 pub async fn prepare(world: &World, bus: Bus, poison: u32) -> Result<(), Failure> {
-    let admin = sqlx::PgPool::connect(&world.pg.url(world.pg.port, "postgres")).await?;
-    // The name is one of the harness' own (chaos_amqp, ...): no user input reaches it.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE {}",
-        bus.database()
-    )))
-    .execute(&admin)
-    .await?;
-    admin.close().await;
-    let pool = sqlx::PgPool::connect(&world.direct_db_url(bus)).await?;
-    sqlx::raw_sql(writer::BUSINESS_DDL).execute(&pool).await?;
+    if let Some(admin) = world.db.admin_url() {
+        // The name is one of the harness' own (chaos_amqp, ...): no user input reaches it.
+        let create = format!("CREATE DATABASE {}", bus.database());
+        match world.db.kind() {
+            Db::Postgres => {
+                let admin = pool::<sqlx::Postgres>(&admin, 1).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+                    .execute(&admin)
+                    .await?;
+                admin.close().await;
+            }
+            _ => {
+                let admin = pool::<sqlx::MySql>(&admin, 1).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+                    .execute(&admin)
+                    .await?;
+                admin.close().await;
+            }
+        }
+    }
+    let url = world.direct_db_url(bus);
+    on_db!(world.db.kind(), prepare_on(&url, bus, poison))
+}
+
+async fn prepare_on<D: HarnessDb>(url: &str, bus: Bus, poison: u32) -> Result<(), Failure> {
+    let pool = pool::<D>(url, 2).await?;
+    D::create_business_table(&pool).await?;
     let bus_handle = signalbus::SignalBus::builder(pool.clone())
         .publisher(signalbus::connect_bus("memory:").await?)
         .register::<crate::signals::Event>()
@@ -49,20 +88,19 @@ pub async fn prepare(world: &World, bus: Bus, poison: u32) -> Result<(), Failure
 }
 
 /// Counts of the signal tables: (rows that must be gone, parked poison, poison not parked).
-async fn table_counts(pool: &sqlx::PgPool) -> Result<(i64, i64, i64), sqlx::Error> {
-    let mut left = 0;
-    for table in &TABLES[..2] {
-        // The table names are the harness' own constants.
-        let (n,): (i64,) =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                .fetch_one(pool)
-                .await?;
-        left += n;
-    }
-    let (parked, unparked): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE parked_at IS NOT NULL), count(*) FILTER (WHERE parked_at IS NULL) FROM chaos_poison",
+/// The statements are the harness' own constants.
+async fn table_counts<D: HarnessDb>(pool: &sqlx::Pool<D>) -> Result<(i64, i64, i64), sqlx::Error> {
+    let left = D::count(pool, "SELECT count(*) FROM chaos_event").await?
+        + D::count(pool, "SELECT count(*) FROM chaos_keyed").await?;
+    let parked = D::count(
+        pool,
+        "SELECT count(*) FROM chaos_poison WHERE parked_at IS NOT NULL",
     )
-    .fetch_one(pool)
+    .await?;
+    let unparked = D::count(
+        pool,
+        "SELECT count(*) FROM chaos_poison WHERE parked_at IS NULL",
+    )
     .await?;
     Ok((left, parked, unparked))
 }
@@ -82,16 +120,8 @@ pub async fn drained(world: &World, bus: Bus, w: &Workload, poison: u32) -> Resu
 }
 
 pub async fn committed(world: &World, bus: Bus, w: &Workload) -> Result<Committed, Failure> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&world.direct_db_url(bus))
-        .await?;
-    let rows: Vec<(i64, i32, Option<String>, Option<i64>)> =
-        sqlx::query_as("SELECT id, n, key, seq FROM chaos_tx")
-            .fetch_all(&pool)
-            .await?;
-    let (left, parked, unparked) = table_counts(&pool).await?;
-    pool.close().await;
+    let url = world.direct_db_url(bus);
+    let (rows, (left, parked, unparked)) = on_db!(world.db.kind(), read_committed(&url))?;
     let mut signals = HashMap::new();
     for (id, n, key, seq) in &rows {
         for i in 0..u32::try_from(*n).unwrap_or(0) {
@@ -114,4 +144,15 @@ pub async fn committed(world: &World, bus: Bus, w: &Workload) -> Result<Committe
         left: left + unparked,
         parked,
     })
+}
+
+/// The business rows and the signal tables' counts.
+async fn read_committed<D: HarnessDb>(
+    url: &str,
+) -> Result<(Vec<TxRow>, (i64, i64, i64)), sqlx::Error> {
+    let pool = pool::<D>(url, 1).await?;
+    let read = async { Ok((D::tx_rows(&pool).await?, table_counts(&pool).await?)) };
+    let result = read.await;
+    pool.close().await;
+    result
 }

@@ -22,9 +22,11 @@ pub enum Fault {
     BrokerRestart,
     /// SIGKILL the broker, start it again 1–3 s later.
     BrokerKill,
-    /// `pg_ctl restart -m fast`.
+    /// A clean restart of the database server (PostgreSQL: `pg_ctl restart -m fast`;
+    /// MariaDB: SIGTERM, start).
     DbRestart,
-    /// `pg_ctl stop -m immediate` and start: crash recovery, as after a failover.
+    /// A crash of the database server and its start: crash recovery, as after a failover
+    /// (PostgreSQL: `pg_ctl stop -m immediate`; MariaDB: SIGKILL).
     DbCrash,
     /// Cut every connection to the database (mid-transaction, mid-batch).
     CutDb,
@@ -86,7 +88,8 @@ impl Fault {
         )
     }
 
-    /// Whether it hits the database, which every bus shares.
+    /// Whether it hits the database server, which every bus shares (none with SQLite: no
+    /// server, no connection to cut).
     pub fn everywhere(self) -> bool {
         matches!(
             self,
@@ -157,21 +160,24 @@ pub async fn inject(
             }
             broker.wait_ready().await;
         }
-        Fault::DbRestart => {
-            if let Err(e) = tokio::task::block_in_place(|| world.pg.restart()) {
+        Fault::DbRestart | Fault::DbCrash => {
+            let restarted = tokio::task::block_in_place(|| {
+                if fault == Fault::DbRestart {
+                    world.db.restart()
+                } else {
+                    world.db.crash_restart()
+                }
+            });
+            if let Err(e) = restarted {
                 eprintln!("chaos: {e}");
             }
+            world.db.wait_ready().await;
         }
-        Fault::DbCrash => {
-            if let Err(e) = tokio::task::block_in_place(|| world.pg.crash_restart()) {
-                eprintln!("chaos: {e}");
-            }
-        }
-        Fault::CutDb => world.pg_proxy.cut(),
+        Fault::CutDb => world.db.proxy().expect("a database server").cut(),
         Fault::CutBroker => world.brokers[&bus.expect("a bus")].proxy.cut(),
         Fault::LatencyDb | Fault::LatencyBroker => {
             let proxy = match bus {
-                None => &world.pg_proxy,
+                None => world.db.proxy().expect("a database server"),
                 Some(b) => &world.brokers[&b].proxy,
             };
             proxy.set_latency(Duration::from_millis(200));
@@ -180,7 +186,7 @@ pub async fn inject(
         }
         Fault::PartitionDb | Fault::PartitionBroker => {
             let proxy = match bus {
-                None => &world.pg_proxy,
+                None => world.db.proxy().expect("a database server"),
                 Some(b) => &world.brokers[&b].proxy,
             };
             proxy.set_partitioned(true);

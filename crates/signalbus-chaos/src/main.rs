@@ -1,7 +1,8 @@
 //! `signalbus-chaos`: signalbus' fault-injection harness (scripts/chaos.sh runs it).
 //!
-//! `signalbus-chaos run --seconds N [--seed S] [--bus amqp|nats|kafka|all]` starts a world
-//! of its own (private PostgreSQL and brokers behind fault-injecting proxies), runs writers,
+//! `signalbus-chaos run --seconds N [--seed S] [--bus amqp|nats|kafka|all]
+//! [--db postgres|mysql|sqlite|all]` starts a world of its own (a private PostgreSQL or
+//! MariaDB, or SQLite files, and brokers behind fault-injecting proxies), runs writers,
 //! relays and a consumer per bus as processes of this binary, injects faults scheduled from
 //! the seed, then heals everything, drains, checks what arrived and prints one JSON line.
 //! It exits with status 1 when a signal was lost, delivered out of its key's order, or
@@ -10,6 +11,7 @@
 
 mod check;
 mod database;
+mod db;
 mod faults;
 mod plot;
 mod roles;

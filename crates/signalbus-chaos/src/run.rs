@@ -2,6 +2,7 @@
 
 use crate::check::{self, BusVerdict, Healed};
 use crate::database;
+use crate::db::Db;
 use crate::faults::{self, Fault};
 use crate::roles::{consumer, now_ms};
 use crate::signals::Bus;
@@ -24,8 +25,20 @@ pub enum Buses {
     All,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dbs {
+    Postgres,
+    Mysql,
+    Sqlite,
+    All,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// Which database the buses' writers and relays use (`all`: one run after the other,
+    /// each in a world of its own, each `--seconds` long).
+    #[arg(long, value_enum, default_value = "postgres")]
+    pub db: Dbs,
     /// How long faults are injected; the drain and the check come after.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
@@ -88,6 +101,7 @@ struct Progress {
 struct Summary {
     passed: bool,
     seed: u64,
+    db: Db,
     seconds: u64,
     buses: Vec<Bus>,
     transactions_committed: usize,
@@ -123,25 +137,55 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
     }
     let seed = args.seed.unwrap_or_else(rand::random);
     eprintln!("chaos: seed {seed} (replay the same schedule with --seed {seed})");
+    let dbs: Vec<Db> = match args.db {
+        Dbs::Postgres => vec![Db::Postgres],
+        Dbs::Mysql => vec![Db::Mysql],
+        Dbs::Sqlite => vec![Db::Sqlite],
+        Dbs::All => Db::ALL.to_vec(),
+    };
+    if args.soak && dbs != [Db::Postgres] {
+        // The soak samples PostgreSQL's table statistics (pg_stat_user_tables).
+        eprintln!("chaos: a soak runs on PostgreSQL only (--db postgres)");
+        return ExitCode::from(2);
+    }
+    let mut worst = ExitCode::SUCCESS;
+    for db in dbs {
+        let dir = args.dir.as_ref().map(|d| {
+            if args.db == Dbs::All {
+                d.join(db.name())
+            } else {
+                d.clone()
+            }
+        });
+        let code = run_on(&args, db, seed, dir).await;
+        if code != ExitCode::SUCCESS {
+            worst = code;
+        }
+    }
+    worst
+}
+
+/// One run of the harness on `db`.
+async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> ExitCode {
     let buses: Vec<Bus> = match args.bus {
         Buses::Amqp => vec![Bus::Amqp],
         Buses::Nats => vec![Bus::Nats],
         Buses::Kafka => vec![Bus::Kafka],
         Buses::All => Bus::ALL.to_vec(),
     };
-    let (dir, temp) = match &args.dir {
-        Some(d) => (d.clone(), None),
+    let (dir, temp) = match dir {
+        Some(d) => (d, None),
         None => {
             let t = tempfile::Builder::new()
-                .prefix("signalbus-chaos-")
+                .prefix(&format!("signalbus-chaos-{}-", db.name()))
                 .tempdir()
                 .expect("a temporary directory");
             (t.path().to_owned(), Some(t))
         }
     };
     std::fs::create_dir_all(dir.join("logs")).expect("the run directory");
-    eprintln!("chaos: world in {}", dir.display());
-    let mut world = match World::start(&dir, &buses).await {
+    eprintln!("chaos: {} world in {}", db.name(), dir.display());
+    let mut world = match World::start(&dir, db, &buses).await {
         Ok(w) => w,
         Err(e) => {
             eprintln!("chaos: cannot start the world: {e}");
@@ -165,7 +209,12 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
     for &bus in &buses {
         workloads.insert(bus, workload::start(&world, bus, spec, seed, &dir, &events));
     }
-    eprintln!("chaos: {} s of faults on {:?}", args.seconds, buses);
+    eprintln!(
+        "chaos: {} s of faults on {:?} over {}",
+        args.seconds,
+        buses,
+        db.name()
+    );
     let sampler = args.soak.then(|| {
         let databases = buses.iter().map(|&b| world.direct_db_url(b)).collect();
         crate::soak::Sampler::start(
@@ -217,7 +266,9 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
         }
         let fault = loop {
             let fault = Fault::draw(&mut rng);
-            if !args.soak || fault.fits_a_soak() {
+            let fits = !args.soak || fault.fits_a_soak();
+            // SQLite has no server to restart, cut or slow down.
+            if fits && (db.has_server() || !fault.everywhere()) {
                 break fault;
             }
         };
@@ -377,6 +428,7 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
     let summary = Summary {
         passed,
         seed,
+        db,
         seconds: args.seconds,
         buses: buses.clone(),
         transactions_committed: sum(|v| v.transactions_committed),

@@ -1,9 +1,12 @@
-//! The harness' own world: a private PostgreSQL cluster and, per bus, a private broker, each
-//! behind a fault-injecting proxy; every client goes through the proxies. Nothing of it is
-//! shared with the machine's services, so it may be killed and restarted at will.
+//! The harness' own world: a private database server (PostgreSQL or MariaDB; SQLite files
+//! have none) and, per bus, a private broker, each behind a fault-injecting proxy; every
+//! client goes through the proxies. Nothing of it is shared with the machine's services, so
+//! it may be killed and restarted at will.
 
+use crate::db::Db;
 use crate::signals::{Bus, KAFKA_PARTITIONS};
 use signalbus_testkit::kafka::{PrivateTansu, create_partitioned_topic};
+use signalbus_testkit::mariadb::PrivateMariadb;
 use signalbus_testkit::nats::{PrivateServer, free_port};
 use signalbus_testkit::postgres::PrivatePostgres;
 use signalbus_testkit::process::wait_for_port;
@@ -18,9 +21,24 @@ use std::time::Duration;
 const BOOT: Duration = Duration::from_secs(60);
 
 pub struct World {
-    pub pg: PrivatePostgres,
-    pub pg_proxy: Proxy,
+    pub db: Database,
     pub brokers: BTreeMap<Bus, Broker>,
+}
+
+/// The run's database: a private server behind a proxy, or a directory of SQLite files (one
+/// per bus).
+pub enum Database {
+    Postgres {
+        server: PrivatePostgres,
+        proxy: Proxy,
+    },
+    Mariadb {
+        server: PrivateMariadb,
+        proxy: Proxy,
+    },
+    Sqlite {
+        dir: PathBuf,
+    },
 }
 
 /// A private broker and the proxy in front of it.
@@ -47,15 +65,10 @@ fn loopback(port: u16) -> SocketAddr {
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 impl World {
-    /// Start PostgreSQL and the brokers of `buses` under `dir`, and prepare what the
-    /// workload needs on each (databases, exchange and queue, stream, topic).
-    pub async fn start(dir: &Path, buses: &[Bus]) -> Result<World, Failure> {
-        let pg_port = free_port();
-        let pg = PrivatePostgres::start(&dir.join("postgres"), pg_port)?;
-        if !wait_for_port(pg_port, BOOT).await {
-            return Err("the private PostgreSQL did not start".into());
-        }
-        let pg_proxy = Proxy::start(loopback(pg_port)).await?;
+    /// Start the database server of `db` and the brokers of `buses` under `dir`, and prepare
+    /// what the workload needs on each broker (exchange and queue, stream, topic).
+    pub async fn start(dir: &Path, db: Db, buses: &[Bus]) -> Result<World, Failure> {
+        let db = Database::start(dir, db).await?;
         let mut brokers = BTreeMap::new();
         for &bus in buses {
             let port = free_port();
@@ -84,28 +97,123 @@ impl World {
             broker.prepare().await?;
             brokers.insert(bus, broker);
         }
-        Ok(World {
-            pg,
-            pg_proxy,
-            brokers,
-        })
+        Ok(World { db, brokers })
     }
 
     /// The URL of `bus`' database, through the proxy (what writers and relays use).
     pub fn db_url(&self, bus: Bus) -> String {
-        self.pg.url(self.pg_proxy.port(), &bus.database())
+        self.db.url(bus, true)
     }
 
     /// The URL of `bus`' database, straight to the server (the harness' own checks).
     pub fn direct_db_url(&self, bus: Bus) -> String {
-        self.pg.url(self.pg.port, &bus.database())
+        self.db.url(bus, false)
     }
 
     /// Every proxy back to passing everything.
     pub fn heal(&self) {
-        self.pg_proxy.heal();
+        if let Some(proxy) = self.db.proxy() {
+            proxy.heal();
+        }
         for b in self.brokers.values() {
             b.proxy.heal();
+        }
+    }
+}
+
+impl Database {
+    async fn start(dir: &Path, db: Db) -> Result<Database, Failure> {
+        if db == Db::Sqlite {
+            let dir = dir.join("sqlite");
+            std::fs::create_dir_all(&dir)?;
+            return Ok(Database::Sqlite { dir });
+        }
+        let port = free_port();
+        let started = match db {
+            Db::Postgres => Database::Postgres {
+                server: PrivatePostgres::start(&dir.join("postgres"), port)?,
+                proxy: Proxy::start(loopback(port)).await?,
+            },
+            Db::Mysql => Database::Mariadb {
+                server: PrivateMariadb::start(&dir.join("mariadb"), port)?,
+                proxy: Proxy::start(loopback(port)).await?,
+            },
+            Db::Sqlite => unreachable!("SQLite has no server"),
+        };
+        if !wait_for_port(port, BOOT).await {
+            return Err(format!("the private {} server did not start", db.name()).into());
+        }
+        Ok(started)
+    }
+
+    pub fn kind(&self) -> Db {
+        match self {
+            Database::Postgres { .. } => Db::Postgres,
+            Database::Mariadb { .. } => Db::Mysql,
+            Database::Sqlite { .. } => Db::Sqlite,
+        }
+    }
+
+    /// The proxy in front of the server (none for SQLite).
+    pub fn proxy(&self) -> Option<&Proxy> {
+        match self {
+            Database::Postgres { proxy, .. } | Database::Mariadb { proxy, .. } => Some(proxy),
+            Database::Sqlite { .. } => None,
+        }
+    }
+
+    /// The URL of `bus`' database, through the proxy or straight to the server.
+    fn url(&self, bus: Bus, proxied: bool) -> String {
+        let port = |server: u16, proxy: &Proxy| if proxied { proxy.port() } else { server };
+        match self {
+            Database::Postgres { server, proxy } => {
+                server.url(port(server.port, proxy), &bus.database())
+            }
+            Database::Mariadb { server, proxy } => {
+                server.url(port(server.port, proxy), &bus.database())
+            }
+            Database::Sqlite { dir } => {
+                format!(
+                    "sqlite://{}",
+                    dir.join(format!("{}.db", bus.database())).display()
+                )
+            }
+        }
+    }
+
+    /// Wait until the server accepts connections again (after a restart; PostgreSQL's
+    /// `pg_ctl -w` has waited already).
+    pub async fn wait_ready(&self) -> bool {
+        match self {
+            Database::Mariadb { server, .. } => wait_for_port(server.port, BOOT).await,
+            Database::Postgres { .. } | Database::Sqlite { .. } => true,
+        }
+    }
+
+    /// The server's own URL for administration (`CREATE DATABASE`), when it has one.
+    pub fn admin_url(&self) -> Option<String> {
+        match self {
+            Database::Postgres { server, .. } => Some(server.url(server.port, "postgres")),
+            Database::Mariadb { server, .. } => Some(server.url(server.port, "")),
+            Database::Sqlite { .. } => None,
+        }
+    }
+
+    /// A clean restart of the server (sessions ended, data kept).
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        match self {
+            Database::Postgres { server, .. } => server.restart(),
+            Database::Mariadb { server, .. } => server.restart(),
+            Database::Sqlite { .. } => Ok(()),
+        }
+    }
+
+    /// A crash of the server and its start: crash recovery.
+    pub fn crash_restart(&mut self) -> std::io::Result<()> {
+        match self {
+            Database::Postgres { server, .. } => server.crash_restart(),
+            Database::Mariadb { server, .. } => server.crash_restart(),
+            Database::Sqlite { .. } => Ok(()),
         }
     }
 }

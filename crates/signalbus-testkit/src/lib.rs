@@ -9,6 +9,7 @@
 pub mod database;
 pub mod example;
 pub mod kafka;
+pub mod mariadb;
 pub mod moto;
 pub mod nats;
 pub mod outcome;

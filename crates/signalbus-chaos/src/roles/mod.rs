@@ -5,8 +5,10 @@ pub mod consumer;
 pub mod relay;
 pub mod writer;
 
+use crate::db::{Db, HarnessDb};
 use crate::signals::{Event, Keyed, Poison};
 use signalbus::SignalBus;
+use signalbus::storage::DatabaseKind;
 use std::time::Duration;
 
 /// The bus' own publish limit; the broker clients' timeouts (4 s, [`crate::signals::Bus::url`])
@@ -16,16 +18,12 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(6);
 /// recovery).
 pub const LEASE: Duration = Duration::from_secs(8);
 
-/// A bus on the writer's or relay's database with the three signal types. A broker that is
-/// down at start is waited for: a process restarted during a fault must come up anyway.
-pub async fn bus_for(db_url: &str, bus_url: &str, autoflush: bool) -> SignalBus<sqlx::Postgres> {
+/// A bus on the writer's or relay's database with the three signal types. A database or a
+/// broker that is down at start is waited for: a process restarted during a fault must come
+/// up anyway.
+pub async fn bus_for<D: HarnessDb>(db_url: &str, bus_url: &str, autoflush: bool) -> SignalBus<D> {
     let pool = loop {
-        match sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(db_url)
-            .await
-        {
+        match crate::database::pool::<D>(db_url, 8).await {
             Ok(pool) => break pool,
             Err(e) => {
                 tracing::warn!(error = %e, "database not reachable yet");
@@ -52,6 +50,15 @@ pub async fn bus_for(db_url: &str, bus_url: &str, autoflush: bool) -> SignalBus<
         .autoflush(autoflush)
         .build()
         .expect("a valid bus configuration")
+}
+
+/// The database type of `url`, for a role's generic run.
+pub fn db_of(url: &str) -> Db {
+    match DatabaseKind::of(url).expect("a database URL of the harness") {
+        DatabaseKind::Postgres => Db::Postgres,
+        DatabaseKind::MySql => Db::Mysql,
+        DatabaseKind::Sqlite => Db::Sqlite,
+    }
 }
 
 /// Milliseconds since the Unix epoch.

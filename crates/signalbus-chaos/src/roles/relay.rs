@@ -2,6 +2,8 @@
 //! keyed signals, plain lanes for the others — until SIGTERM.
 
 use super::bus_for;
+use crate::database::on_db;
+use crate::db::{Db, HarnessDb};
 use crate::signals::{Event, Keyed, Poison};
 use signalbus::Selection;
 use std::time::Duration;
@@ -18,7 +20,11 @@ pub struct RelayArgs {
 
 pub async fn run(args: RelayArgs) {
     super::arm(args.failpoint.as_deref());
-    let bus = bus_for(&args.db_url, &args.bus_url, false).await;
+    on_db!(super::db_of(&args.db_url), run_on(&args));
+}
+
+async fn run_on<D: HarnessDb>(args: &RelayArgs) {
+    let bus = bus_for::<D>(&args.db_url, &args.bus_url, false).await;
     let poll = (Duration::from_millis(10), Duration::from_millis(500));
     let ordered = start(|| {
         bus.relay()
@@ -40,8 +46,8 @@ pub async fn run(args: RelayArgs) {
 }
 
 /// Start a relay; a database that is down at start is waited for.
-async fn start(
-    builder: impl Fn() -> signalbus::relay::RelayBuilder<sqlx::Postgres>,
+async fn start<D: HarnessDb>(
+    builder: impl Fn() -> signalbus::relay::RelayBuilder<D>,
 ) -> signalbus::relay::Relay {
     loop {
         match builder().start().await {

@@ -3,16 +3,12 @@
 //! writer's keys (left to the relays) — and one in ten rolled back on purpose.
 
 use super::{bus_for, now_ms};
+use crate::database::on_db;
+use crate::db::{Db, HarnessDb};
 use crate::signals::{Bus, Event, Keyed};
 use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::time::Duration;
-
-/// The business table; `seq` is the first sequence number of the transaction's keyed
-/// signals, computed in the transaction (unique per key: two commits cannot share one).
-pub const BUSINESS_DDL: &str = "CREATE TABLE IF NOT EXISTS chaos_tx (\
-    id BIGSERIAL PRIMARY KEY, writer INT NOT NULL, kind TEXT NOT NULL, n INT NOT NULL, \
-    key TEXT NULL, seq BIGINT NULL, UNIQUE (key, seq))";
 
 #[derive(Debug, clap::Args)]
 pub struct WriterArgs {
@@ -41,7 +37,11 @@ pub struct WriterArgs {
 
 pub async fn run(args: WriterArgs) {
     super::arm(args.failpoint.as_deref());
-    let bus = bus_for(&args.db_url, &args.bus_url, true).await;
+    on_db!(super::db_of(&args.db_url), run_on(&args));
+}
+
+async fn run_on<D: HarnessDb>(args: &WriterArgs) {
+    let bus = bus_for::<D>(&args.db_url, &args.bus_url, true).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut rolled_back = std::fs::OpenOptions::new()
         .create(true)
@@ -77,8 +77,8 @@ pub async fn run(args: WriterArgs) {
 }
 
 /// One business transaction; the id of the row when it was rolled back on purpose.
-async fn transaction(
-    bus: &signalbus::SignalBus<sqlx::Postgres>,
+async fn transaction<D: HarnessDb>(
+    bus: &signalbus::SignalBus<D>,
     which: Bus,
     writer: u32,
     key: Option<String>,
@@ -86,18 +86,12 @@ async fn transaction(
     rollback: bool,
 ) -> Result<Option<i64>, signalbus::Error> {
     let mut tx = bus.begin().await?;
-    let kind = if key.is_some() { "keyed" } else { "event" };
-    let (id, seq): (i64, Option<i64>) = sqlx::query_as(
-        "INSERT INTO chaos_tx (writer, kind, n, key, seq) VALUES ($1, $2, $3, $4, \
-         CASE WHEN $4::text IS NULL THEN NULL ELSE \
-         (SELECT COALESCE(MAX(seq + n), 0) FROM chaos_tx WHERE key = $4) END) \
-         RETURNING id, seq",
+    let (id, seq) = D::insert_tx(
+        &mut *tx,
+        i32::try_from(writer).unwrap_or(i32::MAX),
+        i32::try_from(n).unwrap_or(3),
+        key.as_deref(),
     )
-    .bind(i32::try_from(writer).unwrap_or(i32::MAX))
-    .bind(kind)
-    .bind(i32::try_from(n).unwrap_or(3))
-    .bind(key.as_deref())
-    .fetch_one(&mut *tx)
     .await?;
     for i in 0..n {
         let at_ms = now_ms();

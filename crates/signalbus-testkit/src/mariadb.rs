@@ -1,0 +1,121 @@
+//! A private MariaDB server (`mariadb-install-db` + `mariadbd`) on a port and data directory
+//! of its own, that a test may restart or crash; the shared server on 3306 is never touched.
+//! Its `root` user has no password on 127.0.0.1, as the shared one's.
+
+use crate::postgres::check;
+use crate::process::stop_child;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A private server; killed when dropped.
+pub struct PrivateMariadb {
+    child: Option<Child>,
+    /// Its directory: `data/`, its socket, its error log.
+    pub dir: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl PrivateMariadb {
+    /// Create a server in `dir` (its data directory must not exist yet) and start it on
+    /// `port`.
+    pub fn start(dir: &Path, port: u16) -> std::io::Result<PrivateMariadb> {
+        std::fs::create_dir_all(dir)?;
+        // `--user=root`: mariadbd refuses to run as root unless told so, and a test may run
+        // as root (CI does); as another user the option is ignored with a warning.
+        check(
+            Command::new("mariadb-install-db")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", dir.join("data").display()))
+                .args([
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ])
+                .stdout(Stdio::null()),
+            "mariadb-install-db (apt-get install mariadb-server)",
+        )?;
+        let mut server = PrivateMariadb {
+            child: None,
+            dir: dir.to_owned(),
+            port,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = Command::new("/usr/sbin/mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!(
+                "--socket={}",
+                self.dir.join("mariadb.sock").display()
+            ))
+            .arg(format!(
+                "--log-error={}",
+                self.dir.join("error.log").display()
+            ))
+            .arg(format!("--port={}", self.port))
+            .args([
+                "--user=root",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                // Small: a test server beside the shared one on a 2-core machine.
+                "--innodb-buffer-pool-size=64M",
+                "--max-connections=500",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot start /usr/sbin/mariadbd (apt-get install mariadb-server): {e}"
+                ))
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The URL of `database` on 127.0.0.1:`port` (this server's port, or a proxy's).
+    pub fn url(&self, port: u16, database: &str) -> String {
+        format!("mysql://root@127.0.0.1:{port}/{database}")
+    }
+
+    /// Stop it: SIGTERM and a clean shutdown (up to 30 s), or SIGKILL (crash recovery at the
+    /// next start).
+    pub fn stop(&mut self, graceful: bool) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, graceful, Duration::from_secs(30));
+        }
+    }
+
+    /// Start it again after [`PrivateMariadb::stop`], with the data it kept; a no-op when it
+    /// runs.
+    pub fn start_again(&mut self) -> std::io::Result<()> {
+        if self.child.is_none() {
+            self.spawn()?;
+        }
+        Ok(())
+    }
+
+    /// Stop it gracefully and start it again.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop(true);
+        self.start_again()
+    }
+
+    /// Kill it (SIGKILL) and start it again: crash recovery, as after a host failure.
+    pub fn crash_restart(&mut self) -> std::io::Result<()> {
+        self.stop(false);
+        self.start_again()
+    }
+}
+
+impl Drop for PrivateMariadb {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
