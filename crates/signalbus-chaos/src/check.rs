@@ -69,6 +69,14 @@ pub struct BusVerdict {
     pub slowest_recoveries: Vec<(String, i64, i64)>,
     /// Up to ten lost signals (tx, i), to look up.
     pub lost_sample: Vec<(i64, u32)>,
+    /// Of the lost signals, how many the broker's own store holds (stored, never read back);
+    /// the others never reached it or were dropped by it. Kafka (tansu) only, when some are
+    /// lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_but_in_broker_store: Option<usize>,
+    /// Every lost signal (tx, i): written to the run directory, not to the summary.
+    #[serde(skip)]
+    pub lost_all: Vec<(i64, u32)>,
     /// Up to ten order violations: key, the sequence number, the later one first delivered.
     pub violation_sample: Vec<(String, i64, i64)>,
 }
@@ -121,7 +129,8 @@ pub fn check(
         .collect();
     lost.sort();
     v.lost = lost.len();
-    v.lost_sample = lost.into_iter().take(10).collect();
+    v.lost_sample = lost.iter().take(10).copied().collect();
+    v.lost_all = lost;
 
     // Order: the broker's own order where it has one.
     if bus != Bus::Amqp {

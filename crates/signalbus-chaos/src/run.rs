@@ -416,10 +416,23 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> Exit
         };
         let deliveries = consumer::read_all(&w.records);
         let wedges = &progress[&bus].wedges;
-        per_bus.insert(
-            bus,
-            check::check(bus, &committed, deliveries, &healed, wedges),
-        );
+        let mut verdict = check::check(bus, &committed, deliveries, &healed, wedges);
+        if !verdict.lost_all.is_empty() {
+            if let Some(file) = world.brokers[&bus].store_file() {
+                match crate::broker_store::in_tansu_store(&file, &verdict.lost_all).await {
+                    Ok(n) => verdict.lost_but_in_broker_store = Some(n),
+                    Err(e) => eprintln!("chaos: cannot read {}: {e}", file.display()),
+                }
+            }
+            // Every lost signal, one `tx i` a line, to look up in the broker's store.
+            let lines: String = verdict
+                .lost_all
+                .iter()
+                .map(|(tx, i)| format!("{tx} {i}\n"))
+                .collect();
+            let _ = std::fs::write(dir.join(format!("{}-lost.txt", bus.name())), lines);
+        }
+        per_bus.insert(bus, verdict);
     }
     let sum = |f: fn(&BusVerdict) -> usize| per_bus.values().map(f).sum::<usize>();
     let passed = !per_bus.values().any(check::failed)

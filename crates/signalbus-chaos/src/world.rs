@@ -229,6 +229,15 @@ impl Broker {
         format!("127.0.0.1:{}", self.proxy.port())
     }
 
+    /// The file where the broker keeps its records, when the harness can read it (tansu's
+    /// SQLite store).
+    pub fn store_file(&self) -> Option<PathBuf> {
+        match &self.server {
+            Server::Kafka(tansu) => Some(tansu.dir.join("tansu.db")),
+            Server::Amqp(_) | Server::Nats { .. } => None,
+        }
+    }
+
     pub async fn wait_ready(&self) -> bool {
         match &self.server {
             Server::Amqp(node) => node.wait_ready(BOOT).await,
