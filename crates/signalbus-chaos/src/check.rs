@@ -28,6 +28,9 @@ pub struct Committed {
     /// Rows left in the signal tables that should not be there, and parked rows planted.
     pub left: i64,
     pub parked: i64,
+    /// (tx, i) of the signals whose rows are still in the tables (not sent, or not yet
+    /// known to be sent).
+    pub pending: HashSet<(i64, u32)>,
 }
 
 /// A fault, for recovery times: when it began and when its effect ended, and on which buses.
@@ -69,6 +72,9 @@ pub struct BusVerdict {
     pub slowest_recoveries: Vec<(String, i64, i64)>,
     /// Up to ten lost signals (tx, i), to look up.
     pub lost_sample: Vec<(i64, u32)>,
+    /// Of the lost signals, how many are still rows in the signal tables: never confirmed by
+    /// the broker, so kept (undelivered when the drain ran out, not lost by signalbus).
+    pub lost_still_pending: usize,
     /// Of the lost signals, how many the broker's own store holds (stored, never read back);
     /// the others never reached it or were dropped by it. Kafka (tansu) only, when some are
     /// lost.
@@ -129,6 +135,10 @@ pub fn check(
         .collect();
     lost.sort();
     v.lost = lost.len();
+    v.lost_still_pending = lost
+        .iter()
+        .filter(|k| committed.pending.contains(k))
+        .count();
     v.lost_sample = lost.iter().take(10).copied().collect();
     v.lost_all = lost;
 
@@ -221,6 +231,7 @@ mod tests {
             rolled_back: HashSet::from([99]),
             left: 0,
             parked: 0,
+            pending: HashSet::new(),
         }
     }
 
@@ -268,6 +279,21 @@ mod tests {
         assert_eq!(v.signals_delivered, 3);
         assert_eq!(v.max_recovery_ms, 10, "written at 1003, received at 1013");
         assert!(failed(&v));
+    }
+
+    #[test]
+    fn lost_signals_still_in_the_tables_are_told_apart() {
+        let mut c = committed(&[((1, 0), None), ((2, 0), None), ((3, 0), None)]);
+        // 2 still a row (never confirmed), 3 neither a row nor delivered, 1 delivered and its
+        // row not yet deleted (a crash after the publish).
+        c.pending = HashSet::from([(1, 0), (2, 0)]);
+        let v = check(Bus::Nats, &c, vec![delivery(1, 0, None, 1)], &[], &[]);
+        assert_eq!((v.lost, v.lost_still_pending), (2, 1), "{v:?}");
+        assert_eq!(v.lost_all, vec![(2, 0), (3, 0)]);
+        assert!(
+            failed(&v),
+            "undelivered at the end fails the run, pending or not"
+        );
     }
 
     #[test]

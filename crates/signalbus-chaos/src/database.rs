@@ -3,7 +3,7 @@
 
 use crate::check::Committed;
 use crate::db::{Db, HarnessDb, TxRow};
-use crate::signals::{Bus, Poison};
+use crate::signals::{Body, Bus, Poison};
 use crate::workload::Workload;
 use crate::world::World;
 use signalbus::storage::{PoolSettings, open_pool};
@@ -121,7 +121,12 @@ pub async fn drained(world: &World, bus: Bus, w: &Workload, poison: u32) -> Resu
 
 pub async fn committed(world: &World, bus: Bus, w: &Workload) -> Result<Committed, Failure> {
     let url = world.direct_db_url(bus);
-    let (rows, (left, parked, unparked)) = on_db!(world.db.kind(), read_committed(&url))?;
+    let (rows, (left, parked, unparked), bodies) = on_db!(world.db.kind(), read_committed(&url))?;
+    let pending = bodies
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<Body>(b).ok())
+        .map(|b| (b.tx, b.i))
+        .collect();
     let mut signals = HashMap::new();
     for (id, n, key, seq) in &rows {
         for i in 0..u32::try_from(*n).unwrap_or(0) {
@@ -143,15 +148,25 @@ pub async fn committed(world: &World, bus: Bus, w: &Workload) -> Result<Committe
         rolled_back,
         left: left + unparked,
         parked,
+        pending,
     })
 }
 
-/// The business rows and the signal tables' counts.
+/// The business rows, the signal tables' counts and the bodies of the rows still there.
 async fn read_committed<D: HarnessDb>(
     url: &str,
-) -> Result<(Vec<TxRow>, (i64, i64, i64)), sqlx::Error> {
+) -> Result<(Vec<TxRow>, (i64, i64, i64), Vec<Vec<u8>>), sqlx::Error> {
     let pool = pool::<D>(url, 1).await?;
-    let read = async { Ok((D::tx_rows(&pool).await?, table_counts(&pool).await?)) };
+    let read = async {
+        let rows = D::tx_rows(&pool).await?;
+        let counts = table_counts(&pool).await?;
+        let bodies = D::bodies(
+            &pool,
+            "SELECT body FROM chaos_event UNION ALL SELECT body FROM chaos_keyed",
+        )
+        .await?;
+        Ok((rows, counts, bodies))
+    };
     let result = read.await;
     pool.close().await;
     result

@@ -66,6 +66,12 @@ pub trait HarnessDb: signalbus::Backend + sqlx::Database {
         pool: &sqlx::Pool<Self>,
     ) -> impl Future<Output = Result<Vec<TxRow>, sqlx::Error>> + Send;
 
+    /// The bodies `sql` (a harness constant) reads.
+    fn bodies(
+        pool: &sqlx::Pool<Self>,
+        sql: &'static str,
+    ) -> impl Future<Output = Result<Vec<Vec<u8>>, sqlx::Error>> + Send;
+
     /// The single count `sql` (a harness constant) reads.
     fn count(
         pool: &sqlx::Pool<Self>,
@@ -85,6 +91,14 @@ macro_rules! reads {
             sqlx::query_as("SELECT id, n, chaos_key, seq FROM chaos_tx")
                 .fetch_all(pool)
                 .await
+        }
+
+        async fn bodies(
+            pool: &sqlx::Pool<Self>,
+            sql: &'static str,
+        ) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+            let rows: Vec<(Vec<u8>,)> = sqlx::query_as(sql).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(|(body,)| body).collect())
         }
 
         async fn count(pool: &sqlx::Pool<Self>, sql: &'static str) -> Result<i64, sqlx::Error> {
