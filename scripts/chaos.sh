@@ -18,7 +18,10 @@ missing=()
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 [ -x "${pg_bin:-/nonexistent}/initdb" ] || command -v initdb >/dev/null || missing+=("initdb and pg_ctl (Debian package postgresql)")
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=("rabbitmq-server (Debian package rabbitmq-server)")
-[ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db >/dev/null || missing+=("mariadbd and mariadb-install-db (Debian package mariadb-server)")
+# MariaDB only for the runs that use it (--db mysql or --db all).
+if [[ " $* " == *" --db mysql "* || " $* " == *" --db all "* || " $* " == *" --db=mysql "* || " $* " == *" --db=all "* ]]; then
+    [ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db >/dev/null || missing+=("mariadbd and mariadb-install-db (Debian package mariadb-server)")
+fi
 command -v nats-server >/dev/null || missing+=("nats-server (Debian package nats-server)")
 command -v kill >/dev/null || missing+=("kill (Debian package procps)")
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=("the DejaVu font for the soak's plot (Debian package fonts-dejavu-core)")

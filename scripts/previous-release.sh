@@ -46,9 +46,9 @@ grep -q '^name = "signalbus-previous"$' "$cli" ||
     { echo "ERROR: no [[bin]] signalbus found in $PREVIOUS's signalbus-cli" >&2; exit 1; }
 # This tree's build profiles (debug info), so that the dependencies built for it are the test
 # build's own artifacts, not a second copy with other settings.
-# (The [profile] tables are the last of this Cargo.toml; a release that has its own keeps them.)
+# (Only the [profile…] tables; a release that has its own keeps them.)
 grep -q '^\[profile' "$OUT/src/Cargo.toml" ||
-    awk '/^\[profile/ {on = 1} on' Cargo.toml >> "$OUT/src/Cargo.toml"
+    awk '/^\[/ {on = /^\[profile/} on' Cargo.toml >> "$OUT/src/Cargo.toml"
 # --workspace --all-features: features unified as in the test build, so that most shared
 # dependencies are built once.
 cargo build --manifest-path "$OUT/src/Cargo.toml" --target-dir "$target" \

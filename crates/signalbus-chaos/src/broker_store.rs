@@ -7,9 +7,12 @@ use crate::signals::Body;
 use std::collections::HashSet;
 use std::path::Path;
 
-/// How many of `lost` are in the records of the tansu store `file` (its `record` table: one
+/// Those of `lost` that are in the records of the tansu store `file` (its `record` table: one
 /// row per record, the value as stored).
-pub async fn in_tansu_store(file: &Path, lost: &[(i64, u32)]) -> Result<usize, sqlx::Error> {
+pub async fn in_tansu_store(
+    file: &Path,
+    lost: &[(i64, u32)],
+) -> Result<HashSet<(i64, u32)>, sqlx::Error> {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     // Read-only: the broker may still run, and its file is never changed by the harness.
     let options = SqliteConnectOptions::new().filename(file).read_only(true);
@@ -26,7 +29,11 @@ pub async fn in_tansu_store(file: &Path, lost: &[(i64, u32)]) -> Result<usize, s
         .filter_map(|(v,)| serde_json::from_slice::<Body>(v).ok())
         .map(|b| (b.tx, b.i))
         .collect();
-    Ok(lost.iter().filter(|k| stored.contains(k)).count())
+    Ok(lost
+        .iter()
+        .filter(|k| stored.contains(k))
+        .copied()
+        .collect())
 }
 
 #[cfg(test)]
@@ -60,6 +67,9 @@ mod tests {
             pool.close().await;
         }
         let lost = [(1, 1), (2, 0), (3, 0)];
-        assert_eq!(in_tansu_store(&file, &lost).await.unwrap(), 2);
+        assert_eq!(
+            in_tansu_store(&file, &lost).await.unwrap(),
+            HashSet::from([(1, 1), (2, 0)])
+        );
     }
 }

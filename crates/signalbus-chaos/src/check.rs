@@ -80,6 +80,9 @@ pub struct BusVerdict {
     /// lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost_but_in_broker_store: Option<usize>,
+    /// Of the lost signals, those neither still pending nor in the broker's store (where the
+    /// store can be read; else lost less pending): lost by someone.
+    pub lost_unaccounted: usize,
     /// Every lost signal (tx, i): written to the run directory, not to the summary.
     #[serde(skip)]
     pub lost_all: Vec<(i64, u32)>,
@@ -139,6 +142,7 @@ pub fn check(
         .iter()
         .filter(|k| committed.pending.contains(k))
         .count();
+    v.lost_unaccounted = v.lost - v.lost_still_pending;
     v.lost_sample = lost.iter().take(10).copied().collect();
     v.lost_all = lost;
 
@@ -289,6 +293,7 @@ mod tests {
         c.pending = HashSet::from([(1, 0), (2, 0)]);
         let v = check(Bus::Nats, &c, vec![delivery(1, 0, None, 1)], &[], &[]);
         assert_eq!((v.lost, v.lost_still_pending), (2, 1), "{v:?}");
+        assert_eq!(v.lost_unaccounted, 1);
         assert_eq!(v.lost_all, vec![(2, 0), (3, 0)]);
         assert!(
             failed(&v),

@@ -112,6 +112,8 @@ struct Summary {
     faults_injected: usize,
     faults: BTreeMap<String, usize>,
     lost: usize,
+    /// Of the lost, those neither still rows in the tables nor in the broker's store.
+    lost_unaccounted: usize,
     phantom: usize,
     duplicates: usize,
     id_mismatches: usize,
@@ -148,7 +150,8 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
         eprintln!("chaos: a soak runs on PostgreSQL only (--db postgres)");
         return ExitCode::from(2);
     }
-    let mut worst = ExitCode::SUCCESS;
+    // The highest status of the runs: 3 (could not start) over 1 (failed) over 0.
+    let mut worst = 0;
     for db in dbs {
         let dir = args.dir.as_ref().map(|d| {
             if args.db == Dbs::All {
@@ -157,16 +160,13 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
                 d.clone()
             }
         });
-        let code = run_on(&args, db, seed, dir).await;
-        if code != ExitCode::SUCCESS {
-            worst = code;
-        }
+        worst = worst.max(run_on(&args, db, seed, dir).await);
     }
-    worst
+    ExitCode::from(worst)
 }
 
-/// One run of the harness on `db`.
-async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> ExitCode {
+/// One run of the harness on `db`: its exit status.
+async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> u8 {
     let buses: Vec<Bus> = match args.bus {
         Buses::Amqp => vec![Bus::Amqp],
         Buses::Nats => vec![Bus::Nats],
@@ -189,13 +189,16 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> Exit
         Ok(w) => w,
         Err(e) => {
             eprintln!("chaos: cannot start the world: {e}");
-            return ExitCode::from(3);
+            keep(temp);
+            return 3;
         }
     };
     for &bus in &buses {
         if let Err(e) = database::prepare(&world, bus, args.poison).await {
             eprintln!("chaos: cannot prepare the {} database: {e}", bus.name());
-            return ExitCode::from(3);
+            drop(world);
+            keep(temp);
+            return 3;
         }
     }
     let events = dir.join("events.log");
@@ -407,11 +410,13 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> Exit
     healed.extend(failpoints);
     let mut per_bus = BTreeMap::new();
     for (&bus, w) in &workloads {
-        let committed = match database::committed(&world, bus, w).await {
+        let committed = match database::committed(&world, bus, w, true).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("chaos: cannot read the {} database: {e}", bus.name());
-                return ExitCode::from(3);
+                drop(world);
+                keep(temp);
+                return 3;
             }
         };
         let deliveries = consumer::read_all(&w.records);
@@ -420,7 +425,14 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> Exit
         if !verdict.lost_all.is_empty() {
             if let Some(file) = world.brokers[&bus].store_file() {
                 match crate::broker_store::in_tansu_store(&file, &verdict.lost_all).await {
-                    Ok(n) => verdict.lost_but_in_broker_store = Some(n),
+                    Ok(stored) => {
+                        verdict.lost_but_in_broker_store = Some(stored.len());
+                        verdict.lost_unaccounted = verdict
+                            .lost_all
+                            .iter()
+                            .filter(|k| !committed.pending.contains(k) && !stored.contains(k))
+                            .count();
+                    }
                     Err(e) => eprintln!("chaos: cannot read {}: {e}", file.display()),
                 }
             }
@@ -452,6 +464,7 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> Exit
         faults_injected: counts.values().sum(),
         faults: counts,
         lost: sum(|v| v.lost),
+        lost_unaccounted: sum(|v| v.lost_unaccounted),
         phantom: sum(|v| v.phantom),
         duplicates: sum(|v| v.duplicates),
         id_mismatches: sum(|v| v.id_mismatches),
@@ -488,14 +501,19 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> Exit
                 t.keep().display()
             );
         }
-        ExitCode::SUCCESS
+        0
     } else {
-        if let Some(t) = temp {
-            // Kept for a look: the servers' logs, the records, the processes' stderr.
-            let kept = t.keep();
-            eprintln!("chaos: FAILED; the run is kept in {}", kept.display());
-        }
-        ExitCode::from(1)
+        keep(temp);
+        1
+    }
+}
+
+/// Keep a failed run's temporary directory for a look: the servers' logs (a server that did
+/// not start says why there), the records, the processes' stderr.
+fn keep(temp: Option<tempfile::TempDir>) {
+    if let Some(t) = temp {
+        let kept = t.keep();
+        eprintln!("chaos: FAILED; the run is kept in {}", kept.display());
     }
 }
 

@@ -2,7 +2,7 @@
 //! of its own, that a test may restart or crash; the shared server on 3306 is never touched.
 //! Its `root` user has no password on 127.0.0.1, as the shared one's.
 
-use crate::postgres::check;
+use crate::postgres::{check, is_root};
 use crate::process::stop_child;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +11,7 @@ use std::time::Duration;
 /// A private server; killed when dropped.
 pub struct PrivateMariadb {
     child: Option<Child>,
-    /// Its directory: `data/`, its socket, its error log.
+    /// Its directory: `data/` and its error log.
     pub dir: PathBuf,
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -22,18 +22,19 @@ impl PrivateMariadb {
     /// `port`.
     pub fn start(dir: &Path, port: u16) -> std::io::Result<PrivateMariadb> {
         std::fs::create_dir_all(dir)?;
-        // `--user=root`: mariadbd refuses to run as root unless told so, and a test may run
-        // as root (CI does); as another user the option is ignored with a warning.
+        let mut install = Command::new("mariadb-install-db");
+        install
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .stdout(Stdio::null());
+        // mariadbd refuses to run as root unless told so, and a test may run as root (CI
+        // does); as another user the install script would chown to root, and fail.
+        if is_root() {
+            install.arg("--user=root");
+        }
         check(
-            Command::new("mariadb-install-db")
-                .arg("--no-defaults")
-                .arg(format!("--datadir={}", dir.join("data").display()))
-                .args([
-                    "--user=root",
-                    "--auth-root-authentication-method=normal",
-                    "--skip-test-db",
-                ])
-                .stdout(Stdio::null()),
+            &mut install,
             "mariadb-install-db (apt-get install mariadb-server)",
         )?;
         let mut server = PrivateMariadb {
@@ -46,20 +47,26 @@ impl PrivateMariadb {
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
-        let child = Command::new("/usr/sbin/mariadbd")
+        let mut server = Command::new("/usr/sbin/mariadbd");
+        server
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.dir.join("data").display()))
+            // In /tmp, not in the data directory: a Unix socket's path has at most 107 bytes,
+            // and a test's directory may be deep. Clients use TCP; the port keeps it unique.
             .arg(format!(
-                "--socket={}",
-                self.dir.join("mariadb.sock").display()
+                "--socket=/tmp/signalbus-mariadb-{}.sock",
+                self.port
             ))
             .arg(format!(
                 "--log-error={}",
                 self.dir.join("error.log").display()
             ))
-            .arg(format!("--port={}", self.port))
+            .arg(format!("--port={}", self.port));
+        if is_root() {
+            server.arg("--user=root");
+        }
+        let child = server
             .args([
-                "--user=root",
                 "--bind-address=127.0.0.1",
                 "--skip-name-resolve",
                 // Small: a test server beside the shared one on a 2-core machine.

@@ -37,7 +37,7 @@ fn bin_dir() -> PathBuf {
     })
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
