@@ -53,10 +53,7 @@ impl PrivateMariadb {
             .arg(format!("--datadir={}", self.dir.join("data").display()))
             // In /tmp, not in the data directory: a Unix socket's path has at most 107 bytes,
             // and a test's directory may be deep. Clients use TCP; the port keeps it unique.
-            .arg(format!(
-                "--socket=/tmp/signalbus-mariadb-{}.sock",
-                self.port
-            ))
+            .arg(format!("--socket={}", self.socket().display()))
             .arg(format!(
                 "--log-error={}",
                 self.dir.join("error.log").display()
@@ -84,6 +81,10 @@ impl PrivateMariadb {
             })?;
         self.child = Some(child);
         Ok(())
+    }
+
+    fn socket(&self) -> PathBuf {
+        PathBuf::from(format!("/tmp/signalbus-mariadb-{}.sock", self.port))
     }
 
     /// The URL of `database` on 127.0.0.1:`port` (this server's port, or a proxy's).
@@ -124,5 +125,7 @@ impl PrivateMariadb {
 impl Drop for PrivateMariadb {
     fn drop(&mut self) {
         self.stop(false);
+        // A killed server leaves its socket file behind.
+        let _ = std::fs::remove_file(self.socket());
     }
 }
