@@ -83,11 +83,21 @@ async fn gives_back<DB: TestBackend>(ordered: bool) {
         .await
         .expect("the busy relay's burst reached the broker");
 
-    // The quiet database's relay (lease 2 s, publish timeout 1 s: it waits at most 0.5 s for
+    // The quiet database's relay (lease 6 s, publish timeout 5 s: it waits at most 0.5 s for
     // a turn) claims its rows and waits behind it; another flusher, taking no turns, sends
     // the rows it gives back.
     let waiting = MemoryPublisher::new();
-    let quiet = on_pool(db.pool.clone(), waiting.clone()).await;
+    // A lease far longer than the patience, so that rows given back (after 0.5 s) and rows
+    // left to their lease (6 s) stay apart on a loaded machine.
+    let quiet = SignalBus::builder(db.pool.clone())
+        .publisher(waiting.clone())
+        .register::<Keyed>()
+        .autoflush(false)
+        .publish_timeout(Duration::from_secs(5))
+        .lease(Duration::from_secs(6))
+        .build()
+        .unwrap();
+    quiet.migrate().await.unwrap();
     write(&quiet, 0..PER_KEY).await;
     let relay = poll(quiet.relay()).start().await.unwrap();
     // Its burst claims, then waits.
@@ -101,7 +111,7 @@ async fn gives_back<DB: TestBackend>(ordered: bool) {
     let started = Instant::now();
     drain(&db, &flusher, ordered).await;
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
+        started.elapsed() < Duration::from_secs(4),
         "the rows came back before their lease ended ({:?})",
         started.elapsed()
     );
