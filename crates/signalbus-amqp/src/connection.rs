@@ -61,19 +61,44 @@ pub(crate) async fn bounded<T>(
     })
 }
 
-/// Open a connection and a confirm channel.
+/// Open a connection and its confirm channels: to the first node of the URL that answers,
+/// starting one further along at each new connection, so that a cluster's clients spread
+/// and a node that went away is tried last.
 pub(crate) async fn open(
     options: &AmqpOptions,
     generation: u64,
 ) -> Result<Arc<Live>, PublishError> {
-    let url = url::Url::parse(&options.uri).expect("validated by AmqpOptions::from_url");
+    let nodes = options.uris.len();
+    // Generations count from 1: the first connection goes to the first node listed.
+    let first = usize::try_from(generation.saturating_sub(1)).unwrap_or_default() % nodes;
+    let mut failed = None;
+    for uri in options.uris.iter().cycle().skip(first).take(nodes) {
+        match open_on(options, uri, generation).await {
+            Ok(live) => return Ok(live),
+            Err(e) => {
+                if nodes > 1 {
+                    tracing::info!(error = %e, "RabbitMQ node unusable; trying the next one");
+                }
+                failed = Some(e);
+            }
+        }
+    }
+    Err(failed.expect("a URL names at least one node"))
+}
+
+async fn open_on(
+    options: &AmqpOptions,
+    uri: &str,
+    generation: u64,
+) -> Result<Arc<Live>, PublishError> {
+    let url = url::Url::parse(uri).expect("validated by AmqpOptions::from_url");
     let shown = &options.display;
     let name = options.app_id.clone().unwrap_or_else(|| "signalbus".into());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let connection = bounded(options.timeout, "connecting", async {
         DefaultConnectionBuilder::new()
             .map_err(|e| connect_error(e, shown, &url))?
-            .with_uri_str(options.uri.clone())
+            .with_uri_str(uri.to_owned())
             .with_properties(properties)
             .with_tls_config(options.tls.clone())
             .connect()

@@ -12,7 +12,9 @@
 //!   acknowledges what they finished. A message whose handler never ran stays with RabbitMQ,
 //!   which delivers it again.
 //!
-//! When the connection fails, [`consume`] returns the error; to run on, connecting again
+//! When the connection fails, [`consume`] returns the error — also when lapin does not say
+//! so: the channel's state is looked at every second, and an acknowledgement that takes
+//! over 10 s fails the session; to run on, connecting again
 //! with backoff, run it in [`signalbus_core::consume::reconnecting`], which opens a new
 //! session (connection and all) after each failure and hands it the shutdown.
 //!
@@ -39,6 +41,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use signalbus_core::consume::Handlers;
 use std::future::Future;
+use std::time::Duration;
 
 /// How [`consume`] subscribes.
 #[derive(Debug, Clone)]
@@ -78,6 +81,32 @@ impl ConsumerOptions {
 
 pub use signalbus_core::consume::ConsumeReport;
 
+/// How often [`consume`] looks at its channel's state.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// The longest an acknowledgement (ack, nack, cancel) may take before the connection is
+/// taken for broken.
+const ACK_LIMIT: Duration = Duration::from_secs(10);
+
+/// The error of a session whose channel is no longer connected.
+fn broken() -> lapin::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the RabbitMQ channel is no longer connected (the connection broke)",
+    )
+    .into()
+}
+
+/// `ack`, or a timeout error after [`ACK_LIMIT`].
+async fn bounded<T>(ack: impl Future<Output = Result<T, lapin::Error>>) -> Result<T, lapin::Error> {
+    tokio::time::timeout(ACK_LIMIT, ack).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("RabbitMQ took no acknowledgement within {ACK_LIMIT:?}: the connection is taken for broken"),
+        )
+        .into())
+    })
+}
+
 /// Consume `queue` on `channel` until `shutdown` resolves: every delivery goes to `handler`,
 /// and is acknowledged when it returns `Ok` and rejected with requeue when it returns `Err`
 /// (see the [module documentation](self)). Fails when the subscription cannot be made or the
@@ -108,18 +137,33 @@ where
     let tag = deliveries.tag();
     let mut handlers = Handlers::new(options.concurrency);
     let mut shutdown = std::pin::pin!(shutdown);
-    let failure = loop {
-        let slot = tokio::select! {
-            slot = handlers.slot() => slot,
-            _ = &mut shutdown => break None,
+    // lapin does not always end the delivery stream, nor answer an ack, after the
+    // connection broke (the session would then wait for ever and never reconnect): the
+    // channel's state is looked at every second, and every ack is bounded.
+    let mut watch = tokio::time::interval(WATCH_EVERY);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let failure = 'session: loop {
+        let slot = loop {
+            tokio::select! {
+                slot = handlers.slot() => break slot,
+                _ = &mut shutdown => break 'session None,
+                _ = watch.tick() => if !channel.status().connected() {
+                    break 'session Some(broken());
+                },
+            }
         };
-        let delivery = tokio::select! {
-            next = deliveries.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => break Some(e),
-                None => break None,
-            },
-            _ = &mut shutdown => break None,
+        let delivery = loop {
+            tokio::select! {
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => break delivery,
+                    Some(Err(e)) => break 'session Some(e),
+                    None => break 'session None,
+                },
+                _ = &mut shutdown => break 'session None,
+                _ = watch.tick() => if !channel.status().connected() {
+                    break 'session Some(broken());
+                },
+            }
         };
         let acker = delivery.acker.clone();
         let work = handler(delivery);
@@ -127,23 +171,22 @@ where
             let outcome = work.await;
             drop(slot);
             match outcome {
-                Ok(()) => acker.ack(BasicAckOptions::default()).await.map(|_| true),
+                Ok(()) => bounded(acker.ack(BasicAckOptions::default())).await.map(|_| true),
                 Err(e) => {
                     tracing::warn!(error = %e, "the handler failed; the message goes back to the queue");
                     let requeue = BasicNackOptions {
                         requeue: true,
                         ..BasicNackOptions::default()
                     };
-                    acker.nack(requeue).await.map(|_| false)
+                    bounded(acker.nack(requeue)).await.map(|_| false)
                 }
             }
         })?;
     };
     if failure.is_none() {
         // No new deliveries; those already sent ahead come back to the queue with the channel.
-        let _ = channel
-            .basic_cancel(tag, BasicCancelOptions::default())
-            .await;
+        let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
+        let _ = tokio::time::timeout(ACK_LIMIT, cancel).await;
     }
     let report = handlers.finish().await?;
     match failure {

@@ -19,6 +19,13 @@
 //! * an **error** for the whole call, with nothing stored: the connection broke, or RabbitMQ
 //!   did not answer within `timeout_ms`. The publisher reconnects on the next batch.
 //!
+//! A cluster: list its nodes, comma-separated —
+//! `amqp://user:password@host1:5672,host2:5672,host3:5672/%2f` — and each new connection
+//! goes to the first that answers, starting one node further along each time. Declare the
+//! queues as quorum queues (`x-queue-type: quorum`) so that a confirmed message survives a
+//! node: RabbitMQ confirms a message on a quorum queue once a majority of its replicas wrote
+//! it.
+//!
 //! # Logs
 //! lapin logs every returned message at `warn`, target `lapin::returned_messages` ("Server
 //! returned us a message"), in its `Debug` form: the **body** (as bytes) and every property

@@ -1,7 +1,7 @@
 //! The bus URL: lapin's AMQP URI plus signalbus' own query parameters.
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use signalbus_core::redact::redact_url;
+use signalbus_core::redact::{redact_url, split_hosts};
 use signalbus_core::{Error, Result};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -18,8 +18,9 @@ const LAPIN_PARAMS: [&str; 5] = [
 /// How the AMQP publisher connects and publishes; usually parsed from the bus URL.
 #[derive(Clone)]
 pub struct AmqpOptions {
-    /// The URI handed to lapin (the bus URL without signalbus' parameters).
-    pub(crate) uri: String,
+    /// The URIs handed to lapin (the bus URL without signalbus' parameters), one per node
+    /// of a cluster, in the order the URL lists them.
+    pub(crate) uris: Vec<String>,
     /// The URL with the password masked, for messages.
     pub(crate) display: String,
     /// Publish every message as mandatory, so that RabbitMQ returns a message no queue is
@@ -56,10 +57,13 @@ impl std::fmt::Debug for AmqpOptions {
 
 impl AmqpOptions {
     /// Parse `amqp://user:password@host:port/vhost?params` (or `amqps://`). The vhost is
-    /// percent-encoded: `/` is `%2f`, and an empty path means `/`.
+    /// percent-encoded: `/` is `%2f`, and an empty path means `/`. The nodes of a cluster
+    /// are listed comma-separated — `amqp://user:password@host1:5672,host2:5672/vhost` —
+    /// and tried in turn on every (re)connect.
     pub fn from_url(url: &str) -> Result<Self> {
         let display = redact_url(url);
-        let mut parsed = url::Url::parse(url)
+        let hosts = split_hosts(url);
+        let mut parsed = url::Url::parse(&hosts.first)
             .map_err(|e| Error::Config(format!("bus URL `{display}` is not a valid URL: {e}")))?;
         if !matches!(parsed.scheme(), "amqp" | "amqps") {
             return Err(Error::Config(format!(
@@ -73,7 +77,7 @@ impl AmqpOptions {
             )));
         }
         let mut options = AmqpOptions {
-            uri: String::new(),
+            uris: Vec::new(),
             display: display.clone(),
             mandatory: true,
             mandatory_signals: BTreeSet::new(),
@@ -174,7 +178,26 @@ impl AmqpOptions {
         if parsed.path().is_empty() || parsed.path() == "/" {
             parsed.set_path("/%2f");
         }
-        options.uri = parsed.to_string();
+        options.uris.push(parsed.to_string());
+        for other in &hosts.others {
+            let node = url::Url::parse(&format!("{}://{other}", parsed.scheme()))
+                .ok()
+                .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()) && u.path().is_empty())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "bus URL `{display}`: `{other}` is not a node; list them as \
+                         `amqp://user:password@host1:5672,host2:5672,host3:5672/vhost`"
+                    ))
+                })?;
+            let mut uri = parsed.clone();
+            let host_set = uri.set_host(node.host_str()).is_ok();
+            if !host_set || uri.set_port(node.port()).is_err() {
+                return Err(Error::Config(format!(
+                    "bus URL `{display}`: `{other}` is not a node"
+                )));
+            }
+            options.uris.push(uri.to_string());
+        }
         Ok(options)
     }
 
@@ -241,10 +264,25 @@ mod tests {
         assert_eq!(o.app_id.as_deref(), Some("svc"));
         assert_eq!(o.timeout.as_millis(), 250);
         assert!(o.is_mandatory("a") && o.mandatory_signals.contains("b"));
-        assert_eq!(o.uri, "amqp://u:secret@h:5672/%2f?heartbeat=10");
+        assert_eq!(o.uris, ["amqp://u:secret@h:5672/%2f?heartbeat=10"]);
         assert!(!format!("{o:?}").contains("secret"));
         let o = AmqpOptions::from_url("amqp://h").unwrap();
-        assert_eq!(o.uri, "amqp://h/%2f");
+        assert_eq!(o.uris, ["amqp://h/%2f"]);
+        let o =
+            AmqpOptions::from_url("amqp://u:secret@a:1,b,c:3/v?heartbeat=5&timeout_ms=9").unwrap();
+        assert_eq!(
+            o.uris,
+            [
+                "amqp://u:secret@a:1/v?heartbeat=5",
+                "amqp://u:secret@b/v?heartbeat=5",
+                "amqp://u:secret@c:3/v?heartbeat=5"
+            ]
+        );
+        assert!(!format!("{o:?}").contains("secret"));
+        for bad in ["amqp://u:secret@a,", "amqp://u:secret@a,b:port/v"] {
+            let e = AmqpOptions::from_url(bad).unwrap_err().to_string();
+            assert!(!e.contains("secret") && e.contains("not a node"), "{e}");
+        }
         assert!(
             o.persistent && o.is_mandatory("a"),
             "unroutable is refused by default"

@@ -395,6 +395,47 @@ async fn a_broken_connection_fails_the_whole_call() {
     fx.cleanup().await;
 }
 
+/// A URL naming several nodes: a node that does not answer is skipped, and when the node in
+/// use goes away the publisher reconnects to another (each node here is a proxy to the
+/// shared broker, so every message lands in one queue).
+#[tokio::test]
+async fn a_cluster_url_skips_a_dead_node_and_fails_over() {
+    let fx = Fixture::new("k", FieldTable::default()).await;
+    let dead = signalbus_testkit::nats::free_port();
+    let (a, node_a) = cuttable_proxy().await;
+    let (b, _node_b) = cuttable_proxy().await;
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{dead},127.0.0.1:{a},127.0.0.1:{b}/%2f?timeout_ms=2000"
+    );
+    let publisher = AmqpPublisher::connect(&url).await.unwrap();
+    publisher
+        .publish(&[message(&fx.exchange, "k", 1, &[])])
+        .await
+        .expect("the first node is dead: the second takes the connection");
+    node_a.abort();
+    let _ = node_a.await;
+    let mut sent = 1;
+    for n in 2..8 {
+        match publisher
+            .publish(&[message(&fx.exchange, "k", n, &[])])
+            .await
+        {
+            Ok(outcome) => {
+                assert!(outcome.is_all_stored(), "{outcome:?}");
+                sent += 1;
+                if sent == 3 {
+                    break;
+                }
+            }
+            Err(e) => assert!(e.is_retryable(), "{e}"),
+        }
+    }
+    assert_eq!(sent, 3, "the publisher did not move to the third node");
+    let drained = fx.drain().await.len();
+    assert!(drained >= sent, "{drained} drained, {sent} confirmed");
+    fx.cleanup().await;
+}
+
 #[tokio::test]
 async fn bad_urls_say_which_part_is_wrong_without_the_password() {
     let cases = [

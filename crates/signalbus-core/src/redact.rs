@@ -1,9 +1,64 @@
 //! Keeps credentials out of messages and logs.
 
+/// A bus URL that names several servers of one cluster, comma-separated after the
+/// credentials: `scheme://[user:password@]host1:port1,host2:port2[/path][?query]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostList {
+    /// The URL with the first server only, which [`url::Url`] parses.
+    pub first: String,
+    /// The other servers as written (`host:port`), in order.
+    pub others: Vec<String>,
+}
+
+/// Split the servers of `url` (see [`HostList`]); a URL naming one server has no `others`.
+pub fn split_hosts(url: &str) -> HostList {
+    let one = || HostList {
+        first: url.to_owned(),
+        others: Vec::new(),
+    };
+    let Some(start) = url.find("://").map(|at| at + 3) else {
+        return one();
+    };
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |at| start + at);
+    let authority = &url[start..end];
+    let hosts_at = authority.rfind('@').map_or(start, |at| start + at + 1);
+    let mut hosts = url[hosts_at..end].split(',');
+    let first = hosts.next().unwrap_or_default();
+    let others: Vec<String> = hosts.map(str::to_owned).collect();
+    if others.is_empty() {
+        return one();
+    }
+    HostList {
+        first: format!("{}{first}{}", &url[..hosts_at], &url[end..]),
+        others,
+    }
+}
+
 /// `url` with its password (and any `password=` query value) replaced by `***`, for error
 /// messages and logs. Text that does not parse as a URL is returned with anything between
-/// `://` and `@` masked.
+/// `://` and `@` masked. A URL naming several servers ([`HostList`]) keeps them all.
 pub fn redact_url(url: &str) -> String {
+    let hosts = split_hosts(url);
+    if !hosts.others.is_empty() {
+        let first = redact_one(&hosts.first);
+        // Put the other servers back after the first one, where they were.
+        let at = first.find("://").map_or(0, |s| s + 3);
+        let end = first[at..]
+            .find(['/', '?', '#'])
+            .map_or(first.len(), |e| at + e);
+        return format!(
+            "{},{}{}",
+            &first[..end],
+            hosts.others.join(","),
+            &first[end..]
+        );
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.has_host() => {
             if parsed.password().is_some() {
@@ -36,7 +91,7 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, split_hosts};
 
     #[test]
     fn passwords_never_survive() {
@@ -51,5 +106,23 @@ mod tests {
         assert!(!redact_url("mysql://u:p@h/db?password=zz&x=1").contains("zz"));
         assert!(!redact_url("weird://u:p@@[bad").contains("u:p"));
         assert_eq!(redact_url("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
+    }
+
+    #[test]
+    fn several_servers() {
+        let hosts = split_hosts("nats://u:p@a:1,b:2,c/?x=1");
+        assert_eq!(hosts.first, "nats://u:p@a:1/?x=1");
+        assert_eq!(hosts.others, ["b:2", "c"]);
+        assert_eq!(split_hosts("nats://a:1?x=1").others, Vec::<String>::new());
+        assert_eq!(split_hosts("sqlite:/x,y").others, Vec::<String>::new());
+        assert_eq!(
+            redact_url("nats://u:s3cret@a:1,b:2?token=t0k&x=1"),
+            "nats://u:***@a:1,b:2?token=***&x=1"
+        );
+        assert_eq!(
+            redact_url("amqp://u:s3cret@a:1,b:2/%2f"),
+            "amqp://u:***@a:1,b:2/%2f"
+        );
+        assert_eq!(redact_url("nats://a:1,b:2"), "nats://a:1,b:2");
     }
 }

@@ -20,6 +20,13 @@
 //! The client reconnects by itself after the server went away; batches published while it
 //! is away fail (timeout or broken pipe) and are sent again by a later flush.
 //!
+//! A cluster: list its servers, comma-separated —
+//! `nats://user:password@host1:4222,host2:4222,host3:4222` — and the client connects to
+//! any that answers and moves to another when its server goes away (it also learns the
+//! cluster's other members from the servers, unless they run with `no_advertise`). Give a
+//! stream several replicas (`num_replicas: 3`) so that an acknowledged message survives a
+//! server; with one replica a message is acknowledged by one server alone.
+//!
 //! # URL query parameters
 //! | parameter | default | meaning |
 //! |---|---|---|

@@ -1,6 +1,6 @@
 //! The bus URL of the NATS publisher.
 
-use signalbus_core::redact::redact_url;
+use signalbus_core::redact::{redact_url, split_hosts};
 use signalbus_core::{Error, Result};
 use std::time::Duration;
 
@@ -16,8 +16,8 @@ pub enum SubjectFrom {
 /// How the NATS publisher connects; usually parsed from the bus URL.
 #[derive(Clone)]
 pub struct NatsOptions {
-    /// `nats://[user:password@]host:port` without the query.
-    pub(crate) server: String,
+    /// `nats://host:port` of each server, credentials and query left out.
+    pub(crate) servers: Vec<String>,
     pub(crate) display: String,
     pub(crate) token: Option<String>,
     /// User and password from the URL, percent-decoded.
@@ -42,9 +42,11 @@ impl std::fmt::Debug for NatsOptions {
 }
 
 impl NatsOptions {
-    /// Parse `nats://[user:password@]host[:port][?params]`.
+    /// Parse `nats://[user:password@]host[:port][,host2[:port2]…][?params]`: several servers
+    /// of one cluster, comma-separated, are tried in turn and on every reconnect.
     pub fn from_url(url: &str) -> Result<Self> {
-        let mut parsed = url::Url::parse(url).map_err(|e| {
+        let hosts = split_hosts(url);
+        let mut parsed = url::Url::parse(&hosts.first).map_err(|e| {
             Error::Config(format!(
                 "bus URL `{}` is not a valid URL: {e}",
                 redact_url(url)
@@ -71,7 +73,7 @@ impl NatsOptions {
             )));
         }
         let mut options = NatsOptions {
-            server: String::new(),
+            servers: Vec::new(),
             display: display.clone(),
             token: None,
             user_password: None,
@@ -152,7 +154,21 @@ impl NatsOptions {
         let _ = parsed.set_username("");
         let _ = parsed.set_password(None);
         parsed.set_query(None);
-        options.server = parsed.to_string();
+        options.servers.push(parsed.to_string());
+        for other in &hosts.others {
+            let server = format!("nats://{other}");
+            match url::Url::parse(&server) {
+                Ok(u) if u.host_str().is_some_and(|h| !h.is_empty()) && u.path().is_empty() => {
+                    options.servers.push(server);
+                }
+                _ => {
+                    return Err(Error::Config(format!(
+                        "bus URL `{display}`: `{other}` is not a server; list them as \
+                         `nats://user:password@host1:4222,host2:4222,host3:4222`"
+                    )));
+                }
+            }
+        }
         Ok(options)
     }
 
@@ -176,7 +192,7 @@ mod tests {
         let o = NatsOptions::from_url("nats://u:secret@h:4222?timeout_ms=50&name=svc").unwrap();
         assert_eq!(o.timeout, Duration::from_millis(50));
         assert_eq!(o.name, "svc");
-        assert_eq!(o.server, "nats://h:4222");
+        assert_eq!(o.servers, ["nats://h:4222"]);
         assert_eq!(o.user_password, Some(("u".to_owned(), "secret".to_owned())));
         let o = NatsOptions::from_url("nats://u%40x:p%2Fw+1&a=b%25@h").unwrap();
         assert_eq!(
@@ -185,10 +201,15 @@ mod tests {
         );
         let o = NatsOptions::from_url("nats://s3cr3t-tok@h:4222").unwrap();
         assert_eq!(o.token.as_deref(), Some("s3cr3t-tok"));
-        assert_eq!(o.server, "nats://h:4222");
+        assert_eq!(o.servers, ["nats://h:4222"]);
         assert!(!format!("{o:?}").contains("s3cr3t"));
         assert!(!format!("{o:?}").contains("secret"));
         assert_eq!(o.subject("orders", Some("placed")), "orders.placed");
+        let o = NatsOptions::from_url("nats://u:secret@a:1,b:2,c?name=n").unwrap();
+        assert_eq!(o.servers, ["nats://a:1", "nats://b:2", "nats://c"]);
+        assert_eq!(o.name, "n");
+        assert!(format!("{o:?}").contains("a:1,b:2,c"));
+        assert!(!format!("{o:?}").contains("secret"));
         let o = NatsOptions::from_url("nats://h?subject=destination").unwrap();
         assert_eq!(o.subject("orders", Some("placed")), "orders");
         for bad in [
@@ -199,6 +220,8 @@ mod tests {
             "nats://:secret@h",
             "nats://secret@h?token=t",
             "nats://u:%FFsecret@h",
+            "nats://u:secret@h,",
+            "nats://u:secret@h,b:port",
         ] {
             let e = NatsOptions::from_url(bad).unwrap_err().to_string();
             assert!(!e.contains("secret") && e.contains("bus URL"), "{e}");

@@ -47,7 +47,7 @@ impl NatsPublisher {
         if let Some((user, password)) = &options.user_password {
             connect = connect.user_and_password(user.clone(), password.clone());
         }
-        let client = connect.connect(options.server.as_str()).await.map_err(|e| {
+        let client = connect.connect(options.servers.as_slice()).await.map_err(|e| {
             use async_nats::ConnectErrorKind as K;
             let shown = &options.display;
             let message = match e.kind() {

@@ -332,3 +332,79 @@ async fn a_message_over_the_servers_max_payload_is_refused_alone() {
     assert!(outcome.refused()[0].permanent, "{outcome:?}");
     server.stop();
 }
+
+/// A three-node cluster with a stream of three replicas, the URL naming every node: when the
+/// node the client is connected to is killed, the publisher goes on through another, and
+/// every message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_url_fails_over_when_its_node_is_killed() {
+    use signalbus_testkit::nats::cluster_args;
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut servers: Vec<Option<PrivateServer>> = Vec::new();
+    for (n, &port) in ports.iter().enumerate() {
+        let args = cluster_args(n, &cluster_ports, None);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let store = dir.path().join(format!("n{n}"));
+        std::fs::create_dir_all(&store).unwrap();
+        let server = PrivateServer::start_with(port, &store, &args);
+        server.wait_ready().await;
+        servers.push(Some(server));
+    }
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let url = format!("nats://{}?timeout_ms=2000", hosts.join(","));
+    let publisher = NatsPublisher::connect(&url).await.unwrap();
+    let js = jetstream::new(publisher.client().clone());
+    let root = unique("sbtest");
+    let config = stream::Config {
+        name: "CLUSTERED".into(),
+        subjects: vec![format!("{root}.>")],
+        num_replicas: 3,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    // A new cluster elects its meta leader first.
+    let mut created = None;
+    for _ in 0..60 {
+        if let Ok(s) = js.create_stream(config.clone()).await {
+            created = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut stream = created.expect("the cluster elects a leader and takes an R3 stream");
+    let first: Vec<Message> = (0..20).map(|n| message(&root, n)).collect();
+    publisher.publish(&first).await.unwrap();
+
+    // Kill the node this client talks to.
+    let connected = publisher.client().server_info().port;
+    let at = ports
+        .iter()
+        .position(|p| *p == connected)
+        .expect("connected to a node of the URL");
+    servers[at].take().unwrap().stop();
+    let second: Vec<Message> = (20..40).map(|n| message(&root, n)).collect();
+    let mut sent = false;
+    for _ in 0..60 {
+        if publisher.publish(&second).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(sent, "the publisher did not move to another node");
+    assert_ne!(publisher.client().server_info().port, connected);
+    let mut stored = 0;
+    for _ in 0..40 {
+        stored = stream.info().await.unwrap().state.messages;
+        if stored == 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        stored, 40,
+        "every message stored once, through the surviving nodes"
+    );
+}
