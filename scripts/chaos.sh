@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The fault-injection harness (docs/reliability.md):
-#   scripts/chaos.sh --seconds N [--seed S] [--bus amqp|nats|kafka|all]
-#                    [--db postgres|mysql|sqlite|all] [--dir D]
+#   scripts/chaos.sh --seconds N [--seed S] [--bus amqp|nats|kafka|redis|webhook|all|a,b…]
+#                    [--db postgres|mysql|sqlite|all] [--cluster] [--capture wal] [--dir D]
 #   scripts/chaos.sh --soak --minutes N [--bus …]   (a long steady run, sampled and plotted)
 # starts a world of its own — a private PostgreSQL cluster or MariaDB server (or SQLite files),
-# RabbitMQ node, nats-server and tansu, each behind a fault-injecting proxy; the machine's
-# shared services are not touched —
+# RabbitMQ node, nats-server, tansu and redis-server (with --cluster three-node RabbitMQ and
+# NATS clusters), each behind a fault-injecting proxy; the machine's shared services are not
+# touched —
 # runs writers, relays and a recording consumer per bus, injects faults drawn from the seed
 # for N seconds, heals, drains and checks. Prints one JSON line per database; exits 1 when a signal was
 # lost, delivered out of order or delivered without a commit. `--bus all` (the default) runs
-# the three buses at once; `--db all` runs PostgreSQL, MariaDB and SQLite one after the other
+# the five buses at once; `--db all` runs PostgreSQL, MariaDB and SQLite one after the other
 # (default: PostgreSQL). `signalbus-chaos run --help` lists the other settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ if [[ " $* " == *" --db mysql "* || " $* " == *" --db all "* || " $* " == *" --d
     [ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db >/dev/null || missing+=("mariadbd and mariadb-install-db (Debian package mariadb-server)")
 fi
 command -v nats-server >/dev/null || missing+=("nats-server (Debian package nats-server)")
+command -v redis-server >/dev/null || missing+=("redis-server (Debian package redis-server)")
 command -v kill >/dev/null || missing+=("kill (Debian package procps)")
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=("the DejaVu font for the soak's plot (Debian package fonts-dejavu-core)")
 if [ ${#missing[@]} -gt 0 ]; then

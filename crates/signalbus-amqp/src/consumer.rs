@@ -87,6 +87,13 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// taken for broken.
 const ACK_LIMIT: Duration = Duration::from_secs(10);
 
+/// Whether `channel` is gone: neither connected nor being recovered by lapin (for those who
+/// turned lapin's own recovery on).
+fn lost(channel: &lapin::Channel) -> bool {
+    let status = channel.status();
+    !status.connected() && !status.reconnecting()
+}
+
 /// The error of a session whose channel is no longer connected.
 fn broken() -> lapin::Error {
     std::io::Error::new(
@@ -147,7 +154,7 @@ where
             tokio::select! {
                 slot = handlers.slot() => break slot,
                 _ = &mut shutdown => break 'session None,
-                _ = watch.tick() => if !channel.status().connected() {
+                _ = watch.tick() => if lost(channel) {
                     break 'session Some(broken());
                 },
             }
@@ -160,7 +167,7 @@ where
                     None => break 'session None,
                 },
                 _ = &mut shutdown => break 'session None,
-                _ = watch.tick() => if !channel.status().connected() {
+                _ = watch.tick() => if lost(channel) {
                     break 'session Some(broken());
                 },
             }

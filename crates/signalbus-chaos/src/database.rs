@@ -184,3 +184,37 @@ async fn read_committed<D: HarnessDb>(
     pool.close().await;
     result
 }
+
+/// With `--capture wal`: wait until `bus`' relays stream from the WAL — an active replication
+/// slot for each relay group (the ordered one and the plain one) — or say why not after
+/// `limit`. A relay that cannot capture goes on in table mode, and the run would then test
+/// less than it says.
+pub async fn wal_streaming(
+    world: &World,
+    bus: Bus,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    use sqlx::Connection;
+    let began = std::time::Instant::now();
+    let mut active = 0;
+    while began.elapsed() < limit {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&world.direct_db_url(bus)).await {
+            active = sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_replication_slots \
+                 WHERE database = current_database() AND active",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0);
+            if active >= 2 {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Err(format!(
+        "the {} relays do not stream from the WAL: {active} of 2 replication slots active \
+         after {limit:?} (see the relays' logs)",
+        bus.name()
+    ))
+}

@@ -40,10 +40,16 @@ pub enum Fault {
     PartitionDb,
     /// Nothing passes to or from the broker for 10 s.
     PartitionBroker,
+    /// A node of a clustered broker frozen (SIGSTOP) for 10 s: to its clients and its peers
+    /// alike a node partitioned away (drawn only for a cluster).
+    FreezeBrokerNode,
+    /// An administrator drops the bus' replication slots under the streaming relays (their
+    /// walsenders terminated first; drawn only with `--capture wal`).
+    DropSlot,
 }
 
 /// How often each fault is drawn, relative to the others.
-const WEIGHTS: [(Fault, u32); 13] = [
+const WEIGHTS: [(Fault, u32); 15] = [
     (Fault::KillWriter, 10),
     (Fault::KillRelay, 12),
     (Fault::KillConsumer, 6),
@@ -57,6 +63,8 @@ const WEIGHTS: [(Fault, u32); 13] = [
     (Fault::LatencyBroker, 4),
     (Fault::PartitionDb, 3),
     (Fault::PartitionBroker, 3),
+    (Fault::FreezeBrokerNode, 4),
+    (Fault::DropSlot, 4),
 ];
 
 impl Fault {
@@ -75,6 +83,8 @@ impl Fault {
             Fault::LatencyBroker => "broker_latency_200ms",
             Fault::PartitionDb => "db_partition_10s",
             Fault::PartitionBroker => "broker_partition_10s",
+            Fault::FreezeBrokerNode => "broker_node_frozen_10s",
+            Fault::DropSlot => "wal_slot_dropped",
         }
     }
 
@@ -101,16 +111,45 @@ impl Fault {
         )
     }
 
-    pub fn draw(rng: &mut impl Rng) -> Fault {
-        let total: u32 = WEIGHTS.iter().map(|(_, w)| w).sum();
+    /// Whether it hits a bus' broker (one node of a cluster).
+    pub fn hits_a_broker(self) -> bool {
+        matches!(
+            self,
+            Fault::BrokerRestart
+                | Fault::BrokerKill
+                | Fault::CutBroker
+                | Fault::LatencyBroker
+                | Fault::PartitionBroker
+                | Fault::FreezeBrokerNode
+        )
+    }
+
+    /// A fault drawn by weight among those `available` in this run. The faults of an option
+    /// (a cluster's frozen node, WAL capture's dropped slot) are in the draw only when the
+    /// run has it, so that a run without it draws the same schedule from a seed as before.
+    pub fn draw(rng: &mut impl Rng, available: impl Fn(Fault) -> bool) -> Fault {
+        let weights: Vec<(Fault, u32)> = WEIGHTS
+            .into_iter()
+            .filter(|(fault, _)| available(*fault))
+            .collect();
+        let total: u32 = weights.iter().map(|(_, w)| w).sum();
         let mut at = rng.random_range(0..total);
-        for (fault, weight) in WEIGHTS {
+        for (fault, weight) in weights {
             if at < weight {
                 return fault;
             }
             at -= weight;
         }
         unreachable!("the weights cover the range")
+    }
+
+    /// Whether a run in `world` can inject it at all.
+    pub fn available_in(self, world: &World) -> bool {
+        match self {
+            Fault::FreezeBrokerNode => world.brokers.values().any(|b| b.nodes() > 1),
+            Fault::DropSlot => world.capture_wal,
+            _ => true,
+        }
     }
 }
 
@@ -119,14 +158,32 @@ pub fn target(fault: Fault, buses: &[Bus], rng: &mut impl Rng) -> Option<Bus> {
     (!fault.everywhere()).then(|| buses[rng.random_range(0..buses.len())])
 }
 
-/// Inject `fault` (on `bus`, when it is not the database's) and wait until it is over.
+/// Whether `fault` can hit `bus` in `world` (a node can be frozen only in a cluster).
+pub fn applies(fault: Fault, bus: Option<Bus>, world: &World) -> bool {
+    match (fault, bus) {
+        (Fault::FreezeBrokerNode, Some(bus)) => world.brokers[&bus].nodes() > 1,
+        (Fault::FreezeBrokerNode, None) => false,
+        // The webhook's receiver is the consumer: `kill_consumer` kills it.
+        (Fault::BrokerRestart | Fault::BrokerKill, Some(bus)) => world.brokers[&bus].has_server(),
+        _ => true,
+    }
+}
+
+/// Inject `fault` (on `bus`, when it is not the database's) and wait until it is over. A
+/// broker fault hits one node of a cluster, drawn at random: the node it hit is returned.
 pub async fn inject(
     fault: Fault,
     bus: Option<Bus>,
     world: &mut World,
     workloads: &BTreeMap<Bus, Workload>,
     rng: &mut StdRng,
-) {
+) -> Option<usize> {
+    let node = bus
+        .filter(|_| fault.hits_a_broker())
+        .map(|b| world.brokers[&b].nodes())
+        .filter(|&nodes| nodes > 1)
+        .map(|nodes| rng.random_range(0..nodes));
+    let n = node.unwrap_or(0);
     let pick = |slots: &[crate::supervisor::Slot], rng: &mut StdRng| {
         rng.random_range(0..slots.len().max(1))
     };
@@ -148,17 +205,17 @@ pub async fn inject(
                 .get_mut(&bus.expect("a bus"))
                 .expect("its broker");
             let graceful = fault == Fault::BrokerRestart;
-            tokio::task::block_in_place(|| broker.stop(graceful));
+            tokio::task::block_in_place(|| broker.stop_node(n, graceful));
             let down = if graceful {
                 500
             } else {
                 rng.random_range(1000..3000)
             };
             tokio::time::sleep(Duration::from_millis(down)).await;
-            if let Err(e) = tokio::task::block_in_place(|| broker.start_again()) {
+            if let Err(e) = tokio::task::block_in_place(|| broker.start_node_again(n)) {
                 eprintln!("chaos: cannot restart the broker: {e}");
             }
-            broker.wait_ready().await;
+            broker.wait_node_ready(n).await;
         }
         Fault::DbRestart | Fault::DbCrash => {
             let restarted = tokio::task::block_in_place(|| {
@@ -174,11 +231,11 @@ pub async fn inject(
             world.db.wait_ready().await;
         }
         Fault::CutDb => world.db.proxy().expect("a database server").cut(),
-        Fault::CutBroker => world.brokers[&bus.expect("a bus")].proxy.cut(),
+        Fault::CutBroker => world.brokers[&bus.expect("a bus")].proxy(n).cut(),
         Fault::LatencyDb | Fault::LatencyBroker => {
             let proxy = match bus {
                 None => world.db.proxy().expect("a database server"),
-                Some(b) => &world.brokers[&b].proxy,
+                Some(b) => world.brokers[&b].proxy(n),
             };
             proxy.set_latency(Duration::from_millis(200));
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -187,11 +244,67 @@ pub async fn inject(
         Fault::PartitionDb | Fault::PartitionBroker => {
             let proxy = match bus {
                 None => world.db.proxy().expect("a database server"),
-                Some(b) => &world.brokers[&b].proxy,
+                Some(b) => world.brokers[&b].proxy(n),
             };
             proxy.set_partitioned(true);
             tokio::time::sleep(Duration::from_secs(10)).await;
             proxy.set_partitioned(false);
         }
+        Fault::DropSlot => {
+            let url = world.direct_db_url(bus.expect("a bus"));
+            if let Err(e) = drop_slots(&url).await {
+                eprintln!("chaos: cannot drop the replication slots: {e}");
+            }
+        }
+        Fault::FreezeBrokerNode => {
+            let broker = &world.brokers[&bus.expect("a bus")];
+            if broker.freeze_node(n, true) {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                broker.freeze_node(n, false);
+            }
+        }
+    }
+    node
+}
+
+/// Drop every replication slot of the database at `url`, as an administrator would:
+/// terminate the walsender holding it, then drop it before a standing-by relay takes it
+/// (tried again for up to 5 s while one does).
+async fn drop_slots(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    // The slots there are now: those are dropped (relays that start meanwhile make new ones).
+    let slots: Vec<String> = sqlx::query_scalar(
+        "SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let began = std::time::Instant::now();
+    loop {
+        sqlx::query(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = ANY($1) AND active_pid IS NOT NULL",
+        )
+        .bind(&slots)
+        .execute(&mut conn)
+        .await?;
+        // A slot a relay took again meanwhile is active: not dropped this time round.
+        let _ = sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = ANY($1) AND NOT active",
+        )
+        .bind(&slots)
+        .execute(&mut conn)
+        .await;
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = ANY($1)",
+        )
+        .bind(&slots)
+        .fetch_one(&mut conn)
+        .await?;
+        if left == 0 || began.elapsed() > Duration::from_secs(5) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

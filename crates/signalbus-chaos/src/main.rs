@@ -9,6 +9,7 @@
 //! delivered without being committed.
 #![forbid(unsafe_code)]
 
+mod broker;
 mod broker_store;
 mod check;
 mod database;

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,16 @@ pub enum Buses {
     Amqp,
     Nats,
     Kafka,
+    Redis,
+    Webhook,
     All,
+}
+
+/// How the relays learn of new signals besides their table scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Capture {
+    /// Logical replication (the library's WAL capture mode).
+    Wal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,9 +54,10 @@ pub struct RunArgs {
     /// The seed of the fault schedule and the workload (printed; default: random).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Which buses run (`all`: the three at once, in one world).
-    #[arg(long, value_enum, default_value = "all")]
-    pub bus: Buses,
+    /// Which buses run, at once in one world: one, a comma-separated list (`amqp,nats`) or
+    /// `all` (the five).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub bus: Vec<Buses>,
     /// Where the world lives (servers' data, logs, the consumers' records); default: a new
     /// temporary directory, removed after a run that passed.
     #[arg(long)]
@@ -75,6 +85,18 @@ pub struct RunArgs {
     /// with `samples.jsonl` and `soak.png`.
     #[arg(long)]
     pub soak: bool,
+    /// NATS and RabbitMQ as clusters of three nodes (a stream of three replicas, a quorum
+    /// queue): broker faults hit one node at a time, and a node may also be frozen (SIGSTOP,
+    /// 10 s: partitioned from clients and peers). Kafka (tansu) stays one node.
+    #[arg(long)]
+    pub cluster: bool,
+    /// The relays capture new signals from PostgreSQL's write-ahead log (`wal`: a logical
+    /// replication slot per relay group, `wal_level=logical` on the private server), besides
+    /// their slower table scans; the run fails unless they stream. Adds the fault
+    /// `wal_slot_dropped` (an administrator drops the slots under the streaming relays).
+    /// PostgreSQL only.
+    #[arg(long, value_enum)]
+    pub capture: Option<Capture>,
     /// The run's length in minutes (instead of `--seconds`).
     #[arg(long)]
     pub minutes: Option<u64>,
@@ -145,6 +167,10 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
         Dbs::Sqlite => vec![Db::Sqlite],
         Dbs::All => Db::ALL.to_vec(),
     };
+    if args.capture.is_some() && dbs != [Db::Postgres] {
+        eprintln!("chaos: --capture wal runs on PostgreSQL only (--db postgres)");
+        return ExitCode::from(2);
+    }
     if args.soak && dbs != [Db::Postgres] {
         // The soak samples PostgreSQL's table statistics (pg_stat_user_tables).
         eprintln!("chaos: a soak runs on PostgreSQL only (--db postgres)");
@@ -153,51 +179,84 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
     // The highest status of the runs: 3 (could not start) over 1 (failed) over 0.
     let mut worst = 0;
     for db in dbs {
-        let dir = args.dir.as_ref().map(|d| {
-            if args.db == Dbs::All {
-                d.join(db.name())
-            } else {
-                d.clone()
+        // The run's directory: the one given (a subdirectory per database for `--db all`),
+        // or a temporary one, removed after a run that passed (a soak's is kept).
+        let (dir, temp) = match &args.dir {
+            Some(d) if args.db == Dbs::All => (d.join(db.name()), None),
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix(&format!("signalbus-chaos-{}-", db.name()))
+                    .tempdir()
+                    .expect("a temporary directory");
+                (t.path().to_owned(), Some(t))
             }
-        });
-        worst = worst.max(run_on(&args, db, seed, dir).await);
+        };
+        // Interrupted (Ctrl-C, SIGTERM): the run's servers and processes are stopped, not
+        // left behind (their owners' destructors when the run is dropped here, and the
+        // runtime's end for the processes), and its directory is kept.
+        let status = tokio::select! {
+            status = run_on(&args, db, seed, &dir) => Some(status),
+            () = crate::terminated() => None,
+        };
+        match status {
+            None => {
+                keep(temp, "interrupted");
+                return ExitCode::from(130);
+            }
+            Some(0) if args.soak => {
+                if let Some(t) = temp {
+                    let kept = t.keep();
+                    eprintln!(
+                        "chaos: the soak's samples and plot are kept in {}",
+                        kept.display()
+                    );
+                }
+            }
+            Some(0) => {}
+            Some(_) => keep(temp, "FAILED"),
+        }
+        worst = worst.max(status.unwrap_or_default());
     }
     ExitCode::from(worst)
 }
 
+impl RunArgs {
+    /// The buses of `--bus`, each once, in the order of [`Bus::ALL`].
+    fn buses(&self) -> Vec<Bus> {
+        let chosen = |bus: Bus| {
+            self.bus.iter().any(|b| {
+                *b == Buses::All
+                    || matches!(
+                        (b, bus),
+                        (Buses::Amqp, Bus::Amqp)
+                            | (Buses::Nats, Bus::Nats)
+                            | (Buses::Kafka, Bus::Kafka)
+                            | (Buses::Redis, Bus::Redis)
+                            | (Buses::Webhook, Bus::Webhook)
+                    )
+            })
+        };
+        Bus::ALL.into_iter().filter(|&bus| chosen(bus)).collect()
+    }
+}
+
 /// One run of the harness on `db`: its exit status.
-async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> u8 {
-    let buses: Vec<Bus> = match args.bus {
-        Buses::Amqp => vec![Bus::Amqp],
-        Buses::Nats => vec![Bus::Nats],
-        Buses::Kafka => vec![Bus::Kafka],
-        Buses::All => Bus::ALL.to_vec(),
-    };
-    let (dir, temp) = match dir {
-        Some(d) => (d, None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix(&format!("signalbus-chaos-{}-", db.name()))
-                .tempdir()
-                .expect("a temporary directory");
-            (t.path().to_owned(), Some(t))
-        }
-    };
+async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: &Path) -> u8 {
+    let buses = args.buses();
     std::fs::create_dir_all(dir.join("logs")).expect("the run directory");
     eprintln!("chaos: {} world in {}", db.name(), dir.display());
-    let mut world = match World::start(&dir, db, &buses).await {
+    let wal = args.capture == Some(Capture::Wal);
+    let mut world = match World::start(&dir, db, &buses, args.cluster, wal).await {
         Ok(w) => w,
         Err(e) => {
             eprintln!("chaos: cannot start the world: {e}");
-            keep(temp);
             return 3;
         }
     };
     for &bus in &buses {
         if let Err(e) = database::prepare(&world, bus, args.poison).await {
             eprintln!("chaos: cannot prepare the {} database: {e}", bus.name());
-            drop(world);
-            keep(temp);
             return 3;
         }
     }
@@ -207,10 +266,19 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> u8 {
         relays: args.relays,
         rate: args.rate,
         failpoints: !args.soak,
+        capture_wal: wal,
     };
     let mut workloads = BTreeMap::new();
     for &bus in &buses {
-        workloads.insert(bus, workload::start(&world, bus, spec, seed, &dir, &events));
+        workloads.insert(bus, workload::start(&world, bus, spec, seed, dir, &events));
+    }
+    if wal {
+        for &bus in &buses {
+            if let Err(e) = database::wal_streaming(&world, bus, Duration::from_secs(60)).await {
+                eprintln!("chaos: {e}");
+                return 3;
+            }
+        }
     }
     eprintln!(
         "chaos: {} s of faults on {:?} over {}",
@@ -267,25 +335,29 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> u8 {
             )
             .await;
         }
-        let fault = loop {
-            let fault = Fault::draw(&mut rng);
+        let (fault, bus) = loop {
+            let fault = Fault::draw(&mut rng, |f| f.available_in(&world));
             let fits = !args.soak || fault.fits_a_soak();
             // SQLite has no server to restart, cut or slow down.
-            if fits && (db.has_server() || !fault.everywhere()) {
-                break fault;
+            if !fits || (!db.has_server() && fault.everywhere()) {
+                continue;
+            }
+            let bus = faults::target(fault, &buses, &mut rng);
+            if faults::applies(fault, bus, &world) {
+                break (fault, bus);
             }
         };
-        let bus = faults::target(fault, &buses, &mut rng);
         let began = now_ms();
-        faults::inject(fault, bus, &mut world, &workloads, &mut rng).await;
+        let node = faults::inject(fault, bus, &mut world, &workloads, &mut rng).await;
         *counts.entry(fault.name().to_owned()).or_default() += 1;
         let ended = now_ms();
         // The schedule as it ran, to read beside the processes' logs.
         let _ = writeln!(
             fault_log,
-            "{began} {ended} {} {}",
+            "{began} {ended} {} {}{}",
             fault.name(),
-            bus.map_or("all", |b| b.name())
+            bus.map_or("all", |b| b.name()),
+            node.map_or_else(String::new, |n| format!(" node {n}"))
         );
         healed.push(Healed {
             kind: fault.name().to_owned(),
@@ -414,8 +486,6 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> u8 {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("chaos: cannot read the {} database: {e}", bus.name());
-                drop(world);
-                keep(temp);
                 return 3;
             }
         };
@@ -492,28 +562,15 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: Option<PathBuf>) -> u8 {
         serde_json::to_string(&summary).expect("a JSON summary")
     );
     drop(world);
-    if passed {
-        if args.soak
-            && let Some(t) = temp
-        {
-            eprintln!(
-                "chaos: the soak's samples and plot are kept in {}",
-                t.keep().display()
-            );
-        }
-        0
-    } else {
-        keep(temp);
-        1
-    }
+    if passed { 0 } else { 1 }
 }
 
-/// Keep a failed run's temporary directory for a look: the servers' logs (a server that did
+/// Keep a failed (or interrupted) run's temporary directory for a look: the servers' logs (a server that did
 /// not start says why there), the records, the processes' stderr.
-fn keep(temp: Option<tempfile::TempDir>) {
+fn keep(temp: Option<tempfile::TempDir>, why: &str) {
     if let Some(t) = temp {
         let kept = t.keep();
-        eprintln!("chaos: FAILED; the run is kept in {}", kept.display());
+        eprintln!("chaos: {why}; the run is kept in {}", kept.display());
     }
 }
 
@@ -544,11 +601,18 @@ async fn watchdog(
     );
     let began = now_ms();
     let broker = world.brokers.get_mut(&bus).expect("its broker");
-    tokio::task::block_in_place(|| broker.stop(false));
-    if let Err(e) = tokio::task::block_in_place(|| broker.start_again()) {
-        eprintln!("chaos: cannot restart the broker: {e}");
+    if !broker.has_server() {
+        // The webhook's receiver is the consumer.
+        w.consumer.kill();
     }
-    broker.wait_ready().await;
+    // One node at a time: a cluster keeps its majority.
+    for n in 0..broker.nodes() {
+        tokio::task::block_in_place(|| broker.stop_node(n, false));
+        if let Err(e) = tokio::task::block_in_place(|| broker.start_node_again(n)) {
+            eprintln!("chaos: cannot restart the broker: {e}");
+        }
+        broker.wait_node_ready(n).await;
+    }
     let _ = writeln!(
         log,
         "{began} {} watchdog_broker_restart {}",

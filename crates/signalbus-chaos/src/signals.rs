@@ -78,16 +78,22 @@ pub enum Bus {
     Amqp,
     Nats,
     Kafka,
+    /// Redis Streams (a sink: one stream, read by the consumer with `XREAD`).
+    Redis,
+    /// Signed webhooks (a sink: the consumer is the HTTP receiver, behind the proxy).
+    Webhook,
 }
 
 impl Bus {
-    pub const ALL: [Bus; 3] = [Bus::Amqp, Bus::Nats, Bus::Kafka];
+    pub const ALL: [Bus; 5] = [Bus::Amqp, Bus::Nats, Bus::Kafka, Bus::Redis, Bus::Webhook];
 
     pub fn name(self) -> &'static str {
         match self {
             Bus::Amqp => "amqp",
             Bus::Nats => "nats",
             Bus::Kafka => "kafka",
+            Bus::Redis => "redis",
+            Bus::Webhook => "webhook",
         }
     }
 
@@ -96,15 +102,23 @@ impl Bus {
         format!("chaos_{}", self.name())
     }
 
-    /// The bus URL for a broker (or its proxy) on `port`. Broker timeouts stay below the
-    /// bus' publish timeout (see [`crate::roles::bus_for`]).
-    pub fn url(self, port: u16) -> String {
+    /// The bus URL for a broker (or its proxy) at `hosts` (`host:port`, comma-separated
+    /// for a cluster). Broker timeouts stay below the bus' publish timeout (see
+    /// [`crate::roles::bus_for`]).
+    pub fn url(self, hosts: &str) -> String {
         match self {
             Bus::Amqp => {
-                format!("amqp://guest:guest@127.0.0.1:{port}/%2f?mandatory=true&timeout_ms=4000")
+                format!("amqp://guest:guest@{hosts}/%2f?mandatory=true&timeout_ms=4000")
             }
-            Bus::Nats => format!("nats://127.0.0.1:{port}?timeout_ms=4000"),
-            Bus::Kafka => format!("kafka://127.0.0.1:{port}?timeout_ms=4000"),
+            Bus::Nats => format!("nats://{hosts}?timeout_ms=4000"),
+            Bus::Kafka => format!("kafka://{hosts}?timeout_ms=4000"),
+            Bus::Redis => format!("redis://{hosts}?timeout_ms=4000"),
+            // Requests and the call's budget within the publish timeout; an endpoint paused
+            // after failures waits 5 s at most (300 s by default), so recoveries stay short.
+            Bus::Webhook => format!(
+                "http://{hosts}/hooks?secret={WEBHOOK_SECRET}&timeout_ms=3000&budget_ms=2000\
+                 &max_pause_s=5"
+            ),
         }
     }
 
@@ -120,14 +134,20 @@ impl Bus {
     }
 
     /// A route the broker refuses: an unbound routing key (RabbitMQ, mandatory), a subject
-    /// no stream captures (NATS), a topic that does not exist (Kafka).
+    /// no stream captures (NATS), a topic that does not exist (Kafka), a key that holds no
+    /// stream (Redis: `WRONGTYPE`), a host off the webhook's allow-list.
     pub fn poison_route(self) -> (&'static str, &'static str) {
         match self {
             Bus::Amqp => ("chaos", "poison"),
-            Bus::Nats | Bus::Kafka => ("nowhere", "poison"),
+            Bus::Nats | Bus::Kafka | Bus::Redis => ("nowhere", "poison"),
+            // A host off the allow-list: parked at once, nothing sent.
+            Bus::Webhook => ("http://192.0.2.1/nowhere", "poison"),
         }
     }
 }
+
+/// The webhook bus' signing secret (Standard Webhooks), known to the receiver.
+pub const WEBHOOK_SECRET: &str = "whsec_c2lnbmFsYnVzLWNoYW9zLXdlYmhvb2stc2VjcmV0ISE=";
 
 /// Kafka partitions of the `chaos` topic.
 pub const KAFKA_PARTITIONS: i32 = 3;

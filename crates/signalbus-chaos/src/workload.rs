@@ -20,6 +20,8 @@ pub struct Spec {
     /// Whether writers and relays start with a fail point (not in a soak: its processes
     /// live the whole run, so that their memory is one process' history).
     pub failpoints: bool,
+    /// Whether the relays capture from the WAL.
+    pub capture_wal: bool,
 }
 
 /// The processes of one bus.
@@ -119,6 +121,9 @@ pub fn start(
                 Box::new(move |_| {
                     let mut cmd = new();
                     cmd.args(["relay", "--db-url", &db, "--bus-url", &url]);
+                    if spec.capture_wal {
+                        cmd.arg("--capture-wal");
+                    }
                     if let Some(fp) = failpoint_for("relay", &mut rng).filter(|_| spec.failpoints) {
                         cmd.args(["--failpoint", &fp]);
                     }

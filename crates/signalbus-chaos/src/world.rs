@@ -1,28 +1,24 @@
 //! The harness' own world: a private database server (PostgreSQL or MariaDB; SQLite files
-//! have none) and, per bus, a private broker, each behind a fault-injecting proxy; every
-//! client goes through the proxies. Nothing of it is shared with the machine's services, so
+//! have none) and, per bus, a private broker (see [`crate::broker`]), each behind a
+//! fault-injecting proxy; every client goes through the proxies. Nothing of it is shared with the machine's services, so
 //! it may be killed and restarted at will.
 
+use crate::broker::{BOOT, Broker, loopback};
 use crate::db::Db;
-use crate::signals::{Bus, KAFKA_PARTITIONS};
-use signalbus_testkit::kafka::{PrivateTansu, create_partitioned_topic};
+use crate::signals::Bus;
 use signalbus_testkit::mariadb::PrivateMariadb;
-use signalbus_testkit::nats::{PrivateServer, free_port};
+use signalbus_testkit::nats::free_port;
 use signalbus_testkit::postgres::PrivatePostgres;
 use signalbus_testkit::process::wait_for_port;
 use signalbus_testkit::proxy::Proxy;
-use signalbus_testkit::rabbitmq::PrivateNode;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-/// How long a server may take to come (back) up.
-const BOOT: Duration = Duration::from_secs(60);
 
 pub struct World {
     pub db: Database,
     pub brokers: BTreeMap<Bus, Broker>,
+    /// Whether the relays capture from the WAL (`--capture wal`).
+    pub capture_wal: bool,
 }
 
 /// The run's database: a private server behind a proxy, or a directory of SQLite files (one
@@ -41,63 +37,29 @@ pub enum Database {
     },
 }
 
-/// A private broker and the proxy in front of it.
-pub struct Broker {
-    pub bus: Bus,
-    pub port: u16,
-    pub proxy: Proxy,
-    server: Server,
-}
-
-enum Server {
-    Amqp(PrivateNode),
-    Nats {
-        server: Option<PrivateServer>,
-        dir: PathBuf,
-    },
-    Kafka(PrivateTansu),
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 impl World {
-    /// Start the database server of `db` and the brokers of `buses` under `dir`, and prepare
-    /// what the workload needs on each broker (exchange and queue, stream, topic).
-    pub async fn start(dir: &Path, db: Db, buses: &[Bus]) -> Result<World, Failure> {
-        let db = Database::start(dir, db).await?;
+    /// Start the database server of `db` (PostgreSQL with `wal_level=logical` for
+    /// `capture_wal`) and the brokers of `buses` under `dir` (RabbitMQ and NATS as clusters
+    /// when `clustered`), and prepare what the workload needs on each broker.
+    pub async fn start(
+        dir: &Path,
+        db: Db,
+        buses: &[Bus],
+        clustered: bool,
+        capture_wal: bool,
+    ) -> Result<World, Failure> {
+        let db = Database::start(dir, db, capture_wal).await?;
         let mut brokers = BTreeMap::new();
         for &bus in buses {
-            let port = free_port();
-            let proxy = Proxy::start(loopback(port)).await?;
-            let bus_dir = dir.join(bus.name());
-            let server = match bus {
-                Bus::Amqp => Server::Amqp(PrivateNode::start(&bus_dir, port)?),
-                Bus::Nats => {
-                    std::fs::create_dir_all(&bus_dir)?;
-                    Server::Nats {
-                        server: Some(PrivateServer::start(port, &bus_dir)),
-                        dir: bus_dir,
-                    }
-                }
-                Bus::Kafka => Server::Kafka(PrivateTansu::start(&bus_dir, port, proxy.port())?),
-            };
-            let broker = Broker {
-                bus,
-                port,
-                proxy,
-                server,
-            };
-            if !broker.wait_ready().await {
-                return Err(format!("the private {} broker did not start", bus.name()).into());
-            }
-            broker.prepare().await?;
-            brokers.insert(bus, broker);
+            brokers.insert(bus, Broker::start(dir, bus, clustered).await?);
         }
-        Ok(World { db, brokers })
+        Ok(World {
+            db,
+            brokers,
+            capture_wal,
+        })
     }
 
     /// The URL of `bus`' database, through the proxy (what writers and relays use).
@@ -115,14 +77,14 @@ impl World {
         if let Some(proxy) = self.db.proxy() {
             proxy.heal();
         }
-        for b in self.brokers.values() {
-            b.proxy.heal();
+        for proxy in self.brokers.values().flat_map(Broker::proxies) {
+            proxy.heal();
         }
     }
 }
 
 impl Database {
-    async fn start(dir: &Path, db: Db) -> Result<Database, Failure> {
+    async fn start(dir: &Path, db: Db, capture_wal: bool) -> Result<Database, Failure> {
         if db == Db::Sqlite {
             let dir = dir.join("sqlite");
             std::fs::create_dir_all(&dir)?;
@@ -131,7 +93,19 @@ impl Database {
         let port = free_port();
         let started = match db {
             Db::Postgres => Database::Postgres {
-                server: PrivatePostgres::start(&dir.join("postgres"), port)?,
+                server: if capture_wal {
+                    PrivatePostgres::start_with(
+                        &dir.join("postgres"),
+                        port,
+                        &[
+                            "wal_level=logical",
+                            "max_replication_slots=40",
+                            "max_wal_senders=40",
+                        ],
+                    )?
+                } else {
+                    PrivatePostgres::start(&dir.join("postgres"), port)?
+                },
                 proxy: Proxy::start(loopback(port)).await?,
             },
             Db::Mysql => Database::Mariadb {
@@ -215,129 +189,5 @@ impl Database {
             Database::Mariadb { server, .. } => server.crash_restart(),
             Database::Sqlite { .. } => Ok(()),
         }
-    }
-}
-
-impl Broker {
-    /// The bus URL of this broker through its proxy.
-    pub fn url(&self) -> String {
-        self.bus.url(self.proxy.port())
-    }
-
-    /// `host:port` of the proxy, for the consumer.
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.proxy.port())
-    }
-
-    /// The file where the broker keeps its records, when the harness can read it (tansu's
-    /// SQLite store).
-    pub fn store_file(&self) -> Option<PathBuf> {
-        match &self.server {
-            Server::Kafka(tansu) => Some(tansu.dir.join("tansu.db")),
-            Server::Amqp(_) | Server::Nats { .. } => None,
-        }
-    }
-
-    pub async fn wait_ready(&self) -> bool {
-        match &self.server {
-            Server::Amqp(node) => node.wait_ready(BOOT).await,
-            Server::Nats { .. } | Server::Kafka(_) => wait_for_port(self.port, BOOT).await,
-        }
-    }
-
-    /// Stop the broker: gracefully, or as a crash (SIGKILL).
-    pub fn stop(&mut self, graceful: bool) {
-        match &mut self.server {
-            Server::Amqp(node) => node.stop(graceful),
-            Server::Nats { server, .. } => {
-                if let Some(s) = server.take() {
-                    if graceful {
-                        s.terminate();
-                    } else {
-                        s.stop();
-                    }
-                }
-            }
-            Server::Kafka(tansu) => tansu.stop(graceful),
-        }
-    }
-
-    /// Start it again (after [`Broker::stop`]) with the data it kept; a no-op when it runs.
-    pub fn start_again(&mut self) -> std::io::Result<()> {
-        match &mut self.server {
-            Server::Amqp(node) => node.start_again(),
-            Server::Nats { server, dir } => {
-                if server.is_none() {
-                    *server = Some(PrivateServer::start(self.port, dir));
-                }
-                Ok(())
-            }
-            Server::Kafka(tansu) => tansu.start_again(),
-        }
-    }
-
-    /// What the workload's routes need: the refused route stays refused.
-    async fn prepare(&self) -> Result<(), Failure> {
-        let direct = format!("127.0.0.1:{}", self.port);
-        match self.bus {
-            Bus::Amqp => {
-                use lapin::options::{
-                    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-                };
-                use lapin::types::FieldTable;
-                let url = format!("amqp://guest:guest@{direct}/%2f");
-                let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-                    .await?;
-                let channel = conn.create_channel().await?;
-                channel
-                    .exchange_declare(
-                        "chaos".into(),
-                        lapin::ExchangeKind::Direct,
-                        ExchangeDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-                channel
-                    .queue_declare(
-                        "chaos".into(),
-                        QueueDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-                // Events by their routing key, keyed signals with none.
-                for key in [Bus::Amqp.event_route().1, ""] {
-                    channel
-                        .queue_bind(
-                            "chaos".into(),
-                            "chaos".into(),
-                            key.into(),
-                            QueueBindOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await?;
-                }
-                conn.close(200, "prepared".into()).await?;
-            }
-            Bus::Nats => {
-                use async_nats::jetstream::stream;
-                let client = async_nats::connect(format!("nats://{direct}")).await?;
-                let js = async_nats::jetstream::new(client);
-                js.create_stream(stream::Config {
-                    name: "CHAOS".into(),
-                    subjects: vec!["chaos".into(), "chaos.>".into()],
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await?;
-            }
-            Bus::Kafka => create_partitioned_topic(&direct, "chaos", KAFKA_PARTITIONS).await,
-        }
-        Ok(())
     }
 }

@@ -16,18 +16,36 @@ pub fn split_hosts(url: &str) -> HostList {
         first: url.to_owned(),
         others: Vec::new(),
     };
-    let Some(start) = url.find("://").map(|at| at + 3) else {
+    let Some(scheme_end) = url.find("://") else {
         return one();
     };
+    let scheme = &url[..scheme_end];
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return one();
+    }
+    let start = scheme_end + 3;
     let end = url[start..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |at| start + at);
+    // An `@` after the host part: a password with an unencoded `/`, `?` or `#`; where the
+    // servers begin cannot be told, so the URL is taken whole (and masked whole).
+    if url[end..].contains('@') {
+        return one();
+    }
     let authority = &url[start..end];
     let hosts_at = authority.rfind('@').map_or(start, |at| start + at + 1);
     let mut hosts = url[hosts_at..end].split(',');
     let first = hosts.next().unwrap_or_default();
     let others: Vec<String> = hosts.map(str::to_owned).collect();
-    if others.is_empty() {
+    let host_like = |h: &String| {
+        h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_[]:".contains(c))
+    };
+    if others.is_empty() || !others.iter().all(host_like) {
         return one();
     }
     HostList {
@@ -41,7 +59,7 @@ pub fn split_hosts(url: &str) -> HostList {
 /// `://` and `@` masked. A URL naming several servers ([`HostList`]) keeps them all.
 pub fn redact_url(url: &str) -> String {
     let hosts = split_hosts(url);
-    if !hosts.others.is_empty() {
+    if !hosts.others.is_empty() && url::Url::parse(&hosts.first).is_ok() {
         let first = redact_one(&hosts.first);
         // Put the other servers back after the first one, where they were.
         let at = first.find("://").map_or(0, |s| s + 3);
@@ -124,5 +142,20 @@ mod tests {
             "amqp://u:***@a:1,b:2/%2f"
         );
         assert_eq!(redact_url("nats://a:1,b:2"), "nats://a:1,b:2");
+        // A password with an unencoded `,` and `/`: masked whole, as before.
+        for leaky in [
+            "postgres://u:a,b/c@h/db",
+            "amqp://u:x,y?z@h",
+            "nats://u:p,q r@h",
+        ] {
+            let shown = redact_url(leaky);
+            assert!(
+                !shown.contains("b/c")
+                    && !shown.contains(",b")
+                    && !shown.contains("y?z")
+                    && !shown.contains("q r"),
+                "{leaky} shown as {shown}"
+            );
+        }
     }
 }

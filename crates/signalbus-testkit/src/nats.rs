@@ -88,6 +88,34 @@ impl Drop for PrivateServer {
     }
 }
 
+/// The `nats-server` arguments of node `n` of a JetStream cluster on loopback whose nodes
+/// listen for routes on `cluster_ports` (a full mesh), for [`PrivateServer::start_with`].
+/// `advertise`: the `host:port` clients are told to reach this node at (a proxy in front of
+/// it), instead of its own port.
+pub fn cluster_args(n: usize, cluster_ports: &[u16], advertise: Option<&str>) -> Vec<String> {
+    let route = |p: u16| format!("nats://127.0.0.1:{p}");
+    let routes: Vec<String> = cluster_ports
+        .iter()
+        .enumerate()
+        .filter(|(m, _)| *m != n)
+        .map(|(_, p)| route(*p))
+        .collect();
+    let mut args = vec![
+        "--server_name".to_owned(),
+        format!("sbnode{n}"),
+        "--cluster_name".to_owned(),
+        "sbcluster".to_owned(),
+        "--cluster".to_owned(),
+        route(cluster_ports[n]),
+        "--routes".to_owned(),
+        routes.join(","),
+    ];
+    if let Some(address) = advertise {
+        args.extend(["--client_advertise".to_owned(), address.to_owned()]);
+    }
+    args
+}
+
 /// A port on 127.0.0.1 that nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

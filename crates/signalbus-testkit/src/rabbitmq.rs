@@ -40,14 +40,40 @@ impl PrivateNode {
     /// Start a node on `port` with everything it keeps in `dir`; [`PrivateNode::wait_ready`]
     /// waits until it takes connections (a node boots in several seconds).
     pub fn start(dir: &std::path::Path, port: u16) -> std::io::Result<PrivateNode> {
+        Self::start_in_cluster(dir, port, &[])
+    }
+
+    /// The Erlang node name of the private node on `port`.
+    pub fn node_name(port: u16) -> String {
+        format!("sbchaos{port}@localhost")
+    }
+
+    /// Start a node on `port` that joins the cluster of the private nodes on `peers` (their
+    /// AMQP ports; classic peer discovery). A node joins the first peer that runs when it
+    /// boots with no data of its own: start them one after the other, each once the one
+    /// before takes connections, or several clusters may form. Restarted, a node rejoins
+    /// its cluster from its data.
+    pub fn start_in_cluster(
+        dir: &std::path::Path,
+        port: u16,
+        peers: &[u16],
+    ) -> std::io::Result<PrivateNode> {
         std::fs::create_dir_all(dir)?;
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!(
-                "listeners.tcp.default = 127.0.0.1:{port}\nlog.file.level = warning\n\
-                 log.console = false\n"
-            ),
-        )?;
+        let mut config = format!(
+            "listeners.tcp.default = 127.0.0.1:{port}\nlog.file.level = warning\n\
+             log.console = false\n"
+        );
+        if !peers.is_empty() {
+            config.push_str("cluster_formation.peer_discovery_backend = classic_config\n");
+            for (n, peer) in peers.iter().enumerate() {
+                config.push_str(&format!(
+                    "cluster_formation.classic_config.nodes.{} = {}\n",
+                    n + 1,
+                    Self::node_name(*peer)
+                ));
+            }
+        }
+        std::fs::write(dir.join("rabbitmq.conf"), config)?;
         std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
         // Not the machine's rabbitmq-env.conf, which names the shared node.
         std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
@@ -67,10 +93,7 @@ impl PrivateNode {
             // The Erlang VM replaces the script: this child is the node, to signal directly.
             .env("RUNNING_UNDER_SYSTEMD", "1")
             .env_remove("NOTIFY_SOCKET")
-            .env(
-                "RABBITMQ_NODENAME",
-                format!("sbchaos{}@localhost", self.port),
-            )
+            .env("RABBITMQ_NODENAME", Self::node_name(self.port))
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
             .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
@@ -84,6 +107,8 @@ impl PrivateNode {
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
                 "-kernel inet_dist_use_interface {127,0,0,1}",
             )
+            // Where a crashing node writes its dump (`MnesiaCore.*`, `erl_crash.dump`).
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("stderr.log"))?)
@@ -115,6 +140,17 @@ impl PrivateNode {
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.stop(true);
         self.spawn()
+    }
+
+    /// Freeze it (SIGSTOP): to its clients and its peers a node behind a network that drops
+    /// everything; or let it run again (SIGCONT). A no-op when it is stopped.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
     }
 
     /// Start it again after [`PrivateNode::stop`].

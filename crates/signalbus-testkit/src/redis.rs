@@ -59,6 +59,13 @@ impl PrivateRedis {
         (self.port, std::mem::take(&mut self.dir))
     }
 
+    /// Stop it gracefully (SIGTERM: it writes what it holds and exits), SIGKILL after 10 s;
+    /// returns its port and directory, to start it again.
+    pub fn terminate(mut self) -> (u16, PathBuf) {
+        crate::process::stop_child(&mut self.child, true, Duration::from_secs(10));
+        (self.port, std::mem::take(&mut self.dir))
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

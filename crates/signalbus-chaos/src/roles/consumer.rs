@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub struct ConsumerArgs {
     #[arg(long, value_enum)]
     pub bus: Bus,
-    /// The broker (or its proxy): `host:port`.
+    /// The broker (or its proxy): `host:port`, comma-separated for a cluster's nodes.
     #[arg(long)]
     pub broker: String,
     #[arg(long)]
@@ -103,12 +103,12 @@ pub fn read_all(path: &Path) -> Vec<Delivery> {
         .collect()
 }
 
-struct Recorder {
+pub(super) struct Recorder {
     file: std::fs::File,
 }
 
 impl Recorder {
-    fn open(path: &Path) -> std::io::Result<Recorder> {
+    pub(super) fn open(path: &Path) -> std::io::Result<Recorder> {
         // A line a kill cut short ends here, so that the next one starts on its own line.
         let ends_cleanly = std::fs::read(path)
             .map(|b| b.last().is_none_or(|c| *c == b'\n'))
@@ -123,7 +123,7 @@ impl Recorder {
         Ok(Recorder { file })
     }
 
-    fn record(
+    pub(super) fn record(
         &mut self,
         body: &[u8],
         position: Option<(i32, i64)>,
@@ -163,6 +163,11 @@ pub async fn run(args: ConsumerArgs) -> Result<(), Box<dyn std::error::Error>> {
             let last = resume.iter().filter_map(|d| d.position).map(|p| p.1).max();
             nats(&args.broker, last, &mut recorder).await
         }
+        Bus::Redis => {
+            let last = resume.iter().filter_map(|d| d.position).map(|p| p.1).max();
+            redis_stream(&args.broker, last, &mut recorder).await
+        }
+        Bus::Webhook => super::receiver::webhook(&args.broker, recorder).await,
         Bus::Kafka => {
             let mut last: HashMap<i32, i64> = HashMap::new();
             for (p, o) in resume.iter().filter_map(|d| d.position) {
@@ -178,8 +183,21 @@ pub async fn run(args: ConsumerArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// had not acknowledged is requeued in place and delivered again.
 async fn amqp(broker: &str, recorder: &mut Recorder) -> Result<(), Box<dyn std::error::Error>> {
     use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-    let url = format!("amqp://guest:guest@{broker}/%2f");
-    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+    // The first node that takes the connection (a cluster's nodes share the quorum queue).
+    let mut conn = Err("no RabbitMQ node given".into());
+    for node in broker.split(',') {
+        let url = format!("amqp://guest:guest@{node}/%2f");
+        let attempt = lapin::Connection::connect(&url, lapin::ConnectionProperties::default());
+        match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+            Ok(Ok(c)) => {
+                conn = Ok(c);
+                break;
+            }
+            Ok(Err(e)) => conn = Err(e.to_string()),
+            Err(_) => conn = Err(format!("RabbitMQ at {node} did not answer within 5 s")),
+        }
+    }
+    let conn = conn?;
     let channel = conn.create_channel().await?;
     channel.basic_qos(200, BasicQosOptions::default()).await?;
     let mut deliveries = channel
@@ -190,13 +208,33 @@ async fn amqp(broker: &str, recorder: &mut Recorder) -> Result<(), Box<dyn std::
             lapin::types::FieldTable::default(),
         )
         .await?;
-    while let Some(delivery) = deliveries.next().await {
+    // A connection that broke must end this process (the slot starts it again): lapin does
+    // not always end the delivery stream or answer an ack then, so both are watched.
+    let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let next = tokio::select! {
+            next = deliveries.next() => next,
+            _ = check.tick() => {
+                if conn.status().connected() && channel.status().connected() {
+                    continue;
+                }
+                return Err("the RabbitMQ connection broke (seen by its status)".into());
+            }
+        };
+        let Some(delivery) = next else {
+            return Err("the RabbitMQ consumer was cancelled".into());
+        };
         let delivery = delivery?;
         let id = signalbus::amqp::message_id(&delivery);
         recorder.record(&delivery.data, None, None, id, delivery.redelivered)?;
-        delivery.ack(BasicAckOptions::default()).await?;
+        let ack = delivery.ack(BasicAckOptions::default());
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ack).await {
+            Ok(acked) => {
+                acked?;
+            }
+            Err(_) => return Err("RabbitMQ took no ack within 10 s (a broken connection)".into()),
+        }
     }
-    Err("the RabbitMQ consumer was cancelled".into())
 }
 
 /// The stream `CHAOS` from the sequence after the last recorded, through a consumer of this
@@ -217,7 +255,12 @@ async fn nats(
                 std::process::exit(3);
             }
         })
-        .connect(format!("nats://{broker}"))
+        .connect(
+            broker
+                .split(',')
+                .map(|node| format!("nats://{node}"))
+                .collect::<Vec<_>>(),
+        )
         .await?;
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("CHAOS").await?;
@@ -296,5 +339,83 @@ async fn kafka(
         let stored = message.timestamp().to_millis();
         let position = Some((message.partition(), message.offset()));
         recorder.record(body, position, stored, id, false)?;
+    }
+}
+
+/// A Redis stream entry id (`ms-seq`) as one ordered number (ms × 2^20 + seq), the
+/// position of a recorded line.
+fn redis_position(entry_id: &str) -> Option<i64> {
+    let (ms, seq) = entry_id.split_once('-')?;
+    let (ms, seq): (i64, i64) = (ms.parse().ok()?, seq.parse().ok()?);
+    (seq < 1 << 20).then_some((ms << 20) + seq)
+}
+
+/// The entry id of a [`redis_position`].
+fn redis_entry_id(position: i64) -> String {
+    format!("{}-{}", position >> 20, position & ((1 << 20) - 1))
+}
+
+/// The stream `chaos` with `XREAD` from the entry after the last recorded (no group, no
+/// acks: the file is the position). The stream's own order is the order of record; an
+/// entry's id says when Redis stored it.
+async fn redis_stream(
+    broker: &str,
+    last: Option<i64>,
+    recorder: &mut Recorder,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use redis::streams::{StreamReadOptions, StreamReadReply};
+    let client = redis::Client::open(format!("redis://{broker}"))?;
+    // A read that hangs (a partition) fails after 10 s and ends this process (the slot
+    // starts it again); redis-rs' default limit (500 ms) would race `BLOCK 500`.
+    let limit = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&limit)
+        .await?;
+    let mut after = last.map_or_else(|| "0-0".to_owned(), redis_entry_id);
+    let options = StreamReadOptions::default().count(500).block(500);
+    loop {
+        let ids = [after.as_str()];
+        let reply: Option<StreamReadReply> =
+            redis::AsyncCommands::xread_options(&mut conn, &["chaos"], &ids, &options).await?;
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                let position = redis_position(&entry.id)
+                    .ok_or_else(|| format!("entry id {} is not ms-seq", entry.id))?;
+                let field = |name: &str| match entry.map.get(name) {
+                    Some(redis::Value::BulkString(bytes)) => Some(bytes.clone()),
+                    _ => None,
+                };
+                let body = field("body").unwrap_or_default();
+                let id = field("id").and_then(|b| String::from_utf8(b).ok());
+                let stored = position >> 20;
+                recorder.record(
+                    &body,
+                    Some((0, position)),
+                    Some(stored),
+                    id.as_deref(),
+                    false,
+                )?;
+                after = entry.id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redis_entry_id, redis_position};
+
+    #[test]
+    fn redis_entry_ids_keep_their_order_as_positions() {
+        let ids = ["1700000000000-0", "1700000000000-7", "1700000000001-0"];
+        let positions: Vec<i64> = ids.iter().map(|id| redis_position(id).unwrap()).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]));
+        for (id, p) in ids.iter().zip(&positions) {
+            assert_eq!(redis_entry_id(*p), *id);
+            assert_eq!(p >> 20, 1_700_000_000_000 + i64::from(id.ends_with("1-0")));
+        }
+        assert_eq!(redis_position("x-1"), None);
+        assert_eq!(redis_position("1-1048576"), None);
     }
 }

@@ -16,6 +16,9 @@ pub struct RelayArgs {
     pub bus_url: String,
     #[arg(long)]
     pub failpoint: Option<String>,
+    /// Learn of new signals from the WAL (a replication slot per relay: ordered and plain).
+    #[arg(long)]
+    pub capture_wal: bool,
 }
 
 pub async fn run(args: RelayArgs) {
@@ -26,18 +29,35 @@ pub async fn run(args: RelayArgs) {
 async fn run_on<D: HarnessDb>(args: &RelayArgs) {
     let bus = bus_for::<D>(&args.db_url, &args.bus_url, false).await;
     let poll = (Duration::from_millis(10), Duration::from_millis(500));
+    // Through the proxy, as the relay's pool: the replication connection faces the same
+    // faults. Each of the two relays gets its own slot (named after its tables).
+    let capture = || {
+        args.capture_wal.then(|| {
+            signalbus::WalCapture::from_url(&args.db_url).expect("a PostgreSQL URL of the harness")
+        })
+    };
     let ordered = start(|| {
-        bus.relay()
+        let relay = bus
+            .relay()
             .select(Selection::of::<Keyed>())
             .ordered(true)
             .ordered_lanes(4)
-            .poll(poll.0, poll.1)
+            .poll(poll.0, poll.1);
+        match capture() {
+            Some(wal) => relay.capture_wal(wal),
+            None => relay,
+        }
     })
     .await;
     let plain = start(|| {
-        bus.relay()
+        let relay = bus
+            .relay()
             .select(Selection::of::<Event>().and::<Poison>())
-            .poll(poll.0, poll.1)
+            .poll(poll.0, poll.1);
+        match capture() {
+            Some(wal) => relay.capture_wal(wal),
+            None => relay,
+        }
     })
     .await;
     crate::terminated().await;
