@@ -61,9 +61,11 @@ pub(crate) async fn bounded<T>(
     })
 }
 
-/// Open a connection and its confirm channels: to the first node of the URL that answers,
-/// starting one further along at each new connection, so that a cluster's clients spread
-/// and a node that went away is tried last.
+/// Open a connection and its confirm channels: to the first node of the URL that answers.
+/// The first connection starts at the first node listed and each new one a node further
+/// along, so that after the node in use went away another is tried first. Each attempt has
+/// the whole `timeout`: with nodes that do not answer, a connect takes up to that many times
+/// as long (the bus' publish timeout still bounds the call).
 pub(crate) async fn open(
     options: &AmqpOptions,
     generation: u64,

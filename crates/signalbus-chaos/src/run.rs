@@ -247,7 +247,7 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: &Path) -> u8 {
     std::fs::create_dir_all(dir.join("logs")).expect("the run directory");
     eprintln!("chaos: {} world in {}", db.name(), dir.display());
     let wal = args.capture == Some(Capture::Wal);
-    let mut world = match World::start(&dir, db, &buses, args.cluster, wal).await {
+    let mut world = match World::start(dir, db, &buses, args.cluster, wal).await {
         Ok(w) => w,
         Err(e) => {
             eprintln!("chaos: cannot start the world: {e}");

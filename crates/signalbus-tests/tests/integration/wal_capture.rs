@@ -477,6 +477,84 @@ async fn wal_capture_stopped_restarted_and_slot_dropped() {
     fx.cleanup().await;
 }
 
+/// PostgreSQL restarted (`pg_ctl restart -m fast`) while batches are in flight: the restart
+/// finishes (within pg_ctl's 60 s), and everything goes out, in order. A server that shuts down waits for its
+/// walsenders until their clients confirm the end of the WAL; a relay that kept its stream
+/// open while the database refused it (its batch could not settle) never confirmed, and the
+/// shutdown waited for ever (found by the fault harness).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wal_capture_lets_a_server_shut_down_with_batches_in_flight() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("signalbus_core::engine::capture=debug,pgwire_replication=info")
+        .with_test_writer()
+        .try_init();
+    let fx = Nats::new().await;
+    let c = cluster().await;
+    let route = fx.ready();
+    // A slow bus: most of the time a batch is on its way when the restart begins.
+    let slow = signalbus_testkit::proxy::Proxy::start(([127, 0, 0, 1], 4222).into())
+        .await
+        .unwrap();
+    slow.set_latency(Duration::from_millis(150));
+    let url = fx.url().replace(":4222", &format!(":{}", slow.port()));
+    let bus = wal_bus(&c.pool, &url).await;
+    let relay = capturing(&bus, &c.url).await;
+    until_state(&relay, |s| *s == CaptureState::Streaming, "streaming").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (pool, route, stop) = (c.pool.clone(), route.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seq = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // Each number until it commits (the server may be restarting).
+                let committed = async {
+                    let body = serde_json::json!({"destination": route.0, "route": route.1, "account": "k", "seq": seq});
+                    let mut tx = pool.begin().await.ok()?;
+                    sqlx::query(
+                        "INSERT INTO wal_event (topic, routing_key, body, content_type, ordering_key) \
+                         VALUES ($1, $2, $3, 'application/json', 'k')",
+                    )
+                    .bind(&route.0)
+                    .bind(&route.1)
+                    .bind(body.to_string().into_bytes())
+                    .execute(&mut *tx)
+                    .await
+                    .ok()?;
+                    tx.commit().await.ok()
+                };
+                match tokio::time::timeout(Duration::from_secs(5), committed).await {
+                    Ok(Some(())) => seq += 1,
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seq
+        })
+    };
+    // One restart: a second one soon after still hangs now and then (not understood yet;
+    // see docs/reliability.md).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let began = Instant::now();
+    let restarted = tokio::task::block_in_place(|| c.pg.restart());
+    assert!(
+        restarted.is_ok(),
+        "PostgreSQL did not restart ({restarted:?}) after {:?}",
+        began.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.unwrap();
+    slow.set_latency(Duration::ZERO);
+    until_empty(&c.pool, Duration::from_secs(60)).await;
+    let expect = HashMap::from([("k".to_owned(), written)]);
+    let duplicates = all_in_order(&fx, &route, &expect).await;
+    eprintln!(
+        "WAL capture through a restart ({:?}): {written} signals, {duplicates} duplicates",
+        began.elapsed()
+    );
+    assert!(relay.shutdown(Duration::from_secs(10)).await);
+    fx.cleanup().await;
+}
+
 /// A refused signal holds back its key only: the key's first signal is refused (its route
 /// has no stream yet) and its later ones would be taken; they wait, the other key's go out
 /// meanwhile; once the broker takes the first, the held ones follow in commit order.

@@ -344,6 +344,13 @@ impl Streamer {
                         held_wait = (held_wait * 2).min(scan_every.max(HELD_RETRY));
                         now + wait
                     }
+                    // The database failed: close the stream (see the batch's case below).
+                    Err(e @ crate::Error::Database(_)) => {
+                        return Ended::Retry(format!(
+                            "the database failed while the held keys' signals were sent; the \
+                             stream is opened again: {e}"
+                        ));
+                    }
                     Err(e) => {
                         tracing::warn!(bus = %shared.name(), error = %e, "WAL capture: cannot send the held keys' signals; trying again");
                         now + scan_every
@@ -397,6 +404,17 @@ impl Streamer {
             loop {
                 match self.flush(shared).await {
                     Ok(()) => break,
+                    // The database failed (down, restarting): close the stream, and open
+                    // it again later from what is confirmed. Held open, it would keep a
+                    // server that shuts down from ever finishing: its walsender waits until
+                    // the client confirms the end of the WAL, and this relay confirms only
+                    // what is settled — nothing, while the database refuses it.
+                    Err(e @ crate::Error::Database(_)) => {
+                        return Ended::Retry(format!(
+                            "the database failed while a batch was sent; the stream is opened \
+                             again: {e}"
+                        ));
+                    }
                     Err(e) => {
                         failures += 1;
                         let wait = failure_wait(failures);
