@@ -1,13 +1,14 @@
 //! The publisher: a batch is published back to back, then every JetStream ack is awaited.
 
 use crate::options::NatsOptions;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use futures_util::future::join_all;
 use signalbus_core::{
     BatchOutcome, Error, Message, PublishError, PublishErrorKind as Kind, Publisher,
 };
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -105,6 +106,7 @@ impl NatsPublisher {
     /// fails the call.
     async fn send(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         let mut outcome = BatchOutcome::all_stored();
+        let mut streams = Streams::default();
         let mut acks = Vec::with_capacity(batch.len());
         for (index, message) in batch.iter().enumerate() {
             let subject = self
@@ -124,7 +126,7 @@ impl NatsPublisher {
                 .message_id(&message.id);
             match self.jetstream.send_publish(subject.clone(), publish).await {
                 Ok(ack) => acks.push(async move { (index, subject, ack.await) }),
-                Err(e) => match refusal(&e, &subject) {
+                Err(e) => match self.refusal(&e, &subject, &mut streams).await? {
                     Some(reason) if permanent(&e) => outcome.refuse_permanently(index, reason),
                     Some(reason) => outcome.refuse(index, reason),
                     None => return Err(error(e, message, &subject)),
@@ -133,7 +135,7 @@ impl NatsPublisher {
         }
         for (index, subject, result) in join_all(acks).await {
             if let Err(e) = result {
-                match refusal(&e, &subject) {
+                match self.refusal(&e, &subject, &mut streams).await? {
                     Some(reason) if permanent(&e) => outcome.refuse_permanently(index, reason),
                     Some(reason) => outcome.refuse(index, reason),
                     None => return Err(error(e, &batch[index], &subject)),
@@ -141,6 +143,64 @@ impl NatsPublisher {
             }
         }
         Ok(outcome)
+    }
+}
+
+/// What a batch learnt of the streams of its subjects: the stream that captures each
+/// subject, `None` when none does.
+type Streams = HashMap<String, Option<String>>;
+
+impl NatsPublisher {
+    /// [`refusal`], after "no responders" only when no stream captures the subject. A stream
+    /// that captures it but does not answer is electing a leader (a node of its cluster went
+    /// away): that fails the call, and the batch stays pending without spending any
+    /// message's attempt; so does a question JetStream cannot answer now.
+    async fn refusal(
+        &self,
+        e: &async_nats::jetstream::context::PublishError,
+        subject: &str,
+        streams: &mut Streams,
+    ) -> Result<Option<String>, PublishError> {
+        if e.kind() != PublishErrorKind::StreamNotFound {
+            return Ok(refusal(e, subject));
+        }
+        let stream = match streams.get(subject) {
+            Some(stream) => stream.clone(),
+            None => {
+                let asked = self.jetstream.stream_by_subject(subject);
+                let stream = match tokio::time::timeout(self.options.timeout, asked).await {
+                    Ok(Ok(name)) => Some(name),
+                    Ok(Err(found))
+                        if matches!(found.kind(), GetStreamByNameErrorKind::NotFound) =>
+                    {
+                        None
+                    }
+                    Ok(Err(found)) => {
+                        return Err(PublishError::unavailable(format!(
+                            "JetStream did not answer for subject `{subject}` (no responders),                              and cannot say now which stream captures it ({found}); the batch                              stays pending"
+                        ))
+                        .with_source(found));
+                    }
+                    Err(_) => {
+                        return Err(PublishError::new(
+                            Kind::Timeout,
+                            format!(
+                                "JetStream did not answer for subject `{subject}` (no                                  responders), nor say within {:?} which stream captures it; the                                  batch stays pending",
+                                self.options.timeout
+                            ),
+                        ));
+                    }
+                };
+                streams.insert(subject.to_owned(), stream.clone());
+                stream
+            }
+        };
+        match stream {
+            None => Ok(refusal(e, subject)),
+            Some(name) => Err(PublishError::unavailable(format!(
+                "stream `{name}` captures subject `{subject}` but did not answer (no responders):                  it is electing a leader; the batch stays pending"
+            ))),
+        }
     }
 }
 

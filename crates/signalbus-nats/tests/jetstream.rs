@@ -335,7 +335,8 @@ async fn a_message_over_the_servers_max_payload_is_refused_alone() {
 
 /// A three-node cluster with a stream of three replicas, the URL naming every node: when the
 /// node the client is connected to is killed, the publisher goes on through another, and
-/// every message is stored once.
+/// every message is stored once; no message is refused while the stream elects a leader, nor
+/// while it has none (two nodes gone): the calls fail instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_url_fails_over_when_its_node_is_killed() {
     use signalbus_testkit::nats::cluster_args;
@@ -398,28 +399,16 @@ async fn a_cluster_url_fails_over_when_its_node_is_killed() {
         .position(|p| *p == connected)
         .expect("connected to a node of the URL");
     servers[at].take().unwrap().stop();
-    let mut second: Vec<Message> = (20..40).map(|n| message(&root, n)).collect();
-    // While the stream elects a new leader, JetStream answers "no responders": signalbus
-    // refuses those messages (not permanently: they are retried, and spend an attempt).
-    // Found by this test: a failover can thus park a signal whose type allows few attempts.
+    let second: Vec<Message> = (20..40).map(|n| message(&root, n)).collect();
+    // While the stream elects a new leader, JetStream answers "no responders": the call
+    // fails (the stream exists), and no message is refused (a refusal spends an attempt, and
+    // a failover could park a signal whose type allows few).
     let mut sent = false;
     for _ in 0..60 {
         if let Ok(outcome) = publisher.publish(&second).await {
-            let refused: Vec<usize> = outcome.refused().iter().map(|r| r.index).collect();
-            assert!(
-                outcome.refused().iter().all(|r| !r.permanent),
-                "{outcome:?}"
-            );
-            second = second
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| refused.contains(i))
-                .map(|(_, m)| m)
-                .collect();
-            if second.is_empty() {
-                sent = true;
-                break;
-            }
+            assert!(outcome.refused().is_empty(), "{outcome:?}");
+            sent = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -440,4 +429,19 @@ async fn a_cluster_url_fails_over_when_its_node_is_killed() {
         stored, 40,
         "every message stored once, through the surviving nodes"
     );
+
+    // A second node killed: the stream has no quorum, so no leader, for as long as it lasts.
+    // Its messages are not refused: the call fails, and says why.
+    let other = (0..3)
+        .find(|&n| servers[n].is_some() && ports[n] != publisher.client().server_info().port)
+        .unwrap();
+    servers[other].take().unwrap().stop();
+    let third: Vec<Message> = (40..45).map(|n| message(&root, n)).collect();
+    for _ in 0..3 {
+        let failed = publisher.publish(&third).await;
+        assert!(
+            failed.is_err(),
+            "a stream without a leader refused: {failed:?}"
+        );
+    }
 }

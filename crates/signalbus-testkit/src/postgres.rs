@@ -102,23 +102,39 @@ impl PrivatePostgres {
         self.pg_ctl(&["start", "-w"])
     }
 
+    /// [`PrivatePostgres::restart`] without blocking the caller's thread (its runtime's
+    /// other tasks, and the futures the caller polls beside it, go on meanwhile).
+    pub async fn restart_async(&self) -> std::io::Result<()> {
+        let args = ["restart", "-w", "-m", "fast"];
+        let out = tokio::process::Command::from(self.pg_ctl_command(&args))
+            .output()
+            .await
+            .map_err(|e| std::io::Error::other(format!("pg_ctl restart: cannot run it: {e}")))?;
+        checked(out, "pg_ctl restart")
+    }
+
     fn pg_ctl(&self, args: &[&str]) -> std::io::Result<()> {
+        check(
+            &mut self.pg_ctl_command(args),
+            &format!("pg_ctl {}", args[0]),
+        )
+    }
+
+    fn pg_ctl_command(&self, args: &[&str]) -> Command {
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=400{}",
             self.port,
             self.dir.display(),
             self.settings.concat()
         );
-        check(
-            self.command("pg_ctl")
-                .arg("-D")
-                .arg(self.dir.join("data"))
-                .arg("-l")
-                .arg(self.dir.join("postgres.log"))
-                .args(["-o", &options, "-t", "60"])
-                .args(args),
-            &format!("pg_ctl {}", args[0]),
-        )
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .args(["-o", &options, "-t", "60"])
+            .args(args);
+        cmd
     }
 
     fn command(&self, tool: &str) -> Command {
@@ -146,6 +162,11 @@ pub(crate) fn check(cmd: &mut Command, what: &str) -> std::io::Result<()> {
     let out = cmd
         .output()
         .map_err(|e| std::io::Error::other(format!("{what}: cannot run it: {e}")))?;
+    checked(out, what)
+}
+
+/// A command's outcome as [`check`] gives it.
+fn checked(out: std::process::Output, what: &str) -> std::io::Result<()> {
     if out.status.success() {
         Ok(())
     } else {

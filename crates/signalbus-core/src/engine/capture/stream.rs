@@ -12,7 +12,9 @@ use crate::engine::wake::stopped_within;
 use crate::error::Result;
 use crate::registry::TypeIdx;
 use futures_util::FutureExt as _;
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use pgwire_replication::{
+    Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, ReplicationMetrics,
+};
 use sqlx::Postgres;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +59,68 @@ const STANDBY_RETRY: Duration = Duration::from_secs(1);
 /// How soon held keys are looked at again after none of their rows could move (doubling
 /// up to `scan_every` while nothing moves).
 const HELD_RETRY: Duration = Duration::from_millis(200);
+
+/// Replies to the server's keepalives during one piece of work that mean the server waits on
+/// the relay (see [`unless_server_waits`]).
+const WAITED_ON: u64 = 3;
+
+/// Why the stream is closed when the server waits on the relay.
+const SERVER_WAITS: &str = "the server is shutting down and waits for the relay to confirm \
+                            the end of its WAL; the stream is closed and opened again later";
+
+/// Run `work` unless the server starts waiting on this relay first: `None` then, and the
+/// work is dropped (its rows stay in the tables; a published one may go out again).
+///
+/// A server that shuts down waits until each walsender's client has confirmed the end of
+/// the WAL. The relay confirms only what is settled, and its work can take longer than a
+/// shutdown may wait (an ordered key's rounds through a slow bus, a pool waiting out a
+/// database that refuses connections). Two signs tell: the server asks for replies again and
+/// again (in normal streaming it asks only after half of `wal_sender_timeout` without a
+/// status update, and the client sends one every few seconds); and, when the replication
+/// client cannot read them (its buffer is full while the relay works), a new connection is
+/// refused with `cannot_connect_now`, asked once a second while the work lasts.
+async fn unless_server_waits<T>(
+    shared: &Shared<Postgres>,
+    replies: &ReplicationMetrics,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    let asked = replies.keepalive_replies();
+    let waits = async {
+        let mut next_probe = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if replies.keepalive_replies().saturating_sub(asked) >= WAITED_ON {
+                break;
+            }
+            if tokio::time::Instant::now() >= next_probe {
+                if shutting_down(shared).await {
+                    break;
+                }
+                next_probe = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        out = work => Some(out),
+        () = waits => None,
+    }
+}
+
+/// Whether the server refuses a new connection because it is shutting down (or not up).
+async fn shutting_down(shared: &Shared<Postgres>) -> bool {
+    use sqlx::Connection as _;
+    let options = shared.pool().connect_options();
+    let connect = sqlx::PgConnection::connect_with(&*options);
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Err(sqlx::Error::Database(e))) => e.code().as_deref() == Some("57P03"),
+        Ok(Ok(conn)) => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+            false
+        }
+        _ => false,
+    }
+}
 
 /// Run until the relay stops, or capture falls back to table mode.
 pub(super) async fn run(mut setup: Setup) {
@@ -166,13 +230,18 @@ async fn attempt(
     streamer.reset();
     // What the tables hold now goes first, key by key (the unordered lanes scan for the
     // rest).
-    match streamer.seed(&shared, &setup.types).await {
-        Ok(None) => {}
-        Ok(Some(why)) => {
+    let server = repl.metrics();
+    match unless_server_waits(&shared, &server, streamer.seed(&shared, &setup.types)).await {
+        None => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), repl.shutdown()).await;
+            return Ended::Retry(SERVER_WAITS.into());
+        }
+        Some(Ok(None)) => {}
+        Some(Ok(Some(why))) => {
             let _ = repl.shutdown().await;
             return Ended::Fatal(why);
         }
-        Err(e) => {
+        Some(Err(e)) => {
             let _ = repl.shutdown().await;
             return Ended::Retry(format!(
                 "cannot read the signals already in the tables: {e}"
@@ -188,8 +257,10 @@ async fn attempt(
     metrics::gauge!("signalbus_capture_streaming", &labels).set(1.0);
     tracing::info!(bus = %shared.name(), slot = %setup.slot, "WAL capture: streaming");
     let ended = streamer.stream(&shared, setup, &mut repl).await;
-    streamer.free_ranges(&shared).await;
+    // The stream closes first: a server that shuts down waits for it, and freeing the ranges
+    // may wait for the pool. Ranges not freed end with their lease.
     let _ = tokio::time::timeout(Duration::from_secs(2), repl.shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), streamer.free_ranges(&shared)).await;
     ended
 }
 
@@ -325,6 +396,8 @@ impl Streamer {
         ];
         let lag_seconds = metrics::gauge!("signalbus_capture_lag_seconds", &labels);
         let lag_bytes = metrics::gauge!("signalbus_capture_lag_bytes", &labels);
+        // Work between reads of the stream gives way when the server waits on the relay.
+        let server = repl.metrics();
         loop {
             let now = tokio::time::Instant::now();
             if std::mem::take(&mut self.newly_held) {
@@ -333,25 +406,28 @@ impl Streamer {
                 next_held = next_held.min(now + HELD_RETRY);
             }
             if self.holds_any() && now >= next_held {
-                next_held = match self.drain_held(shared).await {
-                    Ok(true) => {
+                next_held = match unless_server_waits(shared, &server, self.drain_held(shared))
+                    .await
+                {
+                    None => return Ended::Retry(SERVER_WAITS.into()),
+                    Some(Ok(true)) => {
                         held_wait = HELD_RETRY;
                         now
                     }
-                    Ok(false) => {
+                    Some(Ok(false)) => {
                         // Nothing moved: look again later and later, up to `scan_every`.
                         let wait = held_wait;
                         held_wait = (held_wait * 2).min(scan_every.max(HELD_RETRY));
                         now + wait
                     }
                     // The database failed: close the stream (see the batch's case below).
-                    Err(e @ crate::Error::Database(_)) => {
+                    Some(Err(e @ crate::Error::Database(_))) => {
                         return Ended::Retry(format!(
                             "the database failed while the held keys' signals were sent; the \
                              stream is opened again: {e}"
                         ));
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         tracing::warn!(bus = %shared.name(), error = %e, "WAL capture: cannot send the held keys' signals; trying again");
                         now + scan_every
                     }
@@ -359,7 +435,8 @@ impl Streamer {
             }
             if now >= next_scan {
                 next_scan = now + scan_every;
-                if let Ok(Some(bytes)) = lag(shared, &setup.slot).await {
+                let bytes = unless_server_waits(shared, &server, lag(shared, &setup.slot)).await;
+                if let Some(Ok(Some(bytes))) = bytes {
                     #[allow(clippy::cast_precision_loss)] // far below 2^52
                     lag_bytes.set(bytes as f64);
                 }
@@ -402,7 +479,11 @@ impl Streamer {
             // Send; a failure of the bus or the database keeps the batch and tries again.
             let mut failures = 0u32;
             loop {
-                match self.flush(shared).await {
+                let Some(flushed) = unless_server_waits(shared, &server, self.flush(shared)).await
+                else {
+                    return Ended::Retry(SERVER_WAITS.into());
+                };
+                match flushed {
                     Ok(()) => break,
                     // The database failed (down, restarting): close the stream, and open
                     // it again later from what is confirmed. Held open, it would keep a
