@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The fault-injection harness (docs/reliability.md):
 #   scripts/chaos.sh --seconds N [--seed S] [--bus amqp|nats|kafka|redis|webhook|all|a,b…]
-#                    [--db postgres|mysql|sqlite|all] [--cluster] [--capture wal] [--dir D]
+#                    [--db postgres|mysql|sqlite|all] [--cluster] [--capture wal] [--pgbouncer]
+#                    [--dir D]
 #   scripts/chaos.sh --soak --minutes N [--bus …]   (a long steady run, sampled and plotted)
 # starts a world of its own — a private PostgreSQL cluster or MariaDB server (or SQLite files),
 # RabbitMQ node, nats-server, tansu and redis-server (with --cluster three-node RabbitMQ and
 # NATS clusters), each behind a fault-injecting proxy; the machine's shared services are not
-# touched —
+# touched; with --pgbouncer, writers and relays reach PostgreSQL through a private PgBouncer —
 # runs writers, relays and a recording consumer per bus, injects faults drawn from the seed
 # for N seconds, heals, drains and checks. Prints one JSON line per database; exits 1 when a signal was
 # lost, delivered out of order or delivered without a commit. `--bus all` (the default) runs
@@ -22,6 +23,9 @@ pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || tr
 # MariaDB only for the runs that use it (--db mysql or --db all).
 if [[ " $* " == *" --db mysql "* || " $* " == *" --db all "* || " $* " == *" --db=mysql "* || " $* " == *" --db=all "* ]]; then
     [ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db >/dev/null || missing+=("mariadbd and mariadb-install-db (Debian package mariadb-server)")
+fi
+if [[ " $* " == *" --pgbouncer "* ]]; then
+    command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=("pgbouncer (Debian package pgbouncer; scripts/test-tools.sh installs it)")
 fi
 command -v nats-server >/dev/null || missing+=("nats-server (Debian package nats-server)")
 command -v redis-server >/dev/null || missing+=("redis-server (Debian package redis-server)")

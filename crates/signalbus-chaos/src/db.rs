@@ -125,6 +125,9 @@ impl HarnessDb for sqlx::Postgres {
              (SELECT COALESCE(MAX(seq + n), 0) FROM chaos_tx WHERE chaos_key = $3) END) \
              RETURNING id, seq",
         )
+        // Unnamed: through PgBouncer (`--pgbouncer`) the next transaction may run on another
+        // server session, which would not know a statement sqlx prepared and cached here.
+        .persistent(false)
         .bind(writer)
         .bind(n)
         .bind(key)

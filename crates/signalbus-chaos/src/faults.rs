@@ -46,10 +46,15 @@ pub enum Fault {
     /// An administrator drops the bus' replication slots under the streaming relays (their
     /// walsenders terminated first; drawn only with `--capture wal`).
     DropSlot,
+    /// PgBouncer SIGKILLed, started again 0.5–2 s later (drawn only with `--pgbouncer`).
+    PgbouncerKill,
+    /// PgBouncer stopped (SIGTERM: its immediate shutdown), started again (drawn only with
+    /// `--pgbouncer`).
+    PgbouncerRestart,
 }
 
 /// How often each fault is drawn, relative to the others.
-const WEIGHTS: [(Fault, u32); 15] = [
+const WEIGHTS: [(Fault, u32); 17] = [
     (Fault::KillWriter, 10),
     (Fault::KillRelay, 12),
     (Fault::KillConsumer, 6),
@@ -65,6 +70,8 @@ const WEIGHTS: [(Fault, u32); 15] = [
     (Fault::PartitionBroker, 3),
     (Fault::FreezeBrokerNode, 4),
     (Fault::DropSlot, 4),
+    (Fault::PgbouncerKill, 4),
+    (Fault::PgbouncerRestart, 3),
 ];
 
 impl Fault {
@@ -85,6 +92,8 @@ impl Fault {
             Fault::PartitionBroker => "broker_partition_10s",
             Fault::FreezeBrokerNode => "broker_node_frozen_10s",
             Fault::DropSlot => "wal_slot_dropped",
+            Fault::PgbouncerKill => "pgbouncer_kill",
+            Fault::PgbouncerRestart => "pgbouncer_restart",
         }
     }
 
@@ -108,6 +117,8 @@ impl Fault {
                 | Fault::CutDb
                 | Fault::LatencyDb
                 | Fault::PartitionDb
+                | Fault::PgbouncerKill
+                | Fault::PgbouncerRestart
         )
     }
 
@@ -148,6 +159,7 @@ impl Fault {
         match self {
             Fault::FreezeBrokerNode => world.brokers.values().any(|b| b.nodes() > 1),
             Fault::DropSlot => world.capture_wal,
+            Fault::PgbouncerKill | Fault::PgbouncerRestart => world.pgbouncer.is_some(),
             _ => true,
         }
     }
@@ -255,6 +267,15 @@ pub async fn inject(
             if let Err(e) = drop_slots(&url).await {
                 eprintln!("chaos: cannot drop the replication slots: {e}");
             }
+        }
+        Fault::PgbouncerKill => {
+            let down = Duration::from_millis(rng.random_range(500..2000));
+            world.bounce_pgbouncer(true, down).await;
+        }
+        Fault::PgbouncerRestart => {
+            world
+                .bounce_pgbouncer(false, Duration::from_millis(500))
+                .await;
         }
         Fault::FreezeBrokerNode => {
             let broker = &world.brokers[&bus.expect("a bus")];

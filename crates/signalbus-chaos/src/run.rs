@@ -7,7 +7,7 @@ use crate::faults::{self, Fault};
 use crate::roles::{consumer, now_ms};
 use crate::signals::Bus;
 use crate::workload::{self, Workload};
-use crate::world::World;
+use crate::world::{self, World};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -97,6 +97,14 @@ pub struct RunArgs {
     /// PostgreSQL only.
     #[arg(long, value_enum)]
     pub capture: Option<Capture>,
+    /// Writers and relays reach PostgreSQL through a private PgBouncer in transaction
+    /// pooling mode (the library's `transaction_pooler`), which reaches the server through
+    /// the database's proxy, so every database fault still applies. Adds the faults
+    /// `pgbouncer_kill` (SIGKILL, started again 0.5–2 s later) and `pgbouncer_restart`
+    /// (SIGTERM, started again). PostgreSQL only; not with `--capture wal` (replication does
+    /// not pass through PgBouncer).
+    #[arg(long)]
+    pub pgbouncer: bool,
     /// The run's length in minutes (instead of `--seconds`).
     #[arg(long)]
     pub minutes: Option<u64>,
@@ -169,6 +177,10 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
     };
     if args.capture.is_some() && dbs != [Db::Postgres] {
         eprintln!("chaos: --capture wal runs on PostgreSQL only (--db postgres)");
+        return ExitCode::from(2);
+    }
+    if args.pgbouncer && (dbs != [Db::Postgres] || args.capture.is_some()) {
+        eprintln!("chaos: --pgbouncer runs on PostgreSQL only (--db postgres), without --capture");
         return ExitCode::from(2);
     }
     if args.soak && dbs != [Db::Postgres] {
@@ -247,7 +259,12 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: &Path) -> u8 {
     std::fs::create_dir_all(dir.join("logs")).expect("the run directory");
     eprintln!("chaos: {} world in {}", db.name(), dir.display());
     let wal = args.capture == Some(Capture::Wal);
-    let mut world = match World::start(dir, db, &buses, args.cluster, wal).await {
+    let options = world::Options {
+        clustered: args.cluster,
+        capture_wal: wal,
+        pgbouncer: args.pgbouncer,
+    };
+    let mut world = match World::start(dir, db, &buses, options).await {
         Ok(w) => w,
         Err(e) => {
             eprintln!("chaos: cannot start the world: {e}");
@@ -267,6 +284,7 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: &Path) -> u8 {
         rate: args.rate,
         failpoints: !args.soak,
         capture_wal: wal,
+        transaction_pooler: args.pgbouncer,
     };
     let mut workloads = BTreeMap::new();
     for &bus in &buses {

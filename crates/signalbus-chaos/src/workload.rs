@@ -22,6 +22,8 @@ pub struct Spec {
     pub failpoints: bool,
     /// Whether the relays capture from the WAL.
     pub capture_wal: bool,
+    /// Whether writers and relays reach the database through a pooler in transaction mode.
+    pub transaction_pooler: bool,
 }
 
 /// The processes of one bus.
@@ -101,6 +103,9 @@ pub fn start(
                             "--seed",
                             &(seed ^ u64::from(n) ^ (u64::from(id) << 32)).to_string(),
                         ]);
+                    if spec.transaction_pooler {
+                        cmd.arg("--transaction-pooler");
+                    }
                     if let Some(fp) = failpoint_for("writer", &mut rng).filter(|_| spec.failpoints)
                     {
                         cmd.args(["--failpoint", &fp]);
@@ -123,6 +128,9 @@ pub fn start(
                     cmd.args(["relay", "--db-url", &db, "--bus-url", &url]);
                     if spec.capture_wal {
                         cmd.arg("--capture-wal");
+                    }
+                    if spec.transaction_pooler {
+                        cmd.arg("--transaction-pooler");
                     }
                     if let Some(fp) = failpoint_for("relay", &mut rng).filter(|_| spec.failpoints) {
                         cmd.args(["--failpoint", &fp]);

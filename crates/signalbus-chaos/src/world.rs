@@ -8,6 +8,7 @@ use crate::db::Db;
 use crate::signals::Bus;
 use signalbus_testkit::mariadb::PrivateMariadb;
 use signalbus_testkit::nats::free_port;
+use signalbus_testkit::pgbouncer::PrivatePgBouncer;
 use signalbus_testkit::postgres::PrivatePostgres;
 use signalbus_testkit::process::wait_for_port;
 use signalbus_testkit::proxy::Proxy;
@@ -19,7 +20,24 @@ pub struct World {
     pub brokers: BTreeMap<Bus, Broker>,
     /// Whether the relays capture from the WAL (`--capture wal`).
     pub capture_wal: bool,
+    /// The PgBouncer between writers and relays and the database's proxy (`--pgbouncer`).
+    pub pgbouncer: Option<PrivatePgBouncer>,
 }
+
+/// What the world is made of, besides its database and buses.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// RabbitMQ and NATS as three-node clusters.
+    pub clustered: bool,
+    /// PostgreSQL with `wal_level=logical`, for relays that capture from the WAL.
+    pub capture_wal: bool,
+    /// A PgBouncer in transaction pooling mode in front of the database's proxy.
+    pub pgbouncer: bool,
+}
+
+/// Server connections PgBouncer pools per bus' database: fewer than its clients (writers'
+/// and relays' pools), so that transactions share server sessions.
+const PGBOUNCER_SERVER_CONNECTIONS: u32 = 10;
 
 /// The run's database: a private server behind a proxy, or a directory of SQLite files (one
 /// per bus).
@@ -40,31 +58,61 @@ pub enum Database {
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 impl World {
-    /// Start the database server of `db` (PostgreSQL with `wal_level=logical` for
-    /// `capture_wal`) and the brokers of `buses` under `dir` (RabbitMQ and NATS as clusters
-    /// when `clustered`), and prepare what the workload needs on each broker.
+    /// Start the database server of `db` (see [`Options`]) and the brokers of `buses` under
+    /// `dir`, and prepare what the workload needs on each broker.
     pub async fn start(
         dir: &Path,
         db: Db,
         buses: &[Bus],
-        clustered: bool,
-        capture_wal: bool,
+        options: Options,
     ) -> Result<World, Failure> {
-        let db = Database::start(dir, db, capture_wal).await?;
+        let db = Database::start(dir, db, options.capture_wal).await?;
+        let pgbouncer = match (&db, options.pgbouncer) {
+            (Database::Postgres { proxy, .. }, true) => {
+                let port = free_port();
+                let bouncer =
+                    PrivatePgBouncer::start(proxy.port(), port, PGBOUNCER_SERVER_CONNECTIONS)?;
+                if !wait_for_port(port, BOOT).await {
+                    return Err("the private PgBouncer did not start".into());
+                }
+                Some(bouncer)
+            }
+            (_, true) => return Err("PgBouncer stands in front of PostgreSQL only".into()),
+            (_, false) => None,
+        };
         let mut brokers = BTreeMap::new();
         for &bus in buses {
-            brokers.insert(bus, Broker::start(dir, bus, clustered).await?);
+            brokers.insert(bus, Broker::start(dir, bus, options.clustered).await?);
         }
         Ok(World {
             db,
             brokers,
-            capture_wal,
+            capture_wal: options.capture_wal,
+            pgbouncer,
         })
     }
 
-    /// The URL of `bus`' database, through the proxy (what writers and relays use).
+    /// The URL of `bus`' database as writers and relays reach it: through PgBouncer when the
+    /// run has one, else through the proxy.
     pub fn db_url(&self, bus: Bus) -> String {
-        self.db.url(bus, true)
+        match &self.pgbouncer {
+            Some(bouncer) => bouncer.url(&bus.database()),
+            None => self.db.url(bus, true),
+        }
+    }
+
+    /// Kill PgBouncer (SIGKILL, or SIGTERM when not `hard`), and start it again after
+    /// `down`; every client connection through it drops.
+    pub async fn bounce_pgbouncer(&self, hard: bool, down: std::time::Duration) {
+        let Some(bouncer) = &self.pgbouncer else {
+            return;
+        };
+        tokio::task::block_in_place(|| bouncer.stop_with(if hard { "KILL" } else { "TERM" }));
+        tokio::time::sleep(down).await;
+        if let Err(e) = tokio::task::block_in_place(|| bouncer.start_again()) {
+            eprintln!("chaos: cannot start PgBouncer again: {e}");
+        }
+        wait_for_port(bouncer.port, BOOT).await;
     }
 
     /// The URL of `bus`' database, straight to the server (the harness' own checks).

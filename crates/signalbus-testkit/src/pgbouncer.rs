@@ -1,7 +1,9 @@
 //! A private PgBouncer (Debian package `pgbouncer`) in transaction pooling mode, on a port
 //! and directory of its own, in front of the shared PostgreSQL server. Few server
 //! connections and round-robin hand-out, so that consecutive transactions of one client
-//! land on different server sessions: whatever relies on session state fails under it.
+//! land on different server sessions: whatever relies on session state fails under it. After
+//! a failed server login (the server restarting) it tries again after 1 s, not its default
+//! 15 s.
 //! PgBouncer refuses to run as root: then it runs as the `postgres` user (`runuser`).
 
 use crate::postgres::check;
@@ -13,6 +15,7 @@ pub struct PrivatePgBouncer {
     dir: tempfile::TempDir,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    as_postgres: bool,
 }
 
 impl PrivatePgBouncer {
@@ -35,7 +38,7 @@ impl PrivatePgBouncer {
                  unix_socket_dir =\nauth_type = trust\nauth_file = {users}\n\
                  pool_mode = transaction\ndefault_pool_size = {server_connections}\n\
                  min_pool_size = 0\nreserve_pool_size = 0\nmax_client_conn = 1000\n\
-                 server_round_robin = 1\n\
+                 server_round_robin = 1\nserver_login_retry = 1\n\
                  ignore_startup_parameters = extra_float_digits,options\n\
                  logfile = {log}\npidfile = {pid}\n",
                 users = path("users.txt").display(),
@@ -43,11 +46,7 @@ impl PrivatePgBouncer {
                 pid = path("pgbouncer.pid").display(),
             ),
         )?;
-        let as_postgres = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false);
+        let as_postgres = crate::postgres::is_root();
         if as_postgres {
             check(
                 Command::new("chown")
@@ -56,13 +55,24 @@ impl PrivatePgBouncer {
                 "chown PgBouncer's directory to postgres",
             )?;
         }
+        let bouncer = PrivatePgBouncer {
+            dir,
+            port,
+            as_postgres,
+        };
+        bouncer.launch()?;
+        Ok(bouncer)
+    }
+
+    /// Start the daemon with this directory's configuration.
+    fn launch(&self) -> std::io::Result<()> {
         // Debian installs it in /usr/sbin, which a user's PATH may not hold.
         let bin = if std::path::Path::new("/usr/sbin/pgbouncer").exists() {
             "/usr/sbin/pgbouncer"
         } else {
             "pgbouncer"
         };
-        let mut cmd = if as_postgres {
+        let mut cmd = if self.as_postgres {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--", bin]);
             c
@@ -70,10 +80,37 @@ impl PrivatePgBouncer {
             Command::new(bin)
         };
         check(
-            cmd.arg("-d").arg(path("pgbouncer.ini")),
+            cmd.arg("-d").arg(self.dir.path().join("pgbouncer.ini")),
             "pgbouncer (install the Debian package pgbouncer: scripts/test-tools.sh)",
-        )?;
-        Ok(PrivatePgBouncer { dir, port })
+        )
+    }
+
+    /// Send `signal` (`KILL`, `TERM`, ...) to the daemon, and wait until it is gone (at
+    /// most 10 s); its clients' connections drop with it.
+    pub fn stop_with(&self, signal: &str) {
+        let Some(pid) = self.pid() else { return };
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), pid.clone()])
+            .status();
+        let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let began = std::time::Instant::now();
+        while !gone() && began.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // A killed daemon leaves its pid file, which would keep the next start from running.
+        let _ = std::fs::remove_file(self.dir.path().join("pgbouncer.pid"));
+    }
+
+    /// Start it again on the same port, after [`PrivatePgBouncer::stop_with`].
+    pub fn start_again(&self) -> std::io::Result<()> {
+        self.launch()
+    }
+
+    fn pid(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.pid"))
+            .ok()
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
     }
 
     /// The URL of `database` through this PgBouncer.
@@ -93,8 +130,8 @@ impl PrivatePgBouncer {
 
 impl Drop for PrivatePgBouncer {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("pgbouncer.pid")) {
-            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
         }
     }
 }

@@ -19,10 +19,15 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(6);
 /// recovery).
 pub const LEASE: Duration = Duration::from_secs(8);
 
-/// A bus on the writer's or relay's database with the three signal types. A database or a
-/// broker that is down at start is waited for: a process restarted during a fault must come
-/// up anyway.
-pub async fn bus_for<D: HarnessDb>(db_url: &str, bus_url: &str, autoflush: bool) -> SignalBus<D> {
+/// A bus on the writer's or relay's database with the three signal types (through a pooler in
+/// transaction mode with `transaction_pooler`). A database or a broker that is down at start
+/// is waited for: a process restarted during a fault must come up anyway.
+pub async fn bus_for<D: HarnessDb>(
+    db_url: &str,
+    bus_url: &str,
+    autoflush: bool,
+    transaction_pooler: bool,
+) -> SignalBus<D> {
     let pool = loop {
         match crate::database::pool::<D>(db_url, 8).await {
             Ok(pool) => break pool,
@@ -49,6 +54,7 @@ pub async fn bus_for<D: HarnessDb>(db_url: &str, bus_url: &str, autoflush: bool)
         .publish_timeout(PUBLISH_TIMEOUT)
         .lease(LEASE)
         .autoflush(autoflush)
+        .transaction_pooler(transaction_pooler)
         .build()
         .expect("a valid bus configuration")
 }

@@ -19,6 +19,9 @@ pub struct RelayArgs {
     /// Learn of new signals from the WAL (a replication slot per relay: ordered and plain).
     #[arg(long)]
     pub capture_wal: bool,
+    /// The database is reached through a pooler in transaction mode (PgBouncer).
+    #[arg(long)]
+    pub transaction_pooler: bool,
 }
 
 pub async fn run(args: RelayArgs) {
@@ -27,7 +30,7 @@ pub async fn run(args: RelayArgs) {
 }
 
 async fn run_on<D: HarnessDb>(args: &RelayArgs) {
-    let bus = bus_for::<D>(&args.db_url, &args.bus_url, false).await;
+    let bus = bus_for::<D>(&args.db_url, &args.bus_url, false, args.transaction_pooler).await;
     let poll = (Duration::from_millis(10), Duration::from_millis(500));
     // Through the proxy, as the relay's pool: the replication connection faces the same
     // faults. Each of the two relays gets its own slot (named after its tables).

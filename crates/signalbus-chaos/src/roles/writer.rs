@@ -33,6 +33,9 @@ pub struct WriterArgs {
     pub seed: u64,
     #[arg(long)]
     pub failpoint: Option<String>,
+    /// The database is reached through a pooler in transaction mode (PgBouncer).
+    #[arg(long)]
+    pub transaction_pooler: bool,
 }
 
 pub async fn run(args: WriterArgs) {
@@ -41,7 +44,7 @@ pub async fn run(args: WriterArgs) {
 }
 
 async fn run_on<D: HarnessDb>(args: &WriterArgs) {
-    let bus = bus_for::<D>(&args.db_url, &args.bus_url, true).await;
+    let bus = bus_for::<D>(&args.db_url, &args.bus_url, true, args.transaction_pooler).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut rolled_back = std::fs::OpenOptions::new()
         .create(true)

@@ -37,6 +37,7 @@
 mod decode;
 mod held;
 mod send;
+mod server_waits;
 mod slot;
 mod stream;
 
