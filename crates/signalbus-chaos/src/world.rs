@@ -112,7 +112,15 @@ impl World {
         if let Err(e) = tokio::task::block_in_place(|| bouncer.start_again()) {
             eprintln!("chaos: cannot start PgBouncer again: {e}");
         }
-        wait_for_port(bouncer.port, BOOT).await;
+        // It binds its port after it has gone to the background: a start that failed shows
+        // only here (the run then fails on what stays undelivered).
+        if !wait_for_port(bouncer.port, BOOT).await {
+            eprintln!(
+                "chaos: PgBouncer did not come back on port {}: {}",
+                bouncer.port,
+                bouncer.log()
+            );
+        }
     }
 
     /// The URL of `bus`' database, straight to the server (the harness' own checks).

@@ -107,6 +107,8 @@ impl NatsPublisher {
     async fn send(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
         let mut outcome = BatchOutcome::all_stored();
         let mut streams = Streams::default();
+        // The lookups after "no responders" share the call's time.
+        let deadline = tokio::time::Instant::now() + self.options.timeout;
         let mut acks = Vec::with_capacity(batch.len());
         for (index, message) in batch.iter().enumerate() {
             let subject = self
@@ -126,7 +128,7 @@ impl NatsPublisher {
                 .message_id(&message.id);
             match self.jetstream.send_publish(subject.clone(), publish).await {
                 Ok(ack) => acks.push(async move { (index, subject, ack.await) }),
-                Err(e) => match self.refusal(&e, &subject, &mut streams).await? {
+                Err(e) => match self.refusal(&e, &subject, &mut streams, deadline).await? {
                     Some(reason) if permanent(&e) => outcome.refuse_permanently(index, reason),
                     Some(reason) => outcome.refuse(index, reason),
                     None => return Err(error(e, message, &subject)),
@@ -135,7 +137,7 @@ impl NatsPublisher {
         }
         for (index, subject, result) in join_all(acks).await {
             if let Err(e) = result {
-                match self.refusal(&e, &subject, &mut streams).await? {
+                match self.refusal(&e, &subject, &mut streams, deadline).await? {
                     Some(reason) if permanent(&e) => outcome.refuse_permanently(index, reason),
                     Some(reason) => outcome.refuse(index, reason),
                     None => return Err(error(e, &batch[index], &subject)),
@@ -144,6 +146,14 @@ impl NatsPublisher {
         }
         Ok(outcome)
     }
+}
+
+/// Whether JetStream's API itself had no responders.
+fn api_absent(e: &async_nats::jetstream::context::GetStreamByNameError) -> bool {
+    use async_nats::jetstream::context::{RequestError, RequestErrorKind};
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<RequestError>())
+        .is_some_and(|r| matches!(r.kind(), RequestErrorKind::NoResponders))
 }
 
 /// What a batch learnt of the streams of its subjects: the stream that captures each
@@ -160,6 +170,7 @@ impl NatsPublisher {
         e: &async_nats::jetstream::context::PublishError,
         subject: &str,
         streams: &mut Streams,
+        deadline: tokio::time::Instant,
     ) -> Result<Option<String>, PublishError> {
         if e.kind() != PublishErrorKind::StreamNotFound {
             return Ok(refusal(e, subject));
@@ -168,16 +179,27 @@ impl NatsPublisher {
             Some(stream) => stream.clone(),
             None => {
                 let asked = self.jetstream.stream_by_subject(subject);
-                let stream = match tokio::time::timeout(self.options.timeout, asked).await {
+                let stream = match tokio::time::timeout_at(deadline, asked).await {
                     Ok(Ok(name)) => Some(name),
                     Ok(Err(found))
                         if matches!(found.kind(), GetStreamByNameErrorKind::NotFound) =>
                     {
                         None
                     }
+                    // Its API has no responders either: JetStream is not enabled on this
+                    // server or account (or another domain's): refused, as before.
+                    Ok(Err(found)) if api_absent(&found) => {
+                        return Ok(Some(format!(
+                            "nothing answers for subject `{subject}` nor JetStream's API (no \
+                             responders): enable JetStream on the server and account (or name \
+                             its domain), with a stream whose subjects include it"
+                        )));
+                    }
                     Ok(Err(found)) => {
                         return Err(PublishError::unavailable(format!(
-                            "JetStream did not answer for subject `{subject}` (no responders),                              and cannot say now which stream captures it ({found}); the batch                              stays pending"
+                            "JetStream did not answer for subject `{subject}` (no responders), and \
+                             cannot say now which stream captures it ({found}); the batch stays \
+                             pending"
                         ))
                         .with_source(found));
                     }
@@ -185,8 +207,8 @@ impl NatsPublisher {
                         return Err(PublishError::new(
                             Kind::Timeout,
                             format!(
-                                "JetStream did not answer for subject `{subject}` (no                                  responders), nor say within {:?} which stream captures it; the                                  batch stays pending",
-                                self.options.timeout
+                                "JetStream did not answer for subject `{subject}` (no responders), nor \
+                                 say in time which stream captures it; the batch stays pending",
                             ),
                         ));
                     }
@@ -198,7 +220,8 @@ impl NatsPublisher {
         match stream {
             None => Ok(refusal(e, subject)),
             Some(name) => Err(PublishError::unavailable(format!(
-                "stream `{name}` captures subject `{subject}` but did not answer (no responders):                  it is electing a leader; the batch stays pending"
+                "stream `{name}` captures subject `{subject}` but did not answer (no \
+                 responders): it is electing a leader; the batch stays pending"
             ))),
         }
     }

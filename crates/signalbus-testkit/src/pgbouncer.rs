@@ -85,20 +85,27 @@ impl PrivatePgBouncer {
         )
     }
 
-    /// Send `signal` (`KILL`, `TERM`, ...) to the daemon, and wait until it is gone (at
-    /// most 10 s); its clients' connections drop with it.
+    /// Send `signal` (`KILL`, `TERM`, ...) to the daemon and wait until it is gone; after
+    /// 10 s (PgBouncer 1.23 and later wait for their clients on SIGTERM) it is killed. Its
+    /// clients' connections drop with it.
     pub fn stop_with(&self, signal: &str) {
         let Some(pid) = self.pid() else { return };
-        let _ = Command::new("kill")
-            .args([format!("-{signal}"), pid.clone()])
-            .status();
         let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
-        let began = std::time::Instant::now();
-        while !gone() && began.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        for (signal, patience) in [(signal, 10), ("KILL", 10)] {
+            let _ = Command::new("kill")
+                .args([format!("-{signal}"), pid.clone()])
+                .status();
+            let began = std::time::Instant::now();
+            while !gone() && began.elapsed() < std::time::Duration::from_secs(patience) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if gone() {
+                // A killed daemon leaves its pid file, which would keep the next start from
+                // running.
+                let _ = std::fs::remove_file(self.dir.path().join("pgbouncer.pid"));
+                return;
+            }
         }
-        // A killed daemon leaves its pid file, which would keep the next start from running.
-        let _ = std::fs::remove_file(self.dir.path().join("pgbouncer.pid"));
     }
 
     /// Start it again on the same port, after [`PrivatePgBouncer::stop_with`].

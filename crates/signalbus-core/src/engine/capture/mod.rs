@@ -76,6 +76,19 @@ impl std::fmt::Debug for WalCapture {
 }
 
 impl WalCapture {
+    /// A plain connection to the server the stream comes from (whether it shuts down).
+    pub(super) fn probe_options(&self) -> sqlx::postgres::PgConnectOptions {
+        sqlx::postgres::PgConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.user)
+            .password(&self.password)
+            .database(&self.database)
+            .application_name("signalbus relay (shutdown probe)")
+    }
+}
+
+impl WalCapture {
     /// Stream from the database of this URL (`postgres://user:password@host:port/db`): the
     /// replication connection is a connection of its own, so it needs the URL, not a pool.
     /// TLS (`sslmode=require` and stricter) is not supported on the replication connection

@@ -167,8 +167,8 @@ async fn attempt(
     streamer.reset();
     // What the tables hold now goes first, key by key (the unordered lanes scan for the
     // rest).
-    let server = repl.metrics();
-    match unless_server_waits(&shared, &server, streamer.seed(&shared, &setup.types)).await {
+    let (server, probe) = (repl.metrics(), setup.wal.probe_options());
+    match unless_server_waits(&probe, &server, streamer.seed(&shared, &setup.types)).await {
         None => {
             let _ = tokio::time::timeout(Duration::from_secs(2), repl.shutdown()).await;
             return Ended::Retry(SERVER_WAITS.into());
@@ -308,6 +308,9 @@ impl Streamer {
         // confirmed), and nothing of it is settled yet.
         self.last_commit = Lsn(0);
         self.before_txn = Lsn(0);
+        // Held rows are read again from the tables (`seed`); an overflow seen before is not
+        // theirs.
+        self.overflow = None;
     }
 
     pub(super) fn is_ordered(&self, idx: TypeIdx) -> bool {
@@ -334,7 +337,7 @@ impl Streamer {
         let lag_seconds = metrics::gauge!("signalbus_capture_lag_seconds", &labels);
         let lag_bytes = metrics::gauge!("signalbus_capture_lag_bytes", &labels);
         // Work between reads of the stream gives way when the server waits on the relay.
-        let server = repl.metrics();
+        let (server, probe) = (repl.metrics(), setup.wal.probe_options());
         loop {
             let now = tokio::time::Instant::now();
             if std::mem::take(&mut self.newly_held) {
@@ -343,7 +346,7 @@ impl Streamer {
                 next_held = next_held.min(now + HELD_RETRY);
             }
             if self.holds_any() && now >= next_held {
-                next_held = match unless_server_waits(shared, &server, self.drain_held(shared))
+                next_held = match unless_server_waits(&probe, &server, self.drain_held(shared))
                     .await
                 {
                     None => return Ended::Retry(SERVER_WAITS.into()),
@@ -372,7 +375,7 @@ impl Streamer {
             }
             if now >= next_scan {
                 next_scan = now + scan_every;
-                let bytes = unless_server_waits(shared, &server, lag(shared, &setup.slot)).await;
+                let bytes = unless_server_waits(&probe, &server, lag(shared, &setup.slot)).await;
                 if let Some(Ok(Some(bytes))) = bytes {
                     #[allow(clippy::cast_precision_loss)] // far below 2^52
                     lag_bytes.set(bytes as f64);
@@ -413,35 +416,14 @@ impl Streamer {
             if self.batch.is_empty() {
                 continue;
             }
-            // Send; a failure of the bus or the database keeps the batch and tries again.
-            let mut failures = 0u32;
-            loop {
-                let Some(flushed) = unless_server_waits(shared, &server, self.flush(shared)).await
-                else {
-                    return Ended::Retry(SERVER_WAITS.into());
-                };
-                match flushed {
-                    Ok(()) => break,
-                    // The database failed (down, restarting): close the stream, and open
-                    // it again later from what is confirmed. Held open, it would keep a
-                    // server that shuts down from ever finishing: its walsender waits until
-                    // the client confirms the end of the WAL, and this relay confirms only
-                    // what is settled — nothing, while the database refuses it.
-                    Err(e @ crate::Error::Database(_)) => {
-                        return Ended::Retry(format!(
-                            "the database failed while a batch was sent; the stream is opened \
-                             again: {e}"
-                        ));
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        let wait = failure_wait(failures);
-                        tracing::warn!(bus = %shared.name(), error = %e, failures, retry_in = ?wait, "WAL capture: cannot send; the signals stay pending, trying again");
-                        if stopped_within(&mut setup.stop, wait).await {
-                            return Ended::Stopped;
-                        }
-                    }
-                }
+            // Send, the retries after a failure of the bus included: the server may wait
+            // on the relay meanwhile.
+            match unless_server_waits(&probe, &server, self.send_batch(shared, &mut setup.stop))
+                .await
+            {
+                None => return Ended::Retry(SERVER_WAITS.into()),
+                Some(Err(ended)) => return ended,
+                Some(Ok(())) => {}
             }
             self.batch.clear();
             self.batch_xids.clear();
@@ -455,6 +437,38 @@ impl Streamer {
             lag_seconds.set(self.lag_seconds());
             if let Some(idx) = self.overflow.take() {
                 return Ended::Fatal(super::held::too_many(&shared.registry().get(idx).name));
+            }
+        }
+    }
+
+    /// Send the batch; a failure of the bus keeps it and tries again after a pause. The
+    /// database failing (down, restarting) closes the stream, which is opened again later
+    /// from what is confirmed: held open, it would keep a server that shuts down from ever
+    /// finishing (its walsender waits until the client confirms the end of the WAL, and this
+    /// relay confirms only what is settled — nothing, while the database refuses it).
+    async fn send_batch(
+        &mut self,
+        shared: &Shared<Postgres>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> std::result::Result<(), Ended> {
+        let mut failures = 0u32;
+        loop {
+            match self.flush(shared).await {
+                Ok(()) => return Ok(()),
+                Err(e @ crate::Error::Database(_)) => {
+                    return Err(Ended::Retry(format!(
+                        "the database failed while a batch was sent; the stream is opened \
+                         again: {e}"
+                    )));
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = failure_wait(failures);
+                    tracing::warn!(bus = %shared.name(), error = %e, failures, retry_in = ?wait, "WAL capture: cannot send; the signals stay pending, trying again");
+                    if stopped_within(stop, wait).await {
+                        return Err(Ended::Stopped);
+                    }
+                }
             }
         }
     }
