@@ -344,7 +344,74 @@ async fn rabbit_cluster(dir: &Path) -> Result<Vec<Node>, Failure> {
             server: Server::Amqp(node),
         });
     }
+    tokio::task::block_in_place(|| join_rabbit_cluster(&ports))?;
     Ok(nodes)
+}
+
+/// Make sure every node runs in the first one's cluster: peer discovery at boot is a race
+/// (a node that does not reach its peers in time forms a cluster of its own), so a node
+/// missing from the first one's running nodes is reset and joined to it explicitly.
+fn join_rabbit_cluster(ports: &[u16]) -> Result<(), Failure> {
+    let first = PrivateNode::node_name(ports[0]);
+    let running = || -> Result<Vec<String>, Failure> {
+        let status: serde_json::Value = serde_json::from_str(&rabbitmqctl(
+            ports[0],
+            &["cluster_status", "--formatter", "json"],
+        )?)?;
+        Ok(status["running_nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    for &port in &ports[1..] {
+        let name = PrivateNode::node_name(port);
+        if running()?.contains(&name) {
+            continue;
+        }
+        eprintln!("chaos: RabbitMQ node {name} formed a cluster of its own; joining it to {first}");
+        rabbitmqctl(port, &["stop_app"])?;
+        rabbitmqctl(port, &["reset"])?;
+        rabbitmqctl(port, &["join_cluster", &first])?;
+        rabbitmqctl(port, &["start_app"])?;
+    }
+    let began = std::time::Instant::now();
+    loop {
+        let up = running()?;
+        if up.len() == ports.len() {
+            return Ok(());
+        }
+        if began.elapsed() > BOOT {
+            return Err(format!(
+                "the RabbitMQ cluster runs {} of {} nodes: {up:?}",
+                up.len(),
+                ports.len()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `rabbitmqctl` against the private node on `port` (it shares the nodes' Erlang cookie: same
+/// user): its output, or an error with its stderr.
+fn rabbitmqctl(port: u16, args: &[&str]) -> Result<String, Failure> {
+    let out = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+        .args(["-n", &PrivateNode::node_name(port), "-q"])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The exchange and queue `chaos`; in a cluster a quorum queue (a replica on every node; a
@@ -456,23 +523,9 @@ async fn prepare_nats(direct: &str, replicas: usize) -> Result<(), Failure> {
 }
 
 /// Fail unless the RabbitMQ node on `port` sees a cluster of `nodes` running nodes and the
-/// queue `chaos` as a quorum queue with a member on each (asked with `rabbitmqctl`, which
-/// shares the nodes' Erlang cookie: same user).
+/// queue `chaos` as a quorum queue with a member on each.
 fn check_rabbit_cluster(port: u16, nodes: usize) -> Result<(), Failure> {
-    let ctl = |args: &[&str]| -> Result<String, Failure> {
-        let out = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
-            .args(["-n", &PrivateNode::node_name(port), "-q"])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            return Err(format!(
-                "rabbitmqctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-            .into());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let ctl = |args: &[&str]| rabbitmqctl(port, args);
     let status: serde_json::Value =
         serde_json::from_str(&ctl(&["cluster_status", "--formatter", "json"])?)?;
     let running = status["running_nodes"].as_array().map_or(0, Vec::len);
