@@ -353,21 +353,7 @@ async fn rabbit_cluster(dir: &Path) -> Result<Vec<Node>, Failure> {
 /// missing from the first one's running nodes is reset and joined to it explicitly.
 fn join_rabbit_cluster(ports: &[u16]) -> Result<(), Failure> {
     let first = PrivateNode::node_name(ports[0]);
-    let running = || -> Result<Vec<String>, Failure> {
-        let status: serde_json::Value = serde_json::from_str(&rabbitmqctl(
-            ports[0],
-            &["cluster_status", "--formatter", "json"],
-        )?)?;
-        Ok(status["running_nodes"]
-            .as_array()
-            .map(|nodes| {
-                nodes
-                    .iter()
-                    .filter_map(|n| n.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default())
-    };
+    let running = || rabbit_running_nodes(ports[0]);
     for &port in &ports[1..] {
         let name = PrivateNode::node_name(port);
         if running()?.contains(&name) {
@@ -395,6 +381,23 @@ fn join_rabbit_cluster(ports: &[u16]) -> Result<(), Failure> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The nodes the RabbitMQ node on `port` sees running in its cluster.
+fn rabbit_running_nodes(port: u16) -> Result<Vec<String>, Failure> {
+    let status: serde_json::Value = serde_json::from_str(&rabbitmqctl(
+        port,
+        &["cluster_status", "--formatter", "json"],
+    )?)?;
+    Ok(status["running_nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// `rabbitmqctl` against the private node on `port` (it shares the nodes' Erlang cookie: same
@@ -525,23 +528,25 @@ async fn prepare_nats(direct: &str, replicas: usize) -> Result<(), Failure> {
 /// Fail unless the RabbitMQ node on `port` sees a cluster of `nodes` running nodes and the
 /// queue `chaos` as a quorum queue with a member on each.
 fn check_rabbit_cluster(port: u16, nodes: usize) -> Result<(), Failure> {
-    let ctl = |args: &[&str]| rabbitmqctl(port, args);
-    let status: serde_json::Value =
-        serde_json::from_str(&ctl(&["cluster_status", "--formatter", "json"])?)?;
-    let running = status["running_nodes"].as_array().map_or(0, Vec::len);
-    if running != nodes {
-        return Err(
-            format!("the RabbitMQ cluster runs {running} of {nodes} nodes: {status}").into(),
-        );
+    let running = rabbit_running_nodes(port)?;
+    if running.len() != nodes {
+        return Err(format!(
+            "the RabbitMQ cluster runs {} of {nodes} nodes: {running:?}",
+            running.len()
+        )
+        .into());
     }
-    let queues: serde_json::Value = serde_json::from_str(&ctl(&[
-        "list_queues",
-        "name",
-        "type",
-        "members",
-        "--formatter",
-        "json",
-    ])?)?;
+    let queues: serde_json::Value = serde_json::from_str(&rabbitmqctl(
+        port,
+        &[
+            "list_queues",
+            "name",
+            "type",
+            "members",
+            "--formatter",
+            "json",
+        ],
+    )?)?;
     let chaos = queues
         .as_array()
         .and_then(|q| q.iter().find(|q| q["name"] == "chaos"))

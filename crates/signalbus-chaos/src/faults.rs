@@ -48,8 +48,8 @@ pub enum Fault {
     DropSlot,
     /// PgBouncer SIGKILLed, started again 0.5–2 s later (drawn only with `--pgbouncer`).
     PgbouncerKill,
-    /// PgBouncer stopped (SIGTERM: its immediate shutdown), started again (drawn only with
-    /// `--pgbouncer`).
+    /// PgBouncer stopped with SIGTERM (an immediate shutdown up to PgBouncer 1.22; SIGKILL
+    /// after 10 s otherwise), started again 0.5 s later (drawn only with `--pgbouncer`).
     PgbouncerRestart,
 }
 

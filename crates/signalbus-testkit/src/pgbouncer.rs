@@ -92,9 +92,7 @@ impl PrivatePgBouncer {
         let Some(pid) = self.pid() else { return };
         let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
         for (signal, patience) in [(signal, 10), ("KILL", 10)] {
-            let _ = Command::new("kill")
-                .args([format!("-{signal}"), pid.clone()])
-                .status();
+            crate::process::signal(&pid, signal);
             let began = std::time::Instant::now();
             while !gone() && began.elapsed() < std::time::Duration::from_secs(patience) {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -138,7 +136,7 @@ impl PrivatePgBouncer {
 impl Drop for PrivatePgBouncer {
     fn drop(&mut self) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            crate::process::signal(&pid, "TERM");
         }
     }
 }

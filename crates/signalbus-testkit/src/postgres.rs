@@ -18,6 +18,9 @@ pub struct PrivatePostgres {
     settings: Vec<String>,
 }
 
+/// `pg_ctl`'s arguments for a clean restart: sessions ended, a checkpoint written.
+const RESTART: [&str; 4] = ["restart", "-w", "-m", "fast"];
+
 /// The newest installed PostgreSQL's binaries (Debian keeps them out of PATH).
 fn bin_dir() -> PathBuf {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
@@ -92,7 +95,7 @@ impl PrivatePostgres {
 
     /// `pg_ctl restart -m fast`: sessions are ended, a checkpoint is written.
     pub fn restart(&self) -> std::io::Result<()> {
-        self.pg_ctl(&["restart", "-w", "-m", "fast"])
+        self.pg_ctl(&RESTART)
     }
 
     /// Crash and come back, as after a failover: `pg_ctl stop -m immediate` (no checkpoint,
@@ -105,8 +108,7 @@ impl PrivatePostgres {
     /// [`PrivatePostgres::restart`] without blocking the caller's thread (its runtime's
     /// other tasks, and the futures the caller polls beside it, go on meanwhile).
     pub async fn restart_async(&self) -> std::io::Result<()> {
-        let args = ["restart", "-w", "-m", "fast"];
-        let out = tokio::process::Command::from(self.pg_ctl_command(&args))
+        let out = tokio::process::Command::from(self.pg_ctl_command(&RESTART))
             .output()
             .await
             .map_err(|e| std::io::Error::other(format!("pg_ctl restart: cannot run it: {e}")))?;

@@ -3,13 +3,20 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// Send the signal `name` (`TERM`, `KILL`, `STOP`, ...) to process `pid` with the kill
+/// command; whether it was delivered.
+pub(crate) fn signal(pid: &str, name: &str) -> bool {
+    Command::new("kill")
+        .args([format!("-{name}"), pid.to_owned()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Stop `child`: with `graceful`, SIGTERM and up to `grace` for it to exit; SIGKILL then, or
 /// at once without `graceful`.
 pub(crate) fn stop_child(child: &mut Child, graceful: bool, grace: Duration) {
     if graceful {
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        signal(&child.id().to_string(), "TERM");
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if matches!(child.try_wait(), Ok(Some(_))) {

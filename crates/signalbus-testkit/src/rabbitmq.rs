@@ -146,10 +146,8 @@ impl PrivateNode {
     /// everything; or let it run again (SIGCONT). A no-op when it is stopped.
     pub fn freeze(&self, frozen: bool) {
         if let Some(child) = &self.child {
-            let signal = if frozen { "-STOP" } else { "-CONT" };
-            let _ = Command::new("kill")
-                .args([signal, &child.id().to_string()])
-                .status();
+            let signal = if frozen { "STOP" } else { "CONT" };
+            crate::process::signal(&child.id().to_string(), signal);
         }
     }
 
