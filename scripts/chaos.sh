@@ -2,12 +2,13 @@
 # The fault-injection harness (docs/reliability.md):
 #   scripts/chaos.sh --seconds N [--seed S] [--bus amqp|nats|kafka|redis|webhook|all|a,b…]
 #                    [--db postgres|mysql|sqlite|all] [--cluster] [--capture wal] [--pgbouncer]
-#                    [--dir D]
+#                    [--fleet N] [--dir D]
 #   scripts/chaos.sh --soak --minutes N [--bus …]   (a long steady run, sampled and plotted)
 # starts a world of its own — a private PostgreSQL cluster or MariaDB server (or SQLite files),
 # RabbitMQ node, nats-server, tansu and redis-server (with --cluster three-node RabbitMQ and
 # NATS clusters), each behind a fault-injecting proxy; the machine's shared services are not
-# touched; with --pgbouncer, writers and relays reach PostgreSQL through a private PgBouncer —
+# touched; with --pgbouncer, writers and relays reach PostgreSQL through a private PgBouncer;
+# with --fleet N, each bus has N tenant databases and each relay is a fleet over them —
 # runs writers, relays and a recording consumer per bus, injects faults drawn from the seed
 # for N seconds, heals, drains and checks. Prints one JSON line per database; exits 1 when a signal was
 # lost, delivered out of order or delivered without a commit. `--bus all` (the default) runs

@@ -146,9 +146,23 @@ pub fn check(
     v.lost_sample = lost.iter().take(10).copied().collect();
     v.lost_all = lost;
 
-    // Order: the broker's own order where it has one.
+    // Order: the broker's own order where it has one. A position recorded twice held another
+    // message the second time (a NATS stream that reassigned sequences after losing its
+    // majority; see the consumer's sweep): the stream's order is the later one's.
     if bus != Bus::Amqp {
         deliveries.sort_by_key(|d| d.position);
+        let superseded: HashSet<usize> = (1..deliveries.len())
+            .filter(|&n| {
+                deliveries[n].position.is_some()
+                    && deliveries[n].position == deliveries[n - 1].position
+            })
+            .map(|n| n - 1)
+            .collect();
+        let mut n = 0;
+        deliveries.retain(|_| {
+            n += 1;
+            !superseded.contains(&(n - 1))
+        });
     }
     let mut first_max: HashMap<&str, i64> = HashMap::new();
     let mut first_seen: HashSet<(&str, i64)> = HashSet::new();
@@ -283,6 +297,27 @@ mod tests {
         assert_eq!(v.signals_delivered, 3);
         assert_eq!(v.max_recovery_ms, 10, "written at 1003, received at 1013");
         assert!(failed(&v));
+    }
+
+    /// A NATS stream that reassigned sequence 2 after losing its majority: the consumer read
+    /// a1 there first (published again later at 4), and its sweep recorded what sequence 2
+    /// holds now, a0. The stream's order is a0 (2), a1 (4): no violation, nothing lost, a1
+    /// delivered twice.
+    #[test]
+    fn a_position_recorded_again_supersedes_the_first_record() {
+        let c = committed(&[((1, 0), Some(("a", 0))), ((2, 0), Some(("a", 1)))]);
+        let got = vec![
+            delivery(2, 0, Some(("a", 1)), 2),
+            delivery(2, 0, Some(("a", 1)), 4),
+            delivery(1, 0, Some(("a", 0)), 2),
+        ];
+        let v = check(Bus::Nats, &c, got, &[], &[]);
+        assert_eq!(
+            (v.lost, v.duplicates, v.order_violations),
+            (0, 1, 0),
+            "{v:?}"
+        );
+        assert!(!failed(&v));
     }
 
     #[test]

@@ -34,11 +34,28 @@ pub async fn pool<D: HarnessDb>(url: &str, max: u32) -> Result<sqlx::Pool<D>, sq
     open_pool::<D>(url, &settings).await
 }
 
-/// The bus' database: the business table, the signal tables, the planted poison.
+/// The bus' databases (one, or in fleet mode one per tenant), each with the business table
+/// and the signal tables; the poison planted in the first; a fleet's lists written.
 pub async fn prepare(world: &World, bus: Bus, poison: u32) -> Result<(), Failure> {
+    for t in 0..world.tenants(bus) {
+        prepare_tenant(world, bus, t, if t == 0 { poison } else { 0 }).await?;
+    }
+    if let Some(fleet) = &world.fleet {
+        fleet.write_lists(world, bus, None)?;
+    }
+    Ok(())
+}
+
+/// Business ids of one tenant: tenant `t`'s start at `t` times this.
+const TENANT_IDS: i64 = 1_000_000_000_000;
+
+/// Create the database of `bus`' tenant `t` (the bus' only one outside fleet mode) and its
+/// tables, and plant `poison` poison signals in it.
+pub async fn prepare_tenant(world: &World, bus: Bus, t: u32, poison: u32) -> Result<(), Failure> {
+    let name = bus.tenant_database(t);
     if let Some(admin) = world.db.admin_url() {
         // The name is one of the harness' own (chaos_amqp, ...): no user input reaches it.
-        let create = format!("CREATE DATABASE {}", bus.database());
+        let create = format!("CREATE DATABASE {name}");
         match world.db.kind() {
             Db::Postgres => {
                 let admin = pool::<sqlx::Postgres>(&admin, 1).await?;
@@ -56,13 +73,22 @@ pub async fn prepare(world: &World, bus: Bus, poison: u32) -> Result<(), Failure
             }
         }
     }
-    let url = world.direct_db_url(bus);
-    on_db!(world.db.kind(), prepare_on(&url, bus, poison))
+    let url = world.db.url(&name, false);
+    let first_id = i64::from(t) * TENANT_IDS;
+    on_db!(world.db.kind(), prepare_on(&url, bus, poison, first_id))
 }
 
-async fn prepare_on<D: HarnessDb>(url: &str, bus: Bus, poison: u32) -> Result<(), Failure> {
+async fn prepare_on<D: HarnessDb>(
+    url: &str,
+    bus: Bus,
+    poison: u32,
+    first_id: i64,
+) -> Result<(), Failure> {
     let pool = pool::<D>(url, 2).await?;
     D::create_business_table(&pool).await?;
+    if first_id > 0 {
+        D::start_ids_at(&pool, first_id).await?;
+    }
     let bus_handle = signalbus::SignalBus::builder(pool.clone())
         .publisher(signalbus::connect_bus("memory:").await?)
         .register::<crate::signals::Event>()
@@ -127,9 +153,15 @@ pub async fn committed(
     w: &Workload,
     pending: bool,
 ) -> Result<Committed, Failure> {
-    let url = world.direct_db_url(bus);
-    let (rows, (left, parked, unparked), bodies) =
-        on_db!(world.db.kind(), read_committed(&url, pending))?;
+    let (mut rows, mut left, mut parked, mut unparked, mut bodies) =
+        (Vec::new(), 0, 0, 0, Vec::new());
+    // Every database of the bus (a fleet's tenants: their ids do not overlap).
+    for url in world.direct_db_urls(bus) {
+        let (r, (l, p, u), b) = on_db!(world.db.kind(), read_committed(&url, pending))?;
+        rows.extend(r);
+        (left, parked, unparked) = (left + l, parked + p, unparked + u);
+        bodies.extend(b);
+    }
     let pending = bodies
         .iter()
         .filter_map(|b| serde_json::from_slice::<Body>(b).ok())

@@ -56,6 +56,13 @@ pub trait HarnessDb: signalbus::Backend + sqlx::Database {
         key: Option<&str>,
     ) -> impl Future<Output = Result<(i64, Option<i64>), sqlx::Error>> + Send;
 
+    /// Make the business rows' ids start at `first` or above (fleet mode: the tenants of a
+    /// bus share the checker's one space of transaction ids).
+    fn start_ids_at(
+        pool: &sqlx::Pool<Self>,
+        first: i64,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
     /// Create the business table.
     fn create_business_table(
         pool: &sqlx::Pool<Self>,
@@ -135,6 +142,14 @@ impl HarnessDb for sqlx::Postgres {
         .await
     }
 
+    async fn start_ids_at(pool: &sqlx::PgPool, first: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT setval(pg_get_serial_sequence('chaos_tx', 'id'), $1, false)")
+            .bind(first)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
     reads!();
 }
 
@@ -165,6 +180,15 @@ impl HarnessDb for sqlx::MySql {
         .bind(key)
         .fetch_one(conn)
         .await
+    }
+
+    async fn start_ids_at(pool: &sqlx::MySqlPool, first: i64) -> Result<(), sqlx::Error> {
+        // A number, formatted: no input reaches the statement.
+        let alter = format!("ALTER TABLE chaos_tx AUTO_INCREMENT = {first}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(alter))
+            .execute(pool)
+            .await?;
+        Ok(())
     }
 
     reads!();
@@ -205,6 +229,11 @@ impl HarnessDb for sqlx::Sqlite {
         .bind(key)
         .fetch_one(conn)
         .await
+    }
+
+    async fn start_ids_at(_: &sqlx::SqlitePool, _: i64) -> Result<(), sqlx::Error> {
+        // Ids come from the clock and the writer, unique across the tenants' files.
+        Ok(())
     }
 
     reads!();
@@ -268,6 +297,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count, 6);
+
+        // A fleet's tenant: its ids from its own range on.
+        let first = 5_000_000_000_000;
+        D::start_ids_at(&db.pool, first).await.unwrap();
+        let (g, _) = insert(1, None).await;
+        assert!(g >= first, "id {g} below the tenant's first {first}");
         db.cleanup().await;
     }
 

@@ -43,6 +43,10 @@ pub enum Fault {
     /// A node of a clustered broker frozen (SIGSTOP) for 10 s: to its clients and its peers
     /// alike a node partitioned away (drawn only for a cluster).
     FreezeBrokerNode,
+    /// Two nodes of a clustered broker killed (SIGKILL) at once, started again 3–6 s later:
+    /// the cluster has lost its majority meanwhile, so it takes no write (drawn only for a
+    /// cluster).
+    BrokerMajorityDown,
     /// An administrator drops the bus' replication slots under the streaming relays (their
     /// walsenders terminated first; drawn only with `--capture wal`).
     DropSlot,
@@ -51,10 +55,16 @@ pub enum Fault {
     /// PgBouncer stopped with SIGTERM (an immediate shutdown up to PgBouncer 1.22; SIGKILL
     /// after 10 s otherwise), started again 0.5 s later (drawn only with `--pgbouncer`).
     PgbouncerRestart,
+    /// One tenant of a bus off its relays' list for 2–6 s, then back: the fleet lets its
+    /// relays go and starts them again (drawn only with `--fleet`).
+    TenantAway,
+    /// A new tenant's database created and listed for the writers and the relays (drawn only
+    /// with `--fleet`, at most three per bus).
+    TenantNew,
 }
 
 /// How often each fault is drawn, relative to the others.
-const WEIGHTS: [(Fault, u32); 17] = [
+const WEIGHTS: [(Fault, u32); 20] = [
     (Fault::KillWriter, 10),
     (Fault::KillRelay, 12),
     (Fault::KillConsumer, 6),
@@ -69,9 +79,12 @@ const WEIGHTS: [(Fault, u32); 17] = [
     (Fault::PartitionDb, 3),
     (Fault::PartitionBroker, 3),
     (Fault::FreezeBrokerNode, 4),
+    (Fault::BrokerMajorityDown, 6),
     (Fault::DropSlot, 4),
     (Fault::PgbouncerKill, 4),
     (Fault::PgbouncerRestart, 3),
+    (Fault::TenantAway, 12),
+    (Fault::TenantNew, 3),
 ];
 
 impl Fault {
@@ -91,9 +104,12 @@ impl Fault {
             Fault::PartitionDb => "db_partition_10s",
             Fault::PartitionBroker => "broker_partition_10s",
             Fault::FreezeBrokerNode => "broker_node_frozen_10s",
+            Fault::BrokerMajorityDown => "broker_majority_killed",
             Fault::DropSlot => "wal_slot_dropped",
             Fault::PgbouncerKill => "pgbouncer_kill",
             Fault::PgbouncerRestart => "pgbouncer_restart",
+            Fault::TenantAway => "tenant_away",
+            Fault::TenantNew => "tenant_new",
         }
     }
 
@@ -132,6 +148,7 @@ impl Fault {
                 | Fault::LatencyBroker
                 | Fault::PartitionBroker
                 | Fault::FreezeBrokerNode
+                | Fault::BrokerMajorityDown
         )
     }
 
@@ -157,9 +174,12 @@ impl Fault {
     /// Whether a run in `world` can inject it at all.
     pub fn available_in(self, world: &World) -> bool {
         match self {
-            Fault::FreezeBrokerNode => world.brokers.values().any(|b| b.nodes() > 1),
+            Fault::FreezeBrokerNode | Fault::BrokerMajorityDown => {
+                world.brokers.values().any(|b| b.nodes() > 1)
+            }
             Fault::DropSlot => world.capture_wal,
             Fault::PgbouncerKill | Fault::PgbouncerRestart => world.pgbouncer.is_some(),
+            Fault::TenantAway | Fault::TenantNew => world.fleet.is_some(),
             _ => true,
         }
     }
@@ -174,9 +194,11 @@ pub fn target(fault: Fault, buses: &[Bus], rng: &mut impl Rng) -> Option<Bus> {
 pub fn applies(fault: Fault, bus: Option<Bus>, world: &World) -> bool {
     match (fault, bus) {
         (Fault::FreezeBrokerNode, Some(bus)) => world.brokers[&bus].nodes() > 1,
-        (Fault::FreezeBrokerNode, None) => false,
+        (Fault::BrokerMajorityDown, Some(bus)) => world.brokers[&bus].nodes() > 2,
+        (Fault::FreezeBrokerNode | Fault::BrokerMajorityDown, None) => false,
         // The webhook's receiver is the consumer: `kill_consumer` kills it.
         (Fault::BrokerRestart | Fault::BrokerKill, Some(bus)) => world.brokers[&bus].has_server(),
+        (Fault::TenantNew, Some(bus)) => world.fleet.as_ref().is_some_and(|f| f.can_add(bus)),
         _ => true,
     }
 }
@@ -276,6 +298,28 @@ pub async fn inject(
             world
                 .bounce_pgbouncer(false, Duration::from_millis(500))
                 .await;
+        }
+        Fault::TenantAway => crate::tenants::away(world, bus.expect("a bus"), rng).await,
+        Fault::TenantNew => crate::tenants::add(world, bus.expect("a bus")).await,
+        Fault::BrokerMajorityDown => {
+            let broker = world
+                .brokers
+                .get_mut(&bus.expect("a bus"))
+                .expect("its broker");
+            // The drawn node and the next one: two of three.
+            let both = [n, (n + 1) % broker.nodes()];
+            for m in both {
+                tokio::task::block_in_place(|| broker.stop_node(m, false));
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(3000..6000))).await;
+            for m in both {
+                if let Err(e) = tokio::task::block_in_place(|| broker.start_node_again(m)) {
+                    eprintln!("chaos: cannot restart the broker's node {m}: {e}");
+                }
+            }
+            for m in both {
+                broker.wait_node_ready(m).await;
+            }
         }
         Fault::FreezeBrokerNode => {
             let broker = &world.brokers[&bus.expect("a bus")];

@@ -21,6 +21,7 @@ mod run;
 mod signals;
 mod soak;
 mod supervisor;
+mod tenants;
 mod workload;
 mod world;
 

@@ -105,6 +105,13 @@ pub struct RunArgs {
     /// not pass through PgBouncer).
     #[arg(long)]
     pub pgbouncer: bool,
+    /// Fleet mode: each bus' service keeps this many tenant databases (at least 2), written
+    /// to at random, and each relay process is the library's fleet over them (their bursts
+    /// taking turns, four at once). Adds the faults `tenant_away` (a tenant off the relays'
+    /// list for 2–6 s, then back) and `tenant_new` (a new tenant's database created and
+    /// listed, up to three per bus). Not with `--capture wal`.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=20))]
+    pub fleet: Option<u32>,
     /// The run's length in minutes (instead of `--seconds`).
     #[arg(long)]
     pub minutes: Option<u64>,
@@ -181,6 +188,10 @@ pub async fn run(mut args: RunArgs) -> ExitCode {
     }
     if args.pgbouncer && (dbs != [Db::Postgres] || args.capture.is_some()) {
         eprintln!("chaos: --pgbouncer runs on PostgreSQL only (--db postgres), without --capture");
+        return ExitCode::from(2);
+    }
+    if args.fleet.is_some() && args.capture.is_some() {
+        eprintln!("chaos: --fleet runs without --capture wal");
         return ExitCode::from(2);
     }
     if args.soak && dbs != [Db::Postgres] {
@@ -263,6 +274,7 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: &Path) -> u8 {
         clustered: args.cluster,
         capture_wal: wal,
         pgbouncer: args.pgbouncer,
+        fleet: args.fleet,
     };
     let mut world = match World::start(dir, db, &buses, options).await {
         Ok(w) => w,
@@ -305,7 +317,10 @@ async fn run_on(args: &RunArgs, db: Db, seed: u64, dir: &Path) -> u8 {
         db.name()
     );
     let sampler = args.soak.then(|| {
-        let databases = buses.iter().map(|&b| world.direct_db_url(b)).collect();
+        let databases = buses
+            .iter()
+            .flat_map(|&b| world.direct_db_urls(b))
+            .collect();
         crate::soak::Sampler::start(
             &workloads,
             databases,

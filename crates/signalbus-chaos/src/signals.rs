@@ -102,6 +102,14 @@ impl Bus {
         format!("chaos_{}", self.name())
     }
 
+    /// The database of tenant `t` in fleet mode (`--fleet`); tenant 0's is [`Bus::database`].
+    pub fn tenant_database(self, t: u32) -> String {
+        match t {
+            0 => self.database(),
+            t => format!("chaos_{}_t{t}", self.name()),
+        }
+    }
+
     /// The bus URL for a broker (or its proxy) at `hosts` (`host:port`, comma-separated
     /// for a cluster). Broker timeouts stay below the bus' publish timeout (see
     /// [`crate::roles::bus_for`]).

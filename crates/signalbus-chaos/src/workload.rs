@@ -26,6 +26,12 @@ pub struct Spec {
     pub transaction_pooler: bool,
 }
 
+/// A fleet's list files of one bus (fleet mode): the writers' and the relays'.
+struct Lists {
+    service: PathBuf,
+    relayed: PathBuf,
+}
+
 /// The processes of one bus.
 pub struct Workload {
     pub writers: Vec<Slot>,
@@ -71,6 +77,10 @@ pub fn start(
         }
     };
     // Each slot draws its fail points from a generator of its own, seeded from the run's.
+    let lists = world.fleet.as_ref().map(|f| Lists {
+        service: f.service_list(bus),
+        relayed: f.relay_list(bus),
+    });
     let slot_rng = |n: u64| StdRng::seed_from_u64(seed ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     let bus_n = bus as u64;
     let writers = (0..spec.writers)
@@ -84,6 +94,7 @@ pub fn start(
                 rolled_back.clone(),
                 spec.rate,
             );
+            let list = lists.as_ref().map(|l| l.service.clone());
             Slot::start(
                 name,
                 Box::new(move |n| {
@@ -106,6 +117,9 @@ pub fn start(
                     if spec.transaction_pooler {
                         cmd.arg("--transaction-pooler");
                     }
+                    if let Some(list) = &list {
+                        cmd.arg("--tenants-file").arg(list);
+                    }
                     if let Some(fp) = failpoint_for("writer", &mut rng).filter(|_| spec.failpoints)
                     {
                         cmd.args(["--failpoint", &fp]);
@@ -121,6 +135,7 @@ pub fn start(
             let mut rng = slot_rng(bus_n * 1000 + 100 + u64::from(id));
             let new = base(&name);
             let (db, url) = (world.db_url(bus), broker.url());
+            let list = lists.as_ref().map(|l| l.relayed.clone());
             Slot::start(
                 name,
                 Box::new(move |_| {
@@ -131,6 +146,9 @@ pub fn start(
                     }
                     if spec.transaction_pooler {
                         cmd.arg("--transaction-pooler");
+                    }
+                    if let Some(list) = &list {
+                        cmd.arg("--tenants-file").arg(list);
                     }
                     if let Some(fp) = failpoint_for("relay", &mut rng).filter(|_| spec.failpoints) {
                         cmd.args(["--failpoint", &fp]);

@@ -6,6 +6,7 @@
 use crate::broker::{BOOT, Broker, loopback};
 use crate::db::Db;
 use crate::signals::Bus;
+use crate::tenants::Tenants;
 use signalbus_testkit::mariadb::PrivateMariadb;
 use signalbus_testkit::nats::free_port;
 use signalbus_testkit::pgbouncer::PrivatePgBouncer;
@@ -22,6 +23,9 @@ pub struct World {
     pub capture_wal: bool,
     /// The PgBouncer between writers and relays and the database's proxy (`--pgbouncer`).
     pub pgbouncer: Option<PrivatePgBouncer>,
+    /// Fleet mode (`--fleet`): each bus' databases, one per tenant, and which of them the
+    /// relays serve.
+    pub fleet: Option<Tenants>,
 }
 
 /// What the world is made of, besides its database and buses.
@@ -33,6 +37,8 @@ pub struct Options {
     pub capture_wal: bool,
     /// A PgBouncer in transaction pooling mode in front of the database's proxy.
     pub pgbouncer: bool,
+    /// Fleet mode: this many tenant databases per bus at the start.
+    pub fleet: Option<u32>,
 }
 
 /// Server connections PgBouncer pools per bus' database: fewer than its clients (writers'
@@ -66,7 +72,7 @@ impl World {
         buses: &[Bus],
         options: Options,
     ) -> Result<World, Failure> {
-        let db = Database::start(dir, db, options.capture_wal).await?;
+        let db = Database::start(dir, db, options).await?;
         let pgbouncer = match (&db, options.pgbouncer) {
             (Database::Postgres { proxy, .. }, true) => {
                 let port = free_port();
@@ -89,16 +95,36 @@ impl World {
             brokers,
             capture_wal: options.capture_wal,
             pgbouncer,
+            fleet: options.fleet.map(|n| Tenants::new(dir, buses, n)),
         })
     }
 
     /// The URL of `bus`' database as writers and relays reach it: through PgBouncer when the
     /// run has one, else through the proxy.
     pub fn db_url(&self, bus: Bus) -> String {
+        self.tenant_url(bus, 0)
+    }
+
+    /// The URL of tenant `t`'s database of `bus` (tenant 0: the bus' only database outside
+    /// fleet mode) as writers and relays reach it.
+    pub fn tenant_url(&self, bus: Bus, t: u32) -> String {
+        let name = bus.tenant_database(t);
         match &self.pgbouncer {
-            Some(bouncer) => bouncer.url(&bus.database()),
-            None => self.db.url(bus, true),
+            Some(bouncer) => bouncer.url(&name),
+            None => self.db.url(&name, true),
         }
+    }
+
+    /// How many databases `bus` has now (one outside fleet mode).
+    pub fn tenants(&self, bus: Bus) -> u32 {
+        self.fleet.as_ref().map_or(1, |f| f.count(bus))
+    }
+
+    /// The URLs of every database of `bus`, straight to the server (the harness' checks).
+    pub fn direct_db_urls(&self, bus: Bus) -> Vec<String> {
+        (0..self.tenants(bus))
+            .map(|t| self.db.url(&bus.tenant_database(t), false))
+            .collect()
     }
 
     /// Kill PgBouncer (SIGKILL, or SIGTERM when not `hard`), and start it again after
@@ -123,9 +149,9 @@ impl World {
         }
     }
 
-    /// The URL of `bus`' database, straight to the server (the harness' own checks).
+    /// The URL of `bus`' (first) database, straight to the server (the harness' own checks).
     pub fn direct_db_url(&self, bus: Bus) -> String {
-        self.db.url(bus, false)
+        self.db.url(&bus.database(), false)
     }
 
     /// Every proxy back to passing everything.
@@ -140,7 +166,7 @@ impl World {
 }
 
 impl Database {
-    async fn start(dir: &Path, db: Db, capture_wal: bool) -> Result<Database, Failure> {
+    async fn start(dir: &Path, db: Db, options: Options) -> Result<Database, Failure> {
         if db == Db::Sqlite {
             let dir = dir.join("sqlite");
             std::fs::create_dir_all(&dir)?;
@@ -149,18 +175,22 @@ impl Database {
         let port = free_port();
         let started = match db {
             Db::Postgres => Database::Postgres {
-                server: if capture_wal {
-                    PrivatePostgres::start_with(
-                        &dir.join("postgres"),
-                        port,
-                        &[
+                server: {
+                    let mut settings = Vec::new();
+                    if options.capture_wal {
+                        settings.extend([
                             "wal_level=logical",
                             "max_replication_slots=40",
                             "max_wal_senders=40",
-                        ],
-                    )?
-                } else {
-                    PrivatePostgres::start(&dir.join("postgres"), port)?
+                        ]);
+                    }
+                    if options.fleet.is_some() {
+                        // Every tenant's relays hold a listener and an idle-lock connection
+                        // besides their pools: 400 is too few for five buses of 4–7
+                        // tenants (a 10-minute run ran out).
+                        settings.push("max_connections=1000");
+                    }
+                    PrivatePostgres::start_with(&dir.join("postgres"), port, &settings)?
                 },
                 proxy: Proxy::start(loopback(port)).await?,
             },
@@ -192,21 +222,14 @@ impl Database {
         }
     }
 
-    /// The URL of `bus`' database, through the proxy or straight to the server.
-    fn url(&self, bus: Bus, proxied: bool) -> String {
+    /// The URL of the database `name`, through the proxy or straight to the server.
+    pub fn url(&self, name: &str, proxied: bool) -> String {
         let port = |server: u16, proxy: &Proxy| if proxied { proxy.port() } else { server };
         match self {
-            Database::Postgres { server, proxy } => {
-                server.url(port(server.port, proxy), &bus.database())
-            }
-            Database::Mariadb { server, proxy } => {
-                server.url(port(server.port, proxy), &bus.database())
-            }
+            Database::Postgres { server, proxy } => server.url(port(server.port, proxy), name),
+            Database::Mariadb { server, proxy } => server.url(port(server.port, proxy), name),
             Database::Sqlite { dir } => {
-                format!(
-                    "sqlite://{}",
-                    dir.join(format!("{}.db", bus.database())).display()
-                )
+                format!("sqlite://{}", dir.join(format!("{name}.db")).display())
             }
         }
     }

@@ -160,8 +160,13 @@ pub async fn run(args: ConsumerArgs) -> Result<(), Box<dyn std::error::Error>> {
     match args.bus {
         Bus::Amqp => amqp(&args.broker, &mut recorder).await,
         Bus::Nats => {
-            let last = resume.iter().filter_map(|d| d.position).map(|p| p.1).max();
-            nats(&args.broker, last, &mut recorder).await
+            // What each stream sequence held when it was recorded (the last line's, for a
+            // sequence recorded again after the stream reassigned it).
+            let recorded = resume
+                .iter()
+                .filter_map(|d| Some((d.position?.1, d.message_id.clone())))
+                .collect();
+            nats(&args.broker, recorded, &mut recorder).await
         }
         Bus::Redis => {
             let last = resume.iter().filter_map(|d| d.position).map(|p| p.1).max();
@@ -240,12 +245,15 @@ async fn amqp(broker: &str, recorder: &mut Recorder) -> Result<(), Box<dyn std::
 /// The stream `CHAOS` from the sequence after the last recorded, through a consumer of this
 /// process alone (no acks: the file is the position), pulled in short batches so that a
 /// quiet stream does not leave a pull pending for long.
+/// Empty pull batches in a row (0.5 s each) after which the NATS consumer sweeps the stream.
+const IDLE_BATCHES: u32 = 6;
+
 async fn nats(
     broker: &str,
-    last: Option<i64>,
+    mut recorded: HashMap<i64, String>,
     recorder: &mut Recorder,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use async_nats::jetstream::consumer::DeliverPolicy;
     // A consumer that lost its server starts afresh (the slot restarts it, resuming after
     // its last line): the recovery times measure signalbus, not this consumer's reconnects.
     let client = async_nats::ConnectOptions::new()
@@ -264,24 +272,19 @@ async fn nats(
         .await?;
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("CHAOS").await?;
+    let last = recorded.keys().max().copied();
     let deliver_policy = match last {
         Some(seq) => DeliverPolicy::ByStartSequence {
             start_sequence: u64::try_from(seq + 1)?,
         },
         None => DeliverPolicy::All,
     };
-    let consumer = stream
-        .create_consumer(pull::Config {
-            deliver_policy,
-            ack_policy: AckPolicy::None,
-            inactive_threshold: std::time::Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await?;
+    let consumer = pull_consumer(&stream, deliver_policy).await?;
     // No acks: a batch whose messages were on their way when it expired (a partition holds
     // them) counts them delivered, and the next batch starts after them. A jump in the
     // stream sequence ends this process, and the slot starts it again from the last line.
     let mut next = last.map(|seq| seq + 1);
+    let (mut idle, mut swept) = (0, false);
     loop {
         let mut batch = consumer
             .batch()
@@ -289,6 +292,7 @@ async fn nats(
             .expires(std::time::Duration::from_millis(500))
             .messages()
             .await?;
+        let mut got = false;
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| e.to_string())?;
             let info = message.info().map_err(|e| e.to_string())?;
@@ -302,11 +306,97 @@ async fn nats(
                 Some(expected) if seq < expected => continue,
                 _ => next = Some(seq + 1),
             }
-            let id = signalbus::nats::message_id(&message);
             let stored = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok();
-            recorder.record(&message.payload, Some((0, seq)), stored, id, false)?;
+            record_nats(recorder, &mut recorded, &message, seq, stored)?;
+            got = true;
+        }
+        (idle, swept) = if got { (0, false) } else { (idle + 1, swept) };
+        if idle >= IDLE_BATCHES && !swept {
+            sweep(&stream, &mut recorded, recorder).await?;
+            swept = true;
         }
     }
+}
+
+/// A pull consumer of the stream without acks, from `deliver_policy` on.
+async fn pull_consumer(
+    stream: &async_nats::jetstream::stream::Stream,
+    deliver_policy: async_nats::jetstream::consumer::DeliverPolicy,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, Box<dyn std::error::Error>> {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    Ok(stream
+        .create_consumer(pull::Config {
+            deliver_policy,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: std::time::Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// Record the message at stream sequence `seq`.
+fn record_nats(
+    recorder: &mut Recorder,
+    recorded: &mut HashMap<i64, String>,
+    message: &async_nats::jetstream::Message,
+    seq: i64,
+    stored: Option<i64>,
+) -> std::io::Result<()> {
+    let id = signalbus::nats::message_id(message);
+    recorder.record(&message.payload, Some((0, seq)), stored, id, false)?;
+    recorded.insert(seq, id.unwrap_or("-").to_owned());
+    Ok(())
+}
+
+/// Read the stream again up to the last sequence recorded, and record each message whose
+/// sequence held another message when it was recorded. After two of three nodes died at once
+/// (`broker_majority_killed`), JetStream has been seen to give a consumer messages at
+/// sequences it later assigned to other messages (published during the outage and
+/// acknowledged after it): a consumer that resumes by sequence never reads those. Run when
+/// the stream has been idle for a while (the drain, a broker down), at most once per idle
+/// spell.
+async fn sweep(
+    stream: &async_nats::jetstream::stream::Stream,
+    recorded: &mut HashMap<i64, String>,
+    recorder: &mut Recorder,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use async_nats::jetstream::consumer::DeliverPolicy;
+    let Some(&last) = recorded.keys().max() else {
+        return Ok(());
+    };
+    // Up to what the stream holds now (a stream that lost its tail ends before `last`).
+    let end = last.min(i64::try_from(
+        stream.clone().info().await?.state.last_sequence,
+    )?);
+    let consumer = pull_consumer(stream, DeliverPolicy::All).await?;
+    let mut messages = consumer.messages().await?;
+    let mut rewritten = 0;
+    let read = async {
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let seq = i64::try_from(info.stream_sequence)?;
+            let id = signalbus::nats::message_id(&message).unwrap_or("-");
+            if recorded.get(&seq).is_some_and(|was| was != id) {
+                let stored = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok();
+                record_nats(recorder, recorded, &message, seq, stored)?;
+                rewritten += 1;
+            }
+            if seq >= end {
+                break;
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .map_err(|_| "the sweep of the stream took over 60 s")??;
+    if rewritten > 0 {
+        eprintln!(
+            "chaos consumer: {rewritten} stream sequences held other messages than recorded; recorded again"
+        );
+    }
+    Ok(())
 }
 
 /// Every partition of `chaos`, each from the offset after the last recorded.

@@ -20,32 +20,43 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(6);
 pub const LEASE: Duration = Duration::from_secs(8);
 
 /// A bus on the writer's or relay's database with the three signal types (through a pooler in
-/// transaction mode with `transaction_pooler`). A database or a broker that is down at start
-/// is waited for: a process restarted during a fault must come up anyway.
+/// transaction mode with `transaction_pooler`), with a pool of `pool` connections. A database
+/// or a broker that is down at start is waited for: a process restarted during a fault must
+/// come up anyway.
 pub async fn bus_for<D: HarnessDb>(
     db_url: &str,
     bus_url: &str,
     autoflush: bool,
     transaction_pooler: bool,
+    pool: u32,
 ) -> SignalBus<D> {
-    let pool = loop {
-        match crate::database::pool::<D>(db_url, 8).await {
-            Ok(pool) => break pool,
+    loop {
+        match connect::<D>(db_url, bus_url, autoflush, transaction_pooler, pool).await {
+            Ok(bus) => return bus,
             Err(e) => {
-                tracing::warn!(error = %e, "database not reachable yet");
+                tracing::warn!(error = %e, "database or bus not reachable yet");
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
-    };
-    let publisher = loop {
-        match signalbus::connect_bus(bus_url).await {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::warn!(error = %e, "bus not reachable yet");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
-    };
+    }
+}
+
+/// Connections of a writer's or relay's pool on its database.
+pub const POOL: u32 = 8;
+/// The same in fleet mode, for each of a process' databases (the CLI's default): the
+/// server's connections are shared by every tenant's pools, listeners and idle locks.
+pub const FLEET_POOL: u32 = 2;
+
+/// The bus of [`bus_for`], tried once, with a pool of `pool` connections.
+pub async fn connect<D: HarnessDb>(
+    db_url: &str,
+    bus_url: &str,
+    autoflush: bool,
+    transaction_pooler: bool,
+    pool: u32,
+) -> signalbus::Result<SignalBus<D>> {
+    let pool = crate::database::pool::<D>(db_url, pool).await?;
+    let publisher = signalbus::connect_bus(bus_url).await?;
     SignalBus::builder(pool)
         .publisher(publisher)
         .register::<Event>()
@@ -56,7 +67,19 @@ pub async fn bus_for<D: HarnessDb>(
         .autoflush(autoflush)
         .transaction_pooler(transaction_pooler)
         .build()
-        .expect("a valid bus configuration")
+}
+
+/// The databases listed in a fleet's list file (`--tenants-file`), one URL a line (the
+/// harness replaces it whole, by a rename); `None` when it cannot be read.
+pub fn read_list(path: &std::path::Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 /// The database type of `url`, for a role's generic run.

@@ -1,6 +1,8 @@
 //! A writer: business transactions at a steady rate, each with a row in `chaos_tx` and one to
 //! three signals — [`Event`]s (auto-flushed by the commit) or [`Keyed`] signals of one of the
-//! writer's keys (left to the relays) — and one in ten rolled back on purpose.
+//! writer's keys (left to the relays) — and one in ten rolled back on purpose. In fleet mode
+//! (`--tenants-file`) each transaction goes to one of the tenants' databases at random, keys
+//! being per tenant.
 
 use super::{bus_for, now_ms};
 use crate::database::on_db;
@@ -36,6 +38,10 @@ pub struct WriterArgs {
     /// The database is reached through a pooler in transaction mode (PgBouncer).
     #[arg(long)]
     pub transaction_pooler: bool,
+    /// Fleet mode: write to every database listed in this file (one URL a line; read again
+    /// every second, as new tenants are added); `--db-url` then only says the database type.
+    #[arg(long)]
+    pub tenants_file: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: WriterArgs) {
@@ -44,7 +50,29 @@ pub async fn run(args: WriterArgs) {
 }
 
 async fn run_on<D: HarnessDb>(args: &WriterArgs) {
-    let bus = bus_for::<D>(&args.db_url, &args.bus_url, true, args.transaction_pooler).await;
+    let mut tenants = Vec::new();
+    let mut listed_at = std::time::Instant::now();
+    match &args.tenants_file {
+        Some(list) => {
+            while tenants.is_empty() {
+                add_tenants(&mut tenants, list, args).await;
+                if tenants.is_empty() {
+                    tracing::warn!(list = %list.display(), "no tenant listed yet");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+        None => tenants.push(
+            bus_for::<D>(
+                &args.db_url,
+                &args.bus_url,
+                true,
+                args.transaction_pooler,
+                super::POOL,
+            )
+            .await,
+        ),
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut rolled_back = std::fs::OpenOptions::new()
         .create(true)
@@ -60,15 +88,33 @@ async fn run_on<D: HarnessDb>(args: &WriterArgs) {
             _ = tick.tick() => {}
             _ = &mut stop => {
                 // What the auto-flush holds goes out before the process ends.
-                bus.close(Duration::from_secs(5)).await;
+                let closing = tenants.iter().map(|bus| bus.close(Duration::from_secs(5)));
+                futures_util::future::join_all(closing).await;
                 return;
             }
         }
+        if let Some(list) = &args.tenants_file
+            && listed_at.elapsed() >= LIST_EVERY
+        {
+            add_tenants(&mut tenants, list, args).await;
+            listed_at = std::time::Instant::now();
+        }
         let keyed = rng.random_bool(0.5);
         let n: u32 = rng.random_range(1..=3);
-        let key = keyed.then(|| format!("w{}-k{}", args.id, rng.random_range(0..args.keys)));
+        // Outside fleet mode the one database, and no draw (a seed's workload stays as it was).
+        let t = match tenants.len() {
+            1 => 0,
+            len => rng.random_range(0..len),
+        };
+        let key = keyed.then(|| {
+            let k = rng.random_range(0..args.keys);
+            match args.tenants_file {
+                Some(_) => format!("t{t}-w{}-k{k}", args.id),
+                None => format!("w{}-k{k}", args.id),
+            }
+        });
         let rollback = rng.random_bool(0.1);
-        match transaction(&bus, args.bus, args.id, key, n, rollback).await {
+        match transaction(&tenants[t], args.bus, args.id, key, n, rollback).await {
             Ok(Some(id)) => {
                 let _ = writeln!(rolled_back, "{id}");
             }
@@ -76,6 +122,34 @@ async fn run_on<D: HarnessDb>(args: &WriterArgs) {
             // The database or the proxy in front of it is down: try again at the next tick.
             Err(e) => tracing::debug!(error = %e, "transaction failed"),
         }
+    }
+}
+
+/// How often a writer in fleet mode reads its list of tenants again.
+const LIST_EVERY: Duration = Duration::from_secs(1);
+
+/// Open a bus on each database the list has beyond those open (tenants are only ever added,
+/// at the end of the list: a tenant's number is its place).
+async fn add_tenants<D: HarnessDb>(
+    tenants: &mut Vec<signalbus::SignalBus<D>>,
+    list: &std::path::Path,
+    args: &WriterArgs,
+) {
+    for url in super::read_list(list)
+        .unwrap_or_default()
+        .iter()
+        .skip(tenants.len())
+    {
+        tenants.push(
+            bus_for::<D>(
+                url,
+                &args.bus_url,
+                true,
+                args.transaction_pooler,
+                super::FLEET_POOL,
+            )
+            .await,
+        );
     }
 }
 
