@@ -24,7 +24,8 @@ pub struct NatsOptions {
     pub(crate) user_password: Option<(String, String)>,
     /// The client name.
     pub name: String,
-    /// Limit of the connect and of each batch's acks.
+    /// Limit of the connect and of each batch's acks; the client pings its server every half
+    /// of it ([`NatsOptions::ping_interval`]).
     pub timeout: Duration,
     /// How subjects are made.
     pub subject: SubjectFrom,
@@ -42,6 +43,15 @@ impl std::fmt::Debug for NatsOptions {
 }
 
 impl NatsOptions {
+    /// How often the client pings its server: half the timeout, at least 1 s. Three pings
+    /// without an answer and the client leaves the server for another of the URL, so a
+    /// server that stops answering with its connection open (frozen, or behind a partition
+    /// that drops packets) holds the publisher up for about 1.5 timeouts, not NATS' default
+    /// of several minutes.
+    pub fn ping_interval(&self) -> Duration {
+        (self.timeout / 2).max(Duration::from_secs(1))
+    }
+
     /// Parse `nats://[user:password@]host[:port][,host2[:port2]…][?params]`: several servers
     /// of one cluster, comma-separated, are tried in turn and on every reconnect.
     pub fn from_url(url: &str) -> Result<Self> {

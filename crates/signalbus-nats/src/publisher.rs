@@ -41,7 +41,8 @@ impl NatsPublisher {
         let mut connect = async_nats::ConnectOptions::new()
             .name(&options.name)
             .connection_timeout(options.timeout)
-            .request_timeout(Some(options.timeout));
+            .request_timeout(Some(options.timeout))
+            .ping_interval(options.ping_interval());
         if let Some(token) = &options.token {
             connect = connect.token(token.clone());
         }

@@ -333,21 +333,25 @@ async fn a_message_over_the_servers_max_payload_is_refused_alone() {
     server.stop();
 }
 
-/// A three-node cluster with a stream of three replicas, the URL naming every node: when the
-/// node the client is connected to is killed, the publisher goes on through another, and
-/// every message is stored once; no message is refused while the stream elects a leader, nor
-/// while it has none (two nodes gone): the calls fail instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_url_fails_over_when_its_node_is_killed() {
+/// A three-node cluster of private servers under `dir` and a stream of three replicas on it,
+/// every replica current; a publisher whose URL names every node (`timeout_ms=2000`).
+struct Cluster {
+    ports: Vec<u16>,
+    servers: Vec<Option<PrivateServer>>,
+    publisher: NatsPublisher,
+    stream: stream::Stream,
+    root: String,
+}
+
+async fn r3_cluster(dir: &std::path::Path) -> Cluster {
     use signalbus_testkit::nats::cluster_args;
-    let dir = tempfile::tempdir().unwrap();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut servers: Vec<Option<PrivateServer>> = Vec::new();
     for (n, &port) in ports.iter().enumerate() {
         let args = cluster_args(n, &cluster_ports, None);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let store = dir.path().join(format!("n{n}"));
+        let store = dir.join(format!("n{n}"));
         std::fs::create_dir_all(&store).unwrap();
         let server = PrivateServer::start_with(port, &store, &args);
         server.wait_ready().await;
@@ -389,6 +393,29 @@ async fn a_cluster_url_fails_over_when_its_node_is_killed() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(ready, "the stream's three replicas are not all current");
+    Cluster {
+        ports,
+        servers,
+        publisher,
+        stream,
+        root,
+    }
+}
+
+/// A three-node cluster with a stream of three replicas, the URL naming every node: when the
+/// node the client is connected to is killed, the publisher goes on through another, and
+/// every message is stored once; no message is refused while the stream elects a leader, nor
+/// while it has none (two nodes gone): the calls fail instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_url_fails_over_when_its_node_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Cluster {
+        ports,
+        mut servers,
+        publisher,
+        mut stream,
+        root,
+    } = r3_cluster(dir.path()).await;
     let first: Vec<Message> = (0..20).map(|n| message(&root, n)).collect();
     publisher.publish(&first).await.unwrap();
 
@@ -444,4 +471,52 @@ async fn a_cluster_url_fails_over_when_its_node_is_killed() {
             "a stream without a leader refused: {failed:?}"
         );
     }
+}
+
+/// A node that stops answering with its connections open (frozen: SIGSTOP, as a partition
+/// that drops packets) is left for another node within about 1.5 timeouts (the pings every
+/// half timeout), not after NATS' default of minutes: a call while it is frozen succeeds
+/// through another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_url_leaves_a_frozen_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let Cluster {
+        ports,
+        servers,
+        publisher,
+        mut stream,
+        root,
+    } = r3_cluster(dir.path()).await;
+    let connected = publisher.client().server_info().port;
+    let at = ports.iter().position(|p| *p == connected).unwrap();
+    let frozen = servers[at].as_ref().unwrap();
+    frozen.freeze();
+    let began = std::time::Instant::now();
+    let batch: Vec<Message> = (0..10).map(|n| message(&root, n)).collect();
+    let mut sent = None;
+    // The freeze lasts 20 s; with the timeout of 2 s the client leaves after about 3 s.
+    while began.elapsed() < Duration::from_secs(20) {
+        if let Ok(outcome) = publisher.publish(&batch).await {
+            assert!(outcome.refused().is_empty(), "{outcome:?}");
+            sent = Some(began.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let moved_to = publisher.client().server_info().port;
+    frozen.thaw();
+    let sent = sent.expect("no call succeeded while the client's node was frozen for 20 s");
+    assert_ne!(moved_to, connected, "still on the frozen node");
+    eprintln!("left the frozen node; the first call through another succeeded after {sent:?}");
+    let mut stored = 0;
+    for _ in 0..80 {
+        if let Ok(info) = stream.info().await {
+            stored = info.state.messages;
+            if stored == 10 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(stored, 10, "every message stored once");
 }
