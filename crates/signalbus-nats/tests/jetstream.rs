@@ -343,6 +343,23 @@ struct Cluster {
     root: String,
 }
 
+/// How many messages `stream` holds, asked for up to 20 s until it holds `expected`: after a
+/// node was killed or frozen, the stream may elect its leader again, and its info can time
+/// out meanwhile.
+async fn messages_once_settled(stream: &mut stream::Stream, expected: u64) -> u64 {
+    let mut stored = 0;
+    for _ in 0..80 {
+        if let Ok(info) = stream.info().await {
+            stored = info.state.messages;
+            if stored == expected {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stored
+}
+
 async fn r3_cluster(dir: &std::path::Path) -> Cluster {
     use signalbus_testkit::nats::cluster_args;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -441,17 +458,7 @@ async fn a_cluster_url_fails_over_when_its_node_is_killed() {
     }
     assert!(sent, "the publisher did not move to another node");
     assert_ne!(publisher.client().server_info().port, connected);
-    // The stream's leader may be elected again after the kill: its info can time out a while.
-    let mut stored = 0;
-    for _ in 0..80 {
-        if let Ok(info) = stream.info().await {
-            stored = info.state.messages;
-            if stored == 40 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let stored = messages_once_settled(&mut stream, 40).await;
     assert_eq!(
         stored, 40,
         "every message stored once, through the surviving nodes"
@@ -508,15 +515,6 @@ async fn a_cluster_url_leaves_a_frozen_node() {
     let sent = sent.expect("no call succeeded while the client's node was frozen for 20 s");
     assert_ne!(moved_to, connected, "still on the frozen node");
     eprintln!("left the frozen node; the first call through another succeeded after {sent:?}");
-    let mut stored = 0;
-    for _ in 0..80 {
-        if let Ok(info) = stream.info().await {
-            stored = info.state.messages;
-            if stored == 10 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let stored = messages_once_settled(&mut stream, 10).await;
     assert_eq!(stored, 10, "every message stored once");
 }
