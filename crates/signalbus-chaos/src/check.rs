@@ -55,6 +55,10 @@ pub struct BusVerdict {
     pub duplicates_redelivered: usize,
     pub duplicates_published_again: usize,
     pub id_mismatches: usize,
+    /// Records at a broker position recorded again later with another message (a NATS
+    /// stream that reassigned sequences after losing its majority): not counted as
+    /// deliveries of their signals, nor in a key's order.
+    pub superseded: usize,
     pub order_violations: usize,
     pub keys: usize,
     pub left_in_tables: i64,
@@ -106,9 +110,19 @@ pub fn check(
         parked: committed.parked,
         ..BusVerdict::default()
     };
+    // A position recorded twice held another message the second time (a NATS stream that
+    // reassigned sequences after losing its majority; see the consumer's sweep): the stream
+    // holds the later one there, and the earlier record is no delivery of its signal unless
+    // the stream holds that signal at another position too (else the broker dropped it:
+    // lost).
+    let superseded = superseded(&deliveries);
+    v.superseded = superseded.len();
     let mut seen: HashSet<(i64, u32)> = HashSet::new();
     let mut ids: HashMap<(i64, u32), &str> = HashMap::new();
-    for d in &deliveries {
+    for (n, d) in deliveries.iter().enumerate() {
+        if superseded.contains(&n) {
+            continue;
+        }
         let id = ids.entry((d.tx, d.i)).or_insert(d.message_id.as_str());
         if *id != d.message_id {
             v.id_mismatches += 1;
@@ -146,23 +160,14 @@ pub fn check(
     v.lost_sample = lost.iter().take(10).copied().collect();
     v.lost_all = lost;
 
-    // Order: the broker's own order where it has one. A position recorded twice held another
-    // message the second time (a NATS stream that reassigned sequences after losing its
-    // majority; see the consumer's sweep): the stream's order is the later one's.
+    // Order: the broker's own order where it has one (superseded records left out).
+    let mut n = 0;
+    deliveries.retain(|_| {
+        n += 1;
+        !superseded.contains(&(n - 1))
+    });
     if bus != Bus::Amqp {
         deliveries.sort_by_key(|d| d.position);
-        let superseded: HashSet<usize> = (1..deliveries.len())
-            .filter(|&n| {
-                deliveries[n].position.is_some()
-                    && deliveries[n].position == deliveries[n - 1].position
-            })
-            .map(|n| n - 1)
-            .collect();
-        let mut n = 0;
-        deliveries.retain(|_| {
-            n += 1;
-            !superseded.contains(&(n - 1))
-        });
     }
     let mut first_max: HashMap<&str, i64> = HashMap::new();
     let mut first_seen: HashSet<(&str, i64)> = HashSet::new();
@@ -224,6 +229,23 @@ pub fn check(
 }
 
 /// Whether a verdict fails the run.
+/// The records (by their place in `deliveries`, the consumer's file order) at a position that
+/// was recorded again later.
+fn superseded(deliveries: &[Delivery]) -> HashSet<usize> {
+    let mut last: HashMap<(i32, i64), usize> = HashMap::new();
+    for (n, d) in deliveries.iter().enumerate() {
+        if let Some(p) = d.position {
+            last.insert(p, n);
+        }
+    }
+    deliveries
+        .iter()
+        .enumerate()
+        .filter(|(n, d)| d.position.is_some_and(|p| last[&p] != *n))
+        .map(|(n, _)| n)
+        .collect()
+}
+
 pub fn failed(v: &BusVerdict) -> bool {
     v.lost > 0
         || v.phantom > 0
@@ -301,8 +323,8 @@ mod tests {
 
     /// A NATS stream that reassigned sequence 2 after losing its majority: the consumer read
     /// a1 there first (published again later at 4), and its sweep recorded what sequence 2
-    /// holds now, a0. The stream's order is a0 (2), a1 (4): no violation, nothing lost, a1
-    /// delivered twice.
+    /// holds now, a0. The stream's order is a0 (2), a1 (4): no violation, nothing lost, no
+    /// duplicate (the stream holds a1 once), one record superseded.
     #[test]
     fn a_position_recorded_again_supersedes_the_first_record() {
         let c = committed(&[((1, 0), Some(("a", 0))), ((2, 0), Some(("a", 1)))]);
@@ -313,11 +335,22 @@ mod tests {
         ];
         let v = check(Bus::Nats, &c, got, &[], &[]);
         assert_eq!(
-            (v.lost, v.duplicates, v.order_violations),
-            (0, 1, 0),
+            (v.lost, v.duplicates, v.order_violations, v.superseded),
+            (0, 0, 0, 1),
             "{v:?}"
         );
         assert!(!failed(&v));
+    }
+
+    /// A signal recorded only at a position that later held another message: the stream no
+    /// longer holds it anywhere, so it is lost (the broker dropped it), not delivered.
+    #[test]
+    fn a_signal_seen_only_at_a_superseded_position_is_lost() {
+        let c = committed(&[((1, 0), None), ((2, 0), None)]);
+        let got = vec![delivery(2, 0, None, 2), delivery(1, 0, None, 2)];
+        let v = check(Bus::Nats, &c, got, &[], &[]);
+        assert_eq!((v.lost, v.lost_sample.clone()), (1, vec![(2, 0)]), "{v:?}");
+        assert!(failed(&v));
     }
 
     #[test]

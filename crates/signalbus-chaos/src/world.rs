@@ -154,8 +154,15 @@ impl World {
         self.db.url(&bus.database(), false)
     }
 
-    /// Every proxy back to passing everything.
+    /// Every proxy back to passing everything, and a fleet's every tenant on its relays' list.
     pub fn heal(&self) {
+        if let Some(fleet) = &self.fleet {
+            for &bus in self.brokers.keys() {
+                if let Err(e) = fleet.write_lists(self, bus, None) {
+                    eprintln!("chaos: cannot write the lists of {}: {e}", bus.name());
+                }
+            }
+        }
         if let Some(proxy) = self.db.proxy() {
             proxy.heal();
         }

@@ -25,15 +25,16 @@
 //! any that answers and moves to another when its server goes away (it also learns the
 //! cluster's other members from the servers, unless they run with `no_advertise`). A server
 //! that stops answering while its connection stays open (a frozen process, a partition that
-//! drops packets) is left after three unanswered pings, sent every half `timeout_ms` (at
-//! least 1 s; NATS' own default is two minutes): about 15 s with the default timeout. Give a
+//! drops packets) is left at the third ping with two unanswered, pings going every half
+//! `timeout_ms` (1 s to 2 minutes; NATS' own default is two minutes): within 10–15 s with
+//! the default timeout. Give a
 //! stream several replicas (`num_replicas: 3`) so that an acknowledged message survives a
 //! server; with one replica a message is acknowledged by one server alone.
 //!
 //! # URL query parameters
 //! | parameter | default | meaning |
 //! |---|---|---|
-//! | `timeout_ms` | `10000` | limit of the connect and of waiting for the acks of a batch; pings go every half of it |
+//! | `timeout_ms` | `10000` | limit of the connect and of waiting for the acks of a batch; pings go every half of it (1 s to 2 min) |
 //! | `token` | none | authenticate with a token instead of user and password (`nats://TOKEN@host` works too) |
 //! | `name` | `signalbus` | the client name the server shows |
 //! | `subject` | `destination` | `destination_key`: subject = destination + `.` + routing key; `destination`: the destination alone |

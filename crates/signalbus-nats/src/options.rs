@@ -43,13 +43,13 @@ impl std::fmt::Debug for NatsOptions {
 }
 
 impl NatsOptions {
-    /// How often the client pings its server: half the timeout, at least 1 s. Three pings
-    /// without an answer and the client leaves the server for another of the URL, so a
-    /// server that stops answering with its connection open (frozen, or behind a partition
-    /// that drops packets) holds the publisher up for about 1.5 timeouts, not NATS' default
-    /// of several minutes.
+    /// How often the client pings its server: half the timeout, between 1 s and 2 minutes
+    /// (NATS' own default). At the third ping with two unanswered, the client leaves the
+    /// server for another of the URL, so a server that stops answering with its connection
+    /// open (frozen, or behind a partition that drops packets) holds the publisher up for one
+    /// to one and a half timeouts, not several minutes.
     pub fn ping_interval(&self) -> Duration {
-        (self.timeout / 2).max(Duration::from_secs(1))
+        (self.timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(120))
     }
 
     /// Parse `nats://[user:password@]host[:port][,host2[:port2]…][?params]`: several servers

@@ -242,12 +242,12 @@ async fn amqp(broker: &str, recorder: &mut Recorder) -> Result<(), Box<dyn std::
     }
 }
 
-/// The stream `CHAOS` from the sequence after the last recorded, through a consumer of this
-/// process alone (no acks: the file is the position), pulled in short batches so that a
-/// quiet stream does not leave a pull pending for long.
 /// Empty pull batches in a row (0.5 s each) after which the NATS consumer sweeps the stream.
 const IDLE_BATCHES: u32 = 6;
 
+/// The stream `CHAOS` from the sequence after the last recorded, through a consumer of this
+/// process alone (no acks: the file is the position), pulled in short batches so that a
+/// quiet stream does not leave a pull pending for long; swept (see [`sweep`]) while quiet.
 async fn nats(
     broker: &str,
     mut recorded: HashMap<i64, String>,
@@ -284,7 +284,8 @@ async fn nats(
     // them) counts them delivered, and the next batch starts after them. A jump in the
     // stream sequence ends this process, and the slot starts it again from the last line.
     let mut next = last.map(|seq| seq + 1);
-    let (mut idle, mut swept) = (0, false);
+    // Empty batches in a row, and the stream's last sequence at the last sweep.
+    let (mut idle, mut swept_at) = (0, None);
     loop {
         let mut batch = consumer
             .batch()
@@ -310,10 +311,15 @@ async fn nats(
             record_nats(recorder, &mut recorded, &message, seq, stored)?;
             got = true;
         }
-        (idle, swept) = if got { (0, false) } else { (idle + 1, swept) };
-        if idle >= IDLE_BATCHES && !swept {
-            sweep(&stream, &mut recorded, recorder).await?;
-            swept = true;
+        idle = if got { 0 } else { idle + 1 };
+        // Quiet: sweep, unless the stream has not changed since the last sweep (messages
+        // stored at sequences this consumer has passed change its last sequence too).
+        if idle > 0 && idle % IDLE_BATCHES == 0 {
+            let stream_last = stream.clone().info().await?.state.last_sequence;
+            if swept_at != Some(stream_last) {
+                sweep(&stream, stream_last, &mut recorded, recorder).await?;
+                swept_at = Some(stream_last);
+            }
         }
     }
 }
@@ -353,21 +359,24 @@ fn record_nats(
 /// (`broker_majority_killed`), JetStream has been seen to give a consumer messages at
 /// sequences it later assigned to other messages (published during the outage and
 /// acknowledged after it): a consumer that resumes by sequence never reads those. Run when
-/// the stream has been idle for a while (the drain, a broker down), at most once per idle
-/// spell.
+/// the stream has been quiet for 3 s (the drain, mostly), again only when the stream's last
+/// sequence (`stream_last`) changed since.
 async fn sweep(
     stream: &async_nats::jetstream::stream::Stream,
+    stream_last: u64,
     recorded: &mut HashMap<i64, String>,
     recorder: &mut Recorder,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use async_nats::jetstream::consumer::DeliverPolicy;
-    let Some(&last) = recorded.keys().max() else {
+    // Up to what the stream holds now (a stream that lost its tail ends before our last).
+    let Some(end) = recorded
+        .keys()
+        .max()
+        .map(|&last| last.min(i64::try_from(stream_last).unwrap_or(i64::MAX)))
+        .filter(|&end| end > 0)
+    else {
         return Ok(());
     };
-    // Up to what the stream holds now (a stream that lost its tail ends before `last`).
-    let end = last.min(i64::try_from(
-        stream.clone().info().await?.state.last_sequence,
-    )?);
     let consumer = pull_consumer(stream, DeliverPolicy::All).await?;
     let mut messages = consumer.messages().await?;
     let mut rewritten = 0;
