@@ -307,8 +307,7 @@ async fn nats(
                 Some(expected) if seq < expected => continue,
                 _ => next = Some(seq + 1),
             }
-            let stored = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok();
-            record_nats(recorder, &mut recorded, &message, seq, stored)?;
+            record_nats(recorder, &mut recorded, &message, &info, seq)?;
             got = true;
         }
         idle = if got { 0 } else { idle + 1 };
@@ -340,14 +339,16 @@ async fn pull_consumer(
         .await?)
 }
 
-/// Record the message at stream sequence `seq`.
+/// Record the message at stream sequence `seq` (of its `info`), with the time the stream
+/// stored it.
 fn record_nats(
     recorder: &mut Recorder,
     recorded: &mut HashMap<i64, String>,
     message: &async_nats::jetstream::Message,
+    info: &async_nats::jetstream::message::Info<'_>,
     seq: i64,
-    stored: Option<i64>,
 ) -> std::io::Result<()> {
+    let stored = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok();
     let id = signalbus::nats::message_id(message);
     recorder.record(&message.payload, Some((0, seq)), stored, id, false)?;
     recorded.insert(seq, id.unwrap_or("-").to_owned());
@@ -387,8 +388,7 @@ async fn sweep(
             let seq = i64::try_from(info.stream_sequence)?;
             let id = signalbus::nats::message_id(&message).unwrap_or("-");
             if recorded.get(&seq).is_some_and(|was| was != id) {
-                let stored = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok();
-                record_nats(recorder, recorded, &message, seq, stored)?;
+                record_nats(recorder, recorded, &message, &info, seq)?;
                 rewritten += 1;
             }
             if seq >= end {
