@@ -68,6 +68,14 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // Diagnostics on standard error only when asked for (`RUST_LOG`), so that the JSON lines
+    // on standard output stay the only output of a benchmark.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let (mut builder, label) = match cli.runtime {
         Runtime::MultiThread => (tokio::runtime::Builder::new_multi_thread(), "multi-thread"),
         Runtime::CurrentThread => (

@@ -269,10 +269,19 @@ async fn drain_type<DB: Backend>(
 
 /// What an ordered flusher holds between bursts: a connection of its own whose session
 /// holds the lane it sends (so that a flusher that dies, connection and all, frees its lane
-/// at once), and the lane to look at next.
+/// at once), and the lanes to look at next.
+///
+/// The flusher goes round the lanes that had rows when it last looked (one probe of the
+/// lane index for all of them), a burst from each, and looks again when the round is over.
+/// So a lane that gets rows waits for at most one burst of each other lane, and a flusher
+/// opens a transaction only on lanes that had rows when it looked.
 pub(crate) struct LaneHold<DB: Backend> {
     conn: Option<DB::Connection>,
     next: u32,
+    /// The lanes left to look at in this round, in order, and the type they are of (a
+    /// flush of several types goes from one to the next with the same hold).
+    round: std::collections::VecDeque<u32>,
+    round_of: TypeIdx,
     /// The flusher's claim slot, where bursts claim ranges.
     slot: ClaimSlot,
 }
@@ -288,14 +297,42 @@ impl<DB: Backend> LaneHold<DB> {
             conn: None,
             // Flushers start at different lanes, so that they meet less.
             next: rand::random::<u32>(),
+            round: std::collections::VecDeque::new(),
+            round_of: 0,
             slot: ClaimSlot::taking_turns(turns),
         }
+    }
+
+    /// Start a round: the lanes that have rows now, from the next one on (lane 0 alone
+    /// where there are no lanes).
+    async fn probe(&mut self, shared: &Shared<DB>, reg: &Registered, lanes: u32) -> Result<()> {
+        if lanes <= 1 {
+            self.round.push_back(0);
+            return Ok(());
+        }
+        let conn = self.conn(shared).await?;
+        let mut with_rows = match reg.sql.lanes_with_rows::<DB>(conn).await {
+            Ok(with_rows) => with_rows,
+            Err(e) => {
+                self.conn = None; // closing it frees whatever it held
+                return Err(e);
+            }
+        };
+        let next = self.next % lanes;
+        with_rows.sort_unstable_by_key(|&lane| (lane + lanes - next) % lanes);
+        self.round.extend(with_rows);
+        Ok(())
     }
 
     async fn conn(&mut self, shared: &Shared<DB>) -> Result<&mut DB::Connection> {
         if self.conn.is_none() {
             use sqlx::ConnectOptions as _;
-            self.conn = Some(shared.pool().connect_options().connect().await?);
+            let mut conn = shared.pool().connect_options().connect().await?;
+            if let Some(lanes) = &DB::DIALECT.lanes {
+                let session = sqlx::SqlSafeStr::into_sql_str(lanes.session);
+                DB::execute_script(&mut conn, &session).await?;
+            }
+            self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("just opened"))
     }
@@ -330,10 +367,17 @@ pub(crate) async fn ordered_burst<DB: Backend>(
     let Some(mut early) = hold.slot.before_claim().await else {
         return Ok(None); // the relay stops
     };
+    if hold.round_of != idx {
+        hold.round.clear();
+        hold.round_of = idx;
+    }
     loop {
         let mut busy = false;
-        for step in 0..lanes {
-            let lane = hold.next.wrapping_add(step) % lanes;
+        let probed = hold.round.is_empty();
+        if probed {
+            hold.probe(shared, reg, lanes).await?;
+        }
+        while let Some(lane) = hold.round.pop_front() {
             if lanes > 1 {
                 let conn = hold.conn(shared).await?;
                 match reg.sql.try_lane::<DB>(conn, lane).await {
@@ -359,6 +403,9 @@ pub(crate) async fn ordered_burst<DB: Backend>(
                 hold.next = (lane + 1) % lanes;
                 return Ok(Some(settled));
             }
+        }
+        if !probed {
+            continue; // a round from an earlier probe ran out: look at the lanes now
         }
         if !wait || std::time::Instant::now() >= give_up {
             return Ok(None);
@@ -396,18 +443,13 @@ async fn lane_burst<DB: Backend>(
         let rows = reg.sql.lock_ordered::<DB>(tx, lane, burst).await?;
         // Holding the lane (PostgreSQL's session lock, MySQL's turn) and the rows' locks.
         fail_point!("signalbus::ordered-locks");
-        let picked = pick_per_key(&rows, burst);
+        let picked = pick_per_key(rows, burst);
         if picked.is_empty() {
             return Ok::<_, crate::error::Error>(Vec::new());
         }
-        let claimed = reg
-            .sql
-            .claim_in_tx::<DB>(tx, &picked, lane, lease, &token)
-            .await?;
-        // Claimed in the order read; stop at a row that was not claimable after all.
-        let mut by_id: std::collections::HashMap<i64, crate::storage::StoredRow> =
-            claimed.into_iter().map(|r| (r.id, r)).collect();
-        Ok(picked.iter().map_while(|id| by_id.remove(id)).collect())
+        reg.sql
+            .claim_in_tx::<DB>(tx, picked, lane, lease, &token)
+            .await
     }
     .await;
     let rows = held.end(step).await?;
@@ -528,21 +570,23 @@ fn in_rounds(rows: Vec<crate::storage::StoredRow>) -> Vec<Vec<crate::storage::St
 /// From rows in order (of keys with no row held back by a refusal), the ones a burst sends:
 /// the rows of each key (and those without one) up to the first that cannot be sent now
 /// (in flight with a flusher that died); at most `limit`.
-fn pick_per_key(rows: &[crate::storage::StoredRow], limit: usize) -> Vec<i64> {
-    let mut closed: std::collections::HashSet<Option<&str>> = std::collections::HashSet::new();
+fn pick_per_key(
+    rows: Vec<crate::storage::StoredRow>,
+    limit: usize,
+) -> Vec<crate::storage::StoredRow> {
+    let mut closed: std::collections::HashSet<Option<String>> = std::collections::HashSet::new();
     let mut picked = Vec::new();
     for row in rows {
         if picked.len() >= limit {
             break;
         }
-        let key = row.ordering_key.as_deref();
-        if closed.contains(&key) {
+        if closed.contains(&row.ordering_key) {
             continue;
         }
         if row.ready {
-            picked.push(row.id);
+            picked.push(row);
         } else {
-            closed.insert(key);
+            closed.insert(row.ordering_key);
         }
     }
     picked

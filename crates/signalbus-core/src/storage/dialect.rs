@@ -44,6 +44,9 @@ pub(crate) struct Lanes {
     pub take: &'static str,
     /// Give it back.
     pub free: &'static str,
+    /// Run once on an ordered flusher's own connection (the one that holds its lanes):
+    /// its lane probes plan on the lane index alone, and every statement is bounded.
+    pub session: &'static str,
 }
 
 /// The SQL types of the table contract's columns, and what a new table gets besides.
@@ -314,6 +317,9 @@ pub struct RangeClaimSql {
     /// one, else a new one; a claim that takes nothing frees the flusher's slot) and returns
     /// the rows.
     pub claim: &'static str,
+    /// The bound `{Ids}` as rows of one column `id`, for `{picked}`: an ordered burst's rows,
+    /// which its read (same transaction, under the claim turn) has just found.
+    pub listed: &'static str,
     /// Free the slot the bound `{Token}` holds.
     pub free: &'static str,
 }

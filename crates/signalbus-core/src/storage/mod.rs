@@ -78,6 +78,8 @@ mod repository;
 mod session;
 pub(crate) mod statements;
 
+#[cfg(all(test, feature = "postgres"))]
+mod lane_plans;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]

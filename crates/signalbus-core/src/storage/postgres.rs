@@ -65,6 +65,8 @@ pub(crate) const DIALECT: Dialect = Dialect {
                CAST({Lane} AS integer)) THEN 1 ELSE 0 END::bigint",
         free: "SELECT CASE WHEN pg_advisory_unlock(hashtext('signalbus.lane.{table}'), \
                CAST({Lane} AS integer)) THEN 1 ELSE 0 END::bigint",
+        session: "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
+                  SET jit = off; SET statement_timeout = '30s'",
     }),
     held_rows: "({index}) AND {held}",
     key_not_in: "NOT (t.ordering_key = ANY({Keys}))",
@@ -215,6 +217,7 @@ const RANGE_CLAIMS: RangeClaimSql = RangeClaimSql {
             WHERE r.lo IS NOT NULL AND NOT EXISTS (SELECT 1 FROM mine) \
             AND NOT EXISTS (SELECT 1 FROM free) RETURNING slot) \
         SELECT * FROM picked",
+    listed: "SELECT p.id FROM unnest(CAST({Ids} AS bigint[])) AS p(id)",
     free: "UPDATE signalbus_claims SET until = NULL, token = NULL \
         WHERE table_name = '{name}' AND token = {Token}",
 };

@@ -63,7 +63,7 @@ pub(crate) struct Values<'a> {
 
 impl<'a> Values<'a> {
     /// The parameters of `stmt`, in its order.
-    fn bind(&self, stmt: &Stmt) -> Vec<Param<'a>> {
+    pub(crate) fn bind(&self, stmt: &Stmt) -> Vec<Param<'a>> {
         stmt.args
             .iter()
             .map(|arg| match arg {
@@ -322,32 +322,38 @@ impl Statements {
         self.range_claims.is_some()
     }
 
-    /// Claim the sendable rows among `ids` in the caller's open transaction (an ordered
-    /// burst's short read-and-claim step, which read them in `lane`). Where bursts claim
-    /// ranges, the range of `ids` in `lane`, recorded in the slot of `token` (the read took
-    /// the claim turn: the rows it found sendable still are).
+    /// Claim `rows` (read in this order by the caller's open transaction: an ordered burst's
+    /// short read-and-claim step, in `lane`) and give back those claimed, in that order.
+    /// Where bursts claim ranges, the range of their ids in `lane`, recorded in the slot of
+    /// `token`: all of them (the read took the claim turn, so the rows it found sendable
+    /// still are, and they are sent as read). Elsewhere a row lease each, up to the first
+    /// row that was not claimable after all, the rows as the claim wrote them.
     pub async fn claim_in_tx<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
-        ids: &[i64],
+        rows: Vec<StoredRow>,
         lane: u32,
         lease: Duration,
         token: &str,
     ) -> Result<Vec<StoredRow>> {
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         if let Some(ranges) = &self.range_claims {
             let values = Values {
-                ids,
+                ids: &ids,
                 lane,
                 lease_ms: millis(lease),
                 token,
                 ..Values::default()
             };
-            let mut rows = Self::run_rows::<DB>(conn, &ranges.claim_lane, values).await?;
-            rows.sort_unstable_by_key(|r| r.id);
+            Self::run::<DB>(conn, &ranges.claim_lane, values).await?;
             return Ok(rows);
         }
-        self.claim_in::<DB>(conn, Some(ids), ids.len(), lease, token)
-            .await
+        let claimed = self
+            .claim_in::<DB>(conn, Some(&ids), ids.len(), lease, token)
+            .await?;
+        let mut by_id: std::collections::HashMap<i64, StoredRow> =
+            claimed.into_iter().map(|r| (r.id, r)).collect();
+        Ok(ids.iter().map_while(|id| by_id.remove(id)).collect())
     }
 
     /// Claim the sendable rows among `ids` as a range in the slot of `token` (WAL capture's
@@ -382,7 +388,6 @@ impl Statements {
         Ok(rows)
     }
 
-    /// Whether a flusher holds a live claim on rows of this table.
     /// Ordered lanes of the table: ordering keys are hashed into this many lanes, and one
     /// ordered flusher at a time sends a lane ([`Self::try_lane`]); 1 where the database
     /// has none (its ordered flushers take turns per burst instead).
@@ -397,16 +402,34 @@ impl Statements {
         conn: &mut DB::Connection,
         lane: u32,
     ) -> Result<bool> {
-        match &self.lane_locks {
-            Some((take, _)) => Ok(Self::lane_lock::<DB>(conn, take, lane).await?),
+        match &self.lane_sql {
+            Some(sql) => Ok(Self::lane_lock::<DB>(conn, &sql.take, lane).await?),
             None => Ok(true),
         }
     }
 
+    /// The lanes that have rows now (sendable or not), in order; lane 0 alone without
+    /// lanes. On the flusher's own connection (see [`Self::try_lane`]).
+    pub async fn lanes_with_rows<DB: Backend>(
+        &self,
+        conn: &mut DB::Connection,
+    ) -> Result<Vec<u32>> {
+        let Some(sql) = &self.lane_sql else {
+            return Ok(vec![0]);
+        };
+        let mut lanes: Vec<u32> = DB::fetch_ids(conn, &sql.with_rows, &[])
+            .await?
+            .into_iter()
+            .filter_map(|lane| u32::try_from(lane).ok())
+            .collect();
+        lanes.sort_unstable();
+        Ok(lanes)
+    }
+
     /// Give `lane` back.
     pub async fn free_lane<DB: Backend>(&self, conn: &mut DB::Connection, lane: u32) -> Result<()> {
-        if let Some((_, free)) = &self.lane_locks {
-            Self::lane_lock::<DB>(conn, free, lane).await?;
+        if let Some(sql) = &self.lane_sql {
+            Self::lane_lock::<DB>(conn, &sql.free, lane).await?;
         }
         Ok(())
     }
@@ -431,6 +454,7 @@ impl Statements {
         Ok(count(n.first().copied()))
     }
 
+    /// Whether a flusher holds a live claim on rows of this table.
     pub async fn claimed_now<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<bool> {
         let n = DB::fetch_ids(conn, &self.in_flight, &[]).await?;
         Ok(n.first().copied().unwrap_or(0) > 0)

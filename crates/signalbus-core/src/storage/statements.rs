@@ -119,6 +119,19 @@ fn shared_for(dialect: &Dialect, text: String) -> SqlStr {
     }
 }
 
+/// What an ordered flusher's own connection runs for the lanes of one table.
+#[derive(Debug, Clone)]
+pub(crate) struct LaneSql {
+    /// Take the bound lane for the session (a session advisory lock): 1, or 0 when another
+    /// flusher has it.
+    pub take: Stmt,
+    /// Give it back.
+    pub free: Stmt,
+    /// The lanes that have rows (one probe of the lane index each), so that a flusher looks
+    /// only at those.
+    pub with_rows: SqlStr,
+}
+
 /// The statements of one signal table.
 #[derive(Debug, Clone)]
 pub(crate) struct Statements {
@@ -127,8 +140,8 @@ pub(crate) struct Statements {
     pub create: Vec<SqlStr>,
     /// Ordered lanes ([`super::Statements::lanes`]).
     pub lanes: u32,
-    /// Take and give back an ordered lane (session advisory locks), where there are lanes.
-    pub lane_locks: Option<(Stmt, Stmt)>,
+    /// Where there are lanes: the statements of an ordered flusher's lane session.
+    pub lane_sql: Option<LaneSql>,
     /// What `migrate` runs once the columns are in place: the held-rows index by key, and
     /// the trigger that wakes relays when rows are inserted (PostgreSQL).
     pub after_columns: Vec<SqlStr>,
@@ -470,17 +483,43 @@ impl Statements {
         );
         // The table's name is a validated identifier (letters, digits, `_`, `.`): safe in
         // the literal.
-        let lane_locks = d.lanes.as_ref().map(|lanes| {
-            (
-                stmt(lanes.take.replace("{table}", &table.to_string())),
-                stmt(lanes.free.replace("{table}", &table.to_string())),
-            )
-        });
-        let lane_filter = d
+        // A lane's rows are read from the lane index alone, whatever the statistics say. The
+        // lane is matched with `= ANY(ARRAY[…])`: unlike `=`, which the planner would drop
+        // from the order as a constant, it keeps the lane in the order, so that only the lane
+        // index gives the rows in order without a sort (sorts are off for the read); and
+        // unlike a range (`>=` and `<=`), it lets the index scan stop at the watermark
+        // (before PostgreSQL 18, a condition on an index's second column ends a scan only
+        // after an equality on the first). With `=` the planner could take the `(txid, id)`
+        // index and filter out every other lane's rows: a scan of the whole backlog for each
+        // look at an emptier lane.
+        let lane_expr = d
             .lanes
             .as_ref()
-            .map(|lanes| format!(" AND {} = {{Lane}}", lanes.expr.replace("{p}", "t.")))
-            .unwrap_or_default();
+            .map(|lanes| lanes.expr.replace("{p}", "t."));
+        let (lane_filter, lane_order) = match &lane_expr {
+            Some(lane) => (
+                format!(" AND {lane} = ANY(ARRAY[CAST({{Lane}} AS bigint)])"),
+                format!("{lane}, "),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let lane_sql = d.lanes.as_ref().zip(lane_expr.as_ref()).map(|(lanes, lane)| {
+            let last = lanes.count - 1;
+            LaneSql {
+                take: stmt(lanes.take.replace("{table}", &table.to_string())),
+                free: stmt(lanes.free.replace("{table}", &table.to_string())),
+                // A nested loop over the lanes (LATERAL), each an index probe (the flusher's
+                // session has sorts off, see [`super::dialect::Lanes::session`]).
+                with_rows: shared_for(
+                    d,
+                    format!(
+                        "SELECT l::bigint FROM generate_series(0, {last}) AS l CROSS JOIN LATERAL \
+                         (SELECT 1 FROM {t} AS t WHERE {lane} >= l AND {lane} <= l \
+                         ORDER BY {lane}, t.txid, t.id LIMIT 1) AS present"
+                    ),
+                ),
+            }
+        });
         let schema = match table.schema() {
             Some(schema) => format!("'{schema}'"),
             None => d.current_schema.to_owned(),
@@ -577,8 +616,10 @@ impl Statements {
         });
         // Without lanes, an ordered burst's range is of all lanes (NULL), which every lane's
         // read counts: a pooled flusher and direct ones with lanes may share the table.
+        // Only the ids: the burst's read (same transaction, under the claim turn) has the
+        // rows.
         let claim_lane = range_claim(
-            &format!("SELECT {claimed_all} FROM {t} AS t WHERE {id_in} ORDER BY t.id"),
+            ranges.as_ref().map_or("", |(r, _)| r.listed),
             if d.lanes.is_some() {
                 "CAST({Lane} AS integer)"
             } else {
@@ -686,15 +727,19 @@ impl Statements {
                 // inside the literal.
                 // With lanes, a lane's session lock keeps other ordered flushers out of its
                 // rows; without, they take turns per table.
-                // Index scans only: the read must not turn into a scan of the whole table
-                // per burst because the statistics say the table is small (they are stale
-                // right after a bulk insert, and never refreshed without autovacuum).
+                // Index scans only, and no sort: the read must not turn into a scan of the
+                // whole table per burst because the statistics say the table is small (they
+                // are stale right after a bulk insert, and never refreshed without
+                // autovacuum); a lane's read has one index that gives its order (above).
+                // No JIT: a plan costed with a path switched off looks expensive enough to
+                // compile, which takes longer than the read.
                 // Bounded: the lock wait plus a margin for the read itself; and the
                 // client's socket checked while it runs (PostgreSQL 14+; skipped where the
                 // server does not have it), so that a flusher that went away leaves no
                 // statement holding its snapshot.
                 let plan = format!(
                     "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+                     SET LOCAL enable_sort = off; SET LOCAL jit = off; \
                      SET LOCAL statement_timeout = {}; \
                      DO $check$ BEGIN PERFORM set_config('client_connection_check_interval', \
                      '1s', true); EXCEPTION WHEN OTHERS THEN NULL; END $check$",
@@ -725,7 +770,7 @@ impl Statements {
                 let read = |condition: &str| {
                     stmt(format!(
                         "SELECT {cols} FROM {t} AS t WHERE {condition} \
-                         ORDER BY t.txid, {order_sql} LIMIT {{Limit}}{row_locks}"
+                         ORDER BY {lane_order}t.txid, {order_sql} LIMIT {{Limit}}{row_locks}"
                     ))
                 };
                 Ordered::Watermark {
@@ -778,7 +823,7 @@ impl Statements {
             delete_ids: stmt(d.delete_by_ids.replace("{t}", &t)),
             after_columns,
             lanes: d.lanes.as_ref().map_or(1, |l| l.count),
-            lane_locks,
+            lane_sql,
 
             pending_ids: shared(format!("SELECT id FROM {t} AS t WHERE {ready} ORDER BY id")),
             in_flight: shared(match &ranges {
