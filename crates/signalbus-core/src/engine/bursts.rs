@@ -272,9 +272,10 @@ async fn drain_type<DB: Backend>(
 /// at once), and the lanes to look at next.
 ///
 /// The flusher goes round the lanes that had rows when it last looked (one probe of the
-/// lane index for all of them), a burst from each, and looks again when the round is over.
-/// So a lane that gets rows waits for at most one burst of each other lane, and a flusher
-/// opens a transaction only on lanes that had rows when it looked.
+/// lane index for all of them), a burst from each, and looks again when the round is over;
+/// lanes that were not in the round go first in the next. So a lane that gets rows waits for
+/// at most one burst of each other lane, and a flusher opens a transaction only on lanes that
+/// had rows when it looked.
 pub(crate) struct LaneHold<DB: Backend> {
     conn: Option<DB::Connection>,
     next: u32,
@@ -282,6 +283,8 @@ pub(crate) struct LaneHold<DB: Backend> {
     /// flush of several types goes from one to the next with the same hold).
     round: std::collections::VecDeque<u32>,
     round_of: TypeIdx,
+    /// The lanes of the round, bit by bit.
+    in_round: u64,
     /// The flusher's claim slot, where bursts claim ranges.
     slot: ClaimSlot,
 }
@@ -299,6 +302,7 @@ impl<DB: Backend> LaneHold<DB> {
             next: rand::random::<u32>(),
             round: std::collections::VecDeque::new(),
             round_of: 0,
+            in_round: 0,
             slot: ClaimSlot::taking_turns(turns),
         }
     }
@@ -319,7 +323,11 @@ impl<DB: Backend> LaneHold<DB> {
             }
         };
         let next = self.next % lanes;
-        with_rows.sort_unstable_by_key(|&lane| (lane + lanes - next) % lanes);
+        let was_in_round = |lane: u32| (self.in_round >> (lane % 64)) & 1 == 1;
+        with_rows.sort_unstable_by_key(|&lane| (was_in_round(lane), (lane + lanes - next) % lanes));
+        self.in_round = with_rows
+            .iter()
+            .fold(0, |bits, &lane| bits | 1 << (lane % 64));
         self.round.extend(with_rows);
         Ok(())
     }
@@ -370,6 +378,7 @@ pub(crate) async fn ordered_burst<DB: Backend>(
     if hold.round_of != idx {
         hold.round.clear();
         hold.round_of = idx;
+        hold.in_round = 0;
     }
     loop {
         let mut busy = false;

@@ -3,8 +3,9 @@
 //! autovacuum is off). A lane's read and the probe of the lanes must come from the lane
 //! index, whatever the statistics say: when the read was planned on the `(txid, id)` index,
 //! each look at a lane walked the rows of every other lane (with a backlog in one lane, the
-//! whole backlog for each look at another). And a lane's read must stop at the watermark:
-//! while a long transaction holds it back, the rows above it are not read at all.
+//! whole backlog for each look at another). And a lane's read and the probe must stop at
+//! the watermark: while a long transaction holds it back, the rows above it (a large insert
+//! still running among them) are not walked at all.
 
 use super::repository::Values;
 use super::sealed::Store as _;
@@ -80,7 +81,7 @@ async fn lanes_are_read_from_their_index_whatever_the_statistics_say() {
     let mut admin = server()
         .connect()
         .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
+        .expect("PostgreSQL (SIGNALBUS_TEST_POSTGRES_URL, else 127.0.0.1:5432)");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
         .execute(&mut admin)
         .await
@@ -111,34 +112,54 @@ async fn plans(options: PgConnectOptions) {
         false,
     );
     sql.create_table::<Postgres>(&mut conn).await.unwrap();
+    // Statistics only as this test writes them.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {table} SET (autovacuum_enabled = off)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let Ordered::Watermark { turn, settled, .. } = &sql.ordered.read else {
         panic!("PostgreSQL reads in txid order")
     };
     let lane_index = format!("{name}_lane8");
+    let probe = &sql.lane_sql.as_ref().unwrap().with_rows;
 
     // Statistics of the table as it was (100,000 rows over 1,000 keys: every lane as full
     // as the others), then what it holds now, never analysed: 100,000 rows without a key
     // (all in one lane), then 10 rows of each of 16 keys after them. With these statistics
-    // the planner took the `(txid, id)` index for a lane with few rows. All of it written
-    // while another transaction is open: above the watermark.
-    let mut holder = options.connect().await.unwrap();
-    let mut held = holder.begin().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *held)
-        .await
-        .unwrap();
-    let fill = format!(
+    // the planner took the `(txid, id)` index for a lane with few rows. What it holds now is
+    // written while another transaction is open, inserting 50,000 rows without a key: above
+    // the watermark.
+    let sql_text = |text: String| sqlx::raw_sql(sqlx::AssertSqlSafe(text));
+    sql_text(format!(
         "INSERT INTO {table} (topic, body, ordering_key) \
          SELECT 't', '\\x00'::bytea, 'k' || (i % 1000) FROM generate_series(1, 100000) AS i; \
-         ANALYZE {table}; TRUNCATE {table}; \
-         INSERT INTO {table} (topic, body) SELECT 't', '\\x00'::bytea FROM generate_series(1, 100000); \
+         ANALYZE {table}; TRUNCATE {table}"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let mut holder = options.connect().await.unwrap();
+    let mut held = holder.begin().await.unwrap();
+    sql_text(format!(
+        "INSERT INTO {table} (topic, body) SELECT 't', '\\x00'::bytea FROM generate_series(1, 50000)"
+    ))
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    sql_text(format!(
+        "INSERT INTO {table} (topic, body) SELECT 't', '\\x00'::bytea FROM generate_series(1, 100000); \
          INSERT INTO {table} (topic, body, ordering_key) \
          SELECT 't', '\\x00'::bytea, 'k' || (i % 16) FROM generate_series(1, 160) AS i"
-    );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(fill))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    // A flusher's session, for the probe of the lanes.
+    let lanes = Postgres::DIALECT.lanes.clone().unwrap();
+    let session = sqlx::SqlSafeStr::into_sql_str(lanes.session);
+    Postgres::execute_script(&mut conn, &session).await.unwrap();
 
     // Held back by the open transaction, a lane's read stops at the watermark: a few pages,
     // not the lane's 100,000 entries above it.
@@ -149,7 +170,17 @@ async fn plans(options: PgConnectOptions) {
             "lane {lane} read past the watermark: {plan:#?}"
         );
     }
-    held.commit().await.unwrap();
+    // Nothing can be sent, and the probe finds that out without walking the insert.
+    assert_eq!(
+        sql.lanes_with_rows::<Postgres>(&mut conn).await.unwrap(),
+        Vec::<u32>::new()
+    );
+    let plan = explain(&mut conn, probe, &[]).await;
+    assert!(
+        pages(&plan) < 100,
+        "the probe walked past the watermark: {plan:#?}"
+    );
+    held.rollback().await.unwrap();
 
     let expected: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT DISTINCT (hashtextextended(COALESCE(ordering_key, ''), 0) & 7) AS l \
@@ -159,16 +190,12 @@ async fn plans(options: PgConnectOptions) {
     .await
     .unwrap();
 
-    // The probe of the lanes, on a flusher's session.
-    let lanes = Postgres::DIALECT.lanes.clone().unwrap();
-    let session = sqlx::SqlSafeStr::into_sql_str(lanes.session);
-    Postgres::execute_script(&mut conn, &session).await.unwrap();
+    // The probe of the lanes.
     let with_rows = sql.lanes_with_rows::<Postgres>(&mut conn).await.unwrap();
     assert_eq!(
         with_rows.iter().map(|&l| i64::from(l)).collect::<Vec<_>>(),
         expected
     );
-    let probe = &sql.lane_sql.as_ref().unwrap().with_rows;
     let plan = explain(&mut conn, probe, &[]).await;
     assert!(
         plan.iter().any(|l| l.contains(&lane_index))
@@ -187,6 +214,32 @@ async fn plans(options: PgConnectOptions) {
         assert!(
             sum_of(&plan, "Rows Removed by Filter: ") < 100,
             "lane {lane} looked at the rows of other lanes: {plan:#?}"
+        );
+    }
+
+    // A type with its own `order_by`: the lane index still, and an incremental sort of each
+    // transaction's rows (never a sort of the lane).
+    let by_time = Statements::new(
+        Postgres::DIALECT,
+        &table,
+        &[crate::signal::OrderColumn {
+            column: "created_at".to_owned(),
+            descending: false,
+        }],
+        Duration::from_secs(5),
+        false,
+    );
+    let Ordered::Watermark { turn, settled, .. } = &by_time.ordered.read else {
+        panic!("PostgreSQL reads in txid order")
+    };
+    for lane in 0..8 {
+        let plan = lane_read(&mut conn, turn, settled, lane).await;
+        assert!(
+            plan.iter().any(|l| l.contains(&lane_index))
+                && !plan
+                    .iter()
+                    .any(|l| l.contains("Sort (") && !l.contains("Incremental Sort (")),
+            "lane {lane}, ordered by created_at: {plan:#?}"
         );
     }
 }

@@ -66,7 +66,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
         free: "SELECT CASE WHEN pg_advisory_unlock(hashtext('signalbus.lane.{table}'), \
                CAST({Lane} AS integer)) THEN 1 ELSE 0 END::bigint",
         session: "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
-                  SET jit = off; SET statement_timeout = '30s'",
+                  SET enable_incremental_sort = on; SET jit = off; SET statement_timeout = '30s'",
     }),
     held_rows: "({index}) AND {held}",
     key_not_in: "NOT (t.ordering_key = ANY({Keys}))",

@@ -325,8 +325,9 @@ impl Statements {
     /// Claim `rows` (read in this order by the caller's open transaction: an ordered burst's
     /// short read-and-claim step, in `lane`) and give back those claimed, in that order.
     /// Where bursts claim ranges, the range of their ids in `lane`, recorded in the slot of
-    /// `token`: all of them (the read took the claim turn, so the rows it found sendable
-    /// still are, and they are sent as read). Elsewhere a row lease each, up to the first
+    /// `token`: all of them (the read took the claim turn, so no other claim took the rows it
+    /// found sendable; a row deleted meanwhile by a writer that takes no turn, such as an
+    /// auto-flush whose lease ran out, goes out again: a duplicate), sent as read. Elsewhere a row lease each, up to the first
     /// row that was not claimable after all, the rows as the claim wrote them.
     pub async fn claim_in_tx<DB: Backend>(
         &self,

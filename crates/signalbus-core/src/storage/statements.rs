@@ -503,23 +503,39 @@ impl Statements {
             ),
             None => (String::new(), String::new()),
         };
-        let lane_sql = d.lanes.as_ref().zip(lane_expr.as_ref()).map(|(lanes, lane)| {
-            let last = lanes.count - 1;
-            LaneSql {
-                take: stmt(lanes.take.replace("{table}", &table.to_string())),
-                free: stmt(lanes.free.replace("{table}", &table.to_string())),
-                // A nested loop over the lanes (LATERAL), each an index probe (the flusher's
-                // session has sorts off, see [`super::dialect::Lanes::session`]).
-                with_rows: shared_for(
-                    d,
-                    format!(
-                        "SELECT l::bigint FROM generate_series(0, {last}) AS l CROSS JOIN LATERAL \
-                         (SELECT 1 FROM {t} AS t WHERE {lane} >= l AND {lane} <= l \
-                         ORDER BY {lane}, t.txid, t.id LIMIT 1) AS present"
-                    ),
-                ),
-            }
-        });
+        let lane_sql = d
+            .lanes
+            .as_ref()
+            .zip(lane_expr.as_ref())
+            .map(|(lanes, lane)| {
+                let last = lanes.count - 1;
+                LaneSql {
+                    take: stmt(lanes.take.replace("{table}", &table.to_string())),
+                    free: stmt(lanes.free.replace("{table}", &table.to_string())),
+                    // A nested loop over the lanes (LATERAL), each two index probes that stop at
+                    // the watermark, as the lane's reads do (the settled rows, and those restored
+                    // from another cluster), so that a large insert still running is not walked
+                    // (the flusher's session has sorts off, see [`super::dialect::Lanes::session`]).
+                    with_rows: {
+                        let probe = |condition: &str| {
+                            format!(
+                                "(SELECT 1 FROM {t} AS t WHERE {lane} = ANY(ARRAY[l::bigint]) \
+                             AND {condition} ORDER BY {lane}, t.txid, t.id LIMIT 1)"
+                            )
+                        };
+                        shared_for(
+                            d,
+                            format!(
+                                "SELECT l::bigint FROM generate_series(0, {last}) AS l \
+                             CROSS JOIN LATERAL (SELECT 1 FROM ({} UNION ALL {}) AS found \
+                             LIMIT 1) AS present",
+                                probe("t.txid < pg_snapshot_xmin(pg_current_snapshot())"),
+                                probe("t.txid >= pg_snapshot_xmax(pg_current_snapshot())")
+                            ),
+                        )
+                    },
+                }
+            });
         let schema = match table.schema() {
             Some(schema) => format!("'{schema}'"),
             None => d.current_schema.to_owned(),
@@ -739,7 +755,8 @@ impl Statements {
                 // statement holding its snapshot.
                 let plan = format!(
                     "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
-                     SET LOCAL enable_sort = off; SET LOCAL jit = off; \
+                     SET LOCAL enable_sort = off; SET LOCAL enable_incremental_sort = on; \
+                     SET LOCAL jit = off; \
                      SET LOCAL statement_timeout = {}; \
                      DO $check$ BEGIN PERFORM set_config('client_connection_check_interval', \
                      '1s', true); EXCEPTION WHEN OTHERS THEN NULL; END $check$",
