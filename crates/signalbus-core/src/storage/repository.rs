@@ -327,8 +327,9 @@ impl Statements {
     /// Where bursts claim ranges, the range of their ids in `lane`, recorded in the slot of
     /// `token`: all of them (the read took the claim turn, so no other claim took the rows it
     /// found sendable; a row deleted meanwhile by a writer that takes no turn, such as an
-    /// auto-flush whose lease ran out, goes out again: a duplicate), sent as read. Elsewhere a row lease each, up to the first
-    /// row that was not claimable after all, the rows as the claim wrote them.
+    /// auto-flush whose lease ran out, goes out again: a duplicate), sent as read. Elsewhere
+    /// a row lease each, up to the first row that was not claimable after all, the rows as
+    /// the claim wrote them.
     pub async fn claim_in_tx<DB: Backend>(
         &self,
         conn: &mut DB::Connection,

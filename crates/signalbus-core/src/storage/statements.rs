@@ -286,6 +286,27 @@ pub(crate) const HELD_INDEX_PREDICATE: &str =
 const CREATE_FLUSH_LOCK_TABLE: &str = "CREATE TABLE IF NOT EXISTS signalbus_flush_lock \
      (table_name VARCHAR(255) NOT NULL PRIMARY KEY) ENGINE=InnoDB";
 
+/// The lanes of table `t` (`count` of them, `lane` the lane of a row `t`) that have rows a
+/// lane's read can find: a nested loop over the lanes (LATERAL), each two index probes that
+/// stop at the watermark as the reads do (the settled rows, and those restored from another
+/// cluster), so that a large insert still running is not walked. Planned on the lane index
+/// by the flusher's session, which has sorts off ([`super::dialect::Lanes::session`]).
+fn lanes_with_rows(t: &str, lane: &str, count: u32) -> String {
+    let probe = |condition: &str| {
+        format!(
+            "(SELECT 1 FROM {t} AS t WHERE {lane} = ANY(ARRAY[l::bigint]) AND {condition} \
+             ORDER BY {lane}, t.txid, t.id LIMIT 1)"
+        )
+    };
+    format!(
+        "SELECT l::bigint FROM generate_series(0, {}) AS l CROSS JOIN LATERAL \
+         (SELECT 1 FROM ({} UNION ALL {}) AS found LIMIT 1) AS present",
+        count - 1,
+        probe("t.txid < pg_snapshot_xmin(pg_current_snapshot())"),
+        probe("t.txid >= pg_snapshot_xmax(pg_current_snapshot())")
+    )
+}
+
 /// `ORDER BY` text for `order`, always ending with `id` as the tie-breaker; each column gets
 /// `prefix` (e.g. `t.`). Columns were validated against [`crate::signal::ORDERABLE_COLUMNS`].
 fn order_clause(order: &[OrderColumn], prefix: &str, quote: char) -> String {
@@ -481,8 +502,6 @@ impl Statements {
             d.vacuum_settings
                 .map(|text| shared(text.replace("{t}", &t))),
         );
-        // The table's name is a validated identifier (letters, digits, `_`, `.`): safe in
-        // the literal.
         // A lane's rows are read from the lane index alone, whatever the statistics say. The
         // lane is matched with `= ANY(ARRAY[…])`: unlike `=`, which the planner would drop
         // from the order as a constant, it keeps the lane in the order, so that only the lane
@@ -503,38 +522,16 @@ impl Statements {
             ),
             None => (String::new(), String::new()),
         };
+        // The table's name is a validated identifier (letters, digits, `_`, `.`): safe in
+        // the literal of the lane locks.
         let lane_sql = d
             .lanes
             .as_ref()
             .zip(lane_expr.as_ref())
-            .map(|(lanes, lane)| {
-                let last = lanes.count - 1;
-                LaneSql {
-                    take: stmt(lanes.take.replace("{table}", &table.to_string())),
-                    free: stmt(lanes.free.replace("{table}", &table.to_string())),
-                    // A nested loop over the lanes (LATERAL), each two index probes that stop at
-                    // the watermark, as the lane's reads do (the settled rows, and those restored
-                    // from another cluster), so that a large insert still running is not walked
-                    // (the flusher's session has sorts off, see [`super::dialect::Lanes::session`]).
-                    with_rows: {
-                        let probe = |condition: &str| {
-                            format!(
-                                "(SELECT 1 FROM {t} AS t WHERE {lane} = ANY(ARRAY[l::bigint]) \
-                             AND {condition} ORDER BY {lane}, t.txid, t.id LIMIT 1)"
-                            )
-                        };
-                        shared_for(
-                            d,
-                            format!(
-                                "SELECT l::bigint FROM generate_series(0, {last}) AS l \
-                             CROSS JOIN LATERAL (SELECT 1 FROM ({} UNION ALL {}) AS found \
-                             LIMIT 1) AS present",
-                                probe("t.txid < pg_snapshot_xmin(pg_current_snapshot())"),
-                                probe("t.txid >= pg_snapshot_xmax(pg_current_snapshot())")
-                            ),
-                        )
-                    },
-                }
+            .map(|(lanes, lane)| LaneSql {
+                take: stmt(lanes.take.replace("{table}", &table.to_string())),
+                free: stmt(lanes.free.replace("{table}", &table.to_string())),
+                with_rows: shared_for(d, lanes_with_rows(&t, lane, lanes.count)),
             });
         let schema = match table.schema() {
             Some(schema) => format!("'{schema}'"),
