@@ -9,7 +9,7 @@ use super::turns::{EarlyTurn, Turn, Turns, patience};
 use crate::delivery::{FlushProgress, OnProgress};
 use crate::error::Result;
 use crate::registry::{Registered, Selection, TypeIdx};
-use crate::storage::{Backend, CloseOnDrop};
+use crate::storage::{Backend, ClaimOf, CloseOnDrop};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -87,6 +87,19 @@ pub(crate) enum Pick<'a> {
     /// The next burst of sendable rows, lowest ids first, claimed through this slot where
     /// the database claims ranges.
     Next(&'a ClaimSlot),
+    /// As `Next`, of the rows with ids up to this one (see [`ClaimOf::UpTo`]).
+    #[cfg_attr(not(feature = "wal"), allow(dead_code))]
+    UpTo(&'a ClaimSlot, i64),
+}
+
+impl<'a> Pick<'a> {
+    /// The slot of a burst of the next rows.
+    fn slot(self) -> Option<&'a ClaimSlot> {
+        match self {
+            Pick::Listed(_) => None,
+            Pick::Next(slot) | Pick::UpTo(slot, _) => Some(slot),
+        }
+    }
 }
 
 /// Claim rows of type `idx` (see [`Pick`]), publish and settle them; `None` when there was
@@ -98,27 +111,29 @@ pub(crate) async fn claimed_burst<DB: Backend>(
     pick: Pick<'_>,
 ) -> Result<Option<Settled>> {
     let reg = shared.registry().get(idx);
-    let (ids, slot) = match pick {
-        Pick::Listed(ids) => (Some(ids), None),
-        Pick::Next(slot) => (None, Some(slot).filter(|_| reg.sql.claims_ranges())),
+    let which = match pick {
+        Pick::Listed(ids) => ClaimOf::Ids(ids),
+        Pick::Next(_) => ClaimOf::Next,
+        Pick::UpTo(_, id) => ClaimOf::UpTo(id),
     };
+    let slot = pick.slot().filter(|_| reg.sql.claims_ranges());
     let token = match slot {
         Some(slot) => slot.token(true),
         None => uuid::Uuid::new_v4().to_string(),
     };
     let lease = shared.config().lease();
-    let mut early = match pick {
-        Pick::Next(slot) => match slot.before_claim().await {
+    let mut early = match pick.slot() {
+        Some(slot) => match slot.before_claim().await {
             Some(early) => early,
             None => return Ok(None), // the relay stops
         },
-        Pick::Listed(_) => EarlyTurn::none(),
+        None => EarlyTurn::none(),
     };
     let token = token.as_str();
     let claim = || async move {
         let mut conn = shared.pool().acquire().await?;
         reg.sql
-            .claim::<DB>(&mut conn, ids, reg.ty.burst_size(), lease, token)
+            .claim::<DB>(&mut conn, which, reg.ty.burst_size(), lease, token)
             .await
     };
     // With a turn taken early, one attempt: on a failure the turn goes (a lane that cannot
@@ -139,8 +154,8 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         return Ok(None);
     }
     let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let _turn = match pick {
-        Pick::Next(turns) => match turns
+    let _turn = match pick.slot() {
+        Some(turns) => match turns
             .after_claim(&mut early, patience(lease, shared.config().publish_timeout))
             .await
         {
@@ -150,7 +165,7 @@ pub(crate) async fn claimed_burst<DB: Backend>(
                 return Ok(Some(Settled::default()));
             }
         },
-        Pick::Listed(_) => None,
+        None => None,
     };
     let published = async {
         let mut conn = shared.pool().acquire().await?;
@@ -482,7 +497,11 @@ async fn lane_burst<DB: Backend>(
             return Ok(Some(Settled::default()));
         }
     };
-    let result = publish_in_rounds(shared, idx, rows, !ranges).await;
+    let result = async {
+        let mut conn = shared.pool().acquire().await?;
+        publish_in_rounds(shared, &mut conn, idx, rows, !ranges).await
+    }
+    .await;
     drop(turn);
     if ranges {
         slot.free(shared, idx).await;
@@ -490,11 +509,12 @@ async fn lane_burst<DB: Backend>(
     result.map(Some)
 }
 
-/// Publish an ordered burst's rows round after round, then settle them. On a failure of the
-/// bus the rounds that went out are settled and the others given back (`give_back`: row
-/// leases; a range is freed by the caller).
+/// Publish an ordered burst's rows round after round, then settle them on `conn`. On a
+/// failure of the bus the rounds that went out are settled and the others given back
+/// (`give_back`: row leases; a range is freed by the caller).
 pub(crate) async fn publish_in_rounds<DB: Backend>(
     shared: &Shared<DB>,
+    conn: &mut DB::Connection,
     idx: TypeIdx,
     rows: Vec<crate::storage::StoredRow>,
     give_back_rows: bool,
@@ -502,7 +522,6 @@ pub(crate) async fn publish_in_rounds<DB: Backend>(
     let reg = shared.registry().get(idx);
     // Published round after round (each waits for the broker's answer to the one before),
     // settled once.
-    let mut conn = shared.pool().acquire().await?;
     let (mut entries, mut fates) = (Vec::new(), Vec::new());
     let mut stopped: std::collections::HashSet<Option<String>> = std::collections::HashSet::new();
     let mut rounds = in_rounds(rows).into_iter();
@@ -542,16 +561,16 @@ pub(crate) async fn publish_in_rounds<DB: Backend>(
                 let mut ids: Vec<i64> = keys.into_keys().collect();
                 ids.extend(rounds.flatten().map(|r| r.id));
                 if !entries.is_empty() {
-                    settle(shared, &mut conn, &entries, &fates, true).await?;
+                    settle(shared, conn, &entries, &fates, true).await?;
                 }
                 if give_back_rows {
-                    give_back::<DB>(reg, &mut conn, &ids).await;
+                    give_back::<DB>(reg, conn, &ids).await;
                 }
                 return Err(e);
             }
         }
     }
-    settle(shared, &mut conn, &entries, &fates, true).await
+    settle(shared, conn, &entries, &fates, true).await
 }
 
 /// Rows in order as publish rounds: the n-th row of each key in round n; the rows without a

@@ -519,14 +519,25 @@ async fn lane<DB: Backend>(
     // Whether this lane told the gate it is idle, and whether a notification will then wake
     // it (else it polls, as on databases without notifications).
     let (mut registered, mut covered) = (false, false);
+    // Beside WAL capture: the last id given before the last scan (see `CapturedScan`).
+    #[cfg(feature = "wal")]
+    let mut scanned_up_to: Option<i64> = None;
     while !*stop.borrow() {
         #[cfg(feature = "wal")]
         if let Some(capture) = &mut lane.capture
             // Marks the state seen: the wait below ends on the next change only.
             && capture.borrow_and_update().capturing()
         {
-            let (idx, ordered, every) = (lane.idx, lane.ordered, lane.capture_scan);
-            match captured_scan(&shared, idx, ordered, every, capture, &slot, &mut stop).await {
+            let scan = CapturedScan {
+                idx: lane.idx,
+                ordered: lane.ordered,
+                every: lane.capture_scan,
+                slot: &slot,
+            };
+            match scan
+                .run(&shared, &mut scanned_up_to, capture, &mut stop)
+                .await
+            {
                 Scan::Again => {}
                 Scan::Stop => break,
                 // A capture that ended without a word (a panic): table mode from now on.
@@ -683,43 +694,73 @@ async fn gauges<DB: Backend>(
 
 /// A lane's round while WAL capture works: an ordered lane rests (the capturing task alone
 /// sends ordered types, so that nothing races the stream on a key); an unordered lane takes
-/// what the stream does not bring, a burst every `capture_scan` (again at once after a full
+/// what the stream does not bring, a burst every `every` (again at once after a full
 /// burst).
 #[cfg(feature = "wal")]
-async fn captured_scan<DB: Backend>(
-    shared: &Shared<DB>,
+struct CapturedScan<'a> {
     idx: TypeIdx,
     ordered: bool,
     every: Duration,
-    capture: &mut watch::Receiver<super::capture::CaptureState>,
-    slot: &ClaimSlot,
-    stop: &mut watch::Receiver<bool>,
-) -> Scan {
-    if !ordered {
-        let reg = shared.registry().get(idx);
-        let scanned = claimed_burst(shared, idx, Pick::Next(slot)).await;
-        // The burst's range would keep rows committed late inside it from the stream until
-        // the next scan: free it now.
-        if matches!(scanned, Ok(Some(_))) {
-            slot.free(shared, idx).await;
-        }
-        match scanned {
-            Ok(Some(settled)) if settled.count() >= reg.ty.burst_size() => return Scan::Again,
-            Ok(_) => {}
-            Err(e) => {
+    slot: &'a ClaimSlot,
+}
+
+#[cfg(feature = "wal")]
+impl CapturedScan<'_> {
+    /// One round. A scan takes rows with ids up to the last one given before the scan
+    /// before it (`up_to`, which it moves on): rows from before the slot, leases an
+    /// auto-flush gave up, retries. Newer rows are the stream's: a scan that claimed them
+    /// made the stream find them taken and wait for the scan's burst (seconds, when that
+    /// burst waited for a pooled connection), and its range must not cover them either.
+    async fn run<DB: Backend>(
+        &self,
+        shared: &Shared<DB>,
+        up_to: &mut Option<i64>,
+        capture: &mut watch::Receiver<super::capture::CaptureState>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Scan {
+        let (idx, slot) = (self.idx, self.slot);
+        if !self.ordered {
+            let reg = shared.registry().get(idx);
+            let last = match shared.pool().acquire().await {
+                Ok(mut conn) => reg.sql.last_id::<DB>(&mut conn).await,
+                Err(e) => Err(e.into()),
+            };
+            let scanned = match *up_to {
+                Some(id) => claimed_burst(shared, idx, Pick::UpTo(slot, id)).await,
+                None => Ok(None),
+            };
+            // The burst's range would keep rows committed late inside it from the stream
+            // until the next scan: free it now.
+            if matches!(scanned, Ok(Some(_))) {
+                slot.free(shared, idx).await;
+            }
+            let full = matches!(&scanned, Ok(Some(s)) if s.count() >= reg.ty.burst_size());
+            if let Err(e) = &scanned {
                 tracing::warn!(bus = %shared.name(), signal = %reg.name, error = %e, "relay: the table scan beside WAL capture failed; trying again");
             }
+            // After a full burst the next one goes on below the same id.
+            match last {
+                Ok(last) if !full => *up_to = Some(last),
+                Ok(_) => return Scan::Again,
+                Err(e) => {
+                    tracing::warn!(bus = %shared.name(), signal = %reg.name, error = %e, "relay: the table scan beside WAL capture failed; trying again");
+                }
+            }
         }
-    }
-    let wait = if ordered { Duration::MAX } else { every };
-    tokio::select! {
-        _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => Scan::Again,
-        changed = capture.changed() => match changed {
-            Ok(()) => Scan::Again,
-            Err(_) if *stop.borrow() => Scan::Stop,
-            Err(_) => Scan::Gone,
-        },
-        _ = stop.changed() => Scan::Stop,
+        let wait = if self.ordered {
+            Duration::MAX
+        } else {
+            self.every
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => Scan::Again,
+            changed = capture.changed() => match changed {
+                Ok(()) => Scan::Again,
+                Err(_) if *stop.borrow() => Scan::Stop,
+                Err(_) => Scan::Gone,
+            },
+            _ = stop.changed() => Scan::Stop,
+        }
     }
 }
 

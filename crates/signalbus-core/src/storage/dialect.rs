@@ -322,6 +322,9 @@ pub struct RangeClaimSql {
     pub listed: &'static str,
     /// Free the slot the bound `{Token}` holds.
     pub free: &'static str,
+    /// The highest id given to a row of the table so far (rows of transactions still open
+    /// included): every row visible now has one at most this high.
+    pub last_id: &'static str,
 }
 
 impl Dialect {

@@ -10,19 +10,9 @@
 use super::repository::Values;
 use super::sealed::Store as _;
 use super::statements::{Ordered, Statements};
-use crate::ident::Ident;
-use futures_util::FutureExt as _;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions as _, Connection as _, Postgres};
 use std::time::Duration;
-
-/// The shared PostgreSQL the tests use (`SIGNALBUS_TEST_POSTGRES_URL`, else loopback).
-fn server() -> PgConnectOptions {
-    std::env::var("SIGNALBUS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-        .parse()
-        .expect("a PostgreSQL URL")
-}
 
 /// `EXPLAIN (ANALYZE, BUFFERS)` of `sql` with `params`, as lines.
 async fn explain(
@@ -75,43 +65,14 @@ async fn lane_read(
 
 #[tokio::test]
 async fn lanes_are_read_from_their_index_whatever_the_statistics_say() {
-    // A database of its own (the table, the claims table and the trigger function), dropped
-    // whatever the test's outcome.
-    let database = format!("lane_plans_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = server()
-        .connect()
-        .await
-        .expect("PostgreSQL (SIGNALBUS_TEST_POSTGRES_URL, else 127.0.0.1:5432)");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let outcome = std::panic::AssertUnwindSafe(plans(server().database(&database)))
-        .catch_unwind()
-        .await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {database} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    // A database of its own (the table, the claims table and the trigger function).
+    super::test_database::on_own_database("lane_plans", plans).await;
 }
 
 async fn plans(options: PgConnectOptions) {
     let mut conn = options.connect().await.unwrap();
     let name = "lane_plans";
-    let table = Ident::new(name).unwrap();
-    let sql = Statements::new(
-        Postgres::DIALECT,
-        &table,
-        &[],
-        Duration::from_secs(5),
-        false,
-    );
-    sql.create_table::<Postgres>(&mut conn).await.unwrap();
+    let (table, sql) = super::test_database::signal_table(&mut conn, name).await;
     // Statistics only as this test writes them.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "ALTER TABLE {table} SET (autovacuum_enabled = off)"

@@ -84,8 +84,12 @@ mod lane_plans;
 mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(all(test, feature = "postgres"))]
+mod scan_claims;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(all(test, feature = "postgres"))]
+mod test_database;
 
 pub use crate::contract::{Holdback, ParkedRows, ParkedSignal, PendingStats};
 pub use crate::signal::ORDERABLE_COLUMNS;
@@ -105,7 +109,7 @@ pub(crate) use backend::{ParkedRow, sealed};
 #[doc(hidden)]
 pub use database_url::__backends;
 pub use database_url::{DatabaseKind, PoolSettings, UnknownDatabase, open_pool};
-pub(crate) use repository::{age, millis};
+pub(crate) use repository::{ClaimOf, age, millis};
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use repository::{json_ids, json_texts};
 pub(crate) use session::{CloseOnDrop, begin, begin_write, owned_sql};

@@ -220,6 +220,10 @@ const RANGE_CLAIMS: RangeClaimSql = RangeClaimSql {
     listed: "SELECT p.id FROM unnest(CAST({Ids} AS bigint[])) AS p(id)",
     free: "UPDATE signalbus_claims SET until = NULL, token = NULL \
         WHERE table_name = '{name}' AND token = {Token}",
+    // The id sequence's position (the column's own sequence; a table without one: its
+    // highest id).
+    last_id: "SELECT COALESCE(pg_sequence_last_value(pg_get_serial_sequence('{t}', 'id')), \
+        (SELECT max(t.id) FROM {t} AS t), 0)",
 };
 
 /// A signal table is a queue: few live rows, and a dead one for every signal sent. With

@@ -9,6 +9,20 @@ use crate::error::{Error, Result};
 use sqlx::Connection as _;
 use std::time::Duration;
 
+/// Which rows a claim takes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ClaimOf<'a> {
+    /// The sendable rows among these ids.
+    Ids(&'a [i64]),
+    /// The next sendable rows, lowest ids first.
+    Next,
+    /// As `Next`, of the rows with ids up to this one: WAL capture's table scan, which
+    /// leaves newer rows to the stream (a scan that took them would keep the stream waiting
+    /// for its burst). Where bursts claim rows, as `Next`.
+    #[cfg_attr(not(feature = "wal"), allow(dead_code))]
+    UpTo(i64),
+}
+
 /// The columns of the table contract's first version: every signal table has them (later
 /// versions added columns that `migrate` adds), so a table without them is not one.
 const FIRST_CONTRACT: &[&str] = &[
@@ -59,6 +73,7 @@ pub(crate) struct Values<'a> {
     pub keys: &'a [String],
     pub null_held: bool,
     pub refusals: u32,
+    pub up_to: i64,
 }
 
 impl<'a> Values<'a> {
@@ -79,6 +94,7 @@ impl<'a> Values<'a> {
                 Arg::Keys => Param::Texts(self.keys),
                 Arg::NullHeld => Param::Int(i64::from(self.null_held)),
                 Arg::Refusals => Param::Int(i64::from(self.refusals)),
+                Arg::UpTo => Param::Int(self.up_to),
             })
             .collect()
     }
@@ -244,13 +260,13 @@ impl Statements {
         Ok(())
     }
 
-    /// Claim (lease for `lease`, with `token`) the sendable rows among `ids`, or — with
-    /// `ids` empty — up to `limit` sendable rows, lowest ids first. No transaction is left
-    /// open: the lease alone keeps other flushers away until it is settled or expires.
+    /// Claim (lease for `lease`, with `token`) the rows `which` says, up to `limit`. No
+    /// transaction is left open: the lease (or the range) alone keeps other flushers away
+    /// until it is settled or expires.
     pub async fn claim<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
-        ids: Option<&[i64]>,
+        which: ClaimOf<'_>,
         limit: usize,
         lease: Duration,
         token: &str,
@@ -258,15 +274,16 @@ impl Statements {
         match begin_async::<DB>() {
             Some(begin) => {
                 let mut tx = conn.begin_with(begin).await?;
-                self.take_claim_turn::<DB>(&mut tx, ids.is_none()).await?;
+                let range = !matches!(which, ClaimOf::Ids(_));
+                self.take_claim_turn::<DB>(&mut tx, range).await?;
                 let rows = self
-                    .claim_in::<DB>(&mut tx, ids, limit, lease, token)
+                    .claim_in::<DB>(&mut tx, which, limit, lease, token)
                     .await
                     .map_err(missing_claims_table)?;
                 tx.commit().await?;
                 Ok(rows)
             }
-            None => self.claim_in::<DB>(conn, ids, limit, lease, token).await,
+            None => self.claim_in::<DB>(conn, which, limit, lease, token).await,
         }
     }
 
@@ -287,6 +304,20 @@ impl Statements {
             DB::execute_script(conn, turn).await?;
         }
         Ok(())
+    }
+
+    /// The highest id given to a row of the table so far (WAL capture's table scan takes
+    /// rows up to the one of its previous scan); `i64::MAX` where bursts claim rows.
+    #[cfg_attr(not(feature = "wal"), allow(dead_code))]
+    pub async fn last_id<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<i64> {
+        match &self.range_claims {
+            Some(ranges) => Ok(DB::fetch_ids(conn, &ranges.last_id, &[])
+                .await?
+                .first()
+                .copied()
+                .unwrap_or(0)),
+            None => Ok(i64::MAX),
+        }
     }
 
     /// Free the range claim slot that `token` holds (a burst given back, a draining loop
@@ -351,7 +382,7 @@ impl Statements {
             return Ok(rows);
         }
         let claimed = self
-            .claim_in::<DB>(conn, Some(&ids), ids.len(), lease, token)
+            .claim_in::<DB>(conn, ClaimOf::Ids(&ids), ids.len(), lease, token)
             .await?;
         let mut by_id: std::collections::HashMap<i64, StoredRow> =
             claimed.into_iter().map(|r| (r.id, r)).collect();
@@ -371,7 +402,7 @@ impl Statements {
     ) -> Result<Vec<StoredRow>> {
         let (Some(ranges), Some(begin)) = (&self.range_claims, begin_async::<DB>()) else {
             return self
-                .claim::<DB>(conn, Some(ids), ids.len(), lease, token)
+                .claim::<DB>(conn, ClaimOf::Ids(ids), ids.len(), lease, token)
                 .await;
         };
         let mut tx = conn.begin_with(begin).await?;
@@ -465,22 +496,31 @@ impl Statements {
     async fn claim_in<DB: Backend>(
         &self,
         conn: &mut DB::Connection,
-        ids: Option<&[i64]>,
+        which: ClaimOf<'_>,
         limit: usize,
         lease: Duration,
         token: &str,
     ) -> Result<Vec<StoredRow>> {
-        let values = Values {
-            ids: ids.unwrap_or_default(),
+        let mut values = Values {
             limit,
             lease_ms: millis(lease),
             token,
             ..Values::default()
         };
-        let stmt = if ids.is_some() {
-            &self.claim_ids
-        } else {
-            &self.claim_burst
+        let stmt = match which {
+            ClaimOf::Ids(ids) => {
+                values.ids = ids;
+                &self.claim_ids
+            }
+            ClaimOf::Next => &self.claim_burst,
+            ClaimOf::UpTo(id) => match &self.range_claims {
+                Some(ranges) => {
+                    values.up_to = id;
+                    &ranges.claim_up_to
+                }
+                // (Only PostgreSQL captures; it claims ranges.)
+                None => &self.claim_burst,
+            },
         };
         let mut rows = match &self.read_claimed {
             None => Self::run_rows::<DB>(conn, stmt, values).await?,

@@ -41,9 +41,11 @@ pub(crate) enum Arg {
     NullHeld,
     /// The attempts refused rows will have had, this refusal counted.
     Refusals,
+    /// The highest id a claim may take.
+    UpTo,
 }
 
-const ARGS: [(&str, Arg); 12] = [
+const ARGS: [(&str, Arg); 13] = [
     ("{Ids}", Arg::Ids),
     ("{Lease}", Arg::Lease),
     ("{Token}", Arg::Token),
@@ -56,6 +58,7 @@ const ARGS: [(&str, Arg); 12] = [
     ("{Keys}", Arg::Keys),
     ("{NullHeld}", Arg::NullHeld),
     ("{Refusals}", Arg::Refusals),
+    ("{UpTo}", Arg::UpTo),
 ];
 
 /// A statement and the order of its parameters.
@@ -226,6 +229,13 @@ pub(crate) struct RangeClaims {
     /// keep them away (run under the exclusive turn).
     #[cfg_attr(not(feature = "wal"), allow(dead_code))]
     pub claim_listed: Stmt,
+    /// WAL capture's table scan: a range claim of the next sendable rows with ids up to the
+    /// bound one ([`super::repository::ClaimOf::UpTo`]).
+    #[cfg_attr(not(feature = "wal"), allow(dead_code))]
+    pub claim_up_to: Stmt,
+    /// The highest id given so far ([`super::dialect::RangeClaimSql::last_id`]).
+    #[cfg_attr(not(feature = "wal"), allow(dead_code))]
+    pub last_id: SqlStr,
     /// Free the slot of the bound token.
     pub free: Stmt,
 }
@@ -616,6 +626,15 @@ impl Statements {
             "NULL",
         )
         .unwrap_or_else(|| claim("1 = 1", " ORDER BY t.id LIMIT {Limit}"));
+        // WAL capture's table scan: as `claim_burst`, of the rows with ids up to the bound
+        // one.
+        let claim_up_to = range_claim(
+            &format!(
+                "SELECT {claimed_all} FROM {t} AS t WHERE {ready} AND t.id <= {{UpTo}} \
+                 ORDER BY t.id LIMIT {{Limit}}"
+            ),
+            "NULL",
+        );
         // An ordered burst's rows, read in the same transaction under the claim turn.
         // Sendable and outside every live range but the claimer's own.
         let ready_for_token = outside_of_others().map(|c| format!("{sendable} AND {c}"));
@@ -850,15 +869,20 @@ impl Statements {
                     "SELECT COUNT(*) FROM {t} AS t WHERE t.claim IS NOT NULL AND t.next_attempt_at > {now}"
                 ),
             }),
-            range_claims: ranges.as_ref().zip(claim_lane.zip(claim_listed)).map(
-                |((r, on_table), (claim_lane, claim_listed))| RangeClaims {
-                    turn: shared(format!("{}; {}", r.plan, on_table(r.turn))),
-                    shared_turn: shared(format!("{}; {}", r.plan, on_table(r.shared_turn))),
-                    claim_lane,
-                    claim_listed,
-                    free: stmt(on_table(r.free)),
-                },
-            ),
+            range_claims: ranges
+                .as_ref()
+                .zip(claim_lane.zip(claim_listed.zip(claim_up_to)))
+                .map(
+                    |((r, on_table), (claim_lane, (claim_listed, claim_up_to)))| RangeClaims {
+                        turn: shared(format!("{}; {}", r.plan, on_table(r.turn))),
+                        shared_turn: shared(format!("{}; {}", r.plan, on_table(r.shared_turn))),
+                        claim_lane,
+                        claim_listed,
+                        claim_up_to,
+                        last_id: shared(on_table(r.last_id)),
+                        free: stmt(on_table(r.free)),
+                    },
+                ),
             pending_stats,
             parked: stmt(format!(
                 "SELECT t.id, t.message_id, t.attempts, t.last_error, {}, t.ordering_key \

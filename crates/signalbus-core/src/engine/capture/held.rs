@@ -123,7 +123,7 @@ impl Streamer {
             let reg = shared.registry().get(idx);
             let table = reg.table.quoted('"');
             let ordered = self.is_ordered(idx);
-            let Some(held) = self.held.get_mut(&idx) else {
+            let Some(held) = self.held.get(&idx) else {
                 continue;
             };
             let mut gone = Vec::new();
@@ -136,9 +136,11 @@ impl Streamer {
                 .flat_map(|ids| ids.iter().take(burst))
                 .copied()
                 .collect();
-            let ready = {
-                let mut conn = shared.pool().acquire().await?;
-                ready_states(&mut conn, &table, &ids).await?
+            let mut conn = self.checkout(shared).await?;
+            let ready = ready_states(&mut conn, &table, &ids).await?;
+            self.checkin(conn);
+            let Some(held) = self.held.get_mut(&idx) else {
+                continue;
             };
             // Each key's rows up to its first that waits (backing off, parked, leased).
             let mut sendable: Vec<Keyed> = Vec::new();

@@ -7,10 +7,20 @@ use crate::engine::context::Shared;
 use crate::engine::settle::{publish_and_settle, retry_db};
 use crate::error::Result;
 use crate::registry::TypeIdx;
-use sqlx::Postgres;
+use sqlx::{PgConnection, Postgres};
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 type DB = Postgres;
+
+/// How long opening the relay's own connection may take.
+const OPEN_WITHIN: Duration = Duration::from_secs(30);
+
+/// The session of the relay's own connection: statements bounded; the client's socket
+/// checked while one runs (PostgreSQL 14+, skipped where the server does not have it).
+const OWN_SESSION: &str = "SET statement_timeout = '60s'; \
+     DO $check$ BEGIN PERFORM set_config('client_connection_check_interval', '1s', false); \
+     EXCEPTION WHEN OTHERS THEN NULL; END $check$";
 
 /// A row to send: its id and ordering key.
 pub(super) type Keyed = (i64, Option<String>);
@@ -21,8 +31,9 @@ impl Streamer {
         // Its rows are looked for in the tables, where a row not found counts as sent: first
         // every transaction that wrote them must be visible (see `until_visible`).
         if !self.batch.is_empty() {
-            let mut conn = shared.pool().acquire().await?;
+            let mut conn = self.checkout(shared).await?;
             super::held::until_visible(&mut conn, &self.batch_xids).await?;
+            self.checkin(conn);
         }
         let mut order: Vec<TypeIdx> = Vec::new();
         for row in &self.batch {
@@ -101,85 +112,51 @@ impl Streamer {
         chunk: Vec<Keyed>,
         ordered: bool,
     ) -> Result<Vec<Keyed>> {
-        let reg = shared.registry().get(idx);
-        let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
         let token = self.token(idx);
-        let lease = shared.config().lease();
-        let mut conn = shared.pool().acquire().await?;
-        let claimed = retry_db!(
-            reg.sql
-                .claim_listed::<DB>(&mut conn, &ids, lease, &token)
-                .await
-        )?;
-        // Of the rows not claimed, those still there wait (in a range of another flusher, or
-        // leased by an auto-flush): they are tried again, and in order they hold their key.
-        // The others are gone (sent already: a stream read again after a restart).
-        let missing: Vec<i64> = {
-            let claimed: HashSet<i64> = claimed.iter().map(|r| r.id).collect();
-            ids.iter()
-                .copied()
-                .filter(|id| !claimed.contains(id))
-                .collect()
+        let mut conn = self.checkout(shared).await?;
+        let result = send_burst(shared, &mut conn, idx, chunk, ordered, &token).await;
+        // After a failure of the database the connection may be broken: the next use opens
+        // another. (A failure of the bus leaves it as it was.)
+        if !matches!(result, Err(crate::Error::Database(_))) {
+            self.checkin(conn);
+        }
+        result
+    }
+
+    /// The relay's own connection, taken out of [`Streamer::conn`] while it is used (give
+    /// it back with [`Streamer::checkin`]). A use stopped half-way (the future dropped)
+    /// closes it, and the server notices within a second and ends what it was running; so
+    /// does a failure of the database ([`Streamer::burst`] does not give it back then). The
+    /// next use opens another.
+    pub(super) async fn checkout(&mut self, shared: &Shared<Postgres>) -> Result<PgConnection> {
+        if let Some(conn) = self.conn.take() {
+            return Ok(conn);
+        }
+        let open = async {
+            // Taken from the pool once and kept: the pool's options and its connect hooks
+            // (search path, role), then never queued for again.
+            let mut conn = shared.pool().acquire().await?.detach();
+            // Every statement bounded, as the pool's flush transactions are, and the socket
+            // checked while one runs; not behind a transaction pooler, where a session's
+            // setting would stay on a server connection that others use next.
+            if !shared.config().transaction_pooler {
+                sqlx::raw_sql(OWN_SESSION).execute(&mut conn).await?;
+            }
+            Ok::<_, sqlx::Error>(conn)
         };
-        let still: HashSet<i64> = if missing.is_empty() {
-            HashSet::new()
-        } else {
-            super::held::existing(&mut conn, &reg.table.quoted('"'), &missing).await?
-        };
-        if !ordered {
-            let waiting: Vec<Keyed> = chunk
-                .into_iter()
-                .filter(|(id, _)| still.contains(id))
-                .collect();
-            if claimed.is_empty() {
-                return Ok(waiting);
-            }
-            let sending: Vec<i64> = claimed.iter().map(|r| r.id).collect();
-            let settled = publish_and_settle(shared, &mut conn, vec![(idx, claimed)], false).await;
-            if settled.is_err() && !reg.sql.claims_ranges() {
-                give_back::<DB>(reg, &mut conn, &sending).await;
-            }
-            return settled.map(|_| waiting);
+        match tokio::time::timeout(OPEN_WITHIN, open).await {
+            Ok(conn) => Ok(conn?),
+            Err(_) => Err(crate::Error::Database(sqlx::Error::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the WAL capture's connection did not open within {OPEN_WITHIN:?}"),
+                ),
+            ))),
         }
-        let mut claimed: HashMap<i64, _> = claimed.into_iter().map(|r| (r.id, r)).collect();
-        let mut blocked: HashSet<Option<String>> = HashSet::new();
-        let (mut send, mut keys, mut left) = (Vec::new(), Vec::new(), Vec::new());
-        let mut blocked_rows = Vec::new();
-        for (id, key) in chunk {
-            let row = claimed.remove(&id);
-            if blocked.contains(&key) || (row.is_none() && still.contains(&id)) {
-                if row.is_some() {
-                    blocked_rows.push(id);
-                }
-                blocked.insert(key.clone());
-                left.push((id, key));
-            } else if let Some(row) = row {
-                send.push(row);
-                keys.push((id, key));
-            }
-        }
-        // Row leases go back; a range's rows are free for the others once it is freed.
-        if !blocked_rows.is_empty() && !reg.sql.claims_ranges() {
-            retry_db!(reg.sql.release::<DB>(&mut conn, &blocked_rows).await)?;
-        }
-        if send.is_empty() {
-            return Ok(left);
-        }
-        drop(conn);
-        // As an ordered burst of the tables: the n-th signal of each key in the n-th publish
-        // call, nothing more of a key after a refusal. On a failure of the bus, row leases go
-        // back (a range stays this relay's: it sends the same rows again).
-        let settled = publish_in_rounds(shared, idx, send, !reg.sql.claims_ranges()).await?;
-        let sent: HashSet<i64> = settled
-            .sent
-            .iter()
-            .flat_map(|(_, ids)| ids.iter().copied())
-            .collect();
-        // Refused (backing off, parked) or left untouched behind a refusal: the key waits.
-        left.extend(keys.into_iter().filter(|(id, _)| !sent.contains(id)));
-        let at: HashMap<i64, usize> = ids.iter().enumerate().map(|(n, id)| (*id, n)).collect();
-        left.sort_by_key(|(id, _)| at.get(id).copied());
-        Ok(left)
+    }
+
+    pub(super) fn checkin(&mut self, conn: PgConnection) {
+        self.conn = Some(conn);
     }
 
     /// The token of the type's claim slot: each claim moves its range to the new burst.
@@ -197,4 +174,87 @@ impl Streamer {
             slot.free(shared, idx).await;
         }
     }
+}
+
+/// [`Streamer::burst`] on `conn`, in the slot of `token`.
+async fn send_burst(
+    shared: &Shared<Postgres>,
+    conn: &mut PgConnection,
+    idx: TypeIdx,
+    chunk: Vec<Keyed>,
+    ordered: bool,
+    token: &str,
+) -> Result<Vec<Keyed>> {
+    let reg = shared.registry().get(idx);
+    let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+    let lease = shared.config().lease();
+    let claimed = retry_db!(reg.sql.claim_listed::<DB>(conn, &ids, lease, token).await)?;
+    // Of the rows not claimed, those still there wait (in a range of another flusher, or
+    // leased by an auto-flush): they are tried again, and in order they hold their key.
+    // The others are gone (sent already: a stream read again after a restart).
+    let missing: Vec<i64> = {
+        let claimed: HashSet<i64> = claimed.iter().map(|r| r.id).collect();
+        ids.iter()
+            .copied()
+            .filter(|id| !claimed.contains(id))
+            .collect()
+    };
+    let still: HashSet<i64> = if missing.is_empty() {
+        HashSet::new()
+    } else {
+        super::held::existing(conn, &reg.table.quoted('"'), &missing).await?
+    };
+    if !ordered {
+        let waiting: Vec<Keyed> = chunk
+            .into_iter()
+            .filter(|(id, _)| still.contains(id))
+            .collect();
+        if claimed.is_empty() {
+            return Ok(waiting);
+        }
+        let sending: Vec<i64> = claimed.iter().map(|r| r.id).collect();
+        let settled = publish_and_settle(shared, conn, vec![(idx, claimed)], false).await;
+        if settled.is_err() && !reg.sql.claims_ranges() {
+            give_back::<DB>(reg, conn, &sending).await;
+        }
+        return settled.map(|_| waiting);
+    }
+    let mut claimed: HashMap<i64, _> = claimed.into_iter().map(|r| (r.id, r)).collect();
+    let mut blocked: HashSet<Option<String>> = HashSet::new();
+    let (mut send, mut keys, mut left) = (Vec::new(), Vec::new(), Vec::new());
+    let mut blocked_rows = Vec::new();
+    for (id, key) in chunk {
+        let row = claimed.remove(&id);
+        if blocked.contains(&key) || (row.is_none() && still.contains(&id)) {
+            if row.is_some() {
+                blocked_rows.push(id);
+            }
+            blocked.insert(key.clone());
+            left.push((id, key));
+        } else if let Some(row) = row {
+            send.push(row);
+            keys.push((id, key));
+        }
+    }
+    // Row leases go back; a range's rows are free for the others once it is freed.
+    if !blocked_rows.is_empty() && !reg.sql.claims_ranges() {
+        retry_db!(reg.sql.release::<DB>(conn, &blocked_rows).await)?;
+    }
+    if send.is_empty() {
+        return Ok(left);
+    }
+    // As an ordered burst of the tables: the n-th signal of each key in the n-th publish
+    // call, nothing more of a key after a refusal. On a failure of the bus, row leases go
+    // back (a range stays this relay's: it sends the same rows again).
+    let settled = publish_in_rounds(shared, conn, idx, send, !reg.sql.claims_ranges()).await?;
+    let sent: HashSet<i64> = settled
+        .sent
+        .iter()
+        .flat_map(|(_, ids)| ids.iter().copied())
+        .collect();
+    // Refused (backing off, parked) or left untouched behind a refusal: the key waits.
+    left.extend(keys.into_iter().filter(|(id, _)| !sent.contains(id)));
+    let at: HashMap<i64, usize> = ids.iter().enumerate().map(|(n, id)| (*id, n)).collect();
+    left.sort_by_key(|(id, _)| at.get(id).copied());
+    Ok(left)
 }
