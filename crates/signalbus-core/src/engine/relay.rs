@@ -725,9 +725,15 @@ impl CapturedScan<'_> {
                 Ok(mut conn) => reg.sql.last_id::<DB>(&mut conn).await,
                 Err(e) => Err(e.into()),
             };
-            let scanned = match *up_to {
-                Some(id) => claimed_burst(shared, idx, Pick::UpTo(slot, id)).await,
-                None => Ok(None),
+            if let Err(e) = &last {
+                tracing::warn!(bus = %shared.name(), signal = %reg.name, error = %e, "relay: cannot read the table's last id beside WAL capture; this scan takes the next rows, new ones included");
+            }
+            let scanned = match (*up_to, &last) {
+                (Some(id), Ok(_)) => claimed_burst(shared, idx, Pick::UpTo(slot, id)).await,
+                // The first round (the rows below this id go in the next), or no id to go by
+                // (never nothing: retries and older rows must go).
+                (None, Ok(_)) => Ok(None),
+                (_, Err(_)) => claimed_burst(shared, idx, Pick::Next(slot)).await,
             };
             // The burst's range would keep rows committed late inside it from the stream
             // until the next scan: free it now.
@@ -738,13 +744,12 @@ impl CapturedScan<'_> {
             if let Err(e) = &scanned {
                 tracing::warn!(bus = %shared.name(), signal = %reg.name, error = %e, "relay: the table scan beside WAL capture failed; trying again");
             }
-            // After a full burst the next one goes on below the same id.
-            match last {
-                Ok(last) if !full => *up_to = Some(last),
-                Ok(_) => return Scan::Again,
-                Err(e) => {
-                    tracing::warn!(bus = %shared.name(), signal = %reg.name, error = %e, "relay: the table scan beside WAL capture failed; trying again");
-                }
+            // After a full burst the next one goes on at once, below the same id.
+            if full {
+                return Scan::Again;
+            }
+            if let Ok(last) = last {
+                *up_to = Some(last);
             }
         }
         let wait = if self.ordered {

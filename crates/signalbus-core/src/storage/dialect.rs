@@ -322,8 +322,9 @@ pub struct RangeClaimSql {
     pub listed: &'static str,
     /// Free the slot the bound `{Token}` holds.
     pub free: &'static str,
-    /// The highest id given to a row of the table so far (rows of transactions still open
-    /// included): every row visible now has one at most this high.
+    /// An id at least as high as every row visible now has (WAL capture's table scan): the
+    /// higher of the id sequence's position, which counts the rows of transactions still
+    /// open, and the table's highest id.
     pub last_id: &'static str,
 }
 

@@ -220,10 +220,14 @@ const RANGE_CLAIMS: RangeClaimSql = RangeClaimSql {
     listed: "SELECT p.id FROM unnest(CAST({Ids} AS bigint[])) AS p(id)",
     free: "UPDATE signalbus_claims SET until = NULL, token = NULL \
         WHERE table_name = '{name}' AND token = {Token}",
-    // The id sequence's position (the column's own sequence; a table without one: its
-    // highest id).
-    last_id: "SELECT COALESCE(pg_sequence_last_value(pg_get_serial_sequence('{t}', 'id')), \
-        (SELECT max(t.id) FROM {t} AS t), 0)",
+    // The higher of the id sequence's position (read only with the right to: without it
+    // PostgreSQL 17 and older fail) and the highest id in the table (rows written with ids
+    // of their own, a sequence set back). A backward probe of the primary key.
+    last_id: "SELECT COALESCE(GREATEST((SELECT CASE WHEN s.seq IS NOT NULL \
+        AND has_sequence_privilege(s.seq, 'SELECT, USAGE') \
+        THEN pg_sequence_last_value(CAST(s.seq AS regclass)) END \
+        FROM (SELECT pg_get_serial_sequence('{t}', 'id') AS seq) AS s), \
+        (SELECT max(t.id) FROM {t} AS t)), 0)",
 };
 
 /// A signal table is a queue: few live rows, and a dead one for every signal sent. With

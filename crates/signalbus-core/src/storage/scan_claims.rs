@@ -44,4 +44,21 @@ async fn scan(options: PgConnectOptions) {
         .unwrap();
     assert_eq!(ids(streamed), [4, 5]);
     assert_eq!(sql.last_id::<Postgres>(&mut conn).await.unwrap(), 5);
+
+    // A row written with an id of its own, above the sequence (a copy from elsewhere): the
+    // bound reaches it, so the scan after the next takes it.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (id, topic, body) VALUES (1000, 't', '\\x00'::bytea)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let before = sql.last_id::<Postgres>(&mut conn).await.unwrap();
+    assert_eq!(before, 1000);
+    sql.free_range::<Postgres>(&mut conn, "scan").await.unwrap();
+    let scanned = sql
+        .claim::<Postgres>(&mut conn, ClaimOf::UpTo(before), 100, lease, "scan")
+        .await
+        .unwrap();
+    assert_eq!(ids(scanned), [1, 2, 3, 1000]);
 }

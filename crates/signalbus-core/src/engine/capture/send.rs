@@ -125,9 +125,10 @@ impl Streamer {
 
     /// The relay's own connection, taken out of [`Streamer::conn`] while it is used (give
     /// it back with [`Streamer::checkin`]). A use stopped half-way (the future dropped)
-    /// closes it, and the server notices within a second and ends what it was running; so
-    /// does a failure of the database ([`Streamer::burst`] does not give it back then). The
-    /// next use opens another.
+    /// closes it, and the server ends what it was running (within a second where it checks
+    /// the socket: PostgreSQL 14 and later, not behind a transaction pooler; else when the
+    /// statement ends); so does a failure of the database ([`Streamer::burst`] does not
+    /// give it back then). The next use opens another.
     pub(super) async fn checkout(&mut self, shared: &Shared<Postgres>) -> Result<PgConnection> {
         if let Some(conn) = self.conn.take() {
             return Ok(conn);
