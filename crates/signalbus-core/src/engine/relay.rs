@@ -730,9 +730,10 @@ impl CapturedScan<'_> {
             }
             let scanned = match (*up_to, &last) {
                 (Some(id), Ok(_)) => claimed_burst(shared, idx, Pick::UpTo(slot, id)).await,
-                // The first round (the rows below this id go in the next), or no id to go by
-                // (never nothing: retries and older rows must go).
+                // The first round: the rows up to `last` go in the next.
                 (None, Ok(_)) => Ok(None),
+                // No id to go by: every row, rather than none (retries and older rows must
+                // go).
                 (_, Err(_)) => claimed_burst(shared, idx, Pick::Next(slot)).await,
             };
             // The burst's range would keep rows committed late inside it from the stream

@@ -306,8 +306,9 @@ impl Statements {
         Ok(())
     }
 
-    /// The highest id given to a row of the table so far (WAL capture's table scan takes
-    /// rows up to the one of its previous scan); `i64::MAX` where bursts claim rows.
+    /// An id at least as high as every row visible now has ([`dialect::RangeClaimSql::last_id`]:
+    /// WAL capture's table scan takes rows up to the one read before its previous scan);
+    /// `i64::MAX` where bursts claim rows.
     #[cfg_attr(not(feature = "wal"), allow(dead_code))]
     pub async fn last_id<DB: Backend>(&self, conn: &mut DB::Connection) -> Result<i64> {
         match &self.range_claims {

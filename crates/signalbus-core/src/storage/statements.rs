@@ -619,22 +619,20 @@ impl Statements {
             })
         };
         let claimed_all = select_columns(d, "t.", "1 = 1");
-        let claim_burst = range_claim(
-            &format!(
-                "SELECT {claimed_all} FROM {t} AS t WHERE {ready} ORDER BY t.id LIMIT {{Limit}}"
-            ),
-            "NULL",
-        )
-        .unwrap_or_else(|| claim("1 = 1", " ORDER BY t.id LIMIT {Limit}"));
-        // WAL capture's table scan: as `claim_burst`, of the rows with ids up to the bound
-        // one.
-        let claim_up_to = range_claim(
-            &format!(
-                "SELECT {claimed_all} FROM {t} AS t WHERE {ready} AND t.id <= {{UpTo}} \
-                 ORDER BY t.id LIMIT {{Limit}}"
-            ),
-            "NULL",
-        );
+        // A range claim of the next sendable rows (and `also` true), lowest ids first.
+        let next_rows = |also: &str| {
+            range_claim(
+                &format!(
+                    "SELECT {claimed_all} FROM {t} AS t WHERE {ready}{also} \
+                     ORDER BY t.id LIMIT {{Limit}}"
+                ),
+                "NULL",
+            )
+        };
+        let claim_burst =
+            next_rows("").unwrap_or_else(|| claim("1 = 1", " ORDER BY t.id LIMIT {Limit}"));
+        // WAL capture's table scan: of the rows with ids up to the bound one.
+        let claim_up_to = next_rows(" AND t.id <= {UpTo}");
         // An ordered burst's rows, read in the same transaction under the claim turn.
         // Sendable and outside every live range but the claimer's own.
         let ready_for_token = outside_of_others().map(|c| format!("{sendable} AND {c}"));

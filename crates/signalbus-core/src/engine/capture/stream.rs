@@ -194,7 +194,8 @@ async fn attempt(
     metrics::gauge!("signalbus_capture_streaming", &labels).set(1.0);
     tracing::info!(bus = %shared.name(), slot = %setup.slot, "WAL capture: streaming");
     let ended = streamer.stream(&shared, setup, &mut repl).await;
-    // A relay standing by or waiting to try again keeps no connection.
+    // A relay standing by or waiting to try again keeps no connection (and one from before
+    // a server restarted is not trusted).
     streamer.conn = None;
     // The stream closes first: a server that shuts down waits for it, and freeing the ranges
     // may wait for the pool. Ranges not freed end with their lease.
@@ -255,8 +256,9 @@ pub(super) struct Streamer {
     pub(super) newly_held: bool,
     /// Per type, the token of its claim slot.
     pub(super) slots: HashMap<TypeIdx, crate::engine::bursts::ClaimSlot>,
-    /// A connection of the relay's own (see [`Streamer::checkout`]), outside the pool: the
-    /// stream's statements never queue behind the application's writers for a pooled one
+    /// A connection of the relay's own (see [`Streamer::checkout`]), taken from the pool once
+    /// and kept while it streams: the stream's statements never queue behind the
+    /// application's writers for a pooled one
     /// (at 5,000 writes/s on a pool of 12 they did, three times a batch and for the slot's
     /// lag every scan, and the stream fell seconds behind).
     pub(super) conn: Option<sqlx::PgConnection>,
@@ -319,8 +321,6 @@ impl Streamer {
         // Held rows are read again from the tables (`seed`); an overflow seen before is not
         // theirs.
         self.overflow = None;
-        // A connection from before (a server restarted since, perhaps) is not trusted.
-        self.conn = None;
     }
 
     pub(super) fn is_ordered(&self, idx: TypeIdx) -> bool {
@@ -570,9 +570,7 @@ impl Streamer {
         }
         Ok(())
     }
-}
 
-impl Streamer {
     /// How many bytes of WAL the slot keeps on the server.
     async fn lag(&mut self, shared: &Shared<Postgres>, slot: &str) -> Result<Option<i64>> {
         let mut conn = self.checkout(shared).await?;
