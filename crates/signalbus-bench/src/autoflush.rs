@@ -122,7 +122,7 @@ where
     ] {
         bus.set_autoflush(mode != Mode::SignalInsertOnly);
         let relay = if args.relay && mode == Mode::SignalInsertOnly {
-            Some(setup::relay(&bus, &args.database_url, args.capture).await?)
+            Some(setup::relay(&bus, &args.database_url, args.capture, false).await?)
         } else {
             None
         };

@@ -58,6 +58,12 @@ pub struct Args {
     /// look in the table (`table`).
     #[arg(long, default_value = "table")]
     capture: setup::Capture,
+    /// The relays send in order (`relay --ordered`).
+    #[arg(long)]
+    ordered: bool,
+    /// The writers give their signals ordering keys, one of this many (0: none).
+    #[arg(long, default_value_t = 0)]
+    keys: u32,
 }
 
 const TABLE: &str = "bench_relay";
@@ -98,6 +104,9 @@ struct Timed {
     inner: BoxPublisher,
     commits: Arc<Mutex<HashMap<String, Instant>>>,
     latencies: Arc<Mutex<Latencies>>,
+    /// Messages the broker stored, and how many of them were new (duplicates: the
+    /// difference).
+    stored: Arc<Mutex<(usize, std::collections::HashSet<String>)>>,
 }
 
 impl Timed {
@@ -106,6 +115,7 @@ impl Timed {
             inner,
             commits: Arc::default(),
             latencies: Arc::default(),
+            stored: Arc::default(),
         }
     }
 }
@@ -116,10 +126,14 @@ impl Publisher for Timed {
         let acked = Instant::now();
         let mut commits = self.commits.lock().unwrap();
         let mut latencies = self.latencies.lock().unwrap();
+        let mut stored = self.stored.lock().unwrap();
         for (i, message) in batch.iter().enumerate() {
-            if !outcome.is_refused(i)
-                && let Some(committed) = commits.remove(&message.id)
-            {
+            if outcome.is_refused(i) {
+                continue;
+            }
+            stored.0 += 1;
+            stored.1.insert(message.id.clone());
+            if let Some(committed) = commits.remove(&message.id) {
                 latencies.push(acked.saturating_duration_since(committed));
             }
         }
@@ -167,7 +181,9 @@ pub(crate) fn rss_kib(pid: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Commit one signal per transaction at `rate` for `seconds`; returns how many committed.
+/// Commit one signal per transaction at `rate` for `seconds`; returns how many committed (a
+/// writer that fails, say because it waited longer than the pool's acquire timeout, panics
+/// and is not counted).
 async fn write_at_rate(args: &Args, pool: &PgPool, timed: &Timed) -> usize {
     write_for(args, pool, timed, Duration::from_secs(args.seconds)).await
 }
@@ -179,18 +195,22 @@ async fn write_for(args: &Args, pool: &PgPool, timed: &Timed, length: Duration) 
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let until = Instant::now() + length;
     let mut writers = tokio::task::JoinSet::new();
-    let mut n = 0usize;
-    let sql = format!("INSERT INTO {TABLE} (message_id, topic, body) VALUES ($1, $2, 'x')");
+    let (mut n, mut committed) = (0usize, 0usize);
+    let sql = format!(
+        "INSERT INTO {TABLE} (message_id, topic, body, ordering_key) VALUES ($1, $2, 'x', $3)"
+    );
     while Instant::now() < until {
         ticks.tick().await;
         let (pool, timed, sql) = (pool.clone(), timed.clone(), sql.clone());
         let destination = args.destination.clone();
+        let key = (args.keys > 0).then(|| format!("k{}", n % args.keys as usize));
         writers.spawn(async move {
             let id = uuid::Uuid::now_v7().to_string();
             let mut tx = pool.begin().await.unwrap();
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&id)
                 .bind(&destination)
+                .bind(key)
                 .execute(&mut *tx)
                 .await
                 .unwrap();
@@ -207,10 +227,14 @@ async fn write_for(args: &Args, pool: &PgPool, timed: &Timed, length: Duration) 
             }
         });
         n += 1;
-        while writers.try_join_next().is_some() {}
+        while let Some(done) = writers.try_join_next() {
+            committed += usize::from(done.is_ok());
+        }
     }
-    while writers.join_next().await.is_some() {}
-    n
+    while let Some(done) = writers.join_next().await {
+        committed += usize::from(done.is_ok());
+    }
+    committed
 }
 
 async fn count(pool: &PgPool) -> i64 {
@@ -240,8 +264,9 @@ async fn latency(
         .execute(pool)
         .await?;
     timed.commits.lock().unwrap().clear();
+    *timed.stored.lock().unwrap() = Default::default();
 
-    let relay = setup::relay(bus, &args.database_url, args.capture).await?;
+    let relay = setup::relay(bus, &args.database_url, args.capture, args.ordered).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // WAL capture: the server's WAL sender decodes for the relay; its CPU is reported too.
     let walsender: Option<i32> = sqlx::query_scalar(
@@ -261,18 +286,23 @@ async fn latency(
         .map(|(pid, before)| process_cpu_seconds(pid) - before);
     relay.shutdown(Duration::from_secs(10)).await;
     let mut latencies = std::mem::take(&mut *timed.latencies.lock().unwrap());
+    let stored = std::mem::take(&mut *timed.stored.lock().unwrap());
     #[allow(clippy::cast_precision_loss)]
     let per_message_us = (total_cpu - writers_cpu).max(0.0) / written.max(1) as f64 * 1e6;
     emit(serde_json::json!({
         "bench": "relay",
         "mode": "latency",
         "capture": args.capture,
+        "ordered": args.ordered,
+        "keys": args.keys,
         "database": "PostgreSQL",
         "bus": signalbus::redact::redact_url(&args.bus),
         "rate": args.rate,
         "seconds": args.seconds,
         "signals": written,
         "acknowledged": latencies.len(),
+        "stored": stored.0,
+        "stored_distinct": stored.1.len(),
         "p50_ms": round2(latencies.percentile_ms(50.0)),
         "p99_ms": round2(latencies.percentile_ms(99.0)),
         "max_ms": round2(latencies.percentile_ms(100.0)),
@@ -291,7 +321,7 @@ async fn steady(
     bus: &SignalBus<Postgres>,
     timed: &Timed,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let relay = setup::relay(bus, &args.database_url, args.capture).await?;
+    let relay = setup::relay(bus, &args.database_url, args.capture, args.ordered).await?;
     let length = Duration::from_secs(args.steady_seconds);
     let started = Instant::now();
     let writers = write_for(args, pool, timed, length);
@@ -351,7 +381,7 @@ async fn backlog(
         }
         Postgres::fill(pool, table, n).await?;
         let started = Instant::now();
-        let relay = setup::relay(bus, &args.database_url, args.capture).await?;
+        let relay = setup::relay(bus, &args.database_url, args.capture, args.ordered).await?;
         until_empty(pool).await;
         relayed = relayed.min(started.elapsed().as_secs_f64());
         relay.shutdown(Duration::from_secs(10)).await;
@@ -381,7 +411,7 @@ async fn memory(
     Postgres::fill(pool, table, n).await?;
     let before = rss_mib();
     let started = Instant::now();
-    let relay = setup::relay(bus, &args.database_url, args.capture).await?;
+    let relay = setup::relay(bus, &args.database_url, args.capture, args.ordered).await?;
     let mut peak = before;
     let mut samples = Vec::new();
     loop {

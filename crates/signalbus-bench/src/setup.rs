@@ -61,8 +61,9 @@ pub async fn relay<DB: signalbus::Backend>(
     bus: &signalbus::SignalBus<DB>,
     url: &str,
     capture: Capture,
+    ordered: bool,
 ) -> Result<signalbus::Relay, Box<dyn std::error::Error>> {
-    let builder = bus.relay();
+    let builder = bus.relay().ordered(ordered);
     if capture == Capture::Table {
         return Ok(builder.start().await?);
     }

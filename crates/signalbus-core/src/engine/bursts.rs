@@ -3,13 +3,14 @@
 //! relay), and the draining loop around them.
 
 use super::context::Shared;
+use super::own_conn::Conns;
 use super::settle::{Entry, Fate, Settled, prepare, publish, publish_and_settle, retry_db, settle};
 pub(crate) use super::turns::ClaimSlot;
 use super::turns::{EarlyTurn, Turn, Turns, patience};
 use crate::delivery::{FlushProgress, OnProgress};
 use crate::error::Result;
 use crate::registry::{Registered, Selection, TypeIdx};
-use crate::storage::{Backend, ClaimOf, CloseOnDrop};
+use crate::storage::{Backend, ClaimOf, CloseOnDrop, begin_on, end_on};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -56,7 +57,9 @@ pub(crate) async fn flush_listed<DB: Backend>(
     for (idx, ids) in listed {
         let reg = shared.registry().get(idx);
         for chunk in ids.chunks(reg.ty.burst_size()) {
-            let Some(settled) = claimed_burst(shared, idx, Pick::Listed(chunk)).await? else {
+            let Some(settled) =
+                claimed_burst(shared, idx, Pick::Listed(chunk), &mut Conns::Pool).await?
+            else {
                 continue;
             };
             total += settled.count();
@@ -102,13 +105,14 @@ impl<'a> Pick<'a> {
     }
 }
 
-/// Claim rows of type `idx` (see [`Pick`]), publish and settle them; `None` when there was
-/// nothing to claim. A failure of the bus as a whole gives the claimed rows back at once,
-/// without spending an attempt.
+/// Claim rows of type `idx` (see [`Pick`]), publish and settle them, on connections from
+/// `conns`; `None` when there was nothing to claim. A failure of the bus as a whole gives the
+/// claimed rows back at once, without spending an attempt.
 pub(crate) async fn claimed_burst<DB: Backend>(
     shared: &Shared<DB>,
     idx: TypeIdx,
     pick: Pick<'_>,
+    conns: &mut Conns<'_, DB>,
 ) -> Result<Option<Settled>> {
     let reg = shared.registry().get(idx);
     let which = match pick {
@@ -130,16 +134,19 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         None => EarlyTurn::none(),
     };
     let token = token.as_str();
-    let claim = || async move {
-        let mut conn = shared.pool().acquire().await?;
-        reg.sql
+    let claim = async |conns: &mut Conns<'_, DB>| {
+        let mut conn = conns.take(shared).await?;
+        let rows = reg
+            .sql
             .claim::<DB>(&mut conn, which, reg.ty.burst_size(), lease, token)
-            .await
+            .await;
+        conns.give(conn, &rows);
+        rows
     };
     // With a turn taken early, one attempt: on a failure the turn goes (a lane that cannot
     // reach its database holds none) and the step is retried as usual.
     let first = if early.holds() {
-        Some(claim().await)
+        Some(claim(conns).await)
     } else {
         None
     };
@@ -147,7 +154,7 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         Some(Ok(rows)) => rows,
         Some(Err(_)) | None => {
             early = EarlyTurn::none();
-            retry_db!(claim().await)?
+            retry_db!(claim(conns).await)?
         }
     };
     if rows.is_empty() {
@@ -168,15 +175,17 @@ pub(crate) async fn claimed_burst<DB: Backend>(
         None => None,
     };
     let published = async {
-        let mut conn = shared.pool().acquire().await?;
+        let mut conn = conns.take(shared).await?;
         let result = publish_and_settle(shared, &mut conn, vec![(idx, rows)], false).await;
         if result.is_err() && slot.is_none() {
             give_back::<DB>(reg, &mut conn, &claimed).await;
         }
+        conns.give(conn, &result);
         result
     }
     .await;
-    // A range is given back whatever failed (the connection above is back in the pool).
+    // A range is given back whatever failed (on a connection of its own: the one above may
+    // be broken).
     if published.is_err()
         && let Some(slot) = slot
     {
@@ -261,7 +270,7 @@ async fn drain_type<DB: Backend>(
     let mut took = false;
     loop {
         let settled = match mode {
-            Drain::Many => claimed_burst(shared, idx, Pick::Next(slot)).await?,
+            Drain::Many => claimed_burst(shared, idx, Pick::Next(slot), &mut Conns::Pool).await?,
             Drain::Ordered => ordered_burst(shared, idx, true, hold).await?,
         };
         let Some(settled) = settled else {
@@ -284,7 +293,7 @@ async fn drain_type<DB: Backend>(
 
 /// What an ordered flusher holds between bursts: a connection of its own whose session
 /// holds the lane it sends (so that a flusher that dies, connection and all, frees its lane
-/// at once), and the lanes to look at next.
+/// at once) and on which its bursts run, and the lanes to look at next.
 ///
 /// The flusher goes round the lanes that had rows when it last looked (one probe of the
 /// lane index for all of them), a burst from each, and looks again when the round is over;
@@ -349,8 +358,8 @@ impl<DB: Backend> LaneHold<DB> {
 
     async fn conn(&mut self, shared: &Shared<DB>) -> Result<&mut DB::Connection> {
         if self.conn.is_none() {
-            use sqlx::ConnectOptions as _;
-            let mut conn = shared.pool().connect_options().connect().await?;
+            // Taken from the pool once (its options and connect hooks) and kept outside it.
+            let mut conn = shared.pool().acquire().await?.detach();
             if let Some(lanes) = &DB::DIALECT.lanes {
                 let session = sqlx::SqlSafeStr::into_sql_str(lanes.session);
                 DB::execute_script(&mut conn, &session).await?;
@@ -416,7 +425,8 @@ pub(crate) async fn ordered_burst<DB: Backend>(
                     }
                 }
             }
-            let result = lane_burst(shared, idx, lane, &hold.slot, &mut early).await;
+            let result =
+                lane_burst(shared, idx, lane, &hold.slot, &mut early, &mut hold.conn).await;
             if lanes > 1
                 && let Some(conn) = hold.conn.as_mut()
                 && reg.sql.free_lane::<DB>(conn, lane).await.is_err()
@@ -446,12 +456,17 @@ pub(crate) async fn ordered_burst<DB: Backend>(
 }
 
 /// One ordered burst of `lane` (see [`ordered_burst`]); `None` when it has nothing to send.
+/// Where the flusher holds its lane on a connection of its own (`own`, PostgreSQL), the
+/// burst runs there too: it never queues for a pooled connection behind the application's
+/// queries. A burst stopped half-way drops that connection (closes it: its lanes are free
+/// and its statement ends on the server), as it does after a failure of the database.
 async fn lane_burst<DB: Backend>(
     shared: &Shared<DB>,
     idx: TypeIdx,
     lane: u32,
     slot: &ClaimSlot,
     early: &mut EarlyTurn,
+    own: &mut Option<DB::Connection>,
 ) -> Result<Option<Settled>> {
     let reg = shared.registry().get(idx);
     // A range claim goes in the flusher's slot, freed once the burst is settled (a row of the
@@ -460,10 +475,7 @@ async fn lane_burst<DB: Backend>(
     let token = slot.token(ranges);
     let lease = shared.config().lease();
     let burst = reg.ty.burst_size();
-    let mut held = CloseOnDrop::acquire(shared.pool()).await?;
-    held.begin().await?;
-    let step = async {
-        let tx = held.conn();
+    let step = async |tx: &mut DB::Connection| {
         let rows = reg.sql.lock_ordered::<DB>(tx, lane, burst).await?;
         // Holding the lane (PostgreSQL's session lock, MySQL's turn) and the rows' locks.
         fail_point!("signalbus::ordered-locks");
@@ -474,10 +486,29 @@ async fn lane_burst<DB: Backend>(
         reg.sql
             .claim_in_tx::<DB>(tx, picked, lane, lease, &token)
             .await
-    }
-    .await;
-    let rows = held.end(step).await?;
-    drop(held);
+    };
+    let rows = match own.take() {
+        Some(mut conn) => {
+            let rows = match begin_on::<DB>(&mut conn, DB::DIALECT.begin_flush).await {
+                Ok(()) => {
+                    let rows = step(&mut conn).await;
+                    let (rows, clean) = end_on::<DB, _>(&mut conn, rows).await;
+                    if clean {
+                        *own = Some(conn);
+                    }
+                    rows
+                }
+                Err(e) => Err(e),
+            };
+            rows?
+        }
+        None => {
+            let mut held = CloseOnDrop::acquire(shared.pool()).await?;
+            held.begin().await?;
+            let rows = step(held.conn()).await;
+            held.end(rows).await?
+        }
+    };
     if rows.is_empty() {
         return Ok(None);
     }
@@ -497,14 +528,31 @@ async fn lane_burst<DB: Backend>(
             return Ok(Some(Settled::default()));
         }
     };
-    let result = async {
-        let mut conn = shared.pool().acquire().await?;
-        publish_in_rounds(shared, &mut conn, idx, rows, !ranges).await
-    }
-    .await;
+    let result = match own.take() {
+        Some(mut conn) => {
+            let result = publish_in_rounds(shared, &mut conn, idx, rows, !ranges).await;
+            if !matches!(result, Err(crate::error::Error::Database(_))) {
+                *own = Some(conn);
+            }
+            result
+        }
+        None => {
+            let mut conn = shared.pool().acquire().await?;
+            publish_in_rounds(shared, &mut conn, idx, rows, !ranges).await
+        }
+    };
     drop(turn);
     if ranges {
-        slot.free(shared, idx).await;
+        // On the lane's connection, which still holds the lane: a pooled one could keep the
+        // lane (and every other flusher waiting for it) until the pool has one to give.
+        match own.take() {
+            Some(mut conn) => {
+                if slot.free_on(shared, idx, &mut conn).await.is_ok() {
+                    *own = Some(conn);
+                }
+            }
+            None => slot.free(shared, idx).await,
+        }
     }
     result.map(Some)
 }

@@ -36,6 +36,8 @@
 
 use super::bursts::{ClaimSlot, LaneHold, Pick, claimed_burst, ordered_burst};
 use super::context::{Engine, Shared};
+use super::own_conn::{Conns, OwnConn};
+use super::settle::Settled;
 pub use super::turns::BurstShare;
 use super::turns::Turns;
 use super::wake::{self, IdleGate, Wakers, stopped_within};
@@ -522,7 +524,24 @@ async fn lane<DB: Backend>(
     // Beside WAL capture: the last id given before the last scan (see `CapturedScan`).
     #[cfg(feature = "wal")]
     let mut scanned_up_to: Option<i64> = None;
+    // A lane that finds signals keeps a connection of its own for its bursts (see
+    // `own_conn`), until it has found none for as long as the pool keeps an idle connection
+    // (10 minutes by default; a fleet's pools: 60 s); meanwhile its polls take pooled ones.
+    let mut own = OwnConn::new("the relay");
+    let keep_for = shared
+        .pool()
+        .options()
+        .get_idle_timeout()
+        .unwrap_or(Duration::from_secs(600));
+    let mut found_at: Option<tokio::time::Instant> = None;
     while !*stop.borrow() {
+        let mut conns = match found_at {
+            Some(at) if at.elapsed() < keep_for => Conns::Own(&mut own),
+            _ => {
+                own.close().await;
+                Conns::Pool
+            }
+        };
         #[cfg(feature = "wal")]
         if let Some(capture) = &mut lane.capture
             // Marks the state seen: the wait below ends on the next change only.
@@ -535,10 +554,11 @@ async fn lane<DB: Backend>(
                 slot: &slot,
             };
             match scan
-                .run(&shared, &mut scanned_up_to, capture, &mut stop)
+                .run(&shared, &mut conns, &mut scanned_up_to, capture, &mut stop)
                 .await
             {
-                Scan::Again => {}
+                Scan::Again { found: true } => found_at = Some(tokio::time::Instant::now()),
+                Scan::Again { found: false } => {}
                 Scan::Stop => break,
                 // A capture that ended without a word (a panic): table mode from now on.
                 Scan::Gone => lane.capture = None,
@@ -549,10 +569,11 @@ async fn lane<DB: Backend>(
         let burst = if lane.ordered {
             ordered_burst(&shared, lane.idx, false, &mut hold).await
         } else {
-            claimed_burst(&shared, lane.idx, Pick::Next(&slot)).await
+            claimed_burst(&shared, lane.idx, Pick::Next(&slot), &mut conns).await
         };
         let wait = match burst {
             Ok(Some(settled)) => {
+                found_at = Some(tokio::time::Instant::now());
                 lane.busy(&mut registered);
                 lane.set_failing(None);
                 if let Some(delay) = settled.next_retry {
@@ -625,6 +646,7 @@ async fn lane<DB: Backend>(
     if !lane.ordered {
         slot.free(&shared, lane.idx).await;
     }
+    own.close().await;
 }
 
 /// Refresh the gauges of the selected types every `every`, until `stop` fires.
@@ -714,40 +736,50 @@ impl CapturedScan<'_> {
     async fn run<DB: Backend>(
         &self,
         shared: &Shared<DB>,
+        conns: &mut Conns<'_, DB>,
         up_to: &mut Option<i64>,
         capture: &mut watch::Receiver<super::capture::CaptureState>,
         stop: &mut watch::Receiver<bool>,
     ) -> Scan {
         let (idx, slot) = (self.idx, self.slot);
+        let mut found = false;
         if !self.ordered {
             let reg = shared.registry().get(idx);
-            let last = match shared.pool().acquire().await {
-                Ok(mut conn) => reg.sql.last_id::<DB>(&mut conn).await,
-                Err(e) => Err(e.into()),
+            let last = match conns.take(shared).await {
+                Ok(mut conn) => {
+                    let last = reg.sql.last_id::<DB>(&mut conn).await;
+                    conns.give(conn, &last);
+                    last
+                }
+                Err(e) => Err(e),
             };
             if let Err(e) = &last {
                 tracing::warn!(bus = %shared.name(), signal = %reg.name, error = %e, "relay: cannot read the table's last id beside WAL capture; this scan takes the next rows, new ones included");
             }
             let scanned = match (*up_to, &last) {
-                (Some(id), Ok(_)) => claimed_burst(shared, idx, Pick::UpTo(slot, id)).await,
+                (Some(id), Ok(_)) => claimed_burst(shared, idx, Pick::UpTo(slot, id), conns).await,
                 // The first round: the rows up to `last` go in the next.
                 (None, Ok(_)) => Ok(None),
                 // No id to go by: every row, rather than none (retries and older rows must
                 // go).
-                (_, Err(_)) => claimed_burst(shared, idx, Pick::Next(slot)).await,
+                (_, Err(_)) => claimed_burst(shared, idx, Pick::Next(slot), conns).await,
             };
             // The burst's range would keep rows committed late inside it from the stream
             // until the next scan: free it now.
             if matches!(scanned, Ok(Some(_))) {
                 slot.free(shared, idx).await;
             }
-            let full = matches!(&scanned, Ok(Some(s)) if s.count() >= reg.ty.burst_size());
+            let count = scanned
+                .as_ref()
+                .map_or(0, |s| s.as_ref().map_or(0, Settled::count));
+            found = count > 0;
+            let full = count >= reg.ty.burst_size();
             if let Err(e) = &scanned {
                 tracing::warn!(bus = %shared.name(), signal = %reg.name, error = %e, "relay: the table scan beside WAL capture failed; trying again");
             }
             // After a full burst the next one goes on at once, below the same id.
             if full {
-                return Scan::Again;
+                return Scan::Again { found: true };
             }
             if let Ok(last) = last {
                 *up_to = Some(last);
@@ -759,9 +791,9 @@ impl CapturedScan<'_> {
             self.every
         };
         tokio::select! {
-            _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => Scan::Again,
+            _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => Scan::Again { found },
             changed = capture.changed() => match changed {
-                Ok(()) => Scan::Again,
+                Ok(()) => Scan::Again { found },
                 Err(_) if *stop.borrow() => Scan::Stop,
                 Err(_) => Scan::Gone,
             },
@@ -773,7 +805,10 @@ impl CapturedScan<'_> {
 /// What a lane does after a round beside WAL capture.
 #[cfg(feature = "wal")]
 enum Scan {
-    Again,
+    /// Another round; `found`: this one sent signals.
+    Again {
+        found: bool,
+    },
     Stop,
     /// The capturing task is gone.
     Gone,

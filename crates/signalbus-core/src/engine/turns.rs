@@ -172,17 +172,39 @@ impl ClaimSlot {
 
     /// Free the slot (best effort: its lease ends anyway).
     pub async fn free<DB: Backend>(&self, shared: &Shared<DB>, idx: TypeIdx) {
-        let reg = shared.registry().get(idx);
-        if !reg.sql.claims_ranges() {
+        if !shared.registry().get(idx).sql.claims_ranges() {
             return;
         }
-        let freed = match shared.pool().acquire().await {
-            Ok(mut conn) => reg.sql.free_range::<DB>(&mut conn, &self.token).await,
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = freed {
-            tracing::warn!(signal = %reg.name, error = %e, "could not free a claim; it ends with its lease");
+        match shared.pool().acquire().await {
+            Ok(mut conn) => {
+                let _ = self.free_on(shared, idx, &mut conn).await;
+            }
+            Err(e) => self.not_freed(shared, idx, &e.into()),
         }
+    }
+
+    /// [`ClaimSlot::free`] on `conn` (a flusher's own: it does not queue for a pooled one);
+    /// the database's error, if it failed.
+    pub async fn free_on<DB: Backend>(
+        &self,
+        shared: &Shared<DB>,
+        idx: TypeIdx,
+        conn: &mut DB::Connection,
+    ) -> crate::error::Result<()> {
+        let reg = shared.registry().get(idx);
+        if !reg.sql.claims_ranges() {
+            return Ok(());
+        }
+        let freed = reg.sql.free_range::<DB>(conn, &self.token).await;
+        if let Err(e) = &freed {
+            self.not_freed(shared, idx, e);
+        }
+        freed
+    }
+
+    fn not_freed<DB: Backend>(&self, shared: &Shared<DB>, idx: TypeIdx, e: &crate::error::Error) {
+        let reg = shared.registry().get(idx);
+        tracing::warn!(signal = %reg.name, error = %e, "could not free a claim; it ends with its lease");
     }
 }
 

@@ -175,6 +175,9 @@ pub(crate) struct Dialect {
     pub key_index: &'static str,
     /// Ordered lanes, where the database has session locks to hold them by.
     pub lanes: Option<Lanes>,
+    /// Set up a connection that a relay keeps for itself (see `engine::own_conn`), where the
+    /// database has session settings for it (not behind a transaction pooler).
+    pub own_session: Option<&'static str>,
     /// Statements are sent unnamed (prepared anew each time, never cached on the server's
     /// session): behind a pooler in transaction mode, the next transaction may run on
     /// another server session ([`Dialect::behind_transaction_pooler`]).

@@ -112,4 +112,4 @@ pub use database_url::{DatabaseKind, PoolSettings, UnknownDatabase, open_pool};
 pub(crate) use repository::{ClaimOf, age, millis};
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use repository::{json_ids, json_texts};
-pub(crate) use session::{CloseOnDrop, begin, begin_write, owned_sql};
+pub(crate) use session::{CloseOnDrop, begin, begin_on, begin_write, end_on, owned_sql};

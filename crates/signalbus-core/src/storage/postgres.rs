@@ -58,6 +58,13 @@ pub(crate) const DIALECT: Dialect = Dialect {
     claim_index: "",
     key_index: "",
     unnamed_statements: false,
+    // Every statement bounded, as the flush transactions are, and the client's socket
+    // checked while one runs (PostgreSQL 14+, skipped where the server does not have it).
+    own_session: Some(
+        "SET statement_timeout = '60s'; \
+         DO $check$ BEGIN PERFORM set_config('client_connection_check_interval', '1s', false); \
+         EXCEPTION WHEN OTHERS THEN NULL; END $check$",
+    ),
     lanes: Some(Lanes {
         count: 8,
         expr: "(hashtextextended(COALESCE({p}ordering_key, ''), 0) & 7)",

@@ -61,12 +61,7 @@ impl<DB: Backend> CloseOnDrop<DB> {
     /// connection is in a transaction (statements that must run inside one when they are
     /// sent unnamed begin none of their own, see `run_unnamed`).
     async fn begin_with(&mut self, statement: &str) -> Result<&mut DB::Connection> {
-        use sqlx_core::transaction::TransactionManager as _;
-        <DB as sqlx::Database>::TransactionManager::begin(
-            &mut self.conn,
-            Some(owned_sql(statement)),
-        )
-        .await?;
+        begin_on::<DB>(&mut self.conn, statement).await?;
         Ok(&mut self.conn)
     }
 
@@ -84,21 +79,46 @@ impl<DB: Backend> CloseOnDrop<DB> {
     /// End the transaction: commit when `result` is `Ok`, roll back at once otherwise (a
     /// dropped transaction would keep its locks until the connection is next used).
     pub async fn end<T>(&mut self, result: Result<T>) -> Result<T> {
-        use sqlx_core::transaction::TransactionManager as _;
-        type Manager<DB> = <DB as sqlx::Database>::TransactionManager;
-        let ended = if result.is_ok() {
-            Manager::<DB>::commit(&mut self.conn).await
-        } else {
-            Manager::<DB>::rollback(&mut self.conn).await
-        }
-        .map_err(crate::error::Error::from);
+        let (result, ended) = end_on::<DB, T>(&mut self.conn, result).await;
         // Ended in doubt: the connection is closed on drop rather than reused.
-        self.done = ended.is_ok();
-        match (result, ended) {
-            (Ok(value), Ok(())) => Ok(value),
-            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-        }
+        self.done = ended;
+        result
     }
+}
+
+/// Begin a transaction with `statement` on `conn`, through sqlx's transaction manager (see
+/// [`CloseOnDrop::begin`]); also on a connection a flusher keeps for itself, which it drops
+/// (closes) when a flush stops half-way.
+pub(crate) async fn begin_on<DB: Backend>(
+    conn: &mut DB::Connection,
+    statement: &str,
+) -> Result<()> {
+    use sqlx_core::transaction::TransactionManager as _;
+    <DB as sqlx::Database>::TransactionManager::begin(conn, Some(owned_sql(statement))).await?;
+    Ok(())
+}
+
+/// End the transaction begun by [`begin_on`]: commit when `result` is `Ok`, roll back at
+/// once otherwise. Also whether it ended cleanly (else the connection is in doubt: close
+/// it).
+pub(crate) async fn end_on<DB: Backend, T>(
+    conn: &mut DB::Connection,
+    result: Result<T>,
+) -> (Result<T>, bool) {
+    use sqlx_core::transaction::TransactionManager as _;
+    type Manager<DB> = <DB as sqlx::Database>::TransactionManager;
+    let ended = if result.is_ok() {
+        Manager::<DB>::commit(conn).await
+    } else {
+        Manager::<DB>::rollback(conn).await
+    }
+    .map_err(crate::error::Error::from);
+    let clean = ended.is_ok();
+    let result = match (result, ended) {
+        (Ok(value), Ok(())) => Ok(value),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    };
+    (result, clean)
 }
 
 /// SQL text as an owned statement (a `&'static str` passed to sqlx trips the compiler's

@@ -200,6 +200,65 @@ where
     relayed::<DB, _>(crate::bus_sqs::Sqs::new().await).await;
 }
 
+/// A relay that polls every 10 ms while it finds signals, backing off to 200 ms.
+async fn polling_relay<DB: signalbus::Backend>(bus: &SignalBus<DB>) -> signalbus::Relay {
+    bus.relay()
+        .poll(Duration::from_millis(10), Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A relay lane that is sending keeps a connection of its own: an application that holds
+/// every connection of the pool the relay shares (its writers queueing for them) does not
+/// hold the relay up. Its bursts took pooled connections, twice each, and waited in the
+/// writers' queue: seconds at 5,000 writes/s on a pool of 12 (docs/benchmarks.md).
+async fn a_sending_lane_needs_no_pooled_connection<DB: TestBackend>()
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let db = DB::create(2).await;
+    let outbox = signalbus::publisher::MemoryPublisher::new();
+    let bus = SignalBus::builder(db.pool.clone())
+        .publisher(outbox.clone())
+        .register_type(BusEvent::signal_type().clone())
+        .autoflush(false)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    // The writers' pool.
+    let writers = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(2)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let relay = polling_relay(&bus).await;
+    let route: Route = ("t".to_owned(), "k".to_owned());
+    // Two bursts found, one after the other: the lane's round after the first one ran on a
+    // connection of the lane's own.
+    for n in 0..2 {
+        insert_plain(&writers, &route, n..n + 1).await;
+        until_rows(&writers, 0, Duration::from_secs(20)).await;
+    }
+    // The application takes every connection of the bus' pool that is free (PostgreSQL's
+    // listener keeps one), and writes on.
+    let mut held = Vec::new();
+    while let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(1), db.pool.acquire()).await {
+        held.push(conn);
+    }
+    assert!(!held.is_empty() && db.pool.num_idle() == 0);
+    insert_plain(&writers, &route, 2..5).await;
+    // (The pool's acquire timeout is 30 s.)
+    until_rows(&writers, 0, Duration::from_secs(10)).await;
+    assert_eq!(outbox.len(), 5);
+    drop(held);
+    assert!(relay.shutdown(Duration::from_secs(10)).await);
+    writers.close().await;
+    db.cleanup().await;
+}
+
+on_every_database!(a_sending_lane_needs_no_pooled_connection);
+
 /// A database that takes connections but refuses every write (read-only) is not ready: the
 /// ping alone said "database ok" while every burst failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -231,12 +290,7 @@ async fn a_read_only_database_is_not_ready() {
         .autoflush(false)
         .build()
         .unwrap();
-    let relay = bus
-        .relay()
-        .poll(Duration::from_millis(10), Duration::from_millis(200))
-        .start()
-        .await
-        .unwrap();
+    let relay = polling_relay(&bus).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let why = loop {
         let ready = relay.ready().await;

@@ -136,9 +136,9 @@ impl Streamer {
                 .flat_map(|ids| ids.iter().take(burst))
                 .copied()
                 .collect();
-            let mut conn = self.checkout(shared).await?;
+            let mut conn = self.conn.checkout(shared).await?;
             let ready = ready_states(&mut conn, &table, &ids).await?;
-            self.checkin(conn);
+            self.conn.checkin(conn);
             let Some(held) = self.held.get_mut(&idx) else {
                 continue;
             };

@@ -9,18 +9,8 @@ use crate::error::Result;
 use crate::registry::TypeIdx;
 use sqlx::{PgConnection, Postgres};
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 type DB = Postgres;
-
-/// How long opening the relay's own connection may take.
-const OPEN_WITHIN: Duration = Duration::from_secs(30);
-
-/// The session of the relay's own connection: statements bounded; the client's socket
-/// checked while one runs (PostgreSQL 14+, skipped where the server does not have it).
-const OWN_SESSION: &str = "SET statement_timeout = '60s'; \
-     DO $check$ BEGIN PERFORM set_config('client_connection_check_interval', '1s', false); \
-     EXCEPTION WHEN OTHERS THEN NULL; END $check$";
 
 /// A row to send: its id and ordering key.
 pub(super) type Keyed = (i64, Option<String>);
@@ -31,9 +21,9 @@ impl Streamer {
         // Its rows are looked for in the tables, where a row not found counts as sent: first
         // every transaction that wrote them must be visible (see `until_visible`).
         if !self.batch.is_empty() {
-            let mut conn = self.checkout(shared).await?;
+            let mut conn = self.conn.checkout(shared).await?;
             super::held::until_visible(&mut conn, &self.batch_xids).await?;
-            self.checkin(conn);
+            self.conn.checkin(conn);
         }
         let mut order: Vec<TypeIdx> = Vec::new();
         for row in &self.batch {
@@ -113,51 +103,10 @@ impl Streamer {
         ordered: bool,
     ) -> Result<Vec<Keyed>> {
         let token = self.token(idx);
-        let mut conn = self.checkout(shared).await?;
+        let mut conn = self.conn.checkout(shared).await?;
         let result = send_burst(shared, &mut conn, idx, chunk, ordered, &token).await;
-        // After a failure of the database the connection may be broken: the next use opens
-        // another. (A failure of the bus leaves it as it was.)
-        if !matches!(result, Err(crate::Error::Database(_))) {
-            self.checkin(conn);
-        }
+        self.conn.checkin_after(conn, &result);
         result
-    }
-
-    /// The relay's own connection, taken out of [`Streamer::conn`] while it is used (give
-    /// it back with [`Streamer::checkin`]). A use stopped half-way (the future dropped)
-    /// closes it, and the server ends what it was running (within a second where it checks
-    /// the socket: PostgreSQL 14 and later, not behind a transaction pooler; else when the
-    /// statement ends); so does a failure of the database ([`Streamer::burst`] does not
-    /// give it back then). The next use opens another.
-    pub(super) async fn checkout(&mut self, shared: &Shared<Postgres>) -> Result<PgConnection> {
-        if let Some(conn) = self.conn.take() {
-            return Ok(conn);
-        }
-        let open = async {
-            // Taken from the pool once and kept: the pool's options and its connect hooks
-            // (search path, role), then never queued for again.
-            let mut conn = shared.pool().acquire().await?.detach();
-            // Every statement bounded, as the pool's flush transactions are, and the socket
-            // checked while one runs; not behind a transaction pooler, where a session's
-            // setting would stay on a server connection that others use next.
-            if !shared.config().transaction_pooler {
-                sqlx::raw_sql(OWN_SESSION).execute(&mut conn).await?;
-            }
-            Ok::<_, sqlx::Error>(conn)
-        };
-        match tokio::time::timeout(OPEN_WITHIN, open).await {
-            Ok(conn) => Ok(conn?),
-            Err(_) => Err(crate::Error::Database(sqlx::Error::Io(
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the WAL capture's connection did not open within {OPEN_WITHIN:?}"),
-                ),
-            ))),
-        }
-    }
-
-    pub(super) fn checkin(&mut self, conn: PgConnection) {
-        self.conn = Some(conn);
     }
 
     /// The token of the type's claim slot: each claim moves its range to the new burst.

@@ -7,6 +7,7 @@ use super::slot::{self, Problem, Stream};
 use super::{CaptureState, WalCapture};
 
 use crate::engine::context::Shared;
+use crate::engine::own_conn::OwnConn;
 use crate::engine::relay::failure_wait;
 
 use crate::engine::wake::stopped_within;
@@ -196,7 +197,7 @@ async fn attempt(
     let ended = streamer.stream(&shared, setup, &mut repl).await;
     // A relay standing by or waiting to try again keeps no connection (and one from before
     // a server restarted is not trusted).
-    streamer.conn = None;
+    streamer.conn.close().await;
     // The stream closes first: a server that shuts down waits for it, and freeing the ranges
     // may wait for the pool. Ranges not freed end with their lease.
     let _ = tokio::time::timeout(Duration::from_secs(2), repl.shutdown()).await;
@@ -256,12 +257,11 @@ pub(super) struct Streamer {
     pub(super) newly_held: bool,
     /// Per type, the token of its claim slot.
     pub(super) slots: HashMap<TypeIdx, crate::engine::bursts::ClaimSlot>,
-    /// A connection of the relay's own (see [`Streamer::checkout`]), taken from the pool once
-    /// and kept while it streams: the stream's statements never queue behind the
-    /// application's writers for a pooled one
-    /// (at 5,000 writes/s on a pool of 12 they did, three times a batch and for the slot's
-    /// lag every scan, and the stream fell seconds behind).
-    pub(super) conn: Option<sqlx::PgConnection>,
+    /// A connection of the relay's own, kept while it streams: the stream's statements never
+    /// queue behind the application's writers for a pooled one (at 5,000 writes/s on a pool
+    /// of 12 they did, three times a batch and for the slot's lag every scan, and the stream
+    /// fell seconds behind).
+    pub(super) conn: OwnConn<Postgres>,
 }
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
@@ -303,7 +303,7 @@ impl Streamer {
             overflow: None,
             newly_held: false,
             slots: HashMap::new(),
-            conn: None,
+            conn: OwnConn::new("the WAL capture"),
         }
     }
 
@@ -573,7 +573,7 @@ impl Streamer {
 
     /// How many bytes of WAL the slot keeps on the server.
     async fn lag(&mut self, shared: &Shared<Postgres>, slot: &str) -> Result<Option<i64>> {
-        let mut conn = self.checkout(shared).await?;
+        let mut conn = self.conn.checkout(shared).await?;
         let bytes: Option<Option<i64>> = sqlx::query_scalar(
             "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots \
              WHERE slot_name = $1",
@@ -581,7 +581,7 @@ impl Streamer {
         .bind(slot)
         .fetch_optional(&mut conn)
         .await?;
-        self.checkin(conn);
+        self.conn.checkin(conn);
         Ok(bytes.flatten())
     }
 }
