@@ -459,7 +459,8 @@ pub(crate) async fn ordered_burst<DB: Backend>(
 /// Where the flusher holds its lane on a connection of its own (`own`, PostgreSQL), the
 /// burst runs there too: it never queues for a pooled connection behind the application's
 /// queries. A burst stopped half-way drops that connection (closes it: its lanes are free
-/// and its statement ends on the server), as it does after a failure of the database.
+/// once the server notices, and a statement it was running ends at the latest at its
+/// timeout), as it does after a failure of the database.
 async fn lane_burst<DB: Backend>(
     shared: &Shared<DB>,
     idx: TypeIdx,

@@ -31,6 +31,11 @@ impl<DB: Backend> OwnConn<DB> {
         OwnConn { conn: None, whose }
     }
 
+    /// Whether one is open now.
+    pub fn is_open(&self) -> bool {
+        self.conn.is_some()
+    }
+
     /// Close it, telling the server (the next use opens another).
     pub async fn close(&mut self) {
         if let Some(conn) = self.conn.take() {

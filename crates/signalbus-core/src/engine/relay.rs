@@ -525,8 +525,9 @@ async fn lane<DB: Backend>(
     #[cfg(feature = "wal")]
     let mut scanned_up_to: Option<i64> = None;
     // A lane that finds signals keeps a connection of its own for its bursts (see
-    // `own_conn`), until it has found none for as long as the pool keeps an idle connection
-    // (10 minutes by default; a fleet's pools: 60 s); meanwhile its polls take pooled ones.
+    // `own_conn`; database servers only), until it has found none for as long as the pool
+    // keeps an idle connection (10 minutes by default; a fleet's pools: 60 s); meanwhile its
+    // polls take pooled ones.
     let mut own = OwnConn::new("the relay");
     let keep_for = shared
         .pool()
@@ -536,7 +537,9 @@ async fn lane<DB: Backend>(
     let mut found_at: Option<tokio::time::Instant> = None;
     while !*stop.borrow() {
         let mut conns = match found_at {
-            Some(at) if at.elapsed() < keep_for => Conns::Own(&mut own),
+            Some(at) if DB::DIALECT.own_connections && at.elapsed() < keep_for => {
+                Conns::Own(&mut own)
+            }
             _ => {
                 own.close().await;
                 Conns::Pool
@@ -644,7 +647,13 @@ async fn lane<DB: Backend>(
         lane.busy(&mut registered);
     }
     if !lane.ordered {
-        slot.free(&shared, lane.idx).await;
+        // On the lane's own connection where it has one: at shutdown the pool may be busy.
+        let mut conns = if own.is_open() {
+            Conns::Own(&mut own)
+        } else {
+            Conns::Pool
+        };
+        slot.free_with(&shared, lane.idx, &mut conns).await;
     }
     own.close().await;
 }
@@ -767,7 +776,7 @@ impl CapturedScan<'_> {
             // The burst's range would keep rows committed late inside it from the stream
             // until the next scan: free it now.
             if matches!(scanned, Ok(Some(_))) {
-                slot.free(shared, idx).await;
+                slot.free_with(shared, idx, conns).await;
             }
             let count = scanned
                 .as_ref()

@@ -202,6 +202,25 @@ impl ClaimSlot {
         freed
     }
 
+    /// [`ClaimSlot::free`] on a connection from `conns` (a relay lane's own, when it has one).
+    pub async fn free_with<DB: Backend>(
+        &self,
+        shared: &Shared<DB>,
+        idx: TypeIdx,
+        conns: &mut super::own_conn::Conns<'_, DB>,
+    ) {
+        if !shared.registry().get(idx).sql.claims_ranges() {
+            return;
+        }
+        match conns.take(shared).await {
+            Ok(mut conn) => {
+                let freed = self.free_on(shared, idx, &mut conn).await;
+                conns.give(conn, &freed);
+            }
+            Err(e) => self.not_freed(shared, idx, &e),
+        }
+    }
+
     fn not_freed<DB: Backend>(&self, shared: &Shared<DB>, idx: TypeIdx, e: &crate::error::Error) {
         let reg = shared.registry().get(idx);
         tracing::warn!(signal = %reg.name, error = %e, "could not free a claim; it ends with its lease");

@@ -175,6 +175,11 @@ pub(crate) struct Dialect {
     pub key_index: &'static str,
     /// Ordered lanes, where the database has session locks to hold them by.
     pub lanes: Option<Lanes>,
+    /// Whether a relay lane that finds signals keeps a connection of its own (see
+    /// `engine::own_conn`): on database servers, where the application's queries queue for
+    /// the pool's connections; not on SQLite, where a connection taken out of a pool of a
+    /// private in-memory database would take the database with it.
+    pub own_connections: bool,
     /// Set up a connection that a relay keeps for itself (see `engine::own_conn`), where the
     /// database has session settings for it (not behind a transaction pooler).
     pub own_session: Option<&'static str>,

@@ -75,6 +75,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     key_index: ", ADD INDEX signalbus_key (ordering_key)",
     unnamed_statements: false,
     lanes: None,
+    own_connections: true,
     own_session: None,
     held_rows: "{held}",
     key_not_in: "CAST(t.ordering_key AS BINARY) NOT IN (SELECT CAST(h.k AS BINARY) FROM \

@@ -60,6 +60,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     unnamed_statements: false,
     // Every statement bounded, as the flush transactions are, and the client's socket
     // checked while one runs (PostgreSQL 14+, skipped where the server does not have it).
+    own_connections: true,
     own_session: Some(
         "SET statement_timeout = '60s'; \
          DO $check$ BEGIN PERFORM set_config('client_connection_check_interval', '1s', false); \

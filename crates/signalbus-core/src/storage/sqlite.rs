@@ -63,6 +63,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     key_index: "",
     unnamed_statements: false,
     lanes: None,
+    own_connections: false,
     own_session: None,
     held_rows: "({index}) AND {held}",
     key_not_in: "t.ordering_key NOT IN (SELECT value FROM json_each({Keys}))",
