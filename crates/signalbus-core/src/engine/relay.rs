@@ -37,7 +37,6 @@
 use super::bursts::{ClaimSlot, LaneHold, Pick, claimed_burst, ordered_burst};
 use super::context::{Engine, Shared};
 use super::own_conn::{Conns, OwnConn};
-use super::settle::Settled;
 pub use super::turns::BurstShare;
 use super::turns::Turns;
 use super::wake::{self, IdleGate, Wakers, stopped_within};
@@ -780,7 +779,7 @@ impl CapturedScan<'_> {
             }
             let count = scanned
                 .as_ref()
-                .map_or(0, |s| s.as_ref().map_or(0, Settled::count));
+                .map_or(0, |s| s.as_ref().map_or(0, super::settle::Settled::count));
             found = count > 0;
             let full = count >= reg.ty.burst_size();
             if let Err(e) = &scanned {
