@@ -72,7 +72,11 @@ async fn alerts(prometheus: &str) -> Vec<(String, String)> {
     let Ok(r) = reqwest::get(format!("{prometheus}/api/v1/alerts")).await else {
         return Vec::new();
     };
-    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    // A Prometheus still starting answers with a plain-text error: no alerts yet.
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap_or_default())
+    else {
+        return Vec::new();
+    };
     v["data"]["alerts"]
         .as_array()
         .unwrap()
