@@ -490,17 +490,13 @@ async fn lane_burst<DB: Backend>(
     };
     let rows = match own.take() {
         Some(mut conn) => {
-            let rows = match begin_on::<DB>(&mut conn, DB::DIALECT.begin_flush).await {
-                Ok(()) => {
-                    let rows = step(&mut conn).await;
-                    let (rows, clean) = end_on::<DB, _>(&mut conn, rows).await;
-                    if clean {
-                        *own = Some(conn);
-                    }
-                    rows
-                }
-                Err(e) => Err(e),
-            };
+            // (A failed begin drops the connection with the error.)
+            begin_on::<DB>(&mut conn, DB::DIALECT.begin_flush).await?;
+            let rows = step(&mut conn).await;
+            let (rows, clean) = end_on::<DB, _>(&mut conn, rows).await;
+            if clean {
+                *own = Some(conn);
+            }
             rows?
         }
         None => {

@@ -172,15 +172,8 @@ impl ClaimSlot {
 
     /// Free the slot (best effort: its lease ends anyway).
     pub async fn free<DB: Backend>(&self, shared: &Shared<DB>, idx: TypeIdx) {
-        if !shared.registry().get(idx).sql.claims_ranges() {
-            return;
-        }
-        match shared.pool().acquire().await {
-            Ok(mut conn) => {
-                let _ = self.free_on(shared, idx, &mut conn).await;
-            }
-            Err(e) => self.not_freed(shared, idx, &e.into()),
-        }
+        self.free_with(shared, idx, &mut super::own_conn::Conns::Pool)
+            .await;
     }
 
     /// [`ClaimSlot::free`] on `conn` (a flusher's own: it does not queue for a pooled one);
