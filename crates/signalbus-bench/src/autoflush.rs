@@ -45,6 +45,10 @@ pub struct Args {
     /// server needs wal_level = logical).
     #[arg(long, default_value = "table")]
     capture: setup::Capture,
+    /// With `--relay`: an ordered relay (its 4 tasks of the type; the writers' signals have no
+    /// ordering key).
+    #[arg(long)]
+    ordered: bool,
 }
 
 /// A publisher that takes `delay` longer per call.
@@ -122,7 +126,7 @@ where
     ] {
         bus.set_autoflush(mode != Mode::SignalInsertOnly);
         let relay = if args.relay && mode == Mode::SignalInsertOnly {
-            Some(setup::relay(&bus, &args.database_url, args.capture, false).await?)
+            Some(setup::relay(&bus, &args.database_url, args.capture, args.ordered).await?)
         } else {
             None
         };
@@ -212,6 +216,7 @@ where
             "wake_trigger": DB::NAME == "PostgreSQL" && !args.no_wake_trigger,
             "relay": args.relay && mode == Mode::SignalInsertOnly,
             "capture": args.capture,
+            "ordered": args.relay && args.ordered,
             "mode": mode.label(),
             "transactions": latencies.len(),
             "seconds": round2(secs),

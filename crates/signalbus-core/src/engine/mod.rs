@@ -1,6 +1,6 @@
 //! The flushing engine: a private context shared by everything that sends ([`context`]),
 //! publish-and-settle ([`settle`]), the bursts of explicit flushes and of the relay
-//! ([`bursts`]) and the turns they take ([`turns`]), the auto-flush task and its admission
+//! ([`bursts`], ordered ones [`ordered`]) and the turns they take ([`turns`]), the auto-flush task and its admission
 //! ([`auto`]), the relay and its wake-up ([`relay`], [`wake`]), the connection a relay lane
 //! keeps for itself ([`own_conn`]), and what operators do to the tables ([`operator`]).
 //!
@@ -13,6 +13,7 @@ pub mod capture;
 pub(crate) mod context;
 pub(crate) mod inspect;
 pub(crate) mod operator;
+pub(crate) mod ordered;
 pub(crate) mod own_conn;
 pub mod relay;
 pub(crate) mod settle;

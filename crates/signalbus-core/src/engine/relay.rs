@@ -34,8 +34,9 @@
 //!
 //! The gauges it keeps are listed in [`crate::metrics`].
 
-use super::bursts::{ClaimSlot, LaneHold, Pick, claimed_burst, ordered_burst};
+use super::bursts::{ClaimSlot, Pick, claimed_burst};
 use super::context::{Engine, Shared};
+use super::ordered::{LaneHold, Siblings, ordered_burst};
 use super::own_conn::{Conns, OwnConn};
 pub use super::turns::BurstShare;
 use super::turns::Turns;
@@ -212,17 +213,22 @@ impl<DB: Backend> RelayBuilder<DB> {
             .increment(0);
         // In order: every type when the relay is ordered, else the types that say so.
         let ordered = |i: TypeIdx| self.ordered || shared.registry().get(i).ty.is_ordered();
-        let lanes: Vec<(TypeIdx, Arc<Notify>)> = types
+        // An ordered type's tasks share what lanes they hold (see `Siblings`).
+        let lanes: Vec<(TypeIdx, Arc<Notify>, Option<Arc<Siblings>>)> = types
             .iter()
             .flat_map(|&i| {
-                let per_type = if ordered(i) { self.ordered_lanes } else { 1 };
-                (0..per_type).map(move |_| (i, Arc::new(Notify::new())))
+                let (per_type, siblings) = if ordered(i) {
+                    (self.ordered_lanes, Some(Siblings::new()))
+                } else {
+                    (1, None)
+                };
+                (0..per_type).map(move |_| (i, Arc::new(Notify::new()), siblings.clone()))
             })
             .collect();
         let wakers = Arc::new(Wakers {
             lanes: lanes
                 .iter()
-                .map(|(i, n)| (shared.registry().get(*i).table.name().to_owned(), n.clone()))
+                .map(|(i, n, _)| (shared.registry().get(*i).table.name().to_owned(), n.clone()))
                 .collect(),
             listening: AtomicBool::new(false),
         });
@@ -272,7 +278,7 @@ impl<DB: Backend> RelayBuilder<DB> {
             }
             None => (None, self.poll_max),
         };
-        for (slot, (idx, notify)) in lanes.into_iter().enumerate() {
+        for (slot, (idx, notify, siblings)) in lanes.into_iter().enumerate() {
             tasks.spawn(lane(
                 shared.clone(),
                 Lane {
@@ -283,6 +289,7 @@ impl<DB: Backend> RelayBuilder<DB> {
                     poll_min: self.poll_min,
                     poll_max: self.poll_max,
                     notify,
+                    siblings,
                     wakers: wakers.clone(),
                     gate: gate.clone(),
                     share: self.share.clone(),
@@ -464,6 +471,8 @@ struct Lane {
     poll_min: Duration,
     poll_max: Duration,
     notify: Arc<Notify>,
+    /// The lanes the other tasks of an ordered type hold.
+    siblings: Option<Arc<Siblings>>,
     wakers: Arc<Wakers>,
     /// The relay's idle locks (PostgreSQL): while no lane of a table is idle, its writers do
     /// not notify.
@@ -516,6 +525,11 @@ async fn lane<DB: Backend>(
         stop: stop.clone(),
     });
     let mut hold = LaneHold::taking_turns(turns.clone());
+    // Changes when a sibling gives a lane back (marked seen before each ordered burst).
+    let mut released = lane.siblings.as_ref().map(|s| s.released());
+    if let Some(siblings) = &lane.siblings {
+        hold = hold.with_siblings(siblings.clone());
+    }
     let slot = ClaimSlot::taking_turns(turns);
     // Whether this lane told the gate it is idle, and whether a notification will then wake
     // it (else it polls, as on databases without notifications).
@@ -569,10 +583,15 @@ async fn lane<DB: Backend>(
         }
         let round = tokio::time::Instant::now();
         let burst = if lane.ordered {
+            if let Some(released) = &mut released {
+                released.borrow_and_update();
+            }
             ordered_burst(&shared, lane.idx, false, &mut hold).await
         } else {
             claimed_burst(&shared, lane.idx, Pick::Next(&slot), &mut conns).await
         };
+        // Siblings hold every lane with rows: wait for one to be given back.
+        let mut for_siblings = false;
         let wait = match burst {
             Ok(Some(settled)) => {
                 found_at = Some(tokio::time::Instant::now());
@@ -589,6 +608,15 @@ async fn lane<DB: Backend>(
                 idle = lane.poll_min;
                 // More may be waiting (a refused key is held now, the others go on).
                 continue;
+            }
+            Ok(None) if hold.siblings_busy() => {
+                // Not idle: a sibling sends the lanes with rows, and this lane looks again
+                // when it gives one back (or at a notification, or at the poll).
+                failures = 0;
+                lane.set_failing(None);
+                idle = lane.poll_min;
+                for_siblings = true;
+                lane.poll_max
             }
             Ok(None) => {
                 failures = 0;
@@ -637,9 +665,19 @@ async fn lane<DB: Backend>(
         retry_due = retry_due.filter(|&due| due > round);
         let now = tokio::time::Instant::now();
         let until = retry_due.map_or(now + wait, |due| due.min(now + wait));
+        let sibling_gave_back = async {
+            match &mut released {
+                Some(released) if for_siblings => {
+                    // (Cannot fail: this lane's hold keeps the sender.)
+                    let _ = released.changed().await;
+                }
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}
             _ = lane.notify.notified() => idle = lane.poll_min,
+            () = sibling_gave_back => {}
             _ = stop.changed() => break,
         }
         // Awake: busy until it finds nothing again (writers stop notifying meanwhile).

@@ -2,6 +2,8 @@
 //! trigger notifies only while a relay is idle (holds the table's idle lock), so writers that
 //! commit while every relay is busy skip the notification and the database-wide lock it takes
 //! at commit; an idle relay still wakes at once (its poll is 30 s here), and nothing is lost.
+//! An ordered relay's tasks of one type are not idle while one of them sends the only lane
+//! with rows (signals without a key): they wait for it, and the writers still skip NOTIFY.
 
 use crate::common::{TestBackend, TestDb};
 use signalbus::publisher::MemoryPublisher;
@@ -39,9 +41,11 @@ async fn setup(connections: u32) -> (TestDb<Postgres>, SignalBus<Postgres>, Memo
     (db, bus, outbox)
 }
 
-/// A relay whose poll (30 s) is far longer than any test waits: only a wake-up is in time.
-async fn start_relay(bus: &SignalBus<Postgres>) -> Relay {
+/// A relay whose poll (30 s) is far longer than any test waits: only a wake-up is in time;
+/// `ordered`: with its 4 tasks of the type.
+async fn start_relay(bus: &SignalBus<Postgres>, ordered: bool) -> Relay {
     bus.relay()
+        .ordered(ordered)
         .poll(Duration::from_millis(10), Duration::from_secs(30))
         .start()
         .await
@@ -73,6 +77,17 @@ async fn until_sent(outbox: &MemoryPublisher, n: usize, limit: Duration) -> Dura
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn busy_writers_skip_notifying_and_an_idle_relay_still_wakes_at_once() {
+    busy_writers_skip_notifying(false).await;
+}
+
+/// Before its tasks waited for each other, three of the four went idle while the fourth
+/// sent, so the writers notified at every commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn busy_writers_skip_notifying_while_one_task_of_an_ordered_relay_sends() {
+    busy_writers_skip_notifying(true).await;
+}
+
+async fn busy_writers_skip_notifying(ordered: bool) {
     let (db, bus, outbox) = setup(16).await;
     // Every notification the writers send.
     let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
@@ -86,7 +101,7 @@ async fn busy_writers_skip_notifying_and_an_idle_relay_still_wakes_at_once() {
             }
         })
     };
-    let relay = start_relay(&bus).await;
+    let relay = start_relay(&bus, ordered).await;
 
     // Idle: one row is sent at once (the poll would take 30 s).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -146,7 +161,7 @@ async fn busy_writers_skip_notifying_and_an_idle_relay_still_wakes_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_writer_that_skipped_notifying_is_found_when_the_relay_goes_idle() {
     let (db, bus, outbox) = setup(8).await;
-    let relay = start_relay(&bus).await;
+    let relay = start_relay(&bus, false).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for round in 0..5 {
         let sent = outbox.len();

@@ -2,8 +2,9 @@
 //! key's rows in commit order in ordered mode.
 
 use super::stream::{Row, Streamer};
-use crate::engine::bursts::{ClaimSlot, give_back, publish_in_rounds};
+use crate::engine::bursts::{ClaimSlot, give_back};
 use crate::engine::context::Shared;
+use crate::engine::ordered::publish_in_rounds;
 use crate::engine::settle::{publish_and_settle, retry_db};
 use crate::error::Result;
 use crate::registry::TypeIdx;
