@@ -10,53 +10,59 @@ use super::turns::{ClaimSlot, EarlyTurn, Turn, Turns, patience};
 use crate::error::Result;
 use crate::registry::{Registered, TypeIdx};
 use crate::storage::{Backend, CloseOnDrop, begin_on, end_on};
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// The lanes of one signal type that the ordered tasks of one relay hold now (PostgreSQL,
-/// where a type has several lanes). A task skips a lane that a sibling sends without asking
-/// the database, and when its siblings hold every lane that has rows it waits for one to give
-/// a lane back ([`Siblings::released`]) instead of going idle: an idle lane has the writers
-/// notify at every commit (see [`super::wake::IdleGate`]), and each notification woke every
-/// task of the type to look at the lanes again. At 5,000 unkeyed signals/s, three tasks
-/// looked about 2,400 times a second while the fourth sent the one lane with rows.
+/// where a type has 8 lanes), one bit each. A task skips a lane that a sibling sends without
+/// asking the database, and when siblings hold every lane it could send it waits until one of
+/// those is given back ([`Siblings::wait_for_any`]) instead of going idle: an idle lane has
+/// the writers notify at every commit (see [`super::wake::IdleGate`]), and each notification
+/// woke every task of the type to look at the lanes again.
 #[derive(Debug)]
 pub(crate) struct Siblings {
-    held: Mutex<HashSet<u32>>,
-    /// Counts the lanes given back.
-    released: watch::Sender<u64>,
+    held: watch::Sender<u64>,
+}
+
+/// A lane's bit in [`Siblings`].
+fn bit(lane: u32) -> u64 {
+    1 << (lane % 64)
 }
 
 impl Siblings {
     pub fn new() -> Arc<Self> {
         Arc::new(Siblings {
-            held: Mutex::new(HashSet::new()),
-            released: watch::channel(0).0,
+            held: watch::channel(0).0,
         })
     }
 
     /// Hold `lane` for this task until the guard drops; `None` when a sibling holds it.
     fn hold(self: &Arc<Self>, lane: u32) -> Option<SiblingHold> {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.insert(lane).then(|| SiblingHold {
+        let taken = self.held.send_if_modified(|held| {
+            let free = *held & bit(lane) == 0;
+            *held |= bit(lane);
+            free
+        });
+        taken.then(|| SiblingHold {
             siblings: self.clone(),
             lane,
         })
     }
 
-    /// Changes each time a sibling gives a lane back (mark it seen before looking at the
-    /// lanes, then wait for the next change).
-    pub fn released(&self) -> watch::Receiver<u64> {
-        self.released.subscribe()
+    /// Wait until a sibling holds at least one of the lanes in `lanes` (bits) no more. Only
+    /// those: a task's own lanes, taken and given back while it looked, must not wake it.
+    pub async fn wait_for_any(&self, lanes: u64) {
+        let mut held = self.held.subscribe();
+        // (Cannot fail: `self` keeps the sender.)
+        let _ = held.wait_for(|held| held & lanes != lanes).await;
     }
 }
 
-/// A lane held among siblings: given back when it drops, after the database's lock.
+/// A lane held among siblings, given back when it drops: after the database's lane lock
+/// where the burst ends (`free_lane`); when the burst's future is dropped half-way, possibly
+/// before the connection that holds it closes (a sibling's `try_lane` then finds the lane
+/// busy, as another relay's).
 struct SiblingHold {
     siblings: Arc<Siblings>,
     lane: u32,
@@ -64,16 +70,9 @@ struct SiblingHold {
 
 impl Drop for SiblingHold {
     fn drop(&mut self) {
-        let mut held = self
-            .siblings
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.remove(&self.lane);
-        drop(held);
         self.siblings
-            .released
-            .send_modify(|n| *n = n.wrapping_add(1));
+            .held
+            .send_modify(|held| *held &= !bit(self.lane));
     }
 }
 
@@ -99,8 +98,8 @@ pub(crate) struct LaneHold<DB: Backend> {
     slot: ClaimSlot,
     /// The lanes its siblings hold (an ordered relay's tasks of one type).
     siblings: Option<Arc<Siblings>>,
-    /// The last burst found nothing it could take because siblings held the lanes with rows.
-    siblings_busy: bool,
+    /// The lanes with rows that the last look skipped because siblings held them (bits).
+    skipped: u64,
 }
 
 impl<DB: Backend> LaneHold<DB> {
@@ -119,7 +118,7 @@ impl<DB: Backend> LaneHold<DB> {
             in_round: 0,
             slot: ClaimSlot::taking_turns(turns),
             siblings: None,
-            siblings_busy: false,
+            skipped: 0,
         }
     }
 
@@ -129,10 +128,10 @@ impl<DB: Backend> LaneHold<DB> {
         self
     }
 
-    /// Whether the last [`ordered_burst`] found nothing because siblings held every lane
-    /// that had rows: one of them gives a lane back soon ([`Siblings::released`]).
-    pub fn siblings_busy(&self) -> bool {
-        self.siblings_busy
+    /// After an [`ordered_burst`] that found nothing: the lanes with rows that siblings held
+    /// (bits; 0: none), to wait for ([`Siblings::wait_for_any`]).
+    pub fn skipped_for_siblings(&self) -> u64 {
+        self.skipped
     }
 
     /// Start a round: the lanes that have rows now, from the next one on (lane 0 alone
@@ -203,7 +202,6 @@ pub(crate) async fn ordered_burst<DB: Backend>(
     let Some(mut early) = hold.slot.before_claim().await else {
         return Ok(None); // the relay stops
     };
-    hold.siblings_busy = false;
     if hold.round_of != idx {
         hold.round.clear();
         hold.round_of = idx;
@@ -213,6 +211,9 @@ pub(crate) async fn ordered_burst<DB: Backend>(
         let mut busy = false;
         let probed = hold.round.is_empty();
         if probed {
+            // What a sibling holds is told by this look (a round left from an earlier one
+            // may have skipped lanes that the look finds empty or free).
+            hold.skipped = 0;
             hold.probe(shared, reg, lanes).await?;
         }
         while let Some(lane) = hold.round.pop_front() {
@@ -222,7 +223,7 @@ pub(crate) async fn ordered_burst<DB: Backend>(
                 Some(siblings) if lanes > 1 => match siblings.hold(lane) {
                     Some(held) => Some(held),
                     None => {
-                        hold.siblings_busy = true;
+                        hold.skipped |= bit(lane);
                         continue;
                     }
                 },
@@ -261,7 +262,7 @@ pub(crate) async fn ordered_burst<DB: Backend>(
         if !wait || std::time::Instant::now() >= give_up {
             return Ok(None);
         }
-        let others = busy || hold.siblings_busy || {
+        let others = busy || hold.skipped != 0 || {
             let mut conn = shared.pool().acquire().await?;
             reg.sql.claimed_now::<DB>(&mut conn).await?
         };

@@ -525,8 +525,6 @@ async fn lane<DB: Backend>(
         stop: stop.clone(),
     });
     let mut hold = LaneHold::taking_turns(turns.clone());
-    // Changes when a sibling gives a lane back (marked seen before each ordered burst).
-    let mut released = lane.siblings.as_ref().map(|s| s.released());
     if let Some(siblings) = &lane.siblings {
         hold = hold.with_siblings(siblings.clone());
     }
@@ -583,15 +581,13 @@ async fn lane<DB: Backend>(
         }
         let round = tokio::time::Instant::now();
         let burst = if lane.ordered {
-            if let Some(released) = &mut released {
-                released.borrow_and_update();
-            }
             ordered_burst(&shared, lane.idx, false, &mut hold).await
         } else {
             claimed_burst(&shared, lane.idx, Pick::Next(&slot), &mut conns).await
         };
-        // Siblings hold every lane with rows: wait for one to be given back.
-        let mut for_siblings = false;
+        // Siblings hold these lanes with rows (bits): wait for one to be given back, and for
+        // at least the pause.
+        let (mut for_siblings, mut pause) = (0, Duration::ZERO);
         let wait = match burst {
             Ok(Some(settled)) => {
                 found_at = Some(tokio::time::Instant::now());
@@ -609,13 +605,18 @@ async fn lane<DB: Backend>(
                 // More may be waiting (a refused key is held now, the others go on).
                 continue;
             }
-            Ok(None) if hold.siblings_busy() => {
-                // Not idle: a sibling sends the lanes with rows, and this lane looks again
-                // when it gives one back (or at a notification, or at the poll).
+            Ok(None) if hold.skipped_for_siblings() != 0 => {
+                // Not idle (the writers need not notify): siblings send the lanes with rows,
+                // and this lane looks again when one is given back (or at a notification, or
+                // at the poll).
+                lane.busy(&mut registered);
                 failures = 0;
                 lane.set_failing(None);
-                idle = lane.poll_min;
-                for_siblings = true;
+                for_siblings = hold.skipped_for_siblings();
+                // Doubling while it finds nothing: tasks that only looked at lanes (and
+                // held them meanwhile) would wake each other back and forth.
+                pause = idle;
+                idle = (idle * 2).min(lane.poll_max);
                 lane.poll_max
             }
             Ok(None) => {
@@ -666,10 +667,12 @@ async fn lane<DB: Backend>(
         let now = tokio::time::Instant::now();
         let until = retry_due.map_or(now + wait, |due| due.min(now + wait));
         let sibling_gave_back = async {
-            match &mut released {
-                Some(released) if for_siblings => {
-                    // (Cannot fail: this lane's hold keeps the sender.)
-                    let _ = released.changed().await;
+            match &lane.siblings {
+                Some(siblings) if for_siblings != 0 => {
+                    tokio::join!(
+                        siblings.wait_for_any(for_siblings),
+                        tokio::time::sleep(pause)
+                    );
                 }
                 _ => std::future::pending().await,
             }

@@ -16,24 +16,33 @@ use std::time::{Duration, Instant};
 
 const TABLE: &str = "wake_event";
 
-/// A broker that takes 20 ms per call: the relay is busy while writers go on.
+/// A broker that takes this long per call (20 ms: the relay is busy while writers go on).
 #[derive(Clone)]
-struct Slow(MemoryPublisher);
+struct Slow(MemoryPublisher, Duration);
 
 impl Publisher for Slow {
     async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(self.1).await;
         self.0.publish(batch).await
     }
 }
 
-/// A database of its own, and a bus on it (auto-flush off) whose broker is [`Slow`].
+/// A database of its own, and a bus on it (auto-flush off, bursts of 50) whose broker is
+/// [`Slow`] (20 ms a call).
 async fn setup(connections: u32) -> (TestDb<Postgres>, SignalBus<Postgres>, MemoryPublisher) {
+    setup_with(connections, Duration::from_millis(20), 50).await
+}
+
+async fn setup_with(
+    connections: u32,
+    publish_takes: Duration,
+    burst: usize,
+) -> (TestDb<Postgres>, SignalBus<Postgres>, MemoryPublisher) {
     let db = <Postgres as TestBackend>::create(connections).await;
     let outbox = MemoryPublisher::new();
     let bus = SignalBus::builder(db.pool.clone())
-        .publisher(Slow(outbox.clone()))
-        .register_type(SignalType::new(TABLE).autoflush(false).burst(50))
+        .publisher(Slow(outbox.clone(), publish_takes))
+        .register_type(SignalType::new(TABLE).autoflush(false).burst(burst))
         .autoflush(false)
         .build()
         .unwrap();
@@ -41,8 +50,10 @@ async fn setup(connections: u32) -> (TestDb<Postgres>, SignalBus<Postgres>, Memo
     (db, bus, outbox)
 }
 
-/// A relay whose poll (30 s) is far longer than any test waits: only a wake-up is in time;
-/// `ordered`: with its 4 tasks of the type.
+/// A relay whose poll (30 s) is far longer than any test waits: only a wake-up is in time
+/// (for an unordered relay; an ordered one looks again soon after it went idle, backing off
+/// to the poll, since a row may be held back by an older transaction); `ordered`: with its
+/// 4 tasks of the type.
 async fn start_relay(bus: &SignalBus<Postgres>, ordered: bool) -> Relay {
     bus.relay()
         .ordered(ordered)
@@ -111,6 +122,15 @@ async fn busy_writers_skip_notifying(ordered: bool) {
         took < Duration::from_secs(3),
         "an idle relay woke after {took:?}"
     );
+    // An idle relay has the writers notify.
+    let listening = Instant::now();
+    while heard.load(Ordering::SeqCst) == 0 {
+        assert!(
+            listening.elapsed() < Duration::from_secs(5),
+            "no notification for a row written while the relay was idle"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Busy: 8 writers, one row per transaction, while the relay publishes slowly.
     heard.store(0, Ordering::SeqCst);
@@ -185,5 +205,66 @@ async fn a_writer_that_skipped_notifying_is_found_when_the_relay_goes_idle() {
         );
     }
     assert!(relay.shutdown(Duration::from_secs(10)).await);
+    db.cleanup().await;
+}
+
+/// How often the signal table was scanned (sequential and index scans), from the statistics.
+async fn table_scans(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT (COALESCE(seq_scan, 0) + COALESCE(idx_scan, 0))::bigint \
+         FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(TABLE)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The ordered tasks that wait for a sibling wait for the lane it sends, not for the lanes
+/// they looked at themselves: with most lanes holding only rows that back off (nothing to
+/// send there) and a sibling sending a slow burst of another lane, the waiting tasks look at
+/// the table a few times per burst, not in a loop. (The first version of the wait woke a
+/// task when it gave back the lanes it had looked at: tens of thousands of scans here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordered_tasks_waiting_for_a_sibling_do_not_look_in_a_loop() {
+    // A burst of 5 rows of one key goes out in 5 publish calls (one per round): 1.5 s.
+    let (db, bus, outbox) = setup_with(16, Duration::from_millis(300), 5).await;
+    // 64 keys whose rows back off for an hour: most of the 8 lanes have rows, none to send.
+    sqlx::query(
+        "INSERT INTO wake_event (topic, body, ordering_key, next_attempt_at) \
+         SELECT 'wake', 'later', 'k' || g, now() + interval '1 hour' \
+         FROM generate_series(1, 64) AS g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // One key to send: 4 bursts of 5.
+    sqlx::query(
+        "INSERT INTO wake_event (topic, body, ordering_key) \
+         SELECT 'wake', convert_to(g::text, 'UTF8'), 'hot' FROM generate_series(1, 20) AS g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let before = table_scans(&db.pool).await;
+    let relay = start_relay(&bus, true).await;
+    let took = until_sent(&outbox, 20, Duration::from_secs(30)).await;
+    // A server process reports its counts when it ends at the latest: the relay's
+    // connections close with it.
+    assert!(relay.shutdown(Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let scans = table_scans(&db.pool).await - before;
+    println!("{scans} scans of the table in {took:?} of slow bursts");
+    assert!(
+        scans < 5_000,
+        "the relay scanned the table {scans} times in {took:?} while one task sent slow bursts"
+    );
+    let bodies: Vec<String> = outbox
+        .messages()
+        .iter()
+        .map(|m| m.body_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (1..=20).map(|n| n.to_string()).collect();
+    assert_eq!(bodies, expected, "the key's signals once each, in order");
     db.cleanup().await;
 }
