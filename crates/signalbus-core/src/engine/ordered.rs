@@ -16,8 +16,9 @@ use tokio::sync::watch;
 
 /// The lanes of one signal type that the ordered tasks of one relay hold now (PostgreSQL,
 /// where a type has 8 lanes), one bit each. A task skips a lane that a sibling sends without
-/// asking the database, and when siblings hold every lane it could send it waits until one of
-/// those is given back ([`Siblings::wait_for_any`]) instead of going idle: an idle lane has
+/// asking the database, and when it finds nothing to send while siblings hold lanes with rows
+/// it waits until one of those is given back ([`Siblings::wait_for_any`]) instead of going
+/// idle: an idle lane has
 /// the writers notify at every commit (see [`super::wake::IdleGate`]), and each notification
 /// woke every task of the type to look at the lanes again.
 #[derive(Debug)]
@@ -199,6 +200,7 @@ pub(crate) async fn ordered_burst<DB: Backend>(
     let lanes = reg.sql.lanes();
     // A burst of another ordered flusher in flight lasts at most one publish.
     let give_up = std::time::Instant::now() + shared.config().publish_timeout * 2;
+    hold.skipped = 0;
     let Some(mut early) = hold.slot.before_claim().await else {
         return Ok(None); // the relay stops
     };

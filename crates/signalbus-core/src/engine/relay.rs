@@ -514,6 +514,9 @@ async fn lane<DB: Backend>(
 ) {
     let reg = shared.registry().get(lane.idx);
     let mut idle = lane.poll_min;
+    // The pause of a lane that waits for its siblings (see below), apart from `idle`: a
+    // lane that then goes idle looks again soon, as after any burst.
+    let mut sibling_pause = lane.poll_min;
     let mut failures = 0u32;
     // When the earliest backoff of a row this lane saw refused ends: a retry goes out then,
     // not at the next poll.
@@ -602,6 +605,7 @@ async fn lane<DB: Backend>(
                 }
                 failures = 0;
                 idle = lane.poll_min;
+                sibling_pause = lane.poll_min;
                 // More may be waiting (a refused key is held now, the others go on).
                 continue;
             }
@@ -615,8 +619,9 @@ async fn lane<DB: Backend>(
                 for_siblings = hold.skipped_for_siblings();
                 // Doubling while it finds nothing: tasks that only looked at lanes (and
                 // held them meanwhile) would wake each other back and forth.
-                pause = idle;
-                idle = (idle * 2).min(lane.poll_max);
+                pause = sibling_pause;
+                sibling_pause = (sibling_pause * 2).min(lane.poll_max);
+                idle = lane.poll_min;
                 lane.poll_max
             }
             Ok(None) => {
@@ -679,7 +684,7 @@ async fn lane<DB: Backend>(
         };
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}
-            _ = lane.notify.notified() => idle = lane.poll_min,
+            _ = lane.notify.notified() => (idle, sibling_pause) = (lane.poll_min, lane.poll_min),
             () = sibling_gave_back => {}
             _ = stop.changed() => break,
         }
