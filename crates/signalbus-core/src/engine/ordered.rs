@@ -18,15 +18,15 @@ use tokio::sync::watch;
 /// where a type has 8 lanes), one bit each. A task skips a lane that a sibling sends without
 /// asking the database, and when it finds nothing to send while siblings hold lanes with rows
 /// it waits until one of those is given back ([`Siblings::wait_for_any`]) instead of going
-/// idle: an idle lane has
-/// the writers notify at every commit (see [`super::wake::IdleGate`]), and each notification
-/// woke every task of the type to look at the lanes again.
+/// idle: an idle lane has the writers notify at every commit (see
+/// [`super::wake::IdleGate`]), and each notification woke every task of the type to look at
+/// the lanes again.
 #[derive(Debug)]
 pub(crate) struct Siblings {
     held: watch::Sender<u64>,
 }
 
-/// A lane's bit in [`Siblings`].
+/// A lane's bit in a set of lanes ([`Siblings`], a round's lanes).
 fn bit(lane: u32) -> u64 {
     1 << (lane % 64)
 }
@@ -151,11 +151,9 @@ impl<DB: Backend> LaneHold<DB> {
             }
         };
         let next = self.next % lanes;
-        let was_in_round = |lane: u32| (self.in_round >> (lane % 64)) & 1 == 1;
+        let was_in_round = |lane: u32| self.in_round & bit(lane) != 0;
         with_rows.sort_unstable_by_key(|&lane| (was_in_round(lane), (lane + lanes - next) % lanes));
-        self.in_round = with_rows
-            .iter()
-            .fold(0, |bits, &lane| bits | 1 << (lane % 64));
+        self.in_round = with_rows.iter().fold(0, |bits, &lane| bits | bit(lane));
         self.round.extend(with_rows);
         Ok(())
     }
