@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The fault-injection harness (docs/reliability.md):
-#   scripts/chaos.sh --seconds N [--seed S] [--bus amqp|nats|kafka|redis|webhook|all|a,b…]
+#   scripts/chaos.sh --seconds N [--seed S] [--bus amqp|nats|kafka|redis|webhook|sqs|sns|all|a,b…]
 #                    [--db postgres|mysql|sqlite|all] [--cluster] [--capture wal] [--pgbouncer]
 #                    [--fleet N] [--dir D]
 #   scripts/chaos.sh --soak --minutes N [--bus …]   (a long steady run, sampled and plotted)
 # starts a world of its own — a private PostgreSQL cluster or MariaDB server (or SQLite files),
-# RabbitMQ node, nats-server, tansu and redis-server (with --cluster three-node RabbitMQ and
-# NATS clusters), each behind a fault-injecting proxy; the machine's shared services are not
-# touched; with --pgbouncer, writers and relays reach PostgreSQL through a private PgBouncer;
+# RabbitMQ node, nats-server, tansu, redis-server and moto for SQS and SNS (with --cluster
+# three-node RabbitMQ and NATS clusters), each behind a fault-injecting proxy; the machine's
+# shared services are not touched; with --pgbouncer, writers and relays reach PostgreSQL
+# through a private PgBouncer;
 # with --fleet N, each bus has N tenant databases and each relay is a fleet over them —
 # runs writers, relays and a recording consumer per bus, injects faults drawn from the seed
 # for N seconds, heals, drains and checks. Prints one JSON line per database; exits 1 when a signal was
 # lost, delivered out of order or delivered without a commit. `--bus all` (the default) runs
-# the five buses at once; `--db all` runs PostgreSQL, MariaDB and SQLite one after the other
+# the seven buses at once; `--db all` runs PostgreSQL, MariaDB and SQLite one after the other
 # (default: PostgreSQL). `signalbus-chaos run --help` lists the other settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,8 +37,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     printf 'ERROR: the fault-injection harness needs %s\n' "${missing[@]}" >&2
     exit 1
 fi
-# tansu with its SQLite engine, so that a restarted broker keeps its topics.
+# tansu with its SQLite engine, so that a restarted broker keeps its topics; moto for SQS and SNS.
 bash scripts/kafka.sh install
+bash scripts/moto.sh install
 
 # --workspace --all-features: the same feature set as the test build, so its artifacts serve.
 cargo build --workspace --all-features --bin signalbus-chaos

@@ -9,6 +9,11 @@
 //!   (long polling, `WaitTimeSeconds` = [`ConsumerConfig::wait`]);
 //! - keeps each message invisible to other consumers while its handler runs
 //!   (`ChangeMessageVisibility` every half [`ConsumerConfig::visibility`]);
+//! - on a FIFO queue (its URL ends in `.fifo`), handles the messages of one group in their
+//!   order: a message's handler starts only after the one before it in its group (from the
+//!   same receive) returned `Ok`; after an `Err`, the rest of that group's messages are not
+//!   handled but made visible again with it, so that SQS delivers them again in order.
+//!   Groups run side by side, up to `concurrency`;
 //! - deletes it when the handler returns `Ok`, after its commit (a delete that fails is logged
 //!   and counted as rejected: the message comes back, and the inbox skips it);
 //! - makes it visible again after [`ConsumerConfig::retry_after`] when the handler returns
@@ -29,6 +34,7 @@ use crate::encode::{CONTENT_ENCODING, HEADERS, MESSAGE_ID};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use base64::Engine;
 use signalbus_core::consume::Handlers;
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -129,6 +135,15 @@ impl Received {
         self.attribute(name).map(str::to_owned)
     }
 
+    /// Its FIFO queue's message group (`MessageGroupId`: the signal's ordering key, or the
+    /// publisher's `fifo_group`); `None` on a standard queue.
+    pub fn group_id(&self) -> Option<&str> {
+        self.message
+            .attributes()?
+            .get(&MessageSystemAttributeName::MessageGroupId)
+            .map(String::as_str)
+    }
+
     /// How many times SQS delivered it (`ApproximateReceiveCount`).
     pub fn receive_count(&self) -> Option<u32> {
         self.message
@@ -161,6 +176,7 @@ where
     let mut handlers = Handlers::<ConsumeError>::new(concurrency);
     let mut shutdown = std::pin::pin!(shutdown);
     let seconds = |d: Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
+    let fifo = config.queue_url.ends_with(".fifo");
     let failure = loop {
         // Receive only as many messages as there are slots free: a message waiting for a slot
         // would use up its visibility doing nothing.
@@ -184,6 +200,7 @@ where
             .visibility_timeout(seconds(config.visibility))
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             // The long poll outlasts the client's own call timeout (`timeout_ms`).
             .customize()
             .config_override(
@@ -217,9 +234,24 @@ where
                 )));
             }
         };
+        // FIFO: each message's turn comes when the one before it in its group (in this
+        // receive; SQS gives no more of a group while some of it is in flight) ended `Ok`.
+        let mut last_of_group: HashMap<String, tokio::sync::oneshot::Receiver<bool>> =
+            HashMap::new();
         for (message, slot) in messages.into_iter().zip(slots) {
             let Some(receipt) = message.receipt_handle().map(str::to_owned) else {
                 continue;
+            };
+            let (turn, done) = if fifo {
+                // Without a group id (an emulator may not say), the whole receive is one.
+                let group = Received::from(message.clone())
+                    .group_id()
+                    .unwrap_or_default()
+                    .to_owned();
+                let (done, next) = tokio::sync::oneshot::channel();
+                (last_of_group.insert(group, next), Some(done))
+            } else {
+                (None, None)
             };
             let work = handler(Received { message });
             let (client, config) = (client.clone(), config.clone());
@@ -244,15 +276,28 @@ where
                         }
                     }
                 };
+                // `None`: not handled, the one before it in its group failed.
+                let run = async {
+                    if let Some(turn) = turn
+                        && !turn.await.unwrap_or(false)
+                    {
+                        return None;
+                    }
+                    let outcome = work.await;
+                    if let (Some(done), Ok(())) = (done, &outcome) {
+                        let _ = done.send(true);
+                    }
+                    Some(outcome)
+                };
                 let outcome = tokio::select! {
-                    outcome = work => outcome,
+                    outcome = run => outcome,
                     () = renew => unreachable!("renews until the handler ends"),
                 };
                 drop(slot);
                 match outcome {
                     // A delete that fails ends nothing: the message comes back after its
                     // visibility timeout, and the inbox skips it then.
-                    Ok(()) => {
+                    Some(Ok(())) => {
                         let deleted = client
                             .delete_message()
                             .queue_url(&config.queue_url)
@@ -271,8 +316,12 @@ where
                             }
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, queue = %config.queue_url, "the handler failed; SQS delivers the message again");
+                    // Failed, or (`None`) not handled since the one before it in its group
+                    // failed: visible again with that one, to come back after it.
+                    failed => {
+                        if let Some(Err(e)) = failed {
+                            tracing::warn!(error = %e, queue = %config.queue_url, "the handler failed; SQS delivers the message again");
+                        }
                         let _ = client
                             .change_message_visibility()
                             .queue_url(&config.queue_url)

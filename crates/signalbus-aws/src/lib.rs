@@ -76,6 +76,8 @@
 //! arrive as message attributes, and read it with the same runner.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// With neither service chosen, the shared encoding serves nothing.
+#![cfg_attr(not(any(feature = "sqs", feature = "sns")), allow(dead_code))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "sqs")]

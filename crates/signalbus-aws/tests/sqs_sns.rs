@@ -243,6 +243,78 @@ async fn the_consumer_deletes_after_ok_and_redelivers_after_err() {
     assert!(drain(&sqs, &url, 0).await.is_empty(), "all deleted");
 }
 
+/// Handlers that take their time, side by side: each group's messages are still handled in
+/// their order, and after a failure the rest of its group waits for it to come back.
+#[tokio::test]
+async fn the_consumer_handles_a_fifo_group_in_order_with_many_handlers() {
+    let sqs = sqs().await;
+    let name = format!("{}.fifo", unique("fifo-consume"));
+    let url = create_queue(&sqs, &name).await;
+    let mut batch = Vec::new();
+    for n in 0..30 {
+        let mut m = message(&name, n);
+        m.headers
+            .insert(ORDERING_KEY_HEADER.to_owned(), format!("acct-{}", n % 3));
+        batch.push(m);
+    }
+    assert!(sqs.publish(&batch).await.unwrap().is_all_stored());
+    // The fourth message of acct-1 fails its first try.
+    let poison = batch[10].id.clone();
+    let handled: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let failed = Arc::new(Mutex::new(false));
+    let config = ConsumerConfig::new(&url)
+        .wait(Duration::from_secs(1))
+        .retry_after(Duration::from_secs(0));
+    let stop = {
+        let handled = handled.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while handled.lock().unwrap().len() < 30 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let record = handled.clone();
+    consume(
+        sqs.client(),
+        &config,
+        8,
+        move |m| {
+            let (handled, failed, poison) = (record.clone(), failed.clone(), poison.clone());
+            async move {
+                let id = m.message_id().unwrap().to_owned();
+                let group = m.group_id().expect("a FIFO message's group").to_owned();
+                // Later messages finish first, unless they wait for their turn.
+                let n: u64 = id.bytes().map(u64::from).sum();
+                tokio::time::sleep(Duration::from_millis(40 - n % 40)).await;
+                if id == poison && !std::mem::replace(&mut *failed.lock().unwrap(), true) {
+                    return Err("the first try fails");
+                }
+                handled.lock().unwrap().push((group, id));
+                Ok(())
+            }
+        },
+        stop,
+    )
+    .await
+    .unwrap();
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), 30, "each once: {handled:?}");
+    for key in ["acct-0", "acct-1", "acct-2"] {
+        let sent: Vec<&str> = batch
+            .iter()
+            .filter(|m| m.headers.get(ORDERING_KEY_HEADER).map(String::as_str) == Some(key))
+            .map(|m| m.id.as_str())
+            .collect();
+        let done: Vec<&str> = handled
+            .iter()
+            .filter(|(g, _)| g == key)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        assert_eq!(done, sent, "{key} handled in order");
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_service_fails_the_whole_call() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

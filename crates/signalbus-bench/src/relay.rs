@@ -64,6 +64,10 @@ pub struct Args {
     /// The writers give their signals ordering keys, one of this many (0: none).
     #[arg(long, default_value_t = 0)]
     keys: u32,
+    /// Relays of the latency phase, in this process (as that many relay processes would run
+    /// on one database: bursts of disjoint ranges in flight at once).
+    #[arg(long, default_value_t = 1)]
+    relays: usize,
 }
 
 const TABLE: &str = "bench_relay";
@@ -107,6 +111,9 @@ struct Timed {
     /// Messages the broker stored, and how many of them were new (duplicates: the
     /// difference).
     stored: Arc<Mutex<(usize, std::collections::HashSet<String>)>>,
+    /// Each publish call's duration (the broker's part of the latency), and the messages
+    /// it carried.
+    calls: Arc<Mutex<(Latencies, usize)>>,
 }
 
 impl Timed {
@@ -116,14 +123,21 @@ impl Timed {
             commits: Arc::default(),
             latencies: Arc::default(),
             stored: Arc::default(),
+            calls: Arc::default(),
         }
     }
 }
 
 impl Publisher for Timed {
     async fn publish(&self, batch: &[Message]) -> Result<BatchOutcome, PublishError> {
+        let started = Instant::now();
         let outcome = self.inner.publish(batch).await?;
         let acked = Instant::now();
+        {
+            let mut calls = self.calls.lock().unwrap();
+            calls.0.push(acked - started);
+            calls.1 += batch.len();
+        }
         let mut commits = self.commits.lock().unwrap();
         let mut latencies = self.latencies.lock().unwrap();
         let mut stored = self.stored.lock().unwrap();
@@ -266,8 +280,12 @@ async fn latency(
     timed.commits.lock().unwrap().clear();
     *timed.stored.lock().unwrap() = Default::default();
 
-    let relay = setup::relay(bus, &args.database_url, args.capture, args.ordered).await?;
+    let mut relays = Vec::new();
+    for _ in 0..args.relays.max(1) {
+        relays.push(setup::relay(bus, &args.database_url, args.capture, args.ordered).await?);
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    *timed.calls.lock().unwrap() = Default::default();
     // WAL capture: the server's WAL sender decodes for the relay; its CPU is reported too.
     let walsender: Option<i32> = sqlx::query_scalar(
         "SELECT pid FROM pg_stat_replication WHERE application_name LIKE 'signalbus relay%'",
@@ -284,17 +302,23 @@ async fn latency(
         .as_deref()
         .zip(sender_cpu)
         .map(|(pid, before)| process_cpu_seconds(pid) - before);
-    relay.shutdown(Duration::from_secs(10)).await;
+    for relay in relays {
+        relay.shutdown(Duration::from_secs(10)).await;
+    }
     let mut latencies = std::mem::take(&mut *timed.latencies.lock().unwrap());
     let stored = std::mem::take(&mut *timed.stored.lock().unwrap());
+    let (mut calls, carried) = std::mem::take(&mut *timed.calls.lock().unwrap());
     #[allow(clippy::cast_precision_loss)]
     let per_message_us = (total_cpu - writers_cpu).max(0.0) / written.max(1) as f64 * 1e6;
+    #[allow(clippy::cast_precision_loss)]
+    let per_call = carried as f64 / calls.len().max(1) as f64;
     emit(serde_json::json!({
         "bench": "relay",
         "mode": "latency",
         "capture": args.capture,
         "ordered": args.ordered,
         "keys": args.keys,
+        "relays": args.relays.max(1),
         "database": "PostgreSQL",
         "bus": signalbus::redact::redact_url(&args.bus),
         "rate": args.rate,
@@ -306,6 +330,10 @@ async fn latency(
         "p50_ms": round2(latencies.percentile_ms(50.0)),
         "p99_ms": round2(latencies.percentile_ms(99.0)),
         "max_ms": round2(latencies.percentile_ms(100.0)),
+        "publish_calls": calls.len(),
+        "messages_per_call": round2(per_call),
+        "publish_p50_ms": round2(calls.percentile_ms(50.0)),
+        "publish_p99_ms": round2(calls.percentile_ms(99.0)),
         "relay_cpu_us_per_msg": round2(per_message_us),
         "walsender_cpu_us_per_msg": sender_cpu.map(|s| round2(s / written.max(1) as f64 * 1e6)),
         "writers_cpu_s": round2(writers_cpu),

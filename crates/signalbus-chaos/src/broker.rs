@@ -4,8 +4,9 @@
 //! of its own and clients are given every node's proxy, so that a fault on one node is one
 //! node's: the clients must move to another.
 
-use crate::signals::{Bus, KAFKA_PARTITIONS};
+use crate::signals::{AWS_ENV, AWS_QUEUES, Bus, KAFKA_PARTITIONS};
 use signalbus_testkit::kafka::{PrivateTansu, create_partitioned_topic};
+use signalbus_testkit::moto::PrivateMoto;
 use signalbus_testkit::nats::{PrivateServer, cluster_args, free_port};
 use signalbus_testkit::process::wait_for_port;
 use signalbus_testkit::proxy::Proxy;
@@ -52,6 +53,12 @@ enum Server {
     /// The webhook bus' receiver is the workload's consumer process, listening on the node's
     /// port: killing it is `kill_consumer`; no server of the harness' own.
     Webhook,
+    /// moto (SQS, SNS). It keeps its queues in memory, so it is never stopped, and it does not
+    /// come back from a freeze (docs/reliability.md): only its proxy's faults hit it.
+    Moto {
+        /// Kept to be killed when dropped.
+        _server: PrivateMoto,
+    },
 }
 
 pub fn loopback(port: u16) -> SocketAddr {
@@ -89,6 +96,9 @@ impl Broker {
                     }
                 }
                 Bus::Webhook => Server::Webhook,
+                Bus::Sqs | Bus::Sns => Server::Moto {
+                    _server: PrivateMoto::start(port).await,
+                },
             };
             vec![Node {
                 port,
@@ -123,10 +133,10 @@ impl Broker {
         }
     }
 
-    /// Whether the harness runs a server for this bus that it can stop and start (not the
-    /// webhook's receiver, which is the consumer).
+    /// Whether the harness runs a server for this bus that it can stop and start with its data
+    /// (not the webhook's receiver, which is the consumer; not moto, which would lose it).
     pub fn has_server(&self) -> bool {
-        !matches!(self.nodes[0].server, Server::Webhook)
+        !matches!(self.nodes[0].server, Server::Webhook | Server::Moto { .. })
     }
 
     fn hosts(&self) -> String {
@@ -153,7 +163,11 @@ impl Broker {
     pub fn store_file(&self) -> Option<PathBuf> {
         match &self.nodes[0].server {
             Server::Kafka(tansu) => Some(tansu.dir.join("tansu.db")),
-            Server::Amqp(_) | Server::Nats { .. } | Server::Redis { .. } | Server::Webhook => None,
+            Server::Amqp(_)
+            | Server::Nats { .. }
+            | Server::Redis { .. }
+            | Server::Webhook
+            | Server::Moto { .. } => None,
         }
     }
 
@@ -171,7 +185,7 @@ impl Broker {
         let node = &self.nodes[n];
         match &node.server {
             Server::Amqp(rabbit) => rabbit.wait_ready(BOOT).await,
-            Server::Nats { .. } | Server::Kafka(_) | Server::Redis { .. } => {
+            Server::Nats { .. } | Server::Kafka(_) | Server::Redis { .. } | Server::Moto { .. } => {
                 wait_for_port(node.port, BOOT).await
             }
             // Up when the workload's consumer is.
@@ -210,7 +224,7 @@ impl Broker {
                     }
                 }
             }
-            Server::Webhook => {}
+            Server::Webhook | Server::Moto { .. } => {}
         }
     }
 
@@ -237,7 +251,7 @@ impl Broker {
                 }
                 Ok(())
             }
-            Server::Webhook => Ok(()),
+            Server::Webhook | Server::Moto { .. } => Ok(()),
         }
     }
 
@@ -294,9 +308,59 @@ impl Broker {
                     .await?;
             }
             Bus::Webhook => {}
+            Bus::Sqs | Bus::Sns => prepare_aws(self.bus, &direct).await?,
         }
         Ok(())
     }
+}
+
+/// The queues of the SQS and SNS buses ([`AWS_QUEUES`]: standard and FIFO); on SNS, topics
+/// of the same names, each with its queue subscribed with raw delivery (the message
+/// attributes arrive as the queue's).
+async fn prepare_aws(bus: Bus, direct: &str) -> Result<(), Failure> {
+    use signalbus::aws::{AwsOptions, SnsPublisher, SqsPublisher};
+    let [(_, key), _] = AWS_ENV;
+    let options = |scheme: &str| -> Result<AwsOptions, Failure> {
+        let url = Bus::Sqs.url(direct).replacen("sqs", scheme, 1);
+        Ok(AwsOptions::from_url(&url, scheme)?.credentials(key, key))
+    };
+    let sqs = SqsPublisher::with_options(options("sqs")?).await?;
+    let sns = SnsPublisher::with_options(options("sns")?).await?;
+    for name in AWS_QUEUES {
+        let fifo = name.ends_with(".fifo");
+        let mut queue = sqs.client().create_queue().queue_name(name);
+        if fifo {
+            queue = queue.attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true");
+        }
+        let queue_url = queue.send().await?.queue_url.ok_or("no queue URL")?;
+        if bus != Bus::Sns {
+            continue;
+        }
+        let queue_arn = sqs
+            .client()
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await?
+            .attributes
+            .and_then(|mut a| a.remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+            .ok_or("no queue ARN")?;
+        let mut topic = sns.client().create_topic().name(name);
+        if fifo {
+            topic = topic.attributes("FifoTopic", "true");
+        }
+        let topic_arn = topic.send().await?.topic_arn.ok_or("no topic ARN")?;
+        sns.client()
+            .subscribe()
+            .topic_arn(topic_arn)
+            .protocol("sqs")
+            .endpoint(queue_arn)
+            .attributes("RawMessageDelivery", "true")
+            .send()
+            .await?;
+    }
+    Ok(())
 }
 
 /// Three nats-servers in one cluster, each with its JetStream store, advertising its proxy

@@ -24,6 +24,8 @@ pub enum Buses {
     Kafka,
     Redis,
     Webhook,
+    Sqs,
+    Sns,
     All,
 }
 
@@ -55,7 +57,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Which buses run, at once in one world: one, a comma-separated list (`amqp,nats`) or
-    /// `all` (the five).
+    /// `all` (the seven).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub bus: Vec<Buses>,
     /// Where the world lives (servers' data, logs, the consumers' records); default: a new
@@ -259,6 +261,8 @@ impl RunArgs {
                             | (Buses::Kafka, Bus::Kafka)
                             | (Buses::Redis, Bus::Redis)
                             | (Buses::Webhook, Bus::Webhook)
+                            | (Buses::Sqs, Bus::Sqs)
+                            | (Buses::Sns, Bus::Sns)
                     )
             })
         };
@@ -637,7 +641,8 @@ async fn watchdog(
     let began = now_ms();
     let broker = world.brokers.get_mut(&bus).expect("its broker");
     if !broker.has_server() {
-        // The webhook's receiver is the consumer.
+        // The webhook's receiver is the consumer; moto would lose its queues: the consumer
+        // is what can be started afresh.
         w.consumer.kill();
     }
     // One node at a time: a cluster keeps its majority.

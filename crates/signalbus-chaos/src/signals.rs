@@ -82,10 +82,24 @@ pub enum Bus {
     Redis,
     /// Signed webhooks (a sink: the consumer is the HTTP receiver, behind the proxy).
     Webhook,
+    /// Amazon SQS on a private moto server: events to the standard queue `chaos`, keyed
+    /// signals to the FIFO queue `chaos.fifo` (the key is the message group).
+    Sqs,
+    /// Amazon SNS on a private moto server: the topics `chaos` and `chaos.fifo`, each with
+    /// the queue of the same name subscribed (raw delivery), which the consumer reads.
+    Sns,
 }
 
 impl Bus {
-    pub const ALL: [Bus; 5] = [Bus::Amqp, Bus::Nats, Bus::Kafka, Bus::Redis, Bus::Webhook];
+    pub const ALL: [Bus; 7] = [
+        Bus::Amqp,
+        Bus::Nats,
+        Bus::Kafka,
+        Bus::Redis,
+        Bus::Webhook,
+        Bus::Sqs,
+        Bus::Sns,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -94,6 +108,8 @@ impl Bus {
             Bus::Kafka => "kafka",
             Bus::Redis => "redis",
             Bus::Webhook => "webhook",
+            Bus::Sqs => "sqs",
+            Bus::Sns => "sns",
         }
     }
 
@@ -127,6 +143,20 @@ impl Bus {
                 "http://{hosts}/hooks?secret={WEBHOOK_SECRET}&timeout_ms=3000&budget_ms=2000\
                  &max_pause_s=5"
             ),
+            // The same limits as the webhook's. Credentials: [`AWS_ENV`].
+            Bus::Sqs | Bus::Sns => format!(
+                "{}://{AWS_REGION}?endpoint=http://{hosts}&timeout_ms=3000&budget_ms=2000",
+                self.name()
+            ),
+        }
+    }
+
+    /// The most transactions a second a writer of this bus commits (`--rate` is capped): moto
+    /// answers some 50 requests a second, and its consumer deletes one message a request.
+    pub fn max_rate(self) -> u32 {
+        match self {
+            Bus::Sqs | Bus::Sns => 5,
+            _ => u32::MAX,
         }
     }
 
@@ -138,16 +168,21 @@ impl Bus {
     /// The destination of [`Keyed`] signals (no routing key: on Kafka the ordering key is
     /// the message key, so a key stays in one partition).
     pub fn keyed_destination(self) -> &'static str {
-        "chaos"
+        match self {
+            // FIFO: the key is the message group, whose order SQS keeps.
+            Bus::Sqs | Bus::Sns => "chaos.fifo",
+            _ => "chaos",
+        }
     }
 
     /// A route the broker refuses: an unbound routing key (RabbitMQ, mandatory), a subject
     /// no stream captures (NATS), a topic that does not exist (Kafka), a key that holds no
-    /// stream (Redis: `WRONGTYPE`), a host off the webhook's allow-list.
+    /// stream (Redis: `WRONGTYPE`), a host off the webhook's allow-list, a queue or topic
+    /// that does not exist (SQS, SNS).
     pub fn poison_route(self) -> (&'static str, &'static str) {
         match self {
             Bus::Amqp => ("chaos", "poison"),
-            Bus::Nats | Bus::Kafka | Bus::Redis => ("nowhere", "poison"),
+            Bus::Nats | Bus::Kafka | Bus::Redis | Bus::Sqs | Bus::Sns => ("nowhere", "poison"),
             // A host off the allow-list: parked at once, nothing sent.
             Bus::Webhook => ("http://192.0.2.1/nowhere", "poison"),
         }
@@ -156,6 +191,19 @@ impl Bus {
 
 /// The webhook bus' signing secret (Standard Webhooks), known to the receiver.
 pub const WEBHOOK_SECRET: &str = "whsec_c2lnbmFsYnVzLWNoYW9zLXdlYmhvb2stc2VjcmV0ISE=";
+
+/// The region of the SQS and SNS buses (moto takes any).
+pub const AWS_REGION: &str = "us-east-1";
+
+/// The credentials every process of the harness is given (moto takes any); the bus URLs
+/// carry none.
+pub const AWS_ENV: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "chaos"),
+    ("AWS_SECRET_ACCESS_KEY", "chaos"),
+];
+
+/// The queues (and, on SNS, the topics) of the SQS and SNS buses.
+pub const AWS_QUEUES: [&str; 2] = ["chaos", "chaos.fifo"];
 
 /// Kafka partitions of the `chaos` topic.
 pub const KAFKA_PARTITIONS: i32 = 3;

@@ -63,6 +63,7 @@ pub fn start(
             let mut cmd = tokio::process::Command::new(&exe);
             cmd.env("CHAOS_EVENTS", &events)
                 .env("CHAOS_BUS", bus.name())
+                .envs(crate::signals::AWS_ENV)
                 .env_remove("RUST_LOG")
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null());
@@ -92,7 +93,7 @@ pub fn start(
                 world.db_url(bus),
                 broker.url(),
                 rolled_back.clone(),
-                spec.rate,
+                spec.rate.min(bus.max_rate()),
             );
             let list = lists.as_ref().map(|l| l.service.clone());
             Slot::start(

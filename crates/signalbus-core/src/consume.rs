@@ -19,7 +19,9 @@ use tokio::task::{JoinError, JoinSet};
 pub struct ConsumeReport {
     /// Handled and acknowledged (offset committed, on Kafka).
     pub acked: u64,
-    /// Handler failed: handed back to the broker, to be delivered again.
+    /// Handed back to the broker, to be delivered again: the handler failed, the
+    /// acknowledgement did not go through, or (SQS FIFO) the message was not handled because
+    /// the one before it in its group failed.
     pub rejected: u64,
     /// Sessions that ended without a shutdown (the connection failed, the subscription
     /// ended) and were started again by [`reconnecting`]. The messages a failed session

@@ -118,9 +118,19 @@ pub fn cluster_args(n: usize, cluster_ports: &[u16], advertise: Option<&str>) ->
 
 /// A port on 127.0.0.1 that nothing listens on now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Never the same port twice in one process: the tests of a binary run at once, and the
+    // system may hand a port just let go to the next test, whose server then cannot bind it
+    // (and the first test talks to the other's server).
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }

@@ -173,6 +173,7 @@ pub async fn run(args: ConsumerArgs) -> Result<(), Box<dyn std::error::Error>> {
             redis_stream(&args.broker, last, &mut recorder).await
         }
         Bus::Webhook => super::receiver::webhook(&args.broker, recorder).await,
+        Bus::Sqs | Bus::Sns => super::queues::queues(&args.broker, recorder).await,
         Bus::Kafka => {
             let mut last: HashMap<i32, i64> = HashMap::new();
             for (p, o) in resume.iter().filter_map(|d| d.position) {

@@ -2,6 +2,7 @@
 //! binary with a subcommand, so a SIGKILL takes exactly one of them.
 
 pub mod consumer;
+mod queues;
 mod receiver;
 pub mod relay;
 pub mod writer;

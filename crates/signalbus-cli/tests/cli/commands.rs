@@ -571,11 +571,8 @@ async fn options_follow_the_command_line_conventions() {
 async fn a_kafka_broker_that_is_down_does_not_flood_the_log() {
     let s = Scratch::new(TWO_TYPES);
     let (url, _pool) = s.migrated_sqlite().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port(); // free: nothing listens there
+    // Nothing listens there, and no other test is given it.
+    let port = signalbus_testkit::nats::free_port();
     let out = s.run(
         &url,
         &[

@@ -389,7 +389,7 @@ async fn readyz_turns_unready_while_the_broker_is_down() {
 /// 503 within a probe's usual bound, not hang; it is ready again once the broker runs.
 #[tokio::test]
 async fn readyz_answers_503_at_once_while_the_broker_is_frozen() {
-    let (_s, _dir, nats, child, readyz) = relay_on_a_private_nats().await;
+    let (_s, _dir, nats, mut child, readyz) = relay_on_a_private_nats().await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -408,6 +408,8 @@ async fn readyz_answers_503_at_once_while_the_broker_is_frozen() {
         assert!(Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // This test's relay answered, not one that took its port first.
+    assert!(child.try_wait().unwrap().is_none(), "the relay exited");
     nats.freeze();
     let (answer, took) = ask().await;
     nats.thaw();
