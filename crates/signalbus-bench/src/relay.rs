@@ -68,6 +68,10 @@ pub struct Args {
     /// on one database: bursts of disjoint ranges in flight at once).
     #[arg(long, default_value_t = 1)]
     relays: usize,
+    /// Signals per burst of the table's type (0: the library's default): smaller bursts,
+    /// smaller publish calls.
+    #[arg(long, default_value_t = 0)]
+    burst: usize,
 }
 
 const TABLE: &str = "bench_relay";
@@ -82,9 +86,13 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let table = Ident::new(TABLE)?;
     let (inner, _) = setup::publisher(&args.bus).await?;
     let timed = Timed::new(inner);
+    let mut ty = SignalType::new(TABLE).autoflush(false);
+    if args.burst > 0 {
+        ty = ty.burst(args.burst);
+    }
     let bus = SignalBus::builder(pool.clone())
         .publisher(timed.clone())
-        .register_type(SignalType::new(TABLE).autoflush(false))
+        .register_type(ty)
         .autoflush(false)
         .build()?;
     Postgres::reset(&pool, &table).await?;
@@ -319,6 +327,7 @@ async fn latency(
         "ordered": args.ordered,
         "keys": args.keys,
         "relays": args.relays.max(1),
+        "burst": args.burst,
         "database": "PostgreSQL",
         "bus": signalbus::redact::redact_url(&args.bus),
         "rate": args.rate,
