@@ -138,10 +138,7 @@ impl Received {
     /// Its FIFO queue's message group (`MessageGroupId`: the signal's ordering key, or the
     /// publisher's `fifo_group`); `None` on a standard queue.
     pub fn group_id(&self) -> Option<&str> {
-        self.message
-            .attributes()?
-            .get(&MessageSystemAttributeName::MessageGroupId)
-            .map(String::as_str)
+        group_of(&self.message)
     }
 
     /// How many times SQS delivered it (`ApproximateReceiveCount`).
@@ -244,10 +241,7 @@ where
             };
             let (turn, done) = if fifo {
                 // Without a group id (an emulator may not say), the whole receive is one.
-                let group = Received::from(message.clone())
-                    .group_id()
-                    .unwrap_or_default()
-                    .to_owned();
+                let group = group_of(&message).unwrap_or_default().to_owned();
                 let (done, next) = tokio::sync::oneshot::channel();
                 (last_of_group.insert(group, next), Some(done))
             } else {
@@ -340,6 +334,14 @@ where
         Some(e) => Err(e),
         None => Ok(report),
     }
+}
+
+/// A message's `MessageGroupId` (FIFO queues).
+fn group_of(message: &Message) -> Option<&str> {
+    message
+        .attributes()?
+        .get(&MessageSystemAttributeName::MessageGroupId)
+        .map(String::as_str)
 }
 
 /// Make `messages` visible again at once (received, not handled).

@@ -55,6 +55,14 @@ async fn create_queue(sqs: &SqsPublisher, name: &str) -> String {
         .to_owned()
 }
 
+/// A consumer's shutdown: once `items` holds `n`, or after `limit`.
+async fn until_len<T>(items: Arc<Mutex<Vec<T>>>, n: usize, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while items.lock().unwrap().len() < n && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Everything `queue_url` holds now, through the consumer runner (deleted as read).
 async fn drain(sqs: &SqsPublisher, queue_url: &str, expected: usize) -> Vec<Received> {
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -205,15 +213,7 @@ async fn the_consumer_deletes_after_ok_and_redelivers_after_err() {
     let config = ConsumerConfig::new(&url)
         .wait(Duration::from_secs(1))
         .retry_after(Duration::from_secs(0));
-    let stop = {
-        let seen = seen.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while seen.lock().unwrap().len() < 12 && std::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let stop = until_len(seen.clone(), 12, Duration::from_secs(20));
     let handled = seen.clone();
     let report = consume(
         sqs.client(),
@@ -265,15 +265,7 @@ async fn the_consumer_handles_a_fifo_group_in_order_with_many_handlers() {
     let config = ConsumerConfig::new(&url)
         .wait(Duration::from_secs(1))
         .retry_after(Duration::from_secs(0));
-    let stop = {
-        let handled = handled.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while handled.lock().unwrap().len() < 30 && std::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let stop = until_len(handled.clone(), 30, Duration::from_secs(30));
     let record = handled.clone();
     consume(
         sqs.client(),

@@ -320,12 +320,11 @@ impl Broker {
 async fn prepare_aws(bus: Bus, direct: &str) -> Result<(), Failure> {
     use signalbus::aws::{AwsOptions, SnsPublisher, SqsPublisher};
     let [(_, key), _] = AWS_ENV;
-    let options = |scheme: &str| -> Result<AwsOptions, Failure> {
-        let url = Bus::Sqs.url(direct).replacen("sqs", scheme, 1);
-        Ok(AwsOptions::from_url(&url, scheme)?.credentials(key, key))
+    let options = |bus: Bus| -> Result<AwsOptions, Failure> {
+        Ok(AwsOptions::from_url(&bus.url(direct), bus.name())?.credentials(key, key))
     };
-    let sqs = SqsPublisher::with_options(options("sqs")?).await?;
-    let sns = SnsPublisher::with_options(options("sns")?).await?;
+    let sqs = SqsPublisher::with_options(options(Bus::Sqs)?).await?;
+    let sns = SnsPublisher::with_options(options(Bus::Sns)?).await?;
     for name in AWS_QUEUES {
         let fifo = name.ends_with(".fifo");
         let mut queue = sqs.client().create_queue().queue_name(name);
